@@ -1,0 +1,272 @@
+"""The ``labelloop`` command: parses, calls :class:`labelloop.Project`, prints.
+
+Every user mistake is a :class:`labelloop.errors.LabelloopError`, printed as one line
+``error: ...`` with a non-zero exit code; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import LabelloopError
+
+EXIT_SKIPPED = 1   # the command ran, but some input was skipped (see the report)
+
+project_option = click.option(
+    "-p", "--project", "project", default=".", envvar="LABELLOOP_PROJECT", show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Project folder (env LABELLOOP_PROJECT).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _open(project: Path):
+    from .project import Project
+
+    return Project(project)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def _print_skipped(skipped, limit: int = 50) -> None:
+    for s in skipped[:limit]:
+        click.echo(f"  skipped {s.where}: {s.reason}", err=True)
+    if len(skipped) > limit:
+        click.echo(f"  ... and {len(skipped) - limit} more (use --json for all)", err=True)
+
+
+class Main(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LabelloopError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="labelloop")
+def cli() -> None:
+    """labelloop — label image and text datasets with as few human labels as possible.
+
+    \b
+    A typical loop:
+      labelloop init -p proj --modality image
+      labelloop import -p proj ./photos --labels-from-folders
+      labelloop embed -p proj
+      labelloop label -p proj --csv my_labels.csv
+      labelloop refresh -p proj
+      labelloop status -p proj
+      labelloop export -p proj --out labels.csv
+    Or see it all at once, offline:  labelloop demo
+    """
+
+
+@cli.command()
+@project_option
+@click.option("--modality", type=click.Choice(["image", "text"]), required=True)
+@click.option("--classes", default="", help="Comma-separated class names (optional; can grow later).")
+def init(project: Path, modality: str, classes: str) -> None:
+    """Create a project folder."""
+    from .project import Project
+
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    Project.init(project, modality=modality, classes=names).close()
+    click.echo(f"created {modality} project at {project.resolve()}" + (f" with classes {', '.join(names)}" if names else ""))
+
+
+@cli.command("import")
+@project_option
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--labels-from-folders", is_flag=True, help="Images: class subfolders are labels.")
+@click.option("--text-column", default="text", show_default=True, help="Texts: column / field with the text.")
+@click.option("--label-column", default=None, help="Texts: column with existing (possibly noisy) labels.")
+@click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Table format (default: by extension).")
+@json_option
+def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, as_json):
+    """Import a folder of images or a CSV / JSONL of texts. Exit code 1 if anything was skipped."""
+    with _open(project) as p:
+        report = p.import_(source, labels_from_folders=labels_from_folders, text_column=text_column,
+                           label_column=label_column, id_column=id_column, fmt=fmt)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(report.summary())
+        _print_skipped(report.skipped)
+    sys.exit(0 if report.ok else EXIT_SKIPPED)
+
+
+@cli.command()
+@project_option
+@click.option("--backbone", default=None, help="Backbone id (default: the project's, or the modality's default). See `labelloop backbones`.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--image-size", type=int, default=None, help="Image backbones: input size in pixels.")
+@click.option("--no-progress", is_flag=True)
+@json_option
+def embed(project, backbone, batch_size, image_size, no_progress, as_json):
+    """Embed every item (cached; resumable after an interrupt)."""
+    options = {"image_size": image_size} if image_size else {}
+    with _open(project) as p:
+        report = p.embed(backbone, batch_size=batch_size, progress=not (no_progress or as_json), **options)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(f"{report.backbone}: {report.embedded} embedded, {report.cached} cached, "
+                   f"{len(report.skipped)} skipped in {report.seconds:.1f} s")
+        _print_skipped(report.skipped)
+    if report.interrupted:
+        click.echo("interrupted: finished batches are saved; run the same command to resume", err=True)
+        sys.exit(130)
+    sys.exit(0 if not report.skipped else EXIT_SKIPPED)
+
+
+@cli.command()
+@click.option("--modality", type=click.Choice(["image", "text"]), default=None)
+def backbones(modality):
+    """List the available backbones."""
+    from .embed import available_backbones
+
+    for b in available_backbones(modality):
+        click.echo(b)
+
+
+@cli.command()
+@project_option
+@click.option("--full", is_flag=True, help="Recompute from scratch instead of warm-starting.")
+@json_option
+def refresh(project, full, as_json):
+    """Build (or reuse) the kNN graph and propagate the labels to every item."""
+    with _open(project) as p:
+        s = p.refresh(full=full)
+    if as_json:
+        _echo_json(s)
+    else:
+        click.echo(f"refreshed {s['items']} items from {s['labeled']} labels "
+                   f"({'warm start' if s['warm'] else 'full'}, {s['seconds']:.2f} s); "
+                   f"mean confidence {s['mean_confidence']:.3f}"
+                   + (f"; {s['unreached']} items unreached by any label" if s['unreached'] else "")
+                   + (f"; {s['changed']} predictions changed" if s.get('changed') is not None else ""))
+
+
+@cli.command()
+@project_option
+@click.argument("assignments", nargs=-1)
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="CSV with columns item,label.")
+@click.option("--source", type=click.Choice(["human", "import"]), default="human", show_default=True,
+              help="human: verified by a person; import: from elsewhere, may be noisy.")
+@click.option("--annotator", default=None, envvar="LABELLOOP_ANNOTATOR", help="Who labeled (env LABELLOOP_ANNOTATOR).")
+@click.option("--new-classes", is_flag=True, help="Create classes that do not exist yet.")
+@json_option
+def label(project, assignments, csv_path, source, annotator, new_classes, as_json):
+    """Add labels: ITEM=LABEL ... or --csv file. Exit code 1 if any row was skipped."""
+    from .errors import ValidationError
+
+    pairs = []
+    for a in assignments:
+        if "=" not in a:
+            raise ValidationError(f"{a!r} is not ITEM=LABEL (e.g. cat_01.jpg=cat)")
+        ref, lab = a.rsplit("=", 1)
+        pairs.append((ref, lab))
+    if not pairs and csv_path is None:
+        raise ValidationError("give ITEM=LABEL arguments or --csv FILE")
+    with _open(project) as p:
+        kw = dict(source=source, annotator=annotator, create_classes=new_classes)
+        report = p.label(pairs, **kw)
+        if csv_path is not None:
+            r2 = p.label_csv(csv_path, **kw)
+            report.appended += r2.appended
+            report.classes_added += r2.classes_added
+            report.skipped += r2.skipped
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(f"{report.appended} labels added ({source})"
+                   + (f"; new classes: {', '.join(report.classes_added)}" if report.classes_added else "")
+                   + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
+        _print_skipped(report.skipped)
+    sys.exit(0 if report.ok else EXIT_SKIPPED)
+
+
+@cli.command()
+@project_option
+@json_option
+def status(project, as_json):
+    """Items, labels, per-class counts, predictions and their confidence."""
+    with _open(project) as p:
+        s = p.status()
+    if as_json:
+        _echo_json(s)
+        return
+    lab = s["labeled"]
+    click.echo(f"project   {s['project']} ({s['modality']})")
+    click.echo(f"items     {s['items']}  embedded by {s['active_backbone'] or '(nothing yet)'}")
+    click.echo(f"labels    human {lab['human']}, import {lab['import']}, machine {lab['machine']}")
+    if s["predicted"]:
+        c = s["confidence"]
+        click.echo(f"predicted {s['predicted']} (unreached {s['unreached']}); confidence mean {c['mean']:.3f}, "
+                   f"median {c['median']:.3f}, {100 * c['share_ge_0.9']:.1f}% at >= 0.9")
+    else:
+        click.echo("predicted 0 (run `labelloop refresh`)")
+    if s["per_class"]:
+        width = max(len(c) for c in s["per_class"])
+        click.echo(f"{'class':<{width}}  human  import  machine  predicted")
+        for name, n in s["per_class"].items():
+            click.echo(f"{name:<{width}}  {n['human']:>5}  {n['import']:>6}  {n['machine']:>7}  {n['predicted']:>9}")
+    for key, value in s.items():
+        if key in ("estimate", "stopping", "audit") and value:
+            click.echo(f"{key:<9} {value if isinstance(value, str) else json.dumps(value, default=_json_default)}")
+
+
+@cli.command()
+@project_option
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def export(project, fmt, out):
+    """Write one row per item with its current best label."""
+    with _open(project) as p:
+        path = p.export(out, format=fmt)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--dataset", default="digits", show_default=True, help="Bundled dataset: digits, fashion-mnist, rotten-tomatoes.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Project folder to create (default: a temporary folder).")
+@click.option("--backbone", default=None, help="Backbone (default: pixels for digits, the modality default otherwise).")
+@click.option("--labels-per-class", type=int, default=3, show_default=True)
+@click.option("--n", "n_items", type=int, default=None, help="Use a subset of this many items.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def demo(dataset, directory, backbone, labels_per_class, n_items, seed, as_json):
+    """The whole loop on a bundled dataset, offline: import, embed, label a few, refresh, score."""
+    from .demo import run_demo
+
+    result = run_demo(dataset=dataset, directory=directory, backbone=backbone,
+                      labels_per_class=labels_per_class, n=n_items, seed=seed,
+                      echo=None if as_json else click.echo)
+    if as_json:
+        _echo_json(result)
+
+
+def main() -> None:
+    cli(prog_name="labelloop")
+
+
+if __name__ == "__main__":
+    main()

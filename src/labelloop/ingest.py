@@ -1,0 +1,302 @@
+"""ingest: turn a folder of images or a CSV / JSONL of texts into project items.
+
+Bad input never aborts an import and is never dropped silently: every file or line that is
+not imported ends up in the :class:`ImportReport` with where it was and why. Re-importing the
+same content adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ValidationError
+from .store import Store
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+MAX_IMAGE_PIXELS = 200_000_000  # Pillow refuses larger as a decompression bomb
+
+
+@dataclass
+class Skipped:
+    where: str   # file, or file:line
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    source: str
+    added: int = 0            # new items
+    unchanged: int = 0        # already in the project (same content): nothing added
+    labeled: int = 0          # import labels appended
+    classes_added: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+    def summary(self) -> str:
+        s = (f"{self.source}: {self.added} added, {self.unchanged} already in the project, "
+             f"{self.labeled} labels imported, {len(self.skipped)} skipped")
+        if self.classes_added:
+            s += f"; new classes: {', '.join(self.classes_added)}"
+        return s
+
+
+def content_hash(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_image(source: str | Path | bytes):
+    """Open and fully decode an image (truncated files raise here, not later) as RGB."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        # a large-but-allowed image is fine for us: we only embed a thumbnail of it
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        fp = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(fp) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, im).convert("RGB")
+            return im.convert("RGB")
+
+
+def _check_image(data: bytes) -> str | None:
+    """None if the bytes decode as an image, else the reason they do not."""
+    try:
+        load_image(data)
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"not a readable image ({msg})"
+    return None
+
+
+def _apply(store: Store, report: ImportReport, rows: list[dict]) -> None:
+    """Store new items and their import labels. rows: dicts with content_hash, modality,
+    external_id, uri, text, label (or None), where."""
+    existing = store.existing_hashes(r["content_hash"] for r in rows)
+    new_rows = [r for r in rows if r["content_hash"] not in existing]
+    ids = store.add_items(new_rows)
+    report.added += sum(i is not None for i in ids)
+    report.unchanged += len(rows) - len(new_rows)
+    item_of = dict(existing)
+    for r, i in zip(new_rows, ids):
+        if i is not None:
+            item_of[r["content_hash"]] = i
+    labels = [(item_of[r["content_hash"]], r["label"]) for r in rows if r.get("label")]
+    if not labels:
+        return
+    report.classes_added += store.add_classes(sorted({lab for _, lab in labels}))
+    class_ids = store.class_ids()
+    current = store.latest_labels("import")
+    new = [(i, class_ids[lab]) for i, lab in labels if current.get(i) != class_ids[lab]]
+    store.add_annotations(new, source="import", annotator="import")
+    report.labeled += len(new)
+
+
+def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool = False) -> ImportReport:
+    """Import every image under ``folder`` (recursively). With ``labels_from_folders`` the
+    first-level subfolder an image lies in is its (import) label."""
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise ValidationError(f"{root} does not exist: give a folder of images")
+    if root.is_file():
+        files, root = [root], root.parent
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    report = ImportReport(source=str(root))
+    seen_hash: dict[str, str] = {}
+    known_ext = store.existing_external_ids(p.relative_to(root).as_posix() for p in files)
+    rows: list[dict] = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            report.skipped.append(Skipped(rel, f"not an image file (extension {path.suffix or 'none'!r}; "
+                                               f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))})"))
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            report.skipped.append(Skipped(rel, f"cannot read file ({exc.strerror or exc})"))
+            continue
+        if not data:
+            report.skipped.append(Skipped(rel, "empty file"))
+            continue
+        h = content_hash(data)
+        if h in seen_hash:
+            report.skipped.append(Skipped(rel, f"same content as {seen_hash[h]} (duplicate image)"))
+            continue
+        reason = _check_image(data)
+        if reason:
+            report.skipped.append(Skipped(rel, reason))
+            continue
+        seen_hash[h] = rel
+        label = None
+        if labels_from_folders:
+            parts = rel.split("/")
+            label = parts[0] if len(parts) > 1 else None
+        rows.append(dict(content_hash=h, modality="image", external_id=rel,
+                         uri=str(path.resolve()), text=None, label=label, where=rel))
+    # an external id already used by other content: the file changed on disk since import
+    stored = store.existing_hashes(r["content_hash"] for r in rows)
+    kept = []
+    for r in rows:
+        if r["external_id"] in known_ext and r["content_hash"] not in stored:
+            report.skipped.append(Skipped(
+                r["where"], "a different image was imported from this path before; "
+                "the file changed on disk — move it to a new name to import it as a new item"))
+        else:
+            kept.append(r)
+    _apply(store, report, kept)
+    return report
+
+
+def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, record or None, reason when None) for every data line of a CSV / JSONL."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    if fmt == "jsonl":
+        for lineno, line in enumerate(raw.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, None, f"not valid UTF-8 (byte {exc.start})"
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            if not isinstance(rec, dict):
+                yield lineno, None, f"expected a JSON object, got {type(rec).__name__}"
+                continue
+            yield lineno, rec, None
+        return
+    text = raw.decode("utf-8", errors="surrogateescape")
+    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    header = [h.strip() for h in header]
+    yield 1, {"__header__": header}, None
+    try:
+        for row in reader:
+            lineno = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if any(_has_surrogates(cell) for cell in row):
+                yield lineno, None, "not valid UTF-8"
+                continue
+            if len(row) > len(header):
+                yield lineno, None, f"{len(row)} fields but the header has {len(header)}"
+                continue
+            yield lineno, dict(zip(header, row)), None
+    except csv.Error as exc:
+        yield reader.line_num, None, f"malformed CSV ({exc}); the rest of the file was not read"
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def import_table(store: Store, path: str | Path, *, text_column: str = "text",
+                 label_column: str | None = None, id_column: str | None = None,
+                 fmt: str | None = None) -> ImportReport:
+    """Import texts from a CSV / TSV or JSONL file, optionally with (import) labels and ids."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValidationError(f"{path} is not a file: give a .csv, .tsv or .jsonl file of texts")
+    fmt = fmt or TABLE_FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "jsonl"):
+        raise ValidationError(f"{path.name}: unknown table format; use a .csv, .tsv or .jsonl file "
+                              "or pass --format csv|jsonl")
+    report = ImportReport(source=str(path))
+    rows: list[dict] = []
+    seen_hash: dict[str, int] = {}
+    seen_id: dict[str, int] = {}
+    header_checked = fmt == "jsonl"
+    for lineno, rec, reason in _table_records(path, fmt):
+        where = f"{path.name}:{lineno}"
+        if rec is not None and "__header__" in rec:
+            header = rec["__header__"]
+            missing = [c for c in (text_column, label_column, id_column) if c and c not in header]
+            if missing:
+                report.skipped.append(Skipped(
+                    f"{path.name}:1", f"missing column {missing[0]!r}; the columns are: "
+                    f"{', '.join(header)} (choose with --text-column / --label-column / --id-column)"))
+                return report
+            header_checked = True
+            if id_column is None and "id" in header:
+                id_column = "id"
+            continue
+        if rec is None:
+            report.skipped.append(Skipped(where, reason or "unreadable"))
+            continue
+        if not header_checked:
+            continue
+        if text_column not in rec:
+            report.skipped.append(Skipped(where, f"missing field {text_column!r}"))
+            continue
+        text = rec[text_column]
+        if not isinstance(text, str):
+            text = "" if text is None else str(text)
+        text = text.strip()
+        if not text:
+            report.skipped.append(Skipped(where, "empty text"))
+            continue
+        label = rec.get(label_column) if label_column else None
+        if label is not None and not isinstance(label, str):
+            label = str(label)
+        label = label.strip() if label else None
+        ext = None
+        if id_column:
+            ext = rec.get(id_column)
+            ext = None if ext is None else str(ext).strip() or None
+            if ext is not None and ext in seen_id:
+                report.skipped.append(Skipped(where, f"duplicate id {ext!r} (first on line {seen_id[ext]})"))
+                continue
+        h = content_hash(text)
+        if h in seen_hash:
+            report.skipped.append(Skipped(where, f"same text as line {seen_hash[h]} (duplicate)"))
+            continue
+        seen_hash[h] = lineno
+        if ext is not None:
+            seen_id[ext] = lineno
+        rows.append(dict(content_hash=h, modality="text", external_id=ext, uri=None, text=text,
+                         label=label, where=where))
+    known = store.existing_external_ids(r["external_id"] for r in rows if r["external_id"])
+    stored = store.existing_hashes(r["content_hash"] for r in rows)
+    kept = []
+    for r in rows:
+        ext = r["external_id"]
+        if ext in known and stored.get(r["content_hash"]) != known[ext]:
+            report.skipped.append(Skipped(
+                r["where"], f"duplicate id {ext!r}: the project already has a different text with this id"))
+        else:
+            kept.append(r)
+    _apply(store, report, kept)
+    return report

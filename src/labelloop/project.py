@@ -1,0 +1,472 @@
+"""``labelloop.Project``: the one Python API; the CLI and the web app are shells over it."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import config
+from .errors import NotReadyError, ProjectError, UnknownClassError, UnknownItemError, ValidationError
+from .ingest import ImportReport, Skipped, import_images, import_table
+from .store import Store
+
+MODALITIES = ("image", "text")
+EXPORT_FORMATS = ("csv", "jsonl")
+
+
+@dataclass
+class LabelReport:
+    appended: int = 0
+    classes_added: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+@dataclass
+class Predictions:
+    """The latest refresh: row r of every array is item ``item_ids[r]``."""
+
+    run_id: int
+    item_ids: np.ndarray     # (n,)
+    proba: np.ndarray        # (n, C) class distributions, columns = ``classes``
+    classes: list[str]
+    label: np.ndarray        # (n,) column index of the predicted class
+    confidence: np.ndarray   # (n,) max probability
+    margin: np.ndarray       # (n,) top1 - top2
+    entropy: np.ndarray      # (n,)
+    reached: np.ndarray      # (n,) bool: a labeled item is in its graph component
+
+    def row_of(self) -> dict[int, int]:
+        return {int(i): r for r, i in enumerate(self.item_ids)}
+
+
+class Project:
+    """A labeling project folder. ``Project.init`` creates one, ``Project(path)`` opens one."""
+
+    def __init__(self, path: str | Path = ".", *, readonly: bool = False):
+        self.store = Store(path, readonly=readonly)
+        self.root = self.store.root
+        self._lp = None        # in-memory propagation state for warm starts (web app, loops)
+        self._lp_key = None
+
+    @classmethod
+    def init(cls, path: str | Path, *, modality: str, classes: Sequence[str] | None = None) -> "Project":
+        if modality not in MODALITIES:
+            raise ValidationError(f"modality must be 'image' or 'text', not {modality!r}")
+        root = Path(path)
+        if (root / "labelloop.db").exists():
+            raise ProjectError(f"{root.resolve()} is already a labelloop project; open it instead")
+        store = Store(root, create=True)
+        store.set_meta("modality", modality)
+        store.set_meta("settings", {})
+        store.set_meta("created", time.time())
+        if classes:
+            store.add_classes(classes)
+        store.close()
+        return cls(root)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def modality(self) -> str:
+        return self.store.get_meta("modality")
+
+    def setting(self, name: str):
+        return config.setting(name, self.store.get_meta("settings", {}))
+
+    def set_setting(self, name: str, value) -> None:
+        config.setting(name)  # validates the name
+        values = self.store.get_meta("settings", {})
+        values[name] = config.coerce(name, value)
+        self.store.set_meta("settings", values)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.store.classes()
+
+    def add_classes(self, names: Iterable[str]) -> list[str]:
+        return self.store.add_classes(names)
+
+    # -------------------------------------------------------------------- ingest
+    def import_(self, source: str | Path, *, labels_from_folders: bool = False, text_column: str = "text",
+                label_column: str | None = None, id_column: str | None = None,
+                fmt: str | None = None) -> ImportReport:
+        """Import a folder of images or a CSV / JSONL of texts (by the project's modality)."""
+        params = dict(source=str(source), labels_from_folders=labels_from_folders,
+                      text_column=text_column, label_column=label_column, id_column=id_column)
+        run = self.store.start_run("import", params)
+        try:
+            if self.modality == "image":
+                report = import_images(self.store, source, labels_from_folders=labels_from_folders)
+            else:
+                report = import_table(self.store, source, text_column=text_column,
+                                      label_column=label_column, id_column=id_column, fmt=fmt)
+        except BaseException:
+            self.store.finish_run(run, status="failed")
+            raise
+        self.store.finish_run(run, {k: v for k, v in report.to_dict().items() if k != "skipped"}
+                              | {"skipped": len(report.skipped)})
+        return report
+
+    # --------------------------------------------------------------------- embed
+    def backbone(self, backbone_id: str | None = None, **options):
+        from .embed import default_backbone, get_backbone
+
+        backbone_id = backbone_id or (self.store.get_meta("backbone") or {}).get("id") \
+            or default_backbone(self.modality)
+        bb = get_backbone(backbone_id, project_dir=self.root, **options)
+        if bb.modality != self.modality:
+            raise ValidationError(f"backbone {backbone_id!r} embeds {bb.modality}s but this is a "
+                                  f"{self.modality} project")
+        return bb
+
+    def embed(self, backbone: str | None = None, *, batch_size: int | None = None, progress: bool = False,
+              on_batch=None, **options):
+        """Embed every item not yet embedded by this backbone; it becomes the active backbone."""
+        from .embed.runner import embed_items
+
+        bb = self.backbone(backbone, **options)
+        items = self.store.items()
+        if not items:
+            raise NotReadyError("the project has no items yet: run `labelloop import` first")
+        run = self.store.start_run("embed", {"backbone": bb.id, "options": options,
+                                             "batch_size": batch_size or self.setting("batch_size") or None})
+        report = embed_items(self.store, bb, items, batch_size=batch_size or self.setting("batch_size") or None,
+                             progress=progress, on_batch=on_batch)
+        self.store.finish_run(run, report.to_dict() | {"skipped": len(report.skipped)},
+                              status="interrupted" if report.interrupted else "done")
+        if not report.interrupted:
+            self.store.set_meta("backbone", {"id": bb.id, "cache_id": report.backbone, "options": options})
+        return report
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order."""
+        meta = self.store.get_meta("backbone")
+        if not meta:
+            raise NotReadyError("no embeddings yet: run `labelloop embed` first")
+        items = self.store.items()
+        cache_id = meta["cache_id"]
+        have = self.store.embedded_hashes(cache_id)
+        missing = [it for it in items if it.content_hash not in have]
+        if missing:
+            raise NotReadyError(
+                f"{len(missing)} of {len(items)} items have no {cache_id!r} embedding "
+                f"(e.g. {missing[0].display}): run `labelloop embed` again")
+        ids = np.array([it.id for it in items], dtype=np.int64)
+        return ids, self.store.load_embeddings(cache_id, [it.content_hash for it in items])
+
+    # --------------------------------------------------------------------- graph
+    def graph(self):
+        """The shared kNN graph over the active embeddings, built once and stored."""
+        from .graph import KnnGraph, build_knn_graph
+
+        ids, X = self.embeddings()
+        k = self.setting("k")
+        fp = self._graph_fingerprint(ids)
+        path = self.root / "arrays" / "graphs" / f"{fp}.npz"
+        if path.exists():
+            return ids, KnnGraph.load(path)
+        k_eff = min(k, len(ids) - 1)
+        if k_eff < 1:
+            raise NotReadyError("a graph needs at least 2 embedded items")
+        run = self.store.start_run("graph", {"k": k_eff, "exact_threshold": self.setting("exact_threshold")},
+                                   {"fingerprint": fp})
+        t0 = time.perf_counter()
+        g = build_knn_graph(X, k=k_eff, exact_threshold=self.setting("exact_threshold"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        g.save(path)
+        self.store.finish_run(run, {"n": g.n, "k": g.k, "method": g.method,
+                                    "seconds": round(time.perf_counter() - t0, 3)})
+        return ids, g
+
+    def _graph_fingerprint(self, ids: np.ndarray) -> str:
+        meta = self.store.get_meta("backbone") or {}
+        h = hashlib.sha256()
+        h.update(str(meta.get("cache_id")).encode())
+        h.update(f"k={self.setting('k')};exact<={self.setting('exact_threshold')}".encode())
+        h.update(np.ascontiguousarray(ids).tobytes())
+        return h.hexdigest()[:20]
+
+    # -------------------------------------------------------------------- labels
+    def label(self, assignments: Iterable[tuple[str | int, str]], *, source: str = "human",
+              annotator: str | None = None, create_classes: bool = False) -> LabelReport:
+        """Append labels. ``assignments``: (item reference, class name) pairs; a reference is an
+        item id, external id, path or unique file name. Bad rows are reported, never fatal."""
+        if source not in ("human", "import"):
+            raise ValidationError("label source must be 'human' or 'import' (machine labels come from autolabel)")
+        report = LabelReport()
+        rows: list[tuple[int, str]] = []
+        for n, (ref, name) in enumerate(assignments, start=1):
+            where = f"#{n} {ref}"
+            name = (name or "").strip() if isinstance(name, str) else name
+            if not name:
+                report.skipped.append(Skipped(where, "empty label"))
+                continue
+            try:
+                rows.append((self.store.resolve_item(ref), name))
+            except UnknownItemError as exc:
+                report.skipped.append(Skipped(where, str(exc)))
+        known = set(self.classes)
+        new = sorted({name for _, name in rows if name not in known})
+        if new and create_classes:
+            report.classes_added = self.store.add_classes(new)
+        elif new:
+            for i, (item_id, name) in enumerate(rows):
+                if name in new:
+                    report.skipped.append(Skipped(
+                        f"item {item_id}", f"unknown class {name!r}; known: {', '.join(sorted(known)) or '(none)'}"
+                        " — pass --new-classes (create_classes=True) to add it"))
+            rows = [(i, name) for i, name in rows if name not in new]
+        class_ids = self.store.class_ids()
+        report.appended = self.store.add_annotations([(i, class_ids[name]) for i, name in rows],
+                                                     source=source, annotator=annotator)
+        return report
+
+    def label_csv(self, path: str | Path, **kwargs) -> LabelReport:
+        """Labels from a CSV with columns ``item`` and ``label``."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValidationError(f"{path} is not a file: give a CSV with columns item,label")
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in reader.fieldnames or []]
+            if "item" not in cols or "label" not in cols:
+                raise ValidationError(f"{path.name} must have columns 'item' and 'label'; it has: "
+                                      f"{', '.join(cols) or '(no header)'}")
+            pairs = [((r.get("item") or "").strip(), r.get("label") or "") for r in reader]
+        return self.label(pairs, **kwargs)
+
+    def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
+                     ) -> np.ndarray:
+        """(n,) class index per item (-1 none) from the given sources; earlier sources win."""
+        ids = self.store.item_ids() if ids is None else ids
+        col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
+        row = {int(i): r for r, i in enumerate(ids)}
+        y = np.full(len(ids), -1, dtype=np.int64)
+        for source in reversed(sources):
+            for item_id, class_id in self.store.latest_labels(source).items():
+                if item_id in row:
+                    y[row[item_id]] = col[class_id]
+        return y
+
+    # ------------------------------------------------------------------- refresh
+    def refresh(self, *, full: bool = False) -> dict:
+        """kNN graph (reused) + label propagation -> predictions of every item. After new labels
+        the propagation warm-starts from the previous result unless ``full``."""
+        from .propagate import LabelPropagation, prediction_summary
+
+        ids, graph = self.graph()
+        classes = self.classes
+        if not classes:
+            raise NotReadyError("no classes yet: label some items first (`labelloop label`)")
+        y_h = self.label_vector(ids, sources=("human",))
+        y = self.label_vector(ids, sources=("human", "import"))
+        trust = self.setting("import_trust")
+        if not (y >= 0).any():
+            raise NotReadyError("no labeled items yet: label a few items per class first (`labelloop label`)")
+        params = dict(k=graph.k, temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
+                      import_trust=trust)
+        key = (self._graph_fingerprint(ids), len(classes), self.setting("temperature"), trust)
+        warm = not full and self._lp is not None and self._lp_key == key
+        if not full and not warm:
+            warm = self._load_warm_state(key, graph)
+        t0 = time.perf_counter()
+        run = self.store.start_run("refresh", params | {"warm": warm},
+                                   {"graph": key[0], "labels": int((y >= 0).sum())})
+        if trust >= 1.0:
+            fit_y, weight, alpha = y, None, None
+        else:
+            # imported labels are soft evidence: spread with every item's own label as a prior
+            # weighted by trust (human labels weight 1), nothing clamped
+            fit_y = y
+            weight = np.where(y_h >= 0, 1.0, np.where(y >= 0, trust, 0.0))
+            alpha = 0.9
+        if warm:
+            self._lp.update(fit_y, n_iter=self.setting("warm_iter"))
+        else:
+            self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
+                                        alpha=alpha)
+            self._lp.fit(graph, fit_y, n_classes=len(classes), sample_weight=weight)
+            self._lp_key = key
+        P = self._lp.predict_proba()  # (n, C)
+        s = prediction_summary(P)
+        reached = self._lp.reached_
+        seconds = time.perf_counter() - t0
+        prev = self.predictions()
+        changed = None
+        if prev is not None and len(prev.item_ids) == len(ids) and np.array_equal(prev.item_ids, ids):
+            changed = int((prev.label != s["label"]).sum())
+        out_dir = self.store.run_dir(run)
+        np.save(out_dir / "proba.npy", P.astype(np.float32))
+        np.save(out_dir / "item_ids.npy", ids)
+        class_ids = list(self.store.class_ids().values())
+        self.store.save_predictions(run, ids, [class_ids[c] for c in s["label"]], s["confidence"],
+                                    s["margin"], s["entropy"], reached)
+        summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
+                       unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
+                       changed=changed, warm=warm, seconds=round(seconds, 4), classes=classes)
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    def _load_warm_state(self, key, graph) -> bool:
+        """Rebuild the propagation state from the last refresh run if it used the same graph."""
+        from .propagate import LabelPropagation
+
+        last = self.store.last_run("refresh")
+        if not last or last["inputs"].get("graph") != key[0]:
+            return False
+        p = last["params"]
+        if (len(last["summary"].get("classes", [])), p.get("temperature"), p.get("import_trust")) != key[1:]:
+            return False
+        path = self.store.run_dir(last["id"]) / "proba.npy"
+        if not path.exists():
+            return False
+        lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
+                              alpha=None if key[3] >= 1.0 else 0.9)
+        if not hasattr(lp, "warm_start"):
+            return False
+        lp.warm_start(graph, np.load(path))
+        self._lp, self._lp_key = lp, key
+        return True
+
+    def predictions(self) -> Predictions | None:
+        """The latest refresh's predictions, or None before the first refresh."""
+        last = self.store.last_run("refresh")
+        if last is None:
+            return None
+        d = self.store.run_dir(last["id"])
+        P = np.load(d / "proba.npy")
+        ids = np.load(d / "item_ids.npy")
+        from .propagate import prediction_summary
+
+        s = prediction_summary(P)
+        reached = np.ones(len(ids), dtype=bool)
+        rows = self.store.conn.execute(
+            "SELECT reached FROM predictions WHERE run_id = ? ORDER BY item_id", (last["id"],)).fetchall()
+        if len(rows) == len(ids):
+            reached = np.array([r[0] for r in rows], dtype=bool)
+        return Predictions(last["id"], ids, P, last["summary"].get("classes", self.classes), s["label"],
+                           s["confidence"], s["margin"], s["entropy"], reached)
+
+    # -------------------------------------------------------------------- status
+    def status(self) -> dict:
+        st = self.store
+        ids = st.item_ids()
+        classes = self.classes
+        cid = st.class_ids()
+        name_of = {v: k for k, v in cid.items()}
+        per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0} for c in classes}
+        labeled = {}
+        for source in ("human", "import", "machine"):
+            latest = st.latest_labels(source)
+            labeled[source] = len(latest)
+            for class_id in latest.values():
+                per_class[name_of[class_id]][source] += 1
+        pred = self.predictions()
+        out = {
+            "project": str(self.root),
+            "modality": self.modality,
+            "items": int(len(ids)),
+            "classes": len(classes),
+            "labeled": labeled,
+            "embedded": st.embedding_backbones(),
+            "active_backbone": (st.get_meta("backbone") or {}).get("cache_id"),
+            "per_class": per_class,
+            "predicted": 0,
+        }
+        if pred is not None:
+            for c in pred.label:
+                per_class[pred.classes[c]]["predicted"] += 1
+            conf = pred.confidence
+            out["predicted"] = int(len(pred.item_ids))
+            out["unreached"] = int((~pred.reached).sum())
+            out["confidence"] = {
+                "mean": round(float(conf.mean()), 4),
+                "p10": round(float(np.quantile(conf, 0.1)), 4),
+                "median": round(float(np.median(conf)), 4),
+                "p90": round(float(np.quantile(conf, 0.9)), 4),
+                "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
+            }
+            last = st.last_run("refresh")
+            out["last_refresh"] = {"run": last["id"], "finished": last["finished"],
+                                   "warm": last["params"].get("warm"), "stale": len(pred.item_ids) != len(ids)}
+        return out
+
+    # -------------------------------------------------------------------- export
+    def rows(self) -> list[dict]:
+        """One row per item with its current best label: human, then import, then machine,
+        then the propagated prediction."""
+        st = self.store
+        name_of = {v: k for k, v in st.class_ids().items()}
+        human, imported, machine = (st.latest_labels(s) for s in ("human", "import", "machine"))
+        conf_machine = dict(st.conn.execute(
+            "SELECT a.item_id, a.confidence FROM annotations a JOIN (SELECT item_id, MAX(id) last FROM "
+            "annotations WHERE source='machine' GROUP BY item_id) l ON a.id = l.last").fetchall())
+        pred = self.predictions()
+        prow = pred.row_of() if pred is not None else {}
+        pcol = {c: j for j, c in enumerate(pred.classes)} if pred is not None else {}
+        out = []
+        for it in st.items():
+            r = prow.get(it.id)
+            row = {"item": it.id, "external_id": it.external_id}
+            if it.modality == "image":
+                row["source_path"] = it.uri
+            else:
+                row["text"] = it.text
+            label, source, conf = None, None, None
+            if it.id in human:
+                label, source, conf = name_of[human[it.id]], "human", 1.0
+            elif it.id in imported:
+                label, source = name_of[imported[it.id]], "import"
+                conf = float(pred.proba[r, pcol[label]]) if r is not None and label in pcol else None
+            elif it.id in machine:
+                label, source, conf = name_of[machine[it.id]], "machine", conf_machine.get(it.id)
+            elif r is not None and pred.reached[r]:
+                label, source = pred.classes[pred.label[r]], "predicted"
+                conf = float(pred.confidence[r])
+            row.update(label=label, source=source, confidence=None if conf is None else round(conf, 6))
+            out.append(row)
+        return out
+
+    def export(self, out: str | Path, *, format: str = "csv") -> Path:
+        if format not in EXPORT_FORMATS:
+            raise ValidationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = self.rows()
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            if format == "csv":
+                text_col = "source_path" if self.modality == "image" else "text"
+                fields = ["item", "external_id", text_col, "label", "source", "confidence"]
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+            else:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        tmp.replace(out)
+        return out

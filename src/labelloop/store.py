@@ -1,0 +1,504 @@
+"""The project store: one SQLite database (WAL) plus array files beside it.
+
+A project is a folder::
+
+    myproj/
+      labelloop.db              items, classes, annotations, runs, predictions, embeddings index
+      arrays/embeddings/<backbone cache id>/<chunk>.npy    embedding chunks
+      arrays/runs/<run id>/...  large outputs of a run (class distributions, graphs)
+
+The store knows nothing about machine learning: it keeps rows and arrays. Annotations are
+append-only; an item's current label is computed from them (see :meth:`Store.current_labels`).
+Every schema change is a numbered migration recorded in the ``migrations`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ProjectError, UnknownClassError, UnknownItemError, ValidationError
+
+DB_NAME = "labelloop.db"
+SOURCES = ("human", "import", "machine")
+
+# Append-only: never edit a migration that has shipped; add a new one.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial schema",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE items (
+            id           INTEGER PRIMARY KEY,
+            external_id  TEXT UNIQUE,              -- id column of a table, or path relative to the import root
+            uri          TEXT,                     -- absolute path of an image
+            text         TEXT,                     -- content of a text item
+            content_hash TEXT NOT NULL UNIQUE,     -- sha256 of the bytes / text: re-import adds nothing
+            modality     TEXT NOT NULL CHECK (modality IN ('image', 'text')),
+            added        REAL NOT NULL
+        );
+        CREATE TABLE classes (
+            id    INTEGER PRIMARY KEY,
+            name  TEXT NOT NULL UNIQUE,
+            added REAL NOT NULL
+        );
+        CREATE TABLE runs (
+            id       INTEGER PRIMARY KEY,
+            kind     TEXT NOT NULL,                -- import, embed, refresh, query, autolabel, ...
+            params   TEXT NOT NULL,                -- JSON
+            inputs   TEXT,                         -- JSON: what it read (fingerprints)
+            started  REAL NOT NULL,
+            finished REAL,
+            status   TEXT NOT NULL DEFAULT 'running',   -- running | done | failed | interrupted
+            summary  TEXT                          -- JSON
+        );
+        CREATE TABLE annotations (
+            id         INTEGER PRIMARY KEY,
+            item_id    INTEGER NOT NULL REFERENCES items(id),
+            class_id   INTEGER REFERENCES classes(id),   -- NULL: the source withdraws its label
+            source     TEXT NOT NULL CHECK (source IN ('human', 'import', 'machine')),
+            annotator  TEXT,
+            created    REAL NOT NULL,
+            run_id     INTEGER REFERENCES runs(id),
+            confidence REAL
+        );
+        CREATE INDEX annotations_by_item ON annotations (item_id, source, id);
+        CREATE TABLE predictions (
+            run_id     INTEGER NOT NULL REFERENCES runs(id),
+            item_id    INTEGER NOT NULL REFERENCES items(id),
+            class_id   INTEGER REFERENCES classes(id),
+            confidence REAL NOT NULL,
+            margin     REAL NOT NULL,
+            entropy    REAL NOT NULL,
+            reached    INTEGER NOT NULL,
+            PRIMARY KEY (run_id, item_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE embeddings (
+            backbone     TEXT NOT NULL,            -- backbone cache id
+            content_hash TEXT NOT NULL,
+            chunk        TEXT NOT NULL,            -- file arrays/embeddings/<backbone>/<chunk>.npy
+            row          INTEGER NOT NULL,
+            PRIMARY KEY (backbone, content_hash)
+        ) WITHOUT ROWID;
+        """,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    external_id: str | None
+    uri: str | None
+    text: str | None
+    content_hash: str
+    modality: str
+
+    @property
+    def display(self) -> str:
+        return self.external_id or self.uri or f"#{self.id}"
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Store:
+    """Rows and arrays of one project folder. One writer at a time; readers never block it."""
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = False, readonly: bool = False):
+        self.root = Path(root).resolve()
+        db = self.root / DB_NAME
+        if not db.exists() and not create:
+            raise ProjectError(
+                f"no labelloop project at {self.root} (no {DB_NAME}); "
+                f"create one with: labelloop init -p {self.root} --modality image|text"
+            )
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.conn = sqlite3.connect(db, check_same_thread=False, timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+        if not readonly:
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
+        )
+        done = {r[0] for r in self.conn.execute("SELECT version FROM migrations")}
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            with self.transaction() as c:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                c.execute(
+                    "INSERT INTO migrations (version, name, applied) VALUES (?, ?, ?)",
+                    (version, name, _now()),
+                )
+
+    def schema_version(self) -> int:
+        return self.conn.execute("SELECT COALESCE(MAX(version), 0) FROM migrations").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------------- meta
+    def get_meta(self, key: str, default=None):
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    # --------------------------------------------------------------------- items
+    def add_items(self, rows: Sequence[dict]) -> list[int | None]:
+        """Insert items in one transaction; returns each row's new id, or None for a row whose
+        content hash is already stored (re-import adds nothing)."""
+        ids: list[int | None] = []
+        now = _now()
+        with self.transaction() as c:
+            for r in rows:
+                cur = c.execute(
+                    "INSERT INTO items (external_id, uri, text, content_hash, modality, added) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
+                    (r.get("external_id"), r.get("uri"), r.get("text"), r["content_hash"],
+                     r["modality"], now),
+                )
+                ids.append(cur.lastrowid if cur.rowcount else None)
+        return ids
+
+    def existing_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        hashes = list(hashes)
+        for start in range(0, len(hashes), 500):
+            part = hashes[start : start + 500]
+            q = f"SELECT content_hash, id FROM items WHERE content_hash IN ({','.join('?' * len(part))})"
+            out.update({h: i for h, i in self.conn.execute(q, part)})
+        return out
+
+    def existing_external_ids(self, ext: Iterable[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        ext = list(ext)
+        for start in range(0, len(ext), 500):
+            part = ext[start : start + 500]
+            q = f"SELECT external_id, id FROM items WHERE external_id IN ({','.join('?' * len(part))})"
+            out.update({e: i for e, i in self.conn.execute(q, part)})
+        return out
+
+    def item_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def item_ids(self) -> np.ndarray:
+        """All item ids in ascending order: the row order of every per-item array."""
+        return np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY id")),
+                           dtype=np.int64)
+
+    def items(self, ids: Sequence[int] | None = None) -> list[Item]:
+        if ids is None:
+            cur = self.conn.execute("SELECT * FROM items ORDER BY id")
+            return [self._item(r) for r in cur]
+        by_id: dict[int, Item] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            q = f"SELECT * FROM items WHERE id IN ({','.join('?' * len(part))})"
+            by_id.update({r["id"]: self._item(r) for r in self.conn.execute(q, part)})
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise UnknownItemError(f"no item with id {missing[0]} in this project")
+        return [by_id[i] for i in ids]
+
+    @staticmethod
+    def _item(r: sqlite3.Row) -> Item:
+        return Item(r["id"], r["external_id"], r["uri"], r["text"], r["content_hash"], r["modality"])
+
+    def resolve_item(self, ref: str | int) -> int:
+        """An item reference as a user writes it: the item id, its external id, the path it was
+        imported from, or a file name that is unique in the project."""
+        ref_s = str(ref).strip()
+        if not ref_s:
+            raise UnknownItemError("empty item reference: give an item id, external id or file name")
+        c = self.conn
+        for q in (
+            "SELECT id FROM items WHERE external_id = ?",
+            "SELECT id FROM items WHERE uri = ?",
+        ):
+            row = c.execute(q, (ref_s,)).fetchone()
+            if row:
+                return row[0]
+        if ref_s.isdigit():
+            row = c.execute("SELECT id FROM items WHERE id = ?", (int(ref_s),)).fetchone()
+            if row:
+                return row[0]
+        if "/" not in ref_s and "\\" not in ref_s:
+            rows = c.execute(
+                "SELECT id FROM items WHERE uri LIKE ? ESCAPE '\\' OR external_id LIKE ? ESCAPE '\\'",
+                ("%/" + _like_escape(ref_s), "%/" + _like_escape(ref_s)),
+            ).fetchall()
+            if len(rows) == 1:
+                return rows[0][0]
+            if len(rows) > 1:
+                raise UnknownItemError(
+                    f"item reference {ref_s!r} matches {len(rows)} files; "
+                    "use the item id or the path relative to the import folder"
+                )
+        raise UnknownItemError(
+            f"no item matches {ref_s!r}: use an item id, an external id, or a file name "
+            "(see `labelloop export` for the ids)"
+        )
+
+    # ------------------------------------------------------------------- classes
+    def classes(self) -> list[str]:
+        """Class names in creation order; a class's index in this list is its column in every
+        probability array."""
+        return [r[0] for r in self.conn.execute("SELECT name FROM classes ORDER BY id")]
+
+    def class_ids(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT name, id FROM classes ORDER BY id")}
+
+    def add_classes(self, names: Iterable[str]) -> list[str]:
+        """Add the names not yet present; returns the ones added."""
+        added = []
+        existing = set(self.classes())
+        with self.transaction() as c:
+            for name in names:
+                name = validate_class_name(name)
+                if name in existing:
+                    continue
+                c.execute("INSERT INTO classes (name, added) VALUES (?, ?)", (name, _now()))
+                existing.add(name)
+                added.append(name)
+        return added
+
+    def class_id(self, name: str, *, create: bool = False) -> int:
+        row = self.conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
+        if row:
+            return row[0]
+        if create:
+            self.add_classes([name])
+            return self.class_id(name)
+        raise UnknownClassError(
+            f"unknown class {name!r}; known classes: {', '.join(self.classes()) or '(none)'}. "
+            "Add it with `labelloop init --classes` or label with --new-classes"
+        )
+
+    # --------------------------------------------------------------- annotations
+    def add_annotations(self, rows: Sequence[tuple[int, int | None]], *, source: str,
+                        annotator: str | None = None, run_id: int | None = None,
+                        confidences: Sequence[float] | None = None) -> int:
+        """Append (item_id, class_id) annotations in one transaction; class_id None withdraws
+        the source's label. Returns the number of rows appended."""
+        if source not in SOURCES:
+            raise ValidationError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+        now = _now()
+        conf = list(confidences) if confidences is not None else [None] * len(rows)
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO annotations (item_id, class_id, source, annotator, created, run_id, confidence) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(int(i), None if k is None else int(k), source, annotator, now, run_id, cf)
+                 for (i, k), cf in zip(rows, conf)],
+            )
+        return len(rows)
+
+    def annotations(self, source: str | None = None) -> list[sqlite3.Row]:
+        q = "SELECT * FROM annotations"
+        args: tuple = ()
+        if source:
+            q += " WHERE source = ?"
+            args = (source,)
+        return self.conn.execute(q + " ORDER BY id", args).fetchall()
+
+    def latest_labels(self, source: str) -> dict[int, int]:
+        """item_id -> class_id of the latest annotation of this source (withdrawn ones dropped).
+        For human labels with several annotators, each annotator's latest label votes and ties
+        go to the most recent vote."""
+        if source == "human":
+            rows = self.conn.execute(
+                "SELECT a.item_id, a.class_id, a.id FROM annotations a JOIN ("
+                "  SELECT item_id, COALESCE(annotator, '') AS who, MAX(id) AS last"
+                "  FROM annotations WHERE source = 'human' GROUP BY item_id, who"
+                ") l ON a.id = l.last WHERE a.class_id IS NOT NULL ORDER BY a.item_id"
+            ).fetchall()
+            votes: dict[int, dict[int, tuple[int, int]]] = {}
+            for item_id, class_id, ann_id in rows:
+                n, last = votes.setdefault(item_id, {}).get(class_id, (0, 0))
+                votes[item_id][class_id] = (n + 1, max(last, ann_id))
+            return {i: max(v.items(), key=lambda kv: kv[1])[0] for i, v in votes.items()}
+        rows = self.conn.execute(
+            "SELECT a.item_id, a.class_id FROM annotations a JOIN ("
+            "  SELECT item_id, MAX(id) AS last FROM annotations WHERE source = ? GROUP BY item_id"
+            ") l ON a.id = l.last WHERE a.class_id IS NOT NULL",
+            (source,),
+        ).fetchall()
+        return {i: k for i, k in rows}
+
+    # ---------------------------------------------------------------------- runs
+    def start_run(self, kind: str, params: dict, inputs: dict | None = None) -> int:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO runs (kind, params, inputs, started) VALUES (?, ?, ?, ?)",
+                (kind, json.dumps(params, sort_keys=True), json.dumps(inputs or {}, sort_keys=True),
+                 _now()),
+            )
+        return cur.lastrowid
+
+    def finish_run(self, run_id: int, summary: dict | None = None, *, status: str = "done") -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE runs SET finished = ?, status = ?, summary = ? WHERE id = ?",
+                (_now(), status, json.dumps(summary or {}, sort_keys=True), run_id),
+            )
+
+    def runs(self, kind: str | None = None, *, status: str | None = "done") -> list[dict]:
+        q, args = "SELECT * FROM runs WHERE 1=1", []
+        if kind:
+            q += " AND kind = ?"
+            args.append(kind)
+        if status:
+            q += " AND status = ?"
+            args.append(status)
+        out = []
+        for r in self.conn.execute(q + " ORDER BY id", args):
+            d = dict(r)
+            for key in ("params", "inputs", "summary"):
+                d[key] = json.loads(d[key]) if d[key] else {}
+            out.append(d)
+        return out
+
+    def last_run(self, kind: str) -> dict | None:
+        runs = self.runs(kind)
+        return runs[-1] if runs else None
+
+    def run_dir(self, run_id: int) -> Path:
+        d = self.root / "arrays" / "runs" / str(run_id)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # --------------------------------------------------------------- predictions
+    def save_predictions(self, run_id: int, item_ids: np.ndarray, class_ids: Sequence[int | None],
+                         confidence: np.ndarray, margin: np.ndarray, entropy: np.ndarray,
+                         reached: np.ndarray) -> None:
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO predictions (run_id, item_id, class_id, confidence, margin, entropy, reached) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                zip([run_id] * len(item_ids), item_ids.tolist(), class_ids, confidence.tolist(),
+                    margin.tolist(), entropy.tolist(), reached.astype(int).tolist()),
+            )
+
+    # ---------------------------------------------------------------- embeddings
+    def embedding_dir(self, backbone: str) -> Path:
+        d = self.root / "arrays" / "embeddings" / _safe_name(backbone)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def embedded_hashes(self, backbone: str) -> set[str]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT content_hash FROM embeddings WHERE backbone = ?", (backbone,))}
+
+    def add_embedding_chunk(self, backbone: str, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Write one batch of vectors to its own file first, then index it in one transaction:
+        an interrupt leaves at worst an unindexed file, never an index pointing at nothing."""
+        chunk = uuid.uuid4().hex[:16]
+        path = self.embedding_dir(backbone) / f"{chunk}.npy"
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, np.ascontiguousarray(vectors, dtype=np.float32))
+        os.replace(tmp, path)
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR REPLACE INTO embeddings (backbone, content_hash, chunk, row) VALUES (?, ?, ?, ?)",
+                [(backbone, h, chunk, r) for r, h in enumerate(hashes)],
+            )
+
+    def load_embeddings(self, backbone: str, hashes: Sequence[str]) -> np.ndarray:
+        """Vectors for these content hashes, in this order; missing ones raise."""
+        where: dict[str, tuple[str, int]] = {
+            h: (ch, row) for h, ch, row in self.conn.execute(
+                "SELECT content_hash, chunk, row FROM embeddings WHERE backbone = ?", (backbone,))
+        }
+        missing = [h for h in hashes if h not in where]
+        if missing:
+            raise ValidationError(
+                f"{len(missing)} items have no {backbone!r} embedding; run `labelloop embed --backbone {backbone}`"
+            )
+        folder = self.embedding_dir(backbone)
+        by_chunk: dict[str, list[tuple[int, int]]] = {}
+        for pos, h in enumerate(hashes):
+            ch, row = where[h]
+            by_chunk.setdefault(ch, []).append((pos, row))
+        out: np.ndarray | None = None
+        for ch, pairs in by_chunk.items():
+            arr = np.load(folder / f"{ch}.npy", mmap_mode="r")
+            if out is None:
+                out = np.empty((len(hashes), arr.shape[1]), dtype=np.float32)  # (n, d)
+            pos, rows = np.array(pairs).T
+            out[pos] = arr[rows]
+        if out is None:
+            return np.empty((0, 0), dtype=np.float32)
+        return out
+
+    def embedding_backbones(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.conn.execute(
+            "SELECT backbone, COUNT(*) FROM embeddings GROUP BY backbone")}
+
+
+def validate_class_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"class name must be a non-empty string, got {name!r}")
+    name = name.strip()
+    if len(name) > 200 or any(ch in name for ch in "\n\r\t"):
+        raise ValidationError(f"class name {name[:40]!r} must be one line of at most 200 characters")
+    return name
+
+
+def _safe_name(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
+
+
+def _like_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
