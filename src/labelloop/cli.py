@@ -233,6 +233,78 @@ def status(project, as_json):
             click.echo(f"{key:<9} {value if isinstance(value, str) else json.dumps(value, default=_json_default)}")
 
 
+@cli.command("next")
+@project_option
+@click.option("--n", "n", type=int, default=20, show_default=True, help="How many items.")
+@click.option("--strategy", default="auto", show_default=True,
+              help="auto, random, least-confidence, margin, entropy, medium-confidence, coreset, typicality, diverse.")
+@click.option("--seed", type=int, default=None)
+@json_option
+def next_cmd(project, n, strategy, seed, as_json):
+    """The items a person should label next, with the machine's guess and why each was picked."""
+    with _open(project) as p:
+        rows = p.next(n, strategy=strategy, seed=seed)
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        guess = f"{r['guess']} ({r['confidence']:.2f})" if r["guess"] is not None else "-"
+        click.echo(f"{r['item']:>7}  {r['ref'][:40]:<40}  guess {guess:<20}  {r['reason']}")
+
+
+@cli.command()
+@project_option
+@click.option("--target-precision", type=float, default=0.95, show_default=True,
+              help="Precision the accepted machine labels must reach.")
+@click.option("--global-threshold", is_flag=True, help="One threshold for all classes instead of per class.")
+@json_option
+def autolabel(project, target_precision, global_threshold, as_json):
+    """Accept machine labels above a threshold calibrated on human labels; the rest go to people."""
+    with _open(project) as p:
+        s = p.autolabel(target_precision=target_precision, per_class=not global_threshold)
+    if as_json:
+        _echo_json(s)
+        return
+    click.echo(f"accepted {s['accepted']} machine labels ({100 * s['coverage']:.1f}% of items; "
+               f"{s['new_or_changed']} new or changed, {s['withdrawn']} withdrawn); "
+               f"{s['needs_person']} items still need a person")
+    if s["accepted"]:
+        click.echo(f"estimated precision {s['estimated_precision']:.3f} (lower bound {s['precision_lower']:.3f}) "
+                   f"from {s['calibration_items']} human labels")
+    click.echo(s["reason"])
+
+
+@cli.command()
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits, fashion-mnist, rotten-tomatoes, or a project folder with ground-truth labels.")
+@click.option("--strategies", default="random,margin,typicality,coreset,auto", show_default=True)
+@click.option("--budget", type=int, default=300, show_default=True, help="Human labels to spend.")
+@click.option("--step", type=int, default=10, show_default=True, help="Labels per query batch.")
+@click.option("--seeds", type=int, default=5, show_default=True)
+@click.option("--backbone", default=None)
+@click.option("--n", "n_items", type=int, default=None, help="Subset size of the dataset.")
+@click.option("--baseline", is_flag=True, help="Also: margin sampling with logistic regression, no graph.")
+@click.option("--target-precision", type=float, default=0.95, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True)
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to cache embeddings of bundled datasets.")
+def simulate(dataset, strategies, budget, step, seeds, backbone, n_items, baseline, target_precision, out, cache):
+    """Replay the loop with an oracle on a dataset with known labels: table + plot + JSON."""
+    from .simulate import project_simulation_data, simulate as run, write_report
+
+    data = dataset
+    if Path(dataset).is_dir() and (Path(dataset) / "labelloop.db").exists():
+        data = project_simulation_data(Path(dataset))
+    result = run(data, strategies=[s.strip() for s in strategies.split(",") if s.strip()], budget=budget,
+                 step=step, seeds=seeds, backbone=backbone, n=n_items, baseline=baseline,
+                 target_precision=target_precision, cache_dir=cache, progress=click.echo)
+    paths = write_report(result, out)
+    from .simulate import markdown_table
+
+    click.echo(markdown_table(result))
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 @cli.command()
 @project_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)

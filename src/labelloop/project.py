@@ -371,6 +371,164 @@ class Project:
         return Predictions(last["id"], ids, P, last["summary"].get("classes", self.classes), s["label"],
                            s["confidence"], s["margin"], s["entropy"], reached)
 
+    # ------------------------------------------------------------ active learning
+    def _current_predictions(self, ids: np.ndarray) -> Predictions | None:
+        pred = self.predictions()
+        if pred is None or len(pred.item_ids) != len(ids) or not np.array_equal(pred.item_ids, ids) \
+                or len(pred.classes) != len(self.classes):
+            return None
+        return pred
+
+    def next(self, n: int = 20, *, strategy: str = "auto", seed: int | None = None, annotator: str | None = None,
+             record: bool = True) -> list[dict]:
+        """The ``n`` items a person should label next, most useful first, with the reason.
+        Items with a human, imported or accepted machine label are not asked again."""
+        from .select import get_strategy
+
+        ids, graph = self.graph()
+        _, X = self.embeddings()
+        labeled_sets = [set(self.store.latest_labels(s)) for s in ("human", "import", "machine")]
+        done = set().union(*labeled_sets)
+        row = {int(i): r for r, i in enumerate(ids)}
+        labeled = np.array(sorted(row[i] for i in done if i in row), dtype=np.int64)
+        unlabeled = np.setdiff1d(np.arange(len(ids)), labeled)
+        y = self.label_vector(ids, sources=("human", "import", "machine"))
+        pred = self._current_predictions(ids)
+        seed = int(seed if seed is not None else len(self.store.runs("query", status=None)))
+        sel = get_strategy(strategy).select(
+            n=n, labeled=labeled, unlabeled=unlabeled, probabilities=None if pred is None else pred.proba,
+            graph=graph, embeddings=X, labels=y[labeled] if len(labeled) else None,
+            class_names=self.classes if pred is not None else None, seed=seed)
+        items = self.store.items(ids[sel.indices].tolist())
+        out = []
+        for r, it, score, reason in zip(sel.indices, items, sel.scores, sel.reasons):
+            guess = conf = None
+            if pred is not None and pred.reached[r]:
+                guess, conf = pred.classes[pred.label[r]], float(pred.confidence[r])
+            out.append({"item": it.id, "ref": it.display, "guess": guess, "confidence": conf,
+                        "score": float(score), "reason": reason})
+        if record:
+            run = self.store.start_run("query", {"strategy": sel.strategy, "n": n, "seed": seed,
+                                                 "annotator": annotator},
+                                       {"labeled": int(len(labeled)), "prediction_run": pred.run_id if pred else None})
+            self.store.finish_run(run, {"items": [o["item"] for o in out], "details": sel.details})
+        return out
+
+    # ----------------------------------------------------------------- autolabel
+    def _calibration(self, ids: np.ndarray, pred: Predictions):
+        """(confidence, predicted, correct) of the human-labeled items, each scored by its
+        neighbours' vote without its own label (leave-one-out on the graph)."""
+        from .propagate import affinity_matrix
+        from .simulate import loo_confidence
+
+        _, graph = self.graph()
+        S = affinity_matrix(graph, temperature=self.setting("temperature"))
+        y_h = self.label_vector(ids, sources=("human",))
+        rows = np.flatnonzero(y_h >= 0)
+        Q = loo_confidence(S, pred.proba, rows)  # (L, C)
+        return Q.max(1), Q.argmax(1), Q.argmax(1) == y_h[rows], y_h
+
+    def autolabel(self, *, target_precision: float = 0.95, per_class: bool = True,
+                  confidence_level: float = 0.95) -> dict:
+        """Accept machine labels above thresholds calibrated on human labels so that accepted
+        labels reach ``target_precision``; withdraw earlier machine labels that no longer pass."""
+        from .autolabel import calibrate_per_class, calibrate_threshold, select_autolabels
+
+        if not 0.5 <= target_precision < 1:
+            raise ValidationError(f"--target-precision must be in [0.5, 1), got {target_precision}")
+        ids = self.store.item_ids()
+        pred = self._current_predictions(ids)
+        if pred is None:
+            raise NotReadyError("predictions are missing or out of date: run `labelloop refresh` first")
+        conf, cpred, correct, y_h = self._calibration(ids, pred)
+        if per_class:
+            cal = calibrate_per_class(conf, cpred, correct, n_classes=len(pred.classes),
+                                      target_precision=target_precision, confidence_level=confidence_level)
+            glob = cal.global_calibration
+        else:
+            cal = glob = calibrate_threshold(conf, correct, target_precision=target_precision,
+                                             confidence_level=confidence_level)
+        y_other = self.label_vector(ids, sources=("human", "import"))
+        eligible = (y_other < 0) & pred.reached
+        accept = select_autolabels(pred.confidence, pred.label, cal, eligible)  # (n,)
+        class_ids = list(self.store.class_ids().values())
+        current = self.store.latest_labels("machine")
+        run = self.store.start_run("autolabel", {"target_precision": target_precision, "per_class": per_class,
+                                                 "confidence_level": confidence_level},
+                                   {"prediction_run": pred.run_id, "human": int(len(conf))})
+        new, confs, withdrawn = [], [], []
+        for r in np.flatnonzero(accept):
+            item, cid = int(ids[r]), class_ids[pred.label[r]]
+            if current.get(item) != cid:
+                new.append((item, cid))
+                confs.append(float(pred.confidence[r]))
+        accepted_items = set(ids[accept].tolist())
+        for item in current:
+            if item not in accepted_items:
+                withdrawn.append((item, None))
+        self.store.add_annotations(new, source="machine", annotator="autolabel", run_id=run, confidences=confs)
+        self.store.add_annotations(withdrawn, source="machine", annotator="autolabel", run_id=run)
+        thresholds = cal.thresholds.tolist() if per_class else [glob.threshold] * len(pred.classes)
+        summary = {
+            "accepted": int(accept.sum()), "new_or_changed": len(new), "withdrawn": len(withdrawn),
+            "coverage": float(accept.mean()), "target_precision": target_precision,
+            "estimated_precision": glob.precision_estimate, "precision_lower": glob.precision_lower,
+            "calibration_items": int(len(conf)), "reason": glob.reason,
+            "thresholds": {c: (None if not np.isfinite(t) else round(float(t), 6))
+                           for c, t in zip(pred.classes, thresholds)},
+            "needs_person": int((~accept & (y_other < 0)).sum()),
+        }
+        if per_class and accept.any():
+            # the precision the calibration set shows for what the per-class thresholds accept
+            c_acc = select_autolabels(conf, cpred, cal)
+            if c_acc.any():
+                summary["estimated_precision"] = float(correct[c_acc].mean())
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    def estimate(self) -> dict | None:
+        """Estimated accuracy of the whole dataset's labels (human + machine + predicted) if
+        exported now, from the leave-one-out calibration of the human labels."""
+        from .autolabel import calibrate_threshold, estimate_accuracy
+
+        ids = self.store.item_ids()
+        pred = self._current_predictions(ids)
+        if pred is None:
+            return None
+        conf, cpred, correct, y_h = self._calibration(ids, pred)
+        if len(conf) == 0:
+            return None
+        last = self.store.last_run("autolabel")
+        target = last["params"]["target_precision"] if last else 0.95
+        machine = self.store.latest_labels("machine")
+        row = {int(i): r for r, i in enumerate(ids)}
+        machine_mask = np.zeros(len(ids), dtype=bool)
+        machine_mask[[row[i] for i in machine if i in row]] = True
+        human = (y_h >= 0) | (self.label_vector(ids, sources=("import",)) >= 0)
+        cal = calibrate_threshold(conf, correct, target_precision=target)
+        est = estimate_accuracy(pred.confidence, pred.label, human, cal, conf, cpred, correct)
+        return {"accuracy": round(est.accuracy, 4), "lower": round(est.lower, 4), "upper": round(est.upper, 4),
+                "human_or_import": est.n_human, "machine": int(machine_mask.sum()),
+                "needs_person": int((~human & ~machine_mask).sum()), "target": target}
+
+    def stopping(self, estimate: dict | None, *, window: int = 3, max_changed: float = 0.005) -> dict:
+        """Whether more labels are unlikely to change the outcome: predictions stable over the
+        last ``window`` refreshes (at most ``max_changed`` of items changed each time) and the
+        estimated accuracy's lower bound at or above the target."""
+        runs = self.store.runs("refresh")[-window:]
+        changes = [r["summary"].get("changed") for r in runs]
+        n = max(self.store.item_count(), 1)
+        stable = len(changes) == window and all(c is not None and c / n <= max_changed for c in changes)
+        accurate = bool(estimate) and estimate["lower"] >= estimate["target"]
+        if stable and accurate:
+            advice = "stop: predictions are stable and the estimated accuracy meets the target"
+        elif not accurate:
+            advice = "keep labeling: the estimated accuracy is below the target" if estimate else \
+                "keep labeling: no estimate yet (label some items and refresh)"
+        else:
+            advice = "keep labeling: predictions still change between refreshes"
+        return {"stop": bool(stable and accurate), "stable": stable, "recent_changes": changes, "advice": advice}
+
     # -------------------------------------------------------------------- status
     def status(self) -> dict:
         st = self.store
@@ -413,6 +571,9 @@ class Project:
             last = st.last_run("refresh")
             out["last_refresh"] = {"run": last["id"], "finished": last["finished"],
                                    "warm": last["params"].get("warm"), "stale": len(pred.item_ids) != len(ids)}
+            est = self.estimate()
+            out["estimate"] = est
+            out["stopping"] = self.stopping(est)
         return out
 
     # -------------------------------------------------------------------- export

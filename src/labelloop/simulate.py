@@ -1,0 +1,318 @@
+"""simulate: replay the labeling loop against a dataset whose true labels are known.
+
+An oracle answers each query batch with the true labels; after each batch the loop refreshes
+(label propagation, warm-started), calibrates the auto-label threshold on the human labels
+(leave-one-out on the graph) and accepts the machine labels above it. Every claim the project
+makes about labels saved is measured here.
+
+Per step we record, for ``h`` human labels:
+
+- ``accuracy_unlabeled``: accuracy of the predicted labels on the items without a human label;
+- ``accuracy_all``: accuracy of the whole dataset if it were exported now (human labels + the
+  prediction for every other item);
+- ``auto_precision`` / ``auto_coverage``: true precision of the accepted machine labels and the
+  share of all items they cover;
+- ``cost_with_autolabel``: human labels needed to finish the dataset with auto-labeling — the
+  ``h`` so far plus every item neither labeled nor accepted (a person labels those);
+  ``accuracy_with_autolabel`` is the accuracy of that finished dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ValidationError
+
+TARGETS = (0.90, 0.95, 0.98)
+COLD_START_OK = {"random", "typicality", "coreset", "auto"}   # need no probabilities
+
+
+@dataclass
+class SimulationData:
+    name: str
+    embeddings: np.ndarray   # (n, d)
+    labels: np.ndarray       # (n,) true class index
+    class_names: list[str]
+    backbone: str
+
+
+def load_simulation_data(dataset: str, *, backbone: str | None = None, n: int | None = None, seed: int = 0,
+                         cache_dir: str | Path | None = None, progress: bool = False) -> SimulationData:
+    """Embed a bundled dataset (cached under ``cache_dir`` by dataset, size and backbone)."""
+    from .datasets import load_dataset
+    from .embed import default_backbone, get_backbone
+
+    ds = load_dataset(dataset, n=n, seed=seed)
+    bb = get_backbone(backbone or ("pixels" if dataset == "digits" else default_backbone(ds.modality)))
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"{dataset}-n{len(ds.items)}-s{seed}-{bb.id}.npy"
+        if cache.exists():
+            return SimulationData(dataset, np.load(cache), ds.labels, ds.class_names, bb.id)
+    if bb.needs_fit:
+        bb.fit(ds.items)
+    from tqdm.auto import tqdm
+
+    parts = [bb.embed_batch(ds.items[i : i + bb.batch_size])
+             for i in tqdm(range(0, len(ds.items), bb.batch_size), disable=not progress, desc=f"embed {dataset}")]
+    X = np.concatenate(parts).astype(np.float32)  # (n, d)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, X)
+    return SimulationData(dataset, X, ds.labels, ds.class_names, bb.id)
+
+
+def project_simulation_data(path: Path) -> SimulationData:
+    """A project folder as a simulation dataset: its embeddings and, as ground truth, its human
+    labels (else imported labels). Only items with a ground-truth label take part."""
+    from .errors import NotReadyError
+    from .project import Project
+
+    with Project(path) as p:
+        ids, X = p.embeddings()
+        y = p.label_vector(ids, sources=("human", "import"))
+        backbone = (p.store.get_meta("backbone") or {}).get("cache_id", "?")
+        classes = p.classes
+    keep = y >= 0
+    if keep.sum() < 20:
+        raise NotReadyError(f"{path} has {int(keep.sum())} items with a label; a simulation needs ground "
+                            "truth for at least 20 (import them with --label-column or --labels-from-folders)")
+    return SimulationData(Path(path).name, X[keep], y[keep], classes, backbone)
+
+
+def loo_confidence(S, P: np.ndarray, labeled: np.ndarray) -> np.ndarray:
+    """Leave-one-out class distribution of each labeled item: its neighbours' vote
+    p_i ∝ Σ_j S_ij P_j (S has no self-loops). The neighbours' P were themselves influenced by
+    item i, so this is slightly optimistic; actively chosen items are the hard ones, which
+    pulls the other way."""
+    V = np.asarray(S[labeled] @ P)  # (L, C)
+    s = V.sum(axis=1, keepdims=True)
+    return np.divide(V, s, out=np.full_like(V, 1.0 / V.shape[1]), where=s > 0)
+
+
+def _logreg_proba(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """modAL-style baseline model: logistic regression on the labeled items only."""
+    from sklearn.linear_model import LogisticRegression
+
+    P = np.full((len(X), n_classes), 1.0 / n_classes)
+    present = np.unique(y[labeled])
+    if len(present) < 2:
+        P[:, present[0]] = 1.0
+        P /= P.sum(1, keepdims=True)
+        return P
+    clf = LogisticRegression(max_iter=500, C=10.0)
+    clf.fit(X[labeled], y[labeled])
+    P[:] = 0.0
+    P[:, clf.classes_] = clf.predict_proba(X)
+    return P
+
+
+def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed: int,
+            model: str = "propagation", target_precision: float = 0.95, k: int = 10,
+            temperature: float = 0.01, n_iter: int = 20, graph=None) -> list[dict]:
+    """One strategy, one seed: the per-step records."""
+    from .autolabel import calibrate_threshold
+    from .graph import build_knn_graph, normalize_rows
+    from .propagate import LabelPropagation, affinity_matrix, prediction_summary
+    from .select import get_strategy
+
+    X = normalize_rows(data.embeddings)
+    y_true = data.labels
+    n, C = len(y_true), len(data.class_names)
+    graph = graph if graph is not None else build_knn_graph(X, k=k)
+    S = affinity_matrix(graph, temperature=temperature)
+    strat = get_strategy(strategy)
+    rng = np.random.default_rng(seed)
+    labeled = np.zeros(0, dtype=np.int64)
+    P: np.ndarray | None = None
+    lp = None
+    records = []
+    while len(labeled) < min(budget, n):
+        m = min(step, budget - len(labeled), n - len(labeled))
+        unl = np.setdiff1d(np.arange(n), labeled)
+        if P is None and strategy not in COLD_START_OK:
+            pick = rng.choice(unl, size=m, replace=False)        # same cold start for every seed
+        else:
+            sel = strat.select(probabilities=P, graph=graph, embeddings=X, labeled=labeled, unlabeled=unl,
+                               n=m, seed=seed + len(labeled), labels=y_true[labeled] if len(labeled) else None,
+                               class_names=data.class_names)
+            pick = sel.indices
+        labeled = np.concatenate([labeled, pick])
+        y = np.full(n, -1, dtype=np.int64)
+        y[labeled] = y_true[labeled]
+        t0 = time.perf_counter()
+        if model == "logreg":
+            P = _logreg_proba(X, labeled, y_true, C)
+        elif lp is None:
+            lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
+            P = lp.predict_proba()
+        else:
+            P = lp.update(y).predict_proba()
+        seconds = time.perf_counter() - t0
+        s = prediction_summary(P)
+        pred, conf = s["label"], s["confidence"]
+        mask_u = np.ones(n, dtype=bool)
+        mask_u[labeled] = False
+        correct_pred = pred == y_true
+        acc_u = float(correct_pred[mask_u].mean()) if mask_u.any() else 1.0
+        acc_all = float((correct_pred | ~mask_u).mean())
+        # calibrate on human labels the machine did not see as labels (leave-one-out)
+        Q = loo_confidence(S, P, labeled) if model == "propagation" else None
+        if Q is None:  # logreg: honest out-of-sample scores need refits; use in-sample (optimistic)
+            Q = P[labeled]
+        cal = calibrate_threshold(Q.max(1), Q.argmax(1) == y_true[labeled], target_precision=target_precision)
+        accept = mask_u & (conf >= cal.threshold)
+        n_acc = int(accept.sum())
+        auto_prec = float(correct_pred[accept].mean()) if n_acc else None
+        rest = int(mask_u.sum()) - n_acc
+        cost = len(labeled) + rest
+        acc_auto = (len(labeled) + rest + int(correct_pred[accept].sum())) / n
+        records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
+                            accuracy_unlabeled=acc_u, accuracy_all=acc_all,
+                            threshold=float(cal.threshold), auto_accepted=n_acc, auto_precision=auto_prec,
+                            auto_coverage=n_acc / n, cost_with_autolabel=int(cost),
+                            accuracy_with_autolabel=float(acc_auto), refresh_seconds=seconds))
+    return records
+
+
+def summarize(records: list[dict], n_items: int) -> list[dict]:
+    """Per (strategy, model): curve mean ± std, labels to reach each target, area under the curve."""
+    out = []
+    keys = sorted({(r["strategy"], r["model"]) for r in records}, key=lambda t: (t[1], t[0]))
+    for strategy, model in keys:
+        rs = [r for r in records if r["strategy"] == strategy and r["model"] == model]
+        seeds = sorted({r["seed"] for r in rs})
+        steps = sorted({r["human_labels"] for r in rs})
+        acc = np.array([[next((r["accuracy_all"] for r in rs if r["seed"] == s and r["human_labels"] == h), np.nan)
+                         for h in steps] for s in seeds])  # (seeds, steps)
+        row = dict(strategy=strategy, model=model, seeds=len(seeds), steps=steps,
+                   accuracy_mean=np.nanmean(acc, 0).tolist(), accuracy_std=np.nanstd(acc, 0).tolist(),
+                   auc=float(np.nanmean(np.trapezoid(acc, steps, axis=1) / (steps[-1] - steps[0])))
+                   if len(steps) > 1 else float(np.nanmean(acc)))
+        for t in TARGETS:
+            need = []
+            for s_i in range(len(seeds)):
+                hit = [h for h, a in zip(steps, acc[s_i]) if a >= t]
+                need.append(hit[0] if hit else None)
+            reached = [v for v in need if v is not None]
+            row[f"labels_to_{int(t * 100)}"] = float(np.mean(reached)) if len(reached) == len(need) else None
+            row[f"saved_x_{int(t * 100)}"] = (n_items / row[f"labels_to_{int(t * 100)}"]
+                                             if row[f"labels_to_{int(t * 100)}"] else None)
+        # finishing the dataset with auto-labeling: cheapest step whose finished accuracy >= 95 %
+        best = []
+        for s in seeds:
+            ok = [r["cost_with_autolabel"] for r in rs if r["seed"] == s and r["accuracy_with_autolabel"] >= 0.95]
+            best.append(min(ok) if ok else n_items)
+        row["cost_with_autolabel_95"] = float(np.mean(best))
+        row["saved_x_autolabel_95"] = n_items / row["cost_with_autolabel_95"]
+        precs = [r["auto_precision"] for r in rs if r["auto_precision"] is not None]
+        row["auto_precision_mean"] = float(np.mean(precs)) if precs else None
+        out.append(row)
+    return out
+
+
+def simulate(dataset: str | SimulationData = "digits", *, strategies: Sequence[str] = ("random", "margin", "auto"),
+             budget: int = 300, step: int = 10, seeds: int = 5, backbone: str | None = None, n: int | None = None,
+             baseline: bool = False, target_precision: float = 0.95, k: int = 10, temperature: float = 0.01,
+             out: str | Path | None = None, cache_dir: str | Path | None = None,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Run every strategy for ``seeds`` seeds; with ``baseline`` also margin sampling with a
+    logistic regression and no propagation. Writes JSON, a markdown table and a PNG to ``out``."""
+    from .graph import build_knn_graph, normalize_rows
+    from .select import available_strategies
+
+    unknown = [s for s in strategies if s not in available_strategies()]
+    if unknown:
+        raise ValidationError(f"unknown strategy {unknown[0]!r}; available: {', '.join(available_strategies())}")
+    if budget < 1 or step < 1 or seeds < 1:
+        raise ValidationError("--budget, --step and --seeds must be at least 1")
+    data = dataset if isinstance(dataset, SimulationData) else load_simulation_data(
+        dataset, backbone=backbone, n=n, cache_dir=cache_dir)
+    say = progress or (lambda s: None)
+    t0 = time.perf_counter()
+    graph = build_knn_graph(normalize_rows(data.embeddings), k=k)
+    runs = [(s, "propagation") for s in strategies] + ([("margin", "logreg")] if baseline else [])
+    records: list[dict] = []
+    for strategy, model in runs:
+        for seed in range(seeds):
+            ts = time.perf_counter()
+            records += run_one(data, strategy, budget=budget, step=step, seed=seed, model=model, graph=graph,
+                               target_precision=target_precision, k=k, temperature=temperature)
+            say(f"{data.name} {strategy}/{model} seed {seed}: accuracy {records[-1]['accuracy_all']:.3f} "
+                f"at {records[-1]['human_labels']} labels ({time.perf_counter() - ts:.1f} s)")
+    result = dict(dataset=data.name, backbone=data.backbone, items=int(len(data.labels)),
+                  classes=data.class_names, budget=budget, step=step, seeds=seeds, k=k, temperature=temperature,
+                  target_precision=target_precision, seconds=round(time.perf_counter() - t0, 1),
+                  summary=summarize(records, len(data.labels)), records=records)
+    if out is not None:
+        write_report(result, Path(out))
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    n = result["items"]
+    lines = [
+        f"### {result['dataset']} ({n} items, backbone `{result['backbone']}`, k={result['k']}, "
+        f"T={result['temperature']}, step {result['step']}, {result['seeds']} seeds)",
+        "",
+        "| strategy | model | acc @50 | acc @100 | acc @budget | labels to 90 % | to 95 % | to 98 % "
+        "| saved × at 95 % | human labels to finish at ≥95 % with auto-label (saved ×) | auto-label precision | AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def at(row, h):
+        if h not in row["steps"]:
+            return "–"
+        i = row["steps"].index(h)
+        return f"{row['accuracy_mean'][i]:.3f} ± {row['accuracy_std'][i]:.3f}"
+
+    def num(v, fmt="{:.0f}"):
+        return "not reached" if v is None else fmt.format(v)
+
+    for r in result["summary"]:
+        lines.append(
+            f"| {r['strategy']} | {r['model']} | {at(r, 50)} | {at(r, 100)} | {at(r, r['steps'][-1])} | "
+            f"{num(r['labels_to_90'])} | {num(r['labels_to_95'])} | {num(r['labels_to_98'])} | "
+            f"{num(r['saved_x_95'], '{:.1f}×')} | {r['cost_with_autolabel_95']:.0f} ({r['saved_x_autolabel_95']:.1f}×) | "
+            f"{num(r['auto_precision_mean'], '{:.3f}')} | {r['auc']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in result["summary"]:
+        h = np.array(r["steps"])
+        m, s = np.array(r["accuracy_mean"]), np.array(r["accuracy_std"])
+        name = r["strategy"] if r["model"] == "propagation" else f"{r['strategy']} + {r['model']} (no graph)"
+        (line,) = ax.plot(h, m, label=name, lw=1.6)
+        ax.fill_between(h, m - s, m + s, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("human labels")
+    ax.set_ylabel("whole-dataset accuracy (human + predicted)")
+    ax.set_title(f"{result['dataset']}: {result['items']} items, backbone {result['backbone']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(result: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"simulate-{result['dataset']}"
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["markdown"].write_text(markdown_table(result))
+    plot(result, paths["png"])
+    return paths
