@@ -324,14 +324,16 @@ def export(project, fmt, out):
 @click.option("--labels-per-class", type=int, default=3, show_default=True)
 @click.option("--n", "n_items", type=int, default=None, help="Use a subset of this many items.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rounds", type=int, default=7, show_default=True, help="Active-learning rounds after the first labels.")
+@click.option("--batch", type=int, default=10, show_default=True, help="Labels per active-learning round.")
 @json_option
-def demo(dataset, directory, backbone, labels_per_class, n_items, seed, as_json):
+def demo(dataset, directory, backbone, labels_per_class, n_items, seed, rounds, batch, as_json):
     """The whole loop on a bundled dataset, offline: import, embed, label a few, refresh, score."""
     from .demo import run_demo
 
     result = run_demo(dataset=dataset, directory=directory, backbone=backbone,
                       labels_per_class=labels_per_class, n=n_items, seed=seed,
-                      echo=None if as_json else click.echo)
+                      rounds=rounds, batch=batch, echo=None if as_json else click.echo)
     if as_json:
         _echo_json(result)
 

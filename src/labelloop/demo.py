@@ -15,11 +15,13 @@ DEFAULT_BACKBONE = {"digits": "pixels"}  # ImageNet features are weaker on 8x8 d
 
 
 def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, backbone: str | None = None,
-             labels_per_class: int = 3, n: int | None = None, seed: int = 0,
+             labels_per_class: int = 3, n: int | None = None, seed: int = 0, rounds: int = 7,
+             batch: int = 10, target_precision: float = 0.95,
              echo: Callable[[str], None] | None = print) -> dict:
     """Build a project from a bundled dataset, label ``labels_per_class`` items per class from
     the ground truth (an oracle standing in for a person), refresh, and measure the accuracy of
-    the predicted labels on every other item."""
+    the predicted labels on every other item; then ``rounds`` active-learning rounds of
+    ``batch`` items chosen by ``Project.next``, and auto-labeling at ``target_precision``."""
     from .datasets import load_dataset, write_image_folder, write_text_csv
     from .project import Project
 
@@ -61,16 +63,39 @@ def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, ba
     say(f"refresh: {summary['seconds']:.2f} s, mean confidence {summary['mean_confidence']:.3f}")
 
     truth = {r: ds.class_names[ds.labels[i]] for i, r in enumerate(refs)}
-    rows = project.rows()
-    ext_to_truth = truth
-    rest = [r for r in rows if r["source"] != "human"]
-    correct = sum(r["label"] == ext_to_truth[r["external_id"]] for r in rest)
-    accuracy = correct / max(len(rest), 1)
+    item_truth = {it.id: truth[it.external_id if ds.modality == "image" else it.external_id]
+                  for it in project.store.items()}
+
+    def accuracy_of(source: str | None = None) -> tuple[float, int]:
+        rows = [r for r in project.rows() if r["source"] != "human" and (source is None or r["source"] == source)]
+        return (sum(r["label"] == item_truth[r["item"]] for r in rows) / max(len(rows), 1), len(rows))
+
+    first, n_rest = accuracy_of()
+    say(f"accuracy of the predicted labels on the other {n_rest} items: {first:.3f}")
+    human = len(chosen)
+    for r in range(rounds):
+        picks = project.next(batch, strategy="auto")
+        project.label([(p["item"], item_truth[p["item"]]) for p in picks], annotator="demo-oracle")
+        summary = project.refresh()
+        human += len(picks)
+        acc, _ = accuracy_of()
+        say(f"active-learning round {r + 1}: +{len(picks)} labels chosen by `next` ({picks[0]['reason']}, ...)"
+            f" -> {human} labels, accuracy on the rest {acc:.3f} ({summary['seconds']:.2f} s refresh)")
+    auto = project.autolabel(target_precision=target_precision)
+    final, n_rest = accuracy_of()
+    machine_acc, n_machine = accuracy_of("machine")
+    if auto["accepted"]:
+        say(f"autolabel at target precision {target_precision}: {auto['accepted']} machine labels accepted "
+            f"(true precision {machine_acc:.3f}), {auto['needs_person']} items left for people")
+    else:
+        say(f"autolabel at target precision {target_precision}: nothing accepted yet — {auto['reason']}")
     out = project.root / "labels.csv"
     project.export(out)
     project.close()
-    say(f"accuracy of the predicted labels on the other {len(rest)} items: {accuracy:.3f}")
-    say(f"human labels used: {len(chosen)} of {len(ds.items)} ({100 * len(chosen) / len(ds.items):.1f}%)")
+    say(f"accuracy of every non-human label: {final:.3f} with {human} human labels of {len(ds.items)} "
+        f"({100 * human / len(ds.items):.1f}%)")
     say(f"labels written to {out}; project at {directory} ({time.perf_counter() - t0:.1f} s in all)")
-    return {"dataset": dataset, "project": str(directory), "items": len(ds.items), "human_labels": int(len(chosen)),
-            "accuracy_on_rest": accuracy, "backbone": emb.backbone, "export": str(out)}
+    return {"dataset": dataset, "project": str(directory), "items": len(ds.items), "backbone": emb.backbone,
+            "initial_labels": int(len(chosen)), "accuracy_after_initial": first, "human_labels": human,
+            "accuracy_on_rest": final, "machine_accepted": auto["accepted"],
+            "machine_precision": machine_acc if n_machine else None, "export": str(out)}

@@ -135,9 +135,14 @@ class Project:
     def backbone(self, backbone_id: str | None = None, **options):
         from .embed import default_backbone, get_backbone
 
-        backbone_id = backbone_id or (self.store.get_meta("backbone") or {}).get("id") \
-            or default_backbone(self.modality)
+        meta = self.store.get_meta("backbone") or {}
+        if backbone_id is None and meta:
+            backbone_id, options = meta["id"], {**meta.get("options", {}), **options}
+        backbone_id = backbone_id or default_backbone(self.modality)
         bb = get_backbone(backbone_id, project_dir=self.root, **options)
+        if len(getattr(bb, "modalities", None) or ()) > 1 and "modality" not in options:
+            # a backbone for several modalities (the test backbone "fake") embeds this project's
+            bb = get_backbone(backbone_id, project_dir=self.root, modality=self.modality, **options)
         if bb.modality != self.modality:
             raise ValidationError(f"backbone {backbone_id!r} embeds {bb.modality}s but this is a "
                                   f"{self.modality} project")
@@ -165,6 +170,8 @@ class Project:
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order."""
         meta = self.store.get_meta("backbone")
+        if not self.store.item_count():
+            raise NotReadyError("the project has no items yet: run `labelloop import` first")
         if not meta:
             raise NotReadyError("no embeddings yet: run `labelloop embed` first")
         items = self.store.items()
@@ -322,6 +329,10 @@ class Project:
         out_dir = self.store.run_dir(run)
         np.save(out_dir / "proba.npy", P.astype(np.float32))
         np.save(out_dir / "item_ids.npy", ids)
+        # the propagation state, so the next refresh (another process) can warm-start from it
+        np.save(out_dir / "state_Y.npy", self._lp.Y_)
+        np.save(out_dir / "state_y.npy", self._lp.y_)
+        np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
         class_ids = list(self.store.class_ids().values())
         self.store.save_predictions(run, ids, [class_ids[c] for c in s["label"]], s["confidence"],
                                     s["margin"], s["entropy"], reached)
@@ -341,14 +352,13 @@ class Project:
         p = last["params"]
         if (len(last["summary"].get("classes", [])), p.get("temperature"), p.get("import_trust")) != key[1:]:
             return False
-        path = self.store.run_dir(last["id"]) / "proba.npy"
-        if not path.exists():
+        d = self.store.run_dir(last["id"])
+        if not all((d / f).exists() for f in ("state_Y.npy", "state_y.npy", "state_w.npy")):
             return False
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
                               alpha=None if key[3] >= 1.0 else 0.9)
-        if not hasattr(lp, "warm_start"):
-            return False
-        lp.warm_start(graph, np.load(path))
+        lp.restore(graph, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
+                   sample_weight=np.load(d / "state_w.npy"))
         self._lp, self._lp_key = lp, key
         return True
 
