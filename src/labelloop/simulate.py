@@ -43,16 +43,18 @@ class SimulationData:
 
 
 def load_simulation_data(dataset: str, *, backbone: str | None = None, n: int | None = None, seed: int = 0,
-                         cache_dir: str | Path | None = None, progress: bool = False) -> SimulationData:
+                         cache_dir: str | Path | None = None, progress: bool = False,
+                         backbone_options: dict | None = None) -> SimulationData:
     """Embed a bundled dataset (cached under ``cache_dir`` by dataset, size and backbone)."""
     from .datasets import load_dataset
     from .embed import default_backbone, get_backbone
 
     ds = load_dataset(dataset, n=n, seed=seed)
-    bb = get_backbone(backbone or ("pixels" if dataset == "digits" else default_backbone(ds.modality)))
+    bb = get_backbone(backbone or ("pixels" if dataset == "digits" else default_backbone(ds.modality)),
+                      **(backbone_options or {}))
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"{dataset}-n{len(ds.items)}-s{seed}-{bb.id}.npy"
+        cache = Path(cache_dir) / f"{dataset}-n{len(ds.items)}-s{seed}-{bb.cache_id}.npy"
         if cache.exists():
             return SimulationData(dataset, np.load(cache), ds.labels, ds.class_names, bb.id)
     if bb.needs_fit:

@@ -1,0 +1,113 @@
+"""The simulation harness end to end on a tiny problem, and the loop's Project methods."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labelloop.errors import NotReadyError, PoolExhaustedError, ValidationError
+from labelloop.simulate import SimulationData, simulate
+
+
+def blobs(n_per=40, n_classes=3, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, d)) * 4
+    X = np.concatenate([c + rng.normal(size=(n_per, d)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), n_per)
+    return SimulationData("blobs", X, y, [f"c{i}" for i in range(n_classes)], "synthetic")
+
+
+def test_tiny_simulation_writes_json_table_and_a_real_png(tmp_path):
+    result = simulate(blobs(), strategies=["random", "margin", "auto"], budget=30, step=6, seeds=2,
+                      baseline=True, out=tmp_path)
+    data = json.loads((tmp_path / "simulate-blobs.json").read_text())
+    assert {s["strategy"] for s in data["summary"]} == {"random", "margin", "auto"}
+    assert len(data["records"]) == 4 * 2 * 5  # (3 strategies + baseline) x 2 seeds x 5 steps
+    for r in data["records"]:
+        assert 0 <= r["accuracy_all"] <= 1 and r["human_labels"] % 6 == 0
+        assert r["cost_with_autolabel"] >= r["human_labels"]
+    table = (tmp_path / "simulate-blobs.md").read_text()
+    assert sum(line.startswith("|") for line in table.splitlines()) == 2 + 4  # header, rule, 4 rows
+    with Image.open(tmp_path / "simulate-blobs.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+        assert len(np.unique(np.asarray(im.convert("L")))) > 10  # not a blank canvas
+    # three separated blobs: every strategy gets there with 30 labels
+    for s in result["summary"]:
+        assert s["accuracy_mean"][-1] >= 0.95
+
+
+def test_simulation_rejects_unknown_strategy():
+    with pytest.raises(ValidationError, match="unknown strategy 'nope'"):
+        simulate(blobs(), strategies=["nope"], budget=10, step=5, seeds=1)
+
+
+@pytest.fixture
+def loop_project(project_factory, tmp_path):
+    """A text project of three well separated topics, embedded with the fake-free tfidf backbone."""
+    p = project_factory("text")
+    topics = {"sport": "football goal match team player score league",
+              "food": "pasta recipe cook tomato sauce garlic oven",
+              "tech": "computer software code python laptop chip"}
+    rng = np.random.default_rng(0)
+    lines = ["id,text,topic"]
+    truth = {}
+    for t, words in topics.items():
+        w = words.split()
+        for i in range(25):
+            text = " ".join(rng.choice(w, size=6)) + f" {t[:2]}{i}"
+            lines.append(f"{t}{i},{text},{t}")
+            truth[f"{t}{i}"] = t
+    f = tmp_path / "texts.csv"
+    f.write_text("\n".join(lines) + "\n")
+    p.import_(f)  # no label column: unlabeled
+    p.embed("tfidf")
+    return p, truth
+
+
+def test_next_autolabel_status_and_stopping(loop_project):
+    p, truth = loop_project
+    with pytest.raises(NotReadyError, match="refresh"):
+        p.autolabel()
+    # cold start: no labels, no predictions -> auto picks typical items of uncovered clusters
+    first = p.next(6)
+    assert len(first) == 6 and all(r["guess"] is None and r["reason"] for r in first)
+    p.label([(r["ref"], truth[r["ref"]]) for r in first], create_classes=True)
+    for _ in range(8):
+        p.refresh()
+        picks = p.next(6, strategy="margin")
+        assert not {r["ref"] for r in picks} & {r["ref"] for r in first}
+        p.label([(r["ref"], truth[r["ref"]]) for r in picks], create_classes=True)
+    p.refresh()
+    a = p.autolabel(target_precision=0.9)
+    assert a["accepted"] + a["needs_person"] == 75 - 54
+    st = p.status()
+    assert st["labeled"]["human"] == 54 and st["labeled"]["machine"] == a["accepted"]
+    est = st["estimate"]
+    assert 0 <= est["lower"] <= est["accuracy"] <= est["upper"] <= 1
+    assert set(st["stopping"]) >= {"stop", "stable", "advice"}
+    runs = p.store.runs("query")
+    assert len(runs) == 9 and runs[0]["params"]["strategy"] == "auto"
+    # every accepted machine label is right on this easy set
+    rows = [r for r in p.rows() if r["source"] == "machine"]
+    assert all(r["label"] == truth[r["external_id"]] for r in rows)
+
+
+def test_next_when_everything_is_labeled(loop_project):
+    p, truth = loop_project
+    p.label(list(truth.items()), create_classes=True)
+    with pytest.raises(PoolExhaustedError):
+        p.next(1)
+
+
+def test_machine_labels_are_withdrawn_when_they_no_longer_pass(loop_project):
+    p, truth = loop_project
+    p.label([(k, v) for k, v in list(truth.items())[::2]], create_classes=True)
+    p.refresh()
+    a = p.autolabel(target_precision=0.9)
+    assert a["accepted"] > 0
+    # a stricter target accepts fewer: the others are withdrawn by new annotations, not deleted
+    b = p.autolabel(target_precision=0.999)
+    assert b["accepted"] <= a["accepted"] and b["withdrawn"] == a["accepted"] - b["accepted"]
+    assert len(p.store.latest_labels("machine")) == b["accepted"]
+    assert len(p.store.annotations("machine")) == a["accepted"] + b["withdrawn"]
