@@ -98,10 +98,22 @@ def init(project: Path, modality: str, classes: str) -> None:
 @click.option("--label-column", default=None, help="Texts: column with existing (possibly noisy) labels.")
 @click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Table format (default: by extension).")
+@click.option("--as-gold", is_flag=True,
+              help="SOURCE is a CSV of gold-standard labels (columns item,label; text projects also text,label) "
+                   "used to benchmark annotators.")
 @json_option
-def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, as_json):
+def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, as_gold, as_json):
     """Import a folder of images or a CSV / JSONL of texts. Exit code 1 if anything was skipped."""
     with _open(project) as p:
+        if as_gold:
+            report = p.import_gold(source, text_column=text_column, label_column=label_column or "label")
+            if as_json:
+                _echo_json(report.to_dict())
+            else:
+                click.echo(f"{report.appended} gold labels added"
+                           + (f"; new classes: {', '.join(report.classes_added)}" if report.classes_added else ""))
+                _print_skipped(report.skipped)
+            sys.exit(0 if report.ok else EXIT_SKIPPED)
         report = p.import_(source, labels_from_folders=labels_from_folders, text_column=text_column,
                            label_column=label_column, id_column=id_column, fmt=fmt)
     if as_json:
@@ -272,6 +284,49 @@ def autolabel(project, target_precision, global_threshold, as_json):
         click.echo(f"estimated precision {s['estimated_precision']:.3f} (lower bound {s['precision_lower']:.3f}) "
                    f"from {s['calibration_items']} human labels")
     click.echo(s["reason"])
+
+
+@cli.command()
+@project_option
+@json_option
+def annotators(project, as_json):
+    """Annotator quality: accuracy on gold items and against consensus, Dawid–Skene, kappas."""
+    with _open(project) as p:
+        r = p.annotators()
+    if as_json:
+        _echo_json(r)
+        return
+    if not r["annotators"]:
+        click.echo("no attributed human labels yet (label with --annotator NAME)")
+        return
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    click.echo(f"{'annotator':<16} labels  gold  gold acc  compared  consensus acc  Dawid-Skene acc")
+    for a in r["annotators"]:
+        click.echo(f"{str(a['annotator']):<16} {a['annotations']:>6}  {a['gold_items']:>4}  {fmt(a['gold_accuracy']):>8}"
+                   f"  {a['compared']:>8}  {fmt(a['consensus_accuracy']):>13}  {fmt(a['dawid_skene_accuracy']):>15}")
+    for pr in r["pairs"]:
+        click.echo(f"Cohen's kappa {pr['a']} / {pr['b']}: {fmt(pr['cohen_kappa'])} on {pr['shared_items']} shared items")
+    click.echo(f"Fleiss' kappa: {fmt(r['fleiss_kappa'])}" + (f" ({r['fleiss_kappa_note']})" if r.get("fleiss_kappa_note") else "")
+               + f"; {r['items_with_several']} items labeled by several annotators, {r['consensus_ties']} ties")
+
+
+@cli.command()
+@project_option
+@click.option("--fraction", type=float, required=True, help="Share of the unlabeled items labeled by several people.")
+@click.option("--times", type=int, default=3, show_default=True, help="How many different annotators each.")
+@click.option("--annotators", "names", default="", help="Comma-separated annotators (default: the project's annotator users).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def consensus(project, fraction, times, names, seed, as_json):
+    """Route a fraction of the items to several annotators (their queues in the web app)."""
+    with _open(project) as p:
+        r = p.consensus(fraction=fraction, times=times, seed=seed,
+                        annotators=[n.strip() for n in names.split(",") if n.strip()] or None)
+    if as_json:
+        _echo_json(r)
+        return
+    click.echo(f"routed {r['items']} items to {len(r['annotators'])} annotators; {r['items_to_several']} go to "
+               f"{times} people each; queue sizes: " + ", ".join(f"{k} {v}" for k, v in r["queue_sizes"].items()))
 
 
 @cli.command()

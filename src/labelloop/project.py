@@ -539,6 +539,144 @@ class Project:
             advice = "keep labeling: predictions still change between refreshes"
         return {"stop": bool(stable and accurate), "stable": stable, "recent_changes": changes, "advice": advice}
 
+    # ------------------------------------------------------------------- quality
+    GOLD_ANNOTATOR = "gold"
+
+    def add_gold(self, pairs: Iterable[tuple[str | int, str]], *, create_classes: bool = False) -> LabelReport:
+        """Mark items as gold standard with their known-true label. Gold labels also count as
+        verified (human) labels, attributed to the annotator "gold"."""
+        report = self.label(pairs, source="human", annotator=self.GOLD_ANNOTATOR, create_classes=create_classes)
+        last = {}
+        for a in self.store.annotations("human"):
+            if a["annotator"] == self.GOLD_ANNOTATOR:
+                last[a["item_id"]] = a["class_id"]
+        now = time.time()
+        with self.store.transaction() as c:
+            c.executemany("INSERT INTO gold (item_id, class_id, added) VALUES (?, ?, ?) "
+                          "ON CONFLICT(item_id) DO UPDATE SET class_id = excluded.class_id",
+                          [(i, k, now) for i, k in last.items() if k is not None])
+        return report
+
+    def import_gold(self, path: str | Path, *, text_column: str = "text", label_column: str = "label",
+                    create_classes: bool = True) -> LabelReport:
+        """Gold items from a CSV: columns ``item,label`` naming existing items, or (text
+        projects) ``text,label`` adding the texts as items first."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValidationError(f"{path} is not a file: give a CSV with columns item,label")
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            cols = [c.strip() for c in (next(csv.reader(f), []) or [])]
+        if "item" in cols and label_column in cols:
+            with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+                pairs = [((r.get("item") or "").strip(), r.get(label_column) or "") for r in csv.DictReader(f)]
+            return self.add_gold(pairs, create_classes=create_classes)
+        if self.modality == "text" and text_column in cols and label_column in cols:
+            from .ingest import content_hash
+
+            imp = self.import_(path, text_column=text_column)
+            with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+                rows = [(r.get(text_column) or "").strip() for r in csv.DictReader(f)], None
+            with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+                labels = [(r.get(label_column) or "") for r in csv.DictReader(f)]
+            known = self.store.existing_hashes(content_hash(t) for t in rows[0] if t)
+            pairs = [(known[content_hash(t)], lab) for t, lab in zip(rows[0], labels) if t and content_hash(t) in known]
+            report = self.add_gold(pairs, create_classes=create_classes)
+            report.skipped = imp.skipped + report.skipped
+            return report
+        raise ValidationError(f"{path.name} needs columns item,{label_column}"
+                              + (f" or {text_column},{label_column}" if self.modality == "text" else "")
+                              + f"; it has: {', '.join(cols) or '(no header)'}")
+
+    def gold(self) -> dict[int, int]:
+        """item_id -> class column index of the gold items."""
+        col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
+        return {i: col[k] for i, k in self.store.conn.execute("SELECT item_id, class_id FROM gold")}
+
+    def annotator_annotations(self) -> list[tuple[int, str, int]]:
+        """(item_id, annotator, class column) of every annotator's latest human label."""
+        col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
+        rows = self.store.conn.execute(
+            "SELECT a.item_id, a.annotator, a.class_id FROM annotations a JOIN ("
+            "  SELECT item_id, annotator, MAX(id) AS last FROM annotations"
+            "  WHERE source = 'human' AND annotator IS NOT NULL AND annotator != ? GROUP BY item_id, annotator"
+            ") l ON a.id = l.last WHERE a.class_id IS NOT NULL ORDER BY a.id", (self.GOLD_ANNOTATOR,)).fetchall()
+        return [(i, who, col[k]) for i, who, k in rows]
+
+    def annotators(self) -> dict:
+        """Per-annotator accuracy against gold items and against the others' consensus,
+        Dawid–Skene estimates, Cohen's kappa between pairs, Fleiss' kappa overall."""
+        from .audit.annotators import (
+            annotator_report,
+            as_annotations,
+            dawid_skene,
+            fleiss_kappa_from_annotations,
+            majority_vote,
+            pairwise_cohen_kappa,
+        )
+
+        rows = self.annotator_annotations()
+        classes = self.classes
+        out: dict = {"annotations": len(rows), "classes": classes, "annotators": [], "pairs": [],
+                     "fleiss_kappa": None, "items_with_several": 0}
+        if not rows:
+            return out
+        ann = as_annotations(rows, n_classes=len(classes))
+        gold = self.gold()
+        stats = annotator_report(ann, gold=gold)
+        ds = dawid_skene(ann)
+        counts = np.bincount(ann.item, minlength=len(ann.item_ids))
+        out["items_with_several"] = int((counts >= 2).sum())
+        ds_acc = {}
+        for a, aid in enumerate(ann.annotator_ids):
+            cm = ds.confusion[a]  # (C, C) P(given | true)
+            ds_acc[aid] = float((ds.priors * np.diag(cm)).sum())
+        for st in stats:
+            out["annotators"].append({
+                "annotator": st.annotator, "annotations": st.n_annotations, "gold_items": st.n_gold,
+                "gold_accuracy": _nan_none(st.gold_accuracy), "compared": st.n_compared,
+                "consensus_accuracy": _nan_none(st.consensus_accuracy),
+                "dawid_skene_accuracy": round(ds_acc[st.annotator], 4),
+                "confusion": st.confusion.tolist()})
+        for (a, b), (kappa, n_shared) in pairwise_cohen_kappa(ann).items():
+            out["pairs"].append({"a": a, "b": b, "shared_items": n_shared, "cohen_kappa": _nan_none(kappa)})
+        try:
+            out["fleiss_kappa"] = _nan_none(fleiss_kappa_from_annotations(ann))
+        except ValidationError as exc:
+            out["fleiss_kappa_note"] = str(exc)
+        mv = majority_vote(ann)
+        out["consensus_ties"] = int(mv.tied.sum())
+        return out
+
+    def consensus(self, *, fraction: float, times: int, annotators: Sequence[str] | None = None,
+                  seed: int = 0) -> dict:
+        """Route a ``fraction`` of the items no person has labeled yet to ``times`` different
+        annotators each (every other item to one), as queue assignments."""
+        from .audit.annotators import consensus_sample
+
+        people = list(annotators or [])
+        if not people:
+            people = [r[0] for r in self.store.conn.execute(
+                "SELECT name FROM users WHERE role = 'annotator' AND active = 1 ORDER BY id")]
+        if not people:
+            people = sorted({who for _, who, _ in self.annotator_annotations()})
+        if not people:
+            raise ValidationError("no annotators known: pass --annotators alice,bob or add users "
+                                  "(`labelloop users add NAME --role annotator`)")
+        human = set(self.store.latest_labels("human"))
+        pending = [int(i) for i in self.store.item_ids() if int(i) not in human]
+        queues = consensus_sample(pending, fraction, times, people, seed=seed)
+        now = time.time()
+        multi = {}
+        for who, items in queues.items():
+            for i in items:
+                multi[i] = multi.get(i, 0) + 1
+        with self.store.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO assignments (item_id, annotator, reason, created) VALUES (?, ?, ?, ?)",
+                          [(i, who, "consensus" if multi[i] > 1 else "single", now)
+                           for who, items in queues.items() for i in items])
+        return {"annotators": people, "items": len(pending), "items_to_several": sum(v > 1 for v in multi.values()),
+                "queue_sizes": {who: len(items) for who, items in queues.items()}}
+
     # -------------------------------------------------------------------- status
     def status(self) -> dict:
         st = self.store
@@ -641,3 +779,7 @@ class Project:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
         tmp.replace(out)
         return out
+
+
+def _nan_none(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
