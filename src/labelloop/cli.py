@@ -393,6 +393,17 @@ def demo(dataset, directory, backbone, labels_per_class, n_items, seed, rounds, 
         _echo_json(result)
 
 
+def _add_web_commands() -> None:
+    # importing the module is cheap: it loads FastAPI only when a command runs
+    from .web.cli_commands import serve, users
+
+    cli.add_command(serve)
+    cli.add_command(users)
+
+
+_add_web_commands()
+
+
 def main() -> None:
     cli(prog_name="labelloop")
 

@@ -129,6 +129,27 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "web sessions, idempotent web submissions, annotations by annotator",
+        """
+        CREATE TABLE sessions (                    -- web logins: the cookie / bearer holds the token
+            token_hash TEXT PRIMARY KEY,           -- sha256 of the session token
+            user_id    INTEGER NOT NULL REFERENCES users(id),
+            csrf       TEXT NOT NULL,              -- echoed by form posts and X-CSRF-Token headers
+            created    REAL NOT NULL,
+            expires    REAL NOT NULL
+        );
+        CREATE TABLE submissions (                 -- idempotency keys: a retried submission is stored once
+            user_id  INTEGER NOT NULL REFERENCES users(id),
+            key      TEXT NOT NULL,
+            response TEXT NOT NULL,                -- JSON answer given the first time
+            created  REAL NOT NULL,
+            PRIMARY KEY (user_id, key)
+        );
+        CREATE INDEX annotations_by_annotator ON annotations (annotator, source, id);
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,84 @@
+"""The audit page's data: suspected label errors (:func:`labelloop.audit.audit_labels`), each
+with the nearest neighbours whose labels disagree with it, side by side."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+
+from ..errors import LabelloopError
+
+NOT_AVAILABLE = ("The label audit is not available yet in this version of labelloop "
+                 "(labelloop.audit has no label-error ranking).")
+LOGREG_MAX_ITEMS = 20_000   # above this the page audits with the graph signal only (seconds, not minutes)
+SOURCE_NAMES = {1: "human", 2: "import", 3: "machine"}
+
+
+def _compute(ctx) -> dict:
+    """The full audit of the current labels (cached by the caller)."""
+    try:
+        from ..audit import audit_labels
+    except ImportError:
+        return {"available": False, "detail": NOT_AVAILABLE}
+    from .dashboard import current_labels
+
+    project = ctx.readers.project()
+    try:
+        ids, graph = project.graph()
+        X = project.embeddings()[1]
+    except LabelloopError as exc:
+        return {"available": False, "detail": f"Nothing to audit yet: {exc}"}
+    except sqlite3.OperationalError:   # no stored graph: a read-only reader cannot build one
+        return {"available": False, "detail": "Nothing to audit yet: the kNN graph is built by the first "
+                                              "refresh (label a few items)."}
+    classes = project.classes
+    y, src = current_labels(project, ids)                     # (n,), (n,)
+    if (y >= 0).sum() < 2 or len(classes) < 2:
+        return {"available": False, "detail": "Nothing to audit yet: the audit needs labeled items of "
+                                              "at least two classes."}
+    col = {cid: c for c, cid in enumerate(project.store.class_ids().values())}
+    row = {int(i): r for r, i in enumerate(ids)}
+    confirmed = [(row[i], col[k]) for i, k in project.store.conn.execute(
+        "SELECT item_id, class_id FROM audit_confirmations") if i in row]
+    method = "logreg" if len(ids) <= LOGREG_MAX_ITEMS else "none"
+    try:
+        res = audit_labels(X, graph, y, len(classes), confirmed=confirmed, classifier=method)
+    except LabelloopError as exc:
+        return {"available": False, "detail": f"The audit could not run: {exc}"}
+    return {"available": True, "ids": ids, "y": y, "src": src, "classes": classes, "result": res,
+            "method": ("neighbourhood (kNN graph) + out-of-fold logistic regression, confident learning"
+                       if method == "logreg" else "neighbourhood (kNN graph) only, confident learning")}
+
+
+def audit_view(ctx, *, limit: int = 30, n_neighbours: int = 6) -> dict:
+    """JSON of the audit page: the ``limit`` most suspicious labels, each with up to
+    ``n_neighbours`` disagreeing neighbours."""
+    from .app import item_json
+
+    store = ctx.readers.store()
+    confirmations = store.conn.execute("SELECT COUNT(*) FROM audit_confirmations").fetchone()[0]
+    full = ctx.cached("audit", (ctx.version(store), confirmations), lambda: _compute(ctx))
+    if not full.get("available"):
+        return {"available": False, "detail": full.get("detail"), "suspects": [], "total": 0}
+    res, ids, y, src, classes = full["result"], full["ids"], full["y"], full["src"], full["classes"]
+    issues = res.issues[:limit]
+    rows = sorted({i.item for i in issues} | {j for i in issues for j in i.evidence[:n_neighbours]})
+    items = dict(zip(rows, store.items([int(ids[r]) for r in rows]))) if rows else {}
+    snap = ctx.refresher.snapshot
+    suspects = []
+    for iss in issues:
+        d = item_json(items[iss.item], snap)
+        d.update(given=classes[iss.given_label], source=SOURCE_NAMES.get(int(src[iss.item])),
+                 suggested=classes[iss.suggested_label], score=round(iss.score, 4),
+                 graph_score=round(iss.graph_score, 4),
+                 classifier_score=None if np.isnan(iss.classifier_score) else round(iss.classifier_score, 4))
+        d["neighbours"] = []
+        for j, lab in zip(iss.evidence[:n_neighbours], iss.evidence_labels[:n_neighbours]):
+            nb = item_json(items[j], snap)
+            nb.update(label=classes[lab], source=SOURCE_NAMES.get(int(src[j])))
+            d["neighbours"].append(nb)
+        suspects.append(d)
+    return {"available": True, "method": full["method"], "total": len(res.issues),
+            "noise_rate": round(float(res.noise_rate), 4), "confirmed_skipped": res.n_confirmed_skipped,
+            "classes": classes, "suspects": suspects}

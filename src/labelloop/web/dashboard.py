@@ -1,0 +1,156 @@
+"""Numbers behind the dashboard (its JSON twin, ``/api/dashboard``) and the data of its plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..project import Project
+from .queue import Snapshot
+
+__all__ = ["dashboard_data", "learning_curve", "current_labels", "annotator_rows", "embedding_map"]
+
+MAP_POINTS = 4000  # points drawn in the embedding map (a seeded sample of the items)
+
+
+def _finite(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def current_labels(project: Project, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) class index of each item's current label and (n,) its source code:
+    0 none, 1 human, 2 import, 3 machine (human wins, then import, then machine)."""
+    y = np.full(len(ids), -1, dtype=np.int64)
+    src = np.zeros(len(ids), dtype=np.int8)
+    for code, source in ((3, "machine"), (2, "import"), (1, "human")):
+        ys = project.label_vector(ids, sources=(source,))
+        has = ys >= 0
+        y[has] = ys[has]
+        src[has] = code
+    return y, src
+
+
+def annotator_rows(project: Project) -> list[tuple[int, str, int]]:
+    """(item, annotator, class id) of every annotator's label in effect (latest, not withdrawn)."""
+    return [tuple(r) for r in project.store.conn.execute(
+        "SELECT a.item_id, a.annotator, a.class_id FROM annotations a JOIN ("
+        "  SELECT item_id, annotator, MAX(id) AS last FROM annotations"
+        "  WHERE source = 'human' AND annotator IS NOT NULL GROUP BY item_id, annotator"
+        ") l ON a.id = l.last WHERE a.class_id IS NOT NULL ORDER BY a.id")]
+
+
+def _agreement(project: Project, rows: list[tuple[int, str, int]]) -> tuple[dict, dict]:
+    """Agreement between annotators on shared items, and per-annotator quality figures."""
+    from ..audit.annotators import annotator_report, fleiss_kappa_from_annotations, pairwise_cohen_kappa
+
+    col = {cid: c for c, cid in enumerate(project.store.class_ids().values())}
+    n_classes = max(len(col), 1)
+    table = [(i, a, col[k]) for i, a, k in rows]
+    gold = {i: col[k] for i, k in project.store.conn.execute("SELECT item_id, class_id FROM gold")}
+    per: dict = {}
+    if table:
+        for s in annotator_report(table, gold=gold or None, n_classes=n_classes):
+            per[s.annotator] = {"gold_items": s.n_gold, "gold_accuracy": _finite(s.gold_accuracy),
+                                "compared": s.n_compared, "consensus_accuracy": _finite(s.consensus_accuracy)}
+    by_item: dict[int, list[int]] = {}
+    for i, _, c in table:
+        by_item.setdefault(i, []).append(c)
+    shared = {i for i, v in by_item.items() if len(v) >= 2}
+    out: dict = {"items": len(shared)}
+    if shared:
+        sub = [r for r in table if r[0] in shared]
+        out["fleiss_kappa"] = _finite(fleiss_kappa_from_annotations(sub, n_classes=n_classes))
+        out["raw_agreement"] = float(np.mean([len(set(by_item[i])) == 1 for i in shared]))
+        out["pairs"] = [{"a": a, "b": b, "kappa": _finite(k), "shared": int(n)}
+                        for (a, b), (k, n) in pairwise_cohen_kappa(sub, n_classes=n_classes).items()]
+    return out, per
+
+
+def learning_curve(project: Project) -> list[dict]:
+    """One point per refresh run: human labels, mean confidence, and the accuracy estimate
+    when the run recorded one."""
+    pts = []
+    for r in project.store.runs("refresh"):
+        s = r["summary"]
+        est = s.get("estimated_accuracy", s.get("estimate"))
+        if isinstance(est, dict):
+            est = est.get("accuracy")
+        pts.append({"run": r["id"], "human": s.get("human"), "labeled": s.get("labeled"),
+                    "mean_confidence": s.get("mean_confidence"),
+                    "estimated_accuracy": est if isinstance(est, (int, float)) else None})
+    return pts
+
+
+def _estimate(status: dict) -> dict:
+    est = status.get("estimate")
+    if isinstance(est, dict):
+        acc = est.get("accuracy", est.get("estimate"))
+        if isinstance(acc, (int, float)):
+            return {"accuracy": float(acc), **{k: v for k, v in est.items() if k != "accuracy"}}
+    if isinstance(est, (int, float)):
+        return {"accuracy": float(est)}
+    return {"accuracy": None,
+            "note": est if isinstance(est, str) else
+            "no estimate yet: it needs human-verified items the machine had predicted (see `labelloop status`)"}
+
+
+def dashboard_data(project: Project, snapshot: Snapshot, refresh_status: dict) -> dict:
+    st = project.status()
+    ids = project.store.item_ids()
+    y, src = current_labels(project, ids)
+    rows = annotator_rows(project)
+    agreement, per = _agreement(project, rows)
+    counts_by = {}
+    for _, a, _ in rows:
+        counts_by[a] = counts_by.get(a, 0) + 1
+    annotators = [{"annotator": a, "labels": n, **per.get(a, {})}
+                  for a, n in sorted(counts_by.items(), key=lambda kv: -kv[1])]
+    hist = None
+    if len(snapshot.item_ids):
+        mask = ~np.isin(snapshot.item_ids, ids[src == 1])
+        counts, edges = np.histogram(snapshot.confidence[mask], bins=20, range=(0.0, 1.0))
+        hist = {"edges": edges.round(4).tolist(), "counts": counts.tolist()}
+    return {
+        "counts": {"items": int(len(ids)), "human": int((src == 1).sum()), "imported": int((src == 2).sum()),
+                   "machine": int((src == 3).sum()), "left": int((src == 0).sum())},
+        "estimate": _estimate(st),
+        "classes": project.classes,
+        "per_class": st.get("per_class", {}),
+        "confidence": st.get("confidence"),
+        "confidence_histogram": hist,
+        "annotators": annotators,
+        "agreement": agreement,
+        "learning_curve": learning_curve(project),
+        "refresh": dict(refresh_status),
+        "snapshot": snapshot.to_dict(),
+        "status": {k: v for k, v in st.items() if k not in ("per_class",)},
+    }
+
+
+def embedding_map(project: Project, *, n_points: int = MAP_POINTS, seed: int = 0) -> dict | None:
+    """2-D PCA coordinates of a seeded sample of the items with their current label."""
+    from ..errors import LabelloopError
+
+    try:
+        ids, X = project.embeddings()
+    except LabelloopError:
+        return None
+    if len(ids) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(ids), size=min(n_points, len(ids)), replace=False))
+    Xs = X[rows].astype(np.float64)                                    # (m, d)
+    Xs /= np.maximum(np.linalg.norm(Xs, axis=1, keepdims=True), 1e-12)  # cosine geometry, as the graph
+    Xs -= Xs.mean(axis=0)
+    # PCA: the top-2 right singular vectors of the centred data
+    _, _, vt = np.linalg.svd(Xs, full_matrices=False)
+    xy = Xs @ vt[:2].T                                                 # (m, 2)
+    y, src = current_labels(project, ids[rows])
+    pred = project.predictions()
+    if pred is not None:
+        r = np.searchsorted(pred.item_ids, ids[rows])
+        r = np.minimum(r, len(pred.item_ids) - 1)
+        ok = (pred.item_ids[r] == ids[rows]) & (y < 0) & pred.reached[r]
+        y[ok] = pred.label[r[ok]]
+    return {"xy": xy, "label": y, "source": src, "classes": project.classes}

@@ -1,0 +1,539 @@
+"""The server's process model: one writer thread, read-only readers, one background refresher.
+
+- :class:`Writer`: the only thread that writes what requests ask for (labels, classes, users,
+  sessions, reviews). A request hands it a function and waits for the result, so writes are
+  serialised in arrival order and never collide.
+- :class:`Readers`: one read-only connection per request thread. SQLite in WAL mode lets
+  readers see the last committed state without ever blocking the writer.
+- :class:`Refresher`: owns THE one :class:`labelloop.Project` of the process, whose in-memory
+  propagation state makes each refresh a warm start. Label commits call :meth:`request`;
+  requests arriving while a refresh runs are coalesced into one more refresh. After each
+  refresh it publishes a new :class:`~labelloop.web.queue.Snapshot` (an atomic reference
+  swap); a second thread ranks the unlabeled items with the query strategy. The refresh's own
+  writes (its run, its predictions) also go through the writer, in small chunks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import queue as _queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import LabelloopError, NotReadyError
+from ..project import Project
+from ..store import Store
+from .queue import N_TOP, RankInputs, Snapshot, confidence_order, strategy_top
+
+log = logging.getLogger("labelloop.web")
+
+__all__ = ["Writer", "Readers", "Refresher", "CachedProject"]
+
+
+class Writer:
+    """A thread with its own read-write store; ``call(fn)`` runs ``fn(store)`` there.
+
+    Jobs run one at a time: requests' jobs first, in arrival order; ``background`` jobs (the
+    rows of a refresh's predictions) only when no request job waits, so a label never queues
+    behind bulk writes."""
+
+    _FOREGROUND, _BACKGROUND, _STOP = 0, 1, 2
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._jobs: _queue.PriorityQueue = _queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="labelloop-writer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            store = Store(self.root)
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                _, _, job = self._jobs.get()
+                if job is None:
+                    return
+                fn, fut = job
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fut.set_result(fn(store))
+                except BaseException as exc:  # handed to the waiting request
+                    if store.conn.in_transaction:
+                        store.conn.execute("ROLLBACK")
+                    fut.set_exception(exc)
+        finally:
+            store.close()
+
+    def submit(self, fn: Callable[[Store], Any], *, background: bool = False) -> concurrent.futures.Future:
+        if self._thread is None:
+            self.start()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((self._BACKGROUND if background else self._FOREGROUND, next(self._seq), (fn, fut)))
+        return fut
+
+    def call(self, fn: Callable[[Store], Any], timeout: float = 120.0) -> Any:
+        return self.submit(fn).result(timeout)
+
+    def drain(self, timeout: float = 300.0) -> None:
+        """Wait until every job queued so far, background ones included, is done."""
+        self.submit(lambda s: None, background=True).result(timeout)
+
+    def stop(self) -> None:
+        """Finish every queued job (background ones too), then stop."""
+        if self._thread is not None:
+            self._jobs.put((self._STOP, next(self._seq), None))
+            self._thread.join(timeout=120)
+            self._thread = None
+
+
+class Readers:
+    """A read-only :class:`Project` per thread (its ``.store`` answers SQL reads)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Project] = []
+
+    def project(self) -> Project:
+        p = getattr(self._local, "project", None)
+        if p is None:
+            p = Project(self.root, readonly=True)
+            self._local.project = p
+            with self._lock:
+                self._open.append(p)
+        return p
+
+    def store(self) -> Store:
+        return self.project().store
+
+    def close(self) -> None:
+        with self._lock:
+            for p in self._open:
+                try:
+                    p.close()
+                except Exception:  # noqa: BLE001 - closing a connection of another thread at exit
+                    pass
+            self._open.clear()
+
+
+class WriterStore(Store):
+    """The refresher's store: it reads on its own connection, but the writes a refresh makes
+    (its run, its predictions) run on the server's writer thread like every other write.
+
+    The n prediction rows (0.7 s of inserts at 100k items) are queued as background chunks,
+    the run is marked done after them, and the refresh returns as soon as its arrays are
+    computed: other readers see the run only once all its rows are there. When the next
+    refresh comes before a run's rows are all written, the rest of them is dropped and the
+    run is marked ``superseded`` (its partial rows deleted): in a burst only the newest
+    predictions are written out, which also bounds how fast the predictions table grows."""
+
+    CHUNK = 1000   # rows per background job: a label waits for at most one (a few ms)
+
+    def __init__(self, root: Path, writer: Writer):
+        super().__init__(root)
+        self._writer = writer
+        self._pending: list[concurrent.futures.Future] = []
+        self._pending_run: int | None = None
+
+    def _background(self, fn) -> None:
+        fut = self._writer.submit(fn, background=True)
+        fut.add_done_callback(_log_failure)
+        self._pending.append(fut)
+
+    def flush(self, timeout: float = 300.0) -> None:
+        """Wait until every queued write of this store is done (cancelled ones skipped)."""
+        for fut in self._pending:
+            if not fut.cancelled():
+                fut.exception(timeout)
+        self._pending = []
+
+    def _supersede(self) -> None:
+        """Drop the unwritten rest of the previous run's writes; mark it superseded if any."""
+        dropped = [f.cancel() for f in self._pending]
+        run = self._pending_run
+        self.flush()
+        if any(dropped) and run is not None:
+            def mark(s: Store) -> None:
+                with s.transaction() as c:
+                    c.execute("DELETE FROM predictions WHERE run_id = ?", (run,))
+                    c.execute("UPDATE runs SET finished = ?, status = 'superseded' WHERE id = ?",
+                              (time.time(), run))
+            self._writer.submit(mark, background=True).add_done_callback(_log_failure)
+
+    def start_run(self, kind: str, params: dict, inputs: dict | None = None) -> int:
+        return self._writer.call(lambda s: Store.start_run(s, kind, params, inputs))
+
+    def finish_run(self, run_id: int, summary: dict | None = None, *, status: str = "done") -> None:
+        if self._pending and run_id == self._pending_run:   # after the run's rows (in order)
+            self._background(lambda s: Store.finish_run(s, run_id, summary, status=status))
+        else:
+            self._writer.call(lambda s: Store.finish_run(s, run_id, summary, status=status))
+
+    def save_predictions(self, run_id, item_ids, class_ids, confidence, margin, entropy, reached) -> None:
+        self._supersede()
+        self._pending_run = run_id
+        class_ids = list(class_ids)
+        for a in range(0, len(item_ids), self.CHUNK):
+            b = a + self.CHUNK
+            self._background(lambda s, a=a, b=b: Store.save_predictions(
+                s, run_id, item_ids[a:b], class_ids[a:b], confidence[a:b], margin[a:b], entropy[a:b], reached[a:b]))
+
+
+def _log_failure(fut: concurrent.futures.Future) -> None:
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None:
+        log.error("a background write failed: %s: %s", type(exc).__name__, exc)
+
+
+class CachedProject(Project):
+    """A :class:`Project` that keeps the embeddings, the kNN graph and the latest predictions
+    in memory between refreshes while the items and the backbone stay the same.
+
+    ``Project.embeddings`` rebuilds item lists and re-reads every vector on each call, which a
+    server refreshing after every label at 100k items cannot afford; the cache key (item count,
+    last item id, backbone cache id, k) changes whenever any of those inputs can. With a
+    ``writer``, its writes go through the server's writer thread (:class:`WriterStore`)."""
+
+    def __init__(self, path: Path, *, writer: Writer | None = None):
+        super().__init__(path)
+        if writer is not None:
+            self.store.close()
+            self.store = WriterStore(self.root, writer)
+
+    def _inputs_key(self) -> tuple:
+        n, last = self.store.conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM items").fetchone()
+        meta = self.store.get_meta("backbone") or {}
+        return n, last, meta.get("cache_id"), self.setting("k"), self.setting("exact_threshold")
+
+    def embeddings(self):
+        key = self._inputs_key()
+        cached = getattr(self, "_emb_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out = super().embeddings()
+        self._emb_cache = (key, out)
+        return out
+
+    def graph(self):
+        key = self._inputs_key()
+        cached = getattr(self, "_graph_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out = super().graph()
+        self._graph_cache = (key, out)
+        return out
+
+    def predictions(self):
+        last = self.store.conn.execute(
+            "SELECT MAX(id) FROM runs WHERE kind = 'refresh' AND status = 'done'").fetchone()[0]
+        cached = getattr(self, "_pred_cache", None)
+        # the cache may be ahead of the store: a run whose rows are still being written
+        if cached is not None and (cached[0] == last or (cached[0] is not None and (last is None or cached[0] > last))):
+            return cached[1]
+        out = super().predictions()
+        self._pred_cache = (last, out)
+        return out
+
+    def label_vector(self, ids: np.ndarray | None = None, *, sources=("human", "import")) -> np.ndarray:
+        """``Project.label_vector``, vectorised for ascending ids (its dict over every item
+        costs 70 ms per call at 100k items; a refresh makes two)."""
+        ids = self.store.item_ids() if ids is None else ids
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            return super().label_vector(ids, sources=sources)
+        return _label_vector(self, ids, sources)
+
+    def refresh(self, *, full: bool = False) -> dict:
+        """``Project.refresh``, then the new predictions straight from the in-memory propagation
+        (reading them back, ``reached`` from n rows of SQL, costs 0.4 s at 100k items)."""
+        from ..project import Predictions
+        from ..propagate import prediction_summary
+
+        summary = super().refresh(full=full)
+        lp = getattr(self, "_lp", None)
+        emb = getattr(self, "_graph_cache", None)
+        if lp is not None and emb is not None:
+            ids = emb[1][0]
+            P = lp.predict_proba().astype(np.float32)                    # (n, C), as saved
+            s = prediction_summary(P)
+            self._pred_cache = (summary["run"], Predictions(
+                summary["run"], ids, P, list(summary["classes"]), s["label"], s["confidence"], s["margin"],
+                s["entropy"], np.asarray(lp.reached_, dtype=bool)))
+        return summary
+
+
+def _label_vector(p: Project, ids: np.ndarray, sources=("human", "import", "machine")) -> np.ndarray:
+    """``p.label_vector(ids, sources=sources)`` for ascending ``ids``, vectorised (the dict
+    over every item costs 70 ms at 100k items). Earlier sources win, as there."""
+    col = {cid: c for c, cid in enumerate(p.store.class_ids().values())}
+    y = np.full(len(ids), -1, dtype=np.int64)                            # (n,)
+    for source in reversed(tuple(sources)):                              # later writes win here
+        latest = p.store.latest_labels(source)
+        if not latest or not len(ids):
+            continue
+        k = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
+        v = np.fromiter((col[c] for c in latest.values()), dtype=np.int64, count=len(latest))
+        pos = np.minimum(np.searchsorted(ids, k), len(ids) - 1)
+        ok = ids[pos] == k
+        y[pos[ok]] = v[ok]
+    return y
+
+
+class Refresher:
+    """Background refreshes of the one Project, coalesced; the queue orders after each.
+
+    Two threads: the refresher (owns the Project: refresh, predictions, a cheap confidence
+    order published at once) and the ranker (the query strategy, which may take seconds,
+    swapped into the published snapshot when done; only the newest request is ranked)."""
+
+    def __init__(self, root: Path, *, strategy: str, enabled: bool = True, debounce: float = 0.05,
+                 max_delay: float = 1.0, n_top: int = N_TOP, writer: Writer | None = None,
+                 rank_interval: float = 1.0):
+        self.root = Path(root)
+        self.writer = writer
+        # start a ranking at most this often: the strategy (k-means for diversity or
+        # typicality) takes seconds of CPU that requests on the same cores would wait for
+        self.rank_interval = rank_interval
+        self.strategy = strategy
+        self.enabled = enabled
+        self.debounce = debounce      # wait this long for more labels before refreshing (a burst)
+        self.max_delay = max_delay    # ... but never longer than this after the first request
+        self.n_top = n_top
+        self.project: CachedProject | None = None   # used by the refresher thread only
+        self._snapshot = Snapshot.empty()
+        self._cond = threading.Condition()
+        self._requested = False
+        self._rank_job: RankInputs | None = None
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self.status: dict[str, Any] = {"state": "starting", "detail": None, "refreshes": 0,
+                                       "last_seconds": None, "ranking": "idle", "rank_detail": None,
+                                       "last_rank_seconds": None}
+
+    # ------------------------------------------------------------------ public
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._threads = [threading.Thread(target=self._run, name="labelloop-refresher", daemon=True),
+                         threading.Thread(target=self._rank_loop, name="labelloop-ranker", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def request(self) -> None:
+        """Ask for a refresh; returns at once."""
+        with self._cond:
+            self._requested = True
+            self._cond.notify_all()
+
+    def wait_applied(self, annotation_id: int, timeout: float = 30.0) -> bool:
+        """Block until the published snapshot includes ``annotation_id`` (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._snapshot.applied_annotation_id < annotation_id:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+            return True
+
+    def wait_ranked(self, timeout: float = 60.0) -> bool:
+        """Block until the strategy has ranked the latest predictions (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self.status["state"] == "starting" or self._rank_job is not None
+                   or self.status["ranking"] == "running"
+                   or self._snapshot.top_run != self._snapshot.run_id):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+            return True
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=60)
+        self._threads = []
+        if self.project is not None:
+            self.project.close()
+            self.project = None
+
+    # ------------------------------------------------------------------ refresher thread
+    def _run(self) -> None:
+        try:
+            self.project = CachedProject(self.root, writer=self.writer)
+        except LabelloopError as exc:
+            self._set_status("error", str(exc))
+            return
+        self._publish(self._snapshot_of_last_predictions(self._max_annotation()))
+        if not self.enabled:
+            self._set_status("disabled", "started with refresh off")
+            return
+        with self._cond:
+            self._requested = True  # load the warm state and catch up with labels made offline
+        while True:
+            with self._cond:
+                while not self._requested and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+            first = time.monotonic()
+            while True:  # coalesce a burst: wait until it pauses, at most max_delay
+                with self._cond:
+                    self._requested = False
+                    self._cond.wait(self.debounce)
+                    if self._stop:
+                        return
+                    if not self._requested or time.monotonic() - first >= self.max_delay:
+                        self._requested = False
+                        break
+            self._refresh_once()
+
+    def _set_status(self, state: str | None = None, detail: str | None = None, **extra) -> None:
+        with self._cond:
+            if state is not None:
+                self.status.update(state=state, detail=detail)
+            self.status.update(extra)
+            self._cond.notify_all()
+
+    def _max_annotation(self) -> int:
+        return int(self.project.store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM annotations").fetchone()[0])
+
+    def _refresh_once(self) -> None:
+        p = self.project
+        applied = self._max_annotation()   # every annotation up to here is read by this refresh
+        self._set_status("running")
+        t0 = time.perf_counter()
+        try:
+            summary = p.refresh()
+        except NotReadyError as exc:
+            self._publish(self._snapshot_of_last_predictions(applied))
+            self._set_status("not_ready", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed refresh must not kill the server
+            log.error("refresh failed:\n%s", traceback.format_exc())
+            self._set_status("error", f"{type(exc).__name__}: {exc}")
+            return
+        snap = self._snapshot_of_last_predictions(applied, summary=summary)
+        self._publish(snap)
+        self._set_status("idle", None, refreshes=self.status["refreshes"] + 1,
+                         last_seconds=round(time.perf_counter() - t0, 4))
+
+    def _publish(self, snap: Snapshot) -> None:
+        """Swap in new predictions; the strategy's picks are taken from the snapshot being
+        replaced (the ranker may have updated it while these predictions were made)."""
+        with self._cond:
+            cur = self._snapshot
+            snap = snap.with_top(cur.top, cur.reasons, cur.strategy, cur.top_run)
+            snap.applied_annotation_id = max(snap.applied_annotation_id, cur.applied_annotation_id)
+            self._snapshot = snap
+            self._cond.notify_all()
+
+    def _snapshot_of_last_predictions(self, applied: int, *, summary: dict | None = None) -> Snapshot:
+        """The latest stored predictions with a confidence order, and a ranking job for the
+        strategy (queued here; its result lands in whichever snapshot is current then)."""
+        p = self.project
+        try:
+            pred = p.predictions()
+        except (LabelloopError, OSError) as exc:
+            log.warning("cannot read the last predictions: %s", exc)
+            pred = None
+        emb = graph = None
+        try:
+            emb_ids, emb = p.embeddings()
+            graph = p.graph()[1]
+        except LabelloopError:
+            emb_ids = None
+        ids = pred.item_ids if pred is not None else emb_ids
+        if ids is None:
+            return Snapshot.empty(applied)
+        y = _label_vector(p, ids)   # (n,) -1: nobody labeled it
+        gold = np.fromiter((r[0] for r in p.store.conn.execute("SELECT item_id FROM gold")), dtype=np.int64)
+        labeled = y >= 0
+        pool = ~labeled & ~np.isin(ids, gold)
+        if pred is None:
+            snap = Snapshot(None, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.int64),
+                            np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), applied_annotation_id=applied)
+            proba = conf = labels = None
+            classes: list[str] = []
+        else:
+            snap = Snapshot(int(pred.run_id), ids, list(pred.classes), pred.label, pred.confidence,
+                            confidence_order(ids, pred.confidence, pool), applied_annotation_id=applied,
+                            summary=dict(summary or {}))
+            proba, conf, classes = pred.proba, pred.confidence, list(pred.classes)
+            labels = y[labeled]
+            if labels.size and labels.max() >= proba.shape[1]:
+                labels = None   # a class added after the last refresh
+        if emb is not None and (pred is None or len(emb) == len(ids)):
+            self._submit_rank(RankInputs(snap.run_id, ids, pool, labeled, labels, proba, conf, classes,
+                                         emb, graph, seed=int(snap.run_id or 0)))
+        return snap
+
+    # ------------------------------------------------------------------ ranker thread
+    def _submit_rank(self, job: RankInputs) -> None:
+        with self._cond:
+            self._rank_job = job    # a newer job replaces one not yet started
+            self._cond.notify_all()
+
+    def _rank_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._rank_job is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                job, self._rank_job = self._rank_job, None
+                self.status["ranking"] = "running"
+            t0 = time.perf_counter()
+            try:
+                top, reasons, used = strategy_top(self.strategy, job, n_top=self.n_top)
+                detail = None
+            except LabelloopError as exc:   # e.g. the pool ran dry: the confidence order serves
+                top, reasons, used, detail = np.zeros(0, dtype=np.int64), {}, "least confidence", str(exc)
+            except Exception as exc:  # noqa: BLE001 - a failed ranking must not kill the server
+                log.error("ranking failed:\n%s", traceback.format_exc())
+                top, reasons, used, detail = np.zeros(0, dtype=np.int64), {}, "least confidence", \
+                    f"{type(exc).__name__}: {exc}"
+            with self._cond:
+                cur = self._snapshot
+                if cur.run_id == job.run_id or cur.top_run is None or (job.run_id or 0) >= (cur.top_run or 0):
+                    self._snapshot = cur.with_top(top, reasons, used, job.run_id)
+                self.status.update(ranking="idle", rank_detail=detail,
+                                   last_rank_seconds=round(time.perf_counter() - t0, 4))
+                self._cond.notify_all()
+                rest = self.rank_interval - (time.perf_counter() - t0)
+                if rest > 0:
+                    self._cond.wait_for(lambda: self._stop, timeout=rest)

@@ -1,0 +1,133 @@
+"""Helpers for tests and benchmarks of the web app: a real server in a subprocess, small projects.
+
+Not imported by the app itself.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["ServerProcess", "digits_project", "serve_command"]
+
+_URL_RE = re.compile(r"at (http://\S+?)/?$")
+_ADMIN_RE = re.compile(r"^admin login: (\S+) / (\S+)")
+
+
+def serve_command(project: Path, *extra: str) -> list[str]:
+    """``labelloop serve`` when the CLI has it, else the same click command through a wrapper."""
+    from ..cli import cli
+
+    if "serve" in cli.commands:
+        return [sys.executable, "-m", "labelloop.cli", "serve", "-p", str(project), *extra]
+    code = "from labelloop.web.cli_commands import serve; serve(prog_name='labelloop serve')"
+    return [sys.executable, "-c", code, "-p", str(project), *extra]
+
+
+class ServerProcess:
+    """``labelloop serve`` on 127.0.0.1 and a free port, as a real subprocess.
+
+    ``url`` and (when the server created one) ``admin`` = (name, password) are read from what
+    the server prints. ``stop()`` sends SIGINT (uvicorn's graceful shutdown) and waits."""
+
+    def __init__(self, project: Path, *extra: str, env: dict | None = None, timeout: float = 60.0):
+        self.project = Path(project)
+        self.cmd = serve_command(self.project, "--host", "127.0.0.1", "--port", "0", *extra)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.timeout = timeout
+        self.url: str | None = None
+        self.admin: tuple[str, str] | None = None
+        self.output: list[str] = []
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=self.env, start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+
+        def pump():
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip("\n"))
+                lines.put(line)
+            lines.put(None)
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+        deadline = time.monotonic() + self.timeout
+        while True:  # read the banner up to its last line
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not start:\n" + "\n".join(self.output))
+            m = _ADMIN_RE.match(line)
+            if m:
+                self.admin = (m.group(1), m.group(2))
+            m = _URL_RE.search(line.strip())
+            if m:
+                self.url = m.group(1).rstrip("/")
+            if line.startswith("press Ctrl+C") and self.url:
+                break
+        self._wait_ready(deadline)
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        import httpx
+
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(self.url + "/login", timeout=2)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("the server did not answer:\n" + "\n".join(self.output))
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._pump.join(timeout=10)   # the rest of the output, then close the pipe
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def digits_project(path: Path, *, n: int | None = None, data_dir: Path | None = None, seed: int = 0):
+    """A project of scikit-learn digits (PNG files), embedded with the ``pixels`` backbone.
+    Returns (Project, dataset, {item id: true class name})."""
+    from ..datasets import load_dataset, write_image_folder
+    from ..project import Project
+
+    ds = load_dataset("digits", n=n, seed=seed)
+    data_dir = data_dir or Path(path).parent / (Path(path).name + "-images")
+    paths = write_image_folder(ds, data_dir)
+    p = Project.init(path, modality="image", classes=ds.class_names)
+    p.import_(data_dir)
+    p.embed("pixels")
+    truth_by_ext = {q.relative_to(data_dir).as_posix(): ds.class_names[y] for q, y in zip(paths, ds.labels)}
+    truth = {it.id: truth_by_ext[it.external_id] for it in p.store.items()}
+    return p, ds, truth

@@ -1,0 +1,225 @@
+"""What a person sees: Debian's Chromium, driven by Playwright, against a real `labelloop serve`
+subprocess on 127.0.0.1. Screenshots go to tests/artifacts/ (git-ignored).
+
+Needs /usr/bin/chromium (`apt-get install -y chromium`); skipped with that reason otherwise."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """300 digits, an annotator and a reviewer, six machine labels to review; a live server."""
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, digits_project
+
+    root = tmp_path_factory.mktemp("browser")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "SCRYPT_N", 2**12)   # keep the test quick; the server verifies any cost
+        p, ds, truth = digits_project(root / "proj", n=300)
+        auth.add_user(p.store, "ann", "annotator", password="ann-password-1")
+        auth.add_user(p.store, "rita", "reviewer", password="rita-password-1")
+    ids = p.store.class_ids()
+    machine = [i for i in sorted(truth)[100:106]]
+    p.store.add_annotations([(i, ids[truth[i]]) for i in machine], source="machine", confidences=[0.97] * 6)
+    # the second half comes with imported labels, every 10th one wrong: material for the audit
+    imported = sorted(truth)[150:]
+    p.store.add_annotations([(i, ids[str((int(truth[i]) + 1) % 10) if k % 10 == 0 else truth[i]])
+                             for k, i in enumerate(imported)], source="import")
+    p.close()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with ServerProcess(root / "proj") as server:
+        yield server, root / "proj", truth, machine
+    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
+
+
+def _sql(path: Path, q: str, *args):
+    con = sqlite3.connect(path / "labelloop.db")
+    try:
+        return con.execute(q, args).fetchall()
+    finally:
+        con.close()
+
+
+def _login(page, url: str, name: str, password: str, then: str) -> None:
+    page.goto(url + "/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + then)
+
+
+def _current(page) -> int:
+    return int(page.get_attribute("#item-view", "data-item-id") or 0)
+
+
+def _wait_item_change(page, old: int) -> int:
+    page.wait_for_function(
+        "old => { const v = document.getElementById('item-view'); "
+        "return v.dataset.itemId && v.dataset.itemId !== String(old) && v.querySelector('img,.item-text'); }",
+        arg=old, timeout=5000)
+    return _current(page)
+
+
+def _stat(page, key: str) -> str:
+    return page.inner_text(f"#stat-{key} b").strip()
+
+
+def _wait_until(fn, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_label_with_the_keyboard_undo_dashboard_and_review(browser, served):
+    server, path, truth, machine = served
+    url = server.url
+    ann = browser.new_context(viewport={"width": 1280, "height": 800})
+    lead = browser.new_context(viewport={"width": 1280, "height": 900})
+    page, dash = ann.new_page(), lead.new_page()
+    problems: list[str] = []
+    for pg in (page, dash):
+        pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        pg.on("response", lambda r: problems.append(f"{r.status} {r.url}")
+              if r.status >= 400 and not r.url.endswith("/dashboard") else None)
+
+    # the reviewer's dashboard before anything is labeled
+    dash.goto(url + "/dashboard")
+    assert "/login" in dash.url
+    _login(dash, url, "rita", "rita-password-1", "/dashboard")
+    assert _stat(dash, "human") == "0"
+
+    # the annotator logs in and lands on the queue: one large image, class keys 1-9 visible
+    _login(page, url, "ann", "ann-password-1", "/queue")
+    page.wait_for_selector("#item-view img")
+    assert page.locator("nav a").all_inner_texts() == ["labelloop", "Label"]   # the queue only
+    assert page.locator("#classes button.cls").count() == 10
+    assert page.locator("#classes kbd").first.inner_text() == "1"
+    box = page.locator("#item-view img").bounding_box()
+    assert box["width"] > 300 and box["height"] > 300   # 8x8 digits scaled up to fit
+    page.screenshot(path=ARTIFACTS / "queue.png")
+
+    # five labels with the keyboard: the queue advances at once every time
+    labeled, waits = [], []
+    for _ in range(5):
+        item = _current(page)
+        key = str((int(truth[item]) + 1) % 10)   # classes "0".."9" sit on keys 1..9, 0
+        t0 = time.perf_counter()
+        page.keyboard.press(key)
+        nxt = _wait_item_change(page, item)
+        waits.append(time.perf_counter() - t0)
+        assert nxt != item and nxt not in labeled
+        labeled.append(item)
+    assert page.inner_text("#progress").startswith("5 labeled")
+    assert _wait_until(lambda: _sql(path, "SELECT COUNT(*) FROM annotations WHERE annotator = 'ann'")[0][0] == 5)
+    stored = _sql(path, "SELECT a.item_id, c.name FROM annotations a JOIN classes c ON c.id = a.class_id "
+                        "WHERE a.annotator = 'ann' ORDER BY a.id")
+    assert stored == [(i, truth[i]) for i in labeled]
+    print("keypress -> next item shown (s):", [round(w, 3) for w in waits])
+
+    # the dashboard counts change
+    dash.reload()
+    assert _stat(dash, "human") == "5"
+
+    # U undoes the last label: that item comes back and its label is withdrawn
+    page.keyboard.press("u")
+    back = _wait_item_change(page, _current(page))
+    assert back == labeled[-1]
+    assert _wait_until(lambda: _sql(path, "SELECT class_id FROM annotations WHERE annotator = 'ann' "
+                                          "ORDER BY id DESC LIMIT 1") == [(None,)])
+    page.screenshot(path=ARTIFACTS / "queue-after-undo.png")
+    dash.reload()
+    assert _stat(dash, "human") == "4"
+
+    # a new class from the page
+    page.fill("#new-class-name", "smudge")
+    page.press("#new-class-name", "Enter")
+    page.wait_for_selector("#classes button.cls[data-label='smudge']")
+    assert _sql(path, "SELECT COUNT(*) FROM classes WHERE name = 'smudge'") == [(1,)]
+
+    # after a refresh the machine's guess is shown; Enter accepts it
+    assert _wait_until(lambda: _sql(path, "SELECT COUNT(*) FROM runs WHERE kind = 'refresh' AND status = 'done'")[0][0] > 0,
+                       timeout=60)
+    page.reload()
+    page.wait_for_selector("#guess b", timeout=20000)
+    item, guess = _current(page), page.inner_text("#guess b")
+    page.screenshot(path=ARTIFACTS / "queue-with-guess.png")
+    page.keyboard.press("Enter")
+    _wait_item_change(page, item)
+    # (the row before is the undo's withdrawal, so this waits for the new row)
+    assert _wait_until(lambda: _sql(path, "SELECT a.item_id, c.name FROM annotations a LEFT JOIN classes c ON "
+                                          "c.id = a.class_id WHERE annotator = 'ann' ORDER BY a.id DESC LIMIT 1")
+                       == [(item, guess)])
+
+    # S skips without writing anything
+    n = _sql(path, "SELECT COUNT(*) FROM annotations")[0][0]
+    item = _current(page)
+    page.keyboard.press("s")
+    assert _wait_item_change(page, item) != item
+    time.sleep(0.3)
+    rows = _sql(path, "SELECT id, item_id, class_id, source, annotator FROM annotations")
+    assert len(rows) == n, str(rows)
+
+    dash.reload()
+    assert _stat(dash, "human") == "5"
+    dash.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=30000)
+    dash.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+    # review: accept one machine label; it becomes a human label by the reviewer
+    dash.goto(url + "/review")
+    tiles = dash.locator(".tile")
+    assert tiles.count() == 6
+    dash.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=30000)
+    dash.screenshot(path=ARTIFACTS / "review.png", full_page=True)
+    first = int(tiles.first.locator("input.pick").get_attribute("value"))
+    tiles.first.locator("input.pick").check()
+    dash.click("#accept")
+    dash.wait_for_selector(".flash")
+    assert "1 label is now human-verified" in dash.inner_text(".flash")
+    assert _sql(path, "SELECT a.annotator, c.name, a.source FROM annotations a JOIN classes c ON c.id = a.class_id "
+                      "WHERE a.item_id = ? ORDER BY a.id DESC LIMIT 1", first) == [("rita", truth[first], "human")]
+    assert dash.locator(".tile").count() == 5
+    dash.screenshot(path=ARTIFACTS / "review-after.png", full_page=True)
+
+    dash.goto(url + "/audit", timeout=120000)
+    assert dash.locator(".suspect").count() > 0
+    # thumbnails load lazily: wait for the ones on screen
+    dash.wait_for_function("() => [...document.images].filter(i => i.getBoundingClientRect().top < innerHeight)"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30000)
+    dash.screenshot(path=ARTIFACTS / "audit.png")
+    # an annotator cannot open the dashboard
+    r = page.goto(url + "/dashboard")
+    assert r.status == 403
+    page.screenshot(path=ARTIFACTS / "forbidden.png")
+    assert not problems, problems
+    ann.close()
+    lead.close()
