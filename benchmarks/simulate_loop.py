@@ -13,6 +13,7 @@ and a combined `benchmarks/results/simulate.md`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -22,9 +23,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from labelloop.simulate import load_simulation_data, markdown_table, simulate, write_report  # noqa: E402
+from labelloop.datasets import load_dataset  # noqa: E402
+from labelloop.embed import get_backbone  # noqa: E402
+from labelloop.simulate import SimulationData, markdown_table, simulate, write_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from label_efficiency import embed_cached  # noqa: E402  (the shared, resumable embedding cache)
 STRATEGIES = ["random", "least-confidence", "margin", "entropy", "coreset", "typicality", "auto"]
 # dataset -> (backbone, subset size, budget, step); backbones: the best available per ASSETS.md
 CONFIGS = {
@@ -51,8 +56,12 @@ def main() -> None:
             budget, step = 100, 10
         t0 = time.perf_counter()
         opts = {"image_size": args.image_size} if backbone == "efficientnet-lite0" else {}
-        data = load_simulation_data(name, backbone=backbone, n=n, cache_dir=HERE / ".cache", progress=True,
-                                    backbone_options=opts)
+        ds = load_dataset(name, n=n)
+        bb = get_backbone(backbone, **opts)
+        if bb.needs_fit:
+            bb.fit(ds.items)
+        X, _ = embed_cached(ds, f"{name}-n{len(ds)}-s0", bb)
+        data = SimulationData(name, X, ds.labels, ds.class_names, bb.cache_id)
         embed_s = time.perf_counter() - t0
         result = simulate(data, strategies=STRATEGIES, budget=budget, step=step, seeds=seeds, baseline=True,
                           target_precision=0.95, progress=print)
@@ -73,6 +82,15 @@ def main() -> None:
         "embeddings and no graph.\n\n"
     )
     if not args.quick:
+        # the combined page covers every dataset simulated so far (runs may be split by dataset)
+        sections = []
+        for name in CONFIGS:
+            path = args.out / f"simulate-{name}.json"
+            if path.exists():
+                result = json.loads(path.read_text())
+                sections.append(markdown_table(result) + f"\nSimulation {result['seconds']:.0f} s"
+                                + (f", embedding {result['embed_seconds']:.0f} s" if "embed_seconds" in result else "")
+                                + f".\n\n![{name}](simulate-{name}.png)\n")
         (args.out / "simulate.md").write_text(header + "\n".join(sections))
 
 

@@ -288,6 +288,28 @@ def autolabel(project, target_precision, global_threshold, as_json):
 
 @cli.command()
 @project_option
+@click.option("--top", type=int, default=100, show_default=True, help="How many suspects to list.")
+@click.option("--classifier", type=click.Choice(["auto", "logreg", "none"]), default="auto", show_default=True,
+              help="Second signal: out-of-fold logistic regression (auto: up to 20k items) or graph only.")
+@json_option
+def audit(project, top, classifier, as_json):
+    """Suspected wrong labels, most suspicious first, with a suggested label and the evidence.
+    Confirm or fix with `labelloop label` (giving the same label again confirms it)."""
+    with _open(project) as p:
+        r = p.audit(top=top, classifier=classifier)
+    if as_json:
+        _echo_json(r)
+        return
+    click.echo(f"{r['flagged']} labels flagged (estimated noise rate {100 * r['estimated_noise_rate']:.1f}%); "
+               f"{r['confirmed_skipped']} confirmed earlier and not shown")
+    for i in r["issues"]:
+        nb = ", ".join(f"{n['item']}:{n['label']}" for n in i["disagreeing_neighbours"][:5])
+        click.echo(f"{i['item']:>7}  {i['ref'][:36]:<36}  given {i['given']!s:<12} suggested {i['suggested']!s:<12} "
+                   f"score {i['score']:.3f}  neighbours {nb}")
+
+
+@cli.command()
+@project_option
 @json_option
 def annotators(project, as_json):
     """Annotator quality: accuracy on gold items and against consensus, Dawid–Skene, kappas."""

@@ -108,8 +108,11 @@ def _logreg_proba(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes: 
         P[:, present[0]] = 1.0
         P /= P.sum(1, keepdims=True)
         return P
+    from threadpoolctl import threadpool_limits
+
     clf = LogisticRegression(max_iter=500, C=10.0)
-    clf.fit(X[labeled], y[labeled])
+    with threadpool_limits(1, user_api="blas"):  # small fits: threads only contend (see Project.audit)
+        clf.fit(X[labeled], y[labeled])
     P[:] = 0.0
     P[:, clf.classes_] = clf.predict_proba(X)
     return P
