@@ -1,0 +1,459 @@
+"""Label propagation on the shared kNN graph (Zhou et al. 2003; Bai et al., "Self-supervised
+Semi-supervised Learning for Data Labeling and Quality Evaluation").
+
+    W_ij = exp(cos(x_i, x_j) / T)   if j is one of the k nearest neighbours of i, else 0
+    W    = (W + W^T) / 2            (symmetrised by the mean)
+    S    = D^-1/2 W D^-1/2,         D = diag(W 1)
+
+Clamped (``alpha=None``, the paper):  Y(t+1) = S Y(t), labeled rows reset to their one-hot
+label after every step, Y(0) = one-hot labels (zeros for unlabeled rows).
+Spreading (``alpha`` in (0, 1), for noisy labels): Y(t+1) = alpha S Y(t) + (1 - alpha) Y0,
+nothing clamped; the fixed point is (1 - alpha) (I - alpha S)^-1 Y0.
+
+The result, row-normalised, is a class distribution per item. Rows still all zero (no labeled
+item within reach) get the uniform distribution and ``reached_ = False``.
+
+Warm start (:meth:`LabelPropagation.update`): one step is the affine map F(Y) = A Y + B
+(A = P S with P zeroing the clamped rows, or alpha S), so the increments of the iteration obey
+delta(t+1) = A delta(t). After new labels, only rows near the changed labels have a non-zero
+first increment; ``update`` computes it exactly there and pushes it through the graph on the
+rows it reaches (a CSR row gather per step; S is symmetric so the gathered rows give the
+product), dropping increments too small to change a distribution. The approximation: the
+previous state is treated as a fixed point of the old map, i.e. its own residual (the
+previous fit's non-convergence) is not propagated. Error vs. a cold fit is measured in
+tests/test_propagate.py and benchmarks/refresh_latency.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+from labelloop.errors import NotReadyError, ValidationError
+from labelloop.graph import KnnGraph
+
+__all__ = [
+    "affinity_matrix",
+    "LabelPropagation",
+    "PropagationConvergenceWarning",
+    "prediction_summary",
+]
+
+
+class PropagationConvergenceWarning(UserWarning):
+    """``n_iter=None`` (iterate to convergence) stopped at the step cap before ``tol``."""
+
+
+#: step cap when ``n_iter=None`` asks for convergence.
+MAX_ITER_TO_CONVERGE = 1000
+
+#: warm start: an increment row stops spreading once its 2-norm is below this fraction of the
+#: row's current mass (it can no longer move that item's distribution by more than ~this).
+#: 3e-3: at 100k as accurate as 1e-3 and 1e-2 (argmax agreement 0.994-0.995), closer at 4k.
+UPDATE_PRUNE = 3e-3
+
+#: warm start work cap: rows of S gathered per update, summed over steps, at most
+#: max(UPDATE_MIN_ROWS, UPDATE_ROWS_PER_ITEM * n): every step on graphs up to ~5k items;
+#: one full product's worth of rows on large ones, which kept argmax agreement with a cold fit
+#: at ~0.995 at 100k and 1M (benchmarks/refresh_latency.md).
+UPDATE_MIN_ROWS = 100_000
+UPDATE_ROWS_PER_ITEM = 1.0
+
+
+def affinity_matrix(graph: KnnGraph, *, temperature: float = 0.01) -> sp.csr_matrix:
+    """S = D^-1/2 W D^-1/2 with W_ij = exp(cos_ij / T) on kNN edges, symmetrised by the mean.
+
+    ``temperature``: 0.01, Bai et al. (CIFAR-10; they use 0.01-0.02). Returns a symmetric
+    (n, n) float32 CSR matrix; an item whose edges all underflow to 0 has an empty row.
+    """
+    if not isinstance(graph, KnnGraph):
+        raise ValidationError(f"affinity_matrix needs a KnnGraph; got {type(graph).__name__}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValidationError(f"temperature must be a positive number (e.g. 0.01); got {temperature!r}")
+    n, k = graph.n, graph.k
+    # exp(cos / T) = exp(1 / T) * exp((cos - 1) / T): the constant factor exp(1/T) cancels in
+    # D^-1/2 W D^-1/2, so use the second form, which cannot overflow (exp(1/0.01) = 2.7e43
+    # would be inf in float32). float64: exp(-2/T) is ~1e-87 at T = 0.01, zero in float32.
+    w = np.exp((graph.similarities.astype(np.float64) - 1.0) / temperature).ravel()  # (n*k,)
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    W = sp.csr_matrix((w, (rows, graph.indices.ravel())), shape=(n, n))  # (n, n)
+    W = ((W + W.T) * 0.5).tocsr()  # W <- (W + W^T) / 2
+    d = np.asarray(W.sum(axis=1)).ravel()  # (n,) degrees
+    with np.errstate(divide="ignore"):
+        d_isqrt = np.where(d > 0, 1.0 / np.sqrt(d), 0.0)  # D^-1/2, 0 for isolated rows
+    # S_ij = W_ij / sqrt(d_i d_j), scaled in place on the CSR data
+    W.data *= d_isqrt[np.repeat(np.arange(n), np.diff(W.indptr))] * d_isqrt[W.indices]
+    S = W.astype(np.float32)
+    S.eliminate_zeros()
+    S.sort_indices()
+    return S
+
+
+class LabelPropagation:
+    """Graph label propagation, scikit-learn estimator style (``-1`` = unlabeled).
+
+    ``n_iter``: number of steps (20, Bai et al.), a fixed count like the paper, stopping early
+    only when a step changes no entry by more than ``tol``; ``None`` iterates until the change
+    is below ``tol`` (at most 1000 steps) and warns if it never gets there.
+    ``alpha``: None clamps labeled rows after every step (the paper); a value in (0, 1) spreads
+    instead, Y <- alpha S Y + (1 - alpha) Y0, nothing clamped (audit of noisy labels).
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.01,  # Bai et al., CIFAR-10
+        n_iter: int | None = 20,  # Bai et al.: "about 20 steps"
+        alpha: float | None = None,
+        tol: float = 1e-6,
+    ) -> None:
+        self.temperature = temperature
+        self.n_iter = n_iter
+        self.alpha = alpha
+        self.tol = tol
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self) -> None:
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValidationError(f"temperature must be positive (e.g. 0.01); got {self.temperature!r}")
+        if self.n_iter is not None and (
+            isinstance(self.n_iter, bool) or not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 0
+        ):
+            raise ValidationError(f"n_iter must be a non-negative integer or None; got {self.n_iter!r}")
+        if self.alpha is not None and not (0.0 < self.alpha < 1.0):
+            raise ValidationError(f"alpha must be None (clamp labels) or in (0, 1); got {self.alpha!r}")
+        if not (np.isfinite(self.tol) and self.tol >= 0):
+            raise ValidationError(f"tol must be a non-negative number; got {self.tol!r}")
+
+    def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.shape != (n,):
+            raise ValidationError(f"y must have shape ({n},), one entry per graph node; got {y.shape}")
+        if y.size and not np.issubdtype(y.dtype, np.integer):
+            if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+                raise ValidationError("y must hold integer class ids (-1 = unlabeled)")
+        y = y.astype(np.int64)
+        C = self.n_classes_
+        bad = (y < -1) | (y >= C)
+        if bad.any():
+            raise ValidationError(
+                f"y holds class id {int(y[bad][0])}; ids must be -1 (unlabeled) or in [0, {C})"
+                " (pass n_classes= to fit for more classes)"
+            )
+        return y
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        graph: KnnGraph | sp.spmatrix,
+        y: np.ndarray,
+        *,
+        n_classes: int | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> LabelPropagation:
+        """Propagate the labels ``y`` ((n,) int, -1 = unlabeled) over ``graph``.
+
+        ``graph``: a :class:`KnnGraph` (S is built with ``temperature``) or a precomputed
+        symmetric normalised affinity S (from :func:`affinity_matrix`).
+        ``sample_weight``: (n,) non-negative trust per item; Y0 row i = weight_i * one-hot.
+        """
+        self._check_params()
+        if isinstance(graph, KnnGraph):
+            S = affinity_matrix(graph, temperature=self.temperature)
+        elif sp.issparse(graph):
+            if graph.ndim != 2 or graph.shape[0] != graph.shape[1]:
+                raise ValidationError(f"an affinity matrix must be square; got shape {graph.shape}")
+            S = sp.csr_matrix(graph, dtype=np.float32)
+            S.sort_indices()
+        else:
+            raise ValidationError(
+                f"graph must be a KnnGraph or a scipy sparse affinity matrix; got {type(graph).__name__}"
+            )
+        n = S.shape[0]
+        y_arr = np.asarray(y)
+        if n_classes is None:
+            if y_arr.size == 0 or not (y_arr >= 0).any():
+                raise ValidationError("no labeled item in y: pass n_classes= so the classes are known")
+            n_classes = int(y_arr.max()) + 1
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+            raise ValidationError(f"n_classes must be a positive integer; got {n_classes!r}")
+        self.n_classes_ = int(n_classes)
+        y = self._check_y(y_arr, n)
+        w = np.ones(n, np.float32) if sample_weight is None else self._check_weight(sample_weight, n)
+        self.S_ = S
+        self.sample_weight_ = w
+        self.y_ = y
+        Y0 = self._seed(y)  # (n, C)
+        self.Y_, self.n_iter_ = self._iterate(Y0, Y0.copy(), y >= 0)
+        self._finish(np.arange(n))
+        return self
+
+    def _seed(self, y: np.ndarray) -> np.ndarray:
+        """Y0: row i = weight_i * one-hot(y_i) for labeled i, zeros elsewhere. (n, C) float32."""
+        n = y.shape[0]
+        Y0 = np.zeros((n, self.n_classes_), np.float32)
+        lab = np.flatnonzero(y >= 0)
+        Y0[lab, y[lab]] = self.sample_weight_[lab]
+        return Y0
+
+    def _iterate(self, Y: np.ndarray, Y0: np.ndarray, labeled: np.ndarray) -> tuple[np.ndarray, int]:
+        S, alpha = self.S_, self.alpha
+        lab = np.flatnonzero(labeled)
+        converge = self.n_iter is None
+        steps = MAX_ITER_TO_CONVERGE if converge else int(self.n_iter)
+        if alpha is not None:
+            base = (1.0 - alpha) * Y0  # (n, C) the (1 - alpha) Y0 term
+        done = 0
+        for _ in range(steps):
+            if alpha is None:
+                Y_new = S @ Y  # Y(t+1) = S Y(t) ...
+                Y_new[lab] = Y0[lab]  # ... labeled rows reset to their labels
+            else:
+                Y_new = alpha * (S @ Y)  # Y(t+1) = alpha S Y(t) + (1 - alpha) Y0
+                Y_new += base
+            done += 1
+            change = float(np.abs(Y_new - Y).max()) if Y.size else 0.0
+            Y = Y_new
+            if change <= self.tol:
+                break
+        else:
+            if converge and steps > 0:
+                warnings.warn(
+                    f"label propagation did not converge to tol={self.tol} in {steps} steps; "
+                    "raise tol or pass a fixed n_iter",
+                    PropagationConvergenceWarning,
+                    stacklevel=3,
+                )
+        return np.ascontiguousarray(Y, dtype=np.float32), done
+
+    def _finish(self, rows: np.ndarray) -> None:
+        """Row-normalise Y_ into label_distributions_ (and argmax, reached) on ``rows``."""
+        n, C = self.Y_.shape
+        if not hasattr(self, "label_distributions_"):
+            self.label_distributions_ = np.empty((n, C), np.float32)
+            self.transduction_ = np.empty(n, np.int64)
+            self.reached_ = np.empty(n, bool)
+        Yr = np.maximum(self.Y_[rows], 0.0)  # (r, C); the warm start may leave tiny negatives
+        total = Yr @ np.ones(C, Yr.dtype)  # (r,) row sums (a matvec: faster than sum(axis=1))
+        reached = total > 0
+        P = np.full_like(Yr, 1.0 / C)
+        P[reached] = Yr[reached] / total[reached, None]  # p_ic = y_ic / sum_c y_ic
+        self.label_distributions_[rows] = P
+        self.transduction_[rows] = P.argmax(axis=1)
+        self.reached_[rows] = reached
+
+    # ------------------------------------------------------------------ warm start
+    def update(
+        self,
+        y: np.ndarray,
+        *,
+        n_iter: int | None = None,
+        sample_weight: np.ndarray | None = None,
+        max_rows: int | None = None,
+    ) -> LabelPropagation:
+        """Warm start after labels changed: ``y`` is the full new label vector (-1 unlabeled).
+
+        Reuses S and the previous Y; only the change is propagated, on the rows it reaches,
+        for at most ``n_iter`` steps (default: the estimator's ``n_iter``; 20 if that is None).
+        ``sample_weight``: the new (n,) trust per item, if it changed (default: unchanged).
+        ``max_rows``: work cap, rows of S gathered in total over the steps (default
+        max(UPDATE_MIN_ROWS, UPDATE_ROWS_PER_ITEM * n): every step on graphs up to ~5k items,
+        a bounded local update on large ones; benchmarks/refresh_latency.py measures both).
+
+        Clamped variant: added labels are warm-started (see the module docstring). A removed or
+        re-classed label leaves mass in the previous Y that the clamped map cannot drain in a
+        few steps (it has eigenvalue ~1 on weakly labeled regions), so such a change re-runs
+        the propagation from scratch (reusing S; ``n_iter`` steps of the full matrix).
+        Spreading variant: the T-step result is linear in Y0, so any change is exact:
+        Y_T += v_T + (1 - alpha) sum_{t<T} v_t with v_t = (alpha S)^t (Y0_new - Y0_old).
+        """
+        if not hasattr(self, "Y_"):
+            raise NotReadyError("update() needs a fitted LabelPropagation: call fit() first")
+        n = self.S_.shape[0]
+        y = self._check_y(y, n)
+        if n_iter is None:
+            n_iter = self.n_iter if self.n_iter is not None else MAX_ITER_TO_CONVERGE
+        if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
+            raise ValidationError(f"n_iter must be a non-negative integer; got {n_iter!r}")
+        w_old = self.sample_weight_
+        w = w_old if sample_weight is None else self._check_weight(sample_weight, n)
+        changed = np.flatnonzero((y != self.y_) | ((w != w_old) & ((y >= 0) | (self.y_ >= 0))))
+        y_old, self.y_, self.sample_weight_ = self.y_, y, w
+        if changed.size == 0:
+            return self
+        if self.alpha is None:
+            if (y_old[changed] >= 0).any():  # a label removed, re-classed or re-weighted
+                self.Y_, self.n_iter_ = self._iterate(self._seed(y), self._seed(y), y >= 0)
+                self._finish(np.arange(n))
+                return self
+        if max_rows is None:
+            max_rows = max(UPDATE_MIN_ROWS, int(UPDATE_ROWS_PER_ITEM * n))
+        if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
+            raise ValidationError(f"max_rows must be a positive integer; got {max_rows!r}")
+        budget = int(max_rows)
+        if self.alpha is None:
+            touched = self._update_clamped(changed, int(n_iter), budget)
+        else:
+            touched = self._update_spreading(changed, y_old, w_old, int(n_iter), budget)
+        self._finish(touched)
+        return self
+
+    def _update_clamped(self, new: np.ndarray, steps: int, budget: int) -> np.ndarray:
+        """Warm start for newly labeled rows ``new``; returns the rows whose Y changed."""
+        S, Y, y = self.S_, self.Y_, self.y_
+        free = y < 0  # rows the map does not clamp
+        Y[new] = self._seed_rows(new, y)  # Y(0): the previous Y with the new clamps applied
+        # first increment delta(1) = F(Y(0)) - Y(0), computed exactly on the new rows'
+        # neighbours; elsewhere Y(0) is the previous state, taken as a fixed point (delta = 0)
+        rows = np.unique(S[new].indices)
+        rows = rows[free[rows]]  # clamped rows: F(Y)_i = Y0_i = Y(0)_i, no increment
+        delta = S[rows] @ Y - Y[rows]  # (r, C) (S Y(0))_i - Y(0)_i
+        # Y(T) = Y(0) + sum_{t=1..T} delta(t),  delta(t+1) = P S delta(t)
+        touched = _push(S, Y, rows, delta, steps, budget=budget, free=free)
+        touched[new] = True
+        return np.flatnonzero(touched)
+
+    def _update_spreading(
+        self, changed: np.ndarray, y_old: np.ndarray, w_old: np.ndarray, steps: int, budget: int
+    ) -> np.ndarray:
+        """Change of the T-step spreading result (exact up to pruning); returns touched rows."""
+        # v_0 = Y0_new - Y0_old on the changed rows
+        v = self._seed_rows(changed, self.y_)  # (c, C)
+        lab = y_old[changed] >= 0
+        v[np.flatnonzero(lab), y_old[changed][lab]] -= w_old[changed][lab]
+        # Y_T += (1 - alpha) sum_{t<T} v_t + v_T,  v_{t+1} = alpha S v_t
+        touched = _push(self.S_, self.Y_, changed, v, steps, budget=budget, alpha=self.alpha)
+        return np.flatnonzero(touched)
+
+    def _check_weight(self, sample_weight: np.ndarray, n: int) -> np.ndarray:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.shape != (n,) or not np.all(np.isfinite(w)) or (w < 0).any():
+            raise ValidationError(
+                f"sample_weight must be ({n},) finite and non-negative; got shape {w.shape}"
+            )
+        return w.astype(np.float32)
+
+    def _seed_rows(self, rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = np.zeros((rows.size, self.n_classes_), np.float32)
+        lab = y[rows] >= 0
+        out[np.flatnonzero(lab), y[rows][lab]] = self.sample_weight_[rows][lab]
+        return out
+
+    def restore(self, graph: KnnGraph | sp.spmatrix, Y: np.ndarray, y: np.ndarray, *,
+                sample_weight: np.ndarray | None = None) -> LabelPropagation:
+        """Rebuild a fitted state saved from ``Y_``, ``y_`` and ``sample_weight_`` (another
+        process's last fit or update), so :meth:`update` can warm-start from it."""
+        self._check_params()
+        S = affinity_matrix(graph, temperature=self.temperature) if isinstance(graph, KnnGraph) \
+            else sp.csr_matrix(graph, dtype=np.float32)
+        Y = np.ascontiguousarray(Y, dtype=np.float32)
+        n = S.shape[0]
+        if Y.ndim != 2 or Y.shape[0] != n:
+            raise ValidationError(f"saved state has {Y.shape[0]} rows but the graph has {n} nodes")
+        self.n_classes_ = Y.shape[1]
+        self.S_, self.Y_ = S, Y
+        self.y_ = self._check_y(y, n)
+        self.sample_weight_ = (np.ones(n, np.float32) if sample_weight is None
+                               else self._check_weight(sample_weight, n))
+        self.n_iter_ = 0
+        self._finish(np.arange(n))
+        return self
+
+    def predict_proba(self) -> np.ndarray:
+        """(n, C) class distributions of the graph's items (rows sum to 1)."""
+        if not hasattr(self, "label_distributions_"):
+            raise NotReadyError("predict_proba() needs a fitted LabelPropagation: call fit() first")
+        return self.label_distributions_
+
+
+def _push(
+    S: sp.csr_matrix,
+    Y: np.ndarray,
+    rows: np.ndarray,
+    v: np.ndarray,
+    steps: int,
+    *,
+    budget: int,
+    free: np.ndarray | None = None,
+    alpha: float | None = None,
+) -> np.ndarray:
+    """Add a propagating increment to ``Y`` in place, touching only the rows it reaches.
+
+    Clamped (``free`` given):  Y += v_1 + ... + v_T,  v_{t+1} = P S v_t (P zeroes clamped rows).
+    Spreading (``alpha``):     Y += (1 - alpha)(v_0 + ... + v_{T-1}) + v_T,  v_{t+1} = alpha S v_t.
+    ``rows`` / ``v``: support and (r, C) values of the first increment. An increment row stops
+    spreading once its 2-norm is below UPDATE_PRUNE of its row's mass in Y; the loop
+    also stops once ``budget`` rows have been gathered in total (the remaining steps' mass is
+    then added in place).
+    S is symmetric, so (S v)_j = sum_i S_ij v_i over the gathered rows i: a CSR row gather and
+    a product on the compacted columns, O(nnz of those rows) plus an O(n) bitmap scan per step.
+    Returns an (n,) bool mask of the rows whose Y changed.
+    """
+    n = Y.shape[0]
+    touched = np.zeros(n, bool)
+    seen = np.zeros(n, bool)  # scratch: rows reached by this step's product
+    pos = np.empty(n, np.int64)  # scratch: row id -> compact column
+    coef = 1.0 if alpha is None else 1.0 - alpha
+    ones = np.ones(Y.shape[1], Y.dtype)
+    for step in range(steps + (alpha is not None)):
+        last = step == steps
+        Yr = Y[rows]  # (r, C)
+        Yr += v if (alpha is None or last) else coef * v
+        Y[rows] = Yr
+        touched[rows] = True
+        budget -= rows.size
+        if last or (alpha is None and step == steps - 1):
+            break
+        if budget <= 0:
+            # out of budget: add the increments' remaining steps where they are now instead of
+            # dropping them (mass-preserving; measured +0.4 points of argmax agreement at 100k).
+            # clamped: steps - 1 - step more increments ~ v; spreading: the tail
+            # (1 - alpha)(v_{t+1} + ... + v_{T-1}) + v_T with v_s ~ alpha^(s-t) v_t sums to alpha v_t
+            Y[rows] += np.float32(steps - 1 - step) * v if alpha is None else np.float32(alpha) * v
+            break
+        # prune: ||v_i||_2 <= UPDATE_PRUNE * sum_c Y_ic cannot move row i's distribution much
+        # (einsum / matvec: numpy's axis-1 reductions are slow on 10-column arrays)
+        mass = np.maximum(Yr @ ones, 0.0)  # (r,)
+        keep = np.einsum("ij,ij->i", v, v) > (UPDATE_PRUNE * mass) ** 2
+        rows, v = rows[keep], v[keep]
+        if rows.size == 0:
+            break
+        if rows.size * 4 > n:  # frontier covers much of the graph: one full product is cheaper
+            V = np.zeros(Y.shape, np.float32)  # (n, C)
+            V[rows] = v
+            out = np.arange(n)
+            v = S @ V  # (n, C)
+        else:
+            G = S[rows]  # (r, n) CSR row gather
+            seen[G.indices] = True
+            out = np.flatnonzero(seen)  # (r',) rows reached, sorted
+            seen[out] = False
+            pos[out] = np.arange(out.size)
+            Gc = sp.csr_matrix((G.data, pos[G.indices], G.indptr), shape=(rows.size, out.size))
+            v = np.asarray(Gc.T @ v, dtype=np.float32)  # (r', C) = (S v)[out]
+        if alpha is None:
+            keep = free[out]  # P: clamped rows take no increment
+            rows, v = out[keep], v[keep]
+        else:
+            rows, v = out, v * np.float32(alpha)
+    return touched
+
+
+def prediction_summary(P: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row label (argmax), confidence (max prob), margin (top1 - top2), entropy (nats)."""
+    P = np.asarray(P, dtype=np.float64)
+    if P.ndim != 2 or P.shape[1] < 1:
+        raise ValidationError(f"P must be a 2-D (n, n_classes) array; got shape {P.shape}")
+    top2 = -np.partition(-P, min(1, P.shape[1] - 1), axis=1)[:, :2]  # (n, 2) largest two, desc
+    margin = top2[:, 0] - top2[:, 1] if P.shape[1] > 1 else top2[:, 0]
+    # H = -sum_c p_c log p_c, with 0 log 0 = 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(P > 0, P * np.log(P), 0.0)
+    return {
+        "label": P.argmax(axis=1).astype(np.int64),
+        "confidence": top2[:, 0].astype(np.float32),
+        "margin": margin.astype(np.float32),
+        "entropy": (-plogp.sum(axis=1)).astype(np.float32),
+    }

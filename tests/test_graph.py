@@ -1,0 +1,174 @@
+"""labelloop.graph: the shared cosine kNN graph, checked against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from labelloop.errors import ValidationError
+from labelloop.graph import KnnGraph, build_knn_graph, normalize_rows
+
+
+def clustered(n: int, dim: int = 32, n_clusters: int = 20, seed: int = 0) -> np.ndarray:
+    """Gaussian blobs around random unit centres: neighbours are found but not trivially."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    X = centres[rng.integers(0, n_clusters, n)] + 0.15 * rng.standard_normal((n, dim))
+    return X.astype(np.float32)
+
+
+def brute_force(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine neighbours by a dense numpy product, self excluded. (n, k) each."""
+    norms = np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    Xn = np.divide(X, norms, out=np.zeros(X.shape), where=norms > 0)
+    sims = Xn @ Xn.T  # (n, n)
+    np.fill_diagonal(sims, -np.inf)
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(sims, idx, 1)
+
+
+def true_cos(X: np.ndarray, graph: KnnGraph) -> np.ndarray:
+    Xn = normalize_rows(X).astype(np.float64)
+    return np.einsum("nd,nkd->nk", Xn, Xn[graph.indices])  # (n, k)
+
+
+def check_invariants(X: np.ndarray, graph: KnnGraph, k: int) -> None:
+    n = X.shape[0]
+    assert graph.indices.shape == (n, k) and graph.indices.dtype == np.int64
+    assert graph.similarities.shape == (n, k) and graph.similarities.dtype == np.float32
+    assert ((graph.indices >= 0) & (graph.indices < n)).all()
+    assert not (graph.indices == np.arange(n)[:, None]).any(), "self is a neighbour"
+    for row in graph.indices:
+        assert len(set(row.tolist())) == k, "a neighbour repeats within a row"
+    assert (np.diff(graph.similarities, axis=1) <= 1e-6).all(), "rows not sorted descending"
+    assert (np.abs(graph.similarities) <= 1.0).all()
+    np.testing.assert_allclose(graph.similarities, true_cos(X, graph), atol=1e-5)
+
+
+def test_normalize_rows_unit_norm_and_zero_rows():
+    X = np.array([[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0], [-2.0, 0.0]])
+    Xn = normalize_rows(X)
+    assert Xn.dtype == np.float32
+    np.testing.assert_allclose(Xn, [[0.6, 0.8], [0, 0], [1, 0], [-1, 0]], atol=1e-7)
+    with pytest.raises(ValidationError, match="2-D"):
+        normalize_rows(np.ones(3))
+
+
+def test_exact_graph_equals_brute_force_allowing_ties():
+    X = clustered(400, dim=16)
+    X[10] = X[11]  # an exact duplicate pair: a tie at similarity 1
+    k = 8
+    g = build_knn_graph(X, k, method="exact")
+    assert g.method == "exact"
+    check_invariants(X, g, k)
+    bf_idx, bf_sim = brute_force(X, k)
+    # same similarity profile per row (ties may swap ids, never values)
+    np.testing.assert_allclose(g.similarities, bf_sim, atol=1e-5)
+    # ids agree wherever the value is not tied with another candidate
+    same = (g.indices == bf_idx).mean()
+    assert same > 0.99
+    assert g.indices[10, 0] == 11 and g.indices[11, 0] == 10
+    assert g.similarities[10, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_many_duplicates_and_zero_vectors_do_not_break_anything():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((60, 8)).astype(np.float32)
+    X[:25] = X[0]  # 25 identical rows: more than k + 1 ties at similarity 1
+    X[40:45] = 0.0  # zero vectors: cosine 0 with everything
+    k = 6
+    g = build_knn_graph(X, k, method="exact")
+    check_invariants(X, g, k)
+    np.testing.assert_allclose(g.similarities[:25], 1.0, atol=1e-6)
+    assert (g.indices[:25] < 25).all()  # duplicates find each other, never themselves
+    np.testing.assert_allclose(g.similarities[40:45], 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_approximate_recall_at_least_095(method):
+    X = clustered(3000, dim=32, n_clusters=30, seed=2)
+    k = 10
+    g = build_knn_graph(X, k, method=method)
+    assert g.method == method
+    check_invariants(X, g, k)
+    bf_idx, _ = brute_force(X, k)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(g.indices, bf_idx)])
+    assert recall >= 0.95, recall
+
+
+@pytest.mark.slow  # pynndescent's numba JIT compiles for ~1 minute in a fresh process
+def test_nndescent_recall_at_least_095():
+    pytest.importorskip("pynndescent")
+    X = clustered(3000, dim=32, n_clusters=30, seed=2)
+    g = build_knn_graph(X, 10, method="nndescent")
+    check_invariants(X, g, 10)
+    bf_idx, _ = brute_force(X, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.indices, bf_idx)])
+    assert recall >= 0.95, recall
+
+
+def test_auto_switches_method_at_threshold():
+    X = clustered(300, dim=8)
+    assert build_knn_graph(X, 5, exact_threshold=300).method == "exact"
+    assert build_knn_graph(X, 5, exact_threshold=299).method != "exact"
+
+
+def test_save_load_roundtrip_and_truncate(tmp_path):
+    X = clustered(200, dim=8)
+    g = build_knn_graph(X, 7)
+    g.save(tmp_path / "g.npz")
+    h = KnnGraph.load(tmp_path / "g.npz")
+    assert h.method == g.method and (h.n, h.k) == (200, 7)
+    np.testing.assert_array_equal(h.indices, g.indices)
+    np.testing.assert_array_equal(h.similarities, g.similarities)
+    t = g.truncate(3)
+    assert t.k == 3
+    np.testing.assert_array_equal(t.indices, g.indices[:, :3])
+    with pytest.raises(ValidationError):
+        g.truncate(8)
+
+
+@pytest.mark.parametrize(
+    "X, k, kwargs, match",
+    [
+        (np.ones((5, 3)), 5, {}, "at least 6 items"),
+        (np.ones((5, 3)), 0, {}, "positive integer"),
+        (np.ones(5), 2, {}, "2-D"),
+        (np.array([[1.0, np.nan], [1.0, 2.0], [0.0, 1.0]]), 1, {}, "NaN"),
+        (np.ones((5, 3)), 2, {"method": "annoy"}, "unknown kNN method"),
+    ],
+)
+def test_bad_input_raises_validation_error(X, k, kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        build_knn_graph(X, k, **kwargs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    n=st.integers(2, 25),
+    d=st.integers(1, 4),
+)
+def test_property_exact_graph_invariants(data, n, d):
+    # small integers: many exact duplicates, zero rows and ties
+    X = data.draw(arrays(np.float32, (n, d), elements=st.integers(-2, 2).map(float)))
+    k = data.draw(st.integers(1, n - 1))
+    g = build_knn_graph(X, k, method="exact")
+    check_invariants(X, g, k)
+    _, bf_sim = brute_force(X, k)
+    np.testing.assert_allclose(g.similarities, bf_sim, atol=1e-5)
+
+
+def test_auto_uses_nndescent_only_for_large_sets_when_installed():
+    import importlib.util
+
+    from labelloop.graph import NNDESCENT_MIN_N, _auto_method
+
+    assert _auto_method(100, 20_000) == "exact"
+    assert _auto_method(50_000, 20_000) == "ivf"
+    has = importlib.util.find_spec("pynndescent") is not None
+    assert _auto_method(NNDESCENT_MIN_N + 1, 20_000) == ("nndescent" if has else "ivf")

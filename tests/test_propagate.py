@@ -1,0 +1,348 @@
+"""labelloop.propagate: label propagation against closed forms, brute force and real data."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labelloop.errors import NotReadyError, ValidationError
+from labelloop.graph import KnnGraph, build_knn_graph
+from labelloop.propagate import (
+    LabelPropagation,
+    PropagationConvergenceWarning,
+    affinity_matrix,
+    prediction_summary,
+)
+
+
+def blobs(n: int, n_classes: int, dim: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Overlapping Gaussian classes: propagation is good but not perfect."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, dim)) * sep
+    y = rng.integers(0, n_classes, n)
+    return (centres[y] + rng.standard_normal((n, dim))).astype(np.float32), y
+
+
+def random_graph(n: int, k: int, seed: int) -> KnnGraph:
+    """A kNN graph of random vectors (dense brute force, so no FAISS in property tests)."""
+    X = np.random.default_rng(seed).standard_normal((n, 4))
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    sims = Xn @ Xn.T
+    np.fill_diagonal(sims, -np.inf)
+    idx = np.argsort(-sims, axis=1)[:, :k]
+    return KnnGraph(idx.astype(np.int64), np.take_along_axis(sims, idx, 1).astype(np.float32))
+
+
+def sample_labels(y_true: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = np.full_like(y_true, -1)
+    for c in np.unique(y_true):
+        pick = rng.choice(np.flatnonzero(y_true == c), per_class, replace=False)
+        y[pick] = c
+    return y
+
+
+# ---------------------------------------------------------------- affinity
+
+
+def test_affinity_matches_dense_formula():
+    g = random_graph(30, 4, seed=0)
+    T = 0.5  # large enough that exp(cos / T) is computed directly without overflow
+    W = np.zeros((30, 30))
+    for i in range(30):
+        for s, j in zip(g.similarities[i], g.indices[i]):
+            W[i, j] = np.exp(float(s) / T)  # W_ij = exp(cos_ij / T)
+    W = (W + W.T) / 2
+    d = W.sum(axis=1)
+    S_ref = W / np.sqrt(np.outer(d, d))  # D^-1/2 W D^-1/2
+    S = affinity_matrix(g, temperature=T)
+    assert S.dtype == np.float32 and (S != S.T).nnz == 0
+    np.testing.assert_allclose(S.toarray(), S_ref, rtol=2e-6, atol=1e-8)
+
+
+def test_affinity_is_finite_at_paper_temperature_and_zero_vectors():
+    X = np.random.default_rng(0).standard_normal((50, 8))
+    X[:3] = 0.0  # cosine 0 to everything: exp(0 / 0.01) relative weights underflow float32
+    S = affinity_matrix(build_knn_graph(X, 5), temperature=0.01)
+    assert np.isfinite(S.data).all()
+    # the largest eigenvalue of a normalised affinity is 1
+    top = np.linalg.eigvalsh(S.toarray().astype(np.float64)).max()
+    assert top == pytest.approx(1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------- propagation
+
+
+def test_spreading_converges_to_closed_form():
+    g = random_graph(50, 5, seed=1)
+    S = affinity_matrix(g, temperature=0.1)
+    y = np.full(50, -1)
+    y[[0, 7, 20, 33]] = [0, 1, 2, 1]
+    w = np.ones(50)
+    w[7] = 0.4
+    a = 0.7
+    m = LabelPropagation(alpha=a, n_iter=None, tol=1e-9, temperature=0.1).fit(g, y, sample_weight=w)
+    Y0 = np.zeros((50, 3))
+    Y0[[0, 7, 20, 33], [0, 1, 2, 1]] = [1, 0.4, 1, 1]
+    Y_ref = (1 - a) * np.linalg.solve(np.eye(50) - a * S.toarray().astype(np.float64), Y0)
+    np.testing.assert_allclose(m.Y_, Y_ref, atol=1e-6)
+    reached = Y_ref.sum(1) > 0
+    np.testing.assert_allclose(
+        m.label_distributions_[reached], Y_ref[reached] / Y_ref[reached].sum(1, keepdims=True), atol=1e-5
+    )
+
+
+def test_clamped_rows_never_change_and_rows_are_distributions():
+    X, yt = blobs(300, 3, 8, 1.0, seed=2)
+    y = sample_labels(yt, 4, seed=0)
+    m = LabelPropagation().fit(build_knn_graph(X, 10), y)
+    lab = np.flatnonzero(y >= 0)
+    np.testing.assert_array_equal(m.Y_[lab], np.eye(3, dtype=np.float32)[y[lab]])
+    np.testing.assert_array_equal(m.label_distributions_[lab], np.eye(3)[y[lab]])
+    np.testing.assert_array_equal(m.transduction_[lab], y[lab])
+    P = m.predict_proba()
+    assert (P >= 0).all()
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-6)
+    assert m.n_iter_ == 20
+
+
+def test_one_step_by_hand():
+    # path 0 - 1 - 2 with equal weights: S = D^-1/2 W D^-1/2, degrees (1, 2, 1)
+    g = KnnGraph(np.array([[1], [0], [1]]), np.ones((3, 1), np.float32))
+    m = LabelPropagation(n_iter=1).fit(g, np.array([0, -1, 1]))
+    # W = (A + A^T)/2: W01 = 1, W12 = 0.5 (2 -> 1 listed once); d = (1, 1.5, 0.5)
+    y1 = np.array([1 / np.sqrt(1.5), 0.5 / np.sqrt(0.75)])  # S_10, S_12
+    np.testing.assert_allclose(m.Y_[1], y1, rtol=1e-6)
+    np.testing.assert_allclose(m.label_distributions_[1], y1 / y1.sum(), rtol=1e-6)
+
+
+def test_component_without_labels_is_uniform_and_unreached():
+    # two disconnected triangles; labels only in the first
+    idx = np.array([[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4]])
+    g = KnnGraph(idx, np.full((6, 2), 0.9, np.float32))
+    m = LabelPropagation().fit(g, np.array([0, -1, 1, -1, -1, -1]), n_classes=3)
+    np.testing.assert_array_equal(m.reached_, [True, True, True, False, False, False])
+    np.testing.assert_allclose(m.label_distributions_[3:], 1 / 3)
+    assert m.label_distributions_[1, 2] == 0  # class 2 has no label anywhere
+
+
+def test_no_labels_at_all_needs_n_classes_then_is_uniform():
+    g = random_graph(20, 3, seed=3)
+    with pytest.raises(ValidationError, match="n_classes"):
+        LabelPropagation().fit(g, np.full(20, -1))
+    m = LabelPropagation().fit(g, np.full(20, -1), n_classes=4)
+    assert not m.reached_.any()
+    np.testing.assert_allclose(m.predict_proba(), 0.25)
+
+
+def test_fit_accepts_precomputed_affinity():
+    g = random_graph(40, 5, seed=4)
+    y = np.full(40, -1)
+    y[[1, 2, 3]] = [0, 1, 0]
+    a = LabelPropagation(temperature=0.05).fit(g, y).predict_proba()
+    b = LabelPropagation().fit(affinity_matrix(g, temperature=0.05), y).predict_proba()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_zero_sample_weight_removes_a_label_in_spreading():
+    g = random_graph(60, 5, seed=5)
+    y = np.full(60, -1)
+    y[[0, 1, 2, 3]] = [0, 1, 2, 0]
+    w = np.ones(60)
+    w[3] = 0.0
+    with_w = LabelPropagation(alpha=0.9).fit(g, y, sample_weight=w)
+    y_drop = y.copy()
+    y_drop[3] = -1
+    without = LabelPropagation(alpha=0.9).fit(g, y_drop, n_classes=3)
+    np.testing.assert_allclose(with_w.Y_, without.Y_, atol=1e-7)
+
+
+def test_convergence_warning_only_when_convergence_is_asked_for():
+    g = random_graph(30, 3, seed=6)
+    y = np.full(30, -1)
+    y[0] = 0
+    y[1] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LabelPropagation(n_iter=3, tol=0.0).fit(g, y)  # a fixed step count: no warning
+    with pytest.warns(PropagationConvergenceWarning):
+        LabelPropagation(n_iter=None, tol=0.0, alpha=0.99).fit(g, y)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"alpha": 1.0}, "alpha"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"n_iter": -1}, "n_iter"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    g = random_graph(10, 2, seed=7)
+    with pytest.raises(ValidationError, match=match):
+        LabelPropagation(**kwargs).fit(g, np.array([0, 1] + [-1] * 8))
+
+
+def test_bad_labels_and_weights():
+    g = random_graph(10, 2, seed=7)
+    with pytest.raises(ValidationError, match="shape"):
+        LabelPropagation().fit(g, np.zeros(9, int))
+    with pytest.raises(ValidationError, match="class id 5"):
+        LabelPropagation().fit(g, np.array([5] + [-1] * 9), n_classes=3)
+    with pytest.raises(ValidationError, match="sample_weight"):
+        LabelPropagation().fit(g, np.array([0] + [-1] * 9), sample_weight=-np.ones(10))
+    with pytest.raises(NotReadyError):
+        LabelPropagation().update(np.zeros(10, int))
+
+
+def test_digits_five_labels_per_class():
+    from sklearn.datasets import load_digits
+
+    X, yt = load_digits(return_X_y=True)
+    y = sample_labels(yt, 5, seed=0)
+    m = LabelPropagation().fit(build_knn_graph(X, 10), y)  # k = 10, T = 0.01, 20 steps
+    unl = y < 0
+    acc = (m.transduction_[unl] == yt[unl]).mean()
+    # measured 0.969 with this seed (DESIGN.md: 0.964 mean over 5 seeds); floor = that - 0.015
+    assert acc >= 0.954, acc
+
+
+# ---------------------------------------------------------------- warm start
+
+
+@pytest.fixture(scope="module")
+def overlapping():
+    X, yt = blobs(4000, 5, 16, 0.8, seed=0)
+    return affinity_matrix(build_knn_graph(X, 10)), yt
+
+
+@pytest.mark.parametrize("alpha", [None, 0.9])
+def test_warm_update_agrees_with_cold_fit(overlapping, alpha):
+    S, yt = overlapping
+    rng = np.random.default_rng(0)
+    y = np.full(len(yt), -1)
+    first = rng.choice(len(yt), 30, replace=False)
+    y[first] = yt[first]
+    m = LabelPropagation(alpha=alpha).fit(S, y, n_classes=5)
+    before = m.transduction_.copy()
+    y2 = y.copy()
+    new = rng.choice(np.flatnonzero(y < 0), 10, replace=False)
+    y2[new] = yt[new]
+    m.update(y2)
+    cold = LabelPropagation(alpha=alpha).fit(S, y2, n_classes=5)
+    P, Q = m.label_distributions_, cold.label_distributions_
+    agree = (P.argmax(1) == Q.argmax(1)).mean()
+    # the new labels moved (before != cold) far more predictions than warm and cold disagree on
+    assert agree >= 0.99 and (before != cold.transduction_).mean() > 5 * (1 - agree)
+    # measured: clamped agreement 0.9988, mean |P - Q| 0.0010, max 0.131 (a few boundary
+    # rows: the cold fit is 20 steps from zero, not converged); spreading 1.0 / 1e-4 / 0.013
+    assert np.abs(P - Q).mean() < 0.003
+    assert np.abs(P - Q).max() < (0.2 if alpha is None else 0.03)
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-5)
+    assert (P >= 0).all()
+    if alpha is None:
+        np.testing.assert_array_equal(P[new], np.eye(5)[yt[new]])
+
+
+def test_warm_update_removal_and_relabel_equal_cold_fit(overlapping):
+    S, yt = overlapping
+    y = sample_labels(yt, 6, seed=1)
+    m = LabelPropagation().fit(S, y)
+    lab = np.flatnonzero(y >= 0)
+    y2 = y.copy()
+    y2[lab[0]] = -1  # removed
+    y2[lab[1]] = (y[lab[1]] + 1) % 5  # re-classed
+    m.update(y2)
+    cold = LabelPropagation().fit(S, y2, n_classes=5)
+    np.testing.assert_array_equal(m.label_distributions_, cold.label_distributions_)
+
+
+def test_spreading_update_is_exact_for_any_change(overlapping):
+    S, yt = overlapping
+    y = sample_labels(yt, 6, seed=2)
+    m = LabelPropagation(alpha=0.5).fit(S, y)
+    lab = np.flatnonzero(y >= 0)
+    y2 = y.copy()
+    y2[lab[0]] = -1
+    y2[lab[1]] = (y[lab[1]] + 2) % 5
+    y2[np.flatnonzero(y < 0)[:3]] = [0, 1, 2]
+    w = np.ones(len(y))
+    w[lab[2]] = 0.3
+    m.update(y2, sample_weight=w)
+    cold = LabelPropagation(alpha=0.5).fit(S, y2, n_classes=5, sample_weight=w)
+    np.testing.assert_allclose(m.Y_, cold.Y_, atol=2e-3)
+    assert (m.transduction_ == cold.transduction_).mean() >= 0.999
+
+
+def test_update_without_changes_is_a_no_op(overlapping):
+    S, yt = overlapping
+    y = sample_labels(yt, 3, seed=3)
+    m = LabelPropagation().fit(S, y)
+    P = m.predict_proba().copy()
+    m.update(y.copy())
+    np.testing.assert_array_equal(m.predict_proba(), P)
+
+
+# ---------------------------------------------------------------- properties
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(3, 40),
+    k=st.integers(1, 5),
+    n_classes=st.integers(1, 4),
+    n_labeled=st.integers(0, 6),
+    alpha=st.sampled_from([None, 0.5, 0.9]),
+    seed=st.integers(0, 10_000),
+)
+def test_property_distributions(n, k, n_classes, n_labeled, alpha, seed):
+    k = min(k, n - 1)
+    g = random_graph(n, k, seed)
+    rng = np.random.default_rng(seed)
+    y = np.full(n, -1)
+    lab = rng.choice(n, min(n_labeled, n), replace=False)
+    y[lab] = rng.integers(0, n_classes, lab.size)
+    m = LabelPropagation(alpha=alpha, temperature=0.1).fit(g, y, n_classes=n_classes)
+    P = m.predict_proba()
+    assert P.shape == (n, n_classes)
+    assert (P >= 0).all()
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(P[~m.reached_], 1.0 / n_classes)
+    if alpha is None:
+        np.testing.assert_array_equal(P[lab], np.eye(n_classes)[y[lab]])
+    # warm start keeps every invariant too
+    y2 = y.copy()
+    y2[rng.integers(0, n)] = rng.integers(0, n_classes)
+    m.update(y2)
+    P2 = m.predict_proba()
+    assert (P2 >= 0).all()
+    np.testing.assert_allclose(P2.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(P2[~m.reached_], 1.0 / n_classes)
+    if alpha is None:
+        lab2 = np.flatnonzero(y2 >= 0)
+        np.testing.assert_array_equal(P2[lab2], np.eye(n_classes)[y2[lab2]])
+
+
+# ---------------------------------------------------------------- summary
+
+
+def test_prediction_summary_by_hand():
+    P = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.0, 0.0, 1.0]])
+    s = prediction_summary(P)
+    np.testing.assert_array_equal(s["label"], [0, 0, 2])
+    np.testing.assert_allclose(s["confidence"], [0.7, 1 / 3, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(s["margin"], [0.5, 0.0, 1.0], atol=1e-7)
+    h0 = -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1))
+    np.testing.assert_allclose(s["entropy"], [h0, np.log(3), 0.0], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValidationError):
+        prediction_summary(np.ones(3))
+
+
+def test_sparse_input_must_be_square():
+    with pytest.raises(ValidationError, match="square"):
+        LabelPropagation().fit(sp.csr_matrix(np.ones((3, 4))), np.array([0, -1, -1]))
