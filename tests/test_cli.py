@@ -145,3 +145,43 @@ def test_help_lists_every_command():
     for cmd in ("init", "import", "embed", "refresh", "label", "status", "export", "demo", "next",
                 "autolabel", "simulate"):
         assert f"  {cmd}" in out
+
+
+def test_config_sets_a_setting_and_rejects_bad_values(tmp_path):
+    proj = tmp_path / "c"
+    run("init", "-p", proj, "--modality", "text")
+    run("config", "-p", proj, "import_trust", "0.3")
+    assert run("config", "-p", proj, "import_trust").stdout.strip() == "0.3"
+    assert "k " in run("config", "-p", proj).stdout
+    r = run("config", "-p", proj, "k", "many", check=False)
+    assert r.returncode == 2 and "must be a int" in r.stderr
+    r = run("config", "-p", proj, "nope", "1", check=False)
+    assert r.returncode == 2 and "unknown setting" in r.stderr
+    assert run("config", "-p", proj, "k", env={"LABELLOOP_K": "15"}).stdout.strip() == "15"
+
+
+def test_soft_import_labels_are_smoothed(tmp_path, digits_folder):
+    """With import_trust < 1 a wrong imported label is outvoted by its neighbours."""
+    import shutil
+
+    root, truth = digits_folder
+    noisy = tmp_path / "noisy"
+    shutil.copytree(root, noisy)
+    # move 20 images of class 1 into the folder of class 7: wrong import labels
+    moved = sorted(p for p in (noisy / "1").iterdir())[:20]
+    for p in moved:
+        p.rename(noisy / "7" / ("moved_" + p.name))
+    proj = tmp_path / "soft"
+    run("init", "-p", proj, "--modality", "image")
+    run("import", "-p", proj, noisy, "--labels-from-folders")
+    run("embed", "-p", proj, "--backbone", "pixels", "--no-progress")
+    run("config", "-p", proj, "import_trust", "0.5")
+    run("refresh", "-p", proj)
+    from labelloop import Project
+
+    with Project(proj) as p:
+        pred = p.predictions()
+        row = pred.row_of()
+        ids = {it.external_id: it.id for it in p.store.items()}
+        fixed = [pred.classes[pred.label[row[ids[f"7/moved_{m.name}"]]]] == "1" for m in moved]
+    assert sum(fixed) >= 18, sum(fixed)

@@ -149,6 +149,28 @@ def embed(project, backbone, batch_size, image_size, no_progress, as_json):
 
 
 @cli.command()
+@project_option
+@click.argument("key", required=False)
+@click.argument("value", required=False)
+def config(project, key, value):
+    """Show or set project settings: `config` lists them, `config KEY VALUE` sets one.
+
+    
+    Environment variables LABELLOOP_<KEY> override both (e.g. LABELLOOP_K=15).
+    import_trust below 1 makes imported labels soft evidence that neighbours can overrule."""
+    from .config import SETTINGS
+
+    with _open(project) as p:
+        if key is not None and value is not None:
+            p.set_setting(key, value)
+        elif key is not None:
+            click.echo(p.setting(key))
+            return
+        for name, spec in SETTINGS.items():
+            click.echo(f"{name:<16} {p.setting(name)!s:<10} {spec.help}")
+
+
+@cli.command()
 @click.option("--modality", type=click.Choice(["image", "text"]), default=None)
 def backbones(modality):
     """List the available backbones."""

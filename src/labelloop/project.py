@@ -18,6 +18,7 @@ from .ingest import ImportReport, Skipped, import_images, import_table
 from .store import Store
 
 MODALITIES = ("image", "text")
+SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")
 
 
@@ -320,10 +321,11 @@ class Project:
             fit_y, weight, alpha = y, None, None
         else:
             # imported labels are soft evidence: spread with every item's own label as a prior
-            # weighted by trust (human labels weight 1), nothing clamped
+            # weighted by trust, nothing clamped; a human label's own term (weight 100)
+            # outweighs its neighbourhood (audit.label_errors.smooth_labels, label_noise benchmark)
             fit_y = y
-            weight = np.where(y_h >= 0, 1.0, np.where(y >= 0, trust, 0.0))
-            alpha = 0.9
+            weight = np.where(y_h >= 0, 100.0, np.where(y >= 0, trust, 0.0))
+            alpha = SMOOTH_ALPHA
         if warm:
             self._lp.update(fit_y, n_iter=self.setting("warm_iter"))
         else:
@@ -369,7 +371,7 @@ class Project:
         if not all((d / f).exists() for f in ("state_Y.npy", "state_y.npy", "state_w.npy")):
             return False
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
-                              alpha=None if key[3] >= 1.0 else 0.9)
+                              alpha=None if key[3] >= 1.0 else SMOOTH_ALPHA)
         lp.restore(graph, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
                    sample_weight=np.load(d / "state_w.npy"))
         self._lp, self._lp_key = lp, key
