@@ -333,6 +333,58 @@ def audit(project, top, classifier, as_json):
 @cli.command()
 @project_option
 @json_option
+def diagnose(project, as_json):
+    """How good are the current embeddings for this project's classes? With advice."""
+    with _open(project) as p:
+        d = p.diagnose()
+    if as_json:
+        _echo_json(d)
+    else:
+        click.echo(d["summary"])
+
+
+@cli.command()
+@project_option
+@click.option("--method", type=click.Choice(["simclr", "byol"]), default="simclr", show_default=True)
+@click.option("--epochs", type=int, default=None, help="Training epochs (default 30).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--image-size", type=int, default=None, help="Training input size in pixels (default 64).")
+@click.option("--max-images", type=int, default=None, help="Train on a random subset of this many images.")
+@json_option
+def adapt(project, method, epochs, device, image_size, max_images, as_json):
+    """Self-supervised adaptation of the image backbone to this project's images (resumable)."""
+    with _open(project) as p:
+        r = p.adapt(method=method, epochs=epochs, device=device, image_size=image_size, max_images=max_images,
+                    progress=not as_json)
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"saved adapted backbone {r['backbone']}; use it with: "
+                   f"labelloop embed -p {project} --backbone {r['backbone']}")
+
+
+@cli.command()
+@project_option
+@click.option("--schedule", type=click.Choice(["auto", "prototype", "linear", "finetune"]), default="auto",
+              show_default=True, help="auto: prototypes for 1-5 labels per class, a linear head, then fine-tuning.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@json_option
+def train(project, schedule, epochs, device, as_json):
+    """Fine-tune a classifier on the human labels (transfer learning); a second opinion."""
+    with _open(project) as p:
+        r = p.train(schedule=schedule, epochs=epochs, device=device, progress=not as_json)
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"trained ({r['schedule']}) on {r['labels']} labels; training accuracy {r['training_accuracy']:.3f}"
+                   + (f"; agrees with propagation on {100 * r['agreement_with_propagation']:.1f}% of items"
+                      if "agreement_with_propagation" in r else ""))
+
+
+@cli.command()
+@project_option
+@json_option
 def annotators(project, as_json):
     """Annotator quality: accuracy on gold items and against consensus, Dawid–Skene, kappas."""
     with _open(project) as p:

@@ -598,6 +598,84 @@ class Project:
         self.store.finish_run(run, summary | {"items": [i["item"] for i in issues]})
         return summary | {"run": run, "issues": issues}
 
+    # --------------------------------------------------------------------- adapt
+    def diagnose(self) -> dict:
+        """How well the active embeddings separate the classes the human labels show:
+        leave-one-out kNN accuracy (Wilson interval), graph homophily, silhouette, advice."""
+        from .adapt import diagnose
+
+        ids, graph = self.graph()
+        _, X = self.embeddings()
+        y = self.label_vector(ids, sources=("human",))
+        d = diagnose(graph, y, X)
+        out = d.to_dict() | {"summary": d.summary(), "backbone": (self.store.get_meta("backbone") or {}).get("cache_id")}
+        run = self.store.start_run("diagnose", {}, {"labels": int((y >= 0).sum())})
+        self.store.finish_run(run, {k: v for k, v in out.items() if k != "summary"})
+        return out
+
+    def adapt(self, *, method: str = "simclr", epochs: int | None = None, device: str = "cpu",
+              image_size: int | None = None, max_images: int | None = None, progress: bool = False) -> dict:
+        """Self-supervised adaptation of the ImageNet backbone on this project's images; saved
+        in the project as a new backbone id for `embed --backbone`. Resumes an interrupted run."""
+        from .adapt import AdaptConfig, adapt_backbone
+        from .ingest import load_image
+
+        if self.modality != "image":
+            raise ValidationError("adapt trains the image backbone; this is a text project "
+                                  "(text adaptation is not available yet)")
+        kw = {"method": method, "device": device}
+        if epochs is not None:
+            kw["epochs"] = epochs
+        if image_size is not None:
+            kw["image_size"] = image_size
+        cfg = AdaptConfig(**kw)
+        items = self.store.items()
+        if len(items) < 2:
+            raise NotReadyError("adaptation needs images: run `labelloop import` first")
+        run = self.store.start_run("adapt", cfg.to_dict() | {"max_images": max_images}, {"items": len(items)})
+        try:
+            images = [load_image(it.uri) for it in items]
+            outcome = adapt_backbone(images, self.root, cfg, max_images=max_images, progress=progress)
+        except BaseException:
+            self.store.finish_run(run, status="interrupted")
+            raise
+        summary = {"backbone": outcome.backbone_id, "provenance": outcome.provenance}
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    def train(self, *, schedule: str = "auto", epochs: int = 30, device: str = "cpu", progress: bool = False) -> dict:
+        """Transfer learning: a classifier on the (possibly adapted) image backbone trained on
+        the human labels. Its class probabilities are stored with the run as a second opinion;
+        the propagated labels stay the project's predictions."""
+        from .adapt import FineTuneClassifier
+        from .ingest import load_image
+
+        if self.modality != "image":
+            raise ValidationError("train fine-tunes the image backbone; this is a text project")
+        ids = self.store.item_ids()
+        y = self.label_vector(ids, sources=("human",))
+        if (y >= 0).sum() < 2:
+            raise NotReadyError("train needs human labels: label a few items per class first")
+        bb = self.backbone()
+        if not (bb.id.startswith("adapted-") or bb.id == "efficientnet-lite0"):
+            bb = self.backbone("efficientnet-lite0")
+        clf = FineTuneClassifier.from_backbone(bb, schedule=schedule, epochs=epochs, device=device,
+                                               n_classes=len(self.classes), progress=progress)
+        run = self.store.start_run("train", {"schedule": schedule, "epochs": epochs, "backbone": bb.cache_id},
+                                   {"labels": int((y >= 0).sum())})
+        items = self.store.items(ids.tolist())
+        images = [load_image(it.uri) for it in items]
+        clf.fit(images, y)
+        P = clf.predict_proba(images)  # (n, C)
+        np.save(self.store.run_dir(run) / "classifier_proba.npy", P.astype(np.float32))
+        summary = {"schedule": getattr(clf, "schedule_", schedule), "labels": int((y >= 0).sum()),
+                   "training_accuracy": float((P.argmax(1)[y >= 0] == y[y >= 0]).mean())}
+        pred = self._current_predictions(ids)
+        if pred is not None:
+            summary["agreement_with_propagation"] = float((P.argmax(1) == pred.label).mean())
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
     # ------------------------------------------------------------------- quality
     GOLD_ANNOTATOR = "gold"
 

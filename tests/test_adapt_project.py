@@ -1,0 +1,49 @@
+"""Issue 6 through the Project API: diagnose, adapt -> embed with the adapted id, train."""
+
+import numpy as np
+import pytest
+
+from labelloop.datasets import load_dataset, write_image_folder
+from labelloop.errors import ValidationError
+
+
+@pytest.fixture
+def digits_project(project_factory, tmp_path):
+    ds = load_dataset("digits", n=200)
+    paths = write_image_folder(ds, tmp_path / "img")
+    p = project_factory("image")
+    p.import_(tmp_path / "img", labels_from_folders=False)
+    p.embed("pixels")
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(paths), 60, replace=False)
+    p.label([(paths[i].relative_to(tmp_path / "img").as_posix(), ds.class_names[ds.labels[i]]) for i in pick],
+            create_classes=True)
+    return p
+
+
+def test_diagnose_reports_accuracy_interval_and_advice(digits_project):
+    d = digits_project.diagnose()
+    lo, hi = d["loo_interval"]
+    assert 0 <= lo <= d["loo_accuracy"] <= hi <= 1
+    assert d["verdict"] in ("good", "fair", "poor", "too few labels") and d["advice"]
+    assert digits_project.store.runs("diagnose")
+
+
+def test_adapt_refuses_text_projects(project_factory):
+    with pytest.raises(ValidationError, match="text project"):
+        project_factory("text").adapt(epochs=1)
+
+
+@pytest.mark.slow
+def test_adapt_then_embed_with_the_adapted_backbone_then_train(digits_project):
+    p = digits_project
+    r = p.adapt(method="simclr", epochs=1, image_size=32, max_images=64)
+    bid = r["backbone"]
+    assert bid.startswith("adapted-simclr-") and r["provenance"]["method"] == "simclr"
+    e = p.embed(bid)
+    assert e.embedded == 200
+    s = p.refresh()
+    assert s["items"] == 200
+    t = p.train(schedule="linear", epochs=5)
+    assert 0 <= t["training_accuracy"] <= 1 and "agreement_with_propagation" in t
+    assert (p.store.run_dir(t["run"]) / "classifier_proba.npy").exists()
