@@ -405,9 +405,13 @@ class Project:
         return pred
 
     def next(self, n: int = 20, *, strategy: str = "auto", seed: int | None = None, annotator: str | None = None,
-             record: bool = True) -> list[dict]:
+             record: bool = True, explore: float | None = None) -> list[dict]:
         """The ``n`` items a person should label next, most useful first, with the reason.
-        Items with a human, imported or accepted machine label are not asked again."""
+        Items with a human, imported or accepted machine label are not asked again.
+
+        ``explore``: share of the batch drawn at random once predictions exist (default 0.2
+        for ``auto``, 0 otherwise). Uncertainty sampling asks only about hard items; the
+        random ones give auto-labeling an unbiased sample to calibrate its threshold on."""
         from .select import get_strategy
 
         ids, graph = self.graph()
@@ -420,13 +424,23 @@ class Project:
         y = self.label_vector(ids, sources=("human", "import", "machine"))
         pred = self._current_predictions(ids)
         seed = int(seed if seed is not None else len(self.store.runs("query", status=None)))
+        if explore is None:
+            explore = 0.2 if strategy == "auto" else 0.0
+        n_random = int(round(explore * n)) if pred is not None and n > 1 else 0
         sel = get_strategy(strategy).select(
-            n=n, labeled=labeled, unlabeled=unlabeled, probabilities=None if pred is None else pred.proba,
+            n=n - n_random, labeled=labeled, unlabeled=unlabeled, probabilities=None if pred is None else pred.proba,
             graph=graph, embeddings=X, labels=y[labeled] if len(labeled) else None,
             class_names=self.classes if pred is not None else None, seed=seed)
-        items = self.store.items(ids[sel.indices].tolist())
+        picked, scores, reasons = list(sel.indices), list(sel.scores), list(sel.reasons)
+        rest = np.setdiff1d(unlabeled, sel.indices)
+        if n_random and len(rest):
+            extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False)
+            picked += extra.tolist()
+            scores += [0.0] * len(extra)
+            reasons += ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
+        items = self.store.items(ids[picked].tolist())
         out = []
-        for r, it, score, reason in zip(sel.indices, items, sel.scores, sel.reasons):
+        for r, it, score, reason in zip(picked, items, scores, reasons):
             guess = conf = None
             if pred is not None and pred.reached[r]:
                 guess, conf = pred.classes[pred.label[r]], float(pred.confidence[r])
@@ -441,16 +455,17 @@ class Project:
 
     # ----------------------------------------------------------------- autolabel
     def _calibration(self, ids: np.ndarray, pred: Predictions):
-        """(confidence, predicted, correct) of the human-labeled items, each scored by its
-        neighbours' vote without its own label (leave-one-out on the graph)."""
+        """(confidence, predicted, correct) of the human-labeled items, each scored by a
+        propagation that did not see its label (5-fold held out)."""
         from .propagate import affinity_matrix
-        from .simulate import loo_confidence
+        from .simulate import heldout_confidence
 
         _, graph = self.graph()
         S = affinity_matrix(graph, temperature=self.setting("temperature"))
         y_h = self.label_vector(ids, sources=("human",))
+        y = self.label_vector(ids, sources=("human", "import"))
         rows = np.flatnonzero(y_h >= 0)
-        Q = loo_confidence(S, pred.proba, rows)  # (L, C)
+        Q = heldout_confidence(S, y, rows, len(pred.classes), n_iter=self.setting("n_iter"))  # (L, C)
         return Q.max(1), Q.argmax(1), Q.argmax(1) == y_h[rows], y_h
 
     def autolabel(self, *, target_precision: float = 0.95, per_class: bool = True,
