@@ -1,0 +1,294 @@
+"""Self-supervised adaptation vs. frozen ImageNet features vs. raw pixels.
+
+For scikit-learn digits (1,797) and a stratified Fashion-MNIST subset (5,000 of the train
+split) every feature set is scored the same way:
+
+- 10-NN accuracy with all labels: leave-one-out majority vote of the 10 nearest neighbours
+  (cosine, ``build_knn_graph(k=10, method="exact")``);
+- propagation accuracy on the unlabeled items with 1 / 5 / 10 random labels per class
+  (5 seeds): ``LabelPropagation(T=0.01, 20 steps, clamped)`` on that graph (Bai et al.);
+- the diagnostic's verdict (``labelloop.adapt.diagnose``) with 5 labels per class (seed 0).
+
+Feature sets: ``pixels`` (the project's baseline backbone, 16 px gray), frozen ImageNet
+EfficientNet-Lite0 at 224 px (its native size) and at the adaptation size (64 px), and the
+adapted backbones (SimCLR, BYOL) trained here on the same images without labels, saved in a
+throw-away project folder and embedded through ``get_backbone(id, project_dir=...)``.
+The frozen and pixel embeddings are cached under ``benchmarks/.cache/`` (format shared with
+label_efficiency.py); adaptation always runs. Wall and process-CPU seconds of every stage are
+recorded with the load average (the machine is shared: CPU seconds are the stabler figure).
+
+Run:  python benchmarks/adaptation.py            (full, writes results/adaptation.{json,md})
+      python benchmarks/adaptation.py --quick    (Fashion-MNIST 1k, 4 epochs, 224 px baseline
+                                                 skipped; writes results/adaptation_quick.*)
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede the first torch import: with OpenMP's default spin-waiting, 2 torch threads on
+# a 2-core machine shared with other jobs ran a tiny training ~20x slower than with 1 thread;
+# passive waiting removed the slowdown (measured while writing this benchmark).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results"
+SHOTS = (1, 5, 10)
+SEEDS = 5
+CHUNK = 512
+
+
+# ------------------------------------------------------------------------------ timing
+@contextmanager
+def timed(store: dict, key: str):
+    w0, c0 = time.perf_counter(), time.process_time()
+    yield
+    store[key] = {"wall_s": round(time.perf_counter() - w0, 2), "cpu_s": round(time.process_time() - c0, 2),
+                  "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def embed_cached(ds, ds_key: str, backbone, *, log=print) -> np.ndarray:
+    """(n, dim) embeddings of ``ds.items``, from chunk files under .cache/ when present."""
+    folder = CACHE / f"{ds_key}__{backbone.cache_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for c, lo in enumerate(range(0, len(ds.items), CHUNK)):
+        path = folder / f"chunk{c:04d}.npy"
+        if path.exists():
+            parts.append(np.load(path))
+            continue
+        Z = backbone.embed(ds.items[lo : lo + CHUNK])  # (chunk, dim)
+        np.save(path, Z)
+        parts.append(Z)
+        log(f"  {backbone.cache_id}: {lo + len(Z)}/{len(ds.items)}")
+    return np.concatenate(parts)
+
+
+# --------------------------------------------------------------------------- evaluation
+def random_labels(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(y == c), size=shots, replace=False)
+                           for c in np.unique(y)])
+
+
+def evaluate(X: np.ndarray, y: np.ndarray, shots_list, seeds: int) -> dict:
+    from labelloop.adapt.diagnose import diagnose
+    from labelloop.graph import build_knn_graph, normalize_rows
+    from labelloop.propagate import LabelPropagation, affinity_matrix
+
+    Z = normalize_rows(X)
+    graph = build_knn_graph(Z, k=10, method="exact")
+    n, c = len(y), int(y.max()) + 1
+    # leave-one-out 10-NN: majority vote of the neighbours (self excluded by the graph)
+    votes = np.zeros((n, c))
+    np.add.at(votes, (np.repeat(np.arange(n), graph.k), y[graph.indices].ravel()), 1.0)
+    knn = float((votes.argmax(1) == y).mean())
+    S = affinity_matrix(graph, temperature=0.01)
+    prop = {}
+    for shots in shots_list:
+        accs = []
+        for seed in range(seeds):
+            lab = random_labels(y, shots, seed)
+            y_part = np.full(n, -1)
+            y_part[lab] = y[lab]
+            P = LabelPropagation(temperature=0.01, n_iter=20).fit(S, y_part, n_classes=c).predict_proba()
+            mask = y_part < 0
+            accs.append(float((P.argmax(1)[mask] == y[mask]).mean()))
+        prop[str(shots)] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs}
+    y5 = np.full(n, -1)
+    lab = random_labels(y, 5, 0)
+    y5[lab] = y[lab]
+    d = diagnose(graph, y5, Z)
+    return {"knn10_all_labels": knn, "propagation": prop,
+            "diagnose_5_per_class": {"verdict": d.verdict, "loo_accuracy": d.loo_accuracy,
+                                     "loo_interval": list(d.loo_interval), "homophily": d.homophily,
+                                     "silhouette": d.silhouette}}
+
+
+# --------------------------------------------------------------------------------- main
+def run_dataset(name: str, n: int | None, args, log) -> dict:
+    import torch
+
+    from labelloop.adapt.backbone import data_hash, save_adapted_backbone
+    from labelloop.adapt.train import (
+        AdaptConfig,
+        build_view_cache,
+        efficientnet_encoder,
+        images_to_tensor,
+        train_ssl,
+    )
+    from labelloop.datasets import load_dataset
+    from labelloop.embed import get_backbone
+
+    ds = load_dataset(name, n=n)
+    y = np.asarray(ds.labels)
+    ds_key = f"{name}-n{len(ds.items)}-s0"
+    times: dict = {}
+    feats: dict[str, np.ndarray] = {}
+    log(f"{name}: {len(ds.items)} items, {len(ds.class_names)} classes")
+
+    with timed(times, "embed pixels-16"):
+        feats["pixels"] = embed_cached(ds, ds_key, get_backbone("pixels"), log=log)
+    sizes = [args.image_size] + ([args.frozen_size] if args.frozen_size else [])
+    for size in sizes:
+        with timed(times, f"embed imagenet-{size}"):
+            feats[f"imagenet-{size}"] = embed_cached(
+                ds, ds_key, get_backbone("efficientnet-lite0", image_size=size), log=log)
+        log(f"  imagenet-{size}: {times[f'embed imagenet-{size}']}")
+
+    base = dict(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+                trainable_blocks=args.trainable_blocks, view_cache=args.views, seed=0)
+    x = images_to_tensor(ds.items, args.image_size)                       # (N, 3, S, S) uint8
+    dh = data_hash(ds.items)
+    with timed(times, "view cache"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            enc = efficientnet_encoder(trainable_blocks=args.trainable_blocks, image_size=args.image_size)
+        views = build_view_cache(x, AdaptConfig(**base), enc, progress=False)
+    log(f"  view cache {tuple(views.shape)}: {times['view cache']}")
+    provenance = {}
+    with tempfile.TemporaryDirectory(prefix="labelloop-adapt-bench-") as project:
+        for method in args.methods:
+            cfg = AdaptConfig(method=method, **base)
+            with timed(times, f"train {method}"):
+                res = train_ssl(x, cfg, progress=False, views=views)
+            bid = save_adapted_backbone(project, res, data_sha256=dh, n_images=len(ds.items))
+            with timed(times, f"embed {method}"):
+                feats[f"adapted-{method}"] = get_backbone(bid, project_dir=project).embed(ds.items)
+            provenance[method] = {"backbone_id": bid, "loss_history": [round(v, 4) for v in res.history],
+                                  "steps": res.steps, "augment": res.augment}
+            log(f"  {method}: train {times[f'train {method}']}, loss {res.history[0]:.3f} -> "
+                f"{res.history[-1]:.3f}")
+
+    scores = {}
+    for key, X in feats.items():
+        scores[key] = evaluate(X, y, args.shots, args.seeds)
+        p = scores[key]["propagation"]
+        log(f"  {key:18s} 10-NN {scores[key]['knn10_all_labels']:.3f}  prop "
+            + " / ".join(f"{p[str(s)]['mean']:.3f}" for s in args.shots)
+            + f"  diagnose@5: {scores[key]['diagnose_5_per_class']['verdict']}")
+    return {"n_items": len(ds.items), "scores": scores, "times": times, "adapted": provenance}
+
+
+def goal_check(results: dict, shots) -> dict:
+    """Does each adapted backbone beat pixels and every frozen ImageNet set on every measure?"""
+    out = {}
+    for name, r in results.items():
+        s = r["scores"]
+        baselines = [k for k in s if not k.startswith("adapted-")]
+        for a in (k for k in s if k.startswith("adapted-")):
+            checks = {}
+            for measure in ["knn10", *[f"prop@{k}" for k in shots]]:
+                def val(key):
+                    if measure == "knn10":
+                        return s[key]["knn10_all_labels"]
+                    return s[key]["propagation"][measure.split("@")[1]]["mean"]
+                best = max(baselines, key=val)
+                checks[measure] = {"adapted": val(a), "best_baseline": best, "baseline": val(best),
+                                   "beats": val(a) > val(best)}
+            out[f"{name}/{a}"] = {"all": all(c["beats"] for c in checks.values()), "checks": checks}
+    return out
+
+
+def write_markdown(path: Path, payload: dict) -> None:
+    shots = payload["config"]["shots"]
+    lines = ["# Adaptation benchmark", "",
+             f"Generated {payload['generated']} by `python benchmarks/adaptation.py"
+             f"{' --quick' if payload['config']['quick'] else ''}` on {payload['machine']}.", "",
+             "Accuracy: 10-NN = leave-one-out 10-NN majority vote with all labels; prop@k = label "
+             f"propagation (k=10 graph, T=0.01, 20 clamped steps) with k random labels per class, mean of "
+             f"{payload['config']['seeds']} seeds, on the unlabeled items. diagnose@5 = the diagnostic's "
+             "verdict with 5 labels per class.", ""]
+    for name, r in payload["results"].items():
+        lines += [f"## {name} ({r['n_items']} items)", "",
+                  "| features | 10-NN | " + " | ".join(f"prop@{k}" for k in shots) + " | diagnose@5 |",
+                  "|---|---|" + "---|" * len(shots) + "---|"]
+        for key, sc in r["scores"].items():
+            p = sc["propagation"]
+            d = sc["diagnose_5_per_class"]
+            lines.append(f"| {key} | {sc['knn10_all_labels']:.3f} | "
+                         + " | ".join(f"{p[str(k)]['mean']:.3f} ± {p[str(k)]['std']:.3f}" for k in shots)
+                         + f" | {d['verdict']} ({d['loo_accuracy']:.2f}) |")
+        lines += ["", "| stage | wall s | CPU s | load (1 min) |", "|---|---|---|---|"]
+        for stage, t in r["times"].items():
+            lines.append(f"| {stage} | {t['wall_s']} | {t['cpu_s']} | {t['loadavg_1m']} |")
+        lines.append("")
+    lines += ["## Goal: adapted beats pixels and frozen ImageNet at every budget", "",
+              "| dataset / backbone | met | " + " | ".join(["10-NN", *[f"prop@{k}" for k in shots]]) + " |",
+              "|---|---|" + "---|" * (1 + len(shots))]
+    for key, g in payload["goal"].items():
+        cells = [f"{c['adapted']:.3f} vs {c['baseline']:.3f} ({c['best_baseline']})" for c in g["checks"].values()]
+        lines.append(f"| {key} | {'yes' if g['all'] else 'no'} | " + " | ".join(cells) + " |")
+    lines += ["", "Configuration: `" + json.dumps(payload["config"]) + "`", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from labelloop.adapt.train import AdaptConfig
+
+    d = AdaptConfig()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"])
+    ap.add_argument("--fashion-n", type=int, default=5000)
+    ap.add_argument("--methods", nargs="+", default=["simclr", "byol"])
+    ap.add_argument("--epochs", type=int, default=d.epochs)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--image-size", type=int, default=d.image_size)
+    ap.add_argument("--trainable-blocks", type=int, default=d.trainable_blocks)
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--frozen-size", type=int, default=224, help="0: skip the native-size baseline")
+    ap.add_argument("--seeds", type=int, default=SEEDS)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    args.shots = list(SHOTS)
+    if args.quick:
+        args.fashion_n, args.epochs, args.seeds, args.frozen_size = min(args.fashion_n, 1000), 4, 2, 0
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+
+    results = {}
+    for name in args.datasets:
+        results[name] = run_dataset(name, args.fashion_n if name == "fashion-mnist" else None, args, log)
+    config = {k: v for k, v in vars(args).items()}
+    payload = {
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+        "config": config,
+        "total_wall_s": round(time.perf_counter() - t0, 1),
+        "results": results,
+        "goal": goal_check(results, args.shots),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "adaptation_quick" if args.quick else "adaptation"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_markdown(RESULTS / f"{stem}.md", payload)
+    log(f"wrote {RESULTS / (stem + '.json')} and .md; total {payload['total_wall_s']} s")
+    for key, g in payload["goal"].items():
+        log(f"goal {key}: {'met' if g['all'] else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""How well do the current embeddings separate the classes the humans labeled?
+
+Three views of the labeled items, each cheap and usable with a handful of labels:
+
+- leave-one-out kNN accuracy: each labeled item is predicted from its nearest *other*
+  labeled items (cosine, similarity-weighted vote), with a Wilson interval;
+- graph homophily: among kNN-graph edges joining two labeled items, the share joining the
+  same label (compared with the share expected if labels were unrelated to the graph);
+- silhouette of the labeled items under cosine distance.
+
+:func:`diagnose` turns them into a verdict and one sentence of advice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import ValidationError
+
+__all__ = [
+    "Diagnosis",
+    "diagnose",
+    "wilson_interval",
+    "loo_knn_accuracy",
+    "graph_loo_knn_accuracy",
+    "label_homophily",
+    "GOOD_ACCURACY",
+    "POOR_ACCURACY",
+    "MIN_CHECKED",
+]
+
+# Thresholds on leave-one-out 10-NN accuracy. Anchors measured in ASSETS.md / DESIGN.md:
+# digits, raw pixels: 10-NN 0.981 -> propagation 0.888 / 0.964 at 1 / 5 labels per class;
+# digits, ImageNet EfficientNet-Lite0: 10-NN 0.874 -> LabelSpreading 0.526 / 0.701.
+GOOD_ACCURACY = 0.90
+POOR_ACCURACY = 0.80
+MIN_CHECKED = 10        # fewer checkable labeled items than this: no verdict
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927); ``(0, 1)`` when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValidationError(f"successes must be in 0..n={n}, got {successes}")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    # centre = (p + z^2 / 2n) / (1 + z^2 / n);  half = z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2 / n)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the ends (the closed form gives 0 and 1 there, up to rounding)
+    return (0.0 if successes == 0 else lo), (1.0 if successes == n else hi)
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def _checkable(y_lab: np.ndarray) -> np.ndarray:
+    """Labeled items whose class has another labeled item (the others cannot be predicted)."""
+    _, inv, counts = np.unique(y_lab, return_inverse=True, return_counts=True)
+    return counts[inv] >= 2
+
+
+def loo_knn_accuracy(X: np.ndarray, y: np.ndarray, *, k: int = 10, max_queries: int = 5000,
+                     seed: int = 0) -> tuple[int, int]:
+    """Leave-one-out kNN among the labeled items: ``(correct, checked)``.
+
+    Each labeled item whose class has >= 2 labels is predicted by a cosine-similarity-weighted
+    vote of its ``k`` most similar other labeled items. ``y``: ``(n,)``, -1 = unlabeled.
+    At most ``max_queries`` items (a seeded random subset) are checked."""
+    lab = np.flatnonzero(y >= 0)
+    if lab.size < 2:
+        return 0, 0
+    Z = _unit(X[lab])                                                   # (L, d)
+    y_lab = y[lab]
+    queries = np.flatnonzero(_checkable(y_lab))
+    if queries.size > max_queries:
+        queries = np.sort(np.random.default_rng(seed).choice(queries, max_queries, replace=False))
+    kk = min(k, lab.size - 1)
+    classes, y_idx = np.unique(y_lab, return_inverse=True)
+    correct = 0
+    for lo in range(0, queries.size, 1024):
+        q = queries[lo : lo + 1024]
+        S = Z[q] @ Z.T                                                  # (b, L) cosine
+        S[np.arange(q.size), q] = -np.inf                               # leave the item out
+        nb = np.argpartition(-S, kk - 1, axis=1)[:, :kk]                # (b, kk)
+        w = np.take_along_axis(S, nb, axis=1)
+        votes = np.zeros((q.size, classes.size))                        # (b, C)
+        # score_c = sum of similarities of the neighbours labeled c
+        np.add.at(votes, (np.repeat(np.arange(q.size), kk), y_idx[nb].ravel()),
+                  np.maximum(w, 0).ravel() + 1e-6)
+        correct += int((votes.argmax(1) == y_idx[q]).sum())
+    return correct, int(queries.size)
+
+
+def graph_loo_knn_accuracy(graph, y: np.ndarray) -> tuple[int, int]:
+    """Leave-one-out kNN on the graph alone: each labeled item (class with >= 2 labels) is
+    predicted by a similarity-weighted vote of its labeled graph neighbours; items with no
+    labeled neighbour are not counted. Returns ``(correct, checked)``."""
+    idx, sim = np.asarray(graph.indices), np.asarray(graph.similarities, dtype=np.float64)
+    lab = np.flatnonzero(y >= 0)
+    if lab.size < 2:
+        return 0, 0
+    classes, y_idx_lab = np.unique(y[lab], return_inverse=True)
+    y_idx = np.full(y.shape[0], -1)
+    y_idx[lab] = y_idx_lab
+    q = lab[_checkable(y[lab])]
+    nb = idx[q]                                                         # (b, k)
+    nb_lab = np.where(nb >= 0, y_idx[np.clip(nb, 0, None)], -1)         # -1: unlabeled / padding
+    has = (nb_lab >= 0).any(1)
+    votes = np.zeros((q.size, classes.size))
+    rows = np.repeat(np.arange(q.size), nb.shape[1])
+    keep = nb_lab.ravel() >= 0
+    np.add.at(votes, (rows[keep], nb_lab.ravel()[keep]), np.maximum(sim[q].ravel()[keep], 0) + 1e-6)
+    pred = votes.argmax(1)
+    return int((pred[has] == y_idx[q][has]).sum()), int(has.sum())
+
+
+def label_homophily(graph, y: np.ndarray) -> tuple[int, int]:
+    """``(same, total)``: undirected kNN-graph edges joining two labeled items, and how many
+    of them join the same label."""
+    idx = np.asarray(graph.indices)
+    n, k = idx.shape
+    src = np.repeat(np.arange(n), k)
+    dst = idx.ravel()
+    ok = (dst >= 0) & (dst != src)
+    src, dst = src[ok], dst[ok]
+    both = (y[src] >= 0) & (y[dst] >= 0)
+    a, b = np.minimum(src[both], dst[both]), np.maximum(src[both], dst[both])
+    pairs = np.unique(a.astype(np.int64) * n + b)                       # undirected, deduplicated
+    a, b = pairs // n, pairs % n
+    return int((y[a] == y[b]).sum()), int(pairs.size)
+
+
+@dataclass
+class Diagnosis:
+    n_items: int
+    n_labeled: int
+    n_classes: int                        # classes with at least one label
+    min_labels_per_class: int
+    loo_method: str                       # "embeddings" | "graph"
+    loo_checked: int                      # labeled items the LOO accuracy is measured on
+    loo_accuracy: float | None
+    loo_interval: tuple[float, float]     # Wilson, ``confidence``
+    confidence: float
+    chance_accuracy: float | None         # always guessing the most common label
+    homophily: float | None
+    homophily_edges: int
+    homophily_expected: float | None      # same-label share if labels ignored the graph
+    silhouette: float | None
+    verdict: str                          # "good" | "fair" | "poor" | "too few labels"
+    advice: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["loo_interval"] = list(self.loo_interval)
+        return d
+
+    def summary(self) -> str:
+        """A few plain lines for the CLI."""
+        def f(v):
+            return "n/a" if v is None else f"{v:.3f}"
+        lo, hi = self.loo_interval
+        lines = [
+            f"labeled items:     {self.n_labeled} of {self.n_items} in {self.n_classes} classes "
+            f"(fewest in a class: {self.min_labels_per_class})",
+            f"LOO kNN accuracy:  {f(self.loo_accuracy)}  ({self.confidence:.0%} interval "
+            f"{lo:.3f}-{hi:.3f}, {self.loo_checked} checked; chance {f(self.chance_accuracy)})",
+            f"graph homophily:   {f(self.homophily)}  ({self.homophily_edges} labeled edges; "
+            f"unrelated labels would give {f(self.homophily_expected)})",
+            f"silhouette:        {f(self.silhouette)}",
+            f"verdict:           {self.verdict}",
+            self.advice,
+        ]
+        return "\n".join(lines)
+
+
+def diagnose(graph, labels: np.ndarray, embeddings: np.ndarray | None = None, *, k: int = 10,
+             confidence: float = 0.95, max_silhouette: int = 5000, seed: int = 0) -> Diagnosis:
+    """Diagnose the embeddings of a project from its human labels.
+
+    ``graph``: the project's :class:`~labelloop.graph.KnnGraph` (or None when only
+    embeddings are at hand); ``labels``: ``(n,)`` int, -1 = unlabeled; ``embeddings``:
+    ``(n, d)``, used for the LOO accuracy and the silhouette when given (LOO falls back to the
+    graph otherwise). ``k``: neighbours voting in the LOO kNN (Bai et al.: 10).
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValidationError(f"labels must be a 1-d integer array (-1 = unlabeled), got {y.dtype} {y.shape}")
+    n = y.shape[0]
+    if graph is None and embeddings is None:
+        raise ValidationError("diagnose needs the kNN graph or the embeddings (run labelloop embed first)")
+    if graph is not None and np.asarray(graph.indices).shape[0] != n:
+        raise ValidationError(f"graph has {np.asarray(graph.indices).shape[0]} items but labels has {n}")
+    if embeddings is not None and np.asarray(embeddings).shape[0] != n:
+        raise ValidationError(f"embeddings have {np.asarray(embeddings).shape[0]} rows but labels has {n}")
+    if not 0 < confidence < 1:
+        raise ValidationError(f"confidence must be in (0, 1), got {confidence}")
+    if k < 1:
+        raise ValidationError(f"k must be >= 1, got {k}")
+
+    lab = np.flatnonzero(y >= 0)
+    classes, counts = np.unique(y[lab], return_counts=True)
+    n_classes = int(classes.size)
+    min_per = int(counts.min()) if n_classes else 0
+
+    # --- LOO kNN accuracy
+    if embeddings is not None:
+        correct, checked = loo_knn_accuracy(np.asarray(embeddings), y, k=k, seed=seed)
+        method = "embeddings"
+    else:
+        correct, checked = graph_loo_knn_accuracy(graph, y)
+        method = "graph"
+    acc = correct / checked if checked else None
+    interval = wilson_interval(correct, checked, confidence)
+    chance = float(counts.max() / counts.sum()) if n_classes else None
+
+    # --- homophily
+    homo, edges, expected = None, 0, None
+    if graph is not None and n_classes:
+        same, edges = label_homophily(graph, y)
+        homo = same / edges if edges else None
+        p = counts / counts.sum()
+        expected = float((p * p).sum())                    # P(two random labels agree)
+
+    # --- silhouette (cosine) on labeled items
+    sil = None
+    if embeddings is not None and 2 <= n_classes <= lab.size - 1:
+        from sklearn.metrics import silhouette_score
+
+        Z = _unit(np.asarray(embeddings)[lab])
+        size = min(max_silhouette, lab.size)
+        sil = float(silhouette_score(Z, y[lab], metric="cosine",
+                                     sample_size=size if size < lab.size else None, random_state=seed))
+
+    verdict, advice = _advise(acc, interval, checked, n_classes, min_per, confidence, homo, expected)
+    return Diagnosis(
+        n_items=int(n), n_labeled=int(lab.size), n_classes=n_classes, min_labels_per_class=min_per,
+        loo_method=method, loo_checked=checked, loo_accuracy=acc, loo_interval=interval,
+        confidence=confidence, chance_accuracy=chance, homophily=homo, homophily_edges=edges,
+        homophily_expected=expected, silhouette=sil, verdict=verdict, advice=advice,
+    )
+
+
+def _advise(acc, interval, checked, n_classes, min_per, confidence, homo, expected) -> tuple[str, str]:
+    if n_classes < 2:
+        return "too few labels", ("Label items of at least two classes (2-3 per class) before the "
+                                  "embeddings can be judged.")
+    if acc is None or checked < MIN_CHECKED:
+        need = max(0, 3 * n_classes - checked)
+        return "too few labels", (
+            f"Only {checked} labeled items can be checked; label about {need} more "
+            f"(2-3 per class) for a diagnosis.")
+    lo, hi = interval
+    band = f"LOO accuracy {acc:.2f}, {confidence:.0%} interval {lo:.2f}-{hi:.2f} from {checked} labels"
+    unsure = ""
+    if (lo < GOOD_ACCURACY <= hi) or (lo < POOR_ACCURACY <= hi):
+        unsure = " This is uncertain: label more items to narrow it."
+    graph_note = ""
+    if homo is not None and expected is not None and homo < max(expected, 0.5):
+        graph_note = f" Only {homo:.0%} of graph edges between labeled items join the same label."
+    if acc >= GOOD_ACCURACY:
+        return "good", (f"Features separate your classes well ({band}): keep labeling; label "
+                        f"propagation should do well.{unsure}")
+    if acc >= POOR_ACCURACY:
+        return "fair", (f"Features separate your classes only fairly ({band}): try `labelloop adapt` "
+                        f"and compare with `labelloop diagnose` afterwards.{graph_note}{unsure}")
+    return "poor", (f"Features separate your classes poorly ({band}): try `labelloop adapt` to "
+                    f"train the backbone on your own images, then embed again.{graph_note}{unsure}")
