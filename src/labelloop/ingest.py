@@ -31,11 +31,9 @@ class Skipped:
 
 
 @dataclass
-class ImportReport:
-    source: str
-    added: int = 0            # new items
-    unchanged: int = 0        # already in the project (same content): nothing added
-    labeled: int = 0          # import labels appended
+class Report:
+    """What a command that takes many rows did: ``skipped`` lists every row it did not take."""
+
     classes_added: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -47,6 +45,14 @@ class ImportReport:
         d = asdict(self)
         d["ok"] = self.ok
         return d
+
+
+@dataclass(kw_only=True)
+class ImportReport(Report):
+    source: str
+    added: int = 0            # new items
+    unchanged: int = 0        # already in the project (same content): nothing added
+    labeled: int = 0          # import labels appended
 
     def summary(self) -> str:
         s = (f"{self.source}: {self.added} added, {self.unchanged} already in the project, "

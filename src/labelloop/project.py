@@ -7,14 +7,14 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import config
-from .errors import NotReadyError, ProjectError, UnknownClassError, UnknownItemError, ValidationError
-from .ingest import ImportReport, Skipped, import_images, import_table
+from .errors import NotReadyError, ProjectError, UnknownItemError, ValidationError
+from .ingest import ImportReport, Report, Skipped, import_images, import_table
 from .store import Store
 
 MODALITIES = ("image", "text")
@@ -22,20 +22,9 @@ SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/l
 EXPORT_FORMATS = ("csv", "jsonl")
 
 
-@dataclass
-class LabelReport:
+@dataclass(kw_only=True)
+class LabelReport(Report):
     appended: int = 0
-    classes_added: list[str] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.skipped
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ok"] = self.ok
-        return d
 
 
 @dataclass
