@@ -26,7 +26,8 @@ SETTINGS: dict[str, Setting] = {
     "temperature": Setting(0.01, float, "affinity temperature T in exp(cos/T) (Bai et al., CIFAR-10)"),
     "n_iter": Setting(20, int, "propagation steps of a full refresh (Bai et al.: ~20)"),
     "warm_iter": Setting(5, int, "propagation steps of a warm-start refresh after new labels"),
-    "exact_threshold": Setting(50_000, int, "above this many items the kNN graph is approximate"),
+    "exact_threshold": Setting(20_000, int, "above this many items the kNN graph is approximate "
+                               "(benchmarks/results/knn_backends.md)"),
     "import_trust": Setting(1.0, float,
                             "weight of imported labels: 1 clamps them like human labels; "
                             "below 1 they are soft evidence the neighbours can overrule"),
