@@ -120,12 +120,16 @@ def main() -> None:
     ap.add_argument("--uncapped-max", type=int, default=100_000,
                     help="also time the update without its work cap up to this n")
     ap.add_argument("--out", default=str(RESULTS / "refresh_latency"))
+    ap.add_argument("--append", action="store_true",
+                    help="add rows to an existing --out .json (replacing rows of the same n)")
     ap.add_argument("--cache-dir", default=None,
                     help="keep built graphs here (the build time of the first build is reported)")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"cores": _n_threads()}, "k": args.k, "runs": args.runs, "rows": []}
+    if args.append and out.with_suffix(".json").exists():
+        report = json.loads(out.with_suffix(".json").read_text())
     for n in args.sizes:
         row: dict = {"n": n}
         (X, Z, yt), row["generate_s"] = timed(lambda: make_latent_embeddings(n))
@@ -222,7 +226,7 @@ def main() -> None:
         })
         for key in ("generate_s", "graph_s", "affinity_s", "cold_fit_s"):
             row[key] = round(row[key], 3)
-        report["rows"].append(row)
+        report["rows"] = sorted([r for r in report["rows"] if r["n"] != n] + [row], key=lambda r: r["n"])
         print(json.dumps(row), flush=True)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2))
         del S, m, base, g
@@ -278,8 +282,13 @@ def write_markdown(report: dict, path: Path) -> None:
         )
     lines += [
         "",
-        "The 1M graph is built from the generator's 32-d latent space (see the module docstring), "
-        "not by `build_knn_graph`; its recall against exact 384-d search is in the table.",
+        "Graphs above 100k are built from the generator's 32-d latent space (FAISS IVF on the "
+        "latents, nprobe 4 of sqrt(n) lists, neighbours re-scored by 384-d cosine), not by "
+        "`build_knn_graph`: a kNN-like graph with the same size, degree and locality (and high "
+        "class purity), but its recall against exact 384-d search (in the table) is low, so it is "
+        "a stand-in for timing the propagation, not a kNN result. Wall times are on a machine "
+        "shared with other jobs (load average ~10-12 on 2 cores); the update and the cold fit "
+        "are single-threaded, so their CPU time is what they take on an idle core.",
     ]
     path.write_text("\n".join(lines) + "\n")
 

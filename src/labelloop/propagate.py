@@ -15,13 +15,18 @@ item within reach) get the uniform distribution and ``reached_ = False``.
 
 Warm start (:meth:`LabelPropagation.update`): one step is the affine map F(Y) = A Y + B
 (A = P S with P zeroing the clamped rows, or alpha S), so the increments of the iteration obey
-delta(t+1) = A delta(t). After new labels, only rows near the changed labels have a non-zero
-first increment; ``update`` computes it exactly there and pushes it through the graph on the
-rows it reaches (a CSR row gather per step; S is symmetric so the gathered rows give the
-product), dropping increments too small to change a distribution. The approximation: the
-previous state is treated as a fixed point of the old map, i.e. its own residual (the
-previous fit's non-convergence) is not propagated. Error vs. a cold fit is measured in
-tests/test_propagate.py and benchmarks/refresh_latency.py.
+delta(t+1) = A delta(t) and Y(T) = Y(0) + delta(1) + ... + delta(T). After new labels, Y(0) is
+the previous Y with the new rows clamped; delta(1) = F(Y(0)) - Y(0) is computed exactly on the
+new rows' neighbours and taken as 0 elsewhere, i.e. the previous state is treated as a fixed
+point (its own residual, the previous fit's non-convergence, is not propagated). The
+increments are pushed through the graph only on the rows they reach (a CSR row gather per
+step: S is symmetric, so the gathered rows give the product). A row stops spreading once its
+increment is below UPDATE_PRUNE of its mass, and the whole update stops after gathering
+max_rows rows (default: one full product's worth), adding the increments' remaining steps in
+place. Measured against a cold 20-step fit with the same labels (argmax agreement ~0.999 at
+4k-10k items, ~0.995 at 100k and 1M; tests/test_propagate.py, benchmarks/refresh_latency.md).
+Removed or re-classed labels re-run the clamped propagation (see ``update``); the spreading
+variant is linear in Y0, so its update is exact up to pruning.
 """
 
 from __future__ import annotations
