@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="digits,fashion-mnist,rotten-tomatoes")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--image-size", type=int, default=112, help="EfficientNet input size for 28x28 images")
     args = ap.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
         X, _ = embed_cached(ds, f"{name}-n{len(ds)}-s0", bb)
         data = SimulationData(name, X, ds.labels, ds.class_names, bb.cache_id)
         embed_s = time.perf_counter() - t0
-        result = simulate(data, strategies=STRATEGIES, budget=budget, step=step, seeds=seeds, baseline=True,
+        result = simulate(data, strategies=[x for x in args.strategies.split(",") if x], budget=budget, step=step, seeds=seeds, baseline=True,
                           target_precision=0.95, progress=print)
         result["embed_seconds"] = round(embed_s, 1)
         write_report(result, args.out)
