@@ -190,6 +190,29 @@ def run_one(X, y, graph, setting: str, seed: int, C: int, name: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
+NOTES = """## Notes
+
+- `graph-self` vs `graph-nbr` (the brief's question: should an item vote for itself?). With its
+  own label as a prior the argmax rule is more precise at low noise but cannot overturn a wrong
+  label once the noise is high (it collapses at 80 % and under class-pair flips). The product
+  reads the neighbours only: the noise-aware combination needs P(given label | x) estimated
+  WITHOUT the item's label, otherwise the given label is counted twice.
+- `avg-argmax` and `rank-fusion` are the two simple combinations the brief suggested; neither
+  adapts its threshold to the noise level (argmax over-flags at 10 %, rank fusion mis-ranks
+  class-pair flips). `audit` averages the two probability estimates and then decides with the
+  estimated noise matrix and a maximum-likelihood sharpness (label_errors.py docstring).
+- `audit-graph` (`classifier="none"`, no logistic regression: the cheap path for very large
+  sets) picks a too-flat sharpness on some settings and then misses errors; it is below cleanlab
+  in several columns: the classifier is part of the default for a reason.
+- Smoothing (`smooth_labels`, the spreading variant) is a fixed trade-off: alpha 0.9 keeps more
+  given labels at low noise, 0.99 survives 80 % noise; 0.95 is the default. The noise-aware
+  `audit_labels(...).posterior` beats every fixed alpha on both Fashion-MNIST feature sets up to
+  50 % noise and under class-pair flips; on digits it ties at 10-30 % and trails at 50 %.
+- The defaults (T 0.05, alpha 0.9, shrinkage 0.75, the calibration) were chosen on noise seeds
+  0-1 and another Fashion-MNIST subset (seed 0, raw pixels); this run uses seeds 100-102, a
+  different subset, and EfficientNet features never used for tuning.
+"""
+
 def summarise(runs: list[dict]) -> dict:
     by: dict = {}
     for r in runs:
@@ -261,6 +284,17 @@ def write_markdown(path: Path, report: dict) -> None:
         for k in ("oof_logreg", "cleanlab", "audit", "audit-graph"):
             L.append(f"| seconds: {k} | " + " | ".join(fmt(summ[s]["seconds"][k], 2) for s in summ) + " |")
         L.append("")
+    L += ["## Goals (computed from the tables above)", ""]
+    for ds in report["datasets"]:
+        summ = ds["summary"]
+        beat = [s for s in summ if summ[s]["methods"]["audit"]["f1"]["mean"] >= summ[s]["methods"]["cleanlab"]["f1"]["mean"]]
+        miss = [s for s in summ if s not in beat]
+        ratio = summ["sym-50"]["accuracy"]["smoothed"]["mean"] / ds["clean_graph_accuracy"] if "sym-50" in summ else float("nan")
+        L.append(f"- {ds['name']}: audit F1 >= cleanlab F1 in {len(beat)}/{len(summ)} settings"
+                 + (f" (not in: {', '.join(miss)})" if miss else "")
+                 + f"; smoothed-label accuracy at 50 % noise = {ratio:.3f} x the clean-label neighbour vote "
+                 + ("(goal >= 0.95 met)" if ratio >= 0.95 else "(goal >= 0.95 NOT met)"))
+    L += ["", NOTES]
     path.write_text("\n".join(L) + "\n")
 
 
@@ -268,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="digits only, one seed")
     ap.add_argument("--datasets", nargs="*", default=["digits", "fashion-pixels", "fashion-effnet"])
+    ap.add_argument("--report-only", action="store_true", help="re-render the .md from the existing .json")
     args = ap.parse_args(argv)
+    if args.report_only:
+        stem = "label_noise_quick" if args.quick else "label_noise"
+        write_markdown(RESULTS / f"{stem}.md", json.loads((RESULTS / f"{stem}.json").read_text()))
+        return 0
     from labelloop.audit import graph_label_distribution
     from labelloop.graph import build_knn_graph
 
