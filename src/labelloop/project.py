@@ -342,7 +342,8 @@ class Project:
                                     s["margin"], s["entropy"], reached)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
-                       changed=changed, warm=warm, seconds=round(seconds, 4), classes=classes)
+                       changed=changed, warm=warm, warm_updates=int(getattr(self._lp, "n_updates_", 0)),
+                       seconds=round(seconds, 4), classes=classes)
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
@@ -362,7 +363,7 @@ class Project:
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
                               alpha=None if key[3] >= 1.0 else SMOOTH_ALPHA)
         lp.restore(graph, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
-                   sample_weight=np.load(d / "state_w.npy"))
+                   sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0))
         self._lp, self._lp_key = lp, key
         return True
 
