@@ -29,6 +29,22 @@ def test_diagnose_reports_accuracy_interval_and_advice(digits_project):
     assert digits_project.store.runs("diagnose")
 
 
+def test_diagnose_scores_the_labels_active_learning_did_not_choose(digits_project):
+    """Active learning asks about boundary items; scoring them would call good features poor.
+    The propagation estimate uses the 60 random labels, not the 20 a strategy picked."""
+    p = digits_project
+    p.refresh()
+    picks = p.next(20, strategy="margin")
+    assert p.actively_chosen() == {r["item"] for r in picks}
+    p.label([(r["ref"], r["ref"].split("/")[0]) for r in picks])  # <class folder>/<index>.png
+    d = p.diagnose()
+    assert d["propagation_checked"] == 60 and d["propagation_scope"] == "labels not chosen by active learning"
+    # the auto strategy's random share is representative
+    auto = p.next(10, strategy="auto")
+    chosen = p.actively_chosen()
+    assert [r["item"] in chosen for r in auto] == [True] * 8 + [False] * 2
+
+
 def test_adapt_refuses_text_projects(project_factory):
     with pytest.raises(ValidationError, match="text project"):
         project_factory("text").adapt(epochs=1)

@@ -15,6 +15,7 @@ from labelloop.adapt.diagnose import (
     graph_loo_knn_accuracy,
     label_homophily,
     loo_knn_accuracy,
+    propagation_cv_accuracy,
     wilson_interval,
 )
 from labelloop.errors import ValidationError
@@ -114,16 +115,33 @@ def test_graph_loo_matches_brute_force():
     assert graph_loo_knn_accuracy(g, yl) == (correct, checked)
 
 
+def test_propagation_cv_matches_explicit_leave_one_out():
+    from labelloop.propagate import LabelPropagation
+
+    X, y = clusters(n_per=15, c=3, spread=2.0, seed=6)
+    g = build_knn_graph(X, k=5)
+    yl = some_labeled(y, 4, 3)
+    correct = checked = 0
+    for i in np.flatnonzero(yl >= 0):  # every class has 4 labels: all checkable
+        y_i = yl.copy()
+        y_i[i] = -1
+        lp = LabelPropagation(temperature=0.01, n_iter=20).fit(g, y_i, n_classes=3)
+        correct += int(lp.reached_[i] and lp.predict_proba()[i].argmax() == yl[i])
+        checked += 1
+    assert propagation_cv_accuracy(g, yl, folds=1000) == (correct, checked)
+
+
 # ------------------------------------------------------------------------------- advice
 def test_separable_clusters_give_good_advice():
     X, y = clusters()
     g = build_knn_graph(X, k=10)
     d = diagnose(g, some_labeled(y, 10), X)
-    assert d.loo_accuracy == 1.0 and d.loo_checked == 40
+    assert d.loo_accuracy == 1.0 and d.loo_checked == 40 and d.loo_k == 9
+    assert d.propagation_accuracy == 1.0 and d.propagation_checked == 40
     assert d.verdict == "good" and "well" in d.advice
     assert d.homophily == 1.0 and d.homophily_expected == pytest.approx(0.25)
     assert d.silhouette > 0.5
-    lo, hi = d.loo_interval
+    lo, hi = d.propagation_interval
     assert lo > 0.9 and hi == 1.0
     json.dumps(d.to_dict())  # JSON-ready for --json
     assert "verdict:           good" in d.summary()
@@ -135,7 +153,7 @@ def test_random_labels_give_advice_to_adapt():
     y = rng.integers(0, 4, size=X.shape[0])
     g = build_knn_graph(X, k=10)
     d = diagnose(g, some_labeled(y, 15), X)
-    assert d.loo_accuracy < 0.5
+    assert d.loo_accuracy < 0.5 and d.propagation_accuracy < 0.5
     assert d.verdict == "poor" and "labelloop adapt" in d.advice
     assert d.homophily < 0.5 and abs(d.silhouette) < 0.2
 
@@ -145,6 +163,9 @@ def test_graph_only_diagnosis():
     g = build_knn_graph(X, k=10)
     d = diagnose(g, np.where(np.arange(len(y)) % 2 == 0, y, -1))
     assert d.loo_method == "graph" and d.loo_accuracy == 1.0 and d.silhouette is None
+    assert d.verdict == "good"
+    e = diagnose(None, np.where(np.arange(len(y)) % 2 == 0, y, -1), X)  # embeddings only
+    assert e.propagation_accuracy is None and e.homophily is None and e.verdict == "good"
 
 
 def test_too_few_labels_says_so():
@@ -163,7 +184,7 @@ def test_uncertainty_is_reported_with_few_labels():
     X, y = clusters(spread=2.2, seed=3)
     g = build_knn_graph(X, k=10)
     d = diagnose(g, some_labeled(y, 3), X)
-    lo, hi = d.loo_interval
+    lo, hi = d.propagation_interval
     assert hi - lo > 0.2
     if d.verdict in ("good", "fair", "poor") and (lo < 0.9 <= hi or lo < 0.8 <= hi):
         assert "uncertain" in d.advice
@@ -179,3 +200,19 @@ def test_diagnose_validates_input():
     with pytest.raises(ValidationError):
         diagnose(g, y.astype(float))
     assert math.isfinite(diagnose(None, y, X).loo_accuracy)
+
+
+def test_representative_labels_drive_the_propagation_estimate():
+    X, y = clusters(n_per=40, c=4, spread=1.5, seed=4)
+    g = build_knn_graph(X, k=10)
+    yl = some_labeled(y, 10)
+    rep = np.zeros(len(y), dtype=bool)
+    rep[np.flatnonzero(yl >= 0)[::2]] = True          # 20 of the 40 labels are "random"
+    d = diagnose(g, yl, X, representative=rep)
+    assert d.propagation_checked == 20 and d.propagation_scope == "labels not chosen by active learning"
+    assert (d.propagation_accuracy * 20, 20) == propagation_cv_accuracy(g, np.where(rep, yl, -1))
+    few = np.zeros(len(y), dtype=bool)
+    few[np.flatnonzero(yl >= 0)[:4]] = True           # too few to score: all labels, said so
+    e = diagnose(g, yl, X, representative=few)
+    assert e.propagation_checked == 40 and "may be pessimistic" in e.propagation_scope
+    assert diagnose(g, yl, X).propagation_scope == "all labels"

@@ -440,7 +440,8 @@ class Project:
             run = self.store.start_run("query", {"strategy": sel.strategy, "n": n, "seed": seed,
                                                  "annotator": annotator},
                                        {"labeled": int(len(labeled)), "prediction_run": pred.run_id if pred else None})
-            self.store.finish_run(run, {"items": [o["item"] for o in out], "details": sel.details})
+            self.store.finish_run(run, {"items": [o["item"] for o in out], "details": sel.details,
+                                        "random": [o["item"] for o in out[len(sel.indices):]]})
         return out
 
     # ----------------------------------------------------------------- autolabel
@@ -604,15 +605,29 @@ class Project:
         return summary | {"run": run, "issues": issues}
 
     # --------------------------------------------------------------------- adapt
+    def actively_chosen(self) -> set[int]:
+        """Items a query strategy picked with `next` (not its random share, not a `random`
+        strategy run): their labels are a biased sample, the hardest items by design."""
+        chosen: set[int] = set()
+        for run in self.store.runs("query"):
+            if run["params"].get("strategy") == "random":
+                continue
+            rnd = set(run["summary"].get("random", []))
+            chosen.update(i for i in run["summary"].get("items", []) if i not in rnd)
+        return chosen
+
     def diagnose(self) -> dict:
         """How well the active embeddings separate the classes the human labels show:
-        leave-one-out kNN accuracy (Wilson interval), graph homophily, silhouette, advice."""
+        cross-validated propagation accuracy on the labels active learning did not choose
+        (Wilson interval), leave-one-out kNN accuracy, graph homophily, silhouette, advice."""
         from .adapt import diagnose
 
         ids, graph = self.graph()
         _, X = self.embeddings()
         y = self.label_vector(ids, sources=("human",))
-        d = diagnose(graph, y, X)
+        chosen = self.actively_chosen()
+        representative = np.array([int(i) not in chosen for i in ids], dtype=bool)
+        d = diagnose(graph, y, X, representative=representative)
         out = d.to_dict() | {"summary": d.summary(), "backbone": (self.store.get_meta("backbone") or {}).get("cache_id")}
         run = self.store.start_run("diagnose", {}, {"labels": int((y >= 0).sum())})
         self.store.finish_run(run, {k: v for k, v in out.items() if k != "summary"})
