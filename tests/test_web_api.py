@@ -619,10 +619,10 @@ def test_every_page_has_a_json_twin_in_the_openapi_schema(env):
 
 
 def test_audit_ranks_injected_label_errors_with_disagreeing_neighbours(env, monkeypatch):
-    from labelloop.web import audit_view
+    from labelloop.project import Project
 
     # the graph signal only: the out-of-fold logistic regression costs ~5 s per audit here
-    monkeypatch.setattr(audit_view, "LOGREG_MAX_ITEMS", 0)
+    monkeypatch.setattr(Project, "AUDIT_LOGREG_MAX_ITEMS", 0)
     h = env.bearer("rita")
     r = env.client.get("/api/audit", headers=h).json()
     assert not r["available"] and "Nothing to audit yet" in r["detail"]   # no labels, no graph yet

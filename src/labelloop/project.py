@@ -561,15 +561,19 @@ class Project:
         return {"stop": bool(stable and accurate), "stable": stable, "recent_changes": changes, "advice": advice}
 
     # --------------------------------------------------------------------- audit
-    def audit(self, *, top: int | None = 100, classifier: str = "auto") -> dict:
-        """Rank the given labels (human, else imported) that look wrong, with the suggested
-        label and the evidence: the graph neighbours that disagree, and an out-of-fold
-        classifier (confident learning). Flags change no label; a person confirms or fixes."""
+    #: above this many items the audit uses the graph signal only (seconds, not minutes)
+    AUDIT_LOGREG_MAX_ITEMS = 20_000
+
+    def audit_labels(self, *, classifier: str = "auto"):
+        """The label audit without side effects (the web app's read-only view calls it):
+        ``(ids, y, classifier, result)`` -- item ids, ``(n,)`` audited labels (human, else
+        imported; -1 none), the classifier used and the :class:`~labelloop.audit.AuditResult`."""
+        from threadpoolctl import threadpool_limits
+
         from .audit import audit_labels
 
         ids, graph = self.graph()
         _, X = self.embeddings()
-        classes = self.classes
         y = self.label_vector(ids, sources=("human", "import"))
         if (y >= 0).sum() < 2 or len(set(y[y >= 0].tolist())) < 2:
             raise NotReadyError("the audit needs labeled items of at least two classes")
@@ -578,15 +582,22 @@ class Project:
         confirmed = [(row[i], col[k]) for i, k in self.store.conn.execute(
             "SELECT item_id, class_id FROM audit_confirmations") if i in row]
         if classifier == "auto":
-            classifier = "logreg" if len(ids) <= 20_000 else "none"
-        run = self.store.start_run("audit", {"classifier": classifier, "top": top},
-                                   {"labels": int((y >= 0).sum()), "confirmed": len(confirmed)})
-        from threadpoolctl import threadpool_limits
-
+            classifier = "logreg" if len(ids) <= self.AUDIT_LOGREG_MAX_ITEMS else "none"
         # small k-fold logistic regressions: one BLAS thread each is 25x faster than two
         # oversubscribed threads on a busy 2-core machine (measured), and no slower when idle
         with threadpool_limits(1, user_api="blas"):
-            res = audit_labels(X, graph, y, len(classes), confirmed=confirmed, classifier=classifier)
+            res = audit_labels(X, graph, y, len(self.classes), confirmed=confirmed, classifier=classifier)
+        return ids, y, classifier, res
+
+    def audit(self, *, top: int | None = 100, classifier: str = "auto") -> dict:
+        """Rank the given labels (human, else imported) that look wrong, with the suggested
+        label and the evidence: the graph neighbours that disagree, and an out-of-fold
+        classifier (confident learning). Flags change no label; a person confirms or fixes."""
+        classes = self.classes
+        ids, y, classifier, res = self.audit_labels(classifier=classifier)
+        run = self.store.start_run("audit", {"classifier": classifier, "top": top},
+                                   {"labels": int((y >= 0).sum()), "confirmed": self.store.conn.execute(
+                                       "SELECT COUNT(*) FROM audit_confirmations").fetchone()[0]})
         items = self.store.items(ids.tolist())
         issues = []
         for iss in res.issues[: top or None]:

@@ -7,46 +7,28 @@ import sqlite3
 
 import numpy as np
 
-from ..errors import LabelloopError
+from ..errors import LabelloopError, NotReadyError
 
-NOT_AVAILABLE = ("The label audit is not available yet in this version of labelloop "
-                 "(labelloop.audit has no label-error ranking).")
-LOGREG_MAX_ITEMS = 20_000   # above this the page audits with the graph signal only (seconds, not minutes)
 SOURCE_NAMES = {1: "human", 2: "import", 3: "machine"}
 
 
 def _compute(ctx) -> dict:
-    """The full audit of the current labels (cached by the caller)."""
-    try:
-        from ..audit import audit_labels
-    except ImportError:
-        return {"available": False, "detail": NOT_AVAILABLE}
+    """The full audit of the current labels (cached by the caller): ``Project.audit_labels``,
+    the same audit as ``labelloop audit``, without recording a run (readers are read-only)."""
     from .dashboard import current_labels
 
     project = ctx.readers.project()
     try:
-        ids, graph = project.graph()
-        X = project.embeddings()[1]
-    except LabelloopError as exc:
-        return {"available": False, "detail": f"Nothing to audit yet: {exc}"}
+        ids, y, method, res = project.audit_labels()
+    except NotReadyError as exc:
+        return {"available": False, "detail": f"Nothing to audit yet: {exc}."}
     except sqlite3.OperationalError:   # no stored graph: a read-only reader cannot build one
         return {"available": False, "detail": "Nothing to audit yet: the kNN graph is built by the first "
                                               "refresh (label a few items)."}
-    classes = project.classes
-    y, src = current_labels(project, ids)                     # (n,), (n,)
-    if (y >= 0).sum() < 2 or len(classes) < 2:
-        return {"available": False, "detail": "Nothing to audit yet: the audit needs labeled items of "
-                                              "at least two classes."}
-    col = {cid: c for c, cid in enumerate(project.store.class_ids().values())}
-    row = {int(i): r for r, i in enumerate(ids)}
-    confirmed = [(row[i], col[k]) for i, k in project.store.conn.execute(
-        "SELECT item_id, class_id FROM audit_confirmations") if i in row]
-    method = "logreg" if len(ids) <= LOGREG_MAX_ITEMS else "none"
-    try:
-        res = audit_labels(X, graph, y, len(classes), confirmed=confirmed, classifier=method)
     except LabelloopError as exc:
         return {"available": False, "detail": f"The audit could not run: {exc}"}
-    return {"available": True, "ids": ids, "y": y, "src": src, "classes": classes, "result": res,
+    src = current_labels(project, ids)[1]
+    return {"available": True, "ids": ids, "y": y, "src": src, "classes": project.classes, "result": res,
             "method": ("neighbourhood (kNN graph) + out-of-fold logistic regression, confident learning"
                        if method == "logreg" else "neighbourhood (kNN graph) only, confident learning")}
 
