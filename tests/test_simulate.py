@@ -37,6 +37,29 @@ def test_tiny_simulation_writes_json_table_and_a_real_png(tmp_path):
         assert s["accuracy_mean"][-1] >= 0.95
 
 
+def test_auto_draws_a_random_share_like_project_next(monkeypatch):
+    """The simulated `auto` asks the strategy for 80 % of each batch after the first, and
+    draws the rest at random, as Project.next does; other strategies get whole batches."""
+    from labelloop import simulate as sim
+    from labelloop.select import get_strategy
+
+    asked = []
+    real = get_strategy
+
+    def spy(name):
+        strat = real(name)
+        select = strat.select
+        strat.select = lambda **kw: (asked.append((name, kw["n"])), select(**kw))[1]
+        return strat
+
+    monkeypatch.setattr("labelloop.select.get_strategy", spy)
+    for strategy in ("auto", "margin"):
+        recs = sim.run_one(blobs(), strategy, budget=30, step=10, seed=0)
+        assert [r["human_labels"] for r in recs] == [10, 20, 30]
+    assert [n for s, n in asked if s == "auto"] == [10, 8, 8]
+    assert [n for s, n in asked if s == "margin"] == [10, 10]    # after a random cold start
+
+
 def test_simulation_rejects_unknown_strategy():
     with pytest.raises(ValidationError, match="unknown strategy 'nope'"):
         simulate(blobs(), strategies=["nope"], budget=10, step=5, seeds=1)

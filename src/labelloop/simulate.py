@@ -148,8 +148,11 @@ def _logreg_heldout(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes
 
 def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed: int,
             model: str = "propagation", target_precision: float = 0.95, k: int = 10,
-            temperature: float = 0.01, n_iter: int = 20, graph=None) -> list[dict]:
-    """One strategy, one seed: the per-step records."""
+            temperature: float = 0.01, n_iter: int = 20, graph=None,
+            explore: float | None = None) -> list[dict]:
+    """One strategy, one seed: the per-step records. ``explore``: share of each batch drawn
+    at random once predictions exist, as ``Project.next`` does (default 0.2 for ``auto``,
+    0 for the other strategies)."""
     from .autolabel import calibrate_threshold
     from .graph import build_knn_graph, normalize_rows
     from .propagate import LabelPropagation, affinity_matrix, prediction_summary
@@ -161,6 +164,8 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     graph = graph if graph is not None else build_knn_graph(X, k=k)
     S = affinity_matrix(graph, temperature=temperature)
     strat = get_strategy(strategy)
+    if explore is None:
+        explore = 0.2 if strategy == "auto" else 0.0
     rng = np.random.default_rng(seed)
     labeled = np.zeros(0, dtype=np.int64)
     P: np.ndarray | None = None
@@ -172,10 +177,14 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
         if P is None and strategy not in COLD_START_OK:
             pick = rng.choice(unl, size=m, replace=False)        # same cold start for every seed
         else:
+            n_random = int(round(explore * m)) if P is not None and m > 1 else 0
             sel = strat.select(probabilities=P, graph=graph, embeddings=X, labeled=labeled, unlabeled=unl,
-                               n=m, seed=seed + len(labeled), labels=y_true[labeled] if len(labeled) else None,
-                               class_names=data.class_names)
+                               n=m - n_random, seed=seed + len(labeled),
+                               labels=y_true[labeled] if len(labeled) else None, class_names=data.class_names)
             pick = sel.indices
+            if n_random:
+                rest = np.setdiff1d(unl, pick)
+                pick = np.concatenate([pick, rng.choice(rest, size=min(n_random, len(rest)), replace=False)])
         labeled = np.concatenate([labeled, pick])
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
