@@ -15,12 +15,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["nt_xent_loss", "byol_loss", "ema_update", "byol_momentum"]
 
 
-def nt_xent_loss(z1: "torch.Tensor", z2: "torch.Tensor", temperature: float = 0.2) -> "torch.Tensor":
+def nt_xent_loss(z1: "torch.Tensor", z2: "torch.Tensor", temperature: float = 0.5) -> "torch.Tensor":
     """NT-Xent (Chen et al. 2020, SimCLR), mean over the ``2N`` anchors.
 
     ``z1``, ``z2``: ``(N, d)`` projections of two views (normalised here).
-    ``temperature``: 0.2 -- between SimCLR's 0.1 (batch 4096) and 0.5 (CIFAR-10); the
-    benchmarks/adaptation.py runs use it at batch 256.
+    ``temperature``: 0.5, SimCLR's CIFAR-10 value (0.1 is for batches of 4096); also the best
+    of 0.1 / 0.2 / 0.5 for adaptation at batch 128 here (see train.AdaptConfig).
     """
     import torch
     import torch.nn.functional as F
