@@ -323,7 +323,7 @@ def test_grayscale_blur_and_jitter_behave():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), size=st.integers(8, 24), preset=st.sampled_from(["photo", "grayscale"]))
+@given(seed=st.integers(0, 2**31 - 1), size=st.integers(8, 24), preset=st.sampled_from(["photo", "grayscale", "characters"]))
 def test_augment_batch_shape_range_and_determinism(seed, size, preset):
     x = toy_images(3, size=20, seed=seed % 1000)
     cfg = A.augment_preset(preset)

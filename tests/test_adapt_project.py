@@ -45,6 +45,12 @@ def test_diagnose_scores_the_labels_active_learning_did_not_choose(digits_projec
     assert [r["item"] in chosen for r in auto] == [True] * 8 + [False] * 2
 
 
+def test_adapt_rejects_an_unknown_augmentation_and_names_the_presets(digits_project):
+    with pytest.raises(ValidationError, match="characters"):
+        digits_project.adapt(augment="mirror", epochs=1)
+    assert not digits_project.store.runs("adapt", status=None)   # nothing started
+
+
 def test_adapt_refuses_text_projects(project_factory):
     with pytest.raises(ValidationError, match="text project"):
         project_factory("text").adapt(epochs=1)

@@ -350,12 +350,16 @@ def diagnose(project, as_json):
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--image-size", type=int, default=None, help="Training input size in pixels (default 64).")
 @click.option("--max-images", type=int, default=None, help="Train on a random subset of this many images.")
+@click.option("--augment", type=click.Choice(["auto", "photo", "grayscale", "characters"]), default="auto",
+              show_default=True,
+              help="Augmentations. auto: photo for colour images, grayscale otherwise; characters: "
+                   "grayscale without mirror flips, for digits, letters and scanned text.")
 @json_option
-def adapt(project, method, epochs, device, image_size, max_images, as_json):
+def adapt(project, method, epochs, device, image_size, max_images, augment, as_json):
     """Self-supervised adaptation of the image backbone to this project's images (resumable)."""
     with _open(project) as p:
         r = p.adapt(method=method, epochs=epochs, device=device, image_size=image_size, max_images=max_images,
-                    progress=not as_json)
+                    augment=augment, progress=not as_json)
     if as_json:
         _echo_json(r)
     else:

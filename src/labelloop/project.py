@@ -645,16 +645,19 @@ class Project:
         return out
 
     def adapt(self, *, method: str = "simclr", epochs: int | None = None, device: str = "cpu",
-              image_size: int | None = None, max_images: int | None = None, progress: bool = False) -> dict:
+              image_size: int | None = None, max_images: int | None = None, augment: str = "auto",
+              progress: bool = False) -> dict:
         """Self-supervised adaptation of the ImageNet backbone on this project's images; saved
-        in the project as a new backbone id for `embed --backbone`. Resumes an interrupted run."""
+        in the project as a new backbone id for `embed --backbone`. Resumes an interrupted run.
+        ``augment``: "auto" (photo for colour images, grayscale otherwise), "photo",
+        "grayscale", or "characters" (grayscale without mirror flips: digits, letters, scans)."""
         from .adapt import AdaptConfig, adapt_backbone
         from .ingest import load_image
 
         if self.modality != "image":
             raise ValidationError("adapt trains the image backbone; this is a text project "
                                   "(text adaptation is not available yet)")
-        kw = {"method": method, "device": device}
+        kw = {"method": method, "device": device, "augment": augment}
         if epochs is not None:
             kw["epochs"] = epochs
         if image_size is not None:
