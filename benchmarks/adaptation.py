@@ -17,7 +17,10 @@ The frozen and pixel embeddings are cached under ``benchmarks/.cache/`` (format 
 label_efficiency.py); adaptation always runs. Wall and process-CPU seconds of every stage are
 recorded with the load average (the machine is shared: CPU seconds are the stabler figure).
 
-Both adaptations run the same number of optimiser steps on each dataset (``--steps``).
+Both adaptations run the same number of optimiser steps on each dataset (``--steps``), with
+the augmentations ``adapt`` picks by default (grayscale: crops, flips, small rotations,
+brightness / contrast, blur); on digits SimCLR also runs with the ``characters`` preset (no
+mirror flips), the one a user labeling characters would pick (``adapt --augment characters``).
 
 Run:  python benchmarks/adaptation.py            (full, writes results/adaptation.{json,md})
       python benchmarks/adaptation.py --quick    (Fashion-MNIST 1k, 40 steps, 2 seeds, no 224 px
@@ -170,24 +173,32 @@ def run_dataset(name: str, n: int | None, args, log) -> dict:
                 trainable_blocks=args.trainable_blocks, view_cache=args.views, seed=0)
     x = images_to_tensor(ds.items, args.image_size)                       # (N, 3, S, S) uint8
     dh = data_hash(ds.items)
-    with timed(times, "view cache"):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            enc = efficientnet_encoder(trainable_blocks=args.trainable_blocks, image_size=args.image_size)
-        views = build_view_cache(x, AdaptConfig(**base), enc, progress=False)
-    log(f"  view cache {tuple(views.shape)}: {times['view cache']}")
-    provenance = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        enc = efficientnet_encoder(trainable_blocks=args.trainable_blocks, image_size=args.image_size)
+    provenance, view_caches = {}, {}
+    # "method" or "method:augmentation preset" (default: auto, i.e. grayscale here)
+    specs = list(args.methods) + [m for m in args.extra_methods.get(name, []) if m not in args.methods]
     with tempfile.TemporaryDirectory(prefix="labelloop-adapt-bench-") as project:
-        for method in args.methods:
-            cfg = AdaptConfig(method=method, **base)
-            with timed(times, f"train {method}"):
-                res = train_ssl(x, cfg, progress=False, views=views)
+        for spec in specs:
+            method, _, augment = spec.partition(":")
+            augment = augment or "auto"
+            key = f"adapted-{method}" + (f"-{augment}" if augment != "auto" else "")
+            if augment not in view_caches:  # augmented views depend on the augmentation only
+                stage = "view cache" + (f" ({augment})" if augment != "auto" else "")
+                with timed(times, stage):
+                    view_caches[augment] = build_view_cache(x, AdaptConfig(**base, augment=augment), enc,
+                                                            progress=False)
+                log(f"  {stage} {tuple(view_caches[augment].shape)}: {times[stage]}")
+            cfg = AdaptConfig(method=method, augment=augment, **base)
+            with timed(times, f"train {spec}"):
+                res = train_ssl(x, cfg, progress=False, views=view_caches[augment])
             bid = save_adapted_backbone(project, res, data_sha256=dh, n_images=len(ds.items))
-            with timed(times, f"embed {method}"):
-                feats[f"adapted-{method}"] = get_backbone(bid, project_dir=project).embed(ds.items)
-            provenance[method] = {"backbone_id": bid, "loss_history": [round(v, 4) for v in res.history],
-                                  "steps": res.steps, "augment": res.augment}
-            log(f"  {method}: train {times[f'train {method}']}, loss {res.history[0]:.3f} -> "
+            with timed(times, f"embed {spec}"):
+                feats[key] = get_backbone(bid, project_dir=project).embed(ds.items)
+            provenance[spec] = {"backbone_id": bid, "loss_history": [round(v, 4) for v in res.history],
+                                "steps": res.steps, "augment": res.augment}
+            log(f"  {spec}: train {times[f'train {spec}']}, loss {res.history[0]:.3f} -> "
                 f"{res.history[-1]:.3f}")
 
     scores = {}
@@ -266,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"])
     ap.add_argument("--fashion-n", type=int, default=5000)
-    ap.add_argument("--methods", nargs="+", default=["simclr", "byol"])
+    ap.add_argument("--methods", nargs="+", default=["simclr", "byol"],
+                    help="method or method:augmentation-preset, e.g. simclr:characters")
+    ap.add_argument("--digits-methods", nargs="*", default=["simclr:characters"],
+                    help="extra runs on digits only (the preset a user would pick for characters)")
     ap.add_argument("--steps", type=int, default=420,
                     help="optimiser steps per run (420 = 30 epochs of digits at batch 128)")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -276,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frozen-size", type=int, default=224, help="0: skip the native-size baseline")
     ap.add_argument("--seeds", type=int, default=SEEDS)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="file stem under results/ (default adaptation[_quick])")
     args = ap.parse_args(argv)
     args.shots = list(SHOTS)
+    args.extra_methods = {"digits": args.digits_methods}
     if args.quick:
         args.fashion_n, args.steps, args.seeds, args.frozen_size = min(args.fashion_n, 1000), 40, 2, 0
 
@@ -304,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": goal_check(results, args.shots),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "adaptation_quick" if args.quick else "adaptation"
+    stem = args.out or ("adaptation_quick" if args.quick else "adaptation")
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     write_markdown(RESULTS / f"{stem}.md", payload)
     log(f"wrote {RESULTS / (stem + '.json')} and .md; total {payload['total_wall_s']} s")
