@@ -1,9 +1,12 @@
-"""kNN graph backends: build time and recall@k against exact search, on synthetic clustered
-384-d vectors. Chooses ``labelloop.graph``'s default approximate method and exact threshold.
+"""kNN graph backends: build time and recall@k against exact search, on synthetic 384-d
+vectors (clustered, or overlapping with --data latent). Chooses ``labelloop.graph``'s default
+approximate method and exact threshold.
 
     python benchmarks/knn_backends.py                 # n = 10k, 50k, 100k
     python benchmarks/knn_backends.py --large         # + 1M (hours for exact; exact is skipped)
     python benchmarks/knn_backends.py --sizes 200000 --methods ivf nndescent
+    python benchmarks/knn_backends.py --data latent --sizes 100000 \
+        --methods ivf nndescent nndescent-nn11 nndescent-nn20   # NN-descent candidate lists
 
 Each method runs the full ``build_knn_graph`` (normalise, search k+1, drop self, repair).
 Recall@k: mean |found ∩ exact| / k over 1000 random query rows, exact neighbours from a FAISS
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+import labelloop.graph as graph_mod
 from labelloop.graph import _n_threads, _search_exact, build_knn_graph, normalize_rows
 
 RESULTS = Path(__file__).parent / "results"
@@ -110,6 +114,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
     ap.add_argument("--large", action="store_true", help="add n = 1,000,000")
     ap.add_argument("--methods", nargs="+", default=["exact", "ivf", "hnsw", "nndescent", "pca128-ivf"])
+    ap.add_argument("--data", choices=["clustered", "latent"], default="clustered",
+                    help="clustered: 100 separated clusters; latent: overlapping classes (harder)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=1000)
@@ -139,7 +145,12 @@ def main() -> None:
 
         pynndescent.NNDescent(np.random.default_rng(0).standard_normal((500, 8)), metric="cosine", n_neighbors=5)
     for n in sizes:
-        X, _ = make_clustered_embeddings(n, args.dim, seed=0)
+        if args.data == "clustered":
+            X, _ = make_clustered_embeddings(n, args.dim, seed=0)
+        else:  # overlapping classes, 32-d latent structure (benchmarks/refresh_latency.py)
+            from refresh_latency import make_latent_embeddings
+
+            X = make_latent_embeddings(n, args.dim)[0]
         Xn = normalize_rows(X)
         q = np.sort(np.random.default_rng(1).choice(n, min(args.queries, n), replace=False))
         t_idx, _ = _search_exact(Xn[q], Xn, args.k + 1)
@@ -156,6 +167,13 @@ def main() -> None:
                 if method == "pca128-ivf":
                     idx = pca_ivf(Xn, args.k)
                     found = np.array([[j for j in idx[i] if j != i][: args.k] for i in q])
+                elif method.startswith("nndescent-nn"):  # NN-descent with another candidate-list size
+                    default = graph_mod.NNDESCENT_N_NEIGHBORS
+                    graph_mod.NNDESCENT_N_NEIGHBORS = int(method.removeprefix("nndescent-nn"))
+                    try:
+                        found = build_knn_graph(X, args.k, method="nndescent").indices[q]
+                    finally:
+                        graph_mod.NNDESCENT_N_NEIGHBORS = default
                 else:
                     g = build_knn_graph(X, args.k, method=method)
                     found = g.indices[q]
@@ -164,14 +182,17 @@ def main() -> None:
                     rec = recall_at_k(found, truth)
                 print(f"n={n} {method:11s} run {r}: {times[-1]:8.2f} s  recall@{args.k} {rec:.4f}  "
                       f"load {load0:.1f}", flush=True)
-            report["rows"] = [r for r in report["rows"] if (r["n"], r["method"]) != (n, method)]
+            report["rows"] = [
+                r for r in report["rows"] if (r["n"], r["method"], r.get("data", "clustered")) != (n, method, args.data)
+            ]
             report["rows"].append({
-                "n": n, "method": method, "runs": runs, "median_s": round(float(np.median(times)), 3),
+                "n": n, "method": method, "data": args.data, "runs": runs, "median_s": round(float(np.median(times)), 3),
                 "times_s": [round(x, 3) for x in times], f"recall_at_{args.k}": round(rec, 4),
                 "load_avg_1min": round(os.getloadavg()[0], 1),
             })
-        for row in report["rows"]:  # speed-up vs exact measured in the same run
-            ex = [r for r in report["rows"] if r["n"] == row["n"] and r["method"] == "exact"]
+        for row in report["rows"]:  # speed-up vs exact at the same size
+            ex = [r for r in report["rows"] if r["n"] == row["n"] and r["method"] == "exact"
+                  and r.get("data", "clustered") == row.get("data", "clustered")]
             if ex and row["n"] == n:
                 row["speedup_vs_exact"] = round(ex[0]["median_s"] / row["median_s"], 2)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2))
@@ -183,19 +204,22 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [
         "# kNN backends: build time and recall",
         "",
-        f"Synthetic clustered {report['dim']}-d vectors (`make_clustered_embeddings`: 100 clusters, "
-        f"16-d local subspaces + noise), k = {k}, recall@{k} on {report['queries']} random query rows "
-        f"vs exact search. Machine: {report['machine']['cores']} cores, shared with other jobs "
+        f"Synthetic {report['dim']}-d vectors: `clustered` = `make_clustered_embeddings` (100 "
+        "separated clusters, 16-d local subspaces + noise); `latent` = "
+        "`refresh_latency.make_latent_embeddings` (10 overlapping classes x 5 Gaussian clusters "
+        f"in a 32-d latent space + noise; harder for IVF cells and NN-descent). k = {k}, recall@{k} "
+        f"on {report['queries']} random query rows vs exact search. Machine: {report['machine']['cores']} cores, shared with other jobs "
         "(load average in the table). Full `build_knn_graph` per method.",
         "",
-        f"| n | method | median build s | runs | recall@{k} | speed-up vs exact | load |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        f"| data | n | method | median build s | runs | recall@{k} | speed-up vs exact | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    order = ["exact", "ivf", "hnsw", "nndescent", "pca128-ivf"]
-    rows = sorted(report["rows"], key=lambda r: (r["n"], order.index(r["method"]) if r["method"] in order else 99))
+    order = ["exact", "ivf", "hnsw", "nndescent", "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
+    rows = sorted(report["rows"], key=lambda r: (r.get("data", "clustered") != "clustered", r["n"],
+                                                 order.index(r["method"]) if r["method"] in order else 99))
     for r in rows:
         lines.append(
-            f"| {r['n']:,} | {r['method']} | {r['median_s']:.2f} | {r['runs']} | {r[f'recall_at_{k}']:.4f} "
+            f"| {r.get('data', 'clustered')} | {r['n']:,} | {r['method']} | {r['median_s']:.2f} | {r['runs']} | {r[f'recall_at_{k}']:.4f} "
             f"| {r.get('speedup_vs_exact', '')} | {r['load_avg_1min']} |"
         )
     if "nndescent_jit" in report:
@@ -207,7 +231,10 @@ def write_markdown(report: dict, path: Path) -> None:
         "Runs: 3 per method at 10k; 1 at 50k and 100k (an exact build took ~7 min at 50k on the "
         "shared machine); HNSW and PCA were dropped at 100k after losing at 10k and 50k. "
         "`pca128-ivf` (benchmark only): IVF on a 128-d PCA projection for 3k candidates, "
-        "re-ranked by the full cosine.",
+        "re-ranked by the full cosine. `nndescent-nnN`: NN-descent with a candidate list of N "
+        "instead of `graph.NNDESCENT_N_NEIGHBORS` (30); the `clustered` nndescent rows were "
+        "measured when the list was 11 (k + 1), the `latent` rows at 100k (run next to another "
+        "benchmark, load ~2.5) chose 30.",
         "",
         f"Decision (`labelloop.graph`): `method=\"auto\"` searches exactly up to "
         f"{DEFAULT_EXACT_THRESHOLD:,} items (no recall loss, still cheap), then uses "
