@@ -8,6 +8,9 @@ L2-normalised, and then, for 1, 2, 5, 10, 20 random labels per class and 5 seeds
 - scikit-learn ``LabelSpreading(kernel="knn", n_neighbors=10)`` (its defaults otherwise),
 - a cosine kNN classifier trained on the labeled items only, k = min(10, labels per class),
   and the variant k = min(10, n_labeled),
+- the classifier head ``labelloop train`` fits on frozen features (prototypes up to 5 labels
+  per class, then a linear head), alone and averaged with propagation: does the "second
+  opinion" help?
 - the ceiling: 10-NN cosine accuracy with every label, 5-fold cross-validation.
 
 Run:  python benchmarks/label_efficiency.py            (full: digits + Fashion-MNIST 10k)
@@ -76,7 +79,7 @@ def random_labels(y: np.ndarray, shots: int, seed: int) -> np.ndarray:
                            for c in np.unique(y)])
 
 
-def run_labelloop(graph, y_partial: np.ndarray, n_classes: int) -> tuple[np.ndarray, float]:
+def run_labelloop(graph, y_partial: np.ndarray, n_classes: int) -> tuple[np.ndarray, float, np.ndarray]:
     from labelloop.propagate import LabelPropagation
 
     from labelloop.propagate import PropagationConvergenceWarning
@@ -86,7 +89,7 @@ def run_labelloop(graph, y_partial: np.ndarray, n_classes: int) -> tuple[np.ndar
         # a fixed 20 steps is the method (the paper's), not a failure to converge
         warnings.simplefilter("ignore", PropagationConvergenceWarning)
         lp = LabelPropagation(temperature=0.01, n_iter=20).fit(graph, y_partial, n_classes=n_classes)
-    return lp.transduction_, float(np.mean(~lp.reached_))
+    return lp.transduction_, float(np.mean(~lp.reached_)), lp.predict_proba()
 
 
 def run_label_spreading(Xn: np.ndarray, y_partial: np.ndarray) -> np.ndarray:
@@ -115,6 +118,7 @@ def ceiling_10nn(Xn: np.ndarray, y: np.ndarray) -> float:
 
 
 def evaluate(X: np.ndarray, y: np.ndarray, shots_list, n_seeds: int, *, log=print) -> dict:
+    from labelloop.adapt.finetune import fit_head
     from labelloop.graph import build_knn_graph, normalize_rows
 
     Xn = normalize_rows(X)                                   # (n, d) unit rows
@@ -126,7 +130,8 @@ def evaluate(X: np.ndarray, y: np.ndarray, shots_list, n_seeds: int, *, log=prin
     for shots in shots_list:
         if shots > np.bincount(y).min():
             continue
-        acc = {"labelloop": [], "label_spreading": [], "knn": [], "knn_k_min10_nlabeled": []}
+        acc = {"labelloop": [], "label_spreading": [], "knn": [], "knn_k_min10_nlabeled": [], "head": [],
+               "labelloop_plus_head": []}
         unreached, lp_seconds = [], []
         for seed in range(n_seeds):
             labeled = random_labels(y, shots, seed)
@@ -135,7 +140,7 @@ def evaluate(X: np.ndarray, y: np.ndarray, shots_list, n_seeds: int, *, log=prin
             unl = np.flatnonzero(~mask)
             y_partial = np.where(mask, y, -1)
             t0 = time.perf_counter()
-            pred, frac = run_labelloop(graph, y_partial, C)
+            pred, frac, P_lp = run_labelloop(graph, y_partial, C)
             lp_seconds.append(time.perf_counter() - t0)
             unreached.append(frac)
             acc["labelloop"].append(float(np.mean(pred[unl] == y[unl])))
@@ -143,13 +148,20 @@ def evaluate(X: np.ndarray, y: np.ndarray, shots_list, n_seeds: int, *, log=prin
             acc["knn"].append(float(np.mean(run_knn(Xn, y, labeled, unl, min(10, shots)) == y[unl])))
             acc["knn_k_min10_nlabeled"].append(
                 float(np.mean(run_knn(Xn, y, labeled, unl, min(10, len(labeled))) == y[unl])))
+            # the transfer-learning head `labelloop train` fits on frozen features (prototypes up
+            # to 5 labels per class, then a linear head), alone and averaged with propagation
+            P_head = fit_head(Xn, y_partial, n_classes=C, seed=seed).predict_proba(Xn)   # (n, C)
+            acc["head"].append(float(np.mean(P_head.argmax(1)[unl] == y[unl])))
+            P_mix = 0.5 * (P_lp / np.maximum(P_lp.sum(1, keepdims=True), 1e-12) + P_head)
+            acc["labelloop_plus_head"].append(float(np.mean(P_mix.argmax(1)[unl] == y[unl])))
         out["by_shots"][str(shots)] = {
             m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v} for m, v in acc.items()
         } | {"labelloop_unreached_fraction": float(np.mean(unreached)),
              "labelloop_fit_seconds_median": float(np.median(lp_seconds))}
         r = out["by_shots"][str(shots)]
         log(f"  {shots:>2}/class  labelloop {r['labelloop']['mean']:.3f}  "
-            f"LabelSpreading {r['label_spreading']['mean']:.3f}  kNN {r['knn']['mean']:.3f}")
+            f"LabelSpreading {r['label_spreading']['mean']:.3f}  kNN {r['knn']['mean']:.3f}  "
+            f"head {r['head']['mean']:.3f}  labelloop+head {r['labelloop_plus_head']['mean']:.3f}")
     return out
 
 
@@ -184,6 +196,9 @@ def write_markdown(path: Path, report: dict) -> None:
         "**kNN** = cosine k-NN classifier on the labeled items only, k = min(10, labels per class); "
         "**kNN k=min(10,n_lab)** = the same with k = min(10, number of labeled items) "
         "(at 1 label per class every class gets one vote: ties); "
+        "**head** = the classifier head `labelloop train` fits on frozen features "
+        "(`adapt.finetune.fit_head`: cosine prototypes for up to 5 labels per class, a linear head "
+        "above); **labelloop + head** = the average of the two probability vectors; "
         "**ceiling** = 10-NN cosine, all labels, 5-fold.",
         "",
     ]
@@ -196,13 +211,14 @@ def write_markdown(path: Path, report: dict) -> None:
             + (f", load average {r['embed_loadavg'][0]:.0f} when it finished" if r.get("embed_loadavg") else "")
             + f"). Ceiling (10-NN, all labels, 5-fold): **{r['ceiling_10nn_5fold']:.3f}**.",
             "",
-            "| labels / class | labelloop | LabelSpreading | kNN | kNN k=min(10,n_lab) | unreached |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| labels / class | labelloop | LabelSpreading | kNN | kNN k=min(10,n_lab) | head "
+            "| labelloop + head | unreached |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for shots, s in r["by_shots"].items():
-            cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"
-                     for k in ("labelloop", "label_spreading", "knn", "knn_k_min10_nlabeled")]
-            best = max(range(3), key=lambda i: s[("labelloop", "label_spreading", "knn")[i]]["mean"])
+            keys = ("labelloop", "label_spreading", "knn", "knn_k_min10_nlabeled", "head", "labelloop_plus_head")
+            cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in keys]
+            best = max(range(len(keys)), key=lambda i: s[keys[i]]["mean"])
             cells[best] = f"**{cells[best]}**"
             lines.append(f"| {shots} | " + " | ".join(cells) + f" | {s['labelloop_unreached_fraction']:.3f} |")
         lines.append("")
