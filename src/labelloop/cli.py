@@ -334,7 +334,8 @@ def audit(project, top, classifier, as_json):
 @project_option
 @json_option
 def diagnose(project, as_json):
-    """How good are the current embeddings for this project's classes? With advice."""
+    """How good are the current embeddings for this project's classes? Scored by cross-validated
+    propagation on the labels active learning did not pick (random and first labels), with advice."""
     with _open(project) as p:
         d = p.diagnose()
     if as_json:
