@@ -45,6 +45,26 @@ def test_diagnose_scores_the_labels_active_learning_did_not_choose(digits_projec
     assert [r["item"] in chosen for r in auto] == [True] * 8 + [False] * 2
 
 
+def test_head_weight_averages_a_classifier_head_into_the_predictions(digits_project):
+    from labelloop.adapt.finetune import fit_head
+    from labelloop.graph import normalize_rows
+
+    p = digits_project
+    with pytest.raises(ValidationError, match=r"weight in \[0, 1\]"):
+        p.set_setting("head_weight", 1.5)
+    p.refresh()
+    P_lp = p.predictions().proba
+    p.set_setting("head_weight", 0.5)
+    p.refresh(full=True)
+    ids, X = p.embeddings()
+    y = p.label_vector(ids)
+    head = fit_head(normalize_rows(X), y, n_classes=len(p.classes)).predict_proba(normalize_rows(X))
+    np.testing.assert_allclose(p.predictions().proba, 0.5 * P_lp + 0.5 * head, atol=1e-5)
+    # calibration scores the same mixture, held out: autolabel and status run on it
+    assert p.autolabel(target_precision=0.9)["calibration_items"] == 60
+    assert p.estimate() is not None
+
+
 def test_adapt_rejects_an_unknown_augmentation_and_names_the_presets(digits_project):
     with pytest.raises(ValidationError, match="characters"):
         digits_project.adapt(augment="mirror", epochs=1)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from labelloop.adapt.diagnose import (
     diagnose,
     graph_loo_knn_accuracy,
+    head_helps,
     label_homophily,
     loo_knn_accuracy,
     propagation_cv_accuracy,
@@ -216,3 +217,23 @@ def test_representative_labels_drive_the_propagation_estimate():
     e = diagnose(g, yl, X, representative=few)
     assert e.propagation_checked == 40 and "may be pessimistic" in e.propagation_scope
     assert diagnose(g, yl, X).propagation_scope == "all labels"
+
+
+def test_head_helps_needs_a_clear_gain():
+    assert head_helps(40, 42, 50)            # +2 labels, +4 points
+    assert not head_helps(40, 41, 50)        # one label is noise
+    assert not head_helps(180, 182, 200)     # +1 point
+    assert not head_helps(0, 0, 0)
+
+
+def test_diagnose_advises_the_head_when_the_graph_misleads_but_the_embeddings_do_not():
+    """A graph built from unrelated vectors propagates noise; a head on the (separable)
+    embeddings does not, and the advice says how to average it in."""
+    X, y = clusters(n_per=40, c=4, spread=0.3, seed=8)
+    noise = np.random.default_rng(8).normal(size=X.shape)
+    g = build_knn_graph(noise, k=10)
+    d = diagnose(g, some_labeled(y, 10), X)
+    assert d.propagation_accuracy < 0.3 and d.propagation_with_head_accuracy > d.propagation_accuracy + 0.1
+    assert "labelloop config head_weight 0.5" in d.advice
+    tidy = diagnose(build_knn_graph(X, k=10), some_labeled(y, 10), X)
+    assert tidy.propagation_with_head_accuracy == 1.0 and "head_weight" not in tidy.advice

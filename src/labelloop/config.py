@@ -32,6 +32,12 @@ SETTINGS: dict[str, Setting] = {
                             "weight of imported labels: 1 clamps them like human labels; "
                             "below 1 they are soft evidence the neighbours can overrule"),
     "batch_size": Setting(0, int, "embedding batch size; 0 = the backbone's own default"),
+    "head_weight": Setting(0.0, float,
+                           "weight of a classifier head on the embeddings (prototypes up to 5 labels "
+                           "per class, then linear) averaged into the propagated predictions; 0 = "
+                           "propagation only. `labelloop diagnose` measures whether it helps "
+                           "(it did on EfficientNet features from 5-10 labels per class, not on "
+                           "digits pixels: benchmarks/results/label_efficiency.md)"),
 }
 
 
@@ -56,4 +62,6 @@ def coerce(name: str, value: Any, *, source: str = "value") -> Any:
         raise ValidationError(f"{source} for {name!r} must be a {spec.type.__name__}, got {value!r}") from None
     if isinstance(out, (int, float)) and out < 0:
         raise ValidationError(f"{source} for {name!r} must not be negative, got {value!r}")
+    if name == "head_weight" and out > 1:
+        raise ValidationError(f"{source} for 'head_weight' is a weight in [0, 1], got {value!r}")
     return out

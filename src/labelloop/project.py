@@ -323,8 +323,13 @@ class Project:
             self._lp.fit(graph, fit_y, n_classes=len(classes), sample_weight=weight)
             self._lp_key = key
         P = self._lp.predict_proba()  # (n, C)
-        s = prediction_summary(P)
         reached = self._lp.reached_
+        head_weight = self.setting("head_weight")
+        if head_weight > 0:
+            # a second opinion from the embeddings alone, averaged in; it reaches every item
+            P = (1.0 - head_weight) * P + head_weight * self._head_proba(y, len(classes))
+            reached = np.ones_like(reached)
+        s = prediction_summary(P)
         seconds = time.perf_counter() - t0
         prev = self.predictions()
         changed = None
@@ -346,6 +351,21 @@ class Project:
                        seconds=round(seconds, 4), classes=classes)
         self.store.finish_run(run, summary)
         return summary | {"run": run}
+
+    def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(n, C)`` probabilities of the classifier head (:func:`adapt.finetune.fit_head`)
+        fitted on the labels ``y`` over the active embeddings; with ``rows``, the out-of-fold
+        probabilities of those labeled rows instead (``(len(rows), C)``, for calibration)."""
+        from threadpoolctl import threadpool_limits
+
+        from .adapt.finetune import fit_head, heldout_head_proba
+        from .graph import normalize_rows
+
+        X = normalize_rows(self.embeddings()[1])
+        with threadpool_limits(1, user_api="blas"):
+            if rows is not None:
+                return heldout_head_proba(X, y, rows, n_classes=n_classes)
+            return fit_head(X, y, n_classes=n_classes).predict_proba(X)
 
     def _load_warm_state(self, key, graph) -> bool:
         """Rebuild the propagation state from the last refresh run if it used the same graph."""
@@ -457,6 +477,9 @@ class Project:
         y = self.label_vector(ids, sources=("human", "import"))
         rows = np.flatnonzero(y_h >= 0)
         Q = heldout_confidence(S, y, rows, len(pred.classes), n_iter=self.setting("n_iter"))  # (L, C)
+        head_weight = self.setting("head_weight")
+        if head_weight > 0 and len(rows):  # the predictions average in the head: so does calibration
+            Q = (1.0 - head_weight) * Q + head_weight * self._head_proba(y, len(pred.classes), rows)
         return Q.max(1), Q.argmax(1), Q.argmax(1) == y_h[rows], y_h
 
     def autolabel(self, *, target_precision: float = 0.95, per_class: bool = True,
