@@ -358,13 +358,15 @@ class Project:
         probabilities of those labeled rows instead (``(len(rows), C)``, for calibration)."""
         from threadpoolctl import threadpool_limits
 
-        from .adapt.finetune import fit_head, heldout_head_proba
+        from .adapt.finetune import fit_head
         from .graph import normalize_rows
+        from .simulate import heldout_proba
 
         X = normalize_rows(self.embeddings()[1])
         with threadpool_limits(1, user_api="blas"):
             if rows is not None:
-                return heldout_head_proba(X, y, rows, n_classes=n_classes)
+                return heldout_proba(y, rows, n_classes, lambda y_f, part: fit_head(
+                    X, y_f, n_classes=n_classes).predict_proba(X[part]))
             return fit_head(X, y, n_classes=n_classes).predict_proba(X)
 
     def _load_warm_state(self, key, graph) -> bool:

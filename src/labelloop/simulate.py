@@ -88,15 +88,11 @@ def project_simulation_data(path: Path) -> SimulationData:
     return SimulationData(Path(path).name, X[keep], y[keep], classes, backbone)
 
 
-def heldout_confidence(S, y: np.ndarray, labeled: np.ndarray, n_classes: int, *, folds: int = 5,
-                       n_iter: int = 20, seed: int = 0) -> np.ndarray:
-    """(L, C) class distribution of each labeled item from a propagation that never saw its
-    label: the labels are split into ``folds`` parts and each part is predicted by a fit on
-    the others. (Scoring an item by its neighbours' votes after a fit that clamped it is not
-    held out: its own label flows back through them, which on weak features made accepted
-    labels 0.6 precise against a 0.95 target.)"""
-    from .propagate import LabelPropagation
-
+def heldout_proba(y: np.ndarray, labeled: np.ndarray, n_classes: int, fit_predict, *, folds: int = 5,
+                  seed: int = 0) -> np.ndarray:
+    """(L, C) class distribution of each labeled item from a model that never saw its label:
+    the labels are split into ``folds`` parts and each part is predicted by
+    ``fit_predict(y_without_the_part, rows_of_the_part) -> (len(rows), C)``."""
     labeled = np.asarray(labeled, dtype=np.int64)
     out = np.full((len(labeled), n_classes), 1.0 / n_classes, dtype=np.float32)
     if len(labeled) < 2:
@@ -104,13 +100,26 @@ def heldout_confidence(S, y: np.ndarray, labeled: np.ndarray, n_classes: int, *,
     order = np.random.default_rng(seed).permutation(len(labeled))
     for f in range(min(folds, len(labeled))):
         hold = order[f::folds]
-        y_f = y.copy()
+        y_f = np.array(y, copy=True)
         y_f[labeled[hold]] = -1
         if not (y_f >= 0).any():
             continue
-        lp = LabelPropagation(n_iter=n_iter).fit(S, y_f, n_classes=n_classes)
-        out[hold] = lp.label_distributions_[labeled[hold]]
+        out[hold] = fit_predict(y_f, labeled[hold])
     return out
+
+
+def heldout_confidence(S, y: np.ndarray, labeled: np.ndarray, n_classes: int, *, folds: int = 5,
+                       n_iter: int = 20, seed: int = 0) -> np.ndarray:
+    """:func:`heldout_proba` of label propagation on the affinity ``S``. (Scoring an item by
+    its neighbours' votes after a fit that clamped it is not held out: its own label flows
+    back through them, which on weak features made accepted labels 0.6 precise against a
+    0.95 target.)"""
+    from .propagate import LabelPropagation
+
+    def fit_predict(y_f, rows):
+        return LabelPropagation(n_iter=n_iter).fit(S, y_f, n_classes=n_classes).label_distributions_[rows]
+
+    return heldout_proba(y, labeled, n_classes, fit_predict, folds=folds, seed=seed)
 
 
 def _logreg_proba(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:

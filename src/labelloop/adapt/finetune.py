@@ -28,7 +28,6 @@ __all__ = [
     "FINETUNE_MIN_PER_CLASS",
     "choose_schedule",
     "fit_head",
-    "heldout_head_proba",
     "PrototypeClassifier",
     "LinearHead",
     "FineTuneClassifier",
@@ -91,25 +90,6 @@ def fit_head(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = None, seed
     if choose_schedule(y) == "prototype":
         return PrototypeClassifier(n_classes=n_classes).fit(X, y)
     return LinearHead(n_classes=n_classes, seed=seed).fit(X, y)
-
-
-def heldout_head_proba(X: np.ndarray, y: np.ndarray, rows: np.ndarray, *, n_classes: int,
-                       folds: int = 5, seed: int = 0) -> np.ndarray:
-    """``(len(rows), C)`` out-of-fold :func:`fit_head` probabilities of the labeled ``rows``:
-    the labels are split into ``folds`` parts, each predicted by a head fitted without it."""
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.full((len(rows), n_classes), 1.0 / n_classes, dtype=np.float32)
-    if len(rows) < 2:
-        return out
-    order = np.random.default_rng(seed).permutation(len(rows))
-    for f in range(min(folds, len(rows))):
-        hold = order[f::folds]
-        y_f = np.array(y, copy=True)
-        y_f[rows[hold]] = -1
-        if not (y_f >= 0).any():
-            continue
-        out[hold] = fit_head(X, y_f, n_classes=n_classes, seed=seed).predict_proba(X[rows[hold]])
-    return out
 
 
 def _softmax_masked(logits: np.ndarray, present: np.ndarray) -> np.ndarray:
