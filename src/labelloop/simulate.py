@@ -52,13 +52,13 @@ def load_simulation_data(dataset: str, *, backbone: str | None = None, n: int | 
     ds = load_dataset(dataset, n=n, seed=seed)
     bb = get_backbone(backbone or ("pixels" if dataset == "digits" else default_backbone(ds.modality)),
                       **(backbone_options or {}))
+    if bb.needs_fit:  # its cache id depends on the fit (e.g. the TF-IDF vocabulary)
+        bb.fit(ds.items)
     cache = None
     if cache_dir is not None:
         cache = Path(cache_dir) / f"{dataset}-n{len(ds.items)}-s{seed}-{bb.cache_id}.npy"
         if cache.exists():
             return SimulationData(dataset, np.load(cache), ds.labels, ds.class_names, bb.id)
-    if bb.needs_fit:
-        bb.fit(ds.items)
     from tqdm.auto import tqdm
 
     parts = [bb.embed_batch(ds.items[i : i + bb.batch_size])
