@@ -272,7 +272,9 @@ def status(project, as_json):
 @project_option
 @click.option("--n", "n", type=int, default=20, show_default=True, help="How many items.")
 @click.option("--strategy", default="auto", show_default=True,
-              help="auto, random, least-confidence, margin, entropy, medium-confidence, coreset, typicality, diverse.")
+              help="auto, random, least-confidence, margin, entropy, medium-confidence, coreset, typicality, "
+                   "diverse; or verify: a random sample of the machine labels auto-labeling could accept, "
+                   "whose labels certify it (see `labelloop autolabel`).")
 @click.option("--seed", type=int, default=None)
 @json_option
 def next_cmd(project, n, strategy, seed, as_json):
@@ -289,12 +291,15 @@ def next_cmd(project, n, strategy, seed, as_json):
 
 @cli.command()
 @project_option
-@click.option("--target-precision", type=float, default=0.95, show_default=True,
-              help="Precision the accepted machine labels must reach.")
+@click.option("--target-precision", type=float, default=None,
+              help="Precision the accepted machine labels must reach [default: the project's "
+                   "target_precision setting, 0.95].")
 @click.option("--global-threshold", is_flag=True, help="One threshold for all classes instead of per class.")
 @json_option
 def autolabel(project, target_precision, global_threshold, as_json):
-    """Accept machine labels above a threshold calibrated on human labels; the rest go to people."""
+    """Accept machine labels whose precision random checks by people certify; the rest go to
+    people. When it cannot certify yet, it says how many checks it needs: serve them with
+    `labelloop next --strategy verify --n N` and label them as usual."""
     with _open(project) as p:
         s = p.autolabel(target_precision=target_precision, per_class=not global_threshold)
     if as_json:
@@ -305,8 +310,11 @@ def autolabel(project, target_precision, global_threshold, as_json):
                f"{s['needs_person']} items still need a person")
     if s["accepted"]:
         click.echo(f"estimated precision {s['estimated_precision']:.3f} (lower bound {s['precision_lower']:.3f}) "
-                   f"from {s['calibration_items']} human labels")
+                   f"from {s['calibration_items']} random checks by people")
     click.echo(s["reason"])
+    if s.get("suggest"):
+        click.echo(f"next: {s['suggest']}   (then label those items and run `labelloop refresh` and "
+                   "`labelloop autolabel` again)")
 
 
 @cli.command()

@@ -17,20 +17,35 @@ from .errors import ValidationError
 @dataclass(frozen=True)
 class Setting:
     default: Any
-    type: type
+    type: Any  # a type, or "temperature" ("auto" or a positive number)
     help: str
+
+
+def _temperature(value: Any) -> str | float:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    t = float(value)
+    if not (t > 0 and t != float("inf")):
+        raise ValueError(value)
+    return t
 
 
 SETTINGS: dict[str, Setting] = {
     "k": Setting(10, int, "neighbours per item in the kNN graph (Bai et al.: 10–15)"),
-    "temperature": Setting(0.01, float, "affinity temperature T in exp(cos/T) (Bai et al., CIFAR-10)"),
-    "n_iter": Setting(20, int, "propagation steps of a full refresh (Bai et al.: ~20)"),
+    "temperature": Setting("auto", "temperature",
+                           "affinity temperature: 'auto' = local scaling, T from the spread of "
+                           "neighbour similarities (labelloop.propagate); a number = the paper's fixed "
+                           "T in exp(cos/T) (Bai et al.: 0.01 on CIFAR-10; it failed on TF-IDF texts)"),
+    "n_iter": Setting(100, int, "propagation steps of a full refresh, fewer once converged "
+                      "(Bai et al.: ~20; 100 measured in benchmarks/robustness.py)"),
     "warm_iter": Setting(5, int, "propagation steps of a warm-start refresh after new labels"),
     "exact_threshold": Setting(20_000, int, "above this many items the kNN graph is approximate "
                                "(benchmarks/results/knn_backends.md)"),
     "import_trust": Setting(1.0, float,
                             "weight of imported labels: 1 clamps them like human labels; "
                             "below 1 they are soft evidence the neighbours can overrule"),
+    "target_precision": Setting(0.95, float, "precision auto-labeling must certify (DESIGN.md: e.g. 95 %); "
+                                "`labelloop autolabel --target-precision` overrides it once"),
     "batch_size": Setting(0, int, "embedding batch size; 0 = the backbone's own default"),
     "head_weight": Setting(0.0, float,
                            "weight of a classifier head on the embeddings (prototypes up to 5 labels "
@@ -50,18 +65,22 @@ def setting(name: str, project_values: dict | None = None) -> Any:
     if env is not None:
         return coerce(name, env, source=f"environment variable LABELLOOP_{name.upper()}")
     if project_values and name in project_values:
-        return spec.type(project_values[name])
+        return coerce(name, project_values[name])
     return spec.default
 
 
 def coerce(name: str, value: Any, *, source: str = "value") -> Any:
     spec = SETTINGS[name]
+    convert = _temperature if spec.type == "temperature" else spec.type
     try:
-        out = spec.type(value)
+        out = convert(value)
     except (TypeError, ValueError):
-        raise ValidationError(f"{source} for {name!r} must be a {spec.type.__name__}, got {value!r}") from None
+        kind = "'auto' or a positive number" if spec.type == "temperature" else f"a {spec.type.__name__}"
+        raise ValidationError(f"{source} for {name!r} must be {kind}, got {value!r}") from None
     if isinstance(out, (int, float)) and out < 0:
         raise ValidationError(f"{source} for {name!r} must not be negative, got {value!r}")
+    if name == "target_precision" and not 0.5 <= out < 1:
+        raise ValidationError(f"{source} for 'target_precision' must be in [0.5, 1), got {value!r}")
     if name == "head_weight" and out > 1:
         raise ValidationError(f"{source} for 'head_weight' is a weight in [0, 1], got {value!r}")
     return out

@@ -16,12 +16,14 @@ DEFAULT_BACKBONE = {"digits": "pixels"}  # ImageNet features are weaker on 8x8 d
 
 def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, backbone: str | None = None,
              labels_per_class: int = 3, n: int | None = None, seed: int = 0, rounds: int = 7,
-             batch: int = 10, target_precision: float = 0.95,
+             batch: int = 10, target_precision: float = 0.95, max_checks: int = 150,
              echo: Callable[[str], None] | None = print) -> dict:
     """Build a project from a bundled dataset, label ``labels_per_class`` items per class from
     the ground truth (an oracle standing in for a person), refresh, and measure the accuracy of
     the predicted labels on every other item; then ``rounds`` active-learning rounds of
-    ``batch`` items chosen by ``Project.next``, and auto-labeling at ``target_precision``."""
+    ``batch`` items chosen by ``Project.next``, and auto-labeling at ``target_precision``: when
+    it cannot certify yet, up to ``max_checks`` verify checks (``next --strategy verify``)
+    answered by the oracle, as a person would do."""
     from .datasets import load_dataset, write_image_folder, write_text_csv
     from .project import Project
 
@@ -82,6 +84,20 @@ def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, ba
         say(f"active-learning round {r + 1}: +{len(picks)} labels chosen by `next` ({picks[0]['reason']}, ...)"
             f" -> {human} labels, accuracy on the rest {acc:.3f} ({summary['seconds']:.2f} s refresh)")
     auto = project.autolabel(target_precision=target_precision)
+    checks = 0
+    while not auto["accepted"] and auto.get("certificate", {}).get("more_needed") and checks < max_checks:
+        # what the tool tells a person to do: label a random sample of what it would accept
+        want = min(auto["certificate"]["more_needed"], batch * 2, max_checks - checks)
+        picks = project.next(want, strategy="verify")
+        if not picks:
+            break
+        project.label([(p["item"], item_truth[p["item"]]) for p in picks], annotator="demo-oracle")
+        project.refresh()
+        checks += len(picks)
+        human += len(picks)
+        auto = project.autolabel(target_precision=target_precision)
+        say(f"verify: +{len(picks)} random checks of the machine labels (`next --strategy verify`) -> "
+            f"{auto['reason']}")
     final, n_rest = accuracy_of()
     machine_acc, n_machine = accuracy_of("machine")
     if auto["accepted"]:

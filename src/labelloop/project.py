@@ -40,6 +40,7 @@ class Predictions:
     margin: np.ndarray       # (n,) top1 - top2
     entropy: np.ndarray      # (n,)
     reached: np.ndarray      # (n,) bool: a labeled item is in its graph component
+    calibration: dict | None = None  # the refresh's calibrator (labelloop.loop.calibrate)
 
     def row_of(self) -> dict[int, int]:
         return {int(i): r for r, i in enumerate(self.item_ids)}
@@ -286,6 +287,7 @@ class Project:
     def refresh(self, *, full: bool = False) -> dict:
         """kNN graph (reused) + label propagation -> predictions of every item. After new labels
         the propagation warm-starts from the previous result unless ``full``."""
+        from .loop import mix_head
         from .propagate import LabelPropagation, prediction_summary
 
         ids, graph = self.graph()
@@ -327,8 +329,10 @@ class Project:
         head_weight = self.setting("head_weight")
         if head_weight > 0:
             # a second opinion from the embeddings alone, averaged in; it reaches every item
-            P = (1.0 - head_weight) * P + head_weight * self._head_proba(y, len(classes))
+            P = mix_head(P, self._head_proba(y, len(classes)), head_weight)
             reached = np.ones_like(reached)
+        pred = self._calibrate(P, reached, y, y_h, weight, alpha, warm=warm)
+        P = pred.proba
         s = prediction_summary(P)
         seconds = time.perf_counter() - t0
         prev = self.predictions()
@@ -342,15 +346,65 @@ class Project:
         np.save(out_dir / "state_Y.npy", self._lp.Y_)
         np.save(out_dir / "state_y.npy", self._lp.y_)
         np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
+        # the human labels scored held out, calibrated: what autolabel / estimate / diagnose read
+        np.save(out_dir / "heldout_rows.npy", pred.heldout_rows)
+        np.save(out_dir / "heldout_proba.npy", pred.heldout_proba)
+        np.save(out_dir / "heldout_labels.npy", y_h[pred.heldout_rows])
         class_ids = list(self.store.class_ids().values())
         self.store.save_predictions(run, ids, [class_ids[c] for c in s["label"]], s["confidence"],
                                     s["margin"], s["entropy"], reached)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
                        changed=changed, warm=warm, warm_updates=int(getattr(self._lp, "n_updates_", 0)),
-                       seconds=round(seconds, 4), classes=classes)
+                       seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
+                       ece_heldout=_nan_none(pred.heldout_ece(y_h)))
         self.store.finish_run(run, summary)
         return summary | {"run": run}
+
+    #: a warm refresh above this many items reuses the last calibration instead of refitting it
+    #: (five held-out propagations); a full refresh always refits
+    RECALIBRATE_MAX_ITEMS = 50_000
+    #: calibrate on the labels no query strategy chose once there are this many
+    MIN_REPRESENTATIVE = 30
+
+    def _calibrate(self, P, reached, y, y_h, weight, alpha, *, warm: bool):
+        """Calibrated predictions (:func:`labelloop.loop.predict`): held-out propagation of the
+        human labels with the refresh's own settings, then the power map fitted on them."""
+        from .loop import Calibrator, predict
+        from .loop.predict import heldout_predictions
+        from .propagate import LabelPropagation
+
+        C = P.shape[1]
+        if warm and len(y) > self.RECALIBRATE_MAX_ITEMS:
+            last = self.predictions()
+            cal = (last.calibration or {}) if last is not None else {}
+            if "beta" in cal:
+                d = self.store.run_dir(last.run_id)
+                held = (np.load(d / "heldout_rows.npy"), np.load(d / "heldout_proba.npy"))
+                return predict(P, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
+                    "heldout_items", 0), cal.get("ece_heldout_before"), cal.get("ece_heldout")))
+        S, n_iter, T = self._lp.S_, self.setting("n_iter"), self.setting("temperature")
+
+        def propagate(y_hidden):
+            hidden = (y_h >= 0) & (y_hidden < 0)  # hide the item's imported label too
+            yy = np.where(hidden, -1, y)
+            w = None if weight is None else np.where(hidden, 0.0, weight)
+            lp = LabelPropagation(temperature=T, n_iter=n_iter, alpha=alpha).fit(S, yy, n_classes=C, sample_weight=w)
+            return lp.predict_proba()
+
+        head = None
+        if self.setting("head_weight") > 0:
+            head = lambda y_f, rows: self._head_proba(np.where((y_h >= 0) & (y_f < 0), -1, y), C)[rows]  # noqa: E731
+        # labels a query strategy chose are the hardest items by design: calibrating on them makes
+        # every confidence too low. Score the others (first labels, random shares, verify checks)
+        # once there are enough of them.
+        chosen = self.actively_chosen()
+        ids = self.store.item_ids() if len(chosen) else None
+        rep = None if ids is None or len(ids) != len(y_h) else np.array([int(i) not in chosen for i in ids])
+        if rep is not None and ((y_h >= 0) & rep).sum() < self.MIN_REPRESENTATIVE:
+            rep = None
+        held = heldout_predictions(y_h, C, propagate, head, self.setting("head_weight"), score=rep)
+        return predict(P, reached, y_h, held)
 
     def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
         """``(n, C)`` probabilities of the classifier head (:func:`adapt.finetune.fit_head`)
@@ -360,14 +414,11 @@ class Project:
 
         from .adapt.finetune import fit_head
         from .graph import normalize_rows
-        from .simulate import heldout_proba
 
         X = normalize_rows(self.embeddings()[1])
         with threadpool_limits(1, user_api="blas"):
-            if rows is not None:
-                return heldout_proba(y, rows, n_classes, lambda y_f, part: fit_head(
-                    X, y_f, n_classes=n_classes).predict_proba(X[part]))
-            return fit_head(X, y, n_classes=n_classes).predict_proba(X)
+            P = fit_head(X, y, n_classes=n_classes).predict_proba(X)
+        return P if rows is None else P[rows]
 
     def _load_warm_state(self, key, graph) -> bool:
         """Rebuild the propagation state from the last refresh run if it used the same graph."""
@@ -406,7 +457,8 @@ class Project:
         if len(rows) == len(ids):
             reached = np.array([r[0] for r in rows], dtype=bool)
         return Predictions(last["id"], ids, P, last["summary"].get("classes", self.classes), s["label"],
-                           s["confidence"], s["margin"], s["entropy"], reached)
+                           s["confidence"], s["margin"], s["entropy"], reached,
+                           last["summary"].get("calibration"))
 
     # ------------------------------------------------------------ active learning
     def _current_predictions(self, ids: np.ndarray) -> Predictions | None:
@@ -417,104 +469,139 @@ class Project:
         return pred
 
     def next(self, n: int = 20, *, strategy: str = "auto", seed: int | None = None, annotator: str | None = None,
-             record: bool = True, explore: float | None = None) -> list[dict]:
+             record: bool = True, explore: float | None = None, target_precision: float | None = None) -> list[dict]:
         """The ``n`` items a person should label next, most useful first, with the reason.
-        Items with a human, imported or accepted machine label are not asked again.
+        Items with a human or imported label are not asked again, nor accepted machine labels
+        (except by ``verify``, which checks exactly those).
 
+        ``strategy``: a :mod:`labelloop.select` strategy, or ``"verify"``: a random sample of the
+        items auto-labeling could accept, whose labels certify it (:mod:`labelloop.loop.certify`).
         ``explore``: share of the batch drawn at random once predictions exist (default 0.2
-        for ``auto``, 0 otherwise). Uncertainty sampling asks only about hard items; the
-        random ones give auto-labeling an unbiased sample to calibrate its threshold on."""
-        from .select import get_strategy
+        for ``auto``, 0 otherwise): the random ones are an unbiased sample for certification."""
+        from .loop import choose
 
         ids, graph = self.graph()
         _, X = self.embeddings()
-        labeled_sets = [set(self.store.latest_labels(s)) for s in ("human", "import", "machine")]
-        done = set().union(*labeled_sets)
+        given = set(self.store.latest_labels("human")) | set(self.store.latest_labels("import"))
+        done = given | set(self.store.latest_labels("machine"))
         row = {int(i): r for r, i in enumerate(ids)}
         labeled = np.array(sorted(row[i] for i in done if i in row), dtype=np.int64)
         unlabeled = np.setdiff1d(np.arange(len(ids)), labeled)
         y = self.label_vector(ids, sources=("human", "import", "machine"))
         pred = self._current_predictions(ids)
         seed = int(seed if seed is not None else len(self.store.runs("query", status=None)))
-        if explore is None:
-            explore = 0.2 if strategy == "auto" else 0.0
-        n_random = int(round(explore * n)) if pred is not None and n > 1 else 0
-        sel = get_strategy(strategy).select(
-            n=n - n_random, labeled=labeled, unlabeled=unlabeled, probabilities=None if pred is None else pred.proba,
-            graph=graph, embeddings=X, labels=y[labeled] if len(labeled) else None,
-            class_names=self.classes if pred is not None else None, seed=seed)
-        picked, scores, reasons = list(sel.indices), list(sel.scores), list(sel.reasons)
-        rest = np.setdiff1d(unlabeled, sel.indices)
-        if n_random and len(rest):
-            extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False)
-            picked += extra.tolist()
-            scores += [0.0] * len(extra)
-            reasons += ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
+        verify_eligible = None
+        if strategy == "verify":
+            verify_eligible = np.ones(len(ids), bool)
+            verify_eligible[[row[i] for i in given if i in row]] = False
+        ch = choose(strategy, n, labeled=labeled, unlabeled=unlabeled,
+                    probabilities=None if pred is None else pred.proba, graph=graph, embeddings=X,
+                    labels=y[labeled] if len(labeled) else None, class_names=self.classes, seed=seed,
+                    explore=explore, target_precision=target_precision or self._target(),
+                    verify_eligible=verify_eligible)
+        picked = ch.rows.tolist()
         items = self.store.items(ids[picked].tolist())
         out = []
-        for r, it, score, reason in zip(picked, items, scores, reasons):
+        for r, it, score, reason, kind in zip(picked, items, ch.scores, ch.reasons, ch.kinds):
             guess = conf = None
             if pred is not None and pred.reached[r]:
                 guess, conf = pred.classes[pred.label[r]], float(pred.confidence[r])
             out.append({"item": it.id, "ref": it.display, "guess": guess, "confidence": conf,
-                        "score": float(score), "reason": reason})
+                        "score": float(score), "reason": reason, "kind": kind})
         if record:
-            run = self.store.start_run("query", {"strategy": sel.strategy, "n": n, "seed": seed,
-                                                 "annotator": annotator},
-                                       {"labeled": int(len(labeled)), "prediction_run": pred.run_id if pred else None})
-            self.store.finish_run(run, {"items": [o["item"] for o in out], "details": sel.details,
-                                        "random": [o["item"] for o in out[len(sel.indices):]]})
+            self.record_query(ch.strategy, n, seed, out, annotator=annotator, labeled=len(labeled),
+                              prediction_run=pred.run_id if pred else None, details=ch.details)
         return out
 
+    def record_query(self, strategy: str, n: int, seed: int, chosen: list[dict], *, annotator: str | None = None,
+                     labeled: int = 0, prediction_run: int | None = None, details: dict | None = None) -> int:
+        """Record what was served and why (``chosen``: dicts with item, guess, confidence, kind):
+        random and verify items keep the machine's guess of that moment, which is what
+        certification later compares the person's label with."""
+        run = self.store.start_run("query", {"strategy": strategy, "n": n, "seed": seed, "annotator": annotator},
+                                   {"labeled": int(labeled), "prediction_run": prediction_run})
+        checks = [{"item": o["item"], "guess": o["guess"], "confidence": o["confidence"], "kind": o["kind"]}
+                  for o in chosen if o.get("kind") in ("random", "verify") and o.get("guess") is not None]
+        self.store.finish_run(run, {"items": [o["item"] for o in chosen], "details": _jsonable(details or {}),
+                                    "random": [o["item"] for o in chosen if o.get("kind") in ("random", "verify")],
+                                    "checks": checks})
+        return run
+
     # ----------------------------------------------------------------- autolabel
-    def _calibration(self, ids: np.ndarray, pred: Predictions):
-        """(confidence, predicted, correct) of the human-labeled items, each scored by a
-        propagation that did not see its label (5-fold held out)."""
-        from .propagate import affinity_matrix
-        from .simulate import heldout_confidence
+    def _target(self) -> float:
+        return self.setting("target_precision")
 
-        _, graph = self.graph()
-        S = affinity_matrix(graph, temperature=self.setting("temperature"))
-        y_h = self.label_vector(ids, sources=("human",))
-        y = self.label_vector(ids, sources=("human", "import"))
-        rows = np.flatnonzero(y_h >= 0)
-        Q = heldout_confidence(S, y, rows, len(pred.classes), n_iter=self.setting("n_iter"))  # (L, C)
-        head_weight = self.setting("head_weight")
-        if head_weight > 0 and len(rows):  # the predictions average in the head: so does calibration
-            Q = (1.0 - head_weight) * Q + head_weight * self._head_proba(y, len(pred.classes), rows)
-        return Q.max(1), Q.argmax(1), Q.argmax(1) == y_h[rows], y_h
+    def _heldout(self, pred: Predictions):
+        """(confidence, predicted, correct, labels) of the human labels the last refresh scored
+        held out (calibrated), as stored with it."""
+        d = self.store.run_dir(pred.run_id)
+        if not (d / "heldout_proba.npy").exists():
+            z = np.zeros(0)
+            return z, z.astype(np.int64), z.astype(bool), z.astype(np.int64)
+        Q, t = np.load(d / "heldout_proba.npy"), np.load(d / "heldout_labels.npy")
+        return Q.max(1), Q.argmax(1), Q.argmax(1) == t, t
 
-    def autolabel(self, *, target_precision: float = 0.95, per_class: bool = True,
+    def random_checks(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Every randomly drawn item (verify checks, the random share of `next`) a person has
+        labeled since: (confidence then, guessed class name then, whether the person agreed)."""
+        name_of = {v: k for k, v in self.store.class_ids().items()}
+        human = self.store.latest_labels("human")
+        latest: dict[int, dict] = {}
+        for run in self.store.runs("query"):
+            for c in run["summary"].get("checks", []):
+                latest[c["item"]] = c  # the latest draw of an item counts
+        conf, guess, correct = [], [], []
+        for item, c in latest.items():
+            if item in human and c["guess"] is not None:
+                conf.append(float(c["confidence"]))
+                guess.append(c["guess"])
+                correct.append(name_of.get(human[item]) == c["guess"])
+        return np.array(conf, dtype=np.float64), guess, np.array(correct, dtype=bool)
+
+    def certificate(self, pred: Predictions, *, target_precision: float, confidence_level: float = 0.95,
+                    per_class: bool = True):
+        """What the random checks certify for the current predictions (:func:`loop.certify`)."""
+        from .loop import candidate_threshold, certify
+
+        ids = pred.item_ids
+        conf, guess, correct = self.random_checks()
+        col = {c: j for j, c in enumerate(pred.classes)}
+        keep = np.array([g in col for g in guess], dtype=bool)
+        cpred = np.array([col[g] for g, k in zip(guess, keep) if k], dtype=np.int64)
+        given = self.label_vector(ids, sources=("human", "import")) >= 0
+        cand = candidate_threshold(pred.confidence[~given & pred.reached], target_precision=target_precision)
+        return certify(conf[keep], cpred, correct[keep], n_classes=len(pred.classes), candidate=cand,
+                       target_precision=target_precision, confidence_level=confidence_level, per_class=per_class)
+
+    def autolabel(self, *, target_precision: float | None = None, per_class: bool = True,
                   confidence_level: float = 0.95) -> dict:
-        """Accept machine labels above thresholds calibrated on human labels so that accepted
-        labels reach ``target_precision``; withdraw earlier machine labels that no longer pass."""
-        from .autolabel import calibrate_per_class, calibrate_threshold, select_autolabels
+        """Accept machine labels above thresholds that random checks by people certify to reach
+        ``target_precision`` (one-sided Clopper-Pearson bound); withdraw earlier machine labels
+        that no longer pass. When nothing is certified yet, says how many checks it needs and
+        the command that serves them (`labelloop next --strategy verify`)."""
+        from .autolabel import select_autolabels
 
+        target_precision = self._target() if target_precision is None else target_precision
         if not 0.5 <= target_precision < 1:
             raise ValidationError(f"--target-precision must be in [0.5, 1), got {target_precision}")
         ids = self.store.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             raise NotReadyError("predictions are missing or out of date: run `labelloop refresh` first")
-        conf, cpred, correct, y_h = self._calibration(ids, pred)
-        if per_class:
-            cal = calibrate_per_class(conf, cpred, correct, n_classes=len(pred.classes),
-                                      target_precision=target_precision, confidence_level=confidence_level)
-            glob = cal.global_calibration
-        else:
-            cal = glob = calibrate_threshold(conf, correct, target_precision=target_precision,
-                                             confidence_level=confidence_level)
+        cert = self.certificate(pred, target_precision=target_precision, confidence_level=confidence_level,
+                                per_class=per_class)
         y_other = self.label_vector(ids, sources=("human", "import"))
         eligible = (y_other < 0) & pred.reached
-        accept = select_autolabels(pred.confidence, pred.label, cal, eligible)  # (n,)
+        accept = select_autolabels(pred.confidence, pred.label, cert.thresholds, eligible)  # (n,)
         class_ids = list(self.store.class_ids().values())
+        col_id = {c: class_ids[self.classes.index(c)] for c in pred.classes}
         current = self.store.latest_labels("machine")
         run = self.store.start_run("autolabel", {"target_precision": target_precision, "per_class": per_class,
                                                  "confidence_level": confidence_level},
-                                   {"prediction_run": pred.run_id, "human": int(len(conf))})
+                                   {"prediction_run": pred.run_id, "random_checks": cert.checked})
         new, confs, withdrawn = [], [], []
         for r in np.flatnonzero(accept):
-            item, cid = int(ids[r]), class_ids[pred.label[r]]
+            item, cid = int(ids[r]), col_id[pred.classes[pred.label[r]]]
             if current.get(item) != cid:
                 new.append((item, cid))
                 confs.append(float(pred.confidence[r]))
@@ -524,48 +611,46 @@ class Project:
                 withdrawn.append((item, None))
         self.store.add_annotations(new, source="machine", annotator="autolabel", run_id=run, confidences=confs)
         self.store.add_annotations(withdrawn, source="machine", annotator="autolabel", run_id=run)
-        thresholds = cal.thresholds.tolist() if per_class else [glob.threshold] * len(pred.classes)
         summary = {
             "accepted": int(accept.sum()), "new_or_changed": len(new), "withdrawn": len(withdrawn),
             "coverage": float(accept.mean()), "target_precision": target_precision,
-            "estimated_precision": glob.precision_estimate, "precision_lower": glob.precision_lower,
-            "calibration_items": int(len(conf)), "reason": glob.reason,
+            "estimated_precision": _nan_none(cert.precision_estimate), "precision_lower": cert.precision_lower,
+            "calibration_items": cert.checked, "reason": cert.reason,
             "thresholds": {c: (None if not np.isfinite(t) else round(float(t), 6))
-                           for c, t in zip(pred.classes, thresholds)},
+                           for c, t in zip(pred.classes, cert.thresholds)},
             "needs_person": int((~accept & (y_other < 0)).sum()),
+            "certificate": cert.to_dict(),
+            "expected_precision": _nan_none(float(pred.confidence[accept].mean())) if accept.any() else None,
         }
-        if per_class and accept.any():
-            # the precision the calibration set shows for what the per-class thresholds accept
-            c_acc = select_autolabels(conf, cpred, cal)
-            if c_acc.any():
-                summary["estimated_precision"] = float(correct[c_acc].mean())
+        if cert.more_needed:
+            summary["suggest"] = f"labelloop next --strategy verify --n {cert.more_needed}"
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
     def estimate(self) -> dict | None:
         """Estimated accuracy of the whole dataset's labels (human + machine + predicted) if
-        exported now, from the leave-one-out calibration of the human labels."""
-        from .autolabel import calibrate_threshold, estimate_accuracy
+        exported now, from the calibrated confidences (:mod:`labelloop.loop.estimate`)."""
+        from .loop.calibrate import prediction_weights
+        from .loop.estimate import estimate_dataset_accuracy
 
         ids = self.store.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             return None
-        conf, cpred, correct, y_h = self._calibration(ids, pred)
-        if len(conf) == 0:
-            return None
+        conf, cpred, correct, _ = self._heldout(pred)
         last = self.store.last_run("autolabel")
-        target = last["params"]["target_precision"] if last else 0.95
+        target = last["params"]["target_precision"] if last else self._target()
         machine = self.store.latest_labels("machine")
         row = {int(i): r for r, i in enumerate(ids)}
         machine_mask = np.zeros(len(ids), dtype=bool)
         machine_mask[[row[i] for i in machine if i in row]] = True
-        human = (y_h >= 0) | (self.label_vector(ids, sources=("import",)) >= 0)
-        cal = calibrate_threshold(conf, correct, target_precision=target)
-        est = estimate_accuracy(pred.confidence, pred.label, human, cal, conf, cpred, correct)
+        human = self.label_vector(ids, sources=("human", "import")) >= 0
+        w = prediction_weights(cpred, pred.label, len(pred.classes)) if len(conf) else None
+        est = estimate_dataset_accuracy(pred.confidence, human, conf, correct, heldout_weights=w)
         return {"accuracy": round(est.accuracy, 4), "lower": round(est.lower, 4), "upper": round(est.upper, 4),
                 "human_or_import": est.n_human, "machine": int(machine_mask.sum()),
-                "needs_person": int((~human & ~machine_mask).sum()), "target": target}
+                "needs_person": int((~human & ~machine_mask).sum()), "target": target,
+                "calibration_gap": _nan_none(est.calibration_gap)}
 
     def stopping(self, estimate: dict | None, *, window: int = 3, max_changed: float = 0.005) -> dict:
         """Whether more labels are unlikely to change the outcome: predictions stable over the
@@ -975,6 +1060,18 @@ class Project:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
         tmp.replace(out)
         return out
+
+
+def _jsonable(d: dict) -> dict:
+    """``d`` with numpy scalars as Python numbers and non-finite floats as None (run summaries are JSON)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, float)):
+            v = float(v) if np.isfinite(v) else None
+        elif isinstance(v, np.integer):
+            v = int(v)
+        out[k] = v
+    return out
 
 
 def _nan_none(x: float) -> float | None:

@@ -10,6 +10,21 @@ label after every step, Y(0) = one-hot labels (zeros for unlabeled rows).
 Spreading (``alpha`` in (0, 1), for noisy labels): Y(t+1) = alpha S Y(t) + (1 - alpha) Y0,
 nothing clamped; the fixed point is (1 - alpha) (I - alpha S)^-1 Y0.
 
+Robust defaults (``temperature="auto"``, ``n_iter=None``, ``class_mass=True``; measured in
+benchmarks/robustness.py on images and texts, balanced and imbalanced, weak and strong features):
+
+- local scaling: ``W_ij = exp((cos_ij - cos_i1) / T)`` with ``cos_i1`` the similarity of i's nearest
+  neighbour, so every item's nearest edge weighs 1 and dense regions cannot swamp sparse ones,
+  and ``T = AUTO_TEMPERATURE_SCALE * median_i(cos_i1 - cos_ik)``: relative to the spread of
+  similarities inside a neighbourhood instead of the paper's 0.01 tuned on CIFAR features
+  (on TF-IDF texts, T = 0.01 gave one class 90 % of the items);
+- 100 steps instead of the paper's 20 (stopping early once converged): with local scaling no
+  item near a label is left unreached, and the argmax settles by 50-100 steps where 20 lost up
+  to 7 points at one label per class (Fashion-MNIST pixels 0.584 at 20 steps, 0.619 at 100);
+- class-mass normalisation (Zhu, Ghahramani & Lafferty 2003): column c of Y is rescaled so
+  that its total mass is the (add-one smoothed) share of class c among the labels, which
+  stops a class whose labeled items sit in a dense hub from taking over the graph.
+
 The result, row-normalised, is a class distribution per item. Rows still all zero (no labeled
 item within reach) get the uniform distribution and ``reached_ = False``.
 
@@ -54,6 +69,13 @@ class PropagationConvergenceWarning(UserWarning):
 #: step cap when ``n_iter=None`` asks for convergence.
 MAX_ITER_TO_CONVERGE = 1000
 
+#: ``temperature="auto"``: T = this x the median over items of (cos to the nearest neighbour -
+#: cos to the k-th). 0.5 and 1.0 were within 0.01 of each other everywhere measured (digits,
+#: Fashion-MNIST pixels, Rotten Tomatoes TF-IDF, 1-20 labels per class); 0.25 lost on texts.
+AUTO_TEMPERATURE_SCALE = 0.5
+#: floor of the automatic T (a graph of exact duplicates has zero spread)
+MIN_AUTO_TEMPERATURE = 1e-4
+
 #: warm start: an increment row stops spreading once its 2-norm is below this fraction of the
 #: row's current mass (it can no longer move that item's distribution by more than ~this).
 #: 3e-3: at 100k as accurate as 1e-3 and 1e-2 (argmax agreement 0.994-0.995), closer at 4k.
@@ -67,21 +89,42 @@ UPDATE_MIN_ROWS = 100_000
 UPDATE_ROWS_PER_ITEM = 1.0
 
 
-def affinity_matrix(graph: KnnGraph, *, temperature: float = 0.01) -> sp.csr_matrix:
-    """S = D^-1/2 W D^-1/2 with W_ij = exp(cos_ij / T) on kNN edges, symmetrised by the mean.
+def auto_temperature(graph: KnnGraph) -> float:
+    """T for ``temperature="auto"``: AUTO_TEMPERATURE_SCALE x the median neighbourhood spread
+    ``cos_i1 - cos_ik`` (the similarity drop from the nearest to the k-th neighbour)."""
+    s = graph.similarities  # (n, k) most similar first
+    if s.size == 0:
+        return 1.0
+    spread = float(np.median(s[:, 0].astype(np.float64) - s[:, -1]))
+    return max(AUTO_TEMPERATURE_SCALE * spread, MIN_AUTO_TEMPERATURE)
 
-    ``temperature``: 0.01, Bai et al. (CIFAR-10; they use 0.01-0.02). Returns a symmetric
-    (n, n) float32 CSR matrix; an item whose edges all underflow to 0 has an empty row.
+
+def affinity_matrix(graph: KnnGraph, *, temperature: float | str = "auto") -> sp.csr_matrix:
+    """S = D^-1/2 W D^-1/2 on the kNN edges, W symmetrised by the mean.
+
+    ``temperature``: a number is the paper's ``W_ij = exp(cos_ij / T)`` (Bai et al. use 0.01-0.02
+    on CIFAR-10); ``"auto"`` is local scaling, ``W_ij = exp((cos_ij - cos_i1) / T)`` with
+    T from :func:`auto_temperature`. Returns a symmetric (n, n) float32 CSR matrix; an item
+    whose edges all underflow to 0 has an empty row.
     """
     if not isinstance(graph, KnnGraph):
         raise ValidationError(f"affinity_matrix needs a KnnGraph; got {type(graph).__name__}")
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ValidationError(f"temperature must be a positive number (e.g. 0.01); got {temperature!r}")
+    sims = graph.similarities.astype(np.float64)  # (n, k)
+    if isinstance(temperature, str):
+        if temperature != "auto":
+            raise ValidationError(f'temperature must be "auto" or a positive number; got {temperature!r}')
+        T = auto_temperature(graph)
+        top = sims[:, :1]  # (n, 1) each item's nearest similarity: its nearest edge weighs 1
+    else:
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ValidationError(f"temperature must be a positive number (e.g. 0.01) or \"auto\"; got {temperature!r}")
+        T = float(temperature)
+        # exp(cos / T) = exp(1 / T) * exp((cos - 1) / T): the constant factor exp(1/T) cancels in
+        # D^-1/2 W D^-1/2, so use the second form, which cannot overflow (exp(1/0.01) = 2.7e43
+        # would be inf in float32). float64: exp(-2/T) is ~1e-87 at T = 0.01, zero in float32.
+        top = 1.0
     n, k = graph.n, graph.k
-    # exp(cos / T) = exp(1 / T) * exp((cos - 1) / T): the constant factor exp(1/T) cancels in
-    # D^-1/2 W D^-1/2, so use the second form, which cannot overflow (exp(1/0.01) = 2.7e43
-    # would be inf in float32). float64: exp(-2/T) is ~1e-87 at T = 0.01, zero in float32.
-    w = np.exp((graph.similarities.astype(np.float64) - 1.0) / temperature).ravel()  # (n*k,)
+    w = np.exp((sims - top) / T).ravel()  # (n*k,)
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     W = sp.csr_matrix((w, (rows, graph.indices.ravel())), shape=(n, n))  # (n, n)
     W = ((W + W.T) * 0.5).tocsr()  # W <- (W + W^T) / 2
@@ -99,9 +142,10 @@ def affinity_matrix(graph: KnnGraph, *, temperature: float = 0.01) -> sp.csr_mat
 class LabelPropagation:
     """Graph label propagation, scikit-learn estimator style (``-1`` = unlabeled).
 
-    ``n_iter``: number of steps (20, Bai et al.), a fixed count like the paper, stopping early
-    only when a step changes no entry by more than ``tol``; ``None`` iterates until the change
-    is below ``tol`` (at most 1000 steps) and warns if it never gets there.
+    ``temperature``: ``"auto"`` (local scaling, see the module docstring) or the paper's fixed T.
+    ``n_iter``: ``None`` iterates until no entry changes by more than ``tol`` (at most 1000
+    steps; a warning if it never gets there); a number is a fixed count like the paper's 20.
+    ``class_mass``: class-mass normalisation of the result (see the module docstring).
     ``alpha``: None clamps labeled rows after every step (the paper); a value in (0, 1) spreads
     instead, Y <- alpha S Y + (1 - alpha) Y0, nothing clamped (audit of noisy labels).
     """
@@ -109,14 +153,16 @@ class LabelPropagation:
     def __init__(
         self,
         *,
-        temperature: float = 0.01,  # Bai et al., CIFAR-10
-        n_iter: int | None = 20,  # Bai et al.: "about 20 steps"
+        temperature: float | str = "auto",  # Bai et al.: 0.01 on CIFAR-10; "auto" measured robust
+        n_iter: int | None = 100,  # Bai et al.: "about 20 steps"; see DEFAULT_N_ITER
         alpha: float | None = None,
         tol: float = 1e-6,
         refit_every: int | None = 5,
+        class_mass: bool = True,
     ) -> None:
         self.temperature = temperature
         self.n_iter = n_iter
+        self.class_mass = class_mass
         self.alpha = alpha
         self.tol = tol
         # warm updates approximate and their error accumulates (Fashion-MNIST 10k, 20 updates
@@ -126,8 +172,9 @@ class LabelPropagation:
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise ValidationError(f"temperature must be positive (e.g. 0.01); got {self.temperature!r}")
+        t = self.temperature
+        if not (t == "auto" if isinstance(t, str) else (np.isfinite(t) and t > 0)):
+            raise ValidationError(f'temperature must be "auto" or positive (e.g. 0.01); got {t!r}')
         if self.n_iter is not None and (
             isinstance(self.n_iter, bool) or not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 0
         ):
@@ -240,15 +287,27 @@ class LabelPropagation:
         return np.ascontiguousarray(Y, dtype=np.float32), done
 
     def _finish(self, rows: np.ndarray) -> None:
-        """Row-normalise Y_ into label_distributions_ (and argmax, reached) on ``rows``."""
+        """Row-normalise Y_ into label_distributions_ (and argmax, reached) on ``rows`` (on every
+        row with class-mass normalisation: a column's scale depends on all of them)."""
         n, C = self.Y_.shape
         if not hasattr(self, "label_distributions_"):
             self.label_distributions_ = np.empty((n, C), np.float32)
             self.transduction_ = np.empty(n, np.int64)
             self.reached_ = np.empty(n, bool)
+        if self.class_mass:
+            rows = np.arange(n)
         Yr = np.maximum(self.Y_[rows], 0.0)  # (r, C); the warm start may leave tiny negatives
         total = Yr @ np.ones(C, Yr.dtype)  # (r,) row sums (a matvec: faster than sum(axis=1))
         reached = total > 0
+        if self.class_mass and reached.any():
+            # CMN: column c scaled to q_c / m_c, q = add-one smoothed label shares, m = column mass
+            q = np.bincount(self.y_[self.y_ >= 0], minlength=C).astype(np.float64) + 1.0
+            q /= q.sum()
+            m = np.ones(n, Yr.dtype) @ Yr  # (C,) column sums
+            scale = np.where(m > 0, q / np.where(m > 0, m, 1.0), 0.0).astype(np.float32)
+            Yr = Yr * scale  # (r, C)
+            total = Yr @ np.ones(C, Yr.dtype)
+            reached = total > 0
         P = np.full_like(Yr, 1.0 / C)
         P[reached] = Yr[reached] / total[reached, None]  # p_ic = y_ic / sum_c y_ic
         self.label_distributions_[rows] = P

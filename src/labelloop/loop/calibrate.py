@@ -1,0 +1,110 @@
+"""Calibrated confidence: the score the loop acts on must mean what it says.
+
+Propagated class distributions are too flat or too sharp depending on the graph, the number of
+steps and the number of labels. A one-parameter power map (temperature scaling on the log
+distribution, Guo et al. 2017),
+
+    p'_ic = p_ic^beta / sum_c' p_ic'^beta,
+
+is fitted by maximum likelihood on held-out distributions of human labels
+(:mod:`labelloop.loop.heldout`), optionally weighted so that the held-out items count like the
+items they stand for (see :func:`prediction_weights`). Expected calibration error (ECE) is
+reported with equal-width confidence bins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Calibrator", "fit_calibrator", "apply_power", "expected_calibration_error",
+           "prediction_weights", "BETA_GRID"]
+
+#: powers tried: 2^-3 .. 2^6 (flatten 8x .. sharpen 64x)
+BETA_GRID = tuple(float(b) for b in 2.0 ** np.linspace(-3, 6, 37))
+#: fewest held-out items to fit beta on; below it, beta stays 1 (no calibration claimed)
+MIN_CALIBRATION_ITEMS = 10
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    beta: float               # the power; 1.0 = unchanged
+    n: int                    # held-out items it was fitted on
+    ece_before: float | None  # held-out ECE of the raw distributions (None: too few items)
+    ece_after: float | None   # held-out ECE after the power map (in-sample for beta)
+
+    def __call__(self, P: np.ndarray) -> np.ndarray:
+        return apply_power(P, self.beta)
+
+    def to_dict(self) -> dict:
+        r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+        return {"beta": round(self.beta, 4), "heldout_items": self.n, "ece_heldout_before": r(self.ece_before),
+                "ece_heldout": r(self.ece_after)}
+
+
+def apply_power(P: np.ndarray, beta: float) -> np.ndarray:
+    """Row-wise p^beta, renormalised. (n, C) -> (n, C) float32."""
+    P = np.asarray(P, dtype=np.float64)
+    if beta == 1.0:
+        return P.astype(np.float32)
+    # in log space, shifted by the row max: no underflow at large beta
+    L = beta * np.log(np.maximum(P, _EPS))
+    L -= L.max(axis=1, keepdims=True)
+    E = np.exp(L)
+    return (E / E.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 10,
+                               weights: np.ndarray | None = None) -> float:
+    """ECE = sum_b (w_b / w) |mean confidence_b - accuracy_b| over ``n_bins`` equal-width bins."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    corr = np.asarray(correct, dtype=np.float64)
+    if conf.size == 0:
+        return float("nan")
+    w = np.ones_like(conf) if weights is None else np.asarray(weights, dtype=np.float64)
+    b = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)  # (m,) bin of each item
+    W = np.bincount(b, weights=w, minlength=n_bins)
+    gap = np.bincount(b, weights=w * conf, minlength=n_bins) - np.bincount(b, weights=w * corr, minlength=n_bins)
+    return float(np.abs(gap).sum() / W.sum())
+
+
+def prediction_weights(heldout_pred: np.ndarray, population_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(m,) weights making the held-out items' predicted classes as frequent as among the items
+    they stand for: w_i = share of class pred_i in the population / its share held out.
+
+    Human labels are usually balanced over classes (a few per class) while the data are not;
+    unweighted, the minority class's held-out items count as much as the majority's and the
+    calibration fits the wrong mixture (measured on an 8 % / 92 % text set)."""
+    pop = np.bincount(population_pred, minlength=n_classes) / max(len(population_pred), 1)
+    held = np.bincount(heldout_pred, minlength=n_classes) / max(len(heldout_pred), 1)
+    w = pop[heldout_pred] / np.maximum(held[heldout_pred], _EPS)
+    return w / w.mean() if w.size and w.mean() > 0 else np.ones(len(heldout_pred))
+
+
+def fit_calibrator(P_heldout: np.ndarray, y_true: np.ndarray, *, weights: np.ndarray | None = None
+                   ) -> Calibrator:
+    """The power ``beta`` minimising the (weighted) negative log-likelihood of ``y_true`` under
+    ``P_heldout`` (m, C); beta = 1 with fewer than MIN_CALIBRATION_ITEMS items."""
+    P = np.asarray(P_heldout, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    m = len(y)
+    if m < MIN_CALIBRATION_ITEMS:
+        return Calibrator(1.0, m, None, None)
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    L = np.log(np.maximum(P, _EPS))  # (m, C)
+    rows = np.arange(m)
+    best, best_beta = np.inf, 1.0
+    for beta in BETA_GRID:
+        Z = beta * L
+        Z -= Z.max(axis=1, keepdims=True)
+        nll = -(Z[rows, y] - np.log(np.exp(Z).sum(axis=1)))  # (m,)
+        v = float((w * nll).sum() / w.sum())
+        if v < best - 1e-12:
+            best, best_beta = v, beta
+    conf0, pred0 = P.max(1), P.argmax(1)
+    Pc = apply_power(P, best_beta)
+    ece0 = expected_calibration_error(conf0, pred0 == y, weights=w)
+    ece1 = expected_calibration_error(Pc.max(1), Pc.argmax(1) == y, weights=w)
+    return Calibrator(best_beta, m, ece0, ece1)

@@ -1,0 +1,97 @@
+"""What a person should label next: one decision for ``Project.next``, ``simulate`` and the web
+queue.
+
+- a query strategy from :mod:`labelloop.select` picks most of the batch;
+- once predictions exist, a share ``explore`` of the batch is drawn uniformly at random from
+  the unlabeled items (``auto``: 20 %): uncertainty sampling only asks about hard items, and the
+  random ones are an unbiased sample for certifying auto-labels and for ``diagnose``;
+- ``verify`` draws the whole batch at random from the region auto-labeling could accept
+  (:mod:`labelloop.loop.certify`): those checks certify machine labels.
+
+Every chosen row carries its ``kind`` ("strategy", "random" or "verify"); callers record it
+with the machine's guess at that moment, which is what certification compares against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..autolabel import DEFAULT_TARGET
+from .certify import candidate_threshold, verify_sample
+
+__all__ = ["Choice", "choose", "default_explore", "DEFAULT_EXPLORE", "VERIFY"]
+
+#: share of an ``auto`` batch drawn at random once predictions exist
+DEFAULT_EXPLORE = 0.2
+VERIFY = "verify"
+
+
+def default_explore(strategy: str) -> float:
+    return DEFAULT_EXPLORE if strategy == "auto" else 0.0
+
+
+@dataclass
+class Choice:
+    rows: np.ndarray                  # (m,) chosen rows, most useful first
+    scores: list[float]
+    reasons: list[str]
+    kinds: list[str]                  # "strategy" | "random" | "verify" per row
+    strategy: str
+    details: dict = field(default_factory=dict)
+    threshold: float | None = None    # verify: the region's confidence threshold
+
+    @property
+    def random_rows(self) -> np.ndarray:
+        return self.rows[[k != "strategy" for k in self.kinds]] if len(self.rows) else self.rows
+
+
+def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
+           probabilities: np.ndarray | None, graph=None, embeddings: np.ndarray | None = None,
+           labels: np.ndarray | None = None, class_names: list[str] | None = None, seed: int = 0,
+           explore: float | None = None, target_precision: float = DEFAULT_TARGET,
+           verify_eligible: np.ndarray | None = None) -> Choice:
+    """Choose ``n`` rows to label. ``labeled`` / ``unlabeled``: row indices; ``probabilities``:
+    (n_items, C) calibrated predictions or None before the first refresh; ``labels``: the class
+    of each ``labeled`` row. ``verify_eligible``: (n_items,) bool rows a verify check may draw
+    (default: the unlabeled rows)."""
+    from ..errors import NotReadyError, ValidationError
+    from ..select import available_strategies, get_strategy
+
+    unlabeled = np.asarray(unlabeled, dtype=np.int64)
+    if strategy == VERIFY:
+        if probabilities is None:
+            raise NotReadyError("verify checks the machine's labels: run `labelloop refresh` first")
+        conf = probabilities.max(axis=1)
+        if verify_eligible is None:
+            verify_eligible = np.zeros(len(conf), bool)
+            verify_eligible[unlabeled] = True
+        t = candidate_threshold(conf[verify_eligible], target_precision=target_precision)
+        rows = verify_sample(conf, verify_eligible, n, threshold=t, seed=seed)
+        reason = (f"random check of the machine labels with confidence >= {t:.3g}: certifies auto-labeling"
+                  if np.isfinite(t) else "")
+        return Choice(rows, [float(conf[r]) for r in rows], [reason] * len(rows), [VERIFY] * len(rows),
+                      VERIFY, {"threshold": t, "region": int((verify_eligible & (conf >= t)).sum())}, threshold=t)
+    if strategy not in available_strategies():
+        raise ValidationError(f"unknown strategy {strategy!r}; available: "
+                              f"{', '.join(available_strategies() + [VERIFY])}")
+    if explore is None:
+        explore = default_explore(strategy)
+    n_random = int(round(explore * n)) if probabilities is not None and n > 1 else 0
+    sel = get_strategy(strategy).select(
+        n=n - n_random, labeled=labeled, unlabeled=unlabeled, probabilities=probabilities, graph=graph,
+        embeddings=embeddings, labels=labels if len(labeled) else None,
+        class_names=class_names if probabilities is not None else None, seed=seed)
+    rows = list(np.asarray(sel.indices, dtype=np.int64))
+    scores, reasons = list(map(float, sel.scores)), list(sel.reasons)
+    kind = "random" if strategy == "random" else "strategy"
+    kinds = [kind] * len(rows)
+    rest = np.setdiff1d(unlabeled, rows)
+    if n_random and len(rest):
+        extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False)
+        rows += extra.tolist()
+        scores += [0.0] * len(extra)
+        reasons += ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
+        kinds += ["random"] * len(extra)
+    return Choice(np.asarray(rows, dtype=np.int64), scores, reasons, kinds, sel.strategy, sel.details)

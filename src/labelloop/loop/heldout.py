@@ -1,0 +1,90 @@
+"""The one k-fold helper: every held-out score in labelloop comes through here.
+
+Calibration (``Project.autolabel`` / ``simulate``), the propagation diagnostic
+(``adapt.diagnose``) and the audit's out-of-fold classifier (``audit.label_errors``) all need
+"the prediction for a labeled item from a model that never saw its label". They split the
+labeled items with :func:`fold_ids` and predict with :func:`heldout_proba`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["fold_ids", "heldout_proba", "heldout_propagation"]
+
+
+def fold_ids(labels: np.ndarray, n_folds: int = 5, *, seed: int = 0, keep_one_per_class: bool = False,
+             stratify: bool = False) -> np.ndarray:
+    """(L,) fold number of each of the ``labels`` (class ids of the labeled items), -1 = never
+    held out.
+
+    ``keep_one_per_class``: one label of every class is never held out, so a fold never hides
+    every label of a class (a held-out item of a class the model cannot know is a forced error,
+    not evidence about the model; at one label per class nothing is held out).
+    ``stratify``: deal each class's items round-robin over the folds (same class shares per fold).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    L = labels.size
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(L)
+    out = np.full(L, -1, dtype=np.int64)
+    if stratify or keep_one_per_class:
+        nxt = 0
+        for c in np.unique(labels):
+            members = order[labels[order] == c]  # (m_c,) this class, in random order
+            if keep_one_per_class:
+                members = members[1:]
+            out[members] = (nxt + np.arange(members.size)) % n_folds
+            nxt += members.size
+        return out
+    out[order] = np.arange(L) % n_folds
+    return out
+
+
+def heldout_proba(y: np.ndarray, labeled: np.ndarray, n_classes: int,
+                  fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], *, folds: int = 5,
+                  seed: int = 0, keep_one_per_class: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Class distributions of labeled items from models that never saw their labels.
+
+    ``y`` (n,) labels (-1 none), ``labeled`` (L,) the rows to score. Each fold's labels are
+    hidden (set to -1) and ``fit_predict(y_without_the_fold, rows_of_the_fold) -> (m, C)``
+    predicts them. Returns ``(rows, P)``: the scored rows (a subset of ``labeled`` when
+    ``keep_one_per_class`` keeps some back) and their (m, C) held-out distributions.
+    """
+    labeled = np.asarray(labeled, dtype=np.int64)
+    if labeled.size < 2:
+        return labeled[:0], np.zeros((0, n_classes), np.float32)
+    fid = fold_ids(y[labeled], min(folds, labeled.size), seed=seed, keep_one_per_class=keep_one_per_class)
+    rows, parts = [], []
+    for f in range(int(fid.max()) + 1 if (fid >= 0).any() else 0):
+        hold = labeled[fid == f]
+        if hold.size == 0:
+            continue
+        y_f = np.array(y, copy=True)
+        y_f[hold] = -1
+        if not (y_f >= 0).any():
+            continue
+        rows.append(hold)
+        parts.append(np.asarray(fit_predict(y_f, hold), dtype=np.float32))
+    if not rows:
+        return labeled[:0], np.zeros((0, n_classes), np.float32)
+    return np.concatenate(rows), np.concatenate(parts)
+
+
+def heldout_propagation(S, y: np.ndarray, labeled: np.ndarray, n_classes: int, *, n_iter: int | None = 100,
+                        sample_weight: np.ndarray | None = None, folds: int = 5,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`heldout_proba` of label propagation on the affinity ``S`` (the same estimator
+    settings as a refresh). Scoring an item by its neighbours' votes after a fit that clamped it
+    is not held out: its own label flows back through them (on weak features that made
+    accepted labels 0.6 precise against a 0.95 target)."""
+    from ..propagate import LabelPropagation
+
+    def fit_predict(y_f, rows):
+        w = None if sample_weight is None else np.where(y_f >= 0, sample_weight, 0.0)
+        lp = LabelPropagation(n_iter=n_iter).fit(S, y_f, n_classes=n_classes, sample_weight=w)
+        return lp.label_distributions_[rows]
+
+    return heldout_proba(y, labeled, n_classes, fit_predict, folds=folds, seed=seed)
