@@ -125,10 +125,18 @@ def test_next_when_everything_is_labeled(loop_project):
 
 def test_machine_labels_are_withdrawn_when_they_no_longer_pass(loop_project):
     p, truth = loop_project
-    p.label([(k, v) for k, v in list(truth.items())[::2]], create_classes=True)
+    p.label([(k, v) for k, v in list(truth.items())[::3]], create_classes=True)
     p.refresh()
-    a = p.autolabel(target_precision=0.9)
-    assert a["accepted"] > 0
+    # nothing is certified before people check a random sample of what would be accepted
+    first = p.autolabel(target_precision=0.8)
+    assert first["accepted"] == 0 and "labelloop next --strategy verify" in first["suggest"]
+    checks = p.next(20, strategy="verify")
+    assert checks and {r["kind"] for r in checks} == {"verify"}
+    by_id = {it.id: it.external_id for it in p.store.items()}
+    p.label([(r["item"], truth[by_id[r["item"]]]) for r in checks])
+    p.refresh()
+    a = p.autolabel(target_precision=0.8)
+    assert a["accepted"] > 0 and a["certificate"]["certified"]
     # a stricter target accepts fewer: the others are withdrawn by new annotations, not deleted
     b = p.autolabel(target_precision=0.999)
     assert b["accepted"] <= a["accepted"] and b["withdrawn"] == a["accepted"] - b["accepted"]

@@ -529,7 +529,9 @@ class Project:
 
     # ----------------------------------------------------------------- autolabel
     def _target(self) -> float:
-        return self.setting("target_precision")
+        """The target precision: the last `autolabel --target-precision`, else the setting."""
+        last = self.store.last_run("autolabel")
+        return float(last["params"]["target_precision"]) if last else self.setting("target_precision")
 
     def _heldout(self, pred: Predictions):
         """(confidence, predicted, correct, labels) of the human labels the last refresh scored
@@ -638,8 +640,7 @@ class Project:
         if pred is None:
             return None
         conf, cpred, correct, _ = self._heldout(pred)
-        last = self.store.last_run("autolabel")
-        target = last["params"]["target_precision"] if last else self._target()
+        target = self._target()
         machine = self.store.latest_labels("machine")
         row = {int(i): r for r, i in enumerate(ids)}
         machine_mask = np.zeros(len(ids), dtype=bool)

@@ -88,40 +88,6 @@ def project_simulation_data(path: Path) -> SimulationData:
     return SimulationData(Path(path).name, X[keep], y[keep], classes, backbone)
 
 
-def heldout_proba(y: np.ndarray, labeled: np.ndarray, n_classes: int, fit_predict, *, folds: int = 5,
-                  seed: int = 0) -> np.ndarray:
-    """(L, C) class distribution of each labeled item from a model that never saw its label:
-    the labels are split into ``folds`` parts and each part is predicted by
-    ``fit_predict(y_without_the_part, rows_of_the_part) -> (len(rows), C)``."""
-    labeled = np.asarray(labeled, dtype=np.int64)
-    out = np.full((len(labeled), n_classes), 1.0 / n_classes, dtype=np.float32)
-    if len(labeled) < 2:
-        return out
-    order = np.random.default_rng(seed).permutation(len(labeled))
-    for f in range(min(folds, len(labeled))):
-        hold = order[f::folds]
-        y_f = np.array(y, copy=True)
-        y_f[labeled[hold]] = -1
-        if not (y_f >= 0).any():
-            continue
-        out[hold] = fit_predict(y_f, labeled[hold])
-    return out
-
-
-def heldout_confidence(S, y: np.ndarray, labeled: np.ndarray, n_classes: int, *, folds: int = 5,
-                       n_iter: int = 20, seed: int = 0) -> np.ndarray:
-    """:func:`heldout_proba` of label propagation on the affinity ``S``. (Scoring an item by
-    its neighbours' votes after a fit that clamped it is not held out: its own label flows
-    back through them, which on weak features made accepted labels 0.6 precise against a
-    0.95 target.)"""
-    from .propagate import LabelPropagation
-
-    def fit_predict(y_f, rows):
-        return LabelPropagation(n_iter=n_iter).fit(S, y_f, n_classes=n_classes).label_distributions_[rows]
-
-    return heldout_proba(y, labeled, n_classes, fit_predict, folds=folds, seed=seed)
-
-
 def _logreg_proba(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     """modAL-style baseline model: logistic regression on the labeled items only."""
     from sklearn.linear_model import LogisticRegression
@@ -155,28 +121,80 @@ def _logreg_heldout(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes
     return out
 
 
+def _propagator(S, n_classes: int, *, temperature, n_iter: int | None):
+    from .propagate import LabelPropagation
+
+    def propagate(y: np.ndarray) -> np.ndarray:
+        return LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=n_classes).predict_proba()
+
+    return propagate
+
+
+def _checks_arrays(checks: list[tuple[int, float, int]], y_true: np.ndarray):
+    """(confidence, guess, correct) of the randomly drawn items, judged by the oracle."""
+    if not checks:
+        return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, bool)
+    item, conf, guess = (np.array(v) for v in zip(*checks))
+    return conf.astype(np.float64), guess.astype(np.int64), guess == y_true[item.astype(np.int64)]
+
+
+def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks, *, target_precision: float,
+                  per_class: bool = True) -> dict:
+    """What the loop would do and how right it is, given calibrated predictions ``P``: accuracy,
+    calibration error on the unlabeled items, and auto-labels certified by the random checks
+    (the same :func:`labelloop.loop.certify` that ``Project.autolabel`` runs)."""
+    from .autolabel import select_autolabels
+    from .loop import candidate_threshold, certify, expected_calibration_error
+    from .propagate import prediction_summary
+
+    n, C = P.shape
+    s = prediction_summary(P)
+    pred, conf = s["label"], s["confidence"]
+    mask_u = np.ones(n, dtype=bool)
+    mask_u[labeled] = False
+    correct_pred = pred == y_true
+    cand = candidate_threshold(conf[mask_u], target_precision=target_precision)
+    c_conf, c_guess, c_corr = _checks_arrays(checks, y_true)
+    cert = certify(c_conf, c_guess, c_corr, n_classes=C, candidate=cand, target_precision=target_precision,
+                   per_class=per_class)
+    accept = select_autolabels(conf, pred, cert.thresholds, mask_u)
+    n_acc = int(accept.sum())
+    rest = int(mask_u.sum()) - n_acc
+    return dict(accuracy_unlabeled=float(correct_pred[mask_u].mean()) if mask_u.any() else 1.0,
+                accuracy_all=float((correct_pred | ~mask_u).mean()),
+                mean_confidence_unlabeled=float(conf[mask_u].mean()) if mask_u.any() else 1.0,
+                ece_unlabeled=expected_calibration_error(conf[mask_u], correct_pred[mask_u]) if mask_u.any() else 0.0,
+                random_checks=int(c_conf.size), certified=bool(cert.certified),
+                threshold=float(np.min(cert.thresholds)) if C else float("inf"), auto_accepted=n_acc,
+                auto_precision=float(correct_pred[accept].mean()) if n_acc else None, auto_coverage=n_acc / n,
+                cost_with_autolabel=int(len(labeled) + rest),
+                accuracy_with_autolabel=float((len(labeled) + rest + int(correct_pred[accept].sum())) / n),
+                more_needed=cert.more_needed)
+
+
 def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed: int,
             model: str = "propagation", target_precision: float = 0.95, k: int = 10,
-            temperature: float = 0.01, n_iter: int = 20, graph=None,
+            temperature: float | str = "auto", n_iter: int | None = 100, graph=None,
             explore: float | None = None) -> list[dict]:
-    """One strategy, one seed: the per-step records. ``explore``: share of each batch drawn
-    at random once predictions exist, as ``Project.next`` does (default 0.2 for ``auto``,
-    0 for the other strategies)."""
-    from .autolabel import calibrate_threshold
+    """One strategy, one seed: the per-step records. Queries go through
+    :func:`labelloop.loop.choose` (``explore``: share of each batch drawn at random once
+    predictions exist; default 0.2 for ``auto``, 0 otherwise), predictions are calibrated on
+    held-out labels and auto-labels certified by the random checks, as ``Project`` does."""
     from .graph import build_knn_graph, normalize_rows
-    from .propagate import LabelPropagation, affinity_matrix, prediction_summary
-    from .select import get_strategy
+    from .loop import choose, predict
+    from .loop.predict import heldout_predictions
+    from .propagate import LabelPropagation, affinity_matrix
 
     X = normalize_rows(data.embeddings)
     y_true = data.labels
     n, C = len(y_true), len(data.class_names)
     graph = graph if graph is not None else build_knn_graph(X, k=k)
     S = affinity_matrix(graph, temperature=temperature)
-    strat = get_strategy(strategy)
-    if explore is None:
-        explore = 0.2 if strategy == "auto" else 0.0
+    propagate = _propagator(S, C, temperature=temperature, n_iter=n_iter)
     rng = np.random.default_rng(seed)
     labeled = np.zeros(0, dtype=np.int64)
+    chosen = np.zeros(n, bool)  # picked by a query strategy: never calibrated or certified on
+    checks: list[tuple[int, float, int]] = []  # (item, confidence, guess) of random draws
     P: np.ndarray | None = None
     lp = None
     records = []
@@ -186,50 +204,78 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
         if P is None and strategy not in COLD_START_OK:
             pick = rng.choice(unl, size=m, replace=False)        # same cold start for every seed
         else:
-            n_random = int(round(explore * m)) if P is not None and m > 1 else 0
-            sel = strat.select(probabilities=P, graph=graph, embeddings=X, labeled=labeled, unlabeled=unl,
-                               n=m - n_random, seed=seed + len(labeled),
-                               labels=y_true[labeled] if len(labeled) else None, class_names=data.class_names)
-            pick = sel.indices
-            if n_random:
-                rest = np.setdiff1d(unl, pick)
-                pick = np.concatenate([pick, rng.choice(rest, size=min(n_random, len(rest)), replace=False)])
+            ch = choose(strategy, m, labeled=labeled, unlabeled=unl, probabilities=P, graph=graph, embeddings=X,
+                        labels=y_true[labeled] if len(labeled) else None, class_names=data.class_names,
+                        seed=seed + len(labeled), explore=explore, target_precision=target_precision)
+            pick = ch.rows
+            for r, kind in zip(ch.rows, ch.kinds):
+                if kind == "strategy":
+                    chosen[r] = True
+                elif P is not None:
+                    checks.append((int(r), float(P[r].max()), int(P[r].argmax())))
         labeled = np.concatenate([labeled, pick])
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
         t0 = time.perf_counter()
         if model == "logreg":
-            P = _logreg_proba(X, labeled, y_true, C)
-        elif lp is None:
-            lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
-            P = lp.predict_proba()
+            P_raw, reached = _logreg_proba(X, labeled, y_true, C), np.ones(n, bool)
+            held = (labeled, _logreg_heldout(X, labeled, y_true, C, seed=seed))
         else:
-            P = lp.update(y).predict_proba()
+            if lp is None:
+                lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
+            else:
+                lp.update(y)
+            P_raw, reached = lp.predict_proba(), lp.reached_
+            rep = ~chosen if ((y >= 0) & ~chosen).sum() >= 30 else None
+            held = heldout_predictions(y, C, propagate, seed=seed, score=rep)
+        P = predict(P_raw, reached, y, held).proba
         seconds = time.perf_counter() - t0
-        s = prediction_summary(P)
-        pred, conf = s["label"], s["confidence"]
-        mask_u = np.ones(n, dtype=bool)
-        mask_u[labeled] = False
-        correct_pred = pred == y_true
-        acc_u = float(correct_pred[mask_u].mean()) if mask_u.any() else 1.0
-        acc_all = float((correct_pred | ~mask_u).mean())
-        # calibrate on human labels the machine did not see as labels (k-fold held out)
-        if model == "propagation":
-            Q = heldout_confidence(S, y, labeled, C, n_iter=n_iter, seed=seed)
-        else:  # logreg: out-of-fold probabilities of the labeled items
-            Q = _logreg_heldout(X, labeled, y_true, C, seed=seed)
-        cal = calibrate_threshold(Q.max(1), Q.argmax(1) == y_true[labeled], target_precision=target_precision)
-        accept = mask_u & (conf >= cal.threshold)
-        n_acc = int(accept.sum())
-        auto_prec = float(correct_pred[accept].mean()) if n_acc else None
-        rest = int(mask_u.sum()) - n_acc
-        cost = len(labeled) + rest
-        acc_auto = (len(labeled) + rest + int(correct_pred[accept].sum())) / n
         records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
-                            accuracy_unlabeled=acc_u, accuracy_all=acc_all,
-                            threshold=float(cal.threshold), auto_accepted=n_acc, auto_precision=auto_prec,
-                            auto_coverage=n_acc / n, cost_with_autolabel=int(cost),
-                            accuracy_with_autolabel=float(acc_auto), refresh_seconds=seconds))
+                            refresh_seconds=seconds,
+                            **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision)))
+    return records
+
+
+def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int = 10, budget: int = 130,
+                 target_precision: float = 0.95, seed: int = 0, k: int = 10, temperature: float | str = "auto",
+                 n_iter: int | None = 100) -> list[dict]:
+    """The certification path a user follows: ``start_per_class`` random labels per class, then
+    only ``next --strategy verify`` batches answered by the oracle until ``budget`` human
+    labels; after each batch, what ``autolabel`` would accept and how precise it truly is."""
+    from .graph import build_knn_graph, normalize_rows
+    from .loop import choose, predict
+    from .loop.predict import heldout_predictions
+    from .propagate import LabelPropagation, affinity_matrix
+
+    X = normalize_rows(data.embeddings)
+    y_true = data.labels
+    n, C = len(y_true), len(data.class_names)
+    graph = build_knn_graph(X, k=k)
+    S = affinity_matrix(graph, temperature=temperature)
+    propagate = _propagator(S, C, temperature=temperature, n_iter=n_iter)
+    rng = np.random.default_rng(seed)
+    labeled = np.concatenate([rng.choice(np.flatnonzero(y_true == c), size=min(start_per_class, int((y_true == c).sum())),
+                                         replace=False) for c in range(C) if (y_true == c).any()])
+    checks: list[tuple[int, float, int]] = []
+    records = []
+    while True:
+        y = np.full(n, -1, dtype=np.int64)
+        y[labeled] = y_true[labeled]
+        lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
+        held = heldout_predictions(y, C, propagate, seed=seed)
+        P = predict(lp.predict_proba(), lp.reached_, y, held).proba
+        rec = dict(seed=seed, human_labels=int(len(labeled)),
+                   **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision))
+        records.append(rec)
+        if rec["certified"] or len(labeled) >= budget:
+            break
+        unl = np.setdiff1d(np.arange(n), labeled)
+        ch = choose("verify", min(batch, budget - len(labeled)), labeled=labeled, unlabeled=unl, probabilities=P,
+                    seed=seed + len(labeled), target_precision=target_precision)
+        if len(ch.rows) == 0:
+            break
+        checks += [(int(r), float(P[r].max()), int(P[r].argmax())) for r in ch.rows]
+        labeled = np.concatenate([labeled, ch.rows])
     return records
 
 
@@ -271,7 +317,7 @@ def summarize(records: list[dict], n_items: int) -> list[dict]:
 
 def simulate(dataset: str | SimulationData = "digits", *, strategies: Sequence[str] = ("random", "margin", "auto"),
              budget: int = 300, step: int = 10, seeds: int = 5, backbone: str | None = None, n: int | None = None,
-             baseline: bool = False, target_precision: float = 0.95, k: int = 10, temperature: float = 0.01,
+             baseline: bool = False, target_precision: float = 0.95, k: int = 10, temperature: float | str = "auto",
              out: str | Path | None = None, cache_dir: str | Path | None = None,
              progress: Callable[[str], None] | None = None) -> dict:
     """Run every strategy for ``seeds`` seeds; with ``baseline`` also margin sampling with a

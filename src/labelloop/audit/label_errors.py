@@ -145,7 +145,7 @@ def graph_label_distribution(
     graph = _truncate(graph, k)
     y, C = _check_labels(labels, graph.n, n_classes)
     S = affinity_matrix(graph, temperature=temperature)  # (n, n)
-    lp = LabelPropagation(temperature=temperature, alpha=alpha, n_iter=n_iter)
+    lp = LabelPropagation(temperature=temperature, alpha=alpha, n_iter=n_iter, class_mass=False)
     lp.fit(S, y, n_classes=C, sample_weight=sample_weight)
     if not exclude_self:
         return lp.label_distributions_.astype(np.float64)
@@ -610,6 +610,6 @@ def smooth_labels(
         trust = np.asarray(trust, dtype=np.float64)
         if trust.shape != (graph.n,) or not np.all(np.isfinite(trust)) or (trust < 0).any():
             raise ValidationError(f"trust must be ({graph.n},) finite and >= 0; got shape {trust.shape}")
-    lp = LabelPropagation(temperature=temperature, alpha=alpha, n_iter=n_iter)
+    lp = LabelPropagation(temperature=temperature, alpha=alpha, n_iter=n_iter, class_mass=False)
     lp.fit(graph, y, n_classes=C, sample_weight=trust)
     return lp.label_distributions_.astype(np.float64)

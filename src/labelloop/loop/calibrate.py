@@ -6,7 +6,10 @@ distribution, Guo et al. 2017),
 
     p'_ic = p_ic^beta / sum_c' p_ic'^beta,
 
-is fitted by maximum likelihood on held-out distributions of human labels
+is fitted by maximum likelihood on held-out distributions of human labels, against targets
+smoothed by add-one (Laplace) counts, ``(1 - eps) one_hot + eps / C`` with ``eps = 1 / (m + 2)``:
+m held-out items all predicted right say "about (m + 1) / (m + 2) right", not "certain" (an
+unsmoothed fit sharpens without bound and then every item has confidence 1.0)
 (:mod:`labelloop.loop.heldout`), optionally weighted so that the held-out items count like the
 items they stand for (see :func:`prediction_weights`). Expected calibration error (ECE) is
 reported with equal-width confidence bins.
@@ -94,12 +97,16 @@ def fit_calibrator(P_heldout: np.ndarray, y_true: np.ndarray, *, weights: np.nda
         return Calibrator(1.0, m, None, None)
     w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
     L = np.log(np.maximum(P, _EPS))  # (m, C)
-    rows = np.arange(m)
+    C = P.shape[1]
+    eps = 1.0 / (m + 2)
+    target = np.full((m, C), eps / C)
+    target[np.arange(m), y] += 1.0 - eps  # (m, C) smoothed one-hot
     best, best_beta = np.inf, 1.0
     for beta in BETA_GRID:
         Z = beta * L
         Z -= Z.max(axis=1, keepdims=True)
-        nll = -(Z[rows, y] - np.log(np.exp(Z).sum(axis=1)))  # (m,)
+        logp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))  # (m, C)
+        nll = -(target * logp).sum(axis=1)  # (m,) cross-entropy against the smoothed targets
         v = float((w * nll).sum() / w.sum())
         if v < best - 1e-12:
             best, best_beta = v, beta

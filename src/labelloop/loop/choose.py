@@ -26,6 +26,8 @@ __all__ = ["Choice", "choose", "default_explore", "DEFAULT_EXPLORE", "VERIFY"]
 #: share of an ``auto`` batch drawn at random once predictions exist
 DEFAULT_EXPLORE = 0.2
 VERIFY = "verify"
+#: verify when no region is expected to reach the target: sample the most confident quarter
+FALLBACK_REGION = 0.25
 
 
 def default_explore(strategy: str) -> float:
@@ -68,9 +70,15 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
             verify_eligible = np.zeros(len(conf), bool)
             verify_eligible[unlabeled] = True
         t = candidate_threshold(conf[verify_eligible], target_precision=target_precision)
+        reason = f"random check of the machine labels with confidence >= {{t:.3g}}: certifies auto-labeling"
+        if not np.isfinite(t) and verify_eligible.any():
+            # no region is expected to reach the target yet: check the most confident quarter,
+            # which says how far off it is (and the checks are labels like any other)
+            t = float(np.quantile(conf[verify_eligible], 1.0 - FALLBACK_REGION))
+            reason = (f"random check of the most confident {FALLBACK_REGION:.0%} of the machine labels "
+                      f"(confidence >= {{t:.3g}}; none is expected to reach {target_precision:.0%} yet)")
         rows = verify_sample(conf, verify_eligible, n, threshold=t, seed=seed)
-        reason = (f"random check of the machine labels with confidence >= {t:.3g}: certifies auto-labeling"
-                  if np.isfinite(t) else "")
+        reason = reason.format(t=t)
         return Choice(rows, [float(conf[r]) for r in rows], [reason] * len(rows), [VERIFY] * len(rows),
                       VERIFY, {"threshold": t, "region": int((verify_eligible & (conf >= t)).sum())}, threshold=t)
     if strategy not in available_strategies():
