@@ -274,3 +274,20 @@ def test_write_text_csv_round_trip(tmp_path):
         ("2", "two\nlines", "pos"), ("3", "ünïcödé", "pos")]
     with pytest.raises(ValidationError, match="holds texts; use write_text_csv"):
         write_image_folder(ds, tmp_path / "imgs")
+
+
+def test_robustness_suite_names_only_registered_datasets_and_backbones():
+    import importlib.util
+    from pathlib import Path
+
+    from labelloop.embed import available_backbones
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness_data.py"
+    spec = importlib.util.spec_from_file_location("robustness_data", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert {d for d, *_ in mod.SUITE} <= set(available_datasets())
+    assert {b for _, _, b, *_ in mod.SUITE} <= set(available_backbones())
+    for dataset in {d for d, *_ in mod.SUITE}:   # every dataset has a strong and a weak backbone
+        roles = {r for d, _, _, _, r in mod.SUITE if d == dataset}
+        assert "weak" in roles and any(r.startswith("strong") for r in roles), dataset
