@@ -211,34 +211,44 @@ class Project:
     def label(self, assignments: Iterable[tuple[str | int, str]], *, source: str = "human",
               annotator: str | None = None, create_classes: bool = False) -> LabelReport:
         """Append labels. ``assignments``: (item reference, class name) pairs; a reference is an
-        item id, external id, path or unique file name. Bad rows are reported, never fatal."""
+        item id, external id, path or unique file name. Bad rows are reported, never fatal.
+
+        A class name the project does not know is skipped unless ``create_classes`` (the
+        CLI's ``--new-classes``), except while the project has no classes at all: then the
+        first labels define them."""
+        return self._label_rows([(f"item {ref!r}", ref, name) for ref, name in assignments],
+                                source=source, annotator=annotator, create_classes=create_classes)
+
+    def _label_rows(self, rows_in: Iterable[tuple[str, str | int, str]], *, source: str,
+                    annotator: str | None, create_classes: bool) -> LabelReport:
+        """``label`` for (where, item reference, class name) rows: ``where`` names the row as
+        the user gave it (``labels.csv:7 item 'cat_01.jpg'``) in every skip reason."""
         if source not in ("human", "import"):
             raise ValidationError("label source must be 'human' or 'import' (machine labels come from autolabel)")
         report = LabelReport()
-        rows: list[tuple[int, str]] = []
-        for n, (ref, name) in enumerate(assignments, start=1):
-            where = f"#{n} {ref}"
+        rows: list[tuple[str, int, str]] = []
+        for where, ref, name in rows_in:
             name = (name or "").strip() if isinstance(name, str) else name
             if not name:
                 report.skipped.append(Skipped(where, "empty label"))
                 continue
             try:
-                rows.append((self.store.resolve_item(ref), name))
+                rows.append((where, self.store.resolve_item(ref), name))
             except UnknownItemError as exc:
                 report.skipped.append(Skipped(where, str(exc)))
         known = set(self.classes)
-        new = sorted({name for _, name in rows if name not in known})
-        if new and create_classes:
+        new = sorted({name for _, _, name in rows if name not in known})
+        if new and (create_classes or not known):
             report.classes_added = self.store.add_classes(new)
         elif new:
-            for i, (item_id, name) in enumerate(rows):
+            for where, _, name in rows:
                 if name in new:
                     report.skipped.append(Skipped(
-                        f"item {item_id}", f"unknown class {name!r}; known: {', '.join(sorted(known)) or '(none)'}"
-                        " — pass --new-classes (create_classes=True) to add it"))
-            rows = [(i, name) for i, name in rows if name not in new]
+                        where, f"unknown class {name!r} (known: {', '.join(sorted(known))}); "
+                        "label with --new-classes to create it"))
+            rows = [r for r in rows if r[2] not in new]
         class_ids = self.store.class_ids()
-        pairs = [(i, class_ids[name]) for i, name in rows]
+        pairs = [(i, class_ids[name]) for _, i, name in rows]
         if source == "human":
             self._record_confirmations(pairs, annotator)
         report.appended = self.store.add_annotations(pairs, source=source, annotator=annotator)
@@ -255,8 +265,10 @@ class Project:
                     "INSERT OR REPLACE INTO audit_confirmations (item_id, class_id, evidence, annotator, created) "
                     "VALUES (?, ?, 'relabeled', ?, ?)", [(i, k, annotator, time.time()) for i, k in same])
 
-    def label_csv(self, path: str | Path, **kwargs) -> LabelReport:
-        """Labels from a CSV with columns ``item`` and ``label``."""
+    def label_csv(self, path: str | Path, *, source: str = "human", annotator: str | None = None,
+                  create_classes: bool = False) -> LabelReport:
+        """Labels from a CSV with columns ``item`` and ``label`` (see :meth:`label`); a skipped
+        row is named by its file and line."""
         path = Path(path)
         if not path.is_file():
             raise ValidationError(f"{path} is not a file: give a CSV with columns item,label")
@@ -266,8 +278,11 @@ class Project:
             if "item" not in cols or "label" not in cols:
                 raise ValidationError(f"{path.name} must have columns 'item' and 'label'; it has: "
                                       f"{', '.join(cols) or '(no header)'}")
-            pairs = [((r.get("item") or "").strip(), r.get("label") or "") for r in reader]
-        return self.label(pairs, **kwargs)
+            rows = []
+            for r in reader:
+                ref = (r.get("item") or "").strip()
+                rows.append((f"{path.name}:{reader.line_num} item {ref!r}", ref, r.get("label") or ""))
+        return self._label_rows(rows, source=source, annotator=annotator, create_classes=create_classes)
 
     def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
                      ) -> np.ndarray:
