@@ -61,3 +61,49 @@ def test_cli_label_csv_names_the_line_and_item_not_internal_ids(project_factory,
     assert "--new-classes" in r.stderr and "create_classes" not in r.stderr
     r = run("label", "-p", root, "--csv", more, "--new-classes")
     assert r.stdout.startswith("2 labels added (human); new classes: eggs")
+
+
+# ------------------------------------------------------- 4. status counts and next step
+def test_status_counts_agree_with_export(project_factory, tmp_path):
+    """A machine label on an item that a person (or an import) labels later, and a withdrawn
+    machine label, made status count more machine labels than export wrote (733 vs 727)."""
+    p = text_project(project_factory, tmp_path, n=10, classes=["a", "b"])
+    a, b = p.store.class_ids()["a"], p.store.class_ids()["b"]
+    ids = [int(i) for i in p.store.item_ids()]
+    p.store.add_annotations([(i, a) for i in ids[:6]], source="machine", annotator="autolabel")
+    p.label([(ids[0], "b"), (ids[1], "a")])               # people label two machine-labeled items
+    p.store.add_annotations([(ids[2], b)], source="import", annotator="import")
+    p.store.add_annotations([(ids[3], None)], source="machine", annotator="autolabel")  # withdrawn
+    p.label([(ids[7], "a")])
+    p.store.add_annotations([(ids[7], b)], source="import", annotator="import")  # human wins
+    st = p.status()
+    exported = {}
+    for row in p.rows():
+        exported[row["source"]] = exported.get(row["source"], 0) + 1
+    assert st["labeled"] == {"human": 3, "import": 1, "machine": 2}
+    assert {k: exported.get(k, 0) for k in st["labeled"]} == st["labeled"]
+    per = st["per_class"]
+    assert (per["a"]["human"], per["b"]["human"], per["b"]["import"], per["a"]["machine"]) == (2, 1, 1, 2)
+    assert p.current_labels()[ids[0]] == (b, "human")
+
+
+def test_status_says_what_to_run_next(project_factory, tmp_path):
+    p = project_factory("text")
+    root = p.root
+    assert "labelloop import" in p.status()["next_step"]
+    p.close()
+    f = tmp_path / "items.csv"
+    f.write_text("id,text\n" + "".join(f"t{i},text number {i}\n" for i in range(8)))
+    run("import", "-p", root, f)
+    out = run("status", "-p", root).stdout
+    assert "labelloop embed" in out and "refresh" not in out
+    run("embed", "-p", root, "--backbone", "tfidf", "--no-progress")
+    assert "labelloop label" in run("status", "-p", root).stdout
+    run("label", "-p", root, "t0=x", "t1=y", "t2=x", "t3=y")
+    assert "run `labelloop refresh`" in run("status", "-p", root).stdout
+    run("refresh", "-p", root)
+    out = run("status", "-p", root).stdout
+    assert "{" not in out and '"' not in out, out   # readable text, not JSON
+    assert "estimate" in out
+    st = json.loads(run("status", "-p", root, "--json").stdout)
+    assert st["labeled"]["human"] == 4 and st["next_step"] is None

@@ -242,7 +242,10 @@ def label(project, assignments, csv_path, source, annotator, new_classes, as_jso
 @project_option
 @json_option
 def status(project, as_json):
-    """Items, labels, per-class counts, predictions and their confidence."""
+    """Items, labels, per-class counts, predictions, estimated accuracy and the next step.
+
+    Each labeled item counts once, by the source of its current label (human, else import,
+    else machine): the same counts as `export` and the dashboard."""
     with _open(project) as p:
         s = p.status()
     if as_json:
@@ -257,15 +260,49 @@ def status(project, as_json):
         click.echo(f"predicted {s['predicted']} (unreached {s['unreached']}); confidence mean {c['mean']:.3f}, "
                    f"median {c['median']:.3f}, {100 * c['share_ge_0.9']:.1f}% at >= 0.9")
     else:
-        click.echo("predicted 0 (run `labelloop refresh`)")
+        click.echo("predicted 0")
     if s["per_class"]:
         width = max(len(c) for c in s["per_class"])
         click.echo(f"{'class':<{width}}  human  import  machine  predicted")
         for name, n in s["per_class"].items():
             click.echo(f"{name:<{width}}  {n['human']:>5}  {n['import']:>6}  {n['machine']:>7}  {n['predicted']:>9}")
-    for key, value in s.items():
-        if key in ("estimate", "stopping", "audit") and value:
-            click.echo(f"{key:<9} {value if isinstance(value, str) else json.dumps(value, default=_json_default)}")
+    for key in ("estimate", "stopping", "audit"):
+        if s.get(key):
+            click.echo(f"{key:<9} {_describe(key, s[key])}")
+    if s.get("next_step"):
+        click.echo(f"next      {s['next_step']}")
+
+
+def _describe(key: str, value) -> str:
+    """One readable line for a part of ``status`` (``--json`` gives the raw numbers)."""
+    if not isinstance(value, dict):
+        return _plain(value)
+    if key == "estimate" and "accuracy" in value:
+        parts = [f"accuracy {_plain(value['accuracy'])} if exported now"]
+        if "lower" in value and "upper" in value:
+            parts[0] += f" (interval {_plain(value['lower'])}-{_plain(value['upper'])})"
+        if "target" in value:
+            parts.append(f"target {_plain(value['target'])}")
+        if "needs_person" in value:
+            parts.append(f"{value['needs_person']} items still need a person")
+        rest = {k: v for k, v in value.items() if k not in ("accuracy", "lower", "upper", "target", "needs_person")}
+        return "; ".join(parts + ([_plain(rest)] if rest else []))
+    if key == "stopping" and "advice" in value:
+        return str(value["advice"])
+    return _plain(value)
+
+
+def _plain(value) -> str:
+    """Numbers rounded, dicts as ``key value, ...``, lists comma-separated: no JSON syntax."""
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "-"}[value]
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return str(value)
 
 
 @cli.command("next")

@@ -20,6 +20,7 @@ from .store import Store
 MODALITIES = ("image", "text")
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")
+LABEL_SOURCES = ("human", "import", "machine")  # an item's current label: the first source that has one
 
 
 @dataclass(kw_only=True)
@@ -890,18 +891,19 @@ class Project:
 
     # -------------------------------------------------------------------- status
     def status(self) -> dict:
+        """Counts, predictions and their confidence, the estimate and what to do next.
+        ``labeled`` and ``per_class`` count every item once, by the source of its current
+        label (:meth:`current_labels`), as :meth:`export` writes it."""
         st = self.store
         ids = st.item_ids()
         classes = self.classes
         cid = st.class_ids()
         name_of = {v: k for k, v in cid.items()}
         per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0} for c in classes}
-        labeled = {}
-        for source in ("human", "import", "machine"):
-            latest = st.latest_labels(source)
-            labeled[source] = len(latest)
-            for class_id in latest.values():
-                per_class[name_of[class_id]][source] += 1
+        labeled = dict.fromkeys(LABEL_SOURCES, 0)
+        for class_id, source in self.current_labels().values():
+            labeled[source] += 1
+            per_class[name_of[class_id]][source] += 1
         pred = self.predictions()
         out = {
             "project": str(self.root),
@@ -933,15 +935,45 @@ class Project:
             est = self.estimate()
             out["estimate"] = est
             out["stopping"] = self.stopping(est)
+        out["next_step"] = self._next_step(out)
         return out
 
+    def _next_step(self, status: dict) -> str | None:
+        """The command the project needs before its predictions are current, or None."""
+        if not status["items"]:
+            return "run `labelloop import` to add images or texts"
+        meta = self.store.get_meta("backbone")
+        if not meta:
+            return "run `labelloop embed` to embed the items"
+        missing = self.store.conn.execute(
+            "SELECT COUNT(*) FROM items WHERE content_hash NOT IN "
+            "(SELECT content_hash FROM embeddings WHERE backbone = ?)", (meta["cache_id"],)).fetchone()[0]
+        if missing:
+            return f"run `labelloop embed`: {missing} items are not embedded yet"
+        if not status["labeled"]["human"] and not status["labeled"]["import"]:
+            return "label a few items per class (`labelloop label`), then run `labelloop refresh`"
+        if not status["predicted"]:
+            return "run `labelloop refresh` to predict every item's label"
+        if status["last_refresh"]["stale"]:
+            return "run `labelloop refresh`: items were added since the last refresh"
+        return None
+
     # -------------------------------------------------------------------- export
+    def current_labels(self) -> dict[int, tuple[int, str]]:
+        """item_id -> (class_id, source) of every labeled item's current label: a person's
+        (``human``) wins over an ``import`` label, which wins over an accepted ``machine``
+        label; withdrawn labels do not count. ``status`` counts and ``export`` writes this."""
+        out: dict[int, tuple[int, str]] = {}
+        for source in reversed(LABEL_SOURCES):  # later (stronger) sources overwrite
+            out.update((i, (k, source)) for i, k in self.store.latest_labels(source).items())
+        return out
+
     def rows(self) -> list[dict]:
         """One row per item with its current best label: human, then import, then machine,
         then the propagated prediction."""
         st = self.store
         name_of = {v: k for k, v in st.class_ids().items()}
-        human, imported, machine = (st.latest_labels(s) for s in ("human", "import", "machine"))
+        current = self.current_labels()
         conf_machine = dict(st.conn.execute(
             "SELECT a.item_id, a.confidence FROM annotations a JOIN (SELECT item_id, MAX(id) last FROM "
             "annotations WHERE source='machine' GROUP BY item_id) l ON a.id = l.last").fetchall())
@@ -957,13 +989,15 @@ class Project:
             else:
                 row["text"] = it.text
             label, source, conf = None, None, None
-            if it.id in human:
-                label, source, conf = name_of[human[it.id]], "human", 1.0
-            elif it.id in imported:
-                label, source = name_of[imported[it.id]], "import"
+            if it.id in current:
+                class_id, source = current[it.id]
+                label = name_of[class_id]
+            if source == "human":
+                conf = 1.0
+            elif source == "import":
                 conf = float(pred.proba[r, pcol[label]]) if r is not None and label in pcol else None
-            elif it.id in machine:
-                label, source, conf = name_of[machine[it.id]], "machine", conf_machine.get(it.id)
+            elif source == "machine":
+                conf = conf_machine.get(it.id)
             elif r is not None and pred.reached[r]:
                 label, source = pred.classes[pred.label[r]], "predicted"
                 conf = float(pred.confidence[r])
