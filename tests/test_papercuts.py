@@ -107,3 +107,87 @@ def test_status_says_what_to_run_next(project_factory, tmp_path):
     assert "estimate" in out
     st = json.loads(run("status", "-p", root, "--json").stdout)
     assert st["labeled"]["human"] == 4 and st["next_step"] is None
+
+
+# ------------------------------------------------------------------------- 5. import
+def test_a_file_that_is_not_an_image_is_named_without_python_internals(project_factory, tmp_path):
+    from conftest import write_image
+
+    folder = tmp_path / "photos"
+    write_image(folder / "ok.png")
+    (folder / "holiday.jpg").write_text("<html>a web page saved as .jpg</html>")
+    p = project_factory("image")
+    r = p.import_(folder)
+    assert r.added == 1 and r.skipped[0].where == "holiday.jpg"
+    assert r.skipped[0].reason.startswith("not a readable image")
+    out = run("import", "-p", p.root, folder, check=False)
+    assert out.returncode == 1
+    assert "skipped holiday.jpg: not a readable image" in out.stderr and "BytesIO" not in out.stderr
+
+
+def test_empty_tables_and_folders_say_so_and_fail(project_factory, tmp_path):
+    p = project_factory("text")
+    root = p.root
+    p.close()
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("id,text\n")
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    for name, what in (("empty.csv", "is empty"), ("header.csv", "has a header but no rows"),
+                       ("blank.jsonl", "is empty")):
+        r = run("import", "-p", root, tmp_path / name, check=False)
+        assert r.returncode == 2 and f"{name} {what}: nothing to import" in r.stderr, r.stderr
+    img = tmp_path / "img"
+    run("init", "-p", img, "--modality", "image")
+    (tmp_path / "nothing").mkdir()
+    r = run("import", "-p", img, tmp_path / "nothing", check=False)
+    assert r.returncode == 2 and "has no files" in r.stderr
+
+
+def test_labels_from_folders_on_a_flat_folder_warns(project_factory, tmp_path):
+    from conftest import write_image
+
+    flat = tmp_path / "flat"
+    for i in range(3):
+        write_image(flat / f"{i}.png", seed=i)
+    p = project_factory("image")
+    r = p.import_(flat, labels_from_folders=True)
+    assert r.added == 3 and r.labeled == 0 and not r.ok
+    assert "no class subfolders found" in r.warnings[0]
+    write_image(flat / "cat" / "c.png", seed=9)
+    r = p.import_(flat, labels_from_folders=True)
+    assert r.labeled == 1 and r.warnings == [f"3 images lie directly in {flat}, not in a class subfolder: "
+                                             "imported without a label"]
+    out = run("import", "-p", p.root, flat, "--labels-from-folders", check=False)
+    assert out.returncode == 1 and "warning: 3 images lie directly in" in out.stderr
+
+
+def test_latin1_file_gets_one_hint_and_imports_with_encoding(project_factory, tmp_path):
+    p = project_factory("text")
+    f = tmp_path / "avis.csv"
+    rows = ["id,text", "1,un film génial", "2,plain ascii", "3,très ennuyeux", "4,à voir", "5,ok"]
+    f.write_bytes("\n".join(rows).encode("latin-1") + b"\n")
+    r = p.import_(f)
+    assert r.added == 2 and [s.where for s in r.skipped] == ["avis.csv:2", "avis.csv:4", "avis.csv:5"]
+    assert r.skipped[0].reason == "not valid UTF-8 (byte 0xe9)"
+    assert len(r.warnings) == 1
+    assert "avis.csv: 3 lines are not valid UTF-8 (first: line 2)" in r.warnings[0]
+    assert "looks like Latin-1" in r.warnings[0] and "--encoding latin-1" in r.warnings[0]
+    root = p.root
+    p.close()
+    out = run("import", "-p", root, f, "--encoding", "latin-1")
+    assert out.stdout.startswith(f"{f}: 3 added, 2 already in the project")
+    from labelloop import Project
+
+    with Project(root) as q:
+        assert {"un film génial", "très ennuyeux", "à voir"} <= {row["text"] for row in q.rows()}
+    r = run("import", "-p", root, f, "--encoding", "klingon", check=False)
+    assert r.returncode == 2 and "unknown encoding 'klingon'" in r.stderr
+
+
+def test_mixed_file_gets_a_generic_encoding_hint(project_factory, tmp_path):
+    p = project_factory("text")
+    f = tmp_path / "mixed.jsonl"
+    f.write_bytes('{"text": "déjà vu"}\n'.encode() + b'{"text": "caf\xe9"}\n')
+    r = p.import_(f)
+    assert r.added == 1 and r.skipped[0].where == "mixed.jsonl:2"
+    assert "--encoding NAME" in r.warnings[0] and "looks like" not in r.warnings[0]

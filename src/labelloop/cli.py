@@ -98,12 +98,15 @@ def init(project: Path, modality: str, classes: str) -> None:
 @click.option("--label-column", default=None, help="Texts: column with existing (possibly noisy) labels.")
 @click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Table format (default: by extension).")
+@click.option("--encoding", default=None, help="Texts: the file's encoding, e.g. latin-1 or cp1252 (default utf-8).")
 @click.option("--as-gold", is_flag=True,
               help="SOURCE is a CSV of gold-standard labels (columns item,label; text projects also text,label) "
                    "used to benchmark annotators.")
 @json_option
-def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, as_gold, as_json):
-    """Import a folder of images or a CSV / JSONL of texts. Exit code 1 if anything was skipped."""
+def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, encoding, as_gold,
+               as_json):
+    """Import a folder of images or a CSV / JSONL of texts. Exit code 1 if anything was skipped
+    or a warning was given (e.g. --labels-from-folders found no class subfolders)."""
     with _open(project) as p:
         if as_gold:
             report = p.import_gold(source, text_column=text_column, label_column=label_column or "label")
@@ -115,12 +118,14 @@ def import_cmd(project, source, labels_from_folders, text_column, label_column, 
                 _print_skipped(report.skipped)
             sys.exit(0 if report.ok else EXIT_SKIPPED)
         report = p.import_(source, labels_from_folders=labels_from_folders, text_column=text_column,
-                           label_column=label_column, id_column=id_column, fmt=fmt)
+                           label_column=label_column, id_column=id_column, fmt=fmt, encoding=encoding)
     if as_json:
         _echo_json(report.to_dict())
     else:
         click.echo(report.summary())
         _print_skipped(report.skipped)
+        for w in report.warnings:
+            click.echo(f"warning: {w}", err=True)
     sys.exit(0 if report.ok else EXIT_SKIPPED)
 
 

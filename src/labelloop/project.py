@@ -104,17 +104,22 @@ class Project:
     # -------------------------------------------------------------------- ingest
     def import_(self, source: str | Path, *, labels_from_folders: bool = False, text_column: str = "text",
                 label_column: str | None = None, id_column: str | None = None,
-                fmt: str | None = None) -> ImportReport:
-        """Import a folder of images or a CSV / JSONL of texts (by the project's modality)."""
+                fmt: str | None = None, encoding: str | None = None) -> ImportReport:
+        """Import a folder of images or a CSV / JSONL of texts (by the project's modality).
+        ``encoding``: of a text file (default UTF-8). Whole-import problems (no class
+        subfolders, a file in another encoding) are in the report's ``warnings``."""
+        if encoding is not None and self.modality == "image":
+            raise ValidationError("--encoding is for CSV / JSONL files of texts; this is an image project")
         params = dict(source=str(source), labels_from_folders=labels_from_folders,
-                      text_column=text_column, label_column=label_column, id_column=id_column)
+                      text_column=text_column, label_column=label_column, id_column=id_column,
+                      encoding=encoding)
         run = self.store.start_run("import", params)
         try:
             if self.modality == "image":
                 report = import_images(self.store, source, labels_from_folders=labels_from_folders)
             else:
-                report = import_table(self.store, source, text_column=text_column,
-                                      label_column=label_column, id_column=id_column, fmt=fmt)
+                report = import_table(self.store, source, text_column=text_column, label_column=label_column,
+                                      id_column=id_column, fmt=fmt, encoding=encoding or "utf-8")
         except BaseException:
             self.store.finish_run(run, status="failed")
             raise
