@@ -191,3 +191,35 @@ def test_mixed_file_gets_a_generic_encoding_hint(project_factory, tmp_path):
     r = p.import_(f)
     assert r.added == 1 and r.skipped[0].where == "mixed.jsonl:2"
     assert "--encoding NAME" in r.warnings[0] and "looks like" not in r.warnings[0]
+
+
+# ------------------------------------------------------ 3. what next / audit show
+def test_next_and_audit_show_the_text_not_only_ids(project_factory, tmp_path):
+    p = project_factory("text")
+    f = tmp_path / "reviews.csv"
+    words = {"pos": "wonderful superb moving delightful", "neg": "dreadful boring awful tedious"}
+    lines = ["id,text"]
+    for i in range(30):
+        lab = "pos" if i % 2 else "neg"
+        lines.append(f"r{i},review {i}: a {words[lab]} film {'!' * (i % 3)}")
+    f.write_text("\n".join(lines) + "\n")
+    p.import_(f)
+    p.embed("tfidf")
+    p.label([(f"r{i}", "pos" if i % 2 else "neg") for i in range(8)] + [("r9", "neg")])
+    p.refresh()
+    root = p.root
+    p.close()
+    out = run("next", "-p", root, "--n", "3", "--strategy", "margin").stdout.splitlines()
+    assert len(out) == 3 and all(": review " in line and "guess" in line for line in out), out
+    out = run("audit", "-p", root, "--classifier", "none").stdout
+    assert "r9: review 9: a wonderful superb" in out, out
+
+
+def test_item_snippets_keep_what_identifies_the_item():
+    from labelloop.store import Item
+
+    img = Item(1, "holidays/2019/very/long/folder/name/beach_0001.jpg", "/x", None, "h", "image")
+    assert img.snippet(24) == "…der/name/beach_0001.jpg" and len(img.snippet(24)) == 24
+    txt = Item(2, None, None, "  a  long\ntext " + "word " * 40, "h", "text")
+    assert txt.snippet(20) == "a long text word wo…"
+    assert Item(3, "r3", None, "short", "h", "text").snippet() == "r3: short"

@@ -321,12 +321,13 @@ def next_cmd(project, n, strategy, seed, as_json):
     """The items a person should label next, with the machine's guess and why each was picked."""
     with _open(project) as p:
         rows = p.next(n, strategy=strategy, seed=seed)
-    if as_json:
-        _echo_json(rows)
-        return
+        if as_json:
+            _echo_json(rows)
+            return
+        shown = p.snippets([r["item"] for r in rows], width=50)
     for r in rows:
         guess = f"{r['guess']} ({r['confidence']:.2f})" if r["guess"] is not None else "-"
-        click.echo(f"{r['item']:>7}  {r['ref'][:40]:<40}  guess {guess:<20}  {r['reason']}")
+        click.echo(f"{r['item']:>7}  {shown[r['item']]:<50}  guess {guess:<20}  {r['reason']}")
 
 
 @cli.command()
@@ -362,14 +363,15 @@ def audit(project, top, classifier, as_json):
     Confirm or fix with `labelloop label` (giving the same label again confirms it)."""
     with _open(project) as p:
         r = p.audit(top=top, classifier=classifier)
-    if as_json:
-        _echo_json(r)
-        return
+        if as_json:
+            _echo_json(r)
+            return
+        shown = p.snippets([i["item"] for i in r["issues"]], width=40)
     click.echo(f"{r['flagged']} labels flagged (estimated noise rate {100 * r['estimated_noise_rate']:.1f}%); "
                f"{r['confirmed_skipped']} confirmed earlier and not shown")
     for i in r["issues"]:
         nb = ", ".join(f"{n['item']}:{n['label']}" for n in i["disagreeing_neighbours"][:5])
-        click.echo(f"{i['item']:>7}  {i['ref'][:36]:<36}  given {i['given']!s:<12} suggested {i['suggested']!s:<12} "
+        click.echo(f"{i['item']:>7}  {shown[i['item']]:<40}  given {i['given']!s:<12} suggested {i['suggested']!s:<12} "
                    f"score {i['score']:.3f}  neighbours {nb}")
 
 

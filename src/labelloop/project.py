@@ -181,6 +181,10 @@ class Project:
         ids = np.array([it.id for it in items], dtype=np.int64)
         return ids, self.store.load_embeddings(cache_id, [it.content_hash for it in items])
 
+    def snippets(self, item_ids: Iterable[int], *, width: int = 60) -> dict[int, str]:
+        """item_id -> a short description to show a person (:meth:`Item.snippet`)."""
+        return {it.id: it.snippet(width) for it in self.store.items([int(i) for i in item_ids])}
+
     # --------------------------------------------------------------------- graph
     def graph(self):
         """The shared kNN graph over the active embeddings, built once and stored."""
@@ -684,7 +688,7 @@ class Project:
         y = self.label_vector(ids, sources=("human",))
         chosen = self.actively_chosen()
         representative = np.array([int(i) not in chosen for i in ids], dtype=bool)
-        d = diagnose(graph, y, X, representative=representative)
+        d = diagnose(graph, y, X, representative=representative, modality=self.modality)
         out = d.to_dict() | {"summary": d.summary(), "backbone": (self.store.get_meta("backbone") or {}).get("cache_id")}
         run = self.store.start_run("diagnose", {}, {"labels": int((y >= 0).sum())})
         self.store.finish_run(run, {k: v for k, v in out.items() if k != "summary"})
