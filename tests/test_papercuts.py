@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 LABELLOOP = [sys.executable, "-m", "labelloop.cli"]
@@ -223,3 +224,90 @@ def test_item_snippets_keep_what_identifies_the_item():
     txt = Item(2, None, None, "  a  long\ntext " + "word " * 40, "h", "text")
     assert txt.snippet(20) == "a long text word wo…"
     assert Item(3, "r3", None, "short", "h", "text").snippet() == "r3: short"
+
+
+# ----------------------------------------------------------- 2. embed input size
+@pytest.mark.parametrize("side, size", [(8, 64), (28, 64), (32, 64), (40, 96), (56, 112), (60, 128),
+                                        (100, 224), (112, 224), (600, 224)])
+def test_input_size_is_about_twice_the_images_capped_at_the_default(side, size):
+    from labelloop.embed.efficientnet import EfficientNetLite0Backbone
+    from labelloop.embed.sizing import choose_image_size
+
+    assert choose_image_size(side, EfficientNetLite0Backbone.image_sizes) == size
+
+
+def test_median_short_side_reads_headers(tmp_path):
+    from conftest import write_image
+
+    from labelloop.embed.sizing import median_short_side
+
+    paths = [write_image(tmp_path / f"{i}.png", size=(28 + i, 20 + 2 * i), seed=i) for i in range(5)]
+    assert median_short_side([str(p) for p in paths] + [str(tmp_path / "gone.png")]) == 24
+    assert median_short_side([]) is None
+
+
+@pytest.fixture
+def tiny_images(project_factory, tmp_path, monkeypatch):
+    """An image project of 28 px images, EfficientNet's network replaced by a stand-in (real
+    weights are for the slow tests)."""
+    from conftest import write_image
+
+    from labelloop.embed.efficientnet import EfficientNetLite0Backbone
+
+    sizes_seen = []
+
+    def fake_embed_batch(self, inputs):
+        sizes_seen.append(self.image_size)
+        return np.ones((len(inputs), 8), dtype=np.float32)
+
+    monkeypatch.setattr(EfficientNetLite0Backbone, "embed_batch", fake_embed_batch)
+    p = project_factory("image")
+    for i in range(6):
+        write_image(tmp_path / "tiny" / f"{i}.png", mode="L", size=(28, 28), seed=i)
+    p.import_(tmp_path / "tiny")
+    return p, sizes_seen
+
+
+def test_embed_chooses_the_size_from_the_images_and_keys_the_cache_by_it(tiny_images):
+    p, sizes_seen = tiny_images
+    heard = []
+    r = p.embed(echo=heard.append)
+    assert r.backbone == "efficientnet-lite0-64" and r.embedded == 6 and set(sizes_seen) == {64}
+    assert heard == [r.note] and "64 px" in r.note and "median short side 28 px" in r.note
+    assert "--image-size" in r.note
+    assert p.store.get_meta("backbone")["options"] == {"image_size": 64}
+    # the chosen size sticks: embedding again is all cache, and says nothing new
+    r = p.embed()
+    assert (r.embedded, r.cached, r.note) == (0, 6, None)
+    # an explicit size is another cache: nothing of the 64 px vectors is reused for it
+    r = p.embed("efficientnet-lite0", image_size=224)
+    assert r.backbone == "efficientnet-lite0-224" and r.embedded == 6 and r.note is None
+    assert p.store.embedding_backbones() == {"efficientnet-lite0-64": 6, "efficientnet-lite0-224": 6}
+    assert p.embed().backbone == "efficientnet-lite0-224"
+
+
+def test_cli_embed_says_which_size_it_chose(tiny_images):
+    from click.testing import CliRunner
+
+    from labelloop.cli import cli
+
+    p, _ = tiny_images
+    out = CliRunner().invoke(cli, ["embed", "-p", str(p.root), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    first, second = out.output.splitlines()[:2]
+    assert first.startswith("efficientnet-lite0: input size 64 px") and "--image-size N" in first
+    assert second.startswith("efficientnet-lite0-64: 6 embedded")
+
+
+@pytest.mark.slow
+def test_real_efficientnet_embeds_tiny_images_at_the_chosen_size(project_factory, tmp_path):
+    from conftest import write_image
+
+    p = project_factory("image")
+    for i in range(4):
+        write_image(tmp_path / "tiny" / f"{i}.png", mode="L", size=(28, 28), seed=i)
+    p.import_(tmp_path / "tiny")
+    r = p.embed()
+    assert r.backbone == "efficientnet-lite0-64" and r.embedded == 4
+    ids, X = p.embeddings()
+    assert X.shape == (4, 1280) and np.isfinite(X).all() and np.linalg.norm(X, axis=1).min() > 0

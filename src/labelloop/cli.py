@@ -133,14 +133,18 @@ def import_cmd(project, source, labels_from_folders, text_column, label_column, 
 @project_option
 @click.option("--backbone", default=None, help="Backbone id (default: the project's, or the modality's default). See `labelloop backbones`.")
 @click.option("--batch-size", type=int, default=None)
-@click.option("--image-size", type=int, default=None, help="Image backbones: input size in pixels.")
+@click.option("--image-size", type=int, default=None,
+              help="Image backbones: input size in pixels (default: the size used before in this project, else "
+                   "chosen from the images: about twice their median size, at most the backbone's default, "
+                   "224 for efficientnet-lite0).")
 @click.option("--no-progress", is_flag=True)
 @json_option
 def embed(project, backbone, batch_size, image_size, no_progress, as_json):
     """Embed every item (cached; resumable after an interrupt)."""
     options = {"image_size": image_size} if image_size else {}
     with _open(project) as p:
-        report = p.embed(backbone, batch_size=batch_size, progress=not (no_progress or as_json), **options)
+        report = p.embed(backbone, batch_size=batch_size, progress=not (no_progress or as_json),
+                         echo=None if as_json else click.echo, **options)
     if as_json:
         _echo_json(report.to_dict())
     else:

@@ -145,23 +145,58 @@ class Project:
         return bb
 
     def embed(self, backbone: str | None = None, *, batch_size: int | None = None, progress: bool = False,
-              on_batch=None, **options):
-        """Embed every item not yet embedded by this backbone; it becomes the active backbone."""
+              on_batch=None, echo=None, **options):
+        """Embed every item not yet embedded by this backbone; it becomes the active backbone.
+
+        An image backbone with a choice of input sizes that is given no ``image_size`` (and
+        has none from an earlier embed of this project) gets one chosen from the images:
+        about twice their median short side, at most the backbone's default
+        (:mod:`labelloop.embed.sizing`). ``echo(message)`` hears that choice before the work
+        starts; the report's ``note`` has it too."""
         from .embed.runner import embed_items
 
-        bb = self.backbone(backbone, **options)
         items = self.store.items()
         if not items:
             raise NotReadyError("the project has no items yet: run `labelloop import` first")
+        options, note = self._embed_options(backbone, options, items)
+        if note and echo is not None:
+            echo(note)
+        bb = self.backbone(backbone, **options)
         run = self.store.start_run("embed", {"backbone": bb.id, "options": options,
                                              "batch_size": batch_size or self.setting("batch_size") or None})
         report = embed_items(self.store, bb, items, batch_size=batch_size or self.setting("batch_size") or None,
                              progress=progress, on_batch=on_batch)
         self.store.finish_run(run, report.to_dict() | {"skipped": len(report.skipped)},
                               status="interrupted" if report.interrupted else "done")
+        report.note = note
         if not report.interrupted:
             self.store.set_meta("backbone", {"id": bb.id, "cache_id": report.backbone, "options": options})
         return report
+
+    def _embed_options(self, backbone_id: str | None, options: dict, items) -> tuple[dict, str | None]:
+        """The options to embed with (those of the project's earlier embed by the same backbone
+        under the ones given) and, when the input size was chosen from the images, what was
+        chosen and how to override it."""
+        from .embed import default_backbone
+        from .embed.sizing import UPSCALE, choose_image_size, median_short_side
+
+        meta = self.store.get_meta("backbone") or {}
+        resolved = backbone_id or meta.get("id") or default_backbone(self.modality)
+        if meta.get("id") == resolved:
+            # the size chosen (or given) before sticks: the cache and the graph stay valid
+            options = {**meta.get("options", {}), **options}
+            return options, None
+        if self.modality != "image" or "image_size" in options:
+            return options, None
+        sizes = getattr(self.backbone(resolved, **options), "image_sizes", ())
+        side = median_short_side([it.uri for it in items]) if sizes else None
+        if side is None:
+            return options, None
+        size = choose_image_size(side, sizes)
+        note = (f"{resolved}: input size {size} px, chosen from the images (median short side {side:.0f} px; "
+                f"at most ~{UPSCALE:g}x upscaling, {sizes[-1]} px at most); "
+                f"override with --image-size N")
+        return {**options, "image_size": size}, note
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order."""
