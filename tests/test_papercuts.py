@@ -311,3 +311,17 @@ def test_real_efficientnet_embeds_tiny_images_at_the_chosen_size(project_factory
     assert r.backbone == "efficientnet-lite0-64" and r.embedded == 4
     ids, X = p.embeddings()
     assert X.shape == (4, 1280) and np.isfinite(X).all() and np.linalg.norm(X, axis=1).min() > 0
+
+
+# ------------------------------------------------------------------------ 6. demo
+def test_demo_ends_with_what_to_try_next(tmp_path):
+    from labelloop.demo import run_demo
+
+    lines = []
+    r = run_demo(dataset="digits", directory=tmp_path / "demo", n=300, rounds=1, echo=lines.append)
+    out = "\n".join(lines)
+    assert "embedded with pixels-16-gray (raw pixels: on 8x8 digits they beat ImageNet features" in out
+    tail = out[out.index("Next, try"):]
+    for cmd in ("serve", "next", "label", "refresh", "autolabel", "status", "export"):
+        assert f"labelloop {cmd} -p {tmp_path / 'demo'}" in tail
+    assert r["next_steps"][0].startswith(f"labelloop serve -p {tmp_path / 'demo'}")
