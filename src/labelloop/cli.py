@@ -215,7 +215,8 @@ def refresh(project, full, as_json):
 @click.option("--source", type=click.Choice(["human", "import"]), default="human", show_default=True,
               help="human: verified by a person; import: from elsewhere, may be noisy.")
 @click.option("--annotator", default=None, envvar="LABELLOOP_ANNOTATOR", help="Who labeled (env LABELLOOP_ANNOTATOR).")
-@click.option("--new-classes", is_flag=True, help="Create classes that do not exist yet.")
+@click.option("--new-classes", is_flag=True,
+              help="Create classes that do not exist yet (a project without classes gets them from its first labels).")
 @json_option
 def label(project, assignments, csv_path, source, annotator, new_classes, as_json):
     """Add labels: ITEM=LABEL ... or --csv file. Exit code 1 if any row was skipped."""
