@@ -23,12 +23,10 @@ def run(*args, check=True):
     return proc
 
 
-def text_project(project_factory, tmp_path, n=12, classes=None):
-    p = project_factory("text", classes=classes)
-    f = tmp_path / "items.csv"
-    f.write_text("id,text\n" + "".join(f"t{i},text number {i}\n" for i in range(n)))
-    p.import_(f)
-    return p
+def text_project(project_factory, tmp_path, n=12, classes=()):
+    from test_quality_project import make_project  # texts t0..t{n-1}
+
+    return make_project(project_factory, tmp_path, n=n, classes=classes)
 
 
 # ------------------------------------------------------------------ 1. first labels
