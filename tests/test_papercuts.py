@@ -183,6 +183,17 @@ def test_latin1_file_gets_one_hint_and_imports_with_encoding(project_factory, tm
     assert r.returncode == 2 and "unknown encoding 'klingon'" in r.stderr
 
 
+def test_windows_file_gets_the_windows_encoding(project_factory, tmp_path):
+    p = project_factory("text")
+    f = tmp_path / "notes.csv"
+    f.write_bytes("text\nit\u2019s fine\n".encode("cp1252"))
+    r = p.import_(f)
+    assert r.warnings == ["notes.csv: 1 line is not valid UTF-8 (first: line 2). The file looks like "
+                          "Windows-1252 text: import it again with --encoding cp1252 (the lines already "
+                          "imported are not added twice)"]
+    assert p.import_(f, encoding="cp1252").added == 1 and p.rows()[0]["text"] == "it\u2019s fine"
+
+
 def test_mixed_file_gets_a_generic_encoding_hint(project_factory, tmp_path):
     p = project_factory("text")
     f = tmp_path / "mixed.jsonl"

@@ -205,8 +205,12 @@ def _encoding_name(encoding: str) -> str:
     return "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
+class _Undecodable(str):
+    """The skip reason of a line the encoding could not decode (import_table counts them)."""
+
+
 def _not_decodable(encoding: str, byte: int) -> str:
-    return f"not valid {_encoding_name(encoding)} (byte 0x{byte:02x})"
+    return _Undecodable(f"not valid {_encoding_name(encoding)} (byte 0x{byte:02x})")
 
 
 def _table_records(path: Path, fmt: str, encoding: str = "utf-8"
@@ -268,7 +272,9 @@ def _first_undecodable(s: str) -> int | None:
 def _encoding_hint(path: Path, encoding: str, bad_lines: list[int]) -> str:
     """One sentence for a file with undecodable lines: what it probably is, and the option."""
     raw = path.read_bytes()
-    first = f"{path.name}: {len(bad_lines)} lines are not valid {_encoding_name(encoding)} (first: line {bad_lines[0]})"
+    n = len(bad_lines)
+    first = (f"{path.name}: {n} {'line is' if n == 1 else 'lines are'} not valid {_encoding_name(encoding)} "
+             f"(first: line {bad_lines[0]})")
     if codecs.lookup(encoding).name == "utf-8" and b"\x00" not in raw:
         lines = [line for line in raw.split(b"\n") if any(b >= 0x80 for b in line)]
         if not any(_is_utf8(line) for line in lines):
@@ -329,7 +335,7 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
             continue
         if rec is None:
             report.skipped.append(Skipped(where, reason or "unreadable"))
-            if reason and reason.startswith("not valid") and "(byte 0x" in reason:
+            if isinstance(reason, _Undecodable):
                 undecodable.append(lineno)
             continue
         if not header_checked:
