@@ -155,6 +155,7 @@ class Project:
         starts; the report's ``note`` has it too."""
         from .embed.runner import embed_items
 
+        self.backbone(backbone, **options)  # an unknown id or option is the first thing to hear
         items = self.store.items()
         if not items:
             raise NotReadyError("the project has no items yet: run `labelloop import` first")
@@ -166,9 +167,9 @@ class Project:
                                              "batch_size": batch_size or self.setting("batch_size") or None})
         report = embed_items(self.store, bb, items, batch_size=batch_size or self.setting("batch_size") or None,
                              progress=progress, on_batch=on_batch)
+        report.note = note
         self.store.finish_run(run, report.to_dict() | {"skipped": len(report.skipped)},
                               status="interrupted" if report.interrupted else "done")
-        report.note = note
         if not report.interrupted:
             self.store.set_meta("backbone", {"id": bb.id, "cache_id": report.backbone, "options": options})
         return report
