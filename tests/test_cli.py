@@ -60,11 +60,9 @@ def test_cli_end_to_end_on_digits(tmp_path, digits_folder):
         w.writerow(["item", "label"])
         for ref in chosen:
             w.writerow([Path(ref).name if ref.endswith("0.png") else ref, truth[ref]])
-    # classes do not exist yet: the first label run must say how to create them
-    r = run("label", "-p", proj, "--csv", labels, check=False)
-    assert r.returncode == 1 and "--new-classes" in r.stderr
-    r = run("label", "-p", proj, "--csv", labels, "--new-classes", "--annotator", "ann1")
-    assert r.stdout.startswith(f"{len(chosen)} labels added")
+    # the project has no classes yet: the first labels define them
+    r = run("label", "-p", proj, "--csv", labels, "--annotator", "ann1")
+    assert r.stdout.startswith(f"{len(chosen)} labels added") and "new classes: 0, 1," in r.stdout
 
     r = run("refresh", "-p", proj, "--json")
     s = json.loads(r.stdout)

@@ -237,3 +237,13 @@ def test_diagnose_advises_the_head_when_the_graph_misleads_but_the_embeddings_do
     assert "labelloop config head_weight 0.5" in d.advice
     tidy = diagnose(build_knn_graph(X, k=10), some_labeled(y, 10), X)
     assert tidy.propagation_with_head_accuracy == 1.0 and "head_weight" not in tidy.advice
+
+
+def test_text_projects_are_not_advised_to_adapt():
+    """`adapt` trains image backbones: a text project gets advice it can follow."""
+    X, _ = clusters(seed=1)
+    y = np.random.default_rng(0).integers(0, 4, size=X.shape[0])
+    g = build_knn_graph(X, k=10)
+    d = diagnose(g, some_labeled(y, 15), X, modality="text")
+    assert d.verdict == "poor" and "adapt" not in d.advice
+    assert "another text backbone" in d.advice and "--modality text" in d.advice

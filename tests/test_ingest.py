@@ -87,7 +87,7 @@ def test_csv_bad_rows(project_factory, tmp_path):
     reasons = _reasons(r)
     assert reasons == {
         "reviews.csv:3": "empty text",
-        "reviews.csv:4": "not valid UTF-8",
+        "reviews.csv:4": "not valid UTF-8 (byte 0xff)",
         "reviews.csv:5": "duplicate id '1' (first on line 2)",
         "reviews.csv:6": "same text as line 2 (duplicate)",
         "reviews.csv:7": "4 fields but the header has 3",

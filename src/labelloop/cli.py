@@ -98,12 +98,15 @@ def init(project: Path, modality: str, classes: str) -> None:
 @click.option("--label-column", default=None, help="Texts: column with existing (possibly noisy) labels.")
 @click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Table format (default: by extension).")
+@click.option("--encoding", default=None, help="Texts: the file's encoding, e.g. latin-1 or cp1252 (default utf-8).")
 @click.option("--as-gold", is_flag=True,
               help="SOURCE is a CSV of gold-standard labels (columns item,label; text projects also text,label) "
                    "used to benchmark annotators.")
 @json_option
-def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, as_gold, as_json):
-    """Import a folder of images or a CSV / JSONL of texts. Exit code 1 if anything was skipped."""
+def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, encoding, as_gold,
+               as_json):
+    """Import a folder of images or a CSV / JSONL of texts. Exit code 1 if anything was skipped
+    or a warning was given (e.g. --labels-from-folders found no class subfolders)."""
     with _open(project) as p:
         if as_gold:
             report = p.import_gold(source, text_column=text_column, label_column=label_column or "label")
@@ -115,12 +118,14 @@ def import_cmd(project, source, labels_from_folders, text_column, label_column, 
                 _print_skipped(report.skipped)
             sys.exit(0 if report.ok else EXIT_SKIPPED)
         report = p.import_(source, labels_from_folders=labels_from_folders, text_column=text_column,
-                           label_column=label_column, id_column=id_column, fmt=fmt)
+                           label_column=label_column, id_column=id_column, fmt=fmt, encoding=encoding)
     if as_json:
         _echo_json(report.to_dict())
     else:
         click.echo(report.summary())
         _print_skipped(report.skipped)
+        for w in report.warnings:
+            click.echo(f"warning: {w}", err=True)
     sys.exit(0 if report.ok else EXIT_SKIPPED)
 
 
@@ -128,14 +133,18 @@ def import_cmd(project, source, labels_from_folders, text_column, label_column, 
 @project_option
 @click.option("--backbone", default=None, help="Backbone id (default: the project's, or the modality's default). See `labelloop backbones`.")
 @click.option("--batch-size", type=int, default=None)
-@click.option("--image-size", type=int, default=None, help="Image backbones: input size in pixels.")
+@click.option("--image-size", type=int, default=None,
+              help="Image backbones: input size in pixels (default: the size used before in this project, else "
+                   "chosen from the images: about twice their median size, at most the backbone's default, "
+                   "224 for efficientnet-lite0).")
 @click.option("--no-progress", is_flag=True)
 @json_option
 def embed(project, backbone, batch_size, image_size, no_progress, as_json):
     """Embed every item (cached; resumable after an interrupt)."""
     options = {"image_size": image_size} if image_size else {}
     with _open(project) as p:
-        report = p.embed(backbone, batch_size=batch_size, progress=not (no_progress or as_json), **options)
+        report = p.embed(backbone, batch_size=batch_size, progress=not (no_progress or as_json),
+                         echo=None if as_json else click.echo, **options)
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -206,7 +215,8 @@ def refresh(project, full, as_json):
 @click.option("--source", type=click.Choice(["human", "import"]), default="human", show_default=True,
               help="human: verified by a person; import: from elsewhere, may be noisy.")
 @click.option("--annotator", default=None, envvar="LABELLOOP_ANNOTATOR", help="Who labeled (env LABELLOOP_ANNOTATOR).")
-@click.option("--new-classes", is_flag=True, help="Create classes that do not exist yet.")
+@click.option("--new-classes", is_flag=True,
+              help="Create classes that do not exist yet (a project without classes gets them from its first labels).")
 @json_option
 def label(project, assignments, csv_path, source, annotator, new_classes, as_json):
     """Add labels: ITEM=LABEL ... or --csv file. Exit code 1 if any row was skipped."""
@@ -242,7 +252,10 @@ def label(project, assignments, csv_path, source, annotator, new_classes, as_jso
 @project_option
 @json_option
 def status(project, as_json):
-    """Items, labels, per-class counts, predictions and their confidence."""
+    """Items, labels, per-class counts, predictions, estimated accuracy and the next step.
+
+    Each labeled item counts once, by the source of its current label (human, else import,
+    else machine): the same counts as `export` and the dashboard."""
     with _open(project) as p:
         s = p.status()
     if as_json:
@@ -257,15 +270,49 @@ def status(project, as_json):
         click.echo(f"predicted {s['predicted']} (unreached {s['unreached']}); confidence mean {c['mean']:.3f}, "
                    f"median {c['median']:.3f}, {100 * c['share_ge_0.9']:.1f}% at >= 0.9")
     else:
-        click.echo("predicted 0 (run `labelloop refresh`)")
+        click.echo("predicted 0")
     if s["per_class"]:
         width = max(len(c) for c in s["per_class"])
         click.echo(f"{'class':<{width}}  human  import  machine  predicted")
         for name, n in s["per_class"].items():
             click.echo(f"{name:<{width}}  {n['human']:>5}  {n['import']:>6}  {n['machine']:>7}  {n['predicted']:>9}")
-    for key, value in s.items():
-        if key in ("estimate", "stopping", "audit") and value:
-            click.echo(f"{key:<9} {value if isinstance(value, str) else json.dumps(value, default=_json_default)}")
+    for key in ("estimate", "stopping", "audit"):
+        if s.get(key):
+            click.echo(f"{key:<9} {_describe(key, s[key])}")
+    if s.get("next_step"):
+        click.echo(f"next      {s['next_step']}")
+
+
+def _describe(key: str, value) -> str:
+    """One readable line for a part of ``status`` (``--json`` gives the raw numbers)."""
+    if not isinstance(value, dict):
+        return _plain(value)
+    if key == "estimate" and "accuracy" in value:
+        parts = [f"accuracy {_plain(value['accuracy'])} if exported now"]
+        if "lower" in value and "upper" in value:
+            parts[0] += f" (interval {_plain(value['lower'])}-{_plain(value['upper'])})"
+        if "target" in value:
+            parts.append(f"target {_plain(value['target'])}")
+        if "needs_person" in value:
+            parts.append(f"{value['needs_person']} items still need a person")
+        rest = {k: v for k, v in value.items() if k not in ("accuracy", "lower", "upper", "target", "needs_person")}
+        return "; ".join(parts + ([_plain(rest)] if rest else []))
+    if key == "stopping" and "advice" in value:
+        return str(value["advice"])
+    return _plain(value)
+
+
+def _plain(value) -> str:
+    """Numbers rounded, dicts as ``key value, ...``, lists comma-separated: no JSON syntax."""
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "-"}[value]
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return str(value)
 
 
 @cli.command("next")
@@ -281,12 +328,13 @@ def next_cmd(project, n, strategy, seed, as_json):
     """The items a person should label next, with the machine's guess and why each was picked."""
     with _open(project) as p:
         rows = p.next(n, strategy=strategy, seed=seed)
-    if as_json:
-        _echo_json(rows)
-        return
+        if as_json:
+            _echo_json(rows)
+            return
+        shown = p.snippets([r["item"] for r in rows], width=50)
     for r in rows:
         guess = f"{r['guess']} ({r['confidence']:.2f})" if r["guess"] is not None else "-"
-        click.echo(f"{r['item']:>7}  {r['ref'][:40]:<40}  guess {guess:<20}  {r['reason']}")
+        click.echo(f"{r['item']:>7}  {shown[r['item']]:<50}  guess {guess:<20}  {r['reason']}")
 
 
 @cli.command()
@@ -328,14 +376,15 @@ def audit(project, top, classifier, as_json):
     Confirm or fix with `labelloop label` (giving the same label again confirms it)."""
     with _open(project) as p:
         r = p.audit(top=top, classifier=classifier)
-    if as_json:
-        _echo_json(r)
-        return
+        if as_json:
+            _echo_json(r)
+            return
+        shown = p.snippets([i["item"] for i in r["issues"]], width=40)
     click.echo(f"{r['flagged']} labels flagged (estimated noise rate {100 * r['estimated_noise_rate']:.1f}%); "
                f"{r['confirmed_skipped']} confirmed earlier and not shown")
     for i in r["issues"]:
         nb = ", ".join(f"{n['item']}:{n['label']}" for n in i["disagreeing_neighbours"][:5])
-        click.echo(f"{i['item']:>7}  {i['ref'][:36]:<36}  given {i['given']!s:<12} suggested {i['suggested']!s:<12} "
+        click.echo(f"{i['item']:>7}  {shown[i['item']]:<40}  given {i['given']!s:<12} suggested {i['suggested']!s:<12} "
                    f"score {i['score']:.3f}  neighbours {nb}")
 
 

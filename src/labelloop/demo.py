@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from collections.abc import Callable
@@ -12,6 +13,23 @@ import numpy as np
 from .errors import ProjectError, ValidationError
 
 DEFAULT_BACKBONE = {"digits": "pixels"}  # ImageNet features are weaker on 8x8 digits (ASSETS.md)
+BACKBONE_WHY = {"digits": "raw pixels: on 8x8 digits they beat ImageNet features"}  # ASSETS.md
+
+
+def next_steps(directory: str | Path) -> list[str]:
+    """What to try after the demo, on the project it leaves behind (the README's loop)."""
+    p = f"-p {shlex.quote(str(directory))}"
+    steps = [
+        (f"labelloop serve {p}", "label in the browser: queue, review, audit, dashboard"),
+        (f"labelloop next {p} --n 10", "or here: what to label next, and why"),
+        (f"labelloop label {p} ITEM=LABEL ...", "your answers (or --csv labels.csv)"),
+        (f"labelloop refresh {p}", "propagate them to every item"),
+        (f"labelloop autolabel {p}", "accept the machine labels that meet the target precision"),
+        (f"labelloop status {p}", "counts, estimated accuracy, when to stop"),
+        (f"labelloop export {p} --out labels.csv", "one row per item with its label"),
+    ]
+    width = max(len(cmd) for cmd, _ in steps)
+    return [f"{cmd:<{width}}  # {why}" for cmd, why in steps]
 
 
 def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, backbone: str | None = None,
@@ -49,9 +67,13 @@ def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, ba
         report = project.import_(path, text_column="text", id_column="id")
         refs = [str(i) for i in range(len(ds.items))]
     say(report.summary())
+    chosen_by_demo = backbone is None and dataset in DEFAULT_BACKBONE
     backbone = backbone or DEFAULT_BACKBONE.get(dataset)
-    emb = project.embed(backbone)
-    say(f"embedded with {emb.backbone}: {emb.embedded} items in {emb.seconds:.1f} s")
+    emb = project.embed(backbone, echo=say)
+    why = (BACKBONE_WHY.get(dataset, "") if chosen_by_demo else "your choice") if backbone else \
+        f"the default for {ds.modality}s"
+    say(f"embedded with {emb.backbone} ({why}; `labelloop backbones` lists the others): "
+        f"{emb.embedded} items in {emb.seconds:.1f} s")
 
     rng = np.random.default_rng(seed)
     chosen = np.concatenate([
@@ -111,7 +133,12 @@ def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, ba
     say(f"accuracy of every non-human label: {final:.3f} with {human} human labels of {len(ds.items)} "
         f"({100 * human / len(ds.items):.1f}%)")
     say(f"labels written to {out}; project at {directory} ({time.perf_counter() - t0:.1f} s in all)")
+    steps = next_steps(directory)
+    say("\nNext, try the loop yourself on this project (README.md, \"Use\"):\n  " + "\n  ".join(steps)
+        + "\nYour own data: labelloop init -p myproj --modality image (or text), labelloop import, "
+          "labelloop embed, then the loop above.")
     return {"dataset": dataset, "project": str(directory), "items": len(ds.items), "backbone": emb.backbone,
             "initial_labels": int(len(chosen)), "accuracy_after_initial": first, "human_labels": human,
             "accuracy_on_rest": final, "machine_accepted": auto["accepted"],
-            "machine_precision": machine_acc if n_machine else None, "export": str(out)}
+            "machine_precision": machine_acc if n_machine else None, "export": str(out),
+            "next_steps": steps}

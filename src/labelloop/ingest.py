@@ -7,10 +7,12 @@ same content adds nothing.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -53,6 +55,11 @@ class ImportReport(Report):
     added: int = 0            # new items
     unchanged: int = 0        # already in the project (same content): nothing added
     labeled: int = 0          # import labels appended
+    warnings: list[str] = field(default_factory=list)  # about the whole import, said once
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped and not self.warnings
 
     def summary(self) -> str:
         s = (f"{self.source}: {self.added} added, {self.unchanged} already in the project, "
@@ -87,11 +94,17 @@ def load_image(source: str | Path | bytes):
 
 
 def _check_image(data: bytes) -> str | None:
-    """None if the bytes decode as an image, else the reason they do not."""
+    """None if the bytes decode as an image, else the reason they do not (the caller names
+    the file: Pillow's own message names only an in-memory buffer)."""
+    from PIL import UnidentifiedImageError
+
     try:
         load_image(data)
+    except UnidentifiedImageError:
+        return "not a readable image (its content is in no image format Pillow knows)"
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", msg)
         return f"not a readable image ({msg})"
     return None
 
@@ -129,6 +142,8 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
         files, root = [root], root.parent
     else:
         files = sorted(p for p in root.rglob("*") if p.is_file())
+        if not files:
+            raise ValidationError(f"{root} has no files: give a folder of images")
     report = ImportReport(source=str(root))
     seen_hash: dict[str, str] = {}
     known_ext = store.existing_external_ids(p.relative_to(root).as_posix() for p in files)
@@ -172,26 +187,50 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
                 "the file changed on disk — move it to a new name to import it as a new item"))
         else:
             kept.append(r)
+    if labels_from_folders and rows:
+        flat = sum(r["label"] is None for r in rows)
+        if flat == len(rows):
+            report.warnings.append(
+                f"no class subfolders found in {root}: --labels-from-folders takes the first-level "
+                f"subfolder as the label (cat/001.jpg is a cat); all {flat} images lie directly in the "
+                "folder, so none got a label")
+        elif flat:
+            report.warnings.append(
+                f"{flat} images lie directly in {root}, not in a class subfolder: imported without a label")
     _apply(store, report, kept)
     return report
 
 
-def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict | None, str | None]]:
+def _encoding_name(encoding: str) -> str:
+    return "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+class _Undecodable(str):
+    """The skip reason of a line the encoding could not decode (import_table counts them)."""
+
+
+def _not_decodable(encoding: str, byte: int) -> str:
+    return _Undecodable(f"not valid {_encoding_name(encoding)} (byte 0x{byte:02x})")
+
+
+def _table_records(path: Path, fmt: str, encoding: str = "utf-8"
+                   ) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, record or None, reason when None) for every data line of a CSV / JSONL."""
     raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
+    if raw.startswith(b"\xef\xbb\xbf") and codecs.lookup(encoding).name in ("utf-8", "utf-8-sig"):
         raw = raw[3:]
+    # undecodable bytes become lone surrogates: the line that holds one is reported
+    text = raw.decode(encoding, errors="surrogateescape")
     if fmt == "jsonl":
-        for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield lineno, None, f"not valid UTF-8 (byte {exc.start})"
+            bad = _first_undecodable(line)
+            if bad is not None:
+                yield lineno, None, _not_decodable(encoding, bad)
                 continue
             try:
-                rec = json.loads(text)
+                rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
                 continue
@@ -200,7 +239,6 @@ def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict | None, str
                 continue
             yield lineno, rec, None
         return
-    text = raw.decode("utf-8", errors="surrogateescape")
     dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
     reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect)
     try:
@@ -214,8 +252,9 @@ def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict | None, str
             lineno = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
-            if any(_has_surrogates(cell) for cell in row):
-                yield lineno, None, "not valid UTF-8"
+            bad = _first_undecodable("".join(row))
+            if bad is not None:
+                yield lineno, None, _not_decodable(encoding, bad)
                 continue
             if len(row) > len(header):
                 yield lineno, None, f"{len(row)} fields but the header has {len(header)}"
@@ -225,17 +264,49 @@ def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict | None, str
         yield reader.line_num, None, f"malformed CSV ({exc}); the rest of the file was not read"
 
 
-def _has_surrogates(s: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in s)
+def _first_undecodable(s: str) -> int | None:
+    """The first byte that ``surrogateescape`` decoding could not decode, or None."""
+    return next((ord(ch) - 0xDC00 for ch in s if "\udc80" <= ch <= "\udcff"), None)
+
+
+def _encoding_hint(path: Path, encoding: str, bad_lines: list[int]) -> str:
+    """One sentence for a file with undecodable lines: what it probably is, and the option."""
+    raw = path.read_bytes()
+    n = len(bad_lines)
+    first = (f"{path.name}: {n} {'line is' if n == 1 else 'lines are'} not valid {_encoding_name(encoding)} "
+             f"(first: line {bad_lines[0]})")
+    if codecs.lookup(encoding).name == "utf-8" and b"\x00" not in raw:
+        lines = [line for line in raw.split(b"\n") if any(b >= 0x80 for b in line)]
+        if not any(_is_utf8(line) for line in lines):
+            # every line with non-ASCII bytes fails as UTF-8: a single-byte Western encoding
+            windows = any(0x80 <= b <= 0x9F for b in raw)
+            guess = "cp1252" if windows else "latin-1"
+            return (f"{first}. The file looks like {'Windows-1252' if windows else 'Latin-1'} text: import it "
+                    f"again with --encoding {guess} (the lines already imported are not added twice)")
+    return (f"{first}. If the file is in another encoding, import it again with --encoding NAME "
+            "(e.g. --encoding latin-1)")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def import_table(store: Store, path: str | Path, *, text_column: str = "text",
                  label_column: str | None = None, id_column: str | None = None,
-                 fmt: str | None = None) -> ImportReport:
-    """Import texts from a CSV / TSV or JSONL file, optionally with (import) labels and ids."""
+                 fmt: str | None = None, encoding: str = "utf-8") -> ImportReport:
+    """Import texts from a CSV / TSV or JSONL file, optionally with (import) labels and ids.
+    ``encoding``: the file's text encoding (a UTF-8 byte-order mark is skipped)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValidationError(f"{path} is not a file: give a .csv, .tsv or .jsonl file of texts")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValidationError(f"unknown encoding {encoding!r}: use e.g. utf-8, latin-1, cp1252 or utf-16") from None
     fmt = fmt or TABLE_FORMATS.get(path.suffix.lower())
     if fmt not in ("csv", "jsonl"):
         raise ValidationError(f"{path.name}: unknown table format; use a .csv, .tsv or .jsonl file "
@@ -245,8 +316,11 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
     seen_hash: dict[str, int] = {}
     seen_id: dict[str, int] = {}
     header_checked = fmt == "jsonl"
-    for lineno, rec, reason in _table_records(path, fmt):
+    data_lines = 0
+    undecodable: list[int] = []
+    for lineno, rec, reason in _table_records(path, fmt, encoding):
         where = f"{path.name}:{lineno}"
+        data_lines += rec is None or "__header__" not in rec
         if rec is not None and "__header__" in rec:
             header = rec["__header__"]
             missing = [c for c in (text_column, label_column, id_column) if c and c not in header]
@@ -261,6 +335,8 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
             continue
         if rec is None:
             report.skipped.append(Skipped(where, reason or "unreadable"))
+            if isinstance(reason, _Undecodable):
+                undecodable.append(lineno)
             continue
         if not header_checked:
             continue
@@ -294,6 +370,11 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
             seen_id[ext] = lineno
         rows.append(dict(content_hash=h, modality="text", external_id=ext, uri=None, text=text,
                          label=label, where=where))
+    if not data_lines:
+        what = "has a header but no rows" if header_checked and fmt == "csv" else "is empty"
+        raise ValidationError(f"{path.name} {what}: nothing to import")
+    if undecodable:
+        report.warnings.append(_encoding_hint(path, encoding, undecodable))
     known = store.existing_external_ids(r["external_id"] for r in rows if r["external_id"])
     stored = store.existing_hashes(r["content_hash"] for r in rows)
     kept = []

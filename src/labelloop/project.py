@@ -20,6 +20,7 @@ from .store import Store
 MODALITIES = ("image", "text")
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")
+LABEL_SOURCES = ("human", "import", "machine")  # an item's current label: the first source that has one
 
 
 @dataclass(kw_only=True)
@@ -104,17 +105,22 @@ class Project:
     # -------------------------------------------------------------------- ingest
     def import_(self, source: str | Path, *, labels_from_folders: bool = False, text_column: str = "text",
                 label_column: str | None = None, id_column: str | None = None,
-                fmt: str | None = None) -> ImportReport:
-        """Import a folder of images or a CSV / JSONL of texts (by the project's modality)."""
+                fmt: str | None = None, encoding: str | None = None) -> ImportReport:
+        """Import a folder of images or a CSV / JSONL of texts (by the project's modality).
+        ``encoding``: of a text file (default UTF-8). Whole-import problems (no class
+        subfolders, a file in another encoding) are in the report's ``warnings``."""
+        if encoding is not None and self.modality == "image":
+            raise ValidationError("--encoding is for CSV / JSONL files of texts; this is an image project")
         params = dict(source=str(source), labels_from_folders=labels_from_folders,
-                      text_column=text_column, label_column=label_column, id_column=id_column)
+                      text_column=text_column, label_column=label_column, id_column=id_column,
+                      encoding=encoding)
         run = self.store.start_run("import", params)
         try:
             if self.modality == "image":
                 report = import_images(self.store, source, labels_from_folders=labels_from_folders)
             else:
-                report = import_table(self.store, source, text_column=text_column,
-                                      label_column=label_column, id_column=id_column, fmt=fmt)
+                report = import_table(self.store, source, text_column=text_column, label_column=label_column,
+                                      id_column=id_column, fmt=fmt, encoding=encoding or "utf-8")
         except BaseException:
             self.store.finish_run(run, status="failed")
             raise
@@ -140,23 +146,59 @@ class Project:
         return bb
 
     def embed(self, backbone: str | None = None, *, batch_size: int | None = None, progress: bool = False,
-              on_batch=None, **options):
-        """Embed every item not yet embedded by this backbone; it becomes the active backbone."""
+              on_batch=None, echo=None, **options):
+        """Embed every item not yet embedded by this backbone; it becomes the active backbone.
+
+        An image backbone with a choice of input sizes that is given no ``image_size`` (and
+        has none from an earlier embed of this project) gets one chosen from the images:
+        about twice their median short side, at most the backbone's default
+        (:mod:`labelloop.embed.sizing`). ``echo(message)`` hears that choice before the work
+        starts; the report's ``note`` has it too."""
         from .embed.runner import embed_items
 
-        bb = self.backbone(backbone, **options)
+        self.backbone(backbone, **options)  # an unknown id or option is the first thing to hear
         items = self.store.items()
         if not items:
             raise NotReadyError("the project has no items yet: run `labelloop import` first")
+        options, note = self._embed_options(backbone, options, items)
+        if note and echo is not None:
+            echo(note)
+        bb = self.backbone(backbone, **options)
         run = self.store.start_run("embed", {"backbone": bb.id, "options": options,
                                              "batch_size": batch_size or self.setting("batch_size") or None})
         report = embed_items(self.store, bb, items, batch_size=batch_size or self.setting("batch_size") or None,
                              progress=progress, on_batch=on_batch)
+        report.note = note
         self.store.finish_run(run, report.to_dict() | {"skipped": len(report.skipped)},
                               status="interrupted" if report.interrupted else "done")
         if not report.interrupted:
             self.store.set_meta("backbone", {"id": bb.id, "cache_id": report.backbone, "options": options})
         return report
+
+    def _embed_options(self, backbone_id: str | None, options: dict, items) -> tuple[dict, str | None]:
+        """The options to embed with (those of the project's earlier embed by the same backbone
+        under the ones given) and, when the input size was chosen from the images, what was
+        chosen and how to override it."""
+        from .embed import default_backbone
+        from .embed.sizing import UPSCALE, choose_image_size, median_short_side
+
+        meta = self.store.get_meta("backbone") or {}
+        resolved = backbone_id or meta.get("id") or default_backbone(self.modality)
+        if meta.get("id") == resolved:
+            # the size chosen (or given) before sticks: the cache and the graph stay valid
+            options = {**meta.get("options", {}), **options}
+            return options, None
+        if self.modality != "image" or "image_size" in options:
+            return options, None
+        sizes = getattr(self.backbone(resolved, **options), "image_sizes", ())
+        side = median_short_side([it.uri for it in items]) if sizes else None
+        if side is None:
+            return options, None
+        size = choose_image_size(side, sizes)
+        note = (f"{resolved}: input size {size} px, chosen from the images (median short side {side:.0f} px; "
+                f"at most ~{UPSCALE:g}x upscaling, {sizes[-1]} px at most); "
+                f"override with --image-size N")
+        return {**options, "image_size": size}, note
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order."""
@@ -175,6 +217,10 @@ class Project:
                 f"(e.g. {missing[0].display}): run `labelloop embed` again")
         ids = np.array([it.id for it in items], dtype=np.int64)
         return ids, self.store.load_embeddings(cache_id, [it.content_hash for it in items])
+
+    def snippets(self, item_ids: Iterable[int], *, width: int = 60) -> dict[int, str]:
+        """item_id -> a short description to show a person (:meth:`Item.snippet`)."""
+        return {it.id: it.snippet(width) for it in self.store.items([int(i) for i in item_ids])}
 
     # --------------------------------------------------------------------- graph
     def graph(self):
@@ -212,34 +258,44 @@ class Project:
     def label(self, assignments: Iterable[tuple[str | int, str]], *, source: str = "human",
               annotator: str | None = None, create_classes: bool = False) -> LabelReport:
         """Append labels. ``assignments``: (item reference, class name) pairs; a reference is an
-        item id, external id, path or unique file name. Bad rows are reported, never fatal."""
+        item id, external id, path or unique file name. Bad rows are reported, never fatal.
+
+        A class name the project does not know is skipped unless ``create_classes`` (the
+        CLI's ``--new-classes``), except while the project has no classes at all: then the
+        first labels define them."""
+        return self._label_rows([(f"item {ref!r}", ref, name) for ref, name in assignments],
+                                source=source, annotator=annotator, create_classes=create_classes)
+
+    def _label_rows(self, rows_in: Iterable[tuple[str, str | int, str]], *, source: str,
+                    annotator: str | None, create_classes: bool) -> LabelReport:
+        """``label`` for (where, item reference, class name) rows: ``where`` names the row as
+        the user gave it (``labels.csv:7 item 'cat_01.jpg'``) in every skip reason."""
         if source not in ("human", "import"):
             raise ValidationError("label source must be 'human' or 'import' (machine labels come from autolabel)")
         report = LabelReport()
-        rows: list[tuple[int, str]] = []
-        for n, (ref, name) in enumerate(assignments, start=1):
-            where = f"#{n} {ref}"
+        rows: list[tuple[str, int, str]] = []
+        for where, ref, name in rows_in:
             name = (name or "").strip() if isinstance(name, str) else name
             if not name:
                 report.skipped.append(Skipped(where, "empty label"))
                 continue
             try:
-                rows.append((self.store.resolve_item(ref), name))
+                rows.append((where, self.store.resolve_item(ref), name))
             except UnknownItemError as exc:
                 report.skipped.append(Skipped(where, str(exc)))
         known = set(self.classes)
-        new = sorted({name for _, name in rows if name not in known})
-        if new and create_classes:
+        new = sorted({name for _, _, name in rows if name not in known})
+        if new and (create_classes or not known):
             report.classes_added = self.store.add_classes(new)
         elif new:
-            for i, (item_id, name) in enumerate(rows):
+            for where, _, name in rows:
                 if name in new:
                     report.skipped.append(Skipped(
-                        f"item {item_id}", f"unknown class {name!r}; known: {', '.join(sorted(known)) or '(none)'}"
-                        " — pass --new-classes (create_classes=True) to add it"))
-            rows = [(i, name) for i, name in rows if name not in new]
+                        where, f"unknown class {name!r} (known: {', '.join(sorted(known))}); "
+                        "label with --new-classes to create it"))
+            rows = [r for r in rows if r[2] not in new]
         class_ids = self.store.class_ids()
-        pairs = [(i, class_ids[name]) for i, name in rows]
+        pairs = [(i, class_ids[name]) for _, i, name in rows]
         if source == "human":
             self._record_confirmations(pairs, annotator)
         report.appended = self.store.add_annotations(pairs, source=source, annotator=annotator)
@@ -256,8 +312,10 @@ class Project:
                     "INSERT OR REPLACE INTO audit_confirmations (item_id, class_id, evidence, annotator, created) "
                     "VALUES (?, ?, 'relabeled', ?, ?)", [(i, k, annotator, time.time()) for i, k in same])
 
-    def label_csv(self, path: str | Path, **kwargs) -> LabelReport:
-        """Labels from a CSV with columns ``item`` and ``label``."""
+    def label_csv(self, path: str | Path, *, source: str = "human", annotator: str | None = None,
+                  create_classes: bool = False) -> LabelReport:
+        """Labels from a CSV with columns ``item`` and ``label`` (see :meth:`label`); a skipped
+        row is named by its file and line."""
         path = Path(path)
         if not path.is_file():
             raise ValidationError(f"{path} is not a file: give a CSV with columns item,label")
@@ -267,8 +325,11 @@ class Project:
             if "item" not in cols or "label" not in cols:
                 raise ValidationError(f"{path.name} must have columns 'item' and 'label'; it has: "
                                       f"{', '.join(cols) or '(no header)'}")
-            pairs = [((r.get("item") or "").strip(), r.get("label") or "") for r in reader]
-        return self.label(pairs, **kwargs)
+            rows = []
+            for r in reader:
+                ref = (r.get("item") or "").strip()
+                rows.append((f"{path.name}:{reader.line_num} item {ref!r}", ref, r.get("label") or ""))
+        return self._label_rows(rows, source=source, annotator=annotator, create_classes=create_classes)
 
     def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
                      ) -> np.ndarray:
@@ -749,7 +810,7 @@ class Project:
         y = self.label_vector(ids, sources=("human",))
         chosen = self.actively_chosen()
         representative = np.array([int(i) not in chosen for i in ids], dtype=bool)
-        d = diagnose(graph, y, X, representative=representative)
+        d = diagnose(graph, y, X, representative=representative, modality=self.modality)
         out = d.to_dict() | {"summary": d.summary(), "backbone": (self.store.get_meta("backbone") or {}).get("cache_id")}
         run = self.store.start_run("diagnose", {}, {"labels": int((y >= 0).sum())})
         self.store.finish_run(run, {k: v for k, v in out.items() if k != "summary"})
@@ -961,18 +1022,19 @@ class Project:
 
     # -------------------------------------------------------------------- status
     def status(self) -> dict:
+        """Counts, predictions and their confidence, the estimate and what to do next.
+        ``labeled`` and ``per_class`` count every item once, by the source of its current
+        label (:meth:`current_labels`), as :meth:`export` writes it."""
         st = self.store
         ids = st.item_ids()
         classes = self.classes
         cid = st.class_ids()
         name_of = {v: k for k, v in cid.items()}
         per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0} for c in classes}
-        labeled = {}
-        for source in ("human", "import", "machine"):
-            latest = st.latest_labels(source)
-            labeled[source] = len(latest)
-            for class_id in latest.values():
-                per_class[name_of[class_id]][source] += 1
+        labeled = dict.fromkeys(LABEL_SOURCES, 0)
+        for class_id, source in self.current_labels().values():
+            labeled[source] += 1
+            per_class[name_of[class_id]][source] += 1
         pred = self.predictions()
         out = {
             "project": str(self.root),
@@ -1004,15 +1066,45 @@ class Project:
             est = self.estimate()
             out["estimate"] = est
             out["stopping"] = self.stopping(est)
+        out["next_step"] = self._next_step(out)
         return out
 
+    def _next_step(self, status: dict) -> str | None:
+        """The command the project needs before its predictions are current, or None."""
+        if not status["items"]:
+            return "run `labelloop import` to add images or texts"
+        meta = self.store.get_meta("backbone")
+        if not meta:
+            return "run `labelloop embed` to embed the items"
+        missing = self.store.conn.execute(
+            "SELECT COUNT(*) FROM items WHERE content_hash NOT IN "
+            "(SELECT content_hash FROM embeddings WHERE backbone = ?)", (meta["cache_id"],)).fetchone()[0]
+        if missing:
+            return f"run `labelloop embed`: {missing} items are not embedded yet"
+        if not status["labeled"]["human"] and not status["labeled"]["import"]:
+            return "label a few items per class (`labelloop label`), then run `labelloop refresh`"
+        if not status["predicted"]:
+            return "run `labelloop refresh` to predict every item's label"
+        if status["last_refresh"]["stale"]:
+            return "run `labelloop refresh`: items were added since the last refresh"
+        return None
+
     # -------------------------------------------------------------------- export
+    def current_labels(self) -> dict[int, tuple[int, str]]:
+        """item_id -> (class_id, source) of every labeled item's current label: a person's
+        (``human``) wins over an ``import`` label, which wins over an accepted ``machine``
+        label; withdrawn labels do not count. ``status`` counts and ``export`` writes this."""
+        out: dict[int, tuple[int, str]] = {}
+        for source in reversed(LABEL_SOURCES):  # later (stronger) sources overwrite
+            out.update((i, (k, source)) for i, k in self.store.latest_labels(source).items())
+        return out
+
     def rows(self) -> list[dict]:
         """One row per item with its current best label: human, then import, then machine,
         then the propagated prediction."""
         st = self.store
         name_of = {v: k for k, v in st.class_ids().items()}
-        human, imported, machine = (st.latest_labels(s) for s in ("human", "import", "machine"))
+        current = self.current_labels()
         conf_machine = dict(st.conn.execute(
             "SELECT a.item_id, a.confidence FROM annotations a JOIN (SELECT item_id, MAX(id) last FROM "
             "annotations WHERE source='machine' GROUP BY item_id) l ON a.id = l.last").fetchall())
@@ -1028,13 +1120,15 @@ class Project:
             else:
                 row["text"] = it.text
             label, source, conf = None, None, None
-            if it.id in human:
-                label, source, conf = name_of[human[it.id]], "human", 1.0
-            elif it.id in imported:
-                label, source = name_of[imported[it.id]], "import"
+            if it.id in current:
+                class_id, source = current[it.id]
+                label = name_of[class_id]
+            if source == "human":
+                conf = 1.0
+            elif source == "import":
                 conf = float(pred.proba[r, pcol[label]]) if r is not None and label in pcol else None
-            elif it.id in machine:
-                label, source, conf = name_of[machine[it.id]], "machine", conf_machine.get(it.id)
+            elif source == "machine":
+                conf = conf_machine.get(it.id)
             elif r is not None and pred.reached[r]:
                 label, source = pred.classes[pred.label[r]], "predicted"
                 conf = float(pred.confidence[r])

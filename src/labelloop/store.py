@@ -166,6 +166,16 @@ class Item:
     def display(self) -> str:
         return self.external_id or self.uri or f"#{self.id}"
 
+    def snippet(self, width: int = 60) -> str:
+        """At most ``width`` characters a person recognises the item by: an image's path with
+        its file name kept (cut on the left), a text's id and first words (cut on the right)."""
+        if self.modality == "image":
+            s = self.display
+            return s if len(s) <= width else "…" + s[-(width - 1):]
+        text = " ".join((self.text or "").split())
+        s = f"{self.external_id}: {text}" if self.external_id else text
+        return s if len(s) <= width else s[: width - 1] + "…"
+
 
 def _now() -> float:
     return time.time()

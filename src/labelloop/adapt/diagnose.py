@@ -243,7 +243,7 @@ class Diagnosis:
 
 def diagnose(graph, labels: np.ndarray, embeddings: np.ndarray | None = None, *, k: int = 10,
              folds: int = 10, confidence: float = 0.95, max_silhouette: int = 5000,
-             seed: int = 0, representative: np.ndarray | None = None) -> Diagnosis:
+             seed: int = 0, representative: np.ndarray | None = None, modality: str = "image") -> Diagnosis:
     """Diagnose the embeddings of a project from its human labels.
 
     ``graph``: the project's :class:`~labelloop.graph.KnnGraph` (or None when only
@@ -256,6 +256,7 @@ def diagnose(graph, labels: np.ndarray, embeddings: np.ndarray | None = None, *,
     learning); when at least :data:`MIN_CHECKED` of them can be checked, the propagation
     estimate uses only those, as seeds and as test items -- what propagation reaches from a
     random sample of that size (active learning's labels usually do better) -- otherwise all.
+    ``modality``: what the advice may suggest (``adapt`` trains image backbones only).
     """
     y = np.asarray(labels)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
@@ -335,7 +336,7 @@ def diagnose(graph, labels: np.ndarray, embeddings: np.ndarray | None = None, *,
         v_acc, v_int, v_n, v_what = p_acc, p_int, p_checked, "cross-validated propagation accuracy"
     else:
         v_acc, v_int, v_n, v_what = acc, interval, checked, "leave-one-out kNN accuracy"
-    verdict, advice = _advise(v_acc, v_int, v_n, v_what, n_classes, confidence, homo, expected)
+    verdict, advice = _advise(v_acc, v_int, v_n, v_what, n_classes, confidence, homo, expected, modality)
     if head_acc is not None and verdict != "too few labels" and head_helps(p_correct, h[0], p_checked):
         advice += (f" Averaging a classifier head into the predictions scored {head_acc:.2f} against "
                    f"{p_acc:.2f} on the same folds: `labelloop config head_weight 0.5` turns it on.")
@@ -357,7 +358,8 @@ def head_helps(correct: int, correct_with_head: int, checked: int) -> bool:
     return checked > 0 and gain >= 2 and gain / checked >= 0.02
 
 
-def _advise(acc, interval, checked, what, n_classes, confidence, homo, expected) -> tuple[str, str]:
+def _advise(acc, interval, checked, what, n_classes, confidence, homo, expected, modality="image"
+            ) -> tuple[str, str]:
     if n_classes < 2:
         return "too few labels", ("Label items of at least two classes (2-3 per class) before the "
                                   "embeddings can be judged.")
@@ -377,8 +379,15 @@ def _advise(acc, interval, checked, what, n_classes, confidence, homo, expected)
     if acc >= GOOD_ACCURACY:
         return "good", (f"Features separate your classes well ({band}): keep labeling; label "
                         f"propagation should do well.{unsure}")
+    if modality == "text":
+        # `adapt` trains image backbones only: for texts, another backbone or more labels
+        fix = ("try another text backbone (`labelloop backbones --modality text` lists them; "
+               "`labelloop embed --backbone ID`, then `labelloop refresh`) and compare with "
+               "`labelloop diagnose`, or label more items per class")
+    elif acc >= POOR_ACCURACY:
+        fix = "try `labelloop adapt` and compare with `labelloop diagnose` afterwards"
+    else:
+        fix = "try `labelloop adapt` to train the backbone on your own images, then embed again"
     if acc >= POOR_ACCURACY:
-        return "fair", (f"Features separate your classes only fairly ({band}): try `labelloop adapt` "
-                        f"and compare with `labelloop diagnose` afterwards.{graph_note}{unsure}")
-    return "poor", (f"Features separate your classes poorly ({band}): try `labelloop adapt` to "
-                    f"train the backbone on your own images, then embed again.{graph_note}{unsure}")
+        return "fair", f"Features separate your classes only fairly ({band}): {fix}.{graph_note}{unsure}"
+    return "poor", f"Features separate your classes poorly ({band}): {fix}.{graph_note}{unsure}"

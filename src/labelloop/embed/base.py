@@ -52,6 +52,9 @@ class Backbone:
     dim: int = 0                                 # 0 until known (tfidf: after fit)
     needs_fit: bool = False
     hidden: ClassVar[bool] = False               # test-only backbones stay out of listings
+    # input sizes (px, ascending; the last is the default) a project chooses among by its
+    # images' size (:mod:`labelloop.embed.sizing`), passed as ``image_size``; () = no choice
+    image_sizes: ClassVar[tuple[int, ...]] = ()
 
     def fit(self, inputs: list) -> Backbone:
         """Learn corpus-dependent state (only backbones with ``needs_fit``); returns self."""

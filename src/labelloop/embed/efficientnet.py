@@ -101,12 +101,16 @@ def features(net: "torch.nn.Module", x: "torch.Tensor") -> "torch.Tensor":
 class EfficientNetLite0Backbone(Backbone):
     """ImageNet EfficientNet-Lite0 features (1280-d) at ``image_size`` pixels (default 224).
 
-    112 px is roughly 4x faster on CPU at a small accuracy cost (see ASSETS.md)."""
+    112 px is roughly 4x faster on CPU at a small accuracy cost (see ASSETS.md). A project
+    that is not told a size picks one from its images (:mod:`labelloop.embed.sizing`)."""
 
     id = "efficientnet-lite0"
     modality = "image"
     batch_size = 64    # ASSETS.md throughput was measured at batch 64
     dim = FEATURE_DIM
+    # multiples of 32 (the network's stride) plus 112 (measured in ASSETS.md); the project
+    # picks the smallest that is about twice its images' size (embed.sizing)
+    image_sizes = (64, 96, 112, 128, 160, 192, DEFAULT_IMAGE_SIZE)
 
     def __init__(self, *, image_size: int = DEFAULT_IMAGE_SIZE) -> None:
         if not isinstance(image_size, int) or isinstance(image_size, bool) or not 32 <= image_size <= 1024:

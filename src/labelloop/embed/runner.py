@@ -25,11 +25,13 @@ class EmbedReport:
     seconds: float = 0.0
     skipped: list[Skipped] = field(default_factory=list)
     interrupted: bool = False
+    note: str | None = None  # e.g. the input size the project chose for its images
 
     def to_dict(self) -> dict:
         return {"backbone": self.backbone, "total": self.total, "embedded": self.embedded,
                 "cached": self.cached, "seconds": round(self.seconds, 3),
-                "skipped": [s.__dict__ for s in self.skipped], "interrupted": self.interrupted}
+                "skipped": [s.__dict__ for s in self.skipped], "interrupted": self.interrupted,
+                "note": self.note}
 
 
 def item_input(item: Item):
