@@ -288,6 +288,6 @@ def test_robustness_suite_names_only_registered_datasets_and_backbones():
     spec.loader.exec_module(mod)
     assert {d for d, *_ in mod.SUITE} <= set(available_datasets())
     assert {b for _, _, b, *_ in mod.SUITE} <= set(available_backbones())
-    for dataset in {d for d, *_ in mod.SUITE}:   # every dataset has a strong and a weak backbone
-        roles = {r for d, _, _, _, r in mod.SUITE if d == dataset}
-        assert "weak" in roles and any(r.startswith("strong") for r in roles), dataset
+    for dataset in {d for d, *_ in mod.SUITE}:   # every dataset has a pretrained and a baseline backbone
+        kinds = {k for d, _, _, _, k in mod.SUITE if d == dataset}
+        assert {"pretrained", "baseline"} <= kinds, dataset
