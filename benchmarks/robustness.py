@@ -35,12 +35,13 @@ SHOTS = (1, 2, 5, 10, 20)
 
 
 def pairs(only):
+    import re
+
     for f in sorted(CACHE.glob("*-s0-*.npy")):
-        name = f.name.split("-n")[0]
-        if only and name not in only:
+        m = re.match(r"^(.*)-n(\d+)-s0-(.*)\.npy$", f.name)  # robustness_data.py's cache names
+        if m is None or (only and m.group(1) not in only):
             continue
-        n = int(f.name.split("-n")[1].split("-")[0])
-        yield name, n, f.name.split("-s0-")[1].removesuffix(".npy"), f
+        yield m.group(1), int(m.group(2)), m.group(3), f
 
 
 def ece(P, y):

@@ -324,3 +324,20 @@ def test_validation_errors(digits):
         audit_labels(X, graph, y, C_DIGITS, classifier="none", confirmed=[1, 2])
     with pytest.raises(ValidationError, match="trust"):
         smooth_labels(graph, y, np.ones(3))
+
+
+def test_a_prior_that_people_are_usually_right_lowers_p_wrong():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(40, 8)) + 4 * np.eye(8)[0], rng.normal(size=(40, 8)) + 4 * np.eye(8)[1]])
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = np.r_[np.zeros(40, int), np.ones(40, int)]
+    y[3] = 1  # one label its neighbourhood contradicts
+    g = build_knn_graph(X, k=10)
+    plain = audit_labels(X, g, y, 2, classifier="none")
+    trusted = audit_labels(X, g, y, 2, classifier="none", label_accuracy=np.full(80, 0.99))
+    doubted = audit_labels(X, g, y, 2, classifier="none", label_accuracy=np.full(80, 0.6))
+    assert doubted.scores[3] > trusted.scores[3]
+    assert trusted.scores[3] <= plain.scores[3] + 1e-9 or trusted.scores[3] < 0.99
+    assert np.nanmean(trusted.scores) <= np.nanmean(doubted.scores)
+    with pytest.raises(ValidationError, match="label_accuracy"):
+        audit_labels(X, g, y, 2, classifier="none", label_accuracy=np.full(80, 1.5))

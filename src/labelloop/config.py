@@ -46,6 +46,9 @@ SETTINGS: dict[str, Setting] = {
                             "below 1 they are soft evidence the neighbours can overrule"),
     "target_precision": Setting(0.95, float, "precision auto-labeling must certify (DESIGN.md: e.g. 95 %); "
                                 "`labelloop autolabel --target-precision` overrides it once"),
+    "human_label_accuracy": Setting(0.95, float,
+                                    "prior probability that a person's label is right, used by the audit "
+                                    "where no gold items or overlapping annotations measure it"),
     "batch_size": Setting(0, int, "embedding batch size; 0 = the backbone's own default"),
     "head_weight": Setting(0.0, float,
                            "weight of a classifier head on the embeddings (prototypes up to 5 labels "
@@ -79,6 +82,8 @@ def coerce(name: str, value: Any, *, source: str = "value") -> Any:
         raise ValidationError(f"{source} for {name!r} must be {kind}, got {value!r}") from None
     if isinstance(out, (int, float)) and out < 0:
         raise ValidationError(f"{source} for {name!r} must not be negative, got {value!r}")
+    if name == "human_label_accuracy" and not 0.5 <= out < 1:
+        raise ValidationError(f"{source} for 'human_label_accuracy' must be in [0.5, 1), got {value!r}")
     if name == "target_precision" and not 0.5 <= out < 1:
         raise ValidationError(f"{source} for 'target_precision' must be in [0.5, 1), got {value!r}")
     if name == "head_weight" and out > 1:
