@@ -206,11 +206,16 @@ def test_digits_five_labels_per_class():
 
     X, yt = load_digits(return_X_y=True)
     y = sample_labels(yt, 5, seed=0)
-    m = LabelPropagation().fit(build_knn_graph(X, 10), y)  # k = 10, T = 0.01, 20 steps
+    g = build_knn_graph(X, 10)
     unl = y < 0
-    acc = (m.transduction_[unl] == yt[unl]).mean()
+    paper = LabelPropagation(temperature=0.01, n_iter=20, class_mass=False).fit(g, y)  # Bai et al.
+    acc = (paper.transduction_[unl] == yt[unl]).mean()
     # measured 0.969 with this seed (DESIGN.md: 0.964 mean over 5 seeds); floor = that - 0.015
     assert acc >= 0.954, acc
+    # the robust defaults lose a little here (0.942 vs 0.944 mean of 3 seeds in
+    # benchmarks/results/robustness.md); measured 0.953 with this seed
+    robust = LabelPropagation().fit(g, y)
+    assert (robust.transduction_[unl] == yt[unl]).mean() >= 0.94
 
 
 # ---------------------------------------------------------------- warm start

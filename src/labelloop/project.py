@@ -362,8 +362,9 @@ class Project:
         if not (y >= 0).any():
             raise NotReadyError("no labeled items yet: label a few items per class first (`labelloop label`)")
         params = dict(k=graph.k, temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
-                      import_trust=trust)
-        key = (self._graph_fingerprint(ids), len(classes), self.setting("temperature"), trust)
+                      import_trust=trust, class_prior=self.setting("class_prior"))
+        key = (self._graph_fingerprint(ids), len(classes), self.setting("temperature"), trust,
+               self.setting("class_prior"))
         warm = not full and self._lp is not None and self._lp_key == key
         if not full and not warm:
             warm = self._load_warm_state(key, graph)
@@ -383,7 +384,7 @@ class Project:
             self._lp.update(fit_y, n_iter=self.setting("warm_iter"))
         else:
             self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
-                                        alpha=alpha)
+                                        alpha=alpha, class_mass=self._class_mass())
             self._lp.fit(graph, fit_y, n_classes=len(classes), sample_weight=weight)
             self._lp_key = key
         P = self._lp.predict_proba()  # (n, C)
@@ -451,7 +452,8 @@ class Project:
             hidden = (y_h >= 0) & (y_hidden < 0)  # hide the item's imported label too
             yy = np.where(hidden, -1, y)
             w = None if weight is None else np.where(hidden, 0.0, weight)
-            lp = LabelPropagation(temperature=T, n_iter=n_iter, alpha=alpha).fit(S, yy, n_classes=C, sample_weight=w)
+            lp = LabelPropagation(temperature=T, n_iter=n_iter, alpha=alpha, class_mass=self._class_mass()).fit(
+                S, yy, n_classes=C, sample_weight=w)
             return lp.predict_proba()
 
         head = None
@@ -467,6 +469,10 @@ class Project:
             rep = None
         held = heldout_predictions(y_h, C, propagate, head, self.setting("head_weight"), score=rep)
         return predict(P, reached, y_h, held)
+
+    def _class_mass(self) -> bool | str:
+        prior = self.setting("class_prior")
+        return False if prior == "none" else prior
 
     def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
         """``(n, C)`` probabilities of the classifier head (:func:`adapt.finetune.fit_head`)
@@ -490,13 +496,14 @@ class Project:
         if not last or last["inputs"].get("graph") != key[0]:
             return False
         p = last["params"]
-        if (len(last["summary"].get("classes", [])), p.get("temperature"), p.get("import_trust")) != key[1:]:
+        if (len(last["summary"].get("classes", [])), p.get("temperature"), p.get("import_trust"),
+                p.get("class_prior", "labels")) != key[1:]:
             return False
         d = self.store.run_dir(last["id"])
         if not all((d / f).exists() for f in ("state_Y.npy", "state_y.npy", "state_w.npy")):
             return False
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
-                              alpha=None if key[3] >= 1.0 else SMOOTH_ALPHA)
+                              alpha=None if key[3] >= 1.0 else SMOOTH_ALPHA, class_mass=self._class_mass())
         lp.restore(graph, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
                    sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0))
         self._lp, self._lp_key = lp, key
@@ -701,14 +708,14 @@ class Project:
         pred = self._current_predictions(ids)
         if pred is None:
             return None
-        conf, cpred, correct, _ = self._heldout(pred)
+        conf, cpred, correct, truth = self._heldout(pred)
         target = self._target()
         machine = self.store.latest_labels("machine")
         row = {int(i): r for r, i in enumerate(ids)}
         machine_mask = np.zeros(len(ids), dtype=bool)
         machine_mask[[row[i] for i in machine if i in row]] = True
         human = self.label_vector(ids, sources=("human", "import")) >= 0
-        w = prediction_weights(cpred, pred.label, len(pred.classes)) if len(conf) else None
+        w = prediction_weights(truth, pred.label, len(pred.classes)) if len(conf) else None
         est = estimate_dataset_accuracy(pred.confidence, human, conf, correct, heldout_weights=w)
         return {"accuracy": round(est.accuracy, 4), "lower": round(est.lower, 4), "upper": round(est.upper, 4),
                 "human_or_import": est.n_human, "machine": int(machine_mask.sum()),

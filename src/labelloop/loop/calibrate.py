@@ -10,8 +10,8 @@ is fitted by maximum likelihood on held-out distributions of human labels, again
 smoothed by add-one (Laplace) counts, ``(1 - eps) one_hot + eps / C`` with ``eps = 1 / (m + 2)``:
 m held-out items all predicted right say "about (m + 1) / (m + 2) right", not "certain" (an
 unsmoothed fit sharpens without bound and then every item has confidence 1.0)
-(:mod:`labelloop.loop.heldout`), optionally weighted so that the held-out items count like the
-items they stand for (see :func:`prediction_weights`). Expected calibration error (ECE) is
+(:mod:`labelloop.loop.heldout`), weighted so that each class counts with its estimated share of
+the population (label shift, see :func:`prediction_weights`). Expected calibration error (ECE) is
 reported with equal-width confidence bins.
 """
 
@@ -73,17 +73,20 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n
     return float(np.abs(gap).sum() / W.sum())
 
 
-def prediction_weights(heldout_pred: np.ndarray, population_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(m,) weights making the held-out items' predicted classes as frequent as among the items
-    they stand for: w_i = share of class pred_i in the population / its share held out.
+def prediction_weights(heldout_labels: np.ndarray, population_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(m,) label-shift weights: w_i = share of class y_i among the population's predictions /
+    its share among the held-out labels.
 
-    Human labels are usually balanced over classes (a few per class) while the data are not;
-    unweighted, the minority class's held-out items count as much as the majority's and the
-    calibration fits the wrong mixture (measured on an 8 % / 92 % text set)."""
-    pop = np.bincount(population_pred, minlength=n_classes) / max(len(population_pred), 1)
-    held = np.bincount(heldout_pred, minlength=n_classes) / max(len(heldout_pred), 1)
-    w = pop[heldout_pred] / np.maximum(held[heldout_pred], _EPS)
-    return w / w.mean() if w.size and w.mean() > 0 else np.ones(len(heldout_pred))
+    Human labels are usually a few per class whatever the classes' true shares; unweighted, an
+    8 % minority counts as much as the 92 % majority and the calibration fits the wrong mixture
+    (held-out accuracy 0.6 where the population's was 0.94, on an imbalanced text set). The
+    population's class shares are estimated by its predicted labels (after class-mass
+    normalisation, which estimates them from the graph)."""
+    heldout_labels = np.asarray(heldout_labels, dtype=np.int64)
+    pop = (np.bincount(population_pred, minlength=n_classes) + 1.0) / (len(population_pred) + n_classes)
+    held = np.bincount(heldout_labels, minlength=n_classes) / max(len(heldout_labels), 1)
+    w = pop[heldout_labels] / np.maximum(held[heldout_labels], _EPS)
+    return w / w.mean() if w.size and w.mean() > 0 else np.ones(len(heldout_labels))
 
 
 def fit_calibrator(P_heldout: np.ndarray, y_true: np.ndarray, *, weights: np.ndarray | None = None

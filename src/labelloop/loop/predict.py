@@ -40,7 +40,7 @@ class Prediction:
             return None
         t = y[self.heldout_rows]
         pred = self.heldout_proba.argmax(1)
-        w = prediction_weights(pred, self.proba.argmax(1), self.proba.shape[1])
+        w = prediction_weights(t, self.proba.argmax(1), self.proba.shape[1])
         return expected_calibration_error(self.heldout_proba.max(1), pred == t, weights=w)
 
 
@@ -72,7 +72,7 @@ def predict(P_raw: np.ndarray, reached: np.ndarray, y_human: np.ndarray, heldout
     rows, Q = heldout
     C = P_raw.shape[1]
     if calibrator is None:
-        w = prediction_weights(Q.argmax(1), P_raw.argmax(1), C) if len(rows) else None
+        w = prediction_weights(y_human[rows], P_raw.argmax(1), C) if len(rows) else None
         calibrator = fit_calibrator(Q, y_human[rows], weights=w)
     return Prediction(calibrator(P_raw), np.asarray(reached, bool), calibrator, rows,
                       calibrator(Q) if len(rows) else np.zeros((0, C), np.float32))
