@@ -126,7 +126,7 @@ def test_propagation_cv_matches_explicit_leave_one_out():
     for i in np.flatnonzero(yl >= 0):  # every class has 4 labels: all checkable
         y_i = yl.copy()
         y_i[i] = -1
-        lp = LabelPropagation(temperature=0.01, n_iter=20).fit(g, y_i, n_classes=3)
+        lp = LabelPropagation().fit(g, y_i, n_classes=3)  # the refresh's defaults
         correct += int(lp.reached_[i] and lp.predict_proba()[i].argmax() == yl[i])
         checked += 1
     assert propagation_cv_accuracy(g, yl, folds=1000) == (correct, checked)

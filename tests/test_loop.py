@@ -86,10 +86,14 @@ def test_calibration_does_not_claim_certainty_from_a_few_correct_items():
 
 
 def test_folds_never_hide_the_last_label_of_a_class():
-    labels = np.array([0, 0, 0, 1, 2, 2])
-    f = fold_ids(labels, 5, keep_one_per_class=True, seed=3)
-    for c in (0, 1, 2):
-        assert (f[labels == c] == -1).sum() == 1  # one label of each class always stays
+    labels = np.array([0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2])
+    for folds in (2, 5, 100):
+        f = fold_ids(labels, folds, keep_one_per_class=True, seed=3)
+        assert f[labels == 1] == -1  # a single label cannot be predicted: never held out
+        for fold in range(folds):
+            for c in (0, 2):  # some label of the class stays visible in every fold
+                assert (f[labels == c] != fold).any()
+        assert (f[labels != 1] >= 0).all()  # every other label is scored once
     assert (fold_ids(labels, 3) >= 0).all()
 
 

@@ -269,6 +269,10 @@ def status(project, as_json):
         c = s["confidence"]
         click.echo(f"predicted {s['predicted']} (unreached {s['unreached']}); confidence mean {c['mean']:.3f}, "
                    f"median {c['median']:.3f}, {100 * c['share_ge_0.9']:.1f}% at >= 0.9")
+        cal = s.get("calibration") or {}
+        if cal.get("ece_heldout") is not None:
+            click.echo(f"calibrated on {cal.get('heldout_items', 0)} held-out human labels: expected calibration "
+                       f"error {cal['ece_heldout']:.3f}")
     else:
         click.echo("predicted 0")
     if s["per_class"]:

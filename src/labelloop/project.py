@@ -862,6 +862,13 @@ class Project:
         representative = np.array([int(i) not in chosen for i in ids], dtype=bool)
         d = diagnose(graph, y, X, representative=representative, modality=self.modality)
         out = d.to_dict() | {"summary": d.summary(), "backbone": (self.store.get_meta("backbone") or {}).get("cache_id")}
+        pred = self._current_predictions(ids)
+        if pred is not None:  # how far the confidences are from the held-out accuracy
+            last = self.store.last_run("refresh")
+            out["calibration"] = (pred.calibration or {}) | {"ece_heldout": last["summary"].get("ece_heldout")}
+            if out["calibration"].get("ece_heldout") is not None:
+                out["summary"] += (f"\nconfidence: expected calibration error {out['calibration']['ece_heldout']:.3f} "
+                                   f"on {out['calibration'].get('heldout_items', 0)} held-out human labels")
         run = self.store.start_run("diagnose", {}, {"labels": int((y >= 0).sum())})
         self.store.finish_run(run, {k: v for k, v in out.items() if k != "summary"})
         return out
@@ -1113,6 +1120,8 @@ class Project:
             last = st.last_run("refresh")
             out["last_refresh"] = {"run": last["id"], "finished": last["finished"],
                                    "warm": last["params"].get("warm"), "stale": len(pred.item_ids) != len(ids)}
+            # calibration of the confidences: the refresh's power map and its held-out error
+            out["calibration"] = (pred.calibration or {}) | {"ece_heldout": last["summary"].get("ece_heldout")}
             est = self.estimate()
             out["estimate"] = est
             out["stopping"] = self.stopping(est)

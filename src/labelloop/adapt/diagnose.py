@@ -131,43 +131,47 @@ def graph_loo_knn_accuracy(graph, y: np.ndarray) -> tuple[int, int]:
     return int((pred[has] == y_idx[q][has]).sum()), int(has.sum())
 
 
-def propagation_cv_accuracy(graph, y: np.ndarray, *, folds: int = 10, temperature: float = 0.01,
+def propagation_cv_accuracy(graph, y: np.ndarray, *, folds: int = 10, temperature: float | str = "auto",
                             seed: int = 0, embeddings: np.ndarray | None = None,
                             head_weight: float = 0.5) -> tuple[int, ...]:
-    """Cross-validated label propagation on the graph: the labeled items (of classes with
-    >= 2 labels) are split into ``folds`` groups; each group's labels are hidden in turn,
-    the rest propagated (:class:`~labelloop.propagate.LabelPropagation`, clamped, 20 steps,
-    ``temperature`` 0.01 as the loop uses it) and the hidden items predicted. Items no label
-    reaches count as wrong. Returns ``(correct, checked)``; ``folds`` >= the number of
-    labeled items makes it leave-one-out.
+    """Cross-validated label propagation on the graph, through the loop's one k-fold helper
+    (:func:`labelloop.loop.heldout_proba`): the labeled items of classes with >= 2 labels are
+    dealt over ``folds`` folds, each fold's labels hidden in turn, the rest propagated
+    (:class:`~labelloop.propagate.LabelPropagation` with the refresh's defaults) and the hidden
+    items predicted. Items no label reaches count as wrong. Returns ``(correct, checked)``;
+    ``folds`` >= the number of labeled items makes it leave-one-out.
 
     With ``embeddings``, also scores the refresh's ``head_weight`` setting on the same folds:
     propagation averaged with a classifier head (:func:`~labelloop.adapt.finetune.fit_head`)
     fitted on the same visible labels. Returns ``(correct, checked, correct_with_head)``."""
+    from ..loop import heldout_proba, mix_head
     from ..propagate import LabelPropagation, affinity_matrix
     from .finetune import fit_head
 
     with_head = embeddings is not None
     lab = np.flatnonzero(y >= 0)
-    q = lab[_checkable(y[lab])] if lab.size >= 2 else lab[:0]
-    if q.size == 0:
+    if lab.size < 2 or not _checkable(y[lab]).any():
         return (0, 0, 0) if with_head else (0, 0)
     S = affinity_matrix(graph, temperature=temperature)
     Z = _unit(embeddings) if with_head else None
     c = int(y.max()) + 1
-    order = np.random.default_rng(seed).permutation(q)
-    correct = correct_head = 0
-    for part in np.array_split(order, min(folds, q.size)):
-        y_f = y.copy()
-        y_f[part] = -1
-        lp = LabelPropagation(temperature=temperature, n_iter=20).fit(S, y_f, n_classes=c)
-        P = lp.predict_proba()[part]                                        # (m, c)
-        correct += int(((P.argmax(1) == y[part]) & lp.reached_[part]).sum())
+    head_P: dict[int, np.ndarray] = {}
+
+    def fit_predict(y_f, rows):
+        lp = LabelPropagation(temperature=temperature).fit(S, y_f, n_classes=c)
+        P = lp.predict_proba()[rows] * lp.reached_[rows, None]  # (m, c); unreached: all zero
         if with_head:
-            H = fit_head(Z, y_f, n_classes=c, seed=seed).predict_proba(Z[part])   # (m, c)
-            mix = (1.0 - head_weight) * P + head_weight * H
-            correct_head += int((mix.argmax(1) == y[part]).sum())
-    return (correct, int(q.size), correct_head) if with_head else (correct, int(q.size))
+            H = fit_head(Z, y_f, n_classes=c, seed=seed).predict_proba(Z[rows])   # (m, c)
+            for r, p_mix in zip(rows, mix_head(P, H, head_weight)):
+                head_P[int(r)] = p_mix
+        return P
+
+    rows, P = heldout_proba(y, lab, c, fit_predict, folds=folds, seed=seed)
+    hit = (P.argmax(1) == y[rows]) & (P.max(1) > 0)
+    if not with_head:
+        return int(hit.sum()), int(rows.size)
+    mixed = np.array([head_P[int(r)].argmax() for r in rows]) == y[rows]
+    return int(hit.sum()), int(rows.size), int(mixed.sum())
 
 
 def label_homophily(graph, y: np.ndarray) -> tuple[int, int]:

@@ -169,11 +169,12 @@ def out_of_fold_probabilities(
     """Out-of-fold P(label | x) from k-fold logistic regression on the labeled items.
 
     Every labeled item is predicted by a model that never saw it; unlabeled items (-1) are
-    predicted by the average of the fold models. Folds are stratified when every class has at
-    least ``n_folds`` items, plain shuffled folds otherwise. Returns (n, C) float64.
+    predicted by the average of the fold models. Folds come from
+    :func:`labelloop.loop.heldout.fold_ids` (stratified). Returns (n, C) float64.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from ..loop.heldout import fold_ids
 
     X = np.asarray(embeddings)
     if X.ndim != 2:
@@ -184,27 +185,24 @@ def out_of_fold_probabilities(
     lab = np.flatnonzero(y >= 0)
     if lab.size < n_folds:
         raise ValidationError(f"{lab.size} labeled items cannot make {n_folds} folds; pass fewer n_folds")
-    counts = np.bincount(y[lab], minlength=C)
-    present = counts[counts > 0]
-    splitter = (
-        StratifiedKFold(n_folds, shuffle=True, random_state=seed)
-        if present.min() >= n_folds
-        else KFold(n_folds, shuffle=True, random_state=seed)
-    )
+    # the loop's one k-fold helper, stratified: each class dealt over the folds; a class with a
+    # single label is never held out (it is predicted like the unlabeled items)
+    fid = fold_ids(y[lab], n_folds, seed=seed, keep_one_per_class=True)
     P = np.zeros((X.shape[0], C))  # (n, C)
-    unl = np.flatnonzero(y < 0)
-    for train, test in splitter.split(X[lab], y[lab]):
-        tr, te = lab[train], lab[test]
+    rest = np.concatenate([np.flatnonzero(y < 0), lab[fid < 0]])  # averaged over the fold models
+    for f in range(n_folds):
+        te, tr = lab[fid == f], lab[fid != f]
         classes = np.unique(y[tr])
         if classes.size == 1:  # a fold with one class: that class is certain
             P[te, classes[0]] = 1.0
-            if unl.size:
-                P[unl, classes[0]] += 1.0 / n_folds
+            if rest.size:
+                P[rest, classes[0]] += 1.0 / n_folds
             continue
         model = LogisticRegression(max_iter=max_iter).fit(X[tr], y[tr])
-        P[np.ix_(te, model.classes_)] = model.predict_proba(X[te])
-        if unl.size:
-            P[np.ix_(unl, model.classes_)] += model.predict_proba(X[unl]) / n_folds
+        if te.size:
+            P[np.ix_(te, model.classes_)] = model.predict_proba(X[te])
+        if rest.size:
+            P[np.ix_(rest, model.classes_)] += model.predict_proba(X[rest]) / n_folds
     return P
 
 

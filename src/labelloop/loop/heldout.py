@@ -15,31 +15,29 @@ import numpy as np
 __all__ = ["fold_ids", "heldout_proba", "heldout_propagation"]
 
 
-def fold_ids(labels: np.ndarray, n_folds: int = 5, *, seed: int = 0, keep_one_per_class: bool = False,
-             stratify: bool = False) -> np.ndarray:
+def fold_ids(labels: np.ndarray, n_folds: int = 5, *, seed: int = 0, keep_one_per_class: bool = False) -> np.ndarray:
     """(L,) fold number of each of the ``labels`` (class ids of the labeled items), -1 = never
     held out.
 
-    ``keep_one_per_class``: one label of every class is never held out, so a fold never hides
-    every label of a class (a held-out item of a class the model cannot know is a forced error,
-    not evidence about the model; at one label per class nothing is held out).
-    ``stratify``: deal each class's items round-robin over the folds (same class shares per fold).
+    ``keep_one_per_class``: no fold hides every label of a class (a held-out item of a class
+    the model cannot know is a forced error, not evidence): a class's labels are dealt
+    round-robin over the folds, and a class with a single label is never held out. With
+    ``n_folds`` >= the number of labels this is leave-one-out over the classes with >= 2 labels.
     """
     labels = np.asarray(labels, dtype=np.int64)
     L = labels.size
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(L)
+    order = np.random.default_rng(seed).permutation(L)
     out = np.full(L, -1, dtype=np.int64)
-    if stratify or keep_one_per_class:
-        nxt = 0
-        for c in np.unique(labels):
-            members = order[labels[order] == c]  # (m_c,) this class, in random order
-            if keep_one_per_class:
-                members = members[1:]
-            out[members] = (nxt + np.arange(members.size)) % n_folds
-            nxt += members.size
+    if not keep_one_per_class:
+        out[order] = np.arange(L) % n_folds
         return out
-    out[order] = np.arange(L) % n_folds
+    nxt = 0
+    for c in np.unique(labels):
+        members = order[labels[order] == c]  # (m_c,) this class, in random order
+        if members.size < 2:
+            continue
+        out[members] = (nxt + np.arange(members.size)) % n_folds
+        nxt += members.size
     return out
 
 
