@@ -225,11 +225,12 @@ class Project:
 
     # --------------------------------------------------------------------- graph
     def graph(self):
-        """The shared kNN graph over the active embeddings, built once and stored."""
+        """The shared kNN graph over the active embeddings, built once and stored at the largest
+        k any consumer asks for (:meth:`graph_k`); propagation truncates it to the ``k`` setting."""
         from .graph import KnnGraph, build_knn_graph
 
         ids, X = self.embeddings()
-        k = self.setting("k")
+        k = self.graph_k()
         fp = self._graph_fingerprint(ids)
         path = self.root / "arrays" / "graphs" / f"{fp}.npz"
         if path.exists():
@@ -247,11 +248,24 @@ class Project:
                                     "seconds": round(time.perf_counter() - t0, 3)})
         return ids, g
 
+    def graph_k(self) -> int:
+        """The k the shared graph is built at: the largest any consumer asks for -- propagation
+        (the ``k`` setting), typicality (TypiClust's 20 neighbours), the audit's graph signal."""
+        from .audit.label_errors import GRAPH_K
+        from .select.coverage import TYPICALITY_NEIGHBOURS
+
+        return max(self.setting("k"), TYPICALITY_NEIGHBOURS, GRAPH_K)
+
+    def propagation_graph(self):
+        """``(ids, graph)`` with each item's ``k`` (setting) nearest neighbours: what propagates."""
+        ids, g = self.graph()
+        return ids, g.truncate(min(self.setting("k"), g.k))
+
     def _graph_fingerprint(self, ids: np.ndarray) -> str:
         meta = self.store.get_meta("backbone") or {}
         h = hashlib.sha256()
         h.update(str(meta.get("cache_id")).encode())
-        h.update(f"k={self.setting('k')};exact<={self.setting('exact_threshold')}".encode())
+        h.update(f"k={self.graph_k()};exact<={self.setting('exact_threshold')}".encode())
         h.update(np.ascontiguousarray(ids).tobytes())
         return h.hexdigest()[:20]
 
@@ -352,7 +366,7 @@ class Project:
         from .loop import mix_head
         from .propagate import LabelPropagation, prediction_summary
 
-        ids, graph = self.graph()
+        ids, graph = self.propagation_graph()
         classes = self.classes
         if not classes:
             raise NotReadyError("no classes yet: label some items first (`labelloop label`)")
@@ -547,7 +561,7 @@ class Project:
         items auto-labeling could accept, whose labels certify it (:mod:`labelloop.loop.certify`).
         ``explore``: share of the batch drawn at random once predictions exist (default 0.2
         for ``auto``, 0 otherwise): the random ones are an unbiased sample for certification."""
-        from .loop import choose
+        from .loop import choose, coverage_of
 
         ids, graph = self.graph()
         _, X = self.embeddings()
@@ -559,23 +573,21 @@ class Project:
         y = self.label_vector(ids, sources=("human", "import", "machine"))
         pred = self._current_predictions(ids)
         seed = int(seed if seed is not None else len(self.store.runs("query", status=None)))
-        verify_eligible = None
-        if strategy == "verify":
-            verify_eligible = np.ones(len(ids), bool)
-            verify_eligible[[row[i] for i in given if i in row]] = False
+        eligible = self._eligible(ids, pred) if pred is not None else None
         ch = choose(strategy, n, labeled=labeled, unlabeled=unlabeled,
                     probabilities=None if pred is None else pred.proba, graph=graph, embeddings=X,
                     labels=y[labeled] if len(labeled) else None, class_names=self.classes, seed=seed,
                     explore=explore, target_precision=target_precision or self._target(),
-                    verify_eligible=verify_eligible)
+                    verify_eligible=eligible, certified_coverage=self._certified_coverage())
         picked = ch.rows.tolist()
         items = self.store.items(ids[picked].tolist())
+        coverage = coverage_of(pred.confidence, eligible) if pred is not None else None
         out = []
         for r, it, score, reason, kind in zip(picked, items, ch.scores, ch.reasons, ch.kinds):
-            guess = conf = None
+            guess = conf = cov = None
             if pred is not None and pred.reached[r]:
-                guess, conf = pred.classes[pred.label[r]], float(pred.confidence[r])
-            out.append({"item": it.id, "ref": it.display, "guess": guess, "confidence": conf,
+                guess, conf, cov = pred.classes[pred.label[r]], float(pred.confidence[r]), float(coverage[r])
+            out.append({"item": it.id, "ref": it.display, "guess": guess, "confidence": conf, "coverage": cov,
                         "score": float(score), "reason": reason, "kind": kind})
         if record:
             self.record_query(ch.strategy, n, seed, out, annotator=annotator, labeled=len(labeled),
@@ -589,8 +601,9 @@ class Project:
         certification later compares the person's label with."""
         run = self.store.start_run("query", {"strategy": strategy, "n": n, "seed": seed, "annotator": annotator},
                                    {"labeled": int(labeled), "prediction_run": prediction_run})
-        checks = [{"item": o["item"], "guess": o["guess"], "confidence": o["confidence"], "kind": o["kind"]}
-                  for o in chosen if o.get("kind") in ("random", "verify") and o.get("guess") is not None]
+        checks = [{"item": o["item"], "guess": o["guess"], "confidence": o["confidence"],
+                   "coverage": o.get("coverage"), "kind": o["kind"]}
+                  for o in chosen if o.get("kind") in ("random", "verify") and o.get("coverage") is not None]
         self.store.finish_run(run, {"items": [o["item"] for o in chosen], "details": _jsonable(details or {}),
                                     "random": [o["item"] for o in chosen if o.get("kind") in ("random", "verify")],
                                     "checks": checks})
@@ -614,34 +627,44 @@ class Project:
 
     def random_checks(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Every randomly drawn item (verify checks, the random share of `next`) a person has
-        labeled since: (confidence then, guessed class name then, whether the person agreed)."""
+        labeled since: (its coverage then, the guessed class name then, whether the person
+        agreed). See :mod:`labelloop.loop.certify`."""
         name_of = {v: k for k, v in self.store.class_ids().items()}
         human = self.store.latest_labels("human")
         latest: dict[int, dict] = {}
         for run in self.store.runs("query"):
             for c in run["summary"].get("checks", []):
-                latest[c["item"]] = c  # the latest draw of an item counts
-        conf, guess, correct = [], [], []
+                if c.get("coverage") is not None:
+                    latest[c["item"]] = c  # the latest draw of an item counts
+        cov, guess, correct = [], [], []
         for item, c in latest.items():
             if item in human and c["guess"] is not None:
-                conf.append(float(c["confidence"]))
+                cov.append(float(c["coverage"]))
                 guess.append(c["guess"])
                 correct.append(name_of.get(human[item]) == c["guess"])
-        return np.array(conf, dtype=np.float64), guess, np.array(correct, dtype=bool)
+        return np.array(cov, dtype=np.float64), guess, np.array(correct, dtype=bool)
+
+    def _eligible(self, ids: np.ndarray, pred: Predictions) -> np.ndarray:
+        """(n,) items auto-labeling may label: no human or imported label, reached by propagation."""
+        return (self.label_vector(ids, sources=("human", "import")) < 0) & pred.reached
+
+    def _certified_coverage(self) -> float:
+        last = self.store.last_run("autolabel")
+        return float((last["summary"].get("certificate") or {}).get("certified_coverage") or 0.0) if last else 0.0
 
     def certificate(self, pred: Predictions, *, target_precision: float, confidence_level: float = 0.95,
                     per_class: bool = True):
         """What the random checks certify for the current predictions (:func:`loop.certify`)."""
-        from .loop import candidate_threshold, certify
+        from .loop import certify, verify_coverage
 
-        ids = pred.item_ids
-        conf, guess, correct = self.random_checks()
+        cov, guess, correct = self.random_checks()
         col = {c: j for j, c in enumerate(pred.classes)}
         keep = np.array([g in col for g in guess], dtype=bool)
         cpred = np.array([col[g] for g, k in zip(guess, keep) if k], dtype=np.int64)
-        given = self.label_vector(ids, sources=("human", "import")) >= 0
-        cand = candidate_threshold(pred.confidence[~given & pred.reached], target_precision=target_precision)
-        return certify(conf[keep], cpred, correct[keep], n_classes=len(pred.classes), candidate=cand,
+        eligible = self._eligible(pred.item_ids, pred)
+        cand = verify_coverage(pred.confidence, eligible, target_precision=target_precision,
+                               certified_coverage=self._certified_coverage())
+        return certify(cov[keep], cpred, correct[keep], n_classes=len(pred.classes), candidate=cand,
                        target_precision=target_precision, confidence_level=confidence_level, per_class=per_class)
 
     def autolabel(self, *, target_precision: float | None = None, per_class: bool = True,
@@ -650,7 +673,7 @@ class Project:
         ``target_precision`` (one-sided Clopper-Pearson bound); withdraw earlier machine labels
         that no longer pass. When nothing is certified yet, says how many checks it needs and
         the command that serves them (`labelloop next --strategy verify`)."""
-        from .autolabel import select_autolabels
+        from .loop import coverage_of
 
         target_precision = self._target() if target_precision is None else target_precision
         if not 0.5 <= target_precision < 1:
@@ -662,8 +685,8 @@ class Project:
         cert = self.certificate(pred, target_precision=target_precision, confidence_level=confidence_level,
                                 per_class=per_class)
         y_other = self.label_vector(ids, sources=("human", "import"))
-        eligible = (y_other < 0) & pred.reached
-        accept = select_autolabels(pred.confidence, pred.label, cert.thresholds, eligible)  # (n,)
+        eligible = self._eligible(ids, pred)
+        accept = eligible & cert.accepts(coverage_of(pred.confidence, eligible), pred.label)  # (n,)
         class_ids = list(self.store.class_ids().values())
         col_id = {c: class_ids[self.classes.index(c)] for c in pred.classes}
         current = self.store.latest_labels("machine")
@@ -687,8 +710,7 @@ class Project:
             "coverage": float(accept.mean()), "target_precision": target_precision,
             "estimated_precision": _nan_none(cert.precision_estimate), "precision_lower": cert.precision_lower,
             "calibration_items": cert.checked, "reason": cert.reason,
-            "thresholds": {c: (None if not np.isfinite(t) else round(float(t), 6))
-                           for c, t in zip(pred.classes, cert.thresholds)},
+            "certified_coverage": {c: round(float(v), 6) for c, v in zip(pred.classes, cert.coverage)},
             "needs_person": int((~accept & (y_other < 0)).sum()),
             "certificate": cert.to_dict(),
             "expected_precision": _nan_none(float(pred.confidence[accept].mean())) if accept.any() else None,
@@ -855,7 +877,7 @@ class Project:
         (Wilson interval), leave-one-out kNN accuracy, graph homophily, silhouette, advice."""
         from .adapt import diagnose
 
-        ids, graph = self.graph()
+        ids, graph = self.propagation_graph()
         _, X = self.embeddings()
         y = self.label_vector(ids, sources=("human",))
         chosen = self.actively_chosen()

@@ -131,20 +131,30 @@ def _propagator(S, n_classes: int, *, temperature, n_iter: int | None):
 
 
 def _checks_arrays(checks: list[tuple[int, float, int]], y_true: np.ndarray):
-    """(confidence, guess, correct) of the randomly drawn items, judged by the oracle."""
+    """(coverage, guess, correct) of the randomly drawn items, judged by the oracle."""
     if not checks:
         return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, bool)
-    item, conf, guess = (np.array(v) for v in zip(*checks))
-    return conf.astype(np.float64), guess.astype(np.int64), guess == y_true[item.astype(np.int64)]
+    item, cov, guess = (np.array(v) for v in zip(*checks))
+    return cov.astype(np.float64), guess.astype(np.int64), guess == y_true[item.astype(np.int64)]
+
+
+def _draws(P: np.ndarray, labeled: np.ndarray, rows, kinds=None) -> list[tuple[int, float, int]]:
+    """(item, coverage, guess) of the random or verify ``rows`` under the predictions ``P``."""
+    from .loop import coverage_of
+
+    eligible = np.ones(len(P), bool)
+    eligible[labeled] = False
+    cov = coverage_of(P.max(1), eligible)
+    kinds = kinds if kinds is not None else ["verify"] * len(rows)
+    return [(int(r), float(cov[r]), int(P[r].argmax())) for r, k in zip(rows, kinds) if k != "strategy"]
 
 
 def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks, *, target_precision: float,
-                  per_class: bool = True) -> dict:
+                  per_class: bool = True, certified_coverage: float = 0.0) -> dict:
     """What the loop would do and how right it is, given calibrated predictions ``P``: accuracy,
     calibration error on the unlabeled items, and auto-labels certified by the random checks
     (the same :func:`labelloop.loop.certify` that ``Project.autolabel`` runs)."""
-    from .autolabel import select_autolabels
-    from .loop import candidate_threshold, certify, expected_calibration_error
+    from .loop import certify, coverage_of, expected_calibration_error, verify_coverage
     from .propagate import prediction_summary
 
     n, C = P.shape
@@ -153,19 +163,19 @@ def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks
     mask_u = np.ones(n, dtype=bool)
     mask_u[labeled] = False
     correct_pred = pred == y_true
-    cand = candidate_threshold(conf[mask_u], target_precision=target_precision)
-    c_conf, c_guess, c_corr = _checks_arrays(checks, y_true)
-    cert = certify(c_conf, c_guess, c_corr, n_classes=C, candidate=cand, target_precision=target_precision,
+    cand = verify_coverage(conf, mask_u, target_precision=target_precision, certified_coverage=certified_coverage)
+    c_cov, c_guess, c_corr = _checks_arrays(checks, y_true)
+    cert = certify(c_cov, c_guess, c_corr, n_classes=C, candidate=cand, target_precision=target_precision,
                    per_class=per_class)
-    accept = select_autolabels(conf, pred, cert.thresholds, mask_u)
+    accept = mask_u & cert.accepts(coverage_of(conf, mask_u), pred)
     n_acc = int(accept.sum())
     rest = int(mask_u.sum()) - n_acc
     return dict(accuracy_unlabeled=float(correct_pred[mask_u].mean()) if mask_u.any() else 1.0,
                 accuracy_all=float((correct_pred | ~mask_u).mean()),
                 mean_confidence_unlabeled=float(conf[mask_u].mean()) if mask_u.any() else 1.0,
                 ece_unlabeled=expected_calibration_error(conf[mask_u], correct_pred[mask_u]) if mask_u.any() else 0.0,
-                random_checks=int(c_conf.size), certified=bool(cert.certified),
-                threshold=float(np.min(cert.thresholds)) if C else float("inf"), auto_accepted=n_acc,
+                random_checks=int(c_cov.size), certified=bool(cert.certified),
+                certified_coverage=float(cert.coverage.max()) if C else 0.0, auto_accepted=n_acc,
                 auto_precision=float(correct_pred[accept].mean()) if n_acc else None, auto_coverage=n_acc / n,
                 cost_with_autolabel=int(len(labeled) + rest),
                 accuracy_with_autolabel=float((len(labeled) + rest + int(correct_pred[accept].sum())) / n),
@@ -194,7 +204,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     rng = np.random.default_rng(seed)
     labeled = np.zeros(0, dtype=np.int64)
     chosen = np.zeros(n, bool)  # picked by a query strategy: never calibrated or certified on
-    checks: list[tuple[int, float, int]] = []  # (item, confidence, guess) of random draws
+    checks: list[tuple[int, float, int]] = []  # (item, coverage, guess) of random draws
     P: np.ndarray | None = None
     lp = None
     records = []
@@ -208,11 +218,9 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
                         labels=y_true[labeled] if len(labeled) else None, class_names=data.class_names,
                         seed=seed + len(labeled), explore=explore, target_precision=target_precision)
             pick = ch.rows
-            for r, kind in zip(ch.rows, ch.kinds):
-                if kind == "strategy":
-                    chosen[r] = True
-                elif P is not None:
-                    checks.append((int(r), float(P[r].max()), int(P[r].argmax())))
+            chosen[[r for r, kind in zip(ch.rows, ch.kinds) if kind == "strategy"]] = True
+            if P is not None:
+                checks += _draws(P, labeled, ch.rows, ch.kinds)
         labeled = np.concatenate([labeled, pick])
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
@@ -230,15 +238,17 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             held = heldout_predictions(y, C, propagate, seed=seed, score=rep)
         P = predict(P_raw, reached, y, held).proba
         seconds = time.perf_counter() - t0
+        certified = records[-1]["certified_coverage"] if records else 0.0
         records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
                             refresh_seconds=seconds,
-                            **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision)))
+                            **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision,
+                                            certified_coverage=certified)))
     return records
 
 
 def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int = 10, budget: int = 130,
                  target_precision: float = 0.95, seed: int = 0, k: int = 10, temperature: float | str = "auto",
-                 n_iter: int | None = 100) -> list[dict]:
+                 n_iter: int | None = 100, stop_when_certified: bool = True) -> list[dict]:
     """The certification path a user follows: ``start_per_class`` random labels per class, then
     only ``next --strategy verify`` batches answered by the oracle until ``budget`` human
     labels; after each batch, what ``autolabel`` would accept and how precise it truly is."""
@@ -264,17 +274,20 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
         lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
         held = heldout_predictions(y, C, propagate, seed=seed)
         P = predict(lp.predict_proba(), lp.reached_, y, held).proba
+        certified = records[-1]["certified_coverage"] if records else 0.0
         rec = dict(seed=seed, human_labels=int(len(labeled)),
-                   **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision))
+                   **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision,
+                                   certified_coverage=certified))
         records.append(rec)
-        if rec["certified"] or len(labeled) >= budget:
+        if (rec["certified"] and stop_when_certified) or len(labeled) >= budget:
             break
         unl = np.setdiff1d(np.arange(n), labeled)
         ch = choose("verify", min(batch, budget - len(labeled)), labeled=labeled, unlabeled=unl, probabilities=P,
-                    seed=seed + len(labeled), target_precision=target_precision)
+                    seed=seed + len(labeled), target_precision=target_precision,
+                    certified_coverage=rec["certified_coverage"])
         if len(ch.rows) == 0:
             break
-        checks += [(int(r), float(P[r].max()), int(P[r].argmax())) for r in ch.rows]
+        checks += _draws(P, labeled, ch.rows)
         labeled = np.concatenate([labeled, ch.rows])
     return records
 

@@ -11,14 +11,23 @@ Imports point one way: interfaces -> Project -> loop -> stages (propagate, selec
 """
 
 from .calibrate import Calibrator, apply_power, expected_calibration_error, fit_calibrator
-from .certify import Certificate, candidate_threshold, certify, more_needed, verify_sample
+from .certify import (
+    Certificate,
+    candidate_threshold,
+    certify,
+    coverage_of,
+    more_needed,
+    verify_coverage,
+    verify_sample,
+)
 from .choose import Choice, choose, default_explore
 from .heldout import fold_ids, heldout_proba, heldout_propagation
 from .predict import Prediction, mix_head, predict
 
 __all__ = [
     "Calibrator", "apply_power", "expected_calibration_error", "fit_calibrator",
-    "Certificate", "candidate_threshold", "certify", "more_needed", "verify_sample",
+    "Certificate", "candidate_threshold", "certify", "coverage_of", "more_needed", "verify_coverage",
+    "verify_sample",
     "Choice", "choose", "default_explore",
     "fold_ids", "heldout_proba", "heldout_propagation",
     "Prediction", "mix_head", "predict",

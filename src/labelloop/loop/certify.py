@@ -12,9 +12,15 @@ items that threshold accepts, checked by people (DESIGN.md, "Certification"):
    drawn from each), so every item of the region has the same chance ``n / |region|`` of being
    drawn and the sample spans the whole confidence range.
 3. :func:`certify` pools the checked items (the machine's guess *when it was drawn* against the
-   person's label, never the clamped prediction after it) and picks the lowest threshold whose
+   person's label, never the clamped prediction after it) and picks the largest region whose
    one-sided Clopper-Pearson lower bound reaches the target (:mod:`labelloop.autolabel`). It
    also says how many more all-correct checks would certify the candidate region.
+
+Regions are measured in **coverage**, the share of the eligible items at least as confident as
+an item (:func:`coverage_of`), not in raw confidence: the calibration is refitted at every
+refresh, so a confidence of 0.97 today is not the 0.97 of the check drawn yesterday, while "the
+most confident 70 %" keeps its meaning. Once a region is certified, the next checks are drawn
+from a region ``EXPAND`` larger (:func:`verify_coverage`), so certification can grow.
 
 Only randomly drawn checks count: `verify` samples and the random share of ``next`` (uniform
 over all unlabeled items, hence uniform over any region). Labels chosen by an active-learning
@@ -28,7 +34,7 @@ accurate, so the pooled estimate tends to be conservative.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,12 +48,43 @@ from ..autolabel import (
 )
 
 __all__ = ["candidate_threshold", "verify_sample", "certify", "Certificate", "more_needed",
-           "CANDIDATE_SAFETY"]
+           "CANDIDATE_SAFETY", "coverage_of", "verify_coverage", "EXPAND"]
 
 #: the candidate region's expected precision is 1 - (1 - target) / CANDIDATE_SAFETY: at target 0.95,
 #: 0.975. Measured with simulate.certify_loop on digits pixels, 5 labels per class then verify
 #: checks (6 seeds): safety 3 certified 4 of 5 seeds, 2 certified 6 of 6 (coverage 0.60-0.78).
 CANDIDATE_SAFETY = 2.0
+
+
+#: once a region is certified, verify checks are drawn from a region this much larger (in coverage):
+#: digits, 5 labels per class then verify checks to 130 labels, 6 seeds: certified coverage 0.62-0.92
+#: (4 of 6 >= 0.80) at 0.15; 0.10 reached 0.80 in 3 of 6, 0.20 in 3 of 6 (simulate.certify_loop)
+EXPAND = 0.15
+
+
+def coverage_of(confidence: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """(n,) for every item, the share of the eligible items whose confidence is >= its own
+    (the coverage of the smallest confidence region that contains it)."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    pool = np.sort(conf[np.asarray(eligible, bool)])  # (m,) ascending
+    if pool.size == 0:
+        return np.ones(conf.size)
+    return (pool.size - np.searchsorted(pool, conf, side="left")) / pool.size
+
+
+def verify_coverage(confidence: np.ndarray, eligible: np.ndarray, *, target_precision: float = DEFAULT_TARGET,
+                    certified_coverage: float = 0.0) -> float:
+    """The coverage verify checks are drawn from: the calibration's candidate region, or the
+    certified one grown by EXPAND, whichever is larger (0 when there is nothing to check)."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    eligible = np.asarray(eligible, bool)
+    if not eligible.any():
+        return 0.0
+    t = candidate_threshold(conf[eligible], target_precision=target_precision)
+    cand = float((conf[eligible] >= t).mean()) if math.isfinite(t) else 0.0
+    if certified_coverage > 0:
+        cand = max(cand, min(1.0, certified_coverage + EXPAND))
+    return cand
 
 
 def candidate_threshold(confidence: np.ndarray, *, target_precision: float = DEFAULT_TARGET,
@@ -100,69 +137,78 @@ def more_needed(correct: int, checked: int, *, target_precision: float = DEFAULT
 
 @dataclass
 class Certificate:
-    """What the random checks say: thresholds (per predicted class) and how far from certified."""
+    """What the random checks say: the certified coverage (per predicted class) and how far
+    from certified it is."""
 
-    thresholds: np.ndarray        # (C,) accept confidence >= t; inf = not certified
+    coverage: np.ndarray          # (C,) accept the items within this coverage; 0 = not certified
     certified: bool
     checked: int                  # random checks in the pool
     correct: int
-    precision_estimate: float     # among the checks the thresholds accept (nan: none)
+    precision_estimate: float     # among the checks the certified regions hold (nan: none)
     precision_lower: float
     reason: str
-    candidate: float              # the region worth certifying now
+    candidate: float              # the coverage worth certifying now
     checked_in_candidate: int = 0
     correct_in_candidate: int = 0
     more_needed: int | None = None  # further all-correct checks that would certify the candidate
-    per_class: list = field(default_factory=list)
+
+    def accepts(self, coverage: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """(n,) bool: items (their current coverage and predicted class) the certificate accepts."""
+        return np.asarray(coverage) <= self.coverage[np.asarray(predicted, dtype=np.int64)] + 1e-12
 
     def to_dict(self) -> dict:
         f = lambda v: None if v is None or not np.isfinite(v) else round(float(v), 6)  # noqa: E731
         return {"certified": self.certified, "random_checks": self.checked, "correct": self.correct,
+                "certified_coverage": f(float(self.coverage.max())) if self.coverage.size else 0.0,
                 "precision_estimate": f(self.precision_estimate), "precision_lower": f(self.precision_lower),
-                "candidate_threshold": f(self.candidate), "checks_in_candidate": self.checked_in_candidate,
+                "candidate_coverage": f(self.candidate), "checks_in_candidate": self.checked_in_candidate,
                 "more_needed": self.more_needed, "reason": self.reason}
 
 
-def certify(check_confidence: np.ndarray, check_predicted: np.ndarray, check_correct: np.ndarray, *,
+def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_correct: np.ndarray, *,
             n_classes: int, candidate: float, target_precision: float = DEFAULT_TARGET,
             confidence_level: float = DEFAULT_LEVEL, per_class: bool = True) -> Certificate:
-    """Thresholds certified by random checks: (m,) confidence and predicted class at the time
-    each item was drawn, and whether the person's label agreed."""
-    conf = np.asarray(check_confidence, dtype=np.float64)
+    """The largest regions random checks certify: (m,) coverage and predicted class of each
+    checked item when it was drawn, and whether the person's label agreed; ``candidate``: the
+    coverage verify draws from now. Per class where a class has enough checks of its own
+    (:func:`labelloop.autolabel.calibrate_per_class`), else one region for all."""
+    cov = np.asarray(check_coverage, dtype=np.float64)
+    score = 1.0 - cov  # higher = more confident, as the threshold calibration expects
     pred = np.asarray(check_predicted, dtype=np.int64)
     corr = np.asarray(check_correct, dtype=bool)
     if per_class:
-        cal = calibrate_per_class(conf, pred, corr, n_classes=n_classes, target_precision=target_precision,
-                                  confidence_level=confidence_level)
-        thresholds, glob = cal.thresholds, cal.global_calibration
+        thresholds = calibrate_per_class(score, pred, corr, n_classes=n_classes, target_precision=target_precision,
+                                         confidence_level=confidence_level).thresholds
     else:
-        glob = calibrate_threshold(conf, corr, target_precision=target_precision,
-                                   confidence_level=confidence_level)
+        glob = calibrate_threshold(score, corr, target_precision=target_precision, confidence_level=confidence_level)
         thresholds = np.full(n_classes, glob.threshold)
-    certified = bool(np.isfinite(thresholds).any())
-    acc = conf >= thresholds[pred] if conf.size else np.zeros(0, bool)
+    coverage = np.where(np.isfinite(thresholds), 1.0 - thresholds, 0.0)  # (C,)
+    certified = bool((coverage > 0).any())
+    acc = cov <= coverage[pred] + 1e-12 if cov.size else np.zeros(0, bool)
+    acc &= coverage[pred] > 0
     k, m = int(corr[acc].sum()), int(acc.sum())
-    in_cand = conf >= candidate
+    in_cand = cov <= candidate + 1e-12
     kc, mc = int(corr[in_cand].sum()), int(in_cand.sum())
-    need = None if certified else (more_needed(kc, mc, target_precision=target_precision,
-                                               confidence_level=confidence_level)
-                                   if math.isfinite(candidate) else None)
+    need = more_needed(kc, mc, target_precision=target_precision, confidence_level=confidence_level) \
+        if candidate > 0 else None
+    lower = float(precision_lower_bound(k, m, confidence_level=confidence_level)) if m else 0.0
     if certified:
-        reason = (f"{m} random checks at or above the thresholds, {k} correct: precision >= "
-                  f"{float(precision_lower_bound(k, m, confidence_level=confidence_level)):.3f} at "
-                  f"{confidence_level:.0%} confidence")
-    elif not math.isfinite(candidate):
+        reason = (f"certified: the {coverage.max():.0%} most confident machine labels; {m} random checks there, "
+                  f"{k} correct: precision >= {lower:.3f} at {confidence_level:.0%} confidence")
+        if need:
+            reason += (f"; {need} more correct checks would certify the {candidate:.0%} most confident "
+                       f"(`labelloop next --strategy verify --n {need}`)")
+    elif candidate <= 0:
         reason = (f"no region of the predictions is expected to reach {target_precision:.0%} precision "
                   "yet: label more items (`labelloop next`) and refresh")
     elif need is None:
-        reason = (f"{mc} random checks of the candidate region, {kc} correct: it does not reach "
-                  f"{target_precision:.0%}; label more items (`labelloop next`) and refresh")
+        reason = (f"{mc} random checks of the {candidate:.0%} most confident machine labels, {kc} correct: "
+                  f"they do not reach {target_precision:.0%}; label more items (`labelloop next`) and refresh")
     else:
-        reason = (f"{mc} random checks of the candidate region (confidence >= {candidate:.3g}), {kc} correct; "
+        reason = (f"{mc} random checks of the {candidate:.0%} most confident machine labels, {kc} correct; "
                   f"{need} more correct checks would certify {target_precision:.0%} precision: "
                   f"run `labelloop next --strategy verify --n {need}`")
-    return Certificate(thresholds=thresholds, certified=certified, checked=int(conf.size), correct=int(corr.sum()),
-                       precision_estimate=k / m if m else float("nan"),
-                       precision_lower=float(precision_lower_bound(k, m, confidence_level=confidence_level)) if m
-                       else 0.0, reason=reason, candidate=float(candidate), checked_in_candidate=mc,
-                       correct_in_candidate=kc, more_needed=need)
+    return Certificate(coverage=coverage, certified=certified, checked=int(cov.size), correct=int(corr.sum()),
+                       precision_estimate=k / m if m else float("nan"), precision_lower=lower, reason=reason,
+                       candidate=float(candidate), checked_in_candidate=mc, correct_in_candidate=kc,
+                       more_needed=need)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..autolabel import DEFAULT_TARGET
-from .certify import candidate_threshold, verify_sample
+from .certify import coverage_of, verify_coverage, verify_sample
 
 __all__ = ["Choice", "choose", "default_explore", "DEFAULT_EXPLORE", "VERIFY"]
 
@@ -53,11 +53,12 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
            probabilities: np.ndarray | None, graph=None, embeddings: np.ndarray | None = None,
            labels: np.ndarray | None = None, class_names: list[str] | None = None, seed: int = 0,
            explore: float | None = None, target_precision: float = DEFAULT_TARGET,
-           verify_eligible: np.ndarray | None = None) -> Choice:
+           verify_eligible: np.ndarray | None = None, certified_coverage: float = 0.0) -> Choice:
     """Choose ``n`` rows to label. ``labeled`` / ``unlabeled``: row indices; ``probabilities``:
     (n_items, C) calibrated predictions or None before the first refresh; ``labels``: the class
     of each ``labeled`` row. ``verify_eligible``: (n_items,) bool rows a verify check may draw
-    (default: the unlabeled rows)."""
+    (default: the unlabeled rows); ``certified_coverage``: the share auto-labeling has certified
+    so far (verify then draws from a region :data:`~labelloop.loop.certify.EXPAND` larger)."""
     from ..errors import NotReadyError, ValidationError
     from ..select import available_strategies, get_strategy
 
@@ -69,18 +70,22 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
         if verify_eligible is None:
             verify_eligible = np.zeros(len(conf), bool)
             verify_eligible[unlabeled] = True
-        t = candidate_threshold(conf[verify_eligible], target_precision=target_precision)
-        reason = f"random check of the machine labels with confidence >= {{t:.3g}}: certifies auto-labeling"
-        if not np.isfinite(t) and verify_eligible.any():
+        cov = verify_coverage(conf, verify_eligible, target_precision=target_precision,
+                              certified_coverage=certified_coverage)
+        reason = "random check of the {share:.0%} most confident machine labels: certifies auto-labeling"
+        if cov <= 0 and verify_eligible.any():
             # no region is expected to reach the target yet: check the most confident quarter,
             # which says how far off it is (and the checks are labels like any other)
-            t = float(np.quantile(conf[verify_eligible], 1.0 - FALLBACK_REGION))
-            reason = (f"random check of the most confident {FALLBACK_REGION:.0%} of the machine labels "
-                      f"(confidence >= {{t:.3g}}; none is expected to reach {target_precision:.0%} yet)")
+            cov = FALLBACK_REGION
+            reason = (f"random check of the most confident {{share:.0%}} of the machine labels (none is "
+                      f"expected to reach {target_precision:.0%} yet)")
+        region = coverage_of(conf, verify_eligible) <= cov + 1e-12
+        t = float(conf[region & verify_eligible].min()) if (region & verify_eligible).any() else np.inf
         rows = verify_sample(conf, verify_eligible, n, threshold=t, seed=seed)
-        reason = reason.format(t=t)
+        reason = reason.format(share=cov)
         return Choice(rows, [float(conf[r]) for r in rows], [reason] * len(rows), [VERIFY] * len(rows),
-                      VERIFY, {"threshold": t, "region": int((verify_eligible & (conf >= t)).sum())}, threshold=t)
+                      VERIFY, {"threshold": t, "coverage": cov, "region": int((verify_eligible & region).sum())},
+                      threshold=t)
     if strategy not in available_strategies():
         raise ValidationError(f"unknown strategy {strategy!r}; available: "
                               f"{', '.join(available_strategies() + [VERIFY])}")

@@ -259,8 +259,13 @@ def _typicality(inp: SelectionInputs, k: int, max_clusters: int) -> Selection:
         is_pool[r] = False
         taken[c] += 1
         open_count[c] -= 1
+    details = {"clusters": n_clusters}
+    if inp.graph is not None and inp.graph.k < k:
+        # a consumer that gets fewer neighbours than it wants says so
+        details["note"] = (f"typicality wanted {k} neighbours per item; the shared graph has {inp.graph.k} "
+                           f"(Project builds it at the largest k any consumer asks for)")
     return Selection(np.asarray(picks, dtype=np.int64), np.asarray(scores), reasons,
-                     "typicality", {"clusters": n_clusters})
+                     "typicality", details)
 
 
 @register_strategy
