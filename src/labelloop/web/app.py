@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import logging
 import secrets
 import shutil
@@ -28,7 +29,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlencode
@@ -39,7 +39,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -48,9 +47,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import AuthError, LabelloopError, UnknownItemError, ValidationError
 from ..project import EXPORT_FORMATS
-from ..store import Store
+from ..store import Store, class_name_pattern, validate_class_name
 from . import actions, auth, pages
-from .auth import ForbiddenError, TooManyAttemptsError, User, has_role
+from .guard import HashSlots, LoginLimiter, RequestGuard
+from .media import image_bytes, media_type, thumbnail
+from .schemas import (ERROR_RESPONSES, ID_LIST_PATTERN, USER_NAME_PATTERN, AuditIn, ClassIn, LabelIn, LoginIn, ReviewIn, SkipIn, UndoIn, UserChange,
+                      UserIn)
+from .auth import ForbiddenError, User, has_role
 from .queue import DEFAULT_STRATEGY, N_TOP, LabelQueue, QueueEntry, Snapshot
 from .service import Readers, Refresher, Writer
 
@@ -62,7 +65,6 @@ SESSION_COOKIE = "labelloop_session"
 LOGIN_CSRF_COOKIE = "labelloop_login_csrf"
 STATIC_DIR = Path(__file__).parent / "static"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-LOGIN_WINDOW, LOGIN_MAX_FAILURES = 300.0, 10   # per user name: 10 failures in 5 minutes -> wait
 REVIEW_PAGE = 48
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -70,62 +72,6 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src '
 
 class CsrfError(ForbiddenError):
     kind = "csrf"
-
-
-# --------------------------------------------------------------------------- request bodies
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoginIn(_Body):
-    name: str = Field(max_length=64)
-    password: str | None = Field(default=None, max_length=1000, description="password, or leave out and send token")
-    token: str | None = Field(default=None, max_length=200)
-
-
-class LabelIn(_Body):
-    item: int = Field(description="item id")
-    label: str = Field(max_length=200, description="class name")
-    key: str | None = Field(default=None, max_length=100, description="idempotency key: a retry with the same key is stored once")
-
-
-class UndoIn(_Body):
-    key: str | None = Field(default=None, max_length=100)
-
-
-class SkipIn(_Body):
-    item: int
-
-
-class ClassIn(_Body):
-    name: str = Field(max_length=200)
-
-
-class Decision(_Body):
-    item: int
-    label: str = Field(max_length=200)
-
-
-class ReviewIn(_Body):
-    items: list[Decision] = Field(max_length=5000)
-    key: str | None = Field(default=None, max_length=100)
-
-
-class AuditIn(_Body):
-    item: int
-    label: str = Field(max_length=200)
-    action: Literal["fix", "keep"]
-
-
-class UserIn(_Body):
-    name: str = Field(max_length=64)
-    role: Literal["admin", "reviewer", "annotator"] = "annotator"
-    token: bool = Field(default=False, description="give an API token instead of a password")
-    password: str | None = Field(default=None, max_length=1000)
-
-
-class UserChange(_Body):
-    action: Literal["activate", "deactivate", "password", "token"]
 
 
 # ------------------------------------------------------------------------------ context
@@ -151,7 +97,8 @@ class WebContext:
         self.queue = LabelQueue()
         self.secure_cookies = secure_cookies
         self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
+        self.logins = LoginLimiter()
+        self.hash_slots = HashSlots()
         self._cache: dict[str, tuple[Any, Any]] = {}
         self._compute_locks: dict[str, threading.Lock] = {}
         self._started = False
@@ -198,20 +145,6 @@ class WebContext:
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM annotations), (SELECT COUNT(*) FROM classes)").fetchone()
         return f"{self.refresher.snapshot.run_id}-{a}-{c}"
 
-    # --------------------------------------------------------------- login limits
-    def check_login_rate(self, name: str) -> None:
-        now = time.time()
-        with self._lock:
-            recent = [t for t in self._failures.get(name, []) if now - t < LOGIN_WINDOW]
-            self._failures[name] = recent
-        if len(recent) >= LOGIN_MAX_FAILURES:
-            wait = int(LOGIN_WINDOW - (now - recent[0])) + 1
-            raise TooManyAttemptsError(f"too many failed logins for {name!r}; try again in {wait} s")
-
-    def login_failed(self, name: str) -> None:
-        with self._lock:
-            self._failures.setdefault(name, []).append(time.time())
-
 
 def _ctx(request: Request) -> WebContext:
     return request.app.state.web
@@ -219,6 +152,9 @@ def _ctx(request: Request) -> WebContext:
 
 # -------------------------------------------------------------------------- authentication
 def _principal(request: Request) -> Principal:
+    known = request.scope.get(RequestGuard.PRINCIPAL_KEY)   # checked before the body was read
+    if known is not None:
+        return known
     ctx = _ctx(request)
     header = request.headers.get("authorization")
     if header:
@@ -276,10 +212,13 @@ def _one(form: dict[str, list[str]], name: str, default: str = "") -> str:
     return form.get(name, [default])[0]
 
 
+_ASCII_ID = re.compile(r"[0-9]{1,18}")   # str.isdigit() would take "١٢" (Arabic-Indic 12) too
+
+
 def _as_int(value: str, what: str) -> int:
     value = value.strip()
-    if not value.isdigit() or len(value) > 18:
-        raise ValidationError(f"{what} must be a whole number, got {value[:40]!r}")
+    if not _ASCII_ID.fullmatch(value):
+        raise ValidationError(f"{what} must be a whole number of at most 18 digits 0-9, got {value[:40]!r}")
     return int(value)
 
 
@@ -421,26 +360,6 @@ def audit_data(ctx: WebContext, *, limit: int = 30, n_neighbours: int = 6) -> di
 
 
 # -------------------------------------------------------------------------------- media
-@lru_cache(maxsize=4096)
-def _thumbnail(path: str, content_hash: str, width: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGBA").convert("RGB") if im.mode != "P" else im.convert("RGB")
-        im.thumbnail((width, width))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-_MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
-                ".bmp": "image/bmp", ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
-
-
 # ----------------------------------------------------------------------------- the app
 class _SecurityHeaders:
     """Pure ASGI middleware: CSP and friends on every response."""
@@ -472,6 +391,30 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
+def _validation_message(err: dict) -> str:
+    """Pydantic's message, or for a pattern our own validators' message (which says what to fix)."""
+    pattern = (err.get("ctx") or {}).get("pattern")
+    if err.get("type") == "string_pattern_mismatch" and isinstance(err.get("input"), str):
+        check = {class_name_pattern(): validate_class_name, USER_NAME_PATTERN: auth.validate_user_name}.get(pattern)
+        if check is not None:
+            try:
+                check(err["input"])
+            except ValidationError as exc:
+                return str(exc)
+            return "must contain a visible character"
+    return str(err.get("msg"))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def _error_json(status: int, kind: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": kind, "detail": detail}, status_code=status)
 
@@ -501,13 +444,12 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
         finally:
             await run_in_threadpool(ctx.close)
 
-    app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="labelloop", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
                   openapi_url=None, docs_url=None, redoc_url=None,
                   description="Label images and texts with as few human labels as possible. "
                               "Authenticate with the session cookie from /login (plus X-CSRF-Token on writes) "
                               "or with 'Authorization: Bearer <token>'.")
     app.state.web = ctx
-    app.add_middleware(_SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # ------------------------------------------------------------------ errors
@@ -536,33 +478,43 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
         parts = []
         for err in exc.errors()[:10]:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+            parts.append(f"{loc}: {_validation_message(err)}" if loc else _validation_message(err))
         return _error_json(422, "validation", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                413: "too_large"}.get(exc.status_code, "http")
         detail = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "the request body could not be read: send JSON encoded as UTF-8"
         if exc.status_code == 404:
             detail = f"no such page or endpoint: {request.url.path[:200]}"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:   # Allow: every method of the path, not only the first route's
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         if _wants_html(request):
-            return HTMLResponse(pages.error_page(exc.status_code, kind, detail), status_code=exc.status_code)
-        return _error_json(exc.status_code, kind, detail)
+            return HTMLResponse(pages.error_page(exc.status_code, kind, detail), status_code=exc.status_code,
+                                headers=headers)
+        return JSONResponse({"error": kind, "detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error_json(500, "internal", "internal server error; see the server log")
 
+    # outermost last: every answer, the guard's early ones too, carries the security headers
+    app.add_middleware(RequestGuard, authenticate=_principal, respond=labelloop_error,
+                       public={"/login", "/api/login"})
+    app.add_middleware(_SecurityHeaders)
+
     # ------------------------------------------------------------------ login
     def _set_session(resp: Response, token: str) -> None:
         resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=ctx.secure_cookies,
                         path="/", max_age=int(auth.SESSION_TTL))
 
-    def _login(name: str, password: str | None, token: str | None) -> tuple[User, str, str]:
-        """Check the credentials (in a worker thread: scrypt is slow on purpose) -> session."""
-        name = (name or "").strip()
-        ctx.check_login_rate(name)
+    def _credentials(name: str, password: str | None, token: str | None) -> User | None:
+        """The user these credentials prove, or None (a worker thread: scrypt is slow on purpose)."""
         store = ctx.readers.store()
         user = None
         if password:
@@ -573,10 +525,21 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
             found = auth.user_for_token(store, token.strip())
             if found is not None and found[1] is None and found[0].name == name:
                 user = found[0]
+        return user
+
+    async def _login(request: Request, name: str, password: str | None, token: str | None) -> tuple[User, str, str]:
+        """Check the credentials within the login limits -> (user, session token, CSRF token)."""
+        name = (name or "").strip()
+        address = request.client.host if request.client else "unknown"
+        ctx.logins.check(name, address)
+        if password:   # at most a few scrypt hashes at once, whoever asks
+            user = await ctx.hash_slots.run(_credentials, name, password, token)
+        else:
+            user = await run_in_threadpool(_credentials, name, password, token)
         if user is None:
-            ctx.login_failed(name)
+            ctx.logins.failed(name, address)
             raise AuthError("wrong user name, password or token")
-        tok, csrf = ctx.write_sync(lambda s: auth.create_session(s, user))
+        tok, csrf = await ctx.write(lambda s: auth.create_session(s, user))
         return user, tok, csrf
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
@@ -599,7 +562,7 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
             resp.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/login", max_age=3600)
             return resp
         try:
-            user, tok, _ = await run_in_threadpool(_login, _one(form, "name"), _one(form, "password"), None)
+            user, tok, _ = await _login(request, _one(form, "name"), _one(form, "password"), None)
         except AuthError as exc:
             csrf = secrets.token_urlsafe(24)
             resp = HTMLResponse(pages.login_page(csrf=csrf, next_url=next_url, error=str(exc)),
@@ -617,7 +580,7 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
         session cookie. JSON only, so a cross-site form cannot post it."""
         if not request.headers.get("content-type", "").startswith("application/json"):
             raise ValidationError("send JSON (Content-Type: application/json)")
-        user, tok, csrf = await run_in_threadpool(_login, body.name, body.password, body.token)
+        user, tok, csrf = await _login(request, body.name, body.password, body.token)
         resp = JSONResponse({"user": user.to_dict(), "session": tok, "csrf": csrf})
         _set_session(resp, tok)
         return resp
@@ -663,7 +626,8 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
         return HTMLResponse(pages.queue_page(user=p.user, csrf=p.csrf or "", classes=data["classes"], initial=data))
 
     @app.get("/api/queue", tags=["queue"])
-    async def api_queue(p: Annotator, n: Annotated[int, Query(ge=1, le=50)] = 5, exclude: str = ""):
+    async def api_queue(p: Annotator, n: Annotated[int, Query(ge=1, le=50)] = 5,
+                        exclude: Annotated[str, Query(max_length=10_000, pattern=ID_LIST_PATTERN)] = ""):
         """The next ``n`` items for this user (reserved for them a few minutes), with the
         machine's guess; ``exclude``: comma-separated ids the client already holds."""
         return _queue_payload(ctx, p, n, _parse_ids(exclude, "exclude"))
@@ -717,19 +681,15 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
     @app.get("/media/{ref}", tags=["queue"], responses={200: {"content": {"image/png": {}}}})
     def media(ref: str, p: Annotator, w: Annotated[int | None, Query(ge=16, le=1024)] = None):
         """The image of an item, by item id only; ``w``: a thumbnail at most this wide and high."""
-        if not ref.isdigit() or len(ref) > 18:
-            raise UnknownItemError(f"no item {ref[:40]!r}: media are addressed by item id")
+        if not _ASCII_ID.fullmatch(ref):
+            raise UnknownItemError(f"no item {ref[:40]!r}: media are addressed by item id (digits 0-9)")
         it = ctx.readers.store().items([int(ref)])[0]   # UnknownItemError (404) if there is none
         if it.modality != "image" or not it.uri:
             raise UnknownItemError(f"item {it.id} is a text item; its text is in the JSON")
-        path = Path(it.uri)
-        if not path.is_file():
-            raise UnknownItemError(f"the image file of item {it.id} is missing on the server")
         headers = {"Cache-Control": "private, max-age=86400"}
         if w is not None:
-            return Response(_thumbnail(str(path), it.content_hash, w), media_type="image/png", headers=headers)
-        media_type = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-        return FileResponse(path, media_type=media_type, headers=headers)
+            return Response(thumbnail(it, w), media_type="image/png", headers=headers)
+        return Response(image_bytes(it), media_type=media_type(it), headers=headers)
 
     # ------------------------------------------------------------------ review
     def _review_args(source, label, min_confidence, max_confidence, order, offset):
@@ -739,7 +699,7 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
     @app.get("/api/review", tags=["review"])
     def api_review(p: Reviewer, source: Literal["machine", "predicted"] | None = None, label: str = "",
                    min_confidence: Conf = None, max_confidence: Conf = None,
-                   order: Literal["desc", "asc"] = "desc", offset: Annotated[int, Query(ge=0)] = 0):
+                   order: Literal["desc", "asc"] = "desc", offset: Annotated[int, Query(ge=0, le=10**9)] = 0):
         """Machine labels (or propagated predictions) of items no human labeled, filtered."""
         return review_data(ctx, **_review_args(source, label, min_confidence, max_confidence, order, offset))
 
@@ -866,7 +826,7 @@ def create_app(project: str | Path, *, strategy: str = DEFAULT_STRATEGY, refresh
 
     # ------------------------------------------------------------------ export / status
     @app.get("/export", tags=["export"], responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
-    def export(p: Reviewer, format: str = "csv"):
+    def export(p: Reviewer, format: Literal[EXPORT_FORMATS] = "csv"):
         """Download one row per item with its current best label (as `labelloop export`)."""
         if format not in EXPORT_FORMATS:
             raise ValidationError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {format[:20]!r}")
