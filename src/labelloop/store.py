@@ -441,6 +441,37 @@ class Store:
         ).fetchall()
         return {i: k for i, k in rows}
 
+    # ---------------------------------------------------- counts a server polls
+    def has_item(self, item_id: int) -> bool:
+        """Whether an item with this id exists (ids out of SQLite's range never do)."""
+        if not 0 <= int(item_id) <= MAX_ID:
+            return False
+        return self.conn.execute("SELECT 1 FROM items WHERE id = ?", (int(item_id),)).fetchone() is not None
+
+    def last_annotation_id(self) -> int:
+        """The id of the newest annotation (0 if none): it changes whenever a label does."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM annotations").fetchone()[0])
+
+    def has_source(self, source: str) -> bool:
+        """Whether any annotation of ``source`` (human, import, machine) exists."""
+        return self.conn.execute("SELECT 1 FROM annotations WHERE source = ? LIMIT 1", (source,)).fetchone() is not None
+
+    def unlabeled_count(self) -> int:
+        """Items no source has ever given a class (withdrawn labels still count as given)."""
+        n = self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        done = self.conn.execute(
+            "SELECT COUNT(DISTINCT item_id) FROM annotations WHERE class_id IS NOT NULL").fetchone()[0]
+        return max(int(n) - int(done), 0)
+
+    def gold_item_ids(self) -> np.ndarray:
+        """Ids of the gold (known-true) items, ascending."""
+        return np.fromiter((r[0] for r in self.conn.execute("SELECT item_id FROM gold ORDER BY item_id")),
+                           dtype=np.int64)
+
+    def audit_confirmation_count(self) -> int:
+        """How many labels people kept although the audit flagged them."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM audit_confirmations").fetchone()[0])
+
     # ---------------------------------------------------------------------- runs
     def start_run(self, kind: str, params: dict, inputs: dict | None = None) -> int:
         with self.transaction() as c:

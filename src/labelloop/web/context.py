@@ -105,9 +105,7 @@ class WebContext:
 
     def version(self, store: Store) -> str:
         """Changes whenever a label, a class or the predictions change (cache key of plots)."""
-        a, c = store.conn.execute(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM annotations), (SELECT COUNT(*) FROM classes)").fetchone()
-        return f"{self.refresher.snapshot.run_id}-{a}-{c}"
+        return f"{self.refresher.snapshot.run_id}-{store.last_annotation_id()}-{len(store.classes())}"
 
 
 def get_ctx(request: Request) -> WebContext:

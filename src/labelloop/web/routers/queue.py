@@ -29,13 +29,7 @@ def _queue_payload(ctx: WebContext, p: Principal, n: int, exclude: list[int]) ->
 
 
 def _remaining(ctx: WebContext, store: Store) -> int:
-    def compute():
-        n = store.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        done = store.conn.execute(
-            "SELECT COUNT(DISTINCT item_id) FROM annotations WHERE class_id IS NOT NULL").fetchone()[0]
-        return max(int(n) - int(done), 0)
-
-    return ctx.cached("remaining", int(time.time()), compute)   # recounted at most once a second
+    return ctx.cached("remaining", int(time.time()), store.unlabeled_count)   # recounted at most once a second
 
 
 @router.get("/queue", include_in_schema=False)

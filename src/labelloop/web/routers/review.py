@@ -33,8 +33,7 @@ def review_data(ctx: WebContext, *, source: str | None, label: str | None, min_c
     if order not in ("desc", "asc"):
         raise ValidationError(f"order must be 'desc' or 'asc', not {order!r}")
     if source is None:
-        has_machine = store.conn.execute("SELECT 1 FROM annotations WHERE source = 'machine' LIMIT 1").fetchone()
-        source = "machine" if has_machine else "predicted"
+        source = "machine" if store.has_source("machine") else "predicted"
     if source not in ("machine", "predicted"):
         raise ValidationError(f"source must be 'machine' or 'predicted', not {source!r}")
     lo = 0.0 if min_confidence is None else min_confidence
