@@ -567,6 +567,9 @@ def test_dashboard_numbers_and_pictures(env):
     assert d["per_class"]["0"]["human"] == 2
     page = env.client.get("/dashboard", headers={**env.bearer("rita"), "Accept": "text/html"}).text
     assert 'id="stat-human"><b>20</b>' in page and "estimated accuracy" in page
+    # the label export links download labels; the dashboard's own JSON is named as such
+    assert '<a href="/export?format=jsonl" download>JSON lines</a>' in page
+    assert 'these numbers as <a href="/api/dashboard">JSON</a>' in page
     for name in ("learning-curve", "confidence", "class-balance", "embedding-map", "annotators"):
         r = env.client.get(f"/plots/{name}.png", headers=env.bearer("rita"))
         assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", name
