@@ -14,10 +14,12 @@ Every schema change is a numbered migration recorded in the ``migrations`` table
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from .errors import ProjectError, UnknownClassError, UnknownItemError, Validatio
 
 DB_NAME = "labelloop.db"
 SOURCES = ("human", "import", "machine")
+MAX_ID = 2**63 - 1   # the largest SQLite INTEGER: every row id is at most this
 
 # Append-only: never edit a migration that has shipped; add a new one.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -311,6 +314,9 @@ class Store:
             return [self._item(r) for r in cur]
         by_id: dict[int, Item] = {}
         ids = [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i <= MAX_ID:   # SQLite would raise OverflowError
+                raise UnknownItemError(f"no item with id {i} in this project (ids are 1 to {MAX_ID})")
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
             q = f"SELECT * FROM items WHERE id IN ({','.join('?' * len(part))})"
@@ -445,6 +451,37 @@ class Store:
         ).fetchall()
         return {i: k for i, k in rows}
 
+    # ---------------------------------------------------- counts a server polls
+    def has_item(self, item_id: int) -> bool:
+        """Whether an item with this id exists (ids out of SQLite's range never do)."""
+        if not 0 <= int(item_id) <= MAX_ID:
+            return False
+        return self.conn.execute("SELECT 1 FROM items WHERE id = ?", (int(item_id),)).fetchone() is not None
+
+    def last_annotation_id(self) -> int:
+        """The id of the newest annotation (0 if none): it changes whenever a label does."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM annotations").fetchone()[0])
+
+    def has_source(self, source: str) -> bool:
+        """Whether any annotation of ``source`` (human, import, machine) exists."""
+        return self.conn.execute("SELECT 1 FROM annotations WHERE source = ? LIMIT 1", (source,)).fetchone() is not None
+
+    def unlabeled_count(self) -> int:
+        """Items no source has ever given a class (withdrawn labels still count as given)."""
+        n = self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        done = self.conn.execute(
+            "SELECT COUNT(DISTINCT item_id) FROM annotations WHERE class_id IS NOT NULL").fetchone()[0]
+        return max(int(n) - int(done), 0)
+
+    def gold_item_ids(self) -> np.ndarray:
+        """Ids of the gold (known-true) items, ascending."""
+        return np.fromiter((r[0] for r in self.conn.execute("SELECT item_id FROM gold ORDER BY item_id")),
+                           dtype=np.int64)
+
+    def audit_confirmation_count(self) -> int:
+        """How many labels people kept although the audit flagged them."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM audit_confirmations").fetchone()[0])
+
     # ---------------------------------------------------------------------- runs
     def start_run(self, kind: str, params: dict, inputs: dict | None = None) -> int:
         with self.transaction() as c:
@@ -559,9 +596,38 @@ def validate_class_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError(f"class name must be a non-empty string, got {name!r}")
     name = name.strip()
-    if len(name) > 200 or any(ch in name for ch in "\n\r\t"):
-        raise ValidationError(f"class name {name[:40]!r} must be one line of at most 200 characters")
+    if len(name) > 200:
+        raise ValidationError(f"class name {name[:40]!r}... has {len(name)} characters; at most 200")
+    for pos, ch in enumerate(name):
+        if _is_control(ch):
+            raise ValidationError(
+                f"class name {name[:40]!r} has the control character U+{ord(ch):04X} at position {pos + 1}; "
+                "class names are one line of visible text: remove it")
     return name
+
+
+def _is_control(ch: str) -> bool:
+    """Control, format (zero-width, bidi overrides) and line / paragraph separator characters;
+    the zero-width (non-)joiners that some scripts and emoji need are allowed."""
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in "\u200c\u200d"
+
+
+@functools.cache
+def class_name_pattern() -> str:
+    """A regular expression (the same in Python, JSON Schema and Rust) a valid class name
+    matches: a visible character and none of :func:`_is_control`'s (Basic Multilingual Plane;
+    the few such characters beyond it are refused by :func:`validate_class_name` only)."""
+    ranges: list[list[int]] = []
+    for cp in range(0x10000):
+        if 0xD800 <= cp <= 0xDFFF or not _is_control(chr(cp)):
+            continue
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    bad = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+    return f"^[^{bad}]*[^\\s{bad}][^{bad}]*$"
+
 
 
 def _safe_name(s: str) -> str:

@@ -1,6 +1,6 @@
 """The labelloop web app: labeling queue, review, audit, dashboard (``labelloop serve``).
 
-Needs the ``web`` extra (fastapi, uvicorn); imported only by ``labelloop serve`` and tests.
+Needs the ``web`` extra (fastapi, uvicorn, jinja2); imported only by ``labelloop serve`` and tests.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def create_app(*args, **kwargs):
     except ImportError as exc:  # fastapi / uvicorn missing
         from ..errors import MissingDependencyError
 
-        if getattr(exc, "name", None) in ("fastapi", "starlette", "pydantic", "uvicorn"):
+        if getattr(exc, "name", None) in ("fastapi", "starlette", "pydantic", "uvicorn", "jinja2", "markupsafe"):
             raise MissingDependencyError.for_extra(exc.name, "web") from exc
         raise
     return _create(*args, **kwargs)

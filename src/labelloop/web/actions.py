@@ -21,7 +21,7 @@ _MAX_KEY = 100
 
 
 def item_exists(store: Store, item_id: int) -> None:
-    if store.conn.execute("SELECT 1 FROM items WHERE id = ?", (int(item_id),)).fetchone() is None:
+    if not store.has_item(item_id):
         raise UnknownItemError(f"no item with id {item_id} in this project")
 
 

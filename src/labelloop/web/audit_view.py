@@ -8,6 +8,7 @@ import sqlite3
 import numpy as np
 
 from ..errors import LabelloopError, NotReadyError
+from .context import item_json
 
 SOURCE_NAMES = {1: "human", 2: "import", 3: "machine"}
 
@@ -36,10 +37,8 @@ def _compute(ctx) -> dict:
 def audit_view(ctx, *, limit: int = 30, n_neighbours: int = 6) -> dict:
     """JSON of the audit page: the ``limit`` most suspicious labels, each with up to
     ``n_neighbours`` disagreeing neighbours."""
-    from .app import item_json
-
     store = ctx.readers.store()
-    confirmations = store.conn.execute("SELECT COUNT(*) FROM audit_confirmations").fetchone()[0]
+    confirmations = store.audit_confirmation_count()
     full = ctx.cached("audit", (ctx.version(store), confirmations), lambda: _compute(ctx))
     if not full.get("available"):
         return {"available": False, "detail": full.get("detail"), "suspects": [], "total": 0}

@@ -47,7 +47,7 @@ def _agreement(project: Project, rows: list[tuple[int, str, int]]) -> tuple[dict
     col = {cid: c for c, cid in enumerate(project.store.class_ids().values())}
     n_classes = max(len(col), 1)
     table = [(i, a, col[k]) for i, a, k in rows]
-    gold = {i: col[k] for i, k in project.store.conn.execute("SELECT item_id, class_id FROM gold")}
+    gold = project.gold()
     per: dict = {}
     if table:
         for s in annotator_report(table, gold=gold or None, n_classes=n_classes):

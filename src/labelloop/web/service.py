@@ -430,7 +430,7 @@ class Refresher:
             self._cond.notify_all()
 
     def _max_annotation(self) -> int:
-        return int(self.project.store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM annotations").fetchone()[0])
+        return self.project.store.last_annotation_id()
 
     def _refresh_once(self) -> None:
         p = self.project
@@ -481,7 +481,7 @@ class Refresher:
         if ids is None:
             return Snapshot.empty(applied)
         y = _label_vector(p, ids)   # (n,) -1: nobody labeled it
-        gold = np.fromiter((r[0] for r in p.store.conn.execute("SELECT item_id FROM gold")), dtype=np.int64)
+        gold = p.store.gold_item_ids()
         labeled = y >= 0
         pool = ~labeled & ~np.isin(ids, gold)
         if pred is None:

@@ -1,0 +1,19 @@
+"""One FastAPI router per area of the web app; each page keeps its JSON twin under /api/.
+
+``auth`` (login, logout, me, schema), ``queue`` (labeling), ``media`` (images), ``review``
+(machine labels), ``audit`` (suspected errors), ``dashboard`` (numbers, plots, export, status),
+``users`` (admin)."""
+
+from __future__ import annotations
+
+from . import audit, auth, dashboard, media, queue, review, users
+
+__all__ = ["ROUTERS", "all_routes"]
+
+ROUTERS = [auth.router, queue.router, media.router, review.router, audit.router, dashboard.router, users.router]
+
+
+def all_routes() -> list:
+    """Every route of the app (FastAPI includes routers lazily, so ``app.routes`` lists them
+    only as included-router entries)."""
+    return [route for router in ROUTERS for route in router.routes]

@@ -1,0 +1,94 @@
+"""The labeling queue: the page and its JSON twin, labels, undo, skip, classes."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from ...store import Store
+from .. import actions
+from ..context import Annotator, Ctx, Principal, WebContext, item_json, parse_ids
+from ..queue import QueueEntry
+from ..render import page
+from ..schemas import ID_LIST_PATTERN, ClassIn, LabelIn, SkipIn, UndoIn
+
+router = APIRouter(tags=["queue"])
+
+
+def _queue_payload(ctx: WebContext, p: Principal, n: int, exclude: list[int]) -> dict:
+    store = ctx.readers.store()
+    snap = ctx.refresher.snapshot
+    entries = ctx.queue.next_items(store, snap, p.user.name, n, exclude)
+    items = store.items([e.item_id for e in entries]) if entries else []
+    return {"items": [item_json(it, snap, e) for it, e in zip(items, entries)],
+            "classes": store.classes(), "remaining": _remaining(ctx, store),
+            "snapshot": snap.to_dict(), "refresh": dict(ctx.refresher.status)}
+
+
+def _remaining(ctx: WebContext, store: Store) -> int:
+    return ctx.cached("remaining", int(time.time()), store.unlabeled_count)   # recounted at most once a second
+
+
+@router.get("/queue", include_in_schema=False)
+def queue_page(p: Annotator, ctx: Ctx):
+    data = _queue_payload(ctx, p, 6, [])
+    return page("queue.html", title="Label", user=p.user, csrf=p.csrf or "", page_id="queue", wide=True,
+                classes=data["classes"], initial=data)
+
+
+@router.get("/api/queue")
+async def api_queue(p: Annotator, ctx: Ctx, n: Annotated[int, Query(ge=1, le=50)] = 5,
+                    exclude: Annotated[str, Query(max_length=10_000, pattern=ID_LIST_PATTERN)] = ""):
+    """The next ``n`` items for this user (reserved for them a few minutes), with the
+    machine's guess; ``exclude``: comma-separated ids the client already holds."""
+    return _queue_payload(ctx, p, n, parse_ids(exclude, "exclude"))
+
+
+@router.post("/api/labels")
+async def api_label(body: LabelIn, p: Annotator, ctx: Ctx):
+    """Label one item (a human annotation by this user); triggers a background refresh."""
+    out = await ctx.write(lambda s: actions.label_item(s, p.user, body.item, body.label, body.key))
+    ctx.queue.release(body.item)
+    ctx.refresher.request()
+    return out
+
+
+@router.post("/api/undo")
+async def api_undo(p: Annotator, ctx: Ctx, body: UndoIn | None = None):
+    """Withdraw this user's most recent label in effect; returns that item to label again."""
+    key = body.key if body else None
+    out = await ctx.write(lambda s: actions.undo_last(s, p.user, key))
+    ctx.queue.unskip(p.user.name, out["item"])
+    ctx.refresher.request()
+
+    def item():
+        store = ctx.readers.store()
+        it = store.items([out["item"]])[0]
+        return item_json(it, ctx.refresher.snapshot, QueueEntry(it.id, "undone"))
+
+    return out | {"item_data": await run_in_threadpool(item)}
+
+
+@router.post("/api/skip")
+async def api_skip(body: SkipIn, p: Annotator, ctx: Ctx):
+    """Skip an item: it is not shown to this user again in this server session. Writes nothing."""
+    actions.item_exists(ctx.readers.store(), body.item)
+    ctx.queue.skip(p.user.name, body.item)
+    return {"ok": True, "item": body.item}
+
+
+@router.get("/api/classes")
+async def api_classes(p: Annotator, ctx: Ctx):
+    return {"classes": ctx.readers.store().classes()}
+
+
+@router.post("/api/classes")
+async def api_add_class(body: ClassIn, p: Annotator, ctx: Ctx):
+    """Add a class (any logged-in user may, from the labeling page)."""
+    out = await ctx.write(lambda s: actions.add_class(s, body.name))
+    if out["added"]:
+        ctx.refresher.request()
+    return out
