@@ -58,7 +58,7 @@ def test_head_weight_averages_a_classifier_head_into_the_predictions(digits_proj
     p.refresh(full=True)
     ids, X = p.embeddings()
     y = p.label_vector(ids)
-    _, graph = p.graph()
+    _, graph = p.propagation_graph()
     P_lp = LabelPropagation().fit(graph, y, n_classes=len(p.classes)).predict_proba()
     head = fit_head(normalize_rows(X), y, n_classes=len(p.classes)).predict_proba(normalize_rows(X))
     pred = p.predictions()
