@@ -15,6 +15,7 @@ from labelloop.loop import (
     apply_power,
     candidate_threshold,
     certify,
+    coverage_of,
     expected_calibration_error,
     fit_calibrator,
     fold_ids,
@@ -99,13 +100,26 @@ def test_folds_never_hide_the_last_label_of_a_class():
 
 def test_certification_is_the_clopper_pearson_arithmetic():
     n = min_verified_count(0.95)  # 59: 0.05 ** (1 / 59) >= 0.95
-    conf = np.linspace(0.99, 0.999, n)
-    ok = certify(conf, np.zeros(n, int), np.ones(n, bool), n_classes=2, candidate=0.99)
-    assert ok.certified and ok.thresholds[0] <= 0.99 + 1e-9
-    short = certify(conf[1:], np.zeros(n - 1, int), np.ones(n - 1, bool), n_classes=2, candidate=0.99)
-    assert not short.certified and short.more_needed == 1
+    cov = np.linspace(0.01, 0.6, n)  # checks drawn from the 60 % most confident items
+    ok = certify(cov, np.zeros(n, int), np.ones(n, bool), n_classes=2, candidate=0.6)
+    assert ok.certified and ok.coverage[0] == pytest.approx(0.6)
+    assert ok.accepts(np.array([0.5, 0.7]), np.array([0, 0])).tolist() == [True, False]
+    short = certify(cov[1:], np.zeros(n - 1, int), np.ones(n - 1, bool), n_classes=2, candidate=0.6)
+    assert not short.certified and short.more_needed == 1 and short.coverage.max() == 0
     assert "labelloop next --strategy verify --n 1" in short.reason
+    # an error among the less confident checks only shrinks the certified region
+    wrong = np.ones(n + 5, bool)
+    wrong[-1] = False
+    cov2 = np.linspace(0.01, 0.6, n + 5)
+    part = certify(cov2, np.zeros(n + 5, int), wrong, n_classes=2, candidate=0.6)
+    assert part.certified and part.coverage[0] < 0.6
     assert more_needed(0, 0) == n
+
+
+def test_coverage_is_the_share_at_least_as_confident():
+    conf = np.array([0.9, 0.8, 0.8, 0.5, 0.99])
+    eligible = np.array([True, True, True, True, False])
+    np.testing.assert_allclose(coverage_of(conf, eligible), [0.25, 0.75, 0.75, 1.0, 0.0])
 
 
 def test_candidate_region_and_verify_sample():
