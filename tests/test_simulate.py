@@ -142,3 +142,17 @@ def test_machine_labels_are_withdrawn_when_they_no_longer_pass(loop_project):
     assert b["accepted"] <= a["accepted"] and b["withdrawn"] == a["accepted"] - b["accepted"]
     assert len(p.store.latest_labels("machine")) == b["accepted"]
     assert len(p.store.annotations("machine")) == a["accepted"] + b["withdrawn"]
+
+
+def test_labels_drawn_at_random_become_the_class_prior(loop_project):
+    p, truth = loop_project
+    by_id = {it.id: it.external_id for it in p.store.items()}
+    first = list(truth.items())[::25]  # one per topic, hand-picked: not a random draw
+    p.label(first, create_classes=True)
+    assert p.refresh()["class_prior"] is None  # nothing drawn at random yet: the label shares
+    drawn = p.next(36, strategy="random")
+    p.label([(r["item"], truth[by_id[r["item"]]]) for r in drawn])
+    s = p.refresh(full=True)
+    # 36 random labels of a balanced set: add-one smoothed shares near 1/3 each
+    assert s["class_prior"] is not None and len(s["class_prior"]) == 3
+    assert abs(sum(s["class_prior"]) - 1) < 1e-3 and min(s["class_prior"]) > 0.15

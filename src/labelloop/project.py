@@ -394,11 +394,13 @@ class Project:
             fit_y = y
             weight = np.where(y_h >= 0, 100.0, np.where(y >= 0, trust, 0.0))
             alpha = SMOOTH_ALPHA
+        prior = self._class_prior(ids, len(classes)) if self._class_mass() else None
         if warm:
+            self._lp.class_prior = prior
             self._lp.update(fit_y, n_iter=self.setting("warm_iter"))
         else:
             self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
-                                        alpha=alpha, class_mass=self._class_mass())
+                                        alpha=alpha, class_mass=self._class_mass(), class_prior=prior)
             self._lp.fit(graph, fit_y, n_classes=len(classes), sample_weight=weight)
             self._lp_key = key
         P = self._lp.predict_proba()  # (n, C)
@@ -431,6 +433,7 @@ class Project:
         self.store.save_predictions(run, ids, [class_ids[c] for c in s["label"]], s["confidence"],
                                     s["margin"], s["entropy"], reached)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
+                       class_prior=None if prior is None else [round(float(v), 4) for v in prior],
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
                        changed=changed, warm=warm, warm_updates=int(getattr(self._lp, "n_updates_", 0)),
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
@@ -466,8 +469,8 @@ class Project:
             hidden = (y_h >= 0) & (y_hidden < 0)  # hide the item's imported label too
             yy = np.where(hidden, -1, y)
             w = None if weight is None else np.where(hidden, 0.0, weight)
-            lp = LabelPropagation(temperature=T, n_iter=n_iter, alpha=alpha, class_mass=self._class_mass()).fit(
-                S, yy, n_classes=C, sample_weight=w)
+            lp = LabelPropagation(temperature=T, n_iter=n_iter, alpha=alpha, class_mass=self._class_mass(),
+                                  class_prior=self._lp.class_prior).fit(S, yy, n_classes=C, sample_weight=w)
             return lp.predict_proba()
 
         head = None
@@ -487,6 +490,22 @@ class Project:
     def _class_mass(self) -> bool | str:
         prior = self.setting("class_prior")
         return False if prior == "none" else prior
+
+    def _class_prior(self, ids: np.ndarray, n_classes: int) -> np.ndarray | None:
+        """The class shares among the human labels of items `next` drew uniformly at random
+        (:func:`labelloop.loop.random_prior`), or None while there are too few."""
+        from .loop import random_prior
+
+        drawn: set[int] = set()
+        for run in self.store.runs("query"):
+            drawn.update(c["item"] for c in run["summary"].get("checks", []) if c.get("kind") == "random")
+            if run["params"].get("strategy") == "random":
+                drawn.update(run["summary"].get("items", []))
+        if not drawn:
+            return None
+        y_h = self.label_vector(ids, sources=("human",))
+        rows = np.array([r for r, i in enumerate(ids) if int(i) in drawn], dtype=np.int64)
+        return random_prior(y_h[rows], n_classes)
 
     def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
         """``(n, C)`` probabilities of the classifier head (:func:`adapt.finetune.fit_head`)

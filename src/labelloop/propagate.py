@@ -96,10 +96,12 @@ UPDATE_ROWS_PER_ITEM = 1.0
 CLASS_PRIORS = ("labels", "estimated")
 
 
-def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str = "labels") -> np.ndarray:
+def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray = "labels"
+                         ) -> np.ndarray:
     """Column c of ``Y`` (n, C) rescaled to total mass q_c (Zhu, Ghahramani & Lafferty 2003).
 
-    ``prior="labels"``: q = add-one smoothed class shares among the labels ``y`` (the default).
+    ``prior``: an (C,) array of class shares (e.g. from labels drawn at random), or
+    ``"labels"``: q = add-one smoothed class shares among the labels ``y`` (the default).
     ``prior="estimated"``: q = sqrt(q_labels * q_territory), normalised, where q_territory are
     the add-one smoothed shares of the classes predicted after rescaling to q_labels. Human
     labels are usually a few per class whatever the classes' true shares; on imbalanced text
@@ -113,6 +115,9 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
     Y = np.maximum(np.asarray(Y, dtype=np.float64), 0.0)
     m = Y.sum(axis=0)  # (C,) column mass
     m = np.where(m > 0, m, 1.0)
+    if not isinstance(prior, str):
+        q = np.asarray(prior, dtype=np.float64)
+        return (Y * (q / q.sum() / m)).astype(np.float32)
     q = np.bincount(y[y >= 0], minlength=C)[:C].astype(np.float64) + 1.0
     q /= q.sum()
     if prior == "estimated":
@@ -182,7 +187,8 @@ class LabelPropagation:
     steps; a warning if it never gets there); a number is a fixed count like the paper's 20.
     ``class_mass``: class-mass normalisation of the result (see the module docstring): True or
     ``"labels"`` (class shares from the labels), ``"estimated"`` (see :func:`class_mass_normalise`),
-    False (none, the paper).
+    False (none, the paper). ``class_prior``: (C,) known class shares for the normalisation
+    (``Project`` passes the shares among labels drawn at random once there are enough).
     ``alpha``: None clamps labeled rows after every step (the paper); a value in (0, 1) spreads
     instead, Y <- alpha S Y + (1 - alpha) Y0, nothing clamped (audit of noisy labels).
     """
@@ -196,10 +202,12 @@ class LabelPropagation:
         tol: float = 1e-6,
         refit_every: int | None = 5,
         class_mass: bool | str = True,
+        class_prior: np.ndarray | None = None,
     ) -> None:
         self.temperature = temperature
         self.n_iter = n_iter
         self.class_mass = class_mass
+        self.class_prior = class_prior
         self.alpha = alpha
         self.tol = tol
         # warm updates approximate and their error accumulates (Fashion-MNIST 10k, 20 updates
@@ -339,7 +347,9 @@ class LabelPropagation:
         total = Yr @ np.ones(C, Yr.dtype)  # (r,) row sums (a matvec: faster than sum(axis=1))
         reached = total > 0
         if self.class_mass and reached.any():
-            Yr = class_mass_normalise(Yr, self.y_, C, "estimated" if self.class_mass == "estimated" else "labels")
+            prior = self.class_prior if self.class_prior is not None else (
+                "estimated" if self.class_mass == "estimated" else "labels")
+            Yr = class_mass_normalise(Yr, self.y_, C, prior)
             total = Yr @ np.ones(C, Yr.dtype)
             reached = total > 0
         P = np.full_like(Yr, 1.0 / C)

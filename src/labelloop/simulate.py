@@ -121,11 +121,12 @@ def _logreg_heldout(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes
     return out
 
 
-def _propagator(S, n_classes: int, *, temperature, n_iter: int | None):
+def _propagator(S, n_classes: int, *, temperature, n_iter: int | None, prior=None):
     from .propagate import LabelPropagation
 
     def propagate(y: np.ndarray) -> np.ndarray:
-        return LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=n_classes).predict_proba()
+        return LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(
+            S, y, n_classes=n_classes).predict_proba()
 
     return propagate
 
@@ -191,7 +192,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     predictions exist; default 0.2 for ``auto``, 0 otherwise), predictions are calibrated on
     held-out labels and auto-labels certified by the random checks, as ``Project`` does."""
     from .graph import build_knn_graph, normalize_rows
-    from .loop import choose, predict
+    from .loop import choose, predict, random_prior
     from .loop.predict import heldout_predictions
     from .propagate import LabelPropagation, affinity_matrix
 
@@ -200,11 +201,11 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     n, C = len(y_true), len(data.class_names)
     graph = graph if graph is not None else build_knn_graph(X, k=k)
     S = affinity_matrix(graph, temperature=temperature)
-    propagate = _propagator(S, C, temperature=temperature, n_iter=n_iter)
     rng = np.random.default_rng(seed)
     labeled = np.zeros(0, dtype=np.int64)
     chosen = np.zeros(n, bool)  # picked by a query strategy: never calibrated or certified on
     checks: list[tuple[int, float, int]] = []  # (item, coverage, guess) of random draws
+    drawn: list[int] = []  # rows drawn uniformly at random (the class prior's sample)
     P: np.ndarray | None = None
     lp = None
     records = []
@@ -219,6 +220,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
                         seed=seed + len(labeled), explore=explore, target_precision=target_precision)
             pick = ch.rows
             chosen[[r for r, kind in zip(ch.rows, ch.kinds) if kind == "strategy"]] = True
+            drawn += [int(r) for r, kind in zip(ch.rows, ch.kinds) if kind == "random"]
             if P is not None:
                 checks += _draws(P, labeled, ch.rows, ch.kinds)
         labeled = np.concatenate([labeled, pick])
@@ -229,13 +231,17 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             P_raw, reached = _logreg_proba(X, labeled, y_true, C), np.ones(n, bool)
             held = (labeled, _logreg_heldout(X, labeled, y_true, C, seed=seed))
         else:
+            # as Project.refresh: the class shares of the randomly drawn labels, once there are enough
+            prior = random_prior(y_true[drawn], C)
             if lp is None:
-                lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
+                lp = LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(S, y, n_classes=C)
             else:
+                lp.class_prior = prior
                 lp.update(y)
             P_raw, reached = lp.predict_proba(), lp.reached_
             rep = ~chosen if ((y >= 0) & ~chosen).sum() >= 30 else None
-            held = heldout_predictions(y, C, propagate, seed=seed, score=rep)
+            held = heldout_predictions(y, C, _propagator(S, C, temperature=temperature, n_iter=n_iter, prior=prior),
+                                       seed=seed, score=rep)
         P = predict(P_raw, reached, y, held).proba
         seconds = time.perf_counter() - t0
         certified = records[-1]["certified_coverage"] if records else 0.0

@@ -18,7 +18,24 @@ import numpy as np
 from .calibrate import Calibrator, expected_calibration_error, fit_calibrator, prediction_weights
 from .heldout import heldout_proba
 
-__all__ = ["Prediction", "mix_head", "predict", "heldout_predictions"]
+__all__ = ["Prediction", "mix_head", "predict", "heldout_predictions", "random_prior", "MIN_RANDOM_FOR_PRIOR"]
+
+#: labels drawn uniformly at random needed before their class shares become the class prior
+MIN_RANDOM_FOR_PRIOR = 30
+
+
+def random_prior(labels: np.ndarray, n_classes: int, *, min_count: int = MIN_RANDOM_FOR_PRIOR) -> np.ndarray | None:
+    """(C,) add-one smoothed class shares among labels drawn uniformly at random (the random
+    share of ``auto``, ``random`` queries): an unbiased estimate of the classes' true shares,
+    which a few labels per class are not. None below ``min_count`` such labels; then
+    propagation normalises class mass to the shares among all labels
+    (:func:`labelloop.propagate.class_mass_normalise`)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    labels = labels[labels >= 0]
+    if labels.size < min_count:
+        return None
+    q = np.bincount(labels, minlength=n_classes)[:n_classes] + 1.0
+    return q / q.sum()
 
 
 def mix_head(P: np.ndarray, P_head: np.ndarray, weight: float) -> np.ndarray:
