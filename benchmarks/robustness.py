@@ -11,8 +11,10 @@ random labels per class (1, 2, 5, 10, 20; ``--seeds`` seeds), on the unlabeled i
 - LabelSpreading: scikit-learn ``LabelSpreading(kernel="knn", n_neighbors=10)``;
 - logreg: logistic regression on the labeled items only.
 
-Accuracy and expected calibration error (ECE, 10 bins) of each; then the certify loop
-(``simulate.certify_loop``: 5 labels per class, then only verify checks, at most 130 labels).
+Accuracy and expected calibration error (ECE, 10 bins) of each; whether the whole-dataset
+accuracy estimate's interval contains the truth; the audit's false-flag rate on clean labels;
+then the certify loop (``simulate.certify_loop``: 5 labels per class, then only verify checks,
+to 130 labels).
 
 Run:  python benchmarks/robustness.py [--seeds 3] [--only digits sms-spam]
 """
@@ -51,6 +53,31 @@ def ece(P, y):
     return expected_calibration_error(P.max(1), P.argmax(1) == y)
 
 
+def estimate_covers(P, y, yt, held_rows, held_P, C):
+    """Does the whole-dataset accuracy estimate (Project.estimate's) contain the truth?"""
+    from labelloop.loop.calibrate import prediction_weights
+    from labelloop.loop.estimate import estimate_dataset_accuracy
+
+    t = y[held_rows]
+    w = prediction_weights(t, P.argmax(1), C) if len(held_rows) else None
+    est = estimate_dataset_accuracy(P.max(1), y >= 0, held_P.max(1), held_P.argmax(1) == t, heldout_weights=w)
+    truth = float(((P.argmax(1) == yt) | (y >= 0)).mean())
+    return est.lower <= truth <= est.upper, est.upper - est.lower
+
+
+def clean_false_flags(X, graph, yt, C, seed):
+    """Share of clean human labels (20 random per class) the audit flags at P(wrong) >= 0.9."""
+    from labelloop.audit import audit_labels
+
+    rng = np.random.default_rng(seed)
+    lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), size=min(20, int((yt == c).sum())), replace=False)
+                          for c in range(C)])
+    y = np.full(len(yt), -1)
+    y[lab] = yt[lab]
+    res = audit_labels(X, graph, y, C, classifier="logreg", label_accuracy=np.where(y >= 0, 0.95, np.nan))
+    return float((res.scores[lab] >= 0.9).mean())
+
+
 def methods(Xn, graph, S, y, C):
     from sklearn.linear_model import LogisticRegression
     from sklearn.semi_supervised import LabelSpreading
@@ -62,7 +89,9 @@ def methods(Xn, graph, S, y, C):
     out = {}
     lp = LabelPropagation().fit(S, y, n_classes=C)
     held = heldout_predictions(y, C, lambda yy: LabelPropagation().fit(S, yy, n_classes=C).predict_proba())
-    out["labelloop"] = predict(lp.predict_proba(), lp.reached_, y, held).proba
+    pred = predict(lp.predict_proba(), lp.reached_, y, held)
+    out["labelloop"] = pred.proba
+    out["_heldout"] = (pred.heldout_rows, pred.heldout_proba)
     # class_prior "estimated" (opt-in): the same, with the class shares pulled toward the graph's
     lp = LabelPropagation(class_mass="estimated").fit(S, y, n_classes=C)
     held = heldout_predictions(y, C, lambda yy: LabelPropagation(class_mass="estimated").fit(
@@ -92,7 +121,8 @@ def main(argv=None):
     from labelloop.simulate import SimulationData, certify_loop
 
     warnings.simplefilter("ignore")
-    rows, certs = [], []
+    rows, certs, flags = [], [], []
+    covers, widths = [], []
     t0 = time.time()
     for name, n, bb, f in pairs(args.only):
         yt = load_dataset(name, n=n, seed=0).labels
@@ -111,25 +141,37 @@ def main(argv=None):
                 y[lab] = yt[lab]
                 u = y < 0
                 with threadpool_limits(1, user_api="blas"):
-                    for m, P in methods(Xn, graph, S, y, C).items():
+                    res = methods(Xn, graph, S, y, C)
+                    held_rows, held_P = res.pop("_heldout")
+                    for m, P in res.items():
                         acc.setdefault(m, []).append(float((P[u].argmax(1) == yt[u]).mean()))
                         cal.setdefault(m, []).append(float(ece(P[u], yt[u])))
+                    inside, width = estimate_covers(res["labelloop"], y, yt, held_rows, held_P, C)
+                    covers.append(inside)
+                    widths.append(width)
             row = {"dataset": name, "backbone": bb, "n": len(yt), "classes": C, "shots": shots,
+                   "estimate_covers": float(np.mean(covers[-args.seeds:])),
+                   "estimate_width": float(np.mean(widths[-args.seeds:])),
                    **{f"acc_{m}": float(np.mean(v)) for m, v in acc.items()},
                    **{f"ece_{m}": float(np.mean(v)) for m, v in cal.items()}}
             rows.append(row)
             print(f"{name:22s} {bb:28s} @{shots:<2d} " + " ".join(f"{m} {row['acc_' + m]:.3f}/{row['ece_' + m]:.2f}"
                                                         for m in acc), flush=True)
+        with threadpool_limits(1, user_api="blas"):
+            flags.append({"dataset": name, "backbone": bb, "false_flag_rate": float(np.mean(
+                [clean_false_flags(Xn, graph, yt, C, seed) for seed in range(args.seeds)]))})
+        print(f"  audit on clean labels: {flags[-1]['false_flag_rate']:.4f} flagged at P(wrong) >= 0.9", flush=True)
         if name in ("digits", "fashion-mnist", "sms-spam") and (C <= 10):
             data = SimulationData(name, X, yt, [str(c) for c in range(C)], bb)
             for seed in range(args.seeds):
-                r = certify_loop(data, seed=seed)[-1]
+                r = certify_loop(data, seed=seed, stop_when_certified=False)[-1]
                 certs.append({"dataset": name, "backbone": bb, "seed": seed, **{k: r[k] for k in (
                     "human_labels", "certified", "auto_coverage", "auto_precision", "random_checks")}})
                 print("  certify", certs[-1], flush=True)
     RESULTS.mkdir(exist_ok=True)
     meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg": os.getloadavg(), "argv": sys.argv}
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows, "certify": certs}, indent=1))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows, "certify": certs,
+                                                          "audit_clean": flags}, indent=1))
     lines = [f"# Robustness suite ({args.seeds} seeds; `python benchmarks/robustness.py`)", "",
              "Accuracy on the unlabeled items / ECE, random labels per class. "
              "**bold**: labelloop below LabelSpreading.", "",
@@ -142,6 +184,17 @@ def main(argv=None):
                      f"{r['acc_estimated']:.3f} / {r['ece_estimated']:.2f} | "
                      f"{r['acc_paper']:.3f} / {r['ece_paper']:.2f} | {r['acc_labelspreading']:.3f} / "
                      f"{r['ece_labelspreading']:.2f} | {r['acc_logreg']:.3f} / {r['ece_logreg']:.2f} |")
+    cov = [r["estimate_covers"] for r in rows]
+    lines += ["", "## Whole-dataset accuracy estimate (`status`): does its interval contain the truth?", "",
+              f"In {100 * np.mean(cov):.1f} % of the {len(cov) * args.seeds} runs above (every dataset, budget and "
+              f"seed); mean interval width {np.mean([r['estimate_width'] for r in rows]):.3f}.", "",
+              "| dataset | backbone | share of runs inside, by labels per class 1 / 2 / 5 / 10 / 20 |", "|---|---|---|"]
+    for key in dict.fromkeys((r["dataset"], r["backbone"]) for r in rows):
+        vals = [f"{r['estimate_covers']:.2f}" for r in rows if (r["dataset"], r["backbone"]) == key]
+        lines.append(f"| {key[0]} | {key[1]} | {' / '.join(vals)} |")
+    lines += ["", "## Audit on clean labels (20 random human labels per class, prior accuracy 0.95)", "",
+              "| dataset | backbone | share flagged at P(wrong) >= 0.9 |", "|---|---|---|"]
+    lines += [f"| {f['dataset']} | {f['backbone']} | {f['false_flag_rate']:.4f} |" for f in flags]
     if certs:
         lines += ["", "## Certify loop (5 random labels per class, then only `next --strategy verify`, <= 130 labels)", "",
                   "| dataset | backbone | seed | human labels | certified | machine-label coverage | true precision |",

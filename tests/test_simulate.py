@@ -156,3 +156,14 @@ def test_labels_drawn_at_random_become_the_class_prior(loop_project):
     # 36 random labels of a balanced set: add-one smoothed shares near 1/3 each
     assert s["class_prior"] is not None and len(s["class_prior"]) == 3
     assert abs(sum(s["class_prior"]) - 1) < 1e-3 and min(s["class_prior"]) > 0.15
+
+
+def test_diagnose_says_when_predictions_and_label_shares_disagree(loop_project):
+    p, truth = loop_project
+    items = list(truth.items())
+    skewed = items[:2] + items[25:37] + items[50:62]  # sport 2 of 26 labels; a third of the items
+    p.label(skewed, create_classes=True)
+    p.refresh()
+    d = p.diagnose()
+    assert d["imbalance"]["class"] == "sport" and d["imbalance"]["predicted_share"] > 2 * d["imbalance"]["label_share"]
+    assert "labelloop next --strategy random" in d["summary"]

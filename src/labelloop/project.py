@@ -907,6 +907,21 @@ class Project:
         if pred is not None:  # how far the confidences are from the held-out accuracy
             last = self.store.last_run("refresh")
             out["calibration"] = (pred.calibration or {}) | {"ece_heldout": last["summary"].get("ece_heldout")}
+            # balanced labels say nothing about imbalanced classes: say when the graph disagrees
+            y_all = y[y >= 0]
+            if len(y_all) and out.get("class_prior") is None and self._class_prior(ids, len(pred.classes)) is None:
+                lab_share = np.bincount(y_all, minlength=len(pred.classes)) / len(y_all)
+                pred_share = np.bincount(pred.label, minlength=len(pred.classes)) / len(pred.label)
+                skew = pred_share / np.maximum(lab_share, 1e-9)
+                if len(pred.classes) >= 2 and (skew.max() > 2 or skew.min() < 0.5):
+                    c = int(np.argmax(np.abs(np.log(np.maximum(skew, 1e-9)))))
+                    out["imbalance"] = {"class": pred.classes[c], "label_share": round(float(lab_share[c]), 4),
+                                        "predicted_share": round(float(pred_share[c]), 4)}
+                    out["summary"] += (
+                        f"\nclasses: {pred.classes[c]!r} is {lab_share[c]:.0%} of your labels but {pred_share[c]:.0%} "
+                        "of the predictions; if your classes are imbalanced, label some items drawn at random "
+                        "(`labelloop next --strategy random`: their shares become the class prior) or try "
+                        "`labelloop config class_prior estimated`")
             if out["calibration"].get("ece_heldout") is not None:
                 out["summary"] += (f"\nconfidence: expected calibration error {out['calibration']['ece_heldout']:.3f} "
                                    f"on {out['calibration'].get('heldout_items', 0)} held-out human labels")
