@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import SETTINGS
 from .errors import ValidationError
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 # The user-facing default (DESIGN.md: "a target precision the user sets (e.g. 95 %)").
-DEFAULT_TARGET = 0.95
+DEFAULT_TARGET = SETTINGS["target_precision"].default  # one source: the target_precision setting
 DEFAULT_LEVEL = 0.95
 METHODS = ("clopper-pearson", "wilson")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from .config import SETTINGS
 from .errors import LabelloopError
 
 EXIT_SKIPPED = 1   # the command ran, but some input was skipped (see the report)
@@ -502,7 +503,7 @@ def consensus(project, fraction, times, names, seed, as_json):
 @click.option("--backbone", default=None)
 @click.option("--n", "n_items", type=int, default=None, help="Subset size of the dataset.")
 @click.option("--baseline", is_flag=True, help="Also: margin sampling with logistic regression, no graph.")
-@click.option("--target-precision", type=float, default=0.95, show_default=True)
+@click.option("--target-precision", type=float, default=SETTINGS["target_precision"].default, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True)
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder to cache embeddings of bundled datasets.")

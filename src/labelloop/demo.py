@@ -34,7 +34,7 @@ def next_steps(directory: str | Path) -> list[str]:
 
 def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, backbone: str | None = None,
              labels_per_class: int = 3, n: int | None = None, seed: int = 0, rounds: int = 7,
-             batch: int = 10, target_precision: float = 0.95, max_checks: int = 150,
+             batch: int = 10, target_precision: float | None = None, max_checks: int = 150,
              echo: Callable[[str], None] | None = print) -> dict:
     """Build a project from a bundled dataset, label ``labels_per_class`` items per class from
     the ground truth (an oracle standing in for a person), refresh, and measure the accuracy of
@@ -57,6 +57,7 @@ def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, ba
     t0 = time.perf_counter()
     say(f"dataset {dataset}: {len(ds.items)} {ds.modality} items, {len(ds.class_names)} classes")
     project = Project.init(directory, modality=ds.modality, classes=ds.class_names)
+    target_precision = target_precision or project.setting("target_precision")
     data_dir = directory / "data"
     if ds.modality == "image":
         paths = write_image_folder(ds, data_dir)

@@ -29,6 +29,10 @@ import numpy as np
 
 from .errors import ValidationError
 
+from .autolabel import DEFAULT_TARGET  # noqa: E402  (one source: config's target_precision default)
+from .config import SETTINGS  # noqa: E402
+
+DEFAULT_K = SETTINGS["k"].default  # the project's default graph k: the simulation replays what ships
 TARGETS = (0.90, 0.95, 0.98)
 COLD_START_OK = {"random", "typicality", "coreset", "auto"}   # need no probabilities
 
@@ -184,7 +188,7 @@ def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks
 
 
 def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed: int,
-            model: str = "propagation", target_precision: float = 0.95, k: int = 10,
+            model: str = "propagation", target_precision: float = DEFAULT_TARGET, k: int = DEFAULT_K,
             temperature: float | str = "auto", n_iter: int | None = 100, graph=None,
             explore: float | None = None) -> list[dict]:
     """One strategy, one seed: the per-step records. Queries go through
@@ -253,7 +257,8 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
 
 
 def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int = 10, budget: int = 130,
-                 target_precision: float = 0.95, seed: int = 0, k: int = 10, temperature: float | str = "auto",
+                 target_precision: float = DEFAULT_TARGET, seed: int = 0, k: int = DEFAULT_K,
+                 temperature: float | str = "auto",
                  n_iter: int | None = 100, stop_when_certified: bool = True) -> list[dict]:
     """The certification path a user follows: ``start_per_class`` random labels per class, then
     only ``next --strategy verify`` batches answered by the oracle until ``budget`` human
@@ -336,7 +341,8 @@ def summarize(records: list[dict], n_items: int) -> list[dict]:
 
 def simulate(dataset: str | SimulationData = "digits", *, strategies: Sequence[str] = ("random", "margin", "auto"),
              budget: int = 300, step: int = 10, seeds: int = 5, backbone: str | None = None, n: int | None = None,
-             baseline: bool = False, target_precision: float = 0.95, k: int = 10, temperature: float | str = "auto",
+             baseline: bool = False, target_precision: float = DEFAULT_TARGET, k: int = DEFAULT_K,
+             temperature: float | str = "auto",
              out: str | Path | None = None, cache_dir: str | Path | None = None,
              progress: Callable[[str], None] | None = None) -> dict:
     """Run every strategy for ``seeds`` seeds; with ``baseline`` also margin sampling with a
