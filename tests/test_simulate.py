@@ -147,15 +147,20 @@ def test_machine_labels_are_withdrawn_when_they_no_longer_pass(loop_project):
 def test_labels_drawn_at_random_become_the_class_prior(loop_project):
     p, truth = loop_project
     by_id = {it.id: it.external_id for it in p.store.items()}
-    first = list(truth.items())[::25]  # one per topic, hand-picked: not a random draw
-    p.label(first, create_classes=True)
-    assert p.refresh()["class_prior"] is None  # nothing drawn at random yet: the label shares
+    items = list(truth.items())
+    p.label(items[:3] + items[25:26] + items[50:51], create_classes=True)  # hand-picked: 3 sport, 1, 1
+    first = p.refresh()["class_prior"]  # the shares of the labels no strategy chose, add-one smoothed
+    assert first == pytest.approx([0.5, 0.25, 0.25], abs=1e-3) or sorted(first) == pytest.approx([0.25, 0.25, 0.5])
+    picked = p.next(6, strategy="margin")  # actively chosen: never part of the prior
+    p.label([(r["item"], truth[by_id[r["item"]]]) for r in picked])
+    assert sorted(p.refresh()["class_prior"]) == pytest.approx(sorted(first), abs=1e-3)
     drawn = p.next(36, strategy="random")
     p.label([(r["item"], truth[by_id[r["item"]]]) for r in drawn])
     s = p.refresh(full=True)
-    # 36 random labels of a balanced set: add-one smoothed shares near 1/3 each
-    assert s["class_prior"] is not None and len(s["class_prior"]) == 3
-    assert abs(sum(s["class_prior"]) - 1) < 1e-3 and min(s["class_prior"]) > 0.15
+    # 36 labels drawn at random: their add-one smoothed shares are the prior
+    counts = {c: sum(truth[by_id[r["item"]]] == c for r in drawn) for c in p.classes}
+    assert s["class_prior_source"] == "random"
+    assert s["class_prior"] == pytest.approx([(counts[c] + 1) / 39 for c in p.classes], abs=1e-3)
 
 
 def test_diagnose_says_when_predictions_and_label_shares_disagree(loop_project):

@@ -394,7 +394,7 @@ class Project:
             fit_y = y
             weight = np.where(y_h >= 0, 100.0, np.where(y >= 0, trust, 0.0))
             alpha = SMOOTH_ALPHA
-        prior = self._class_prior(ids, len(classes)) if self._class_mass() else None
+        prior, prior_source = self._class_prior(ids, len(classes)) if self._class_mass() else (None, "none")
         if warm:
             self._lp.class_prior = prior
             self._lp.update(fit_y, n_iter=self.setting("warm_iter"))
@@ -434,6 +434,7 @@ class Project:
                                     s["margin"], s["entropy"], reached)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
+                       class_prior_source=prior_source,
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
                        changed=changed, warm=warm, warm_updates=int(getattr(self._lp, "n_updates_", 0)),
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
@@ -491,21 +492,21 @@ class Project:
         prior = self.setting("class_prior")
         return False if prior == "none" else prior
 
-    def _class_prior(self, ids: np.ndarray, n_classes: int) -> np.ndarray | None:
-        """The class shares among the human labels of items `next` drew uniformly at random
-        (:func:`labelloop.loop.random_prior`), or None while there are too few."""
-        from .loop import random_prior
+    def _class_prior(self, ids: np.ndarray, n_classes: int) -> tuple[np.ndarray | None, str]:
+        """The class shares for class-mass normalisation (:func:`labelloop.loop.class_prior`):
+        from labels `next` drew at random once there are enough, else from the labels no query
+        strategy chose."""
+        from .loop import class_prior
 
-        drawn: set[int] = set()
+        drawn_items: set[int] = set()
         for run in self.store.runs("query"):
-            drawn.update(c["item"] for c in run["summary"].get("checks", []) if c.get("kind") == "random")
+            drawn_items.update(c["item"] for c in run["summary"].get("checks", []) if c.get("kind") == "random")
             if run["params"].get("strategy") == "random":
-                drawn.update(run["summary"].get("items", []))
-        if not drawn:
-            return None
-        y_h = self.label_vector(ids, sources=("human",))
-        rows = np.array([r for r, i in enumerate(ids) if int(i) in drawn], dtype=np.int64)
-        return random_prior(y_h[rows], n_classes)
+                drawn_items.update(run["summary"].get("items", []))
+        chosen_items = self.actively_chosen()
+        drawn = np.array([int(i) in drawn_items for i in ids], dtype=bool)
+        chosen = np.array([int(i) in chosen_items for i in ids], dtype=bool)
+        return class_prior(self.label_vector(ids, sources=("human",)), n_classes, drawn=drawn, chosen=chosen)
 
     def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
         """``(n, C)`` probabilities of the classifier head (:func:`adapt.finetune.fit_head`)
@@ -909,7 +910,7 @@ class Project:
             out["calibration"] = (pred.calibration or {}) | {"ece_heldout": last["summary"].get("ece_heldout")}
             # balanced labels say nothing about imbalanced classes: say when the graph disagrees
             y_all = y[y >= 0]
-            if len(y_all) and out.get("class_prior") is None and self._class_prior(ids, len(pred.classes)) is None:
+            if len(y_all) and self._class_prior(ids, len(pred.classes))[1] != "random":
                 lab_share = np.bincount(y_all, minlength=len(pred.classes)) / len(y_all)
                 pred_share = np.bincount(pred.label, minlength=len(pred.classes)) / len(pred.label)
                 skew = pred_share / np.maximum(lab_share, 1e-9)

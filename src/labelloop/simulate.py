@@ -196,7 +196,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     predictions exist; default 0.2 for ``auto``, 0 otherwise), predictions are calibrated on
     held-out labels and auto-labels certified by the random checks, as ``Project`` does."""
     from .graph import build_knn_graph, normalize_rows
-    from .loop import choose, predict, random_prior
+    from .loop import choose, class_prior, predict
     from .loop.predict import heldout_predictions
     from .propagate import LabelPropagation, affinity_matrix
 
@@ -236,7 +236,9 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             held = (labeled, _logreg_heldout(X, labeled, y_true, C, seed=seed))
         else:
             # as Project.refresh: the class shares of the randomly drawn labels, once there are enough
-            prior = random_prior(y_true[drawn], C)
+            drawn_mask = np.zeros(n, bool)
+            drawn_mask[drawn] = True
+            prior, _ = class_prior(y, C, drawn=drawn_mask, chosen=chosen)
             if lp is None:
                 lp = LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(S, y, n_classes=C)
             else:

@@ -22,7 +22,7 @@ from .certify import (
 )
 from .choose import Choice, choose, default_explore
 from .heldout import fold_ids, heldout_proba, heldout_propagation
-from .predict import Prediction, mix_head, predict, random_prior
+from .predict import Prediction, class_prior, mix_head, predict, random_prior
 
 __all__ = [
     "Calibrator", "apply_power", "expected_calibration_error", "fit_calibrator",
@@ -30,5 +30,5 @@ __all__ = [
     "verify_sample",
     "Choice", "choose", "default_explore",
     "fold_ids", "heldout_proba", "heldout_propagation",
-    "Prediction", "mix_head", "predict", "random_prior",
+    "Prediction", "class_prior", "mix_head", "predict", "random_prior",
 ]

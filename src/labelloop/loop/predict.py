@@ -18,10 +18,35 @@ import numpy as np
 from .calibrate import Calibrator, expected_calibration_error, fit_calibrator, prediction_weights
 from .heldout import heldout_proba
 
-__all__ = ["Prediction", "mix_head", "predict", "heldout_predictions", "random_prior", "MIN_RANDOM_FOR_PRIOR"]
+__all__ = ["Prediction", "mix_head", "predict", "heldout_predictions", "random_prior", "class_prior",
+           "MIN_RANDOM_FOR_PRIOR"]
 
 #: labels drawn uniformly at random needed before their class shares become the class prior
 MIN_RANDOM_FOR_PRIOR = 30
+
+
+def class_prior(y: np.ndarray, n_classes: int, *, drawn: np.ndarray, chosen: np.ndarray
+                ) -> tuple[np.ndarray | None, str]:
+    """The class shares class-mass normalisation should aim for, from the labels ``y`` (n,):
+
+    1. the shares among labels drawn uniformly at random (``drawn``, (n,) bool) once there are
+       MIN_RANDOM_FOR_PRIOR of them (:func:`random_prior`): unbiased;
+    2. else the add-one smoothed shares among the labels no query strategy chose (``chosen``
+       (n,) bool marks those that one did): margin sampling piles labels on the classes whose
+       boundaries are hard, and their share of the labels says nothing about their share of the
+       data (digits: margin sampling needed 66 labels for 95 % with the shares of all labels);
+    3. None when every label was chosen by a strategy (then all labels' shares are used).
+
+    Returns ``(q, source)``, source "random", "labels" or "none".
+    """
+    q = random_prior(y[drawn], n_classes)
+    if q is not None:
+        return q, "random"
+    rep = y[(y >= 0) & ~chosen]
+    if rep.size == 0:
+        return None, "none"
+    q = np.bincount(rep, minlength=n_classes)[:n_classes] + 1.0
+    return q / q.sum(), "labels"
 
 
 def random_prior(labels: np.ndarray, n_classes: int, *, min_count: int = MIN_RANDOM_FOR_PRIOR) -> np.ndarray | None:
