@@ -57,7 +57,12 @@ class Ranking:
     verify: np.ndarray = field(default_factory=lambda: _EMPTY)   # checks auto-labeling waits for
     reasons: dict[int, str] = field(default_factory=dict)
     explore: float = 0.0                  # share of served ranked items to draw from ``random``
-    query_runs: tuple[int, ...] = ()      # the query runs that recorded it
+    # what Project.record_query records of each item when it is served: guess, confidence,
+    # coverage (of the predictions ranked) and kind
+    chosen: dict[int, dict] = field(default_factory=dict)
+    seed: int = 0
+    labeled: int = 0                      # labeled items when it was ranked
+    details: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.picks) + len(self.random) + len(self.verify)
@@ -106,7 +111,6 @@ class Snapshot:
                 "predicted": int(len(self.item_ids)), "ranked": 0 if rk is None else len(rk),
                 "random_share": 0.0 if rk is None else rk.explore,
                 "verify": 0 if rk is None else int(len(rk.verify)),
-                "query_runs": [] if rk is None else list(rk.query_runs),
                 "applied_annotation_id": self.applied_annotation_id, "created": self.created}
 
 
@@ -136,19 +140,18 @@ class RankInputs:
     checks: dict | None = None          # Project.checks_wanted(): verify items to serve first
 
 
-def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int = POOL
-         ) -> tuple[Ranking, list[tuple[str, int, list[dict], dict]]]:
+def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int = POOL) -> Ranking:
     """The loop's choice (:func:`labelloop.loop.choose`) for one set of predictions: verify
     items first when auto-labeling waits for them, then the strategy's ``n_top`` picks among
     at most ``pool_size`` candidates (the least confident half and a random half of the
     unlabeled items, so cost does not grow with the project) with the strategy's random share
-    drawn from every unlabeled item. Returns the :class:`Ranking` and, per batch, what
-    :meth:`Project.record_query` records: (strategy, n, chosen dicts, details)."""
+    drawn from every unlabeled item. What gets served of it is recorded as it is served
+    (:meth:`LabelQueue.next_items`, :meth:`Refresher.record_served`)."""
     from ..loop import choose, coverage_of, default_explore
 
     unl = np.flatnonzero(inp.pool)                                # (U,)
     if unl.size == 0:
-        return Ranking(inp.run_id, strategy), []
+        return Ranking(inp.run_id, strategy)
     cand = unl
     if unl.size > pool_size:
         rng = np.random.default_rng(inp.seed)
@@ -161,40 +164,37 @@ def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int =
     if inp.proba is not None and inp.eligible is not None:
         coverage = coverage_of(inp.confidence, inp.eligible)     # (n,) as Project.next records it
     class_names = list(inp.classes) if inp.proba is not None else None
-    batches, reasons, verify = [], {}, _EMPTY
+    choices, details = [], {}
     checks = inp.checks or {}
     if checks.get("more_needed", 0) > 0 and inp.proba is not None:
-        ch = choose("verify", min(int(checks["more_needed"]), n_top), labeled=lab_rows, unlabeled=unl,
-                    probabilities=inp.proba, seed=inp.seed, target_precision=checks["target_precision"],
-                    verify_eligible=inp.eligible, certified_coverage=checks.get("certified_coverage", 0.0))
-        verify = inp.item_ids[ch.rows]
-        reasons.update(zip(verify.tolist(), ch.reasons))
-        batches.append((ch, int(len(ch.rows))))
+        ver = choose("verify", min(int(checks["more_needed"]), n_top), labeled=lab_rows, unlabeled=unl,
+                     probabilities=inp.proba, seed=inp.seed, target_precision=checks["target_precision"],
+                     verify_eligible=inp.eligible, certified_coverage=checks.get("certified_coverage", 0.0))
+        choices.append(ver)
+        details["verify"] = ver.details
+        unl, cand = np.setdiff1d(unl, ver.rows), np.setdiff1d(cand, ver.rows)   # asked once
     explore = default_explore(strategy) if inp.proba is not None else 0.0
-    n = min(n_top, int(cand.size))
-    with _one_thread():   # background work: leave the other cores to the requests
-        ch = choose(strategy, n, labeled=lab_rows, unlabeled=unl, candidates=cand, probabilities=inp.proba,
-                    graph=inp.graph, embeddings=inp.embeddings, labels=inp.labels, class_names=class_names,
-                    seed=inp.seed, explore=explore)
-    ids = inp.item_ids[ch.rows]
-    for i, why in zip(ids.tolist(), ch.reasons):
-        reasons.setdefault(i, why)
-    kinds = np.array(ch.kinds)
-    batches.append((ch, int(len(ch.rows))))
-    ranking = Ranking(inp.run_id, ch.strategy, ids[kinds != "random"], ids[kinds == "random"], verify, reasons,
-                      explore)
-    records = []
-    for c, size in batches:
-        chosen = []
-        for r, kind in zip(c.rows.tolist(), c.kinds):
+    if unl.size:
+        with _one_thread():   # background work: leave the other cores to the requests
+            choices.append(choose(
+                strategy, min(n_top, int(cand.size)), labeled=lab_rows, unlabeled=unl, candidates=cand,
+                probabilities=inp.proba, graph=inp.graph, embeddings=inp.embeddings, labels=inp.labels,
+                class_names=class_names, seed=inp.seed, explore=explore))
+        details |= choices[-1].details
+    chosen, reasons, by_kind = {}, {}, {"strategy": [], "random": [], "verify": []}
+    for c in choices:
+        for r, kind, why in zip(c.rows.tolist(), c.kinds, c.reasons):
+            item = int(inp.item_ids[r])
             guess = conf = cov = None
             if coverage is not None and (inp.reached is None or inp.reached[r]):
                 guess = inp.classes[int(inp.proba[r].argmax())]
                 conf, cov = float(inp.confidence[r]), float(coverage[r])
-            chosen.append({"item": int(inp.item_ids[r]), "guess": guess, "confidence": conf, "coverage": cov,
-                           "kind": kind})
-        records.append((c.strategy, size, chosen, c.details))
-    return ranking, records
+            chosen[item] = {"guess": guess, "confidence": conf, "coverage": cov, "kind": kind}
+            reasons[item] = why
+            by_kind[kind].append(item)
+    arr = {k: np.array(v, dtype=np.int64) for k, v in by_kind.items()}
+    return Ranking(inp.run_id, choices[-1].strategy if choices else strategy, arr["strategy"], arr["random"],
+                   arr["verify"], reasons, explore, chosen, inp.seed, int(len(lab_rows)), details)
 
 
 def _one_thread():

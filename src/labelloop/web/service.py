@@ -32,13 +32,10 @@ import numpy as np
 from ..errors import LabelloopError, NotReadyError
 from ..project import Project
 from ..store import Store
-from .queue import N_TOP, RankInputs, Ranking, Snapshot, confidence_order, rank
+from .queue import N_TOP, QueueEntry, RankInputs, Ranking, Snapshot, confidence_order, rank
 
 log = logging.getLogger("labelloop.web")
 
-#: the annotator recorded with the query runs of the web queue (the people are not known
-#: when it ranks: the batch is shared by everyone labeling)
-WEB_QUEUE = "web queue"
 
 __all__ = ["Writer", "Readers", "Refresher", "writer_project"]
 
@@ -460,11 +457,27 @@ class Refresher:
                     self._cond.wait_for(lambda: self._stop, timeout=rest)
 
     def _rank(self, job: RankInputs) -> Ranking:
-        """The loop's choice for ``job`` (:func:`~labelloop.web.queue.rank`), recorded as query
-        runs like ``labelloop next`` records its batch (the writes go through the writer)."""
-        ranking, records = rank(self.strategy, job, n_top=self.n_top)
-        labeled = int(job.labeled.sum())
-        runs = tuple(self.project.record_query(strategy, n, job.seed, chosen, annotator=WEB_QUEUE, labeled=labeled,
-                                               prediction_run=job.run_id, details=details)
-                     for strategy, n, chosen, details in records)
-        return replace(ranking, query_runs=runs)
+        return rank(self.strategy, job, n_top=self.n_top)
+
+    def record_served(self, annotator: str, entries: list[QueueEntry], ranking: Ranking | None) -> list[int]:
+        """Record the ranked items just handed to ``annotator`` as query runs, as ``labelloop
+        next`` records the batch it shows (verify checks in a ``verify`` run of their own): the
+        random and verify ones with the machine's guess and coverage of the predictions ranked,
+        which certification compares the person's label with; the strategy's picks as actively
+        chosen. Writes go through the writer; returns the run ids."""
+        p = self.project
+        if ranking is None or p is None:
+            return []
+        served = [e for e in entries if e.kind is not None and e.item_id in ranking.chosen]
+        runs = []
+        for verify in (True, False):
+            group = [e for e in served if (e.kind == "verify") == verify]
+            if not group:
+                continue
+            details = ranking.details.get("verify", {}) if verify else \
+                {k: v for k, v in ranking.details.items() if k != "verify"}
+            runs.append(p.record_query(
+                "verify" if verify else ranking.strategy, len(group), ranking.seed,
+                [{"item": e.item_id, **ranking.chosen[e.item_id]} for e in group], annotator=annotator,
+                labeled=ranking.labeled, prediction_run=ranking.run_id, details=details))
+        return runs
