@@ -1097,8 +1097,7 @@ class Project:
 
         people = list(annotators or [])
         if not people:
-            people = [r[0] for r in self.store.conn.execute(
-                "SELECT name FROM users WHERE role = 'annotator' AND active = 1 ORDER BY id")]
+            people = [r["name"] for r in self.store.users(role="annotator", active_only=True)]
         if not people:
             people = sorted({who for _, who, _ in self.annotator_annotations()})
         if not people:

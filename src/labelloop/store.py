@@ -305,8 +305,10 @@ class Store:
 
     def item_ids(self) -> np.ndarray:
         """All item ids in ascending order: the row order of every per-item array."""
-        return np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY id")),
-                           dtype=np.int64)
+        cur = self.conn.cursor()
+        cur.row_factory = None   # plain tuples, not a sqlite3.Row per item
+        rows = cur.execute("SELECT id FROM items ORDER BY id").fetchall()
+        return np.array(rows, dtype=np.int64).reshape(-1)
 
     def items(self, ids: Sequence[int] | None = None) -> list[Item]:
         if ids is None:
