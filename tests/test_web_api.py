@@ -709,10 +709,10 @@ def test_users_command(tmp_path):
     assert r.exit_code == 2 and "no labelloop project" in r.output
 
 
-def test_vectorised_label_vector_matches_project(env):
-    """The refresher's fast label vector equals Project.label_vector with every source."""
+def test_label_vector_follows_sources_in_order_for_any_item_order(env):
+    """Project.label_vector (vectorised: the server calls it after every refresh) against the
+    rule written out: the first source that has a label wins; withdrawn labels do not count."""
     from labelloop import Project
-    from labelloop.web.service import _label_vector
 
     with Project(env.path) as p:
         ids = p.store.class_ids()
@@ -722,8 +722,11 @@ def test_vectorised_label_vector_matches_project(env):
         p.store.add_annotations([(5, None)], source="human", annotator="a")   # withdrawn
         items = p.store.item_ids()
         want = p.label_vector(items, sources=("human", "import", "machine"))
-        assert np.array_equal(_label_vector(p, items), want)
         assert want[:6].tolist() == [3, 7, 0, 2, -1, -1]
+        shuffled = np.random.default_rng(0).permutation(items)
+        assert np.array_equal(p.label_vector(shuffled, sources=("human", "import", "machine")),
+                              want[np.searchsorted(items, shuffled)])
+        assert p.label_vector(np.array([4, 2, 999]), sources=("import",)).tolist() == [1, 7, -1]
 
 
 def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(base_project, tmp_path):
@@ -734,7 +737,7 @@ def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(bas
     import threading
 
     from labelloop import Project
-    from labelloop.web.service import CachedProject, Writer
+    from labelloop.web.service import Writer, writer_project
 
     src, truth, _ = base_project
     path = tmp_path / "proj"
@@ -767,7 +770,7 @@ def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(bas
                     fut.set_exception(exc)
 
     w.submit = gated
-    cp = CachedProject(path, writer=w)
+    cp = writer_project(path, w)
     try:
         s1 = cp.refresh()
         assert cp.predictions().run_id == s1["run"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -56,6 +57,7 @@ class Project:
         self.root = self.store.root
         self._lp = None        # in-memory propagation state for warm starts (web app, loops)
         self._lp_key = None
+        self._own_predictions: Predictions | None = None   # of this Project's last refresh
 
     @classmethod
     def init(cls, path: str | Path, *, modality: str, classes: Sequence[str] | None = None) -> "Project":
@@ -202,8 +204,13 @@ class Project:
         return {**options, "image_size": size}, note
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order."""
+        """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order; read-only
+        arrays, kept in memory while the items and the backbone stay the same (:data:`MEMO`)."""
         meta = self.store.get_meta("backbone")
+        key = (self.store.items_key(), (meta or {}).get("cache_id"))
+        return MEMO.get(self.root, "embeddings", key, lambda: _frozen(self._load_embeddings(meta)))
+
+    def _load_embeddings(self, meta: dict | None) -> tuple[np.ndarray, np.ndarray]:
         if not self.store.item_count():
             raise NotReadyError("the project has no items yet: run `labelloop import` first")
         if not meta:
@@ -234,7 +241,7 @@ class Project:
         fp = self._graph_fingerprint(ids)
         path = self.root / "arrays" / "graphs" / f"{fp}.npz"
         if path.exists():
-            return ids, KnnGraph.load(path)
+            return ids, MEMO.get(self.root, "graph", fp, lambda: KnnGraph.load(path))
         k_eff = min(k, len(ids) - 1)
         if k_eff < 1:
             raise NotReadyError("a graph needs at least 2 embedded items")
@@ -322,10 +329,7 @@ class Project:
         given = self.store.latest_labels("import") | self.store.latest_labels("human")
         same = [(i, k) for i, k in pairs if given.get(i) == k]
         if same:
-            with self.store.transaction() as c:
-                c.executemany(
-                    "INSERT OR REPLACE INTO audit_confirmations (item_id, class_id, evidence, annotator, created) "
-                    "VALUES (?, ?, 'relabeled', ?, ?)", [(i, k, annotator, time.time()) for i, k in same])
+            self.store.add_audit_confirmations(same, evidence="relabeled", annotator=annotator)
 
     def label_csv(self, path: str | Path, *, source: str = "human", annotator: str | None = None,
                   create_classes: bool = False) -> LabelReport:
@@ -349,14 +353,20 @@ class Project:
     def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
                      ) -> np.ndarray:
         """(n,) class index per item (-1 none) from the given sources; earlier sources win."""
-        ids = self.store.item_ids() if ids is None else ids
+        ids = np.asarray(self.store.item_ids() if ids is None else ids, dtype=np.int64)
         col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
-        row = {int(i): r for r, i in enumerate(ids)}
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]                                           # (n,) ascending
         y = np.full(len(ids), -1, dtype=np.int64)
-        for source in reversed(sources):
-            for item_id, class_id in self.store.latest_labels(source).items():
-                if item_id in row:
-                    y[row[item_id]] = col[class_id]
+        for source in reversed(tuple(sources)):                           # earlier sources write last
+            latest = self.store.latest_labels(source)
+            if not latest or not len(ids):
+                continue
+            k = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
+            v = np.fromiter((col[c] for c in latest.values()), dtype=np.int64, count=len(latest))
+            pos = np.minimum(np.searchsorted(sorted_ids, k), len(ids) - 1)
+            hit = sorted_ids[pos] == k
+            y[order[pos[hit]]] = v[hit]
         return y
 
     # ------------------------------------------------------------------- refresh
@@ -440,6 +450,7 @@ class Project:
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
                        ece_heldout=_nan_none(pred.heldout_ece(y_h)))
         self.store.finish_run(run, summary)
+        self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict())
         return summary | {"run": run}
 
     #: a warm refresh above this many items reuses the last calibration instead of refitting it
@@ -544,8 +555,17 @@ class Project:
         return True
 
     def predictions(self) -> Predictions | None:
-        """The latest refresh's predictions, or None before the first refresh."""
-        last = self.store.last_run("refresh")
+        """The latest refresh's predictions, or None before the first refresh: this Project's
+        own last refresh (even while its rows are still being written, :meth:`refresh`), else
+        the latest finished one, read once per process (:data:`MEMO`)."""
+        last = self.store.last_run_id("refresh")
+        own = self._own_predictions
+        if own is not None and (last is None or own.run_id >= last):
+            return own
+        return MEMO.get(self.root, "predictions", last, lambda: self._load_predictions(last))
+
+    def _load_predictions(self, run_id: int | None) -> Predictions | None:
+        last = None if run_id is None else self.store.run(run_id)
         if last is None:
             return None
         d = self.store.run_dir(last["id"])
@@ -559,9 +579,9 @@ class Project:
             "SELECT reached FROM predictions WHERE run_id = ? ORDER BY item_id", (last["id"],)).fetchall()
         if len(rows) == len(ids):
             reached = np.array([r[0] for r in rows], dtype=bool)
-        return Predictions(last["id"], ids, P, last["summary"].get("classes", self.classes), s["label"],
-                           s["confidence"], s["margin"], s["entropy"], reached,
-                           last["summary"].get("calibration"))
+        return _frozen(Predictions(last["id"], ids, P, last["summary"].get("classes", self.classes), s["label"],
+                                   s["confidence"], s["margin"], s["entropy"], reached,
+                                   last["summary"].get("calibration")))
 
     # ------------------------------------------------------------ active learning
     def _current_predictions(self, ids: np.ndarray) -> Predictions | None:
@@ -1112,8 +1132,7 @@ class Project:
 
         people = list(annotators or [])
         if not people:
-            people = [r[0] for r in self.store.conn.execute(
-                "SELECT name FROM users WHERE role = 'annotator' AND active = 1 ORDER BY id")]
+            people = [r["name"] for r in self.store.users(role="annotator", active_only=True)]
         if not people:
             people = sorted({who for _, who, _ in self.annotator_annotations()})
         if not people:
@@ -1271,6 +1290,119 @@ class Project:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
         tmp.replace(out)
         return out
+
+
+    # ---- used by the web app (and cached for long-running servers)
+    def _remember_predictions(self, run: int, ids: np.ndarray, P: np.ndarray, reached: np.ndarray,
+                              classes: list[str], calibration: dict) -> None:
+        """Keep the refresh's predictions as :meth:`predictions` would read them back (float32,
+        as saved): a server sees them at once, before their n rows are written (0.4 s to
+        read back at 100k items); once the run is done every Project of this process shares them."""
+        from .propagate import prediction_summary
+
+        P = P.astype(np.float32)                                           # (n, C) as saved
+        s = prediction_summary(P)
+        pred = _frozen(Predictions(run, np.asarray(ids), P, list(classes), s["label"], s["confidence"], s["margin"],
+                                   s["entropy"], np.asarray(reached, dtype=bool).copy(), calibration))
+        self._own_predictions = pred
+        MEMO.put(self.root, "predictions", run, pred)
+
+    def checks_wanted(self, pred: Predictions | None = None) -> dict | None:
+        """The random checks by people auto-labeling waits for, as :meth:`autolabel` would say
+        now with the settings of its last run: ``{"more_needed", "target_precision",
+        "certified_coverage", "reason"}``; None before the first autolabel run (nobody asked for
+        machine labels) or without current predictions. ``more_needed`` > 0: serve that many
+        ``verify`` items (``labelloop next --strategy verify``)."""
+        last = self.store.last_run("autolabel")
+        if last is None:
+            return None
+        pred = pred if pred is not None else self._current_predictions(self.store.item_ids())
+        if pred is None:
+            return None
+        params = last["params"]
+        target = float(params.get("target_precision", self.setting("target_precision")))
+        cert = self.certificate(pred, target_precision=target, per_class=params.get("per_class", True),
+                                confidence_level=params.get("confidence_level", 0.95))
+        return {"more_needed": int(cert.more_needed or 0), "target_precision": target,
+                "certified_coverage": self._certified_coverage(), "reason": cert.reason}
+
+    def autolabel_eligible(self, pred: Predictions) -> np.ndarray:
+        """(n,) over ``pred``'s items: the ones auto-labeling may label (no human or imported
+        label, reached by propagation); verify checks are drawn among them."""
+        return self._eligible(pred.item_ids, pred)
+
+    def embedding_map(self, *, n_points: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        """A 2-D picture of the embeddings: ``(item ids (m,), xy (m, 2))`` of a seeded sample of
+        at most ``n_points`` items, projected on the sample's top two principal components of
+        the unit-normalised vectors (cosine geometry, as the graph). None with fewer than 3
+        embedded items. Computed once per set of embeddings per process (:data:`MEMO`)."""
+        from .errors import LabelloopError
+
+        try:
+            ids, X = self.embeddings()
+        except LabelloopError:
+            return None
+        if len(ids) < 3:
+            return None
+
+        def project() -> tuple[np.ndarray, np.ndarray]:
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(len(ids), size=min(n_points, len(ids)), replace=False))  # (m,)
+            Xs = X[rows].astype(np.float64)                                    # (m, d)
+            Xs /= np.maximum(np.linalg.norm(Xs, axis=1, keepdims=True), 1e-12)
+            Xs -= Xs.mean(axis=0)
+            # PCA: the top-2 right singular vectors of the centred sample
+            _, _, vt = np.linalg.svd(Xs, full_matrices=False)
+            return _frozen((ids[rows], Xs @ vt[:2].T))                         # (m,), (m, 2)
+
+        key = (self.store.items_key(), (self.store.get_meta("backbone") or {}).get("cache_id"), n_points, seed)
+        return MEMO.get(self.root, "embedding_map", key, project)
+
+
+class Memo:
+    """The last value of each (project folder, what) computed in this process, with the key it
+    was computed for: embeddings, the kNN graph, the latest predictions, the embedding map.
+
+    Every Project of a process shares it, so a server's refresher and its request threads
+    (one read-only Project each) hold one copy, and a CLI command that reads the embeddings
+    three times loads them once. Values are read-only arrays (:func:`_frozen`); a new key
+    replaces the old value, so memory stays at one copy of each."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._values: dict[tuple[Path, str], tuple[object, object]] = {}
+
+    def get(self, root: Path, what: str, key, compute):
+        with self._lock:
+            hit = self._values.get((root, what))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = compute()
+        self.put(root, what, key, value)
+        return value
+
+    def put(self, root: Path, what: str, key, value) -> None:
+        with self._lock:
+            self._values[(root, what)] = (key, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+#: the process's :class:`Memo`
+MEMO = Memo()
+
+
+def _frozen(value):
+    """``value`` with its numpy arrays (in a tuple or a :class:`Predictions`) made read-only:
+    memoised values are shared, so a caller that wants to change one must copy it."""
+    arrays = value.__dict__.values() if isinstance(value, Predictions) else \
+        (value if isinstance(value, tuple) else ())
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+    return value
 
 
 def _jsonable(d: dict) -> dict:

@@ -21,7 +21,7 @@ import sqlite3
 import time
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,8 +305,10 @@ class Store:
 
     def item_ids(self) -> np.ndarray:
         """All item ids in ascending order: the row order of every per-item array."""
-        return np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY id")),
-                           dtype=np.int64)
+        cur = self.conn.cursor()
+        cur.row_factory = None   # plain tuples, not a sqlite3.Row per item
+        rows = cur.execute("SELECT id FROM items ORDER BY id").fetchall()
+        return np.array(rows, dtype=np.int64).reshape(-1)
 
     def items(self, ids: Sequence[int] | None = None) -> list[Item]:
         if ids is None:
@@ -507,13 +509,19 @@ class Store:
         if status:
             q += " AND status = ?"
             args.append(status)
-        out = []
-        for r in self.conn.execute(q + " ORDER BY id", args):
-            d = dict(r)
-            for key in ("params", "inputs", "summary"):
-                d[key] = json.loads(d[key]) if d[key] else {}
-            out.append(d)
-        return out
+        return [self._run(r) for r in self.conn.execute(q + " ORDER BY id", args)]
+
+    def run(self, run_id: int) -> dict | None:
+        """One run by id (any status), None if there is none."""
+        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        return None if row is None else self._run(row)
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> dict:
+        d = dict(row)
+        for key in ("params", "inputs", "summary"):
+            d[key] = json.loads(d[key]) if d[key] else {}
+        return d
 
     def last_run(self, kind: str) -> dict | None:
         runs = self.runs(kind)
@@ -590,6 +598,212 @@ class Store:
     def embedding_backbones(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.conn.execute(
             "SELECT backbone, COUNT(*) FROM embeddings GROUP BY backbone")}
+
+    # ------------------------------------------------------------- queries of the web app
+    # Everything the web server reads or writes beyond the methods above, so that no SQL
+    # lives outside this module (tests/test_web_api.py checks src/labelloop/web/).
+    def rollback_if_open(self) -> None:
+        """Roll back a transaction a failed job left open (the writer thread's safety net)."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def last_run_id(self, kind: str) -> int | None:
+        """Id of the newest finished run of ``kind`` (no JSON parsed: cheap to poll)."""
+        row = self.conn.execute("SELECT MAX(id) FROM runs WHERE kind = ? AND status = 'done'", (kind,)).fetchone()
+        return row[0]
+
+    def items_key(self) -> tuple[int, int]:
+        """(item count, largest item id): changes whenever items are added."""
+        n, last = self.conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM items").fetchone()
+        return int(n), int(last)
+
+    def item_ids_after(self, after: int, limit: int) -> list[int]:
+        """Up to ``limit`` item ids above ``after``, ascending (walking every item in pages)."""
+        return [r[0] for r in self.conn.execute("SELECT id FROM items WHERE id > ? ORDER BY id LIMIT ?",
+                                                (int(after), int(limit)))]
+
+    def supersede_run(self, run_id: int) -> None:
+        """A run whose output a newer run replaced before it was all written: its partial
+        prediction rows go, the run is marked ``superseded``."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM predictions WHERE run_id = ?", (run_id,))
+            c.execute("UPDATE runs SET finished = ?, status = 'superseded' WHERE id = ?", (_now(), run_id))
+
+    def class_id_of(self, name: str) -> int | None:
+        """The id of class ``name``, None if there is no such class."""
+        row = self.conn.execute("SELECT id FROM classes WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def labeled_among(self, ids: Sequence[int]) -> set[int]:
+        """Items among ``ids`` with a human or imported label in effect (withdrawals respected)."""
+        if not ids:
+            return set()
+        q = ",".join("?" * len(ids))
+        rows = self.conn.execute(
+            "SELECT DISTINCT a.item_id FROM annotations a JOIN ("
+            "  SELECT item_id, source, COALESCE(annotator, '') AS who, MAX(id) AS last FROM annotations"
+            f"  WHERE item_id IN ({q}) AND source IN ('human', 'import') GROUP BY item_id, source, who"
+            ") l ON a.id = l.last WHERE a.class_id IS NOT NULL", [int(i) for i in ids]).fetchall()
+        return {r[0] for r in rows}
+
+    def gold_among(self, ids: Sequence[int]) -> set[int]:
+        """Gold items among ``ids``."""
+        if not ids:
+            return set()
+        q = ",".join("?" * len(ids))
+        return {r[0] for r in self.conn.execute(f"SELECT item_id FROM gold WHERE item_id IN ({q})",
+                                                [int(i) for i in ids])}
+
+    def open_assignments(self, annotator: str) -> list[tuple[int, str]]:
+        """(item_id, reason) of the items assigned to ``annotator`` not done yet, oldest first."""
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT item_id, reason FROM assignments WHERE annotator = ? AND done IS NULL ORDER BY id",
+            (annotator,))]
+
+    def annotator_labels(self, *, exclude: str | None = None) -> list[tuple[int, str | None, int]]:
+        """(item_id, annotator, class_id) of each annotator's human label in effect (their
+        latest, not withdrawn), oldest first; labels given without a name have annotator None."""
+        rows = self.conn.execute(
+            "SELECT a.item_id, a.annotator, a.class_id FROM annotations a JOIN ("
+            "  SELECT item_id, COALESCE(annotator, '') AS who, MAX(id) AS last FROM annotations"
+            "  WHERE source = 'human' GROUP BY item_id, who"
+            ") l ON a.id = l.last WHERE a.class_id IS NOT NULL ORDER BY a.id").fetchall()
+        return [(int(i), who, int(k)) for i, who, k in rows if exclude is None or who != exclude]
+
+    def add_audit_confirmations(self, rows: Iterable[tuple[int, int]], *, evidence: str | None,
+                                annotator: str | None) -> None:
+        """A person kept these (item_id, class_id) labels although the audit flagged them."""
+        now = _now()
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO audit_confirmations (item_id, class_id, evidence, annotator, "
+                          "created) VALUES (?, ?, ?, ?, ?)", [(int(i), int(k), evidence, annotator, now)
+                                                               for i, k in rows])
+
+    def machine_labels_page(self, *, lo: float, hi: float, class_name: str | None, descending: bool,
+                            limit: int, offset: int) -> tuple[int, list[tuple[int, str, float]]]:
+        """Accepted machine labels in effect of items no person labeled, with confidence in
+        [lo, hi] (and of ``class_name``): (how many, one page of (item_id, class, confidence))."""
+        where = ["a.class_id IS NOT NULL", "COALESCE(a.confidence, 0) >= ?", "COALESCE(a.confidence, 0) <= ?",
+                 # no human label in effect (any annotator's latest human row with a class)
+                 "NOT EXISTS (SELECT 1 FROM annotations h WHERE h.item_id = a.item_id AND h.source = 'human' "
+                 "AND h.class_id IS NOT NULL AND h.id = (SELECT MAX(h2.id) FROM annotations h2 WHERE "
+                 "h2.item_id = h.item_id AND h2.source = 'human' AND COALESCE(h2.annotator, '') = "
+                 "COALESCE(h.annotator, '')))"]
+        args: list = [float(lo), float(hi)]
+        if class_name:
+            where.append("c.name = ?")
+            args.append(class_name)
+        sql = ("FROM annotations a JOIN (SELECT item_id, MAX(id) AS last FROM annotations WHERE source = 'machine' "
+               "GROUP BY item_id) l ON a.id = l.last JOIN classes c ON c.id = a.class_id WHERE " + " AND ".join(where))
+        total = self.conn.execute("SELECT COUNT(*) " + sql, args).fetchone()[0]
+        direction = "DESC" if descending else "ASC"
+        rows = [(int(i), name, float(cf)) for i, name, cf in self.conn.execute(
+            f"SELECT a.item_id, c.name, COALESCE(a.confidence, 0) {sql} "
+            f"ORDER BY COALESCE(a.confidence, 0) {direction}, a.item_id LIMIT ? OFFSET ?",
+            args + [int(limit), int(offset)])]
+        return int(total), rows
+
+    # web labels: appended with the idempotency record of the request in one transaction
+    def submission(self, user_id: int, key: str) -> dict | None:
+        """The answer first given to ``user_id``'s submission ``key``, None if new."""
+        row = self.conn.execute("SELECT response FROM submissions WHERE user_id = ? AND key = ?",
+                                (user_id, key)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def add_human_labels(self, rows: Sequence[tuple[int, int | None]], *, annotator: str,
+                         assignments: str | None = None,
+                         respond: Callable[[list[int]], dict] | None = None,
+                         remember: tuple[int, str] | None = None) -> dict | list[int]:
+        """Append ``annotator``'s (item_id, class_id) human annotations (class None withdraws)
+        in one transaction. ``assignments``: "done" marks the items' open assignments of
+        ``annotator`` done, "reopen" reopens them. ``respond(annotation ids)`` makes the
+        answer, stored under ``remember`` = (user id, idempotency key) in the same
+        transaction; returned (the annotation ids without ``respond``)."""
+        now = _now()
+        with self.transaction() as c:
+            ids = [c.execute("INSERT INTO annotations (item_id, class_id, source, annotator, created, run_id, "
+                             "confidence) VALUES (?, ?, 'human', ?, ?, NULL, NULL)",
+                             (int(i), None if k is None else int(k), annotator, now)).lastrowid
+                   for i, k in rows]
+            if assignments == "done":
+                c.executemany("UPDATE assignments SET done = ? WHERE item_id = ? AND annotator = ? AND done IS NULL",
+                              [(now, int(i), annotator) for i, _ in rows])
+            elif assignments == "reopen":
+                c.executemany("UPDATE assignments SET done = NULL WHERE item_id = ? AND annotator = ?",
+                              [(int(i), annotator) for i, _ in rows])
+            out = respond(ids) if respond is not None else ids
+            if remember is not None and remember[1] is not None:
+                c.execute("INSERT INTO submissions (user_id, key, response, created) VALUES (?, ?, ?, ?)",
+                          (remember[0], remember[1], json.dumps(out), now))
+        return out
+
+    def last_label_in_effect(self, annotator: str) -> tuple[int, int, str] | None:
+        """(annotation id, item_id, class name) of ``annotator``'s most recent human label
+        still in effect, None if there is none."""
+        row = self.conn.execute(
+            "SELECT a.id, a.item_id, c.name FROM annotations a JOIN ("
+            "  SELECT item_id, MAX(id) AS last FROM annotations WHERE annotator = ? AND source = 'human'"
+            "  GROUP BY item_id) l ON a.id = l.last JOIN classes c ON c.id = a.class_id "
+            "ORDER BY a.id DESC LIMIT 1", (annotator,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), row[2])
+
+    # users and their web sessions (see labelloop.web.auth: it hashes, this stores)
+    def user(self, name: str, *, active_only: bool = False) -> sqlite3.Row | None:
+        q = "SELECT * FROM users WHERE name = ?" + (" AND active = 1" if active_only else "")
+        return self.conn.execute(q, (name,)).fetchone()
+
+    def users(self, *, role: str | None = None, active_only: bool = False) -> list[sqlite3.Row]:
+        q, args = "SELECT * FROM users WHERE 1=1", []
+        if role:
+            q += " AND role = ?"
+            args.append(role)
+        if active_only:
+            q += " AND active = 1"
+        return self.conn.execute(q + " ORDER BY id", args).fetchall()
+
+    def add_user(self, name: str, role: str, *, password_hash: str | None, token_hash: str | None) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO users (name, role, password_hash, token_hash, created) VALUES (?, ?, ?, ?, ?)",
+                      (name, role, password_hash, token_hash, _now()))
+
+    def set_user_password(self, user_id: int, password_hash: str) -> None:
+        """New password hash; the user's sessions end."""
+        with self.transaction() as c:
+            c.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+            c.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+    def set_user_token(self, user_id: int, token_hash: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE users SET token_hash = ? WHERE id = ?", (token_hash, user_id))
+
+    def set_user_active(self, user_id: int, active: bool) -> None:
+        """(De)activate a user; deactivating ends their sessions."""
+        with self.transaction() as c:
+            c.execute("UPDATE users SET active = ? WHERE id = ?", (int(active), user_id))
+            if not active:
+                c.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+    def session_user(self, token_hash: str) -> sqlite3.Row | None:
+        """The active user (with the session's ``csrf``) of an unexpired session."""
+        return self.conn.execute(
+            "SELECT u.*, s.csrf AS csrf FROM sessions s JOIN users u ON u.id = s.user_id "
+            "WHERE s.token_hash = ? AND s.expires > ? AND u.active = 1", (token_hash, _now())).fetchone()
+
+    def token_user(self, token_hash: str) -> sqlite3.Row | None:
+        """The active user whose API token has this hash."""
+        return self.conn.execute("SELECT * FROM users WHERE token_hash = ? AND active = 1", (token_hash,)).fetchone()
+
+    def add_session(self, token_hash: str, user_id: int, csrf: str, ttl: float) -> None:
+        """A new session; expired ones are purged."""
+        now = _now()
+        with self.transaction() as c:
+            c.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            c.execute("INSERT INTO sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
+                      (token_hash, user_id, csrf, now, now + ttl))
+
+    def delete_session(self, token_hash: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
 
 
 def validate_class_name(name: str) -> str:

@@ -53,12 +53,16 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
            probabilities: np.ndarray | None, graph=None, embeddings: np.ndarray | None = None,
            labels: np.ndarray | None = None, class_names: list[str] | None = None, seed: int = 0,
            explore: float | None = None, target_precision: float = DEFAULT_TARGET,
-           verify_eligible: np.ndarray | None = None, certified_coverage: float = 0.0) -> Choice:
+           verify_eligible: np.ndarray | None = None, certified_coverage: float = 0.0,
+           candidates: np.ndarray | None = None) -> Choice:
     """Choose ``n`` rows to label. ``labeled`` / ``unlabeled``: row indices; ``probabilities``:
     (n_items, C) calibrated predictions or None before the first refresh; ``labels``: the class
     of each ``labeled`` row. ``verify_eligible``: (n_items,) bool rows a verify check may draw
     (default: the unlabeled rows); ``certified_coverage``: the share auto-labeling has certified
-    so far (verify then draws from a region :data:`~labelloop.loop.certify.EXPAND` larger)."""
+    so far (verify then draws from a region :data:`~labelloop.loop.certify.EXPAND` larger).
+    ``candidates``: the rows of ``unlabeled`` the strategy ranks (a bounded sample keeps a
+    long-running server's ranking fast); the random share is still drawn from all of
+    ``unlabeled``, so it stays an unbiased sample."""
     from ..errors import NotReadyError, ValidationError
     from ..select import available_strategies, get_strategy
 
@@ -93,7 +97,8 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
         explore = default_explore(strategy)
     n_random = int(round(explore * n)) if probabilities is not None and n > 1 else 0
     sel = get_strategy(strategy).select(
-        n=n - n_random, labeled=labeled, unlabeled=unlabeled, probabilities=probabilities, graph=graph,
+        n=n - n_random, labeled=labeled, unlabeled=unlabeled if candidates is None else candidates,
+        probabilities=probabilities, graph=graph,
         embeddings=embeddings, labels=labels if len(labeled) else None,
         class_names=class_names if probabilities is not None else None, seed=seed)
     rows = list(np.asarray(sel.indices, dtype=np.int64))

@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from dataclasses import dataclass
 
 from ..errors import AuthError, ValidationError
@@ -156,12 +155,12 @@ def validate_role(role: str) -> str:
 
 
 def get_user(store: Store, name: str) -> User | None:
-    row = store.conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+    row = store.user(name)
     return _user(row) if row else None
 
 
 def list_users(store: Store) -> list[User]:
-    return [_user(r) for r in store.conn.execute("SELECT * FROM users ORDER BY id")]
+    return [_user(r) for r in store.users()]
 
 
 def add_user(store: Store, name: str, role: str, *, password: str | None = None,
@@ -185,9 +184,7 @@ def add_user(store: Store, name: str, role: str, *, password: str | None = None,
         pw_hash = hash_password(pw)
         if password is None:
             shown["password"] = pw
-    with store.transaction() as c:
-        c.execute("INSERT INTO users (name, role, password_hash, token_hash, created) VALUES (?, ?, ?, ?, ?)",
-                  (name, role, pw_hash, tok_hash, time.time()))
+    store.add_user(name, role, password_hash=pw_hash, token_hash=tok_hash)
     return _require(store, name), shown
 
 
@@ -204,9 +201,7 @@ def set_password(store: Store, name: str, password: str | None = None) -> str | 
     user = _require(store, name)
     pw = password if password is not None else generate_password()
     h = hash_password(pw)
-    with store.transaction() as c:
-        c.execute("UPDATE users SET password_hash = ? WHERE id = ?", (h, user.id))
-        c.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+    store.set_user_password(user.id, h)
     return pw if password is None else None
 
 
@@ -214,23 +209,19 @@ def issue_token(store: Store, name: str) -> str:
     """A new API token for ``name``; the previous token stops working."""
     user = _require(store, name)
     tok = new_token()
-    with store.transaction() as c:
-        c.execute("UPDATE users SET token_hash = ? WHERE id = ?", (token_hash(tok), user.id))
+    store.set_user_token(user.id, token_hash(tok))
     return tok
 
 
 def set_active(store: Store, name: str, active: bool) -> User:
     """(De)activate a user; deactivating ends their sessions and disables their token."""
     user = _require(store, name)
-    with store.transaction() as c:
-        c.execute("UPDATE users SET active = ? WHERE id = ?", (int(active), user.id))
-        if not active:
-            c.execute("DELETE FROM sessions WHERE user_id = ?", (user.id,))
+    store.set_user_active(user.id, active)
     return _require(store, name)
 
 
 def authenticate_password(store: Store, name: str, password: str) -> User | None:
-    row = store.conn.execute("SELECT * FROM users WHERE name = ? AND active = 1", (name,)).fetchone()
+    row = store.user(name, active_only=True)
     if row is None:
         # same work as a real check, so response time does not reveal which names exist
         verify_password(password, _dummy_hash())
@@ -244,12 +235,10 @@ def user_for_token(store: Store, token: str) -> tuple[User, str | None] | None:
     if not token or len(token) > 200:
         return None
     h = token_hash(token)
-    row = store.conn.execute(
-        "SELECT u.*, s.csrf AS csrf FROM sessions s JOIN users u ON u.id = s.user_id "
-        "WHERE s.token_hash = ? AND s.expires > ? AND u.active = 1", (h, time.time())).fetchone()
+    row = store.session_user(h)
     if row is not None:
         return _user(row), row["csrf"]
-    row = store.conn.execute("SELECT * FROM users WHERE token_hash = ? AND active = 1", (h,)).fetchone()
+    row = store.token_user(h)
     if row is not None:
         return _user(row), None
     return None
@@ -258,17 +247,12 @@ def user_for_token(store: Store, token: str) -> tuple[User, str | None] | None:
 def create_session(store: Store, user: User, *, ttl: float = SESSION_TTL) -> tuple[str, str]:
     """A new session for ``user``: (session token, CSRF token). Expired sessions are purged."""
     tok, csrf = new_token(), new_token()
-    now = time.time()
-    with store.transaction() as c:
-        c.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
-        c.execute("INSERT INTO sessions (token_hash, user_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
-                  (token_hash(tok), user.id, csrf, now, now + ttl))
+    store.add_session(token_hash(tok), user.id, csrf, ttl)
     return tok, csrf
 
 
 def delete_session(store: Store, token: str) -> None:
-    with store.transaction() as c:
-        c.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash(token),))
+    store.delete_session(token_hash(token))
 
 
 def _dummy_hash() -> str:

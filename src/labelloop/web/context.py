@@ -220,6 +220,7 @@ def item_json(it, snap: Snapshot, entry: QueueEntry | None = None) -> dict:
     if entry is not None:
         d["reason"] = entry.reason
         d["assigned"] = entry.assigned is not None
+        d["kind"] = entry.kind   # "verify" | "random" | "strategy" (the loop's choice), None otherwise
     g = None if (entry is not None and entry.assigned) else snap.guess(it.id)  # assigned: judged blind
     d["guess"] = None if g is None else {"label": g[0], "confidence": round(g[1], 4)}
     return d

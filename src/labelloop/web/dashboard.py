@@ -11,6 +11,7 @@ from .queue import Snapshot
 
 __all__ = ["dashboard_data", "learning_curve", "current_labels", "annotator_rows", "embedding_map"]
 
+UNNAMED = "(unnamed)"   # the annotator of labels given without a name (CLI, Python API)
 MAP_POINTS = 4000  # points drawn in the embedding map (a seeded sample of the items)
 
 
@@ -32,12 +33,10 @@ def current_labels(project: Project, ids: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def annotator_rows(project: Project) -> list[tuple[int, str, int]]:
-    """(item, annotator, class id) of every annotator's label in effect (latest, not withdrawn)."""
-    return [tuple(r) for r in project.store.conn.execute(
-        "SELECT a.item_id, a.annotator, a.class_id FROM annotations a JOIN ("
-        "  SELECT item_id, annotator, MAX(id) AS last FROM annotations"
-        "  WHERE source = 'human' AND annotator IS NOT NULL GROUP BY item_id, annotator"
-        ") l ON a.id = l.last WHERE a.class_id IS NOT NULL ORDER BY a.id")]
+    """(item, annotator, class id) of every annotator's label in effect (latest, not withdrawn);
+    labels given without a name (``labelloop label`` without ``--annotator``) count as
+    :data:`UNNAMED`."""
+    return [(i, UNNAMED if who is None else who, k) for i, who, k in project.store.annotator_labels()]
 
 
 def _agreement(project: Project, rows: list[tuple[int, str, int]]) -> tuple[dict, dict]:
@@ -129,28 +128,16 @@ def dashboard_data(project: Project, snapshot: Snapshot, refresh_status: dict) -
 
 
 def embedding_map(project: Project, *, n_points: int = MAP_POINTS, seed: int = 0) -> dict | None:
-    """2-D PCA coordinates of a seeded sample of the items with their current label."""
-    from ..errors import LabelloopError
-
-    try:
-        ids, X = project.embeddings()
-    except LabelloopError:
+    """The 2-D map of a seeded sample of the items (:meth:`Project.embedding_map`, computed once
+    per set of embeddings) with each item's current label, else its prediction."""
+    found = project.embedding_map(n_points=n_points, seed=seed)
+    if found is None:
         return None
-    if len(ids) < 3:
-        return None
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(ids), size=min(n_points, len(ids)), replace=False))
-    Xs = X[rows].astype(np.float64)                                    # (m, d)
-    Xs /= np.maximum(np.linalg.norm(Xs, axis=1, keepdims=True), 1e-12)  # cosine geometry, as the graph
-    Xs -= Xs.mean(axis=0)
-    # PCA: the top-2 right singular vectors of the centred data
-    _, _, vt = np.linalg.svd(Xs, full_matrices=False)
-    xy = Xs @ vt[:2].T                                                 # (m, 2)
-    y, src = current_labels(project, ids[rows])
+    ids, xy = found
+    y, src = current_labels(project, ids)
     pred = project.predictions()
     if pred is not None:
-        r = np.searchsorted(pred.item_ids, ids[rows])
-        r = np.minimum(r, len(pred.item_ids) - 1)
-        ok = (pred.item_ids[r] == ids[rows]) & (y < 0) & pred.reached[r]
+        r = np.minimum(np.searchsorted(pred.item_ids, ids), len(pred.item_ids) - 1)
+        ok = (pred.item_ids[r] == ids) & (y < 0) & pred.reached[r]
         y[ok] = pred.label[r[ok]]
     return {"xy": xy, "label": y, "source": src, "classes": project.classes}

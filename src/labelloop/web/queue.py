@@ -4,30 +4,37 @@ Two orders are kept per refresh, so the queue is fresh at once and good soon aft
 
 - ``order`` (:func:`confidence_order`): every unlabeled item by increasing confidence, made in
   milliseconds right after each refresh and published with its predictions;
-- ``top`` (:func:`strategy_top`): the project's query strategy (``labelloop.select``, default
-  ``auto``) picks the ``n_top`` most useful items from a bounded pool of candidates. Some
-  strategies cluster the embeddings and take seconds, so this runs on its own thread and is
-  swapped in when ready; until then the previous ``top`` (minus what got labeled) is used.
+- a :class:`Ranking` (:func:`rank`): the loop's decision (:func:`labelloop.loop.choose`, the
+  same call as ``labelloop next``): the query strategy's ``n_top`` picks among a bounded pool
+  of candidates, the random share (20 % for ``auto``) drawn from every unlabeled item, and,
+  while auto-labeling waits for random checks by people (:meth:`Project.checks_wanted`), the
+  ``verify`` items that certify it. Some strategies cluster the embeddings and take seconds,
+  so this runs on its own thread and is swapped in when ready; until then the previous
+  ranking (minus what got labeled) is used. Each ranking is recorded as query runs
+  (:meth:`Project.record_query`), so labels given here count exactly like ``labelloop next``
+  + ``labelloop label`` for certification and ``diagnose``.
 
-Serving a request (:class:`LabelQueue`) is cheap: walk ``top`` then ``order``, drop items
-labeled since, reserved for another annotator, or skipped, and reserve what is handed out.
-Items assigned to the annotator (consensus routing, gold honeypots: the ``assignments`` table)
-come first, without the machine's guess, so annotators judge them independently.
+Serving a request (:class:`LabelQueue`) is cheap: walk the verify items, then the strategy's
+picks with a random item whenever the served share of random ones falls below the ranking's
+``explore`` share, then ``order``; drop items labeled since, reserved for another annotator,
+or skipped, and reserve what is handed out. Items assigned to the annotator (consensus
+routing, gold honeypots: the ``assignments`` table) come first, without the machine's guess,
+so annotators judge them independently.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..store import Store
 
-__all__ = ["Snapshot", "RankInputs", "confidence_order", "strategy_top", "LabelQueue", "QueueEntry",
-           "labeled_among", "DEFAULT_STRATEGY"]
+__all__ = ["Snapshot", "Ranking", "RankInputs", "confidence_order", "rank", "LabelQueue", "QueueEntry",
+           "DEFAULT_STRATEGY"]
 
 DEFAULT_STRATEGY = "auto"   # labelloop.select: typicality at the cold start, then margin + diversity
 N_TOP = 50                  # items the strategy ranks per refresh (the rest follow by confidence):
@@ -36,6 +43,29 @@ N_TOP = 50                  # items the strategy ranks per refresh (the rest fol
 POOL = 4000                 # candidates shown to the strategy: half least confident, half random
 RESERVE_SECONDS = 300.0     # an item handed to one annotator is not shown to another for this long
 _CHUNK = 64                 # candidates checked against the store per query
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One ranking batch: what the loop chose for one set of predictions."""
+
+    run_id: int | None                    # the refresh run it ranked (None: before the first)
+    strategy: str                         # as reported by the strategy
+    picks: np.ndarray = field(default_factory=lambda: _EMPTY)    # strategy's picks, best first
+    random: np.ndarray = field(default_factory=lambda: _EMPTY)   # the random share
+    verify: np.ndarray = field(default_factory=lambda: _EMPTY)   # checks auto-labeling waits for
+    reasons: dict[int, str] = field(default_factory=dict)
+    explore: float = 0.0                  # share of served ranked items to draw from ``random``
+    # what Project.record_query records of each item when it is served: guess, confidence,
+    # coverage (of the predictions ranked) and kind
+    chosen: dict[int, dict] = field(default_factory=dict)
+    seed: int = 0
+    labeled: int = 0                      # labeled items when it was ranked
+    details: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.picks) + len(self.random) + len(self.verify)
 
 
 @dataclass
@@ -48,22 +78,22 @@ class Snapshot:
     label: np.ndarray               # (n,) column into ``classes``
     confidence: np.ndarray          # (n,) max class probability
     order: np.ndarray               # (m,) unlabeled item ids, least confident first
-    top: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # strategy's picks
-    reasons: dict[int, str] = field(default_factory=dict)
-    strategy: str = "item order"
-    top_run: int | None = None      # the refresh run the strategy ranked
+    ranking: Ranking | None = None  # the latest ranking (possibly of older predictions)
     applied_annotation_id: int = 0  # every annotation with an id <= this is in the predictions
     created: float = field(default_factory=time.time)
     summary: dict = field(default_factory=dict)
 
     @classmethod
     def empty(cls, applied_annotation_id: int = 0) -> "Snapshot":
-        z = np.zeros(0, dtype=np.int64)
-        return cls(None, z, [], z, np.zeros(0, dtype=np.float32), z, applied_annotation_id=applied_annotation_id)
+        return cls(None, _EMPTY, [], _EMPTY, np.zeros(0, dtype=np.float32), _EMPTY,
+                   applied_annotation_id=applied_annotation_id)
 
-    def with_top(self, top: np.ndarray, reasons: dict[int, str], strategy: str, top_run: int | None) -> "Snapshot":
-        return replace(self, top=np.asarray(top, dtype=np.int64), reasons=reasons, strategy=strategy,
-                       top_run=top_run)
+    def with_ranking(self, ranking: Ranking | None) -> "Snapshot":
+        return replace(self, ranking=ranking)
+
+    @property
+    def ranked_run(self) -> int | None:
+        return None if self.ranking is None else self.ranking.run_id
 
     def guess(self, item_id: int) -> tuple[str, float] | None:
         """(predicted class, confidence) of ``item_id``, None if it has no prediction."""
@@ -73,11 +103,14 @@ class Snapshot:
         return self.classes[int(self.label[r])], float(self.confidence[r])
 
     def to_dict(self) -> dict:
+        rk = self.ranking
         # what actually orders the queue while the strategy has not ranked anything yet
-        strategy = self.strategy if len(self.top) or self.top_run is not None else \
+        strategy = rk.strategy if rk is not None else \
             ("lowest confidence" if self.run_id is not None else "item order")
-        return {"run": self.run_id, "strategy": strategy, "strategy_run": self.top_run,
-                "predicted": int(len(self.item_ids)), "ranked": int(len(self.top)),
+        return {"run": self.run_id, "strategy": strategy, "strategy_run": None if rk is None else rk.run_id,
+                "predicted": int(len(self.item_ids)), "ranked": 0 if rk is None else len(rk),
+                "random_share": 0.0 if rk is None else rk.explore,
+                "verify": 0 if rk is None else int(len(rk.verify)),
                 "applied_annotation_id": self.applied_annotation_id, "created": self.created}
 
 
@@ -89,7 +122,7 @@ def confidence_order(item_ids: np.ndarray, confidence: np.ndarray, pool: np.ndar
 
 @dataclass
 class RankInputs:
-    """Everything one strategy query needs, gathered by the refresher thread."""
+    """Everything one ranking needs, gathered by the refresher thread."""
 
     run_id: int | None
     item_ids: np.ndarray                # (n,)
@@ -102,18 +135,23 @@ class RankInputs:
     embeddings: np.ndarray | None = None
     graph: object | None = None
     seed: int = 0
+    reached: np.ndarray | None = None   # (n,) bool: propagation reached the item
+    eligible: np.ndarray | None = None  # (n,) bool: auto-labeling may label it (Project._eligible)
+    checks: dict | None = None          # Project.checks_wanted(): verify items to serve first
 
 
-def strategy_top(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int = POOL
-                 ) -> tuple[np.ndarray, dict[int, str], str]:
-    """The strategy's ``n_top`` picks among at most ``pool_size`` candidates (the least
-    confident half and a random half of the unlabeled items, so cost does not grow with the
-    project). Returns (item ids, {item id: reason}, strategy name as reported)."""
-    from ..select import get_strategy
+def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int = POOL) -> Ranking:
+    """The loop's choice (:func:`labelloop.loop.choose`) for one set of predictions: verify
+    items first when auto-labeling waits for them, then the strategy's ``n_top`` picks among
+    at most ``pool_size`` candidates (the least confident half and a random half of the
+    unlabeled items, so cost does not grow with the project) with the strategy's random share
+    drawn from every unlabeled item. What gets served of it is recorded as it is served
+    (:meth:`LabelQueue.next_items`, :meth:`Refresher.record_served`)."""
+    from ..loop import choose, coverage_of, default_explore
 
     unl = np.flatnonzero(inp.pool)                                # (U,)
     if unl.size == 0:
-        return np.zeros(0, dtype=np.int64), {}, strategy
+        return Ranking(inp.run_id, strategy)
     cand = unl
     if unl.size > pool_size:
         rng = np.random.default_rng(inp.seed)
@@ -122,13 +160,41 @@ def strategy_top(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_siz
         rest = np.setdiff1d(unl, low, assume_unique=True)
         cand = np.sort(np.concatenate([low, rng.choice(rest, pool_size - half, replace=False)]))
     lab_rows = np.flatnonzero(inp.labeled)
-    with _one_thread():   # background work: leave the other cores to the requests
-        sel = get_strategy(strategy).select(
-            n=min(n_top, int(cand.size)), labeled=lab_rows, unlabeled=cand, probabilities=inp.proba,
-            graph=inp.graph, embeddings=inp.embeddings, labels=inp.labels,
-            class_names=list(inp.classes) if inp.proba is not None else None, seed=inp.seed)
-    top = inp.item_ids[np.asarray(sel.indices, dtype=np.int64)]
-    return top, {int(i): why for i, why in zip(top, sel.reasons)}, sel.strategy
+    coverage = None
+    if inp.proba is not None and inp.eligible is not None:
+        coverage = coverage_of(inp.confidence, inp.eligible)     # (n,) as Project.next records it
+    class_names = list(inp.classes) if inp.proba is not None else None
+    choices, details = [], {}
+    checks = inp.checks or {}
+    if checks.get("more_needed", 0) > 0 and inp.proba is not None:
+        ver = choose("verify", min(int(checks["more_needed"]), n_top), labeled=lab_rows, unlabeled=unl,
+                     probabilities=inp.proba, seed=inp.seed, target_precision=checks["target_precision"],
+                     verify_eligible=inp.eligible, certified_coverage=checks.get("certified_coverage", 0.0))
+        choices.append(ver)
+        details["verify"] = ver.details
+        unl, cand = np.setdiff1d(unl, ver.rows), np.setdiff1d(cand, ver.rows)   # asked once
+    explore = default_explore(strategy) if inp.proba is not None else 0.0
+    if unl.size:
+        with _one_thread():   # background work: leave the other cores to the requests
+            choices.append(choose(
+                strategy, min(n_top, int(cand.size)), labeled=lab_rows, unlabeled=unl, candidates=cand,
+                probabilities=inp.proba, graph=inp.graph, embeddings=inp.embeddings, labels=inp.labels,
+                class_names=class_names, seed=inp.seed, explore=explore))
+        details |= choices[-1].details
+    chosen, reasons, by_kind = {}, {}, {"strategy": [], "random": [], "verify": []}
+    for c in choices:
+        for r, kind, why in zip(c.rows.tolist(), c.kinds, c.reasons):
+            item = int(inp.item_ids[r])
+            guess = conf = cov = None
+            if coverage is not None and (inp.reached is None or inp.reached[r]):
+                guess = inp.classes[int(inp.proba[r].argmax())]
+                conf, cov = float(inp.confidence[r]), float(coverage[r])
+            chosen[item] = {"guess": guess, "confidence": conf, "coverage": cov, "kind": kind}
+            reasons[item] = why
+            by_kind[kind].append(item)
+    arr = {k: np.array(v, dtype=np.int64) for k, v in by_kind.items()}
+    return Ranking(inp.run_id, choices[-1].strategy if choices else strategy, arr["strategy"], arr["random"],
+                   arr["verify"], reasons, explore, chosen, inp.seed, int(len(lab_rows)), details)
 
 
 def _one_thread():
@@ -148,31 +214,20 @@ class QueueEntry:
     item_id: int
     reason: str
     assigned: str | None = None   # "consensus" | "gold" when it came from the assignments table
-
-
-def labeled_among(store: Store, ids: Sequence[int]) -> set[int]:
-    """Items among ``ids`` that currently have a human or imported label (withdrawals respected)."""
-    if not ids:
-        return set()
-    q = ",".join("?" * len(ids))
-    rows = store.conn.execute(
-        "SELECT DISTINCT a.item_id FROM annotations a JOIN ("
-        "  SELECT item_id, source, COALESCE(annotator, '') AS who, MAX(id) AS last FROM annotations"
-        f"  WHERE item_id IN ({q}) AND source IN ('human', 'import') GROUP BY item_id, source, who"
-        ") l ON a.id = l.last WHERE a.class_id IS NOT NULL", [int(i) for i in ids]).fetchall()
-    return {r[0] for r in rows}
+    kind: str | None = None       # "verify" | "strategy" | "random" when it came from the ranking
 
 
 class LabelQueue:
     """Hands out items to annotators: assignments first, then the ranking, then item order.
-    Thread-safe; the reservations and skips live in memory only."""
+    Thread-safe; the reservations, skips and the served random share live in memory only."""
 
     def __init__(self, *, reserve_seconds: float = RESERVE_SECONDS):
         self.reserve_seconds = reserve_seconds
-        self._lock = threading.Lock()     # guards the two dicts below
+        self._lock = threading.Lock()     # guards the dicts below
         self._serve = threading.Lock()    # one hand-out at a time
         self._reserved: dict[int, tuple[str, float]] = {}
         self._skipped: dict[str, set[int]] = {}
+        self._served = {"strategy": 0, "random": 0}   # ranked items handed out, by kind
 
     # ------------------------------------------------------------ reservations
     def _free_for(self, item_id: int, user: str, now: float) -> bool:
@@ -204,9 +259,7 @@ class LabelQueue:
                     exclude: Iterable[int]) -> list[QueueEntry]:
         exclude = {int(i) for i in exclude}
         out: list[QueueEntry] = []
-        for item_id, reason in store.conn.execute(
-                "SELECT item_id, reason FROM assignments WHERE annotator = ? AND done IS NULL ORDER BY id",
-                (user,)).fetchall():
+        for item_id, reason in store.open_assignments(user):
             if len(out) >= n:
                 break
             if item_id not in exclude:
@@ -217,46 +270,64 @@ class LabelQueue:
         with self._lock:
             for e in out:
                 self._reserved[e.item_id] = (user, now + self.reserve_seconds)
+                if e.kind in self._served:
+                    self._served[e.kind] += 1
             if len(self._reserved) > 10_000:  # forget expired reservations now and then
                 self._reserved = {i: r for i, r in self._reserved.items() if r[1] >= now}
         return out
 
-    def _candidates(self, store: Store, snapshot: Snapshot):
-        """(item id, reason) in asking order: the strategy's picks, the confidence order,
-        then items without a prediction (none yet, or imported after the refresh)."""
+    def _candidates(self, store: Store, snapshot: Snapshot) -> Iterator[QueueEntry]:
+        """Entries in asking order: the verify items, the strategy's picks interleaved with
+        the random share, the confidence order, then items without a prediction (none yet,
+        or imported after the refresh)."""
         seen: set[int] = set()
-        for i in snapshot.top:
-            i = int(i)
-            seen.add(i)
-            yield i, snapshot.reasons.get(i, snapshot.strategy)
-        for i in snapshot.order:
-            i = int(i)
+        rk = snapshot.ranking
+        if rk is not None:
+            for i in rk.verify.tolist():
+                seen.add(i)
+                yield QueueEntry(i, rk.reasons.get(i, "random check: certifies auto-labeling"), kind="verify")
+            with self._lock:
+                served = dict(self._served)
+            picks, rnd = iter(rk.picks.tolist()), iter(rk.random.tolist())
+            while True:
+                # a random item whenever the served share of them falls below ``explore``
+                want_random = served["random"] + 1 <= rk.explore * (served["random"] + served["strategy"] + 1) + 1e-9
+                i = next(rnd, None) if want_random else None
+                kind = "random"
+                if i is None:
+                    i, kind = next(picks, None), "strategy"
+                if i is None:
+                    i, kind = next(rnd, None), "random"
+                if i is None:
+                    break
+                served[kind] += 1
+                seen.add(i)
+                yield QueueEntry(i, rk.reasons.get(i, rk.strategy), kind=kind)
+        for i in snapshot.order.tolist():
             if i not in seen:
-                yield i, "low confidence" if snapshot.run_id else "item order"
+                yield QueueEntry(i, "low confidence" if snapshot.run_id else "item order")
         last = 0
         predicted = snapshot.item_ids
         while True:
-            rows = store.conn.execute("SELECT id FROM items WHERE id > ? ORDER BY id LIMIT 512",
-                                      (last,)).fetchall()
-            if not rows:
+            ids = np.array(store.item_ids_after(last, 512), dtype=np.int64)
+            if not len(ids):
                 return
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
             last = int(ids[-1])
             if len(predicted):
                 pos = np.minimum(np.searchsorted(predicted, ids), len(predicted) - 1)
                 ids = ids[predicted[pos] != ids]
-            for i in ids:
-                if int(i) not in seen:
-                    yield int(i), "item order (no prediction yet)"
+            for i in ids.tolist():
+                if i not in seen:
+                    yield QueueEntry(i, "item order (no prediction yet)")
 
     def _general(self, store: Store, snapshot: Snapshot, user: str, n: int, exclude: set[int]) -> list[QueueEntry]:
         out: list[QueueEntry] = []
         now = time.time()
-        batch: list[tuple[int, str]] = []
+        batch: list[QueueEntry] = []
         with self._lock:
             skipped = set(self._skipped.get(user, ()))
         for cand in self._candidates(store, snapshot):
-            i = cand[0]
+            i = cand.item_id
             if i in exclude or i in skipped:
                 continue
             with self._lock:
@@ -274,9 +345,7 @@ class LabelQueue:
         return out
 
     @staticmethod
-    def _keep_unlabeled(store: Store, batch: list[tuple[int, str]], n: int) -> list[QueueEntry]:
-        ids = [i for i, _ in batch]
-        drop = labeled_among(store, ids)
-        q = ",".join("?" * len(ids))
-        drop |= {r[0] for r in store.conn.execute(f"SELECT item_id FROM gold WHERE item_id IN ({q})", ids)}
-        return [QueueEntry(i, why) for i, why in batch if i not in drop][:n]
+    def _keep_unlabeled(store: Store, batch: list[QueueEntry], n: int) -> list[QueueEntry]:
+        ids = [e.item_id for e in batch]
+        drop = store.labeled_among(ids) | store.gold_among(ids)
+        return [e for e in batch if e.item_id not in drop][:n]

@@ -22,6 +22,7 @@ import queue as _queue
 import threading
 import time
 import traceback
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,12 @@ import numpy as np
 from ..errors import LabelloopError, NotReadyError
 from ..project import Project
 from ..store import Store
-from .queue import N_TOP, RankInputs, Snapshot, confidence_order, strategy_top
+from .queue import N_TOP, QueueEntry, RankInputs, Ranking, Snapshot, confidence_order, rank
 
 log = logging.getLogger("labelloop.web")
 
-__all__ = ["Writer", "Readers", "Refresher", "CachedProject"]
+
+__all__ = ["Writer", "Readers", "Refresher", "writer_project"]
 
 
 class Writer:
@@ -83,8 +85,7 @@ class Writer:
                 try:
                     fut.set_result(fn(store))
                 except BaseException as exc:  # handed to the waiting request
-                    if store.conn.in_transaction:
-                        store.conn.execute("ROLLBACK")
+                    store.rollback_if_open()
                     fut.set_exception(exc)
         finally:
             store.close()
@@ -179,12 +180,7 @@ class WriterStore(Store):
         run = self._pending_run
         self.flush()
         if any(dropped) and run is not None:
-            def mark(s: Store) -> None:
-                with s.transaction() as c:
-                    c.execute("DELETE FROM predictions WHERE run_id = ?", (run,))
-                    c.execute("UPDATE runs SET finished = ?, status = 'superseded' WHERE id = ?",
-                              (time.time(), run))
-            self._writer.submit(mark, background=True).add_done_callback(_log_failure)
+            self._writer.submit(lambda s: s.supersede_run(run), background=True).add_done_callback(_log_failure)
 
     def start_run(self, kind: str, params: dict, inputs: dict | None = None) -> int:
         return self._writer.call(lambda s: Store.start_run(s, kind, params, inputs))
@@ -213,97 +209,15 @@ def _log_failure(fut: concurrent.futures.Future) -> None:
         log.error("a background write failed: %s: %s", type(exc).__name__, exc)
 
 
-class CachedProject(Project):
-    """A :class:`Project` that keeps the embeddings, the kNN graph and the latest predictions
-    in memory between refreshes while the items and the backbone stay the same.
-
-    ``Project.embeddings`` rebuilds item lists and re-reads every vector on each call, which a
-    server refreshing after every label at 100k items cannot afford; the cache key (item count,
-    last item id, backbone cache id, k) changes whenever any of those inputs can. With a
-    ``writer``, its writes go through the server's writer thread (:class:`WriterStore`)."""
-
-    def __init__(self, path: Path, *, writer: Writer | None = None):
-        super().__init__(path)
-        if writer is not None:
-            self.store.close()
-            self.store = WriterStore(self.root, writer)
-
-    def _inputs_key(self) -> tuple:
-        n, last = self.store.conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM items").fetchone()
-        meta = self.store.get_meta("backbone") or {}
-        return n, last, meta.get("cache_id"), self.setting("k"), self.setting("exact_threshold")
-
-    def embeddings(self):
-        key = self._inputs_key()
-        cached = getattr(self, "_emb_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        out = super().embeddings()
-        self._emb_cache = (key, out)
-        return out
-
-    def graph(self):
-        key = self._inputs_key()
-        cached = getattr(self, "_graph_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        out = super().graph()
-        self._graph_cache = (key, out)
-        return out
-
-    def predictions(self):
-        last = self.store.conn.execute(
-            "SELECT MAX(id) FROM runs WHERE kind = 'refresh' AND status = 'done'").fetchone()[0]
-        cached = getattr(self, "_pred_cache", None)
-        # the cache may be ahead of the store: a run whose rows are still being written
-        if cached is not None and (cached[0] == last or (cached[0] is not None and (last is None or cached[0] > last))):
-            return cached[1]
-        out = super().predictions()
-        self._pred_cache = (last, out)
-        return out
-
-    def label_vector(self, ids: np.ndarray | None = None, *, sources=("human", "import")) -> np.ndarray:
-        """``Project.label_vector``, vectorised for ascending ids (its dict over every item
-        costs 70 ms per call at 100k items; a refresh makes two)."""
-        ids = self.store.item_ids() if ids is None else ids
-        if len(ids) > 1 and not (np.diff(ids) > 0).all():
-            return super().label_vector(ids, sources=sources)
-        return _label_vector(self, ids, sources)
-
-    def refresh(self, *, full: bool = False) -> dict:
-        """``Project.refresh``, then the new predictions straight from the in-memory propagation
-        (reading them back, ``reached`` from n rows of SQL, costs 0.4 s at 100k items)."""
-        from ..project import Predictions
-        from ..propagate import prediction_summary
-
-        summary = super().refresh(full=full)
-        lp = getattr(self, "_lp", None)
-        emb = getattr(self, "_graph_cache", None)
-        if lp is not None and emb is not None:
-            ids = emb[1][0]
-            P = lp.predict_proba().astype(np.float32)                    # (n, C), as saved
-            s = prediction_summary(P)
-            self._pred_cache = (summary["run"], Predictions(
-                summary["run"], ids, P, list(summary["classes"]), s["label"], s["confidence"], s["margin"],
-                s["entropy"], np.asarray(lp.reached_, dtype=bool)))
-        return summary
-
-
-def _label_vector(p: Project, ids: np.ndarray, sources=("human", "import", "machine")) -> np.ndarray:
-    """``p.label_vector(ids, sources=sources)`` for ascending ``ids``, vectorised (the dict
-    over every item costs 70 ms at 100k items). Earlier sources win, as there."""
-    col = {cid: c for c, cid in enumerate(p.store.class_ids().values())}
-    y = np.full(len(ids), -1, dtype=np.int64)                            # (n,)
-    for source in reversed(tuple(sources)):                              # later writes win here
-        latest = p.store.latest_labels(source)
-        if not latest or not len(ids):
-            continue
-        k = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
-        v = np.fromiter((col[c] for c in latest.values()), dtype=np.int64, count=len(latest))
-        pos = np.minimum(np.searchsorted(ids, k), len(ids) - 1)
-        ok = ids[pos] == k
-        y[pos[ok]] = v[ok]
-    return y
+def writer_project(root: Path, writer: Writer | None) -> Project:
+    """The refresher's :class:`Project`: with a ``writer``, its writes go through the server's
+    writer thread (:class:`WriterStore`). Embeddings, graph and predictions stay in memory
+    between refreshes by themselves (:data:`labelloop.project.MEMO`)."""
+    p = Project(root)
+    if writer is not None:
+        p.store.close()
+        p.store = WriterStore(p.root, writer)
+    return p
 
 
 class Refresher:
@@ -326,7 +240,7 @@ class Refresher:
         self.debounce = debounce      # wait this long for more labels before refreshing (a burst)
         self.max_delay = max_delay    # ... but never longer than this after the first request
         self.n_top = n_top
-        self.project: CachedProject | None = None   # used by the refresher thread only
+        self.project: Project | None = None   # the refresher thread's (the ranker only records through it)
         self._snapshot = Snapshot.empty()
         self._cond = threading.Condition()
         self._requested = False
@@ -373,7 +287,7 @@ class Refresher:
         with self._cond:
             while (self.status["state"] == "starting" or self._rank_job is not None
                    or self.status["ranking"] == "running"
-                   or self._snapshot.top_run != self._snapshot.run_id):
+                   or self._snapshot.ranked_run != self._snapshot.run_id):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -394,7 +308,7 @@ class Refresher:
     # ------------------------------------------------------------------ refresher thread
     def _run(self) -> None:
         try:
-            self.project = CachedProject(self.root, writer=self.writer)
+            self.project = writer_project(self.root, self.writer)
         except LabelloopError as exc:
             self._set_status("error", str(exc))
             return
@@ -457,7 +371,7 @@ class Refresher:
         replaced (the ranker may have updated it while these predictions were made)."""
         with self._cond:
             cur = self._snapshot
-            snap = snap.with_top(cur.top, cur.reasons, cur.strategy, cur.top_run)
+            snap = snap.with_ranking(cur.ranking)
             snap.applied_annotation_id = max(snap.applied_annotation_id, cur.applied_annotation_id)
             self._snapshot = snap
             self._cond.notify_all()
@@ -475,31 +389,36 @@ class Refresher:
         try:
             emb_ids, emb = p.embeddings()
             graph = p.graph()[1]
+            p.embedding_map()   # the dashboard's map, computed here rather than on a page load
         except LabelloopError:
             emb_ids = None
         ids = pred.item_ids if pred is not None else emb_ids
         if ids is None:
             return Snapshot.empty(applied)
-        y = _label_vector(p, ids)   # (n,) -1: nobody labeled it
+        y = p.label_vector(ids, sources=("human", "import", "machine"))   # (n,) -1: nobody labeled it
         gold = p.store.gold_item_ids()
         labeled = y >= 0
         pool = ~labeled & ~np.isin(ids, gold)
+        job = RankInputs(None, ids, pool, labeled, None, None, None, [], emb, graph, seed=0)
         if pred is None:
-            snap = Snapshot(None, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.int64),
-                            np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), applied_annotation_id=applied)
-            proba = conf = labels = None
-            classes: list[str] = []
+            snap = Snapshot.empty(applied)
         else:
             snap = Snapshot(int(pred.run_id), ids, list(pred.classes), pred.label, pred.confidence,
                             confidence_order(ids, pred.confidence, pool), applied_annotation_id=applied,
                             summary=dict(summary or {}))
-            proba, conf, classes = pred.proba, pred.confidence, list(pred.classes)
             labels = y[labeled]
-            if labels.size and labels.max() >= proba.shape[1]:
+            if labels.size and labels.max() >= pred.proba.shape[1]:
                 labels = None   # a class added after the last refresh
+            try:
+                checks = p.checks_wanted(pred) if len(pred.classes) == len(p.classes) else None
+            except LabelloopError as exc:
+                log.warning("cannot tell which checks auto-labeling needs: %s", exc)
+                checks = None
+            job = replace(job, run_id=snap.run_id, labels=labels, proba=pred.proba, confidence=pred.confidence,
+                          classes=list(pred.classes), seed=int(snap.run_id), reached=pred.reached,
+                          eligible=p.autolabel_eligible(pred), checks=checks)
         if emb is not None and (pred is None or len(emb) == len(ids)):
-            self._submit_rank(RankInputs(snap.run_id, ids, pool, labeled, labels, proba, conf, classes,
-                                         emb, graph, seed=int(snap.run_id or 0)))
+            self._submit_rank(job)
         return snap
 
     # ------------------------------------------------------------------ ranker thread
@@ -518,22 +437,47 @@ class Refresher:
                 job, self._rank_job = self._rank_job, None
                 self.status["ranking"] = "running"
             t0 = time.perf_counter()
+            detail = None
             try:
-                top, reasons, used = strategy_top(self.strategy, job, n_top=self.n_top)
-                detail = None
+                ranking = self._rank(job)
             except LabelloopError as exc:   # e.g. the pool ran dry: the confidence order serves
-                top, reasons, used, detail = np.zeros(0, dtype=np.int64), {}, "least confidence", str(exc)
+                ranking, detail = Ranking(job.run_id, "least confidence"), str(exc)
             except Exception as exc:  # noqa: BLE001 - a failed ranking must not kill the server
                 log.error("ranking failed:\n%s", traceback.format_exc())
-                top, reasons, used, detail = np.zeros(0, dtype=np.int64), {}, "least confidence", \
-                    f"{type(exc).__name__}: {exc}"
+                ranking, detail = Ranking(job.run_id, "least confidence"), f"{type(exc).__name__}: {exc}"
             with self._cond:
                 cur = self._snapshot
-                if cur.run_id == job.run_id or cur.top_run is None or (job.run_id or 0) >= (cur.top_run or 0):
-                    self._snapshot = cur.with_top(top, reasons, used, job.run_id)
+                if cur.run_id == job.run_id or cur.ranking is None or (job.run_id or 0) >= (cur.ranked_run or 0):
+                    self._snapshot = cur.with_ranking(ranking)
                 self.status.update(ranking="idle", rank_detail=detail,
                                    last_rank_seconds=round(time.perf_counter() - t0, 4))
                 self._cond.notify_all()
                 rest = self.rank_interval - (time.perf_counter() - t0)
                 if rest > 0:
                     self._cond.wait_for(lambda: self._stop, timeout=rest)
+
+    def _rank(self, job: RankInputs) -> Ranking:
+        return rank(self.strategy, job, n_top=self.n_top)
+
+    def record_served(self, annotator: str, entries: list[QueueEntry], ranking: Ranking | None) -> list[int]:
+        """Record the ranked items just handed to ``annotator`` as query runs, as ``labelloop
+        next`` records the batch it shows (verify checks in a ``verify`` run of their own): the
+        random and verify ones with the machine's guess and coverage of the predictions ranked,
+        which certification compares the person's label with; the strategy's picks as actively
+        chosen. Writes go through the writer; returns the run ids."""
+        p = self.project
+        if ranking is None or p is None:
+            return []
+        served = [e for e in entries if e.kind is not None and e.item_id in ranking.chosen]
+        runs = []
+        for verify in (True, False):
+            group = [e for e in served if (e.kind == "verify") == verify]
+            if not group:
+                continue
+            details = ranking.details.get("verify", {}) if verify else \
+                {k: v for k, v in ranking.details.items() if k != "verify"}
+            runs.append(p.record_query(
+                "verify" if verify else ranking.strategy, len(group), ranking.seed,
+                [{"item": e.item_id, **ranking.chosen[e.item_id]} for e in group], annotator=annotator,
+                labeled=ranking.labeled, prediction_run=ranking.run_id, details=details))
+        return runs

@@ -22,6 +22,7 @@ def _queue_payload(ctx: WebContext, p: Principal, n: int, exclude: list[int]) ->
     store = ctx.readers.store()
     snap = ctx.refresher.snapshot
     entries = ctx.queue.next_items(store, snap, p.user.name, n, exclude)
+    ctx.refresher.record_served(p.user.name, entries, snap.ranking)
     items = store.items([e.item_id for e in entries]) if entries else []
     return {"items": [item_json(it, snap, e) for it, e in zip(items, entries)],
             "classes": store.classes(), "remaining": _remaining(ctx, store),
@@ -44,7 +45,8 @@ async def api_queue(p: Annotator, ctx: Ctx, n: Annotated[int, Query(ge=1, le=50)
                     exclude: Annotated[str, Query(max_length=10_000, pattern=ID_LIST_PATTERN)] = ""):
     """The next ``n`` items for this user (reserved for them a few minutes), with the
     machine's guess; ``exclude``: comma-separated ids the client already holds."""
-    return _queue_payload(ctx, p, n, parse_ids(exclude, "exclude"))
+    ids = parse_ids(exclude, "exclude")
+    return await run_in_threadpool(_queue_payload, ctx, p, n, ids)   # it waits for the writer
 
 
 @router.post("/api/labels")

@@ -40,24 +40,8 @@ def review_data(ctx: WebContext, *, source: str | None, label: str | None, min_c
     hi = 1.0 if max_confidence is None else max_confidence
     rows: list[tuple[int, str, float]] = []
     if source == "machine":
-        where = ["a.class_id IS NOT NULL",
-                 "COALESCE(a.confidence, 0) >= ?", "COALESCE(a.confidence, 0) <= ?",
-                 # no human label in effect (any annotator's latest human row with a class)
-                 "NOT EXISTS (SELECT 1 FROM annotations h WHERE h.item_id = a.item_id AND h.source = 'human' "
-                 "AND h.class_id IS NOT NULL AND h.id = (SELECT MAX(h2.id) FROM annotations h2 WHERE "
-                 "h2.item_id = h.item_id AND h2.source = 'human' AND COALESCE(h2.annotator, '') = "
-                 "COALESCE(h.annotator, '')))"]
-        args: list = [lo, hi]
-        if label:
-            where.append("c.name = ?")
-            args.append(label)
-        sql = ("FROM annotations a JOIN (SELECT item_id, MAX(id) AS last FROM annotations WHERE source = 'machine' "
-               "GROUP BY item_id) l ON a.id = l.last JOIN classes c ON c.id = a.class_id WHERE " + " AND ".join(where))
-        total = store.conn.execute("SELECT COUNT(*) " + sql, args).fetchone()[0]
-        direction = "DESC" if order == "desc" else "ASC"
-        rows = [tuple(r) for r in store.conn.execute(
-            f"SELECT a.item_id, c.name, COALESCE(a.confidence, 0) {sql} "
-            f"ORDER BY COALESCE(a.confidence, 0) {direction}, a.item_id LIMIT ? OFFSET ?", args + [limit, offset])]
+        total, rows = store.machine_labels_page(lo=lo, hi=hi, class_name=label, descending=order == "desc",
+                                                limit=limit, offset=offset)
     else:
         snap = ctx.refresher.snapshot
         total = 0

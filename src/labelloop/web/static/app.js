@@ -70,13 +70,21 @@
       toastTimer = setTimeout(() => { toastEl.className = "toast"; }, bad ? 6000 : 2000);
     }
 
+    // the key of each class: classes named by single digits ("0".."9") sit on their own digit;
+    // otherwise keys 1..9 pick the 1st..9th class and 0 the tenth
+    function classKeys(classes) {
+      if (classes.length && classes.every((c) => /^[0-9]$/.test(c))) return classes.slice();
+      return classes.map((c, i) => (i < 10 ? String((i + 1) % 10) : ""));
+    }
+
     function renderClasses() {
       classesEl.replaceChildren();
+      S.keys = classKeys(S.classes);
       S.classes.forEach((c, i) => {
         const b = el("button", "cls");
         b.type = "button";
         b.dataset.label = c;
-        const k = el("kbd", i < 10 ? "" : "none", i < 10 ? String((i + 1) % 10) : "");
+        const k = el("kbd", S.keys[i] ? "" : "none", S.keys[i]);
         b.append(k, el("span", "", c));
         b.addEventListener("click", () => submit(c));
         classesEl.append(b);
@@ -125,7 +133,10 @@
       } else {
         view.append(el("div", "item-text", item.text));
       }
-      meta.textContent = `${item.name} · ${item.reason || ""}`;
+      // verify / random checks say so: the person's label certifies the machine's, so judge it afresh
+      const check = item.kind === "verify" ? "Check · " : item.kind === "random" ? "Random sample · " : "";
+      meta.textContent = `${check}${item.name} · ${item.reason || ""}`;
+      view.dataset.kind = item.kind || "";
       if (item.guess) {
         guessEl.append(el("span", "muted", "Machine guess "), el("b", "", item.guess.label),
           el("span", "conf", ` ${(100 * item.guess.confidence).toFixed(0)}%`));
@@ -253,7 +264,7 @@
       if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
       const k = ev.key;
       if (k >= "0" && k <= "9") {
-        const c = S.classes[(Number(k) + 9) % 10];   // 1..9 -> classes 1..9, 0 -> the tenth
+        const c = S.classes[S.keys.indexOf(k)];   // classKeys: a digit class's own key, else by position
         if (c !== undefined) { ev.preventDefault(); submit(c); }
       } else if (k === "Enter") {
         ev.preventDefault(); accept();
