@@ -190,3 +190,18 @@ def test_no_import_cycles_between_modules():
         if m not in state and visit(m, [m]):
             break
     assert not cycle, " -> ".join(cycle)
+
+
+def test_head_weight_auto_averages_the_head_in_only_for_a_clear_held_out_gain():
+    from labelloop.loop.predict import choose_head_weight
+
+    y = np.array([0, 1] * 20)
+    rows = np.arange(40)
+    right = np.eye(2)[y] * 0.8 + 0.1  # (40, 2) right with 0.9
+    wrong = np.eye(2)[1 - y] * 0.8 + 0.1
+    Q_prop = np.where((np.arange(40) < 10)[:, None], wrong, right)  # propagation misses 10 of 40
+    assert choose_head_weight(y, rows, Q_prop, right) == 0.5  # the head gets them: +10 right
+    assert choose_head_weight(y, rows, right, right) == 0.0  # no gain, no head
+    Q_one = np.where((np.arange(40) < 1)[:, None], wrong, right)
+    assert choose_head_weight(y, rows, Q_one, right) == 0.0  # +1 is noise, not a clear gain
+    assert choose_head_weight(y, rows, Q_prop, None) == 0.0

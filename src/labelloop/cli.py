@@ -168,7 +168,8 @@ def config(project, key, value):
     
     Environment variables LABELLOOP_<KEY> override both (e.g. LABELLOOP_K=15).
     import_trust below 1 makes imported labels soft evidence that neighbours can overrule.
-    head_weight above 0 averages a classifier head into the predictions (diagnose says if it helps)."""
+    head_weight (auto: where held-out labels show it helps) averages a classifier head into the
+    predictions; a number in [0, 1] fixes the weight."""
     from .config import SETTINGS
 
     with _open(project) as p:

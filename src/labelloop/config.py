@@ -17,7 +17,7 @@ from .errors import ValidationError
 @dataclass(frozen=True)
 class Setting:
     default: Any
-    type: Any  # a type, or "temperature" ("auto" or a positive number)
+    type: Any  # a type, "temperature" ("auto" or a positive number) or "weight" ("auto" or [0, 1])
     help: str
 
 
@@ -28,6 +28,15 @@ def _temperature(value: Any) -> str | float:
     if not (t > 0 and t != float("inf")):
         raise ValueError(value)
     return t
+
+
+def _weight_or_auto(value: Any) -> str | float:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    w = float(value)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(value)
+    return w
 
 
 SETTINGS: dict[str, Setting] = {
@@ -54,12 +63,13 @@ SETTINGS: dict[str, Setting] = {
                                     "prior probability that a person's label is right, used by the audit "
                                     "where no gold items or overlapping annotations measure it"),
     "batch_size": Setting(0, int, "embedding batch size; 0 = the backbone's own default"),
-    "head_weight": Setting(0.0, float,
+    "head_weight": Setting("auto", "weight",
                            "weight of a classifier head on the embeddings (prototypes up to 5 labels "
-                           "per class, then linear) averaged into the propagated predictions; 0 = "
-                           "propagation only. `labelloop diagnose` measures whether it helps "
-                           "(it did on EfficientNet features from 5-10 labels per class, not on "
-                           "digits pixels: benchmarks/results/label_efficiency.md)"),
+                           "per class, then linear) averaged into the propagated predictions: 'auto' "
+                           "= 0.5 where that gets clearly more held-out human labels right at refresh, "
+                           "else 0; a number in [0, 1] fixes it (it helped on weak text features and "
+                           "EfficientNet features from 5-10 labels per class, not on digits pixels: "
+                           "benchmarks/results/robustness.md, label_efficiency.md)"),
 }
 
 
@@ -78,11 +88,12 @@ def setting(name: str, project_values: dict | None = None) -> Any:
 
 def coerce(name: str, value: Any, *, source: str = "value") -> Any:
     spec = SETTINGS[name]
-    convert = _temperature if spec.type == "temperature" else spec.type
+    convert = {"temperature": _temperature, "weight": _weight_or_auto}.get(spec.type, spec.type)
     try:
         out = convert(value)
     except (TypeError, ValueError):
-        kind = "'auto' or a positive number" if spec.type == "temperature" else f"a {spec.type.__name__}"
+        kind = {"temperature": "'auto' or a positive number", "weight": "'auto' or a weight in [0, 1]"}.get(
+            spec.type) or f"a {spec.type.__name__}"
         raise ValidationError(f"{source} for {name!r} must be {kind}, got {value!r}") from None
     if isinstance(out, (int, float)) and out < 0:
         raise ValidationError(f"{source} for {name!r} must not be negative, got {value!r}")
@@ -92,6 +103,4 @@ def coerce(name: str, value: Any, *, source: str = "value") -> Any:
         raise ValidationError(f"{source} for 'human_label_accuracy' must be in [0.5, 1), got {value!r}")
     if name == "target_precision" and not 0.5 <= out < 1:
         raise ValidationError(f"{source} for 'target_precision' must be in [0.5, 1), got {value!r}")
-    if name == "head_weight" and out > 1:
-        raise ValidationError(f"{source} for 'head_weight' is a weight in [0, 1], got {value!r}")
     return out

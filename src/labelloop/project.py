@@ -415,12 +415,12 @@ class Project:
             self._lp_key = key
         P = self._lp.predict_proba()  # (n, C)
         reached = self._lp.reached_
-        head_weight = self.setting("head_weight")
+        hw_setting = self.setting("head_weight")
+        # a second opinion from the embeddings alone (loop.choose_head_weight picks "auto")
+        H = self._head_proba(y, len(classes)) if hw_setting == "auto" or hw_setting > 0 else None
+        pred, head_weight = self._calibrate(P, H, reached, y, y_h, weight, alpha, warm=warm)
         if head_weight > 0:
-            # a second opinion from the embeddings alone, averaged in; it reaches every item
-            P = mix_head(P, self._head_proba(y, len(classes)), head_weight)
-            reached = np.ones_like(reached)
-        pred = self._calibrate(P, reached, y, y_h, weight, alpha, warm=warm)
+            reached = np.ones_like(reached)  # the head reaches every item
         P = pred.proba
         s = prediction_summary(P)
         seconds = time.perf_counter() - t0
@@ -448,6 +448,7 @@ class Project:
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
                        changed=changed, warm=warm, warm_updates=int(getattr(self._lp, "n_updates_", 0)),
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
+                       head_weight=head_weight,
                        ece_heldout=_nan_none(pred.heldout_ece(y_h)))
         self.store.finish_run(run, summary)
         self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict())
@@ -459,22 +460,28 @@ class Project:
     #: calibrate on the labels no query strategy chose once there are this many
     MIN_REPRESENTATIVE = 30
 
-    def _calibrate(self, P, reached, y, y_h, weight, alpha, *, warm: bool):
-        """Calibrated predictions (:func:`labelloop.loop.predict`): held-out propagation of the
-        human labels with the refresh's own settings, then the power map fitted on them."""
-        from .loop import Calibrator, predict
-        from .loop.predict import heldout_predictions
+    def _calibrate(self, P, H, reached, y, y_h, weight, alpha, *, warm: bool):
+        """``(prediction, head_weight)``: propagation ``P`` (averaged with the head ``H`` where the
+        ``head_weight`` setting, or its "auto" choice on held-out labels, says so), calibrated
+        (:func:`labelloop.loop.predict`) on held-out propagation of the human labels with the
+        refresh's own settings."""
+        from .loop import Calibrator, mix_head, predict
+        from .loop.calibrate import prediction_weights
+        from .loop.predict import choose_head_weight, heldout_predictions
         from .propagate import LabelPropagation
 
         C = P.shape[1]
+        hw_setting = self.setting("head_weight")
         if warm and len(y) > self.RECALIBRATE_MAX_ITEMS:
             last = self.predictions()
             cal = (last.calibration or {}) if last is not None else {}
             if "beta" in cal:
                 d = self.store.run_dir(last.run_id)
                 held = (np.load(d / "heldout_rows.npy"), np.load(d / "heldout_proba.npy"))
-                return predict(P, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
-                    "heldout_items", 0), cal.get("ece_heldout_before"), cal.get("ece_heldout")))
+                hw = self.store.last_run("refresh")["summary"].get("head_weight") or 0.0
+                P_mix = mix_head(P, H, hw) if H is not None and hw > 0 else P
+                return predict(P_mix, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
+                    "heldout_items", 0), cal.get("ece_heldout_before"), cal.get("ece_heldout"))), hw
         S, n_iter, T = self._lp.S_, self.setting("n_iter"), self.setting("temperature")
 
         def propagate(y_hidden):
@@ -486,7 +493,7 @@ class Project:
             return lp.predict_proba()
 
         head = None
-        if self.setting("head_weight") > 0:
+        if H is not None:
             head = lambda y_f, rows: self._head_proba(np.where((y_h >= 0) & (y_f < 0), -1, y), C)[rows]  # noqa: E731
         # labels a query strategy chose are the hardest items by design: calibrating on them makes
         # every confidence too low. Score the others (first labels, random shares, verify checks)
@@ -496,8 +503,15 @@ class Project:
         rep = None if ids is None or len(ids) != len(y_h) else np.array([int(i) not in chosen for i in ids])
         if rep is not None and ((y_h >= 0) & rep).sum() < self.MIN_REPRESENTATIVE:
             rep = None
-        held = heldout_predictions(y_h, C, propagate, head, self.setting("head_weight"), score=rep)
-        return predict(P, reached, y_h, held)
+        rows, Q_prop, Q_head = heldout_predictions(y_h, C, propagate, head, score=rep, split=True)
+        if hw_setting == "auto":
+            w = prediction_weights(y_h[rows], P.argmax(1), C) if len(rows) else None
+            hw = choose_head_weight(y_h, rows, Q_prop, Q_head, weights=w)
+        else:
+            hw = float(hw_setting) if H is not None else 0.0
+        Q = mix_head(Q_prop, Q_head, hw) if hw > 0 and Q_head is not None else Q_prop
+        P_mix = mix_head(P, H, hw) if hw > 0 else P
+        return predict(P_mix, reached, y_h, (rows, Q)), hw
 
     def _class_mass(self) -> bool | str:
         prior = self.setting("class_prior")

@@ -343,7 +343,8 @@ def diagnose(graph, labels: np.ndarray, embeddings: np.ndarray | None = None, *,
     verdict, advice = _advise(v_acc, v_int, v_n, v_what, n_classes, confidence, homo, expected, modality)
     if head_acc is not None and verdict != "too few labels" and head_helps(p_correct, h[0], p_checked):
         advice += (f" Averaging a classifier head into the predictions scored {head_acc:.2f} against "
-                   f"{p_acc:.2f} on the same folds: `labelloop config head_weight 0.5` turns it on.")
+                   f"{p_acc:.2f} on the same folds: refresh averages it in by itself when its own "
+                   "held-out check agrees (head_weight auto); `labelloop config head_weight 0.5` forces it.")
     return Diagnosis(
         n_items=int(n), n_labeled=int(lab.size), n_classes=n_classes, min_labels_per_class=min_per,
         loo_method=method, loo_k=k_used, loo_checked=checked, loo_accuracy=acc, loo_interval=interval,

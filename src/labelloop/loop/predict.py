@@ -19,6 +19,7 @@ from .calibrate import Calibrator, expected_calibration_error, fit_calibrator, p
 from .heldout import heldout_proba
 
 __all__ = ["Prediction", "mix_head", "predict", "heldout_predictions", "random_prior", "class_prior",
+           "choose_head_weight", "AUTO_HEAD_WEIGHT",
            "MIN_RANDOM_FOR_PRIOR"]
 
 #: labels drawn uniformly at random needed before their class shares become the class prior
@@ -89,22 +90,55 @@ class Prediction:
 def heldout_predictions(y_human: np.ndarray, n_classes: int,
                         propagate: Callable[[np.ndarray], np.ndarray],
                         head: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                        head_weight: float = 0.0, *, seed: int = 0, score: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        head_weight: float = 0.0, *, seed: int = 0, score: np.ndarray | None = None,
+                        split: bool = False):
     """(rows, (m, C)) uncalibrated held-out distributions of the human labels (of the rows where
     ``score`` (n,) bool is True, if given: e.g. only labels no query strategy chose).
 
     ``propagate(y_hidden)``: (n, C) propagation with those human labels hidden (-1);
-    ``head(y_hidden, rows)``: (m, C) head probabilities of ``rows`` fitted without them."""
+    ``head(y_hidden, rows)``: (m, C) head probabilities of ``rows`` fitted without them.
+    ``split``: return ``(rows, Q_propagation, Q_head)`` instead (Q_head None without ``head``),
+    for :func:`choose_head_weight`."""
     labeled = np.flatnonzero((y_human >= 0) if score is None else (y_human >= 0) & score)
+    heads: list[np.ndarray] = []
 
     def fit_predict(y_f, rows):
         P = propagate(y_f)[rows]
-        if head is not None and head_weight > 0:
-            P = mix_head(P, head(y_f, rows), head_weight)
+        if head is not None and (split or head_weight > 0):
+            H = head(y_f, rows)
+            if split:
+                heads.append(np.asarray(H, np.float32))
+                return P
+            P = mix_head(P, H, head_weight)
         return P
 
-    return heldout_proba(y_human, labeled, n_classes, fit_predict, seed=seed)
+    rows, Q = heldout_proba(y_human, labeled, n_classes, fit_predict, seed=seed)
+    if not split:
+        return rows, Q
+    return rows, Q, (np.concatenate(heads) if heads else None)
+
+
+#: ``head_weight="auto"``: the mixture replaces propagation alone only if it gets this many more
+#: held-out labels right, and at least this share more (diagnose's rule for its advice,
+#: benchmarks/results/head_advice.md)
+AUTO_HEAD_WEIGHT = 0.5
+AUTO_HEAD_MIN_GAIN = (2, 0.02)
+
+
+def choose_head_weight(y_human: np.ndarray, rows: np.ndarray, Q_prop: np.ndarray, Q_head: np.ndarray | None,
+                       weights: np.ndarray | None = None) -> float:
+    """``head_weight="auto"``: AUTO_HEAD_WEIGHT where averaging the classifier head in gets clearly
+    more held-out human labels right than propagation alone (weak graphs: texts with weak
+    features, benchmarks/results/robustness.md), else 0."""
+    if Q_head is None or len(rows) == 0:
+        return 0.0
+    t = y_human[rows]
+    w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
+    right_prop = (Q_prop.argmax(1) == t).astype(np.float64)
+    right_mix = (mix_head(Q_prop, Q_head, AUTO_HEAD_WEIGHT).argmax(1) == t).astype(np.float64)
+    gain_items = float(((right_mix - right_prop) * w).sum() / w.mean())
+    gain_share = float(((right_mix - right_prop) * w).sum() / w.sum())
+    return AUTO_HEAD_WEIGHT if gain_items >= AUTO_HEAD_MIN_GAIN[0] and gain_share >= AUTO_HEAD_MIN_GAIN[1] else 0.0
 
 
 def predict(P_raw: np.ndarray, reached: np.ndarray, y_human: np.ndarray, heldout: tuple[np.ndarray, np.ndarray],
