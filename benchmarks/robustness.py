@@ -5,7 +5,9 @@ Per (dataset, backbone) pair cached by ``benchmarks/robustness_data.py`` and per
 random labels per class (1, 2, 5, 10, 20; ``--seeds`` seeds), on the unlabeled items:
 
 - labelloop: ``LabelPropagation()`` defaults (local scaling, class-mass normalisation, 100
-  steps) calibrated out of fold exactly as ``Project.refresh`` does (``labelloop.loop``);
+  steps), the classifier head averaged in where held-out labels show it helps (head_weight
+  auto) and calibrated out of fold, exactly as ``Project.refresh`` does
+  (``labelloop.loop.calibrated_predictions``);
 - estimated: the same with ``class_prior estimated`` (class shares estimated from the graph);
 - paper: T = 0.01, 20 steps, clamped (Bai et al.; the defaults before this round);
 - LabelSpreading: scikit-learn ``LabelSpreading(kernel="knn", n_neighbors=10)``;
@@ -89,21 +91,21 @@ def methods(Xn, graph, S, y, C):
     from sklearn.linear_model import LogisticRegression
     from sklearn.semi_supervised import LabelSpreading
 
-    from labelloop.loop import predict
-    from labelloop.loop.predict import heldout_predictions
+    from labelloop.loop.predict import calibrated_predictions, embedding_head
     from labelloop.propagate import LabelPropagation
 
     out = {}
+    head = embedding_head(Xn, C)
+    H = head(y, None)
     lp = LabelPropagation().fit(S, y, n_classes=C)
-    held = heldout_predictions(y, C, lambda yy: LabelPropagation().fit(S, yy, n_classes=C).predict_proba())
-    pred = predict(lp.predict_proba(), lp.reached_, y, held)
+    pred, _ = calibrated_predictions(lp.predict_proba(), H, lp.reached_, y,
+                                     lambda yy: LabelPropagation().fit(S, yy, n_classes=C).predict_proba(), head)
     out["labelloop"] = pred.proba
     out["_heldout"] = (pred.heldout_rows, pred.heldout_proba)
     # class_prior "estimated" (opt-in): the same, with the class shares pulled toward the graph's
     lp = LabelPropagation(class_mass="estimated").fit(S, y, n_classes=C)
-    held = heldout_predictions(y, C, lambda yy: LabelPropagation(class_mass="estimated").fit(
-        S, yy, n_classes=C).predict_proba())
-    out["estimated"] = predict(lp.predict_proba(), lp.reached_, y, held).proba
+    out["estimated"] = calibrated_predictions(lp.predict_proba(), H, lp.reached_, y, lambda yy: LabelPropagation(
+        class_mass="estimated").fit(S, yy, n_classes=C).predict_proba(), head)[0].proba
     out["paper"] = LabelPropagation(temperature=0.01, n_iter=20, class_mass=False).fit(graph, y, n_classes=C).predict_proba()
     out["labelspreading"] = LabelSpreading(kernel="knn", n_neighbors=10).fit(Xn, y).label_distributions_
     lab = y >= 0

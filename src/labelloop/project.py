@@ -373,7 +373,6 @@ class Project:
     def refresh(self, *, full: bool = False) -> dict:
         """kNN graph (reused) + label propagation -> predictions of every item. After new labels
         the propagation warm-starts from the previous result unless ``full``."""
-        from .loop import mix_head
         from .propagate import LabelPropagation, prediction_summary
 
         ids, graph = self.propagation_graph()
@@ -419,8 +418,7 @@ class Project:
         # a second opinion from the embeddings alone (loop.choose_head_weight picks "auto")
         H = self._head_proba(y, len(classes)) if hw_setting == "auto" or hw_setting > 0 else None
         pred, head_weight = self._calibrate(P, H, reached, y, y_h, weight, alpha, warm=warm)
-        if head_weight > 0:
-            reached = np.ones_like(reached)  # the head reaches every item
+        reached = pred.reached  # the head, where averaged in, reaches every item
         P = pred.proba
         s = prediction_summary(P)
         seconds = time.perf_counter() - t0
@@ -466,8 +464,7 @@ class Project:
         (:func:`labelloop.loop.predict`) on held-out propagation of the human labels with the
         refresh's own settings."""
         from .loop import Calibrator, mix_head, predict
-        from .loop.calibrate import prediction_weights
-        from .loop.predict import choose_head_weight, heldout_predictions
+        from .loop.predict import calibrated_predictions
         from .propagate import LabelPropagation
 
         C = P.shape[1]
@@ -480,6 +477,7 @@ class Project:
                 held = (np.load(d / "heldout_rows.npy"), np.load(d / "heldout_proba.npy"))
                 hw = self.store.last_run("refresh")["summary"].get("head_weight") or 0.0
                 P_mix = mix_head(P, H, hw) if H is not None and hw > 0 else P
+                reached = np.ones_like(reached) if H is not None and hw > 0 else reached
                 return predict(P_mix, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
                     "heldout_items", 0), cal.get("ece_heldout_before"), cal.get("ece_heldout"))), hw
         S, n_iter, T = self._lp.S_, self.setting("n_iter"), self.setting("temperature")
@@ -503,15 +501,7 @@ class Project:
         rep = None if ids is None or len(ids) != len(y_h) else np.array([int(i) not in chosen for i in ids])
         if rep is not None and ((y_h >= 0) & rep).sum() < self.MIN_REPRESENTATIVE:
             rep = None
-        rows, Q_prop, Q_head = heldout_predictions(y_h, C, propagate, head, score=rep, split=True)
-        if hw_setting == "auto":
-            w = prediction_weights(y_h[rows], P.argmax(1), C) if len(rows) else None
-            hw = choose_head_weight(y_h, rows, Q_prop, Q_head, weights=w)
-        else:
-            hw = float(hw_setting) if H is not None else 0.0
-        Q = mix_head(Q_prop, Q_head, hw) if hw > 0 and Q_head is not None else Q_prop
-        P_mix = mix_head(P, H, hw) if hw > 0 else P
-        return predict(P_mix, reached, y_h, (rows, Q)), hw
+        return calibrated_predictions(P, H, reached, y_h, propagate, head, head_weight=hw_setting, score=rep)
 
     def _class_mass(self) -> bool | str:
         prior = self.setting("class_prior")

@@ -197,12 +197,13 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     held-out labels and auto-labels certified by the random checks, as ``Project`` does."""
     from .graph import build_knn_graph, normalize_rows
     from .loop import choose, class_prior, predict
-    from .loop.predict import heldout_predictions
+    from .loop.predict import calibrated_predictions, embedding_head
     from .propagate import LabelPropagation, affinity_matrix
 
     X = normalize_rows(data.embeddings)
     y_true = data.labels
     n, C = len(y_true), len(data.class_names)
+    head = embedding_head(X, C)  # head_weight "auto", as Project.refresh
     graph = graph if graph is not None else build_knn_graph(X, k=k)
     S = affinity_matrix(graph, temperature=temperature)
     rng = np.random.default_rng(seed)
@@ -233,7 +234,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
         t0 = time.perf_counter()
         if model == "logreg":
             P_raw, reached = _logreg_proba(X, labeled, y_true, C), np.ones(n, bool)
-            held = (labeled, _logreg_heldout(X, labeled, y_true, C, seed=seed))
+            P = predict(P_raw, reached, y, (labeled, _logreg_heldout(X, labeled, y_true, C, seed=seed))).proba
         else:
             # as Project.refresh: the class shares of the randomly drawn labels, once there are enough
             drawn_mask = np.zeros(n, bool)
@@ -246,9 +247,8 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
                 lp.update(y)
             P_raw, reached = lp.predict_proba(), lp.reached_
             rep = ~chosen if ((y >= 0) & ~chosen).sum() >= 30 else None
-            held = heldout_predictions(y, C, _propagator(S, C, temperature=temperature, n_iter=n_iter, prior=prior),
-                                       seed=seed, score=rep)
-        P = predict(P_raw, reached, y, held).proba
+            P = calibrated_predictions(P_raw, head(y, None), reached, y, _propagator(
+                S, C, temperature=temperature, n_iter=n_iter, prior=prior), head, score=rep, seed=seed)[0].proba
         seconds = time.perf_counter() - t0
         certified = records[-1]["certified_coverage"] if records else 0.0
         records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
@@ -266,13 +266,14 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
     only ``next --strategy verify`` batches answered by the oracle until ``budget`` human
     labels; after each batch, what ``autolabel`` would accept and how precise it truly is."""
     from .graph import build_knn_graph, normalize_rows
-    from .loop import choose, predict
-    from .loop.predict import heldout_predictions
+    from .loop import choose
+    from .loop.predict import calibrated_predictions, embedding_head
     from .propagate import LabelPropagation, affinity_matrix
 
     X = normalize_rows(data.embeddings)
     y_true = data.labels
     n, C = len(y_true), len(data.class_names)
+    head = embedding_head(X, C)  # head_weight "auto", as Project.refresh
     graph = build_knn_graph(X, k=k)
     S = affinity_matrix(graph, temperature=temperature)
     propagate = _propagator(S, C, temperature=temperature, n_iter=n_iter)
@@ -285,8 +286,8 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
         lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
-        held = heldout_predictions(y, C, propagate, seed=seed)
-        P = predict(lp.predict_proba(), lp.reached_, y, held).proba
+        P = calibrated_predictions(lp.predict_proba(), head(y, None), lp.reached_, y, propagate, head,
+                                   seed=seed)[0].proba
         certified = records[-1]["certified_coverage"] if records else 0.0
         rec = dict(seed=seed, human_labels=int(len(labeled)),
                    **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision,

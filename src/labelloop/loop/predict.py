@@ -19,7 +19,7 @@ from .calibrate import Calibrator, expected_calibration_error, fit_calibrator, p
 from .heldout import heldout_proba
 
 __all__ = ["Prediction", "mix_head", "predict", "heldout_predictions", "random_prior", "class_prior",
-           "choose_head_weight", "AUTO_HEAD_WEIGHT",
+           "choose_head_weight", "AUTO_HEAD_WEIGHT", "calibrated_predictions", "embedding_head",
            "MIN_RANDOM_FOR_PRIOR"]
 
 #: labels drawn uniformly at random needed before their class shares become the class prior
@@ -152,3 +152,53 @@ def predict(P_raw: np.ndarray, reached: np.ndarray, y_human: np.ndarray, heldout
         calibrator = fit_calibrator(Q, y_human[rows], weights=w)
     return Prediction(calibrator(P_raw), np.asarray(reached, bool), calibrator, rows,
                       calibrator(Q) if len(rows) else np.zeros((0, C), np.float32))
+
+
+def embedding_head(X: np.ndarray, n_classes: int) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+    """``head(y, rows)``: (m, C) probabilities of a classifier head on the (L2-normalised)
+    embeddings ``X`` fitted on the labels ``y`` (:func:`labelloop.adapt.finetune.fit_head`:
+    prototypes up to 5 labels per class, then linear), for ``rows`` (all items when None)."""
+    from threadpoolctl import threadpool_limits
+
+    from ..adapt.finetune import fit_head
+
+    def head(y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:  # (m, C)
+        with threadpool_limits(1, user_api="blas"):  # small fits: threads only contend
+            model = fit_head(X, y, n_classes=n_classes)
+            return model.predict_proba(X if rows is None else X[rows])
+
+    return head
+
+
+def calibrated_predictions(P: np.ndarray, H: np.ndarray | None, reached: np.ndarray, y_human: np.ndarray,
+                           propagate: Callable[[np.ndarray], np.ndarray],
+                           head: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, *,
+                           head_weight: float | str = "auto", score: np.ndarray | None = None,
+                           seed: int = 0) -> tuple[Prediction, float]:
+    """The refresh's predictions from propagation ``P`` (n, C): the classifier head's ``H``
+    (n, C) averaged in at ``head_weight`` (``"auto"``: :func:`choose_head_weight` on the held-out
+    human labels ``y_human``), then calibrated on the same held-out labels.
+    ``propagate(y_hidden)`` re-runs the propagation with some human labels hidden and
+    ``head(y_hidden, rows)`` refits the head without them (see :func:`embedding_head`).
+    Returns ``(prediction, the head weight used)``. ``Project.refresh``, ``simulate`` and the
+    benchmarks all come through here."""
+    from .calibrate import prediction_weights
+
+    C = P.shape[1]
+    use_head = H is not None and head is not None and head_weight != 0
+    rows, Q_prop, Q_head = heldout_predictions(y_human, C, propagate, head if use_head else None,
+                                               score=score, split=True, seed=seed)
+    if not use_head:
+        hw = 0.0
+    elif head_weight == "auto":
+        w = prediction_weights(y_human[rows], P.argmax(1), C) if len(rows) else None
+        hw = choose_head_weight(y_human, rows, Q_prop, Q_head, weights=w)
+    else:
+        hw = float(head_weight)
+    if hw > 0:
+        Q = mix_head(Q_prop, Q_head, hw) if Q_head is not None else Q_prop
+        P = mix_head(P, H, hw)
+        reached = np.ones(len(P), bool)  # the head reaches every item
+    else:
+        Q = Q_prop
+    return predict(P, reached, y_human, (rows, Q)), hw
