@@ -44,6 +44,14 @@ SETTINGS: dict[str, Setting] = {
     "import_trust": Setting(1.0, float,
                             "weight of imported labels: 1 clamps them like human labels; "
                             "below 1 they are soft evidence the neighbours can overrule"),
+    "rule_trust": Setting(0.5, float,
+                          "weight of labeling-function (rule) evidence: an item the rules cover seeds "
+                          "propagation with weight rule_trust x the label model's confidence, soft and "
+                          "overrulable like import_trust below 1; human labels always win; 0 = rules "
+                          "only reported, never used (benchmarks/results/rules.md)"),
+    "label_model": Setting("dawid-skene", str,
+                           "how rule votes are combined without ground truth: 'dawid-skene' (each rule "
+                           "an annotator, EM) or 'majority' (benchmarks/results/rules.md)"),
     "class_prior": Setting("labels", str, "class-mass normalisation of the propagated labels: 'labels' (class "
                            "shares among the labels), 'estimated' (pulled toward the shares the graph "
                            "predicts: much better on imbalanced texts, can flip on hub-like data), or "
@@ -92,6 +100,10 @@ def coerce(name: str, value: Any, *, source: str = "value") -> Any:
         raise ValidationError(f"{source} for 'human_label_accuracy' must be in [0.5, 1), got {value!r}")
     if name == "target_precision" and not 0.5 <= out < 1:
         raise ValidationError(f"{source} for 'target_precision' must be in [0.5, 1), got {value!r}")
+    if name == "rule_trust" and out > 1:
+        raise ValidationError(f"{source} for 'rule_trust' is a weight in [0, 1], got {value!r}")
+    if name == "label_model" and out not in ("dawid-skene", "majority"):
+        raise ValidationError(f"{source} for 'label_model' must be dawid-skene or majority, got {value!r}")
     if name == "head_weight" and out > 1:
         raise ValidationError(f"{source} for 'head_weight' is a weight in [0, 1], got {value!r}")
     return out
