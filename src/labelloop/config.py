@@ -49,9 +49,10 @@ SETTINGS: dict[str, Setting] = {
                           "propagation with weight rule_trust x the label model's confidence, soft and "
                           "overrulable like import_trust below 1; human labels always win; 0 = rules "
                           "only reported, never used (benchmarks/results/rules.md)"),
-    "label_model": Setting("dawid-skene", str,
-                           "how rule votes are combined without ground truth: 'dawid-skene' (each rule "
-                           "an annotator, EM) or 'majority' (benchmarks/results/rules.md)"),
+    "label_model": Setting("majority", str,
+                           "how rule votes are combined without ground truth: 'majority' (share of the "
+                           "votes) or 'dawid-skene' (each rule an annotator, EM): majority was far more "
+                           "accurate on keyword rules (benchmarks/results/rules.md)"),
     "class_prior": Setting("labels", str, "class-mass normalisation of the propagated labels: 'labels' (class "
                            "shares among the labels), 'estimated' (pulled toward the shares the graph "
                            "predicts: much better on imbalanced texts, can flip on hub-like data), or "
