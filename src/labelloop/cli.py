@@ -558,6 +558,151 @@ def demo(dataset, directory, backbone, labels_per_class, n_items, seed, rounds, 
         _echo_json(result)
 
 
+@cli.group()
+@project_option
+@click.pass_context
+def rules(ctx, project: Path) -> None:
+    """Labeling functions: keyword, metadata and Python rules as noisy annotators.
+
+    \b
+      labelloop rules -p P add refund --label billing --contains refund,chargeback
+      labelloop rules -p P add night --label night --where "meta.camera == 7"
+      labelloop rules -p P add-py mylfs.py     # runs YOUR code: item -> class name | None
+      labelloop rules -p P report
+    Their votes never overwrite a label: a label model combines them into soft evidence for
+    propagation (setting rule_trust; 0 = report only) that human labels overrule.
+    """
+    ctx.obj = project
+
+
+# -p works before the subcommand (`rules -p P add`) and after it (`rules add -p P`)
+rules_project_option = click.option("-p", "--project", "project", default=None, type=click.Path(
+    file_okay=False, path_type=Path), help="Project folder (default: the one given to `rules`).")
+
+
+def _rules_open(project: Path | None):
+    return _open(project if project is not None else click.get_current_context().obj)
+
+
+@rules.command("add")
+@rules_project_option
+@click.argument("name")
+@click.option("--label", required=True, help="The class the rule votes for.")
+@click.option("--contains", default=None, help="Comma-separated keywords (whole words, any case).")
+@click.option("--where", default=None, help='Expression over the metadata kept at import, e.g. "meta.camera == 7".')
+@click.option("--new-classes", is_flag=True, help="Create the class if the project does not have it.")
+@click.option("--author", default=None, envvar="USER", help="Who wrote the rule (default: $USER).")
+@json_option
+def rules_add(project, name, label, contains, where, new_classes, author, as_json):
+    """Add a keyword (--contains) or metadata (--where) rule and run it on every item."""
+    with _rules_open(project) as p:
+        r = p.add_rule(name, label=label, where=where, new_classes=new_classes, author=author,
+                       contains=None if contains is None else contains.split(","))
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"rule {name!r} added: votes {label!r} on {r['votes'] or 0} items")
+
+
+@rules.command("add-py")
+@rules_project_option
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--new-classes", is_flag=True, help="Create the classes the functions return if missing.")
+@click.option("--author", default=None, envvar="USER", help="Who wrote the rules (default: $USER).")
+@json_option
+def rules_add_py(project, file, new_classes, author, as_json):
+    """Add every public function of FILE (item -> class name | None) as a rule.
+
+    This RUNS THE CODE IN FILE in this process, with your rights; its source is stored in the
+    project and run again for items imported later. An item has .id, .text, .meta (dict of the
+    columns kept at import), .external_id, .uri (image path) and .modality."""
+    with _rules_open(project) as p:
+        out = p.add_python_rules(file, new_classes=new_classes, author=author)
+    if as_json:
+        _echo_json(out)
+    else:
+        for r in out:
+            click.echo(f"rule {r['name']!r} added: votes on {r['votes']} items")
+
+
+@rules.command("list")
+@rules_project_option
+@json_option
+def rules_list(project, as_json):
+    """Every rule with who added it, when, and whether it is on."""
+    import datetime
+
+    with _rules_open(project) as p:
+        rows = p.rules()
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no rules yet (labelloop rules add NAME --label L --contains WORDS)")
+    for r in rows:
+        d = r["definition"]
+        what = {"contains": lambda: "contains " + ",".join(d["keywords"]), "where": lambda: "where " + d["expression"],
+                "python": lambda: f"python {d['function']}() from {d['file']}"}[r["kind"]]()
+        when = datetime.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")
+        click.echo(f"{'on ' if r['active'] else 'off'} {r['name']:<20} -> {r['class'] or '(returned)'}: {what}"
+                   f"  [{r['author'] or '?'}, {when}]")
+
+
+def _switch(project, name, active, as_json):
+    with _rules_open(project) as p:
+        r = p.set_rule_active(name, active, by=None)
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"rule {name!r} is {'on' if active else 'off'}")
+
+
+@rules.command("off")
+@rules_project_option
+@click.argument("name")
+@json_option
+def rules_off(project, name, as_json):
+    """Switch a rule off: its votes are kept but no longer used."""
+    _switch(project, name, False, as_json)
+
+
+@rules.command("on")
+@rules_project_option
+@click.argument("name")
+@json_option
+def rules_on(project, name, as_json):
+    """Switch a rule back on."""
+    _switch(project, name, True, as_json)
+
+
+@rules.command("report")
+@rules_project_option
+@json_option
+def rules_report(project, as_json):
+    """Coverage, overlap, conflict, estimated accuracy (label model) and measured accuracy
+    (human labels, with n) per rule."""
+    with _rules_open(project) as p:
+        r = p.rules_report()
+    if as_json:
+        _echo_json(r)
+        return
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    click.echo(f"{'rule':<20} {'label':<12} votes  coverage  overlap  conflict  est.acc  measured (n)")
+    for r_ in r["rules"]:
+        if not r_["active"]:
+            click.echo(f"{r_['name']:<20} {str(r_['label'] or '-'):<12} (off)")
+            continue
+        click.echo(f"{r_['name']:<20} {str(r_['label'] or '(python)'):<12} {r_['votes']:>5}  {pct(r_['coverage']):>8}"
+                   f"  {pct(r_['overlap']):>7}  {pct(r_['conflict']):>8}  {pct(r_['estimated_accuracy']):>7}"
+                   f"  {pct(r_['measured_accuracy'])} ({r_['measured_n']})")
+    t = r["totals"]
+    click.echo(f"rules cover {t['covered']} of {t['items']} items ({pct(t['coverage'])}); conflict on "
+               f"{pct(t['conflict'])} of them; label model {r['label_model']}"
+               + (f", measured accuracy {pct(r['label_model_measured_accuracy'])} on {r['label_model_measured_n']} "
+                  "human labels" if r["label_model_measured_n"] else "")
+               + f"; rule_trust {r['rule_trust']}")
+
+
 def _add_web_commands() -> None:
     # importing the module is cheap: it loads FastAPI only when a command runs
     from .web.cli_commands import serve, users

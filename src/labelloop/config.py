@@ -53,6 +53,15 @@ SETTINGS: dict[str, Setting] = {
     "import_trust": Setting(1.0, float,
                             "weight of imported labels: 1 clamps them like human labels; "
                             "below 1 they are soft evidence the neighbours can overrule"),
+    "rule_trust": Setting(0.5, float,
+                          "weight of labeling-function (rule) evidence: an item the rules cover seeds "
+                          "propagation with weight rule_trust x the label model's confidence, soft and "
+                          "overrulable like import_trust below 1; human labels always win; 0 = rules "
+                          "only reported, never used (benchmarks/results/rules.md)"),
+    "label_model": Setting("majority", str,
+                           "how rule votes are combined without ground truth: 'majority' (share of the "
+                           "votes) or 'dawid-skene' (each rule an annotator, EM): majority was far more "
+                           "accurate on keyword rules (benchmarks/results/rules.md)"),
     "class_prior": Setting("labels", str, "class-mass normalisation of the propagated labels: 'labels' (class "
                            "shares among the labels), 'estimated' (pulled toward the shares the graph "
                            "predicts: much better on imbalanced texts, can flip on hub-like data), or "
@@ -103,4 +112,8 @@ def coerce(name: str, value: Any, *, source: str = "value") -> Any:
         raise ValidationError(f"{source} for 'human_label_accuracy' must be in [0.5, 1), got {value!r}")
     if name == "target_precision" and not 0.5 <= out < 1:
         raise ValidationError(f"{source} for 'target_precision' must be in [0.5, 1), got {value!r}")
+    if name == "rule_trust" and out > 1:
+        raise ValidationError(f"{source} for 'rule_trust' is a weight in [0, 1], got {value!r}")
+    if name == "label_model" and out not in ("dawid-skene", "majority"):
+        raise ValidationError(f"{source} for 'label_model' must be dawid-skene or majority, got {value!r}")
     return out

@@ -299,7 +299,8 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
                  label_column: str | None = None, id_column: str | None = None,
                  fmt: str | None = None, encoding: str = "utf-8") -> ImportReport:
     """Import texts from a CSV / TSV or JSONL file, optionally with (import) labels and ids.
-    ``encoding``: the file's text encoding (a UTF-8 byte-order mark is skipped)."""
+    The other columns are kept as the item's metadata (``meta`` in the store; re-importing
+    the same text keeps the first metadata). ``encoding``: the file's text encoding (a UTF-8 byte-order mark is skipped)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValidationError(f"{path} is not a file: give a .csv, .tsv or .jsonl file of texts")
@@ -368,8 +369,11 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
         seen_hash[h] = lineno
         if ext is not None:
             seen_id[ext] = lineno
+        # every other column is item metadata, for `where` rules (a CSV's empty cell: None)
+        meta = {k: (None if v == "" else v) for k, v in rec.items()
+                if k not in (text_column, label_column, id_column)}
         rows.append(dict(content_hash=h, modality="text", external_id=ext, uri=None, text=text,
-                         label=label, where=where))
+                         label=label, where=where, meta=meta))
     if not data_lines:
         what = "has a header but no rows" if header_checked and fmt == "csv" else "is empty"
         raise ValidationError(f"{path.name} {what}: nothing to import")

@@ -382,31 +382,37 @@ class Project:
         y_h = self.label_vector(ids, sources=("human",))
         y = self.label_vector(ids, sources=("human", "import"))
         trust = self.setting("import_trust")
-        if not (y >= 0).any():
+        rules, rules_key = self._rule_evidence(ids)   # labeling functions: soft seeds, or None
+        if not (y >= 0).any() and rules is None:
             raise NotReadyError("no labeled items yet: label a few items per class first (`labelloop label`)")
         params = dict(k=graph.k, temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
-                      import_trust=trust, class_prior=self.setting("class_prior"))
+                      import_trust=trust, class_prior=self.setting("class_prior"), rules=rules_key)
         key = (self._graph_fingerprint(ids), len(classes), self.setting("temperature"), trust,
-               self.setting("class_prior"))
+               self.setting("class_prior"), rules_key)
         warm = not full and self._lp is not None and self._lp_key == key
         if not full and not warm:
             warm = self._load_warm_state(key, graph)
         t0 = time.perf_counter()
         run = self.store.start_run("refresh", params | {"warm": warm},
                                    {"graph": key[0], "labels": int((y >= 0).sum())})
-        if trust >= 1.0:
+        if trust >= 1.0 and rules is None:
             fit_y, weight, alpha = y, None, None
         else:
             # imported labels are soft evidence: spread with every item's own label as a prior
             # weighted by trust, nothing clamped; a human label's own term (weight 100)
             # outweighs its neighbourhood (audit.label_errors.smooth_labels, label_noise benchmark)
+            # (with rules and import_trust 1, imported labels count as human ones)
             fit_y = y
-            weight = np.where(y_h >= 0, 100.0, np.where(y >= 0, trust, 0.0))
+            weight = np.where(y_h >= 0, 100.0, np.where(y >= 0, trust if trust < 1.0 else 100.0, 0.0))
             alpha = SMOOTH_ALPHA
+            if rules is not None:   # rule-covered items without a label: weight rule_trust x confidence
+                from .rules import seed_with_rules
+
+                fit_y, weight = seed_with_rules(y, weight, rules, self.setting("rule_trust"))
         prior, prior_source = self._class_prior(ids, len(classes)) if self._class_mass() else (None, "none")
         if warm:
             self._lp.class_prior = prior
-            self._lp.update(fit_y, n_iter=self.setting("warm_iter"))
+            self._lp.update(fit_y, n_iter=self.setting("warm_iter"), sample_weight=weight)
         else:
             self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
                                         alpha=alpha, class_mass=self._class_mass(), class_prior=prior)
@@ -416,8 +422,9 @@ class Project:
         reached = self._lp.reached_
         hw_setting = self.setting("head_weight")
         # a second opinion from the embeddings alone (loop.choose_head_weight picks "auto")
-        H = self._head_proba(y, len(classes)) if hw_setting == "auto" or hw_setting > 0 else None
-        pred, head_weight = self._calibrate(P, H, reached, y, y_h, weight, alpha, warm=warm)
+        H = self._head_proba(fit_y, len(classes)) if hw_setting == "auto" or hw_setting > 0 else None
+        # fit_y: the held-out propagations keep the seeds the refresh used (rule evidence too)
+        pred, head_weight = self._calibrate(P, H, reached, fit_y, y_h, weight, alpha, warm=warm)
         reached = pred.reached  # the head, where averaged in, reaches every item
         P = pred.proba
         s = prediction_summary(P)
@@ -441,6 +448,7 @@ class Project:
         self.store.save_predictions(run, ids, [class_ids[c] for c in s["label"]], s["confidence"],
                                     s["margin"], s["entropy"], reached)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
+                       rule_seeded=int(((fit_y >= 0) & (y < 0)).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
                        class_prior_source=prior_source,
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
@@ -546,13 +554,14 @@ class Project:
             return False
         p = last["params"]
         if (len(last["summary"].get("classes", [])), p.get("temperature"), p.get("import_trust"),
-                p.get("class_prior", "labels")) != key[1:]:
+                p.get("class_prior", "labels"), p.get("rules")) != key[1:]:
             return False
         d = self.store.run_dir(last["id"])
         if not all((d / f).exists() for f in ("state_Y.npy", "state_y.npy", "state_w.npy")):
             return False
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
-                              alpha=None if key[3] >= 1.0 else SMOOTH_ALPHA, class_mass=self._class_mass())
+                              alpha=None if key[3] >= 1.0 and key[5] is None else SMOOTH_ALPHA,
+                              class_mass=self._class_mass())
         lp.restore(graph, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
                    sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0))
         self._lp, self._lp_key = lp, key
@@ -1361,6 +1370,167 @@ class Project:
 
         key = (self.store.items_key(), (self.store.get_meta("backbone") or {}).get("cache_id"), n_points, seed)
         return MEMO.get(self.root, "embedding_map", key, project)
+
+    # ---- labeling functions (rules)
+    def rules(self) -> list[dict]:
+        """Every labeling function with its provenance (author, created, definition) and state."""
+        return self.store.rules()
+
+    def add_rule(self, name: str, *, label: str, contains: Sequence[str] | None = None,
+                 where: str | None = None, new_classes: bool = False, author: str | None = None) -> dict:
+        """A ``contains`` (keywords) or ``where`` (metadata expression) rule voting ``label``;
+        it is evaluated on every item now and on later items at the next refresh / report."""
+        from .rules import Expression, keyword_pattern, validate_rule_name
+
+        validate_rule_name(name)
+        if (contains is None) == (where is None):
+            raise ValidationError(f"rule {name!r}: give either --contains WORDS or --where EXPRESSION")
+        if contains is not None:
+            kind, definition = "contains", {"keywords": [k.strip() for k in contains if k and k.strip()]}
+            keyword_pattern(definition["keywords"])
+        else:
+            kind, definition = "where", {"expression": where}
+            Expression(where, rule=name)
+        self._check_new_rule_names([name])
+        class_id = self._rule_classes(name, [label], new_classes)[label]
+        rule_id = self.store.add_rule(name, kind, definition, class_id, author=author)
+        return self._catch_up_rule(self.store.rule(name)) | {"id": rule_id}
+
+    def add_python_rules(self, path: str | Path, *, new_classes: bool = False, author: str | None = None
+                         ) -> list[dict]:
+        """Every public top-level function of a Python file (``item -> class name | None``) as a
+        rule named after it. This runs the user's own code in this process; the file's source is
+        stored with each rule (provenance) and run again for items imported later."""
+        from .rules import RuleItem, evaluate, python_functions, validate_rule_name
+        from .rules.kinds import source_digest
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ValidationError(f"{path} is not a file: give a .py file of labeling functions")
+        source = path.read_text(encoding="utf-8")
+        fns = python_functions(source, filename=str(path))
+        if not fns:
+            raise ValidationError(f"{path.name} defines no labeling functions: write top-level functions "
+                                  "like `def refund(item): return 'billing' if 'refund' in item.text else None` "
+                                  "(names starting with '_' are skipped)")
+        for name in fns:
+            validate_rule_name(name)
+        self._check_new_rule_names(list(fns))
+        through = self.store.max_item_id()
+        items = [RuleItem(**r) for r in self.store.rule_inputs()]
+        votes = {name: evaluate(name, fn, items) for name, fn in fns.items()}   # all run before any is stored
+        for name, v in votes.items():
+            self._rule_classes(name, sorted({k for _, k in v}), new_classes)
+        class_ids = self.store.class_ids()
+        out = []
+        for name, v in votes.items():
+            definition = {"file": str(path.resolve()), "function": name, "sha256": source_digest(source),
+                          "source": source}
+            rule_id = self.store.add_rule(name, "python", definition, None, author=author)
+            self.store.add_rule_votes(rule_id, [(i, class_ids[k]) for i, k in v], through=through)
+            out.append({"id": rule_id, "name": name, "votes": len(v)})
+        return out
+
+    def set_rule_active(self, name: str, active: bool, *, by: str | None = None) -> dict:
+        """Switch a rule on or off (who and when are kept); its votes stay stored either way."""
+        if self.store.rule(name) is None:
+            raise ValidationError(f"no rule named {name!r}; see `labelloop rules list`")
+        self.store.set_rule_active(name, active, by=by)
+        return self.store.rule(name)
+
+    def rules_report(self) -> dict:
+        """Per rule: coverage, overlap, conflict, estimated accuracy (label model) and measured
+        accuracy on human labels (with n); switched-off rules are listed without statistics."""
+        from .rules import rule_stats
+
+        ids = self.store.item_ids()
+        votes, active = self._rule_votes(ids)
+        model = self._rule_model(votes, len(active))
+        y_h = self.label_vector(ids, sources=("human",))
+        stats, totals = rule_stats(votes, n_rules=len(active), n_items=len(ids), model=model, y_human=y_h)
+        by_name = {r["name"]: st for r, st in zip(active, stats)}
+        rows = []
+        for r in self.store.rules():
+            d = r["definition"]
+            what = (", ".join(d["keywords"]) if r["kind"] == "contains" else d["expression"] if r["kind"] == "where"
+                    else f"{d['function']}() in {d['file']}")
+            rows.append(dict(name=r["name"], kind=r["kind"], label=r["class"], definition=what, author=r["author"],
+                             created=r["created"], active=r["active"], changed_by=r["changed_by"],
+                             changed=r["changed"]) | by_name.get(r["name"], {}))
+        known = y_h[model.rows] >= 0
+        model_acc = float((model.label[known] == y_h[model.rows][known]).mean()) if known.any() else None
+        classes = self.classes
+        return dict(rules=rows, totals=totals, label_model=model.method, label_model_converged=model.converged,
+                    label_model_measured_accuracy=model_acc, label_model_measured_n=int(known.sum()),
+                    rule_trust=self.setting("rule_trust"),
+                    predicted_shares={classes[c]: round(float((model.label == c).mean()), 4)
+                                      for c in range(len(classes))} if len(model.rows) else {})
+
+    def _check_new_rule_names(self, names: list[str]) -> None:
+        taken = [n for n in names if self.store.rule(n) is not None]
+        if taken:
+            raise ValidationError(f"a rule named {taken[0]!r} exists already; rules are never redefined: "
+                                  f"switch it off (`labelloop rules off {taken[0]}`) and add the new one under "
+                                  "another name")
+
+    def _rule_classes(self, rule: str, labels: list[str], create: bool) -> dict[str, int]:
+        """Class id of each label a rule gives; unknown ones created with ``create``, else an error."""
+        known = self.store.class_ids()
+        unknown = [k for k in labels if k not in known]
+        if unknown and not create:
+            raise ValidationError(
+                f"rule {rule!r} gives unknown class {unknown[0]!r} (known: {', '.join(known) or 'none'}); "
+                "create it with --new-classes, or fix the label")
+        if unknown:
+            self.store.add_classes(unknown)
+            known = self.store.class_ids()
+        return {k: known[k] for k in labels}
+
+    def _catch_up_rule(self, rule: dict) -> dict:
+        """Evaluate a rule on the items imported since it last ran; store its votes."""
+        from .rules import RuleItem, compile_rule, evaluate
+
+        through = self.store.max_item_id()
+        if rule["votes_through"] >= through:
+            return {"name": rule["name"], "votes": None}
+        fn = compile_rule(rule["name"], rule["kind"], rule["definition"], rule["class"])
+        votes = evaluate(rule["name"], fn, (RuleItem(**r) for r in self.store.rule_inputs(rule["votes_through"])))
+        class_ids = self._rule_classes(rule["name"], sorted({k for _, k in votes}), create=False)
+        self.store.add_rule_votes(rule["id"], [(i, class_ids[k]) for i, k in votes], through=through)
+        return {"name": rule["name"], "votes": len(votes)}
+
+    def _rule_votes(self, ids: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """(V, 3) votes (active-rule index, row of ``ids``, class column) and the active rules."""
+        active = self.store.rules(active_only=True)
+        for r in active:
+            self._catch_up_rule(r)
+        index = {r["id"]: a for a, r in enumerate(active)}
+        col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
+        raw = np.array(self.store.rule_votes(active_only=True), dtype=np.int64).reshape(-1, 3)
+        rows = np.searchsorted(ids, raw[:, 1])
+        ok = (rows < len(ids)) & (ids[np.minimum(rows, len(ids) - 1)] == raw[:, 1]) if len(ids) else rows < 0
+        votes = np.stack([np.array([index[r] for r in raw[ok, 0]], dtype=np.int64).reshape(-1),
+                          rows[ok], np.array([col[c] for c in raw[ok, 2]], dtype=np.int64).reshape(-1)], axis=1)
+        return votes, active
+
+    def _rule_model(self, votes: np.ndarray, n_rules: int):
+        from .rules import fit_label_model
+
+        return fit_label_model(votes, n_rules=n_rules, n_classes=len(self.classes),
+                               method=self.setting("label_model"))
+
+    def _rule_evidence(self, ids: np.ndarray):
+        """The label model over ``ids`` (rows = positions in ``ids``) for :meth:`refresh`, and a
+        fingerprint of what it seeds; None without rule votes or with ``rule_trust`` 0."""
+        if self.setting("rule_trust") <= 0 or not self.store.rules(active_only=True):
+            return None, None
+        votes, active = self._rule_votes(ids)
+        model = self._rule_model(votes, len(active))
+        if not len(model.rows):
+            return None, None
+        h = hashlib.sha256(model.rows.tobytes() + np.round(model.proba, 6).tobytes())
+        h.update(f"{self.setting('rule_trust')}".encode())
+        return model, h.hexdigest()[:16]
 
 
 class Memo:

@@ -153,6 +153,32 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX annotations_by_annotator ON annotations (annotator, source, id);
         """,
     ),
+    (
+        4,
+        "item metadata, labeling functions (rules) and their votes",
+        """
+        ALTER TABLE items ADD COLUMN meta TEXT;     -- JSON object: the table's other columns at import
+        CREATE TABLE rules (                       -- labeling functions: noisy annotators of their own
+            id          INTEGER PRIMARY KEY,
+            name        TEXT NOT NULL UNIQUE,
+            kind        TEXT NOT NULL CHECK (kind IN ('contains', 'where', 'python')),
+            definition  TEXT NOT NULL,             -- JSON: keywords / expression / source + function
+            class_id    INTEGER REFERENCES classes(id),   -- the label it gives (NULL: a python rule returns it)
+            author      TEXT,
+            created     REAL NOT NULL,
+            active      INTEGER NOT NULL DEFAULT 1,
+            changed_by  TEXT,                      -- who last switched it on / off, and when
+            changed     REAL,
+            votes_through INTEGER NOT NULL DEFAULT 0   -- items with id <= this have been evaluated
+        );
+        CREATE TABLE rule_votes (                  -- kept apart from annotations: never a human label
+            rule_id  INTEGER NOT NULL REFERENCES rules(id),
+            item_id  INTEGER NOT NULL REFERENCES items(id),
+            class_id INTEGER NOT NULL REFERENCES classes(id),
+            PRIMARY KEY (rule_id, item_id)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 
@@ -273,11 +299,12 @@ class Store:
         now = _now()
         with self.transaction() as c:
             for r in rows:
+                meta = r.get("meta")
                 cur = c.execute(
-                    "INSERT INTO items (external_id, uri, text, content_hash, modality, added) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
+                    "INSERT INTO items (external_id, uri, text, content_hash, modality, added, meta) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
                     (r.get("external_id"), r.get("uri"), r.get("text"), r["content_hash"],
-                     r["modality"], now),
+                     r["modality"], now, json.dumps(meta, ensure_ascii=False) if meta else None),
                 )
                 ids.append(cur.lastrowid if cur.rowcount else None)
         return ids
@@ -804,6 +831,66 @@ class Store:
     def delete_session(self, token_hash: str) -> None:
         with self.transaction() as c:
             c.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    # ----------------------------------------------------- labeling functions (rules)
+    def add_rule(self, name: str, kind: str, definition: dict, class_id: int | None, *,
+                 author: str | None) -> int:
+        """A new rule (active); its name must be new: a rule's definition is never edited."""
+        if self.rule(name) is not None:
+            raise ValidationError(
+                f"a rule named {name!r} exists already; choose another name, or switch the old one "
+                f"off with `labelloop rules off {name}` and add the new definition under a new name")
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO rules (name, kind, definition, class_id, author, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, kind, json.dumps(definition, ensure_ascii=False), class_id, author, _now()))
+        return int(cur.lastrowid)
+
+    def rules(self, *, active_only: bool = False) -> list[dict]:
+        """Every rule, oldest first: id, name, kind, definition (dict), class (name or None),
+        author, created, active, changed_by, changed, votes_through."""
+        q = ("SELECT r.*, c.name AS class FROM rules r LEFT JOIN classes c ON c.id = r.class_id"
+             + (" WHERE r.active = 1" if active_only else "") + " ORDER BY r.id")
+        out = []
+        for r in self.conn.execute(q):
+            d = dict(r)
+            d["definition"] = json.loads(d["definition"])
+            d["active"] = bool(d["active"])
+            out.append(d)
+        return out
+
+    def rule(self, name: str) -> dict | None:
+        return next((r for r in self.rules() if r["name"] == name), None)
+
+    def set_rule_active(self, name: str, active: bool, *, by: str | None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE rules SET active = ?, changed_by = ?, changed = ? WHERE name = ?",
+                      (int(active), by, _now(), name))
+
+    def add_rule_votes(self, rule_id: int, votes: Sequence[tuple[int, int]], *, through: int) -> None:
+        """Append (item_id, class_id) votes of a rule on items evaluated up to id ``through``."""
+        with self.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO rule_votes (rule_id, item_id, class_id) VALUES (?, ?, ?)",
+                          [(rule_id, int(i), int(k)) for i, k in votes])
+            c.execute("UPDATE rules SET votes_through = MAX(votes_through, ?) WHERE id = ?", (int(through), rule_id))
+
+    def rule_votes(self, *, active_only: bool = True) -> list[tuple[int, int, int]]:
+        """(rule_id, item_id, class_id) of every vote, by rule then item."""
+        q = ("SELECT v.rule_id, v.item_id, v.class_id FROM rule_votes v JOIN rules r ON r.id = v.rule_id"
+             + (" WHERE r.active = 1" if active_only else "") + " ORDER BY v.rule_id, v.item_id")
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        return cur.execute(q).fetchall()
+
+    def rule_inputs(self, after: int = 0) -> list[dict]:
+        """What a rule sees of every item with id > ``after``: id, external_id, uri, text,
+        modality and meta (the dict of columns kept at import, empty if none)."""
+        rows = self.conn.execute(
+            "SELECT id, external_id, uri, text, modality, meta FROM items WHERE id > ? ORDER BY id", (int(after),))
+        return [dict(r) | {"meta": json.loads(r["meta"]) if r["meta"] else {}} for r in rows]
+
+    def max_item_id(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
 
 
 def validate_class_name(name: str) -> str:
