@@ -98,7 +98,12 @@ def main() -> None:
     if not (path / "bench_token.txt").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         built = build(path, args.n)
-    result = {"n": args.n, "labels": args.labels, "built": built, **measure(path, labels=args.labels),
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    measured = measure(path, labels=args.labels)
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    # the 1, 5 and 15 minute load averages: other work on the same cores inflates the figures
+    result = {"n": args.n, "labels": args.labels, "built": built, **measured,
+              "load_average": {"before": load_before, "after": load_after},
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
     print(json.dumps(result, indent=2))
     if not args.no_write:
@@ -110,7 +115,9 @@ def main() -> None:
             md.append(f"| /api/{k} | {result['first_ms'][k]} | {a['median_ms']} / {a['p95_ms']} | {r['median_ms']} |")
         (RESULTS / "web_dashboard_latency.md").write_text(
             f"# /api/status and /api/dashboard, {args.n} items\n\n`python benchmarks/web_dashboard_latency.py "
-            f"--n {args.n}`\n\n" + "\n".join(md) + "\n")
+            f"--n {args.n} --labels {args.labels}`\n\n" + "\n".join(md) + "\n\n"
+            f"Load average (1, 5, 15 min) on {result['machine']['cpus']} cores: before {load_before}, "
+            f"after {load_after}.\n")
 
 
 if __name__ == "__main__":

@@ -36,3 +36,40 @@ def test_counts_a_server_polls(tmp_path):
     assert np.array_equal(s.gold_item_ids(), [2, 4])
     assert s.audit_confirmation_count() == 1
     s.close()
+
+
+def test_guidelines_are_kept_in_the_meta_table(tmp_path):
+    s = _store(tmp_path)
+    assert s.guidelines() == {"text": "", "updated": None, "by": None}
+    before = time.time()
+    s.set_guidelines("# Hi", by="boss")
+    g = s.guidelines()
+    assert g["text"] == "# Hi" and g["by"] == "boss" and g["updated"] >= before
+    s.close()
+    with Store(tmp_path / "p", readonly=True) as r:   # stored, not held in memory
+        assert r.guidelines()["text"] == "# Hi"
+
+
+def test_memo_keeps_the_new_predictions_and_the_last_finished_ones(tmp_path):
+    """A server's refresher puts run 2 while request threads still read run 1 (its rows are
+    being written): neither may evict the other, or each request reloads from disk."""
+    from labelloop.project import Memo
+
+    m, loads = Memo(), []
+
+    def load(run):
+        loads.append(run)
+        return f"pred{run}"
+
+    m.put(tmp_path, "predictions", 2, "pred2")
+    assert m.get(tmp_path, "predictions", 1, lambda: load(1)) == "pred1"
+    assert m.get(tmp_path, "predictions", 2, lambda: load(2)) == "pred2"
+    assert m.get(tmp_path, "predictions", 1, lambda: load(1)) == "pred1"
+    assert loads == [1]
+    m.put(tmp_path, "predictions", 3, "pred3")   # the first stored (run 2) goes
+    assert m.get(tmp_path, "predictions", 2, lambda: load(2)) == "pred2" and loads == [1, 2]
+    m.put(tmp_path, "graph", "a", "A")
+    m.put(tmp_path, "graph", "b", "B")           # one slot: the old graph is not kept
+    assert m.get(tmp_path, "graph", "a", lambda: "A2") == "A2"
+    assert m.get(tmp_path, "item_ids", 1, lambda: None) is None   # None is a value too
+    assert m.get(tmp_path, "item_ids", 1, lambda: load("again")) is None and loads == [1, 2]

@@ -793,3 +793,89 @@ def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(bas
         release()
         cp.close()
         w.stop()
+
+
+# ----------------------------------------------------------------------------- guidelines
+def test_guidelines_markdown_subset_is_escaped_and_links_are_http_only():
+    from labelloop.web.markup import render_markdown
+
+    text = ("# Birds\n\nA **bird** has *feathers*; see [the key](https://example.org/a?b=1&c=2).\n"
+            "Second line with `<b>code</b>`\n\n- one\n- two <i>x</i>\n\n1. first\n2. second\n\n"
+            "<script>alert(1)</script> [bad](javascript:alert(1)) <img src=x onerror=alert(1)>")
+    html = str(render_markdown(text))
+    assert html.split("\n") == [
+        "<h3>Birds</h3>",
+        '<p>A <strong>bird</strong> has <em>feathers</em>; see <a href="https://example.org/a?b=1&amp;c=2" '
+        'rel="noopener noreferrer nofollow">the key</a>.<br>Second line with <code>&lt;b&gt;code&lt;/b&gt;</code></p>',
+        "<ul><li>one</li><li>two &lt;i&gt;x&lt;/i&gt;</li></ul>",
+        "<ol><li>first</li><li>second</li></ol>",
+        "<p>&lt;script&gt;alert(1)&lt;/script&gt; [bad](javascript:alert(1)) &lt;img src=x onerror=alert(1)&gt;</p>",
+    ]
+    assert str(render_markdown("plain text\nno markup, 2 * 3 * 4")) == "<p>plain text<br>no markup, 2 * 3 * 4</p>"
+    assert str(render_markdown("")) == "" and str(render_markdown("odd ` tick")) == "<p>odd ` tick</p>"
+
+
+def test_guidelines_admins_write_everyone_reads_on_the_queue_page(env):
+    r = env.client.get("/api/guidelines", headers=env.bearer("ann"))
+    assert r.status_code == 200 and r.json()["text"] == "" and r.json()["html"] == ""
+    assert "class=\"guidelines\"" not in env.client.get("/queue", headers={**env.bearer("ann"), "Accept": "text/html"}).text
+    body = {"text": "# Digits\n\nA **7** may have a bar.\n\n<script>alert(1)</script>"}
+    for who in ("ann", "rita"):   # annotators and reviewers read only
+        r = env.client.put("/api/guidelines", json=body, headers=env.bearer(who))
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    r = env.client.put("/api/guidelines", json=body, headers=env.bearer("boss"))
+    assert r.status_code == 200 and r.json()["by"] == "boss"
+    stored = json.loads(env.sql("SELECT value FROM meta WHERE key = 'guidelines'")[0][0])
+    assert stored["text"] == body["text"] and stored["by"] == "boss"
+    got = env.client.get("/api/guidelines", headers=env.bearer("ann")).json()
+    assert got["text"] == body["text"] and "<strong>7</strong>" in got["html"] and "<script" not in got["html"]
+    queue = env.client.get("/queue", headers={**env.bearer("ann"), "Accept": "text/html"}).text
+    assert '<details class="guidelines" id="guidelines">' in queue and "<strong>7</strong>" in queue
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in queue and "<script>alert" not in queue
+    # clear 4xx errors, nothing stored
+    too_long = "x" * 20_001
+    for bad, what in (({"text": too_long}, "at most 20000"), ({"text": 5}, "text"), ({"txt": "a"}, "txt"),
+                      ({"text": "a\x00b"}, "control character U+0000")):
+        r = env.client.put("/api/guidelines", json=bad, headers=env.bearer("boss"))
+        assert r.status_code == 422 and what in r.json()["detail"], (bad, r.text)
+    assert env.client.delete("/api/guidelines", headers=env.bearer("boss")).status_code == 405
+    assert json.loads(env.sql("SELECT value FROM meta WHERE key = 'guidelines'")[0][0])["text"] == body["text"]
+    # an empty text clears them
+    assert env.client.put("/api/guidelines", json={"text": ""}, headers=env.bearer("boss")).json()["text"] == ""
+
+
+def test_guidelines_page_form_for_admins(env):
+    import re
+
+    page = env.client.get("/guidelines", headers={**env.bearer("rita"), "Accept": "text/html"})
+    assert page.status_code == 200 and "No guidelines yet" in page.text and "<textarea" not in page.text
+    csrf = env.login("boss")
+    page = env.client.get("/guidelines", headers={"Accept": "text/html"}).text
+    assert "<textarea" in page and re.search(r'name="csrf_token" value="([^"]+)"', page).group(1) == csrf
+    r = env.client.post("/guidelines", data={"csrf_token": csrf, "text": "Line one\r\n\r\n- *a* list"},
+                        follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/guidelines?done=1"
+    assert env.client.get("/api/guidelines").json()["text"] == "Line one\n\n- *a* list"
+    page = env.client.get("/guidelines?done=1", headers={"Accept": "text/html"}).text
+    assert "Guidelines saved." in page and "<ul><li><em>a</em> list</li></ul>" in page
+    # too long: the page again with the reason and the draft, nothing stored
+    r = env.client.post("/guidelines", data={"csrf_token": csrf, "text": "y" * 20_001},
+                        headers={"Accept": "text/html"})
+    assert r.status_code == 422 and "Not saved" in r.text and "y" * 20_001 in r.text
+    assert env.client.get("/api/guidelines").json()["text"] == "Line one\n\n- *a* list"
+    assert env.client.post("/guidelines", data={"text": "x"}, headers={"Accept": "text/html"}).status_code == 403
+    env.client.cookies.clear()
+    env.login("rita")
+    r = env.client.post("/guidelines", data={"csrf_token": "x", "text": "x"}, headers={"Accept": "text/html"})
+    assert r.status_code == 403
+
+
+def test_guidelines_in_the_openapi_schema(env):
+    schema = env.client.get("/api/openapi.json", headers=env.bearer("ann")).json()
+    ops = schema["paths"]["/api/guidelines"]
+    assert set(ops) == {"get", "put"}
+    comps = schema["components"]["schemas"]
+    assert comps["GuidelinesIn"]["properties"]["text"]["maxLength"] == 20_000
+    assert set(comps["GuidelinesOut"]["required"]) == {"text", "html", "updated", "by", "max_length"}
+    assert ops["put"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/GuidelinesOut")
+    assert "/guidelines" not in schema["paths"]

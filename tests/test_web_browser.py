@@ -223,3 +223,152 @@ def test_label_with_the_keyboard_undo_dashboard_and_review(browser, served):
     assert not problems, problems
     ann.close()
     lead.close()
+
+
+WORDS = ["airplane", "bird", "cat", "deer", "dog"]   # with the digits "0".."9": 15 classes
+
+
+@pytest.fixture(scope="module")
+def served15(tmp_path_factory):
+    """120 digits with 15 classes (the digits and five words), guidelines with raw HTML in
+    them, eight machine labels to review, an admin, an annotator and a reviewer; a live server."""
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, digits_project
+
+    root = tmp_path_factory.mktemp("browser15")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "SCRYPT_N", 2**12)
+        p, ds, truth = digits_project(root / "proj", n=120)
+        for name, role in (("boss", "admin"), ("ann", "annotator"), ("rita", "reviewer")):
+            auth.add_user(p.store, name, role, password=f"{name}-password-1")
+    p.store.add_classes(WORDS)
+    ids = p.store.class_ids()
+    machine = sorted(truth)[60:68]
+    p.store.add_annotations([(i, ids[truth[i]]) for i in machine], source="machine", confidences=[0.9] * 8)
+    p.close()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with ServerProcess(root / "proj") as server:
+        yield server, root / "proj", truth, machine
+    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
+
+
+def _last_label(path: Path, annotator: str):
+    return _sql(path, "SELECT a.item_id, c.name FROM annotations a LEFT JOIN classes c ON c.id = a.class_id "
+                      "WHERE a.annotator = ? ORDER BY a.id DESC LIMIT 1", annotator)
+
+
+def _visible_classes(page, root: str = "#classes") -> list[str]:
+    return page.eval_on_selector_all(f"{root} button.cls", "bs => bs.filter(b => !b.hidden).map(b => b.dataset.label)")
+
+
+def test_fifteen_classes_by_keyboard_guidelines_and_review_keys(browser, served15):
+    server, path, truth, machine = served15
+    url = server.url
+    problems: list[str] = []
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+    # the admin writes guidelines; raw HTML in them shows as text
+    _login(page, url, "boss", "boss-password-1", "/dashboard")
+    page.goto(url + "/guidelines")
+    page.fill("#guidelines-input", "# Words\n\nUse **deer** for any animal with antlers.\n\n"
+                                   "- a *dog* barks\n- <img src=x onerror=alert(1)>")
+    page.click("form.guidelines-edit button[type=submit]")
+    page.wait_for_selector(".flash")
+    assert page.inner_text("#guidelines-text strong") == "deer"
+    assert page.locator("#guidelines-text img").count() == 0
+    assert "<img src=x onerror=alert(1)>" in page.inner_text("#guidelines-text")
+    page.screenshot(path=ARTIFACTS / "guidelines.png", full_page=True)
+    ctx.clear_cookies()
+
+    # the annotator: 15 classes, the first ten on keys, guidelines behind G
+    _login(page, url, "ann", "ann-password-1", "/queue")
+    page.wait_for_selector("#item-view img")
+    assert page.locator("#classes button.cls").count() == 15
+    keys = page.locator("#classes kbd").all_inner_texts()
+    assert keys[:10] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"] and keys[10:] == [""] * 5
+    assert "find a class" in page.inner_text("#keys")
+    assert not page.locator("#guidelines .md").is_visible()
+    page.keyboard.press("g")
+    assert page.locator("#guidelines .md strong").inner_text() == "deer"
+    page.screenshot(path=ARTIFACTS / "queue-15-guidelines.png")
+    page.keyboard.press("g")
+    assert not page.locator("#guidelines .md").is_visible()
+
+    # "/" then letters narrow the list; Enter labels with the single match
+    item = _current(page)
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "class-filter"
+    page.keyboard.type("eer")
+    assert _visible_classes(page) == ["deer"]
+    page.screenshot(path=ARTIFACTS / "queue-15-filter.png")
+    page.keyboard.press("Enter")
+    _wait_item_change(page, item)
+    assert _wait_until(lambda: _last_label(path, "ann") == [(item, "deer")])
+    assert page.input_value("#class-filter") == "" and page.evaluate("document.activeElement.id") != "class-filter"
+    assert len(_visible_classes(page)) == 15
+
+    # several matches: names starting with the text first; arrows move, Enter picks
+    item = _current(page)
+    page.keyboard.press("/")
+    page.keyboard.type("D")
+    assert _visible_classes(page) == ["bird", "deer", "dog"]   # in class order ...
+    assert page.inner_text("#classes button.cls.match span") == "deer"   # ... the first match starts with it
+    page.keyboard.press("ArrowDown")
+    assert page.inner_text("#classes button.cls.match span") == "dog"
+    page.keyboard.press("Enter")
+    _wait_item_change(page, item)
+    assert _wait_until(lambda: _last_label(path, "ann") == [(item, "dog")])
+
+    # no match: Enter says so and labels nothing; Esc clears, and the keys are shortcuts again
+    n = _sql(path, "SELECT COUNT(*) FROM annotations")[0][0]
+    item = _current(page)
+    page.keyboard.press("/")
+    page.keyboard.type("zebra")
+    assert _visible_classes(page) == []
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#toast.show.bad")
+    assert "No class matches" in page.inner_text("#toast")
+    page.keyboard.press("Escape")
+    assert page.input_value("#class-filter") == "" and len(_visible_classes(page)) == 15
+    page.keyboard.press("s")
+    assert _wait_item_change(page, item) != item
+    assert _sql(path, "SELECT COUNT(*) FROM annotations")[0][0] == n
+    ctx.clear_cookies()
+
+    # the reviewer: j / k move, a accepts, x fixes through the same picker, shift-A accepts the rest
+    _login(page, url, "rita", "rita-password-1", "/dashboard")
+    page.goto(url + "/review")
+    assert page.locator(".tile").count() == 8
+    assert "accept every tile shown" in page.inner_text("#keys")
+    tile_ids = [int(v) for v in page.eval_on_selector_all(".tile input.pick", "bs => bs.map(b => b.value)")]
+    assert sorted(tile_ids) == sorted(machine)
+    assert page.get_attribute(".tile.current input.pick", "value") == str(tile_ids[0])
+    page.keyboard.press("a")
+    page.wait_for_selector(".tile.done")
+    assert _wait_until(lambda: _last_label(path, "rita") == [(tile_ids[0], truth[tile_ids[0]])])
+    assert page.get_attribute(".tile.current input.pick", "value") == str(tile_ids[1])
+    page.keyboard.press("j")
+    page.keyboard.press("k")
+    page.keyboard.press("j")
+    assert page.get_attribute(".tile.current input.pick", "value") == str(tile_ids[2])
+    page.keyboard.press("x")
+    assert page.is_visible("#picker") and page.evaluate("document.activeElement.id") == "picker-filter"
+    page.keyboard.type("ca")
+    assert _visible_classes(page, "#picker-classes") == ["cat"]
+    page.screenshot(path=ARTIFACTS / "review-fix-picker.png")
+    page.keyboard.press("Enter")
+    assert _wait_until(lambda: _last_label(path, "rita") == [(tile_ids[2], "cat")])
+    assert not page.is_visible("#picker")
+    assert page.locator(".tile.done").count() == 2
+    page.keyboard.press("Shift+A")
+    page.wait_for_selector(".flash")
+    assert "6 labels are now human-verified" in page.inner_text(".flash")
+    rows = _sql(path, "SELECT a.item_id, c.name FROM annotations a JOIN classes c ON c.id = a.class_id "
+                      "WHERE a.annotator = 'rita' ORDER BY a.id")
+    assert dict(rows) == {i: ("cat" if i == tile_ids[2] else truth[i]) for i in tile_ids}
+    assert page.locator(".tile").count() == 0
+    assert not problems, problems
+    ctx.close()

@@ -779,16 +779,14 @@ class Project:
         from .loop.calibrate import prediction_weights
         from .loop.estimate import estimate_dataset_accuracy
 
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             return None
         conf, cpred, correct, truth = self._heldout(pred)
         target = self._target()
         machine = self.store.latest_labels("machine")
-        row = {int(i): r for r, i in enumerate(ids)}
-        machine_mask = np.zeros(len(ids), dtype=bool)
-        machine_mask[[row[i] for i in machine if i in row]] = True
+        machine_mask = np.isin(ids, np.fromiter(machine, dtype=np.int64, count=len(machine)))   # (n,)
         human = self.label_vector(ids, sources=("human", "import")) >= 0
         w = prediction_weights(truth, pred.label, len(pred.classes)) if len(conf) else None
         est = estimate_dataset_accuracy(pred.confidence, human, conf, correct, heldout_weights=w)
@@ -1172,7 +1170,7 @@ class Project:
         ``labeled`` and ``per_class`` count every item once, by the source of its current
         label (:meth:`current_labels`), as :meth:`export` writes it."""
         st = self.store
-        ids = st.item_ids()
+        ids = self.item_ids()
         classes = self.classes
         cid = st.class_ids()
         name_of = {v: k for k, v in cid.items()}
@@ -1194,19 +1192,14 @@ class Project:
             "predicted": 0,
         }
         if pred is not None:
-            for c in pred.label:
-                per_class[pred.classes[c]]["predicted"] += 1
-            conf = pred.confidence
+            counts, out["confidence"] = MEMO.get(self.root, "prediction_stats", pred.run_id,
+                                                 lambda: _prediction_stats(pred))
+            for c, n in zip(pred.classes, counts):
+                per_class[c]["predicted"] += n
             out["predicted"] = int(len(pred.item_ids))
             out["unreached"] = int((~pred.reached).sum())
-            out["confidence"] = {
-                "mean": round(float(conf.mean()), 4),
-                "p10": round(float(np.quantile(conf, 0.1)), 4),
-                "median": round(float(np.median(conf)), 4),
-                "p90": round(float(np.quantile(conf, 0.9)), 4),
-                "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
-            }
-            last = st.last_run("refresh")
+            # the run that made these predictions (a server's refresher has them before it is done)
+            last = st.run(pred.run_id) or {"id": pred.run_id, "finished": None, "params": {}, "summary": {}}
             out["last_refresh"] = {"run": last["id"], "finished": last["finished"],
                                    "warm": last["params"].get("warm"), "stale": len(pred.item_ids) != len(ids)}
             # calibration of the confidences: the refresh's power map and its held-out error
@@ -1224,9 +1217,12 @@ class Project:
         meta = self.store.get_meta("backbone")
         if not meta:
             return "run `labelloop embed` to embed the items"
-        missing = self.store.conn.execute(
+        backbone = meta["cache_id"]
+        # items and embeddings are only ever added: the same counts mean the same answer
+        key = (self.store.items_key(), backbone, status["embedded"].get(backbone, 0))
+        missing = MEMO.get(self.root, "unembedded", key, lambda: self.store.conn.execute(
             "SELECT COUNT(*) FROM items WHERE content_hash NOT IN "
-            "(SELECT content_hash FROM embeddings WHERE backbone = ?)", (meta["cache_id"],)).fetchone()[0]
+            "(SELECT content_hash FROM embeddings WHERE backbone = ?)", (backbone,)).fetchone()[0])
         if missing:
             return f"run `labelloop embed`: {missing} items are not embedded yet"
         if not status["labeled"]["human"] and not status["labeled"]["import"]:
@@ -1306,6 +1302,16 @@ class Project:
 
 
     # ---- used by the web app (and cached for long-running servers)
+    def item_ids(self) -> np.ndarray:
+        """``store.item_ids()`` read once per set of items (:data:`MEMO`; read-only): items are
+        only ever added, so (count, largest id) identifies the set. 60 ms at 100k items."""
+        def load():
+            ids = self.store.item_ids()
+            ids.flags.writeable = False
+            return ids
+
+        return MEMO.get(self.root, "item_ids", self.store.items_key(), load)
+
     def _remember_predictions(self, run: int, ids: np.ndarray, P: np.ndarray, reached: np.ndarray,
                               classes: list[str], calibration: dict) -> None:
         """Keep the refresh's predictions as :meth:`predictions` would read them back (float32,
@@ -1534,34 +1540,45 @@ class Project:
 
 
 class Memo:
-    """The last value of each (project folder, what) computed in this process, with the key it
-    was computed for: embeddings, the kNN graph, the latest predictions, the embedding map.
+    """The last values of each (project folder, what) computed in this process, with the key
+    each was computed for: embeddings, the kNN graph, the latest predictions, the embedding map,
+    the item ids.
 
     Every Project of a process shares it, so a server's refresher and its request threads
     (one read-only Project each) hold one copy, and a CLI command that reads the embeddings
-    three times loads them once. Values are read-only arrays (:func:`_frozen`); a new key
-    replaces the old value, so memory stays at one copy of each."""
+    three times loads them once. Values are read-only arrays (:func:`_frozen`). Each ``what``
+    keeps its :data:`SLOTS` newest keys (one unless listed), so memory stays at one copy of
+    each; predictions keep two: a server's refresher puts the new run's while request threads
+    still read the last finished run (its rows are being written), and with one slot each
+    would evict the other and reload from disk (0.5 s at 100k items) on every request."""
+
+    SLOTS = {"predictions": 2, "prediction_stats": 2}
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._values: dict[tuple[Path, str], tuple[object, object]] = {}
+        self._values: dict[tuple[Path, str], list[tuple[object, object]]] = {}
 
     def get(self, root: Path, what: str, key, compute):
         with self._lock:
-            hit = self._values.get((root, what))
-        if hit is not None and hit[0] == key:
-            return hit[1]
+            hit = next((v for k, v in self._values.get((root, what), ()) if k == key), _MISSING)
+        if hit is not _MISSING:
+            return hit
         value = compute()
         self.put(root, what, key, value)
         return value
 
     def put(self, root: Path, what: str, key, value) -> None:
         with self._lock:
-            self._values[(root, what)] = (key, value)
+            kept = [kv for kv in self._values.get((root, what), ()) if kv[0] != key]
+            kept.append((key, value))
+            self._values[(root, what)] = kept[-self.SLOTS.get(what, 1):]
 
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
+
+
+_MISSING = object()
 
 
 #: the process's :class:`Memo`
@@ -1589,6 +1606,21 @@ def _jsonable(d: dict) -> dict:
             v = int(v)
         out[k] = v
     return out
+
+
+def _prediction_stats(pred: Predictions) -> tuple[list[int], dict]:
+    """Items predicted per class (in ``pred.classes`` order) and the confidence summary of
+    ``status``: computed once per prediction run."""
+    conf = pred.confidence
+    counts = np.bincount(pred.label, minlength=len(pred.classes))[:len(pred.classes)]
+    p10, median, p90 = np.quantile(conf, [0.1, 0.5, 0.9])
+    return [int(n) for n in counts], {
+        "mean": round(float(conf.mean()), 4),
+        "p10": round(float(p10), 4),
+        "median": round(float(median), 4),
+        "p90": round(float(p90), 4),
+        "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
+    }
 
 
 def _nan_none(x: float) -> float | None:

@@ -291,6 +291,19 @@ class Store:
                 (key, json.dumps(value)),
             )
 
+    # ---------------------------------------------------------------- guidelines
+    def guidelines(self) -> dict:
+        """The project's labeling guidelines: ``{"text", "updated", "by"}`` (text "" before
+        anyone wrote them). Kept in the meta table; a new text replaces the old one."""
+        found = self.get_meta("guidelines")
+        return found if isinstance(found, dict) else {"text": "", "updated": None, "by": None}
+
+    def set_guidelines(self, text: str, *, by: str | None) -> dict:
+        """Store ``text`` (checked by the caller) as the guidelines, written by ``by``."""
+        value = {"text": text, "updated": _now(), "by": by}
+        self.set_meta("guidelines", value)
+        return value
+
     # --------------------------------------------------------------------- items
     def add_items(self, rows: Sequence[dict]) -> list[int | None]:
         """Insert items in one transaction; returns each row's new id, or None for a row whose

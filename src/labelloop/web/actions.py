@@ -13,9 +13,11 @@ from ..errors import NotReadyError, UnknownClassError, UnknownItemError, Validat
 from ..store import Store
 from .auth import User
 
-__all__ = ["label_item", "undo_last", "review_labels", "add_class", "confirm_label", "item_exists"]
+__all__ = ["label_item", "undo_last", "review_labels", "add_class", "confirm_label", "item_exists",
+           "set_guidelines", "MAX_GUIDELINES"]
 
 _MAX_KEY = 100
+MAX_GUIDELINES = 20_000   # characters: a few pages of text; the queue page shows them in full
 
 
 def item_exists(store: Store, item_id: int) -> None:
@@ -100,3 +102,18 @@ def confirm_label(store: Store, user: User, item_id: int, label: str, evidence: 
     class_id = _class_id(store, label)
     store.add_audit_confirmations([(item_id, class_id)], evidence=evidence, annotator=user.name)
     return {"ok": True, "item": int(item_id), "label": label}
+
+
+def set_guidelines(store: Store, user: User, text: str) -> dict:
+    """Replace the labeling guidelines (Markdown or plain text) with ``text``; "" clears them."""
+    if not isinstance(text, str):
+        raise ValidationError("text must be a string of Markdown or plain text")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if len(text) > MAX_GUIDELINES:
+        raise ValidationError(f"the guidelines are {len(text):,} characters long; at most {MAX_GUIDELINES:,} "
+                              "fit: shorten them or link to a longer document")
+    bad = next((ch for ch in text if ch not in "\n\t" and (ord(ch) < 32 or ord(ch) == 127)), None)
+    if bad is not None:
+        raise ValidationError(f"the guidelines contain the control character U+{ord(bad):04X}: "
+                              "use plain text (newlines and tabs are fine)")
+    return store.set_guidelines(text.strip("\n"), by=user.name)

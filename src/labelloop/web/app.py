@@ -9,6 +9,7 @@ Pages (server-rendered HTML, ``templates/``) and their JSON twins, one router pe
     /audit        GET/POST /api/audit          suspected label errors and their neighbours
     /dashboard    GET /api/dashboard           counts, quality, plots (/plots/<name>.png)
     /users        GET/POST /api/users          admin only
+    /guidelines   GET/PUT /api/guidelines      labeling guidelines: all read, admins write
     /export?format=csv|jsonl                   download the labels
     /media/<item id>                           an image, by item id only
     /api/openapi.json                          the schema of all of the above

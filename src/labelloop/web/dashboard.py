@@ -96,7 +96,7 @@ def _estimate(status: dict) -> dict:
 
 def dashboard_data(project: Project, snapshot: Snapshot, refresh_status: dict) -> dict:
     st = project.status()
-    ids = project.store.item_ids()
+    ids = project.item_ids()
     y, src = current_labels(project, ids)
     rows = annotator_rows(project)
     agreement, per = _agreement(project, rows)

@@ -24,6 +24,7 @@ NAV = [  # (path, title, minimum role)
     ("/audit", "Audit", "reviewer"),
     ("/dashboard", "Dashboard", "reviewer"),
     ("/users", "Users", "admin"),
+    ("/guidelines", "Guidelines", "reviewer"),   # annotators read them on the queue page
 ]
 PLOTS = [  # (name, what the picture shows): the dashboard's figures, /plots/<name>.png
     ("learning-curve", "Learning curve: accuracy estimate and mean confidence vs human labels"),

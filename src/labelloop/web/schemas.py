@@ -12,9 +12,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..store import class_name_pattern
+from .actions import MAX_GUIDELINES
 
 __all__ = ["ErrorOut", "ERROR_RESPONSES", "ItemId", "ClassName", "USER_NAME_PATTERN", "ID_LIST_PATTERN", "MAX_ITEM_ID", "LoginIn", "LabelIn", "UndoIn", "SkipIn",
-           "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange"]
+           "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut"]
 
 # the largest integer every JSON client reads exactly (JavaScript numbers are doubles); the store
 # itself allows up to 2**63 - 1 (SQLite INTEGER), far beyond any project
@@ -120,3 +121,18 @@ class UserIn(_Body):
 
 class UserChange(_Body):
     action: Literal["activate", "deactivate", "password", "token"]
+
+
+class GuidelinesIn(_Body):
+    text: str = Field(max_length=MAX_GUIDELINES,
+                      description=f"Markdown or plain text, at most {MAX_GUIDELINES} characters; \"\" clears them")
+
+
+class GuidelinesOut(BaseModel):
+    """The labeling guidelines, as written and as the pages show them."""
+
+    text: str = Field(description="as written (Markdown or plain text); \"\" when there are none")
+    html: str = Field(description="the text rendered safely: a Markdown subset, everything else escaped")
+    updated: float | None = Field(description="when they were last saved (Unix time); null if never")
+    by: str | None = Field(description="who saved them last")
+    max_length: int = Field(description="the most characters the text may have")

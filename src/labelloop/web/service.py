@@ -363,6 +363,10 @@ class Refresher:
             return
         snap = self._snapshot_of_last_predictions(applied, summary=summary)
         self._publish(snap)
+        try:   # precompute what /api/status and the dashboard read, memoised per set of items and
+            p.status()   # per prediction run (item ids, the embedding check, confidence figures)
+        except LabelloopError as exc:
+            log.warning("cannot precompute the status: %s", exc)
         self._set_status("idle", None, refreshes=self.status["refreshes"] + 1,
                          last_seconds=round(time.perf_counter() - t0, 4))
 

@@ -2,15 +2,16 @@
 
 ``auth`` (login, logout, me, schema), ``queue`` (labeling), ``media`` (images), ``review``
 (machine labels), ``audit`` (suspected errors), ``dashboard`` (numbers, plots, export, status),
-``users`` (admin)."""
+``users`` (admin), ``guidelines`` (labeling guidelines: all read, admins write)."""
 
 from __future__ import annotations
 
-from . import audit, auth, dashboard, media, queue, review, users
+from . import audit, auth, dashboard, guidelines, media, queue, review, users
 
 __all__ = ["ROUTERS", "all_routes"]
 
-ROUTERS = [auth.router, queue.router, media.router, review.router, audit.router, dashboard.router, users.router]
+ROUTERS = [auth.router, queue.router, media.router, review.router, audit.router, dashboard.router, users.router,
+           guidelines.router]
 
 
 def all_routes() -> list:

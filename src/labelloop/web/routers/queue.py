@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...store import Store
 from .. import actions
+from ..markup import render_markdown
 from ..context import Annotator, Ctx, Principal, WebContext, item_json, parse_ids
 from ..queue import QueueEntry
 from ..render import page
@@ -36,8 +37,9 @@ def _remaining(ctx: WebContext, store: Store) -> int:
 @router.get("/queue", include_in_schema=False)
 def queue_page(p: Annotator, ctx: Ctx):
     data = _queue_payload(ctx, p, 6, [])
+    guidelines = render_markdown(ctx.readers.store().guidelines()["text"])
     return page("queue.html", title="Label", user=p.user, csrf=p.csrf or "", page_id="queue", wide=True,
-                classes=data["classes"], initial=data)
+                classes=data["classes"], initial=data, guidelines=guidelines)
 
 
 @router.get("/api/queue")

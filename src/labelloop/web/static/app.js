@@ -41,6 +41,92 @@
 
   const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 
+  const typing = (t) => t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT");
+
+  let toastTimer = null;
+  function toast(msg, bad) {
+    const toastEl = document.getElementById("toast");
+    if (!toastEl) return;
+    toastEl.textContent = msg;
+    toastEl.classList.add("show");
+    toastEl.classList.toggle("bad", !!bad);
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { toastEl.classList.remove("show"); }, bad ? 6000 : 2000);
+  }
+
+  // ------------------------------------------------------------------ class picker
+  // A list of class buttons with a type-to-filter box, for any number of classes: typing
+  // narrows the list (names containing the text, those starting with it first), the arrow
+  // keys move the highlight, Enter picks the highlighted (first) match, Esc clears.
+  function classPicker(input, list, onPick, onEscape) {
+    let classes = [], keys = [], matches = [], at = 0;
+
+    function render(newClasses, newKeys) {
+      classes = newClasses.slice();
+      keys = newKeys || classes.map(() => "");
+      list.replaceChildren();
+      classes.forEach((c, i) => {
+        const b = el("button", "cls");
+        b.type = "button";
+        b.dataset.label = c;
+        b.append(el("kbd", keys[i] ? "" : "none", keys[i]), el("span", "", c));
+        b.addEventListener("click", () => onPick(c));
+        list.append(b);
+      });
+      filter();
+    }
+
+    function filter() {
+      const q = input.value.trim().toLowerCase();
+      const starts = [], contains = [];
+      classes.forEach((c) => {
+        const n = c.toLowerCase();
+        if (!q || n.startsWith(q)) starts.push(c);
+        else if (n.includes(q)) contains.push(c);
+      });
+      matches = starts.concat(contains);
+      at = 0;
+      const shown = new Set(matches);
+      for (const b of list.querySelectorAll("button.cls")) b.hidden = !shown.has(b.dataset.label);
+      highlight();
+    }
+
+    function highlight() {
+      const active = input.value.trim() ? matches[at] : undefined;
+      for (const b of list.querySelectorAll("button.cls")) {
+        const on = b.dataset.label === active;
+        b.classList.toggle("match", on);
+        if (on) b.scrollIntoView({ block: "nearest" });
+      }
+    }
+
+    function clear() {
+      input.value = "";
+      filter();
+    }
+
+    input.addEventListener("input", filter);
+    input.addEventListener("keydown", (ev) => {
+      if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+        ev.preventDefault();
+        if (matches.length) at = (at + (ev.key === "ArrowDown" ? 1 : matches.length - 1)) % matches.length;
+        highlight();
+      } else if (ev.key === "Enter") {
+        ev.preventDefault();
+        if (!input.value.trim()) { onPick(null); return; }
+        const c = matches[at];
+        if (c === undefined) { toast(`No class matches “${input.value.trim()}”`, true); return; }
+        clear();
+        onPick(c);
+      } else if (ev.key === "Escape") {
+        ev.preventDefault();
+        clear();
+        onEscape();
+      }
+    });
+    return { render, clear, get classes() { return classes; } };
+  }
+
   // ------------------------------------------------------------------ queue
   function initQueue() {
     const initial = JSON.parse(document.getElementById("initial").textContent);
@@ -49,7 +135,8 @@
     const guessEl = document.getElementById("guess");
     const classesEl = document.getElementById("classes");
     const progress = document.getElementById("progress");
-    const toastEl = document.getElementById("toast");
+    const filterEl = document.getElementById("class-filter");
+    const guidelines = document.getElementById("guidelines");
     const S = {
       classes: initial.classes || [],
       buffer: [],          // prefetched items, next first
@@ -62,14 +149,6 @@
       chain: Promise.resolve(),  // writes run one after another, in key order
     };
 
-    let toastTimer = null;
-    function toast(msg, bad) {
-      toastEl.textContent = msg;
-      toastEl.className = "toast show" + (bad ? " bad" : "");
-      clearTimeout(toastTimer);
-      toastTimer = setTimeout(() => { toastEl.className = "toast"; }, bad ? 6000 : 2000);
-    }
-
     // the key of each class: classes named by single digits ("0".."9") sit on their own digit;
     // otherwise keys 1..9 pick the 1st..9th class and 0 the tenth
     function classKeys(classes) {
@@ -77,18 +156,16 @@
       return classes.map((c, i) => (i < 10 ? String((i + 1) % 10) : ""));
     }
 
+    // the filter box: Enter on a match labels with it (on an empty box: accepts the guess);
+    // after a pick or Esc the keys are shortcuts again
+    const picker = classPicker(filterEl, classesEl, (c) => {
+      filterEl.blur();
+      if (c === null) accept(); else submit(c);
+    }, () => filterEl.blur());
+
     function renderClasses() {
-      classesEl.replaceChildren();
       S.keys = classKeys(S.classes);
-      S.classes.forEach((c, i) => {
-        const b = el("button", "cls");
-        b.type = "button";
-        b.dataset.label = c;
-        const k = el("kbd", S.keys[i] ? "" : "none", S.keys[i]);
-        b.append(k, el("span", "", c));
-        b.addEventListener("click", () => submit(c));
-        classesEl.append(b);
-      });
+      picker.render(S.classes, S.keys);
       markGuess();
     }
 
@@ -229,7 +306,7 @@
 
     function accept() {
       if (!S.current) return;
-      if (!S.current.guess) { toast("No machine guess to accept: pick a class with 1–9 (0 is the tenth)."); return; }
+      if (!S.current.guess) { toast("No machine guess to accept: pick a class with 1–9 (0 is the tenth) or find it with /."); return; }
       submit(S.current.guess.label);
     }
 
@@ -259,11 +336,13 @@
     }
 
     document.addEventListener("keydown", (ev) => {
-      if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
-      const t = ev.target;
-      if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT")) return;
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev.target)) return;
       const k = ev.key;
-      if (k >= "0" && k <= "9") {
+      if (k === "/") {
+        ev.preventDefault(); filterEl.focus();
+      } else if ((k === "g" || k === "G") && guidelines) {
+        ev.preventDefault(); guidelines.open = !guidelines.open;
+      } else if (k >= "0" && k <= "9") {
         const c = S.classes[S.keys.indexOf(k)];   // classKeys: a digit class's own key, else by position
         if (c !== undefined) { ev.preventDefault(); submit(c); }
       } else if (k === "Enter") {
@@ -298,6 +377,108 @@
   }
 
   // ------------------------------------------------------------------ review
+  // Keys: j / k move between tiles, a accepts the tile's label, x fixes it through the class
+  // picker, shift-A accepts every tile shown. Each decision is saved at once (POST /api/review).
+  function reviewKeys() {
+    const data = JSON.parse(document.getElementById("review-data").textContent);
+    const tiles = Array.from(document.querySelectorAll(".tile"));
+    const box = document.getElementById("picker");
+    const filterEl = document.getElementById("picker-filter");
+    let at = -1, fixing = null;
+
+    const open = () => tiles.filter((t) => !t.classList.contains("done"));
+    const itemOf = (t) => Number(t.querySelector("input.pick").value);
+
+    function focusTile(i) {
+      if (!tiles.length) return;
+      at = Math.max(0, Math.min(tiles.length - 1, i));
+      tiles.forEach((t, j) => t.classList.toggle("current", j === at));
+      tiles[at].scrollIntoView({ block: "nearest" });
+    }
+
+    function nextOpen() {
+      const rest = tiles.slice(at + 1).concat(tiles.slice(0, at)).filter((t) => !t.classList.contains("done"));
+      if (rest.length) focusTile(tiles.indexOf(rest[0]));
+    }
+
+    function settle(t, label, how) {
+      t.classList.add("done");
+      const pick = t.querySelector("input.pick");
+      pick.checked = false;
+      pick.disabled = true;   // the bulk form no longer sends it
+      t.querySelector("select").disabled = true;
+      t.querySelector(".tile-label").textContent = `${how} ${label}`;
+    }
+
+    async function decide(list, how) {
+      const decisions = list.map((t) => ({ item: itemOf(t), label: t.querySelector("select").value }));
+      try {
+        const out = await api("POST", "/api/review", { items: decisions, key: newKey() });
+        list.forEach((t, j) => settle(t, decisions[j].label, how));
+        return out.appended;
+      } catch (err) {
+        toast(`Not saved: ${err.message}`, true);
+        return null;
+      }
+    }
+
+    async function acceptCurrent() {
+      const t = tiles[at];
+      if (!t || t.classList.contains("done")) return;
+      if (await decide([t], "✓") !== null) { toast(`Accepted: ${t.querySelector("select").value}`); nextOpen(); }
+    }
+
+    async function acceptAll() {
+      const list = open();
+      if (!list.length) { toast("Nothing left to accept on this page."); return; }
+      const n = await decide(list, "✓");
+      if (n !== null) location.href = `/review?${data.back}${data.back ? "&" : ""}done=${n}`;
+    }
+
+    function startFix() {
+      const t = tiles[at];
+      if (!t || t.classList.contains("done")) return;
+      fixing = t;
+      document.getElementById("picker-title").textContent =
+        `Fix item ${itemOf(t)} (now ${t.querySelector("select").value}): type to find a class`;
+      box.hidden = false;
+      picker.clear();
+      filterEl.focus();
+    }
+
+    function closeFix() {
+      filterEl.blur();   // the keys are shortcuts again
+      box.hidden = true;
+      fixing = null;
+    }
+
+    const picker = classPicker(filterEl, document.getElementById("picker-classes"), async (c) => {
+      const t = fixing;
+      closeFix();
+      if (!t || c === null) return;
+      t.querySelector("select").value = c;
+      if (await decide([t], "✎") !== null) { toast(`Fixed: ${c}`); nextOpen(); }
+    }, closeFix);
+    picker.render(data.classes);
+
+    tiles.forEach((t, i) => t.addEventListener("focusin", () => { if (at !== i) focusTile(i); }));
+    document.addEventListener("keydown", (ev) => {
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev.target) || !box.hidden) return;
+      const k = ev.key;
+      if (k === "j" || k === "k") {
+        ev.preventDefault();
+        focusTile(at < 0 ? 0 : at + (k === "j" ? 1 : -1));
+      } else if (k === "a") {
+        ev.preventDefault(); if (at < 0) focusTile(0); acceptCurrent();
+      } else if (k === "A") {
+        ev.preventDefault(); acceptAll();
+      } else if (k === "x" || k === "X") {
+        ev.preventDefault(); if (at < 0) focusTile(0); startFix();
+      }
+    });
+    if (tiles.length) focusTile(0);
+  }
+
   function initReview() {
     const all = document.getElementById("pick-all");
     if (all) {
@@ -312,6 +493,7 @@
         if (box) box.checked = true;
       });
     }
+    reviewKeys();
   }
 
   const page = document.body.dataset.page;
