@@ -421,10 +421,14 @@ class Project:
         P = self._lp.predict_proba()  # (n, C)
         reached = self._lp.reached_
         hw_setting = self.setting("head_weight")
+        if hw_setting == "auto" and warm:
+            # a warm refresh keeps the last full refresh's choice: no head fits when it was 0
+            hw_setting = self._last_head_weight()
         # a second opinion from the embeddings alone (loop.choose_head_weight picks "auto")
         H = self._head_proba(fit_y, len(classes)) if hw_setting == "auto" or hw_setting > 0 else None
         # fit_y: the held-out propagations keep the seeds the refresh used (rule evidence too)
-        pred, head_weight = self._calibrate(P, H, reached, fit_y, y_h, weight, alpha, warm=warm)
+        pred, head_weight = self._calibrate(P, H, reached, fit_y, y_h, weight, alpha, warm=warm,
+                                            head_weight=hw_setting)
         reached = pred.reached  # the head, where averaged in, reaches every item
         P = pred.proba
         s = prediction_summary(P)
@@ -466,7 +470,7 @@ class Project:
     #: calibrate on the labels no query strategy chose once there are this many
     MIN_REPRESENTATIVE = 30
 
-    def _calibrate(self, P, H, reached, y, y_h, weight, alpha, *, warm: bool):
+    def _calibrate(self, P, H, reached, y, y_h, weight, alpha, *, warm: bool, head_weight):
         """``(prediction, head_weight)``: propagation ``P`` (averaged with the head ``H`` where the
         ``head_weight`` setting, or its "auto" choice on held-out labels, says so), calibrated
         (:func:`labelloop.loop.predict`) on held-out propagation of the human labels with the
@@ -476,14 +480,14 @@ class Project:
         from .propagate import LabelPropagation
 
         C = P.shape[1]
-        hw_setting = self.setting("head_weight")
+        hw_setting = head_weight
         if warm and len(y) > self.RECALIBRATE_MAX_ITEMS:
             last = self.predictions()
             cal = (last.calibration or {}) if last is not None else {}
             if "beta" in cal:
                 d = self.store.run_dir(last.run_id)
                 held = (np.load(d / "heldout_rows.npy"), np.load(d / "heldout_proba.npy"))
-                hw = self.store.last_run("refresh")["summary"].get("head_weight") or 0.0
+                hw = self._last_head_weight()
                 P_mix = mix_head(P, H, hw) if H is not None and hw > 0 else P
                 reached = np.ones_like(reached) if H is not None and hw > 0 else reached
                 return predict(P_mix, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
@@ -511,6 +515,11 @@ class Project:
             rep = None
         return calibrated_predictions(P, H, reached, y_h, propagate, head, head_weight=hw_setting, score=rep)
 
+    def _last_head_weight(self) -> float:
+        """The head weight the last refresh used (0 when unknown)."""
+        last = self.store.last_run("refresh")
+        return float(((last or {}).get("summary") or {}).get("head_weight") or 0.0)
+
     def _class_mass(self) -> bool | str:
         prior = self.setting("class_prior")
         return False if prior == "none" else prior
@@ -532,18 +541,13 @@ class Project:
         return class_prior(self.label_vector(ids, sources=("human",)), n_classes, drawn=drawn, chosen=chosen)
 
     def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """``(n, C)`` probabilities of the classifier head (:func:`adapt.finetune.fit_head`)
-        fitted on the labels ``y`` over the active embeddings; with ``rows``, the out-of-fold
-        probabilities of those labeled rows instead (``(len(rows), C)``, for calibration)."""
-        from threadpoolctl import threadpool_limits
-
-        from .adapt.finetune import fit_head
+        """``(n, C)`` probabilities of the refresh's classifier head
+        (:func:`labelloop.loop.predict.embedding_head`) fitted on the labels ``y`` over the
+        active embeddings; with ``rows``, only those rows (``(len(rows), C)``)."""
         from .graph import normalize_rows
+        from .loop.predict import embedding_head
 
-        X = normalize_rows(self.embeddings()[1])
-        with threadpool_limits(1, user_api="blas"):
-            P = fit_head(X, y, n_classes=n_classes).predict_proba(X)
-        return P if rows is None else P[rows]
+        return embedding_head(normalize_rows(self.embeddings()[1]), n_classes)(y, rows)
 
     def _load_warm_state(self, key, graph) -> bool:
         """Rebuild the propagation state from the last refresh run if it used the same graph."""
