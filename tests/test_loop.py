@@ -205,3 +205,16 @@ def test_head_weight_auto_averages_the_head_in_only_for_a_clear_held_out_gain():
     Q_one = np.where((np.arange(40) < 1)[:, None], wrong, right)
     assert choose_head_weight(y, rows, Q_one, right) == 0.0  # +1 is noise, not a clear gain
     assert choose_head_weight(y, rows, Q_prop, None) == 0.0
+
+
+def test_checks_count_only_for_regions_no_larger_than_they_were_drawn_from():
+    n = min_verified_count(0.95)
+    top_half = np.linspace(0.01, 0.5, n)  # all drawn from the most confident half
+    later = np.array([0.9])               # one check drawn from the 90 % region
+    cov = np.r_[top_half, later]
+    region = np.r_[np.full(n, 0.5), [0.9]]
+    cert = certify(cov, np.zeros(n + 1, int), np.ones(n + 1, bool), n_classes=2, candidate=0.9,
+                   check_region=region)
+    # 59 correct checks of the top half certify the top half, not the top 90 %
+    assert cert.coverage[0] == pytest.approx(0.5)
+    assert cert.more_needed is not None and cert.more_needed > 50

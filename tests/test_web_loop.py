@@ -102,8 +102,8 @@ def test_the_queue_serves_the_strategy_with_its_random_share_and_records_it(digi
         # the random ones are checks certification counts, the others are actively chosen
         checks = {c["item"]: c for r in runs for c in r["summary"]["checks"]}
         assert random_ids <= set(checks) and all(checks[i]["coverage"] is not None for i in random_ids)
-        cov, guess, correct = p.random_checks()
-        assert len(cov) == len(random_ids)
+        cov, guess, correct, region = p.random_checks()
+        assert len(cov) == len(random_ids) and (region == 1.0).all()  # drawn from every item
         chosen = p.actively_chosen()
         assert strategy_ids <= chosen and not (random_ids & chosen)
 
@@ -145,7 +145,7 @@ def test_verify_checks_are_served_first_and_certify_auto_labeling_end_to_end(dig
         web = [r for r in p.store.runs("query") if r["params"]["strategy"] == "verify"]
         assert web and all(r["params"]["annotator"] == "ann" for r in web)
         assert verified <= {c["item"] for r in web for c in r["summary"]["checks"]}
-        cov, guess, correct = p.random_checks()
+        cov, guess, correct, region = p.random_checks()
         assert len(cov) >= len(verified) > 0
         p.refresh()
         a = p.autolabel(target_precision=0.8)

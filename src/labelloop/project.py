@@ -640,12 +640,12 @@ class Project:
         items = self.store.items(ids[picked].tolist())
         coverage = coverage_of(pred.confidence, eligible) if pred is not None else None
         out = []
-        for r, it, score, reason, kind in zip(picked, items, ch.scores, ch.reasons, ch.kinds):
+        for r, it, score, reason, kind, region in zip(picked, items, ch.scores, ch.reasons, ch.kinds, ch.regions):
             guess = conf = cov = None
             if pred is not None and pred.reached[r]:
                 guess, conf, cov = pred.classes[pred.label[r]], float(pred.confidence[r]), float(coverage[r])
             out.append({"item": it.id, "ref": it.display, "guess": guess, "confidence": conf, "coverage": cov,
-                        "score": float(score), "reason": reason, "kind": kind})
+                        "region": region, "score": float(score), "reason": reason, "kind": kind})
         if record:
             self.record_query(ch.strategy, n, seed, out, annotator=annotator, labeled=len(labeled),
                               prediction_run=pred.run_id if pred else None, details=ch.details)
@@ -659,7 +659,8 @@ class Project:
         run = self.store.start_run("query", {"strategy": strategy, "n": n, "seed": seed, "annotator": annotator},
                                    {"labeled": int(labeled), "prediction_run": prediction_run})
         checks = [{"item": o["item"], "guess": o["guess"], "confidence": o["confidence"],
-                   "coverage": o.get("coverage"), "kind": o["kind"]}
+                   "coverage": o.get("coverage"), "kind": o["kind"],
+                   "region": o.get("region") if o.get("region") is not None else (1.0 if o["kind"] == "random" else None)}
                   for o in chosen if o.get("kind") in ("random", "verify") and o.get("coverage") is not None]
         self.store.finish_run(run, {"items": [o["item"] for o in chosen], "details": _jsonable(details or {}),
                                     "random": [o["item"] for o in chosen if o.get("kind") in ("random", "verify")],
@@ -682,24 +683,26 @@ class Project:
         Q, t = np.load(d / "heldout_proba.npy"), np.load(d / "heldout_labels.npy")
         return Q.max(1), Q.argmax(1), Q.argmax(1) == t, t
 
-    def random_checks(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+    def random_checks(self) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
         """Every randomly drawn item (verify checks, the random share of `next`) a person has
         labeled since: (its coverage then, the guessed class name then, whether the person
-        agreed). See :mod:`labelloop.loop.certify`."""
+        agreed, the coverage of the region it was drawn from). See :mod:`labelloop.loop.certify`."""
         name_of = {v: k for k, v in self.store.class_ids().items()}
         human = self.store.latest_labels("human")
         latest: dict[int, dict] = {}
         for run in self.store.runs("query"):
             for c in run["summary"].get("checks", []):
-                if c.get("coverage") is not None:
+                if c.get("coverage") is not None and c.get("region") is not None:
                     latest[c["item"]] = c  # the latest draw of an item counts
-        cov, guess, correct = [], [], []
+        cov, guess, correct, region = [], [], [], []
         for item, c in latest.items():
             if item in human and c["guess"] is not None:
                 cov.append(float(c["coverage"]))
                 guess.append(c["guess"])
                 correct.append(name_of.get(human[item]) == c["guess"])
-        return np.array(cov, dtype=np.float64), guess, np.array(correct, dtype=bool)
+                region.append(float(c["region"]))
+        return (np.array(cov, dtype=np.float64), guess, np.array(correct, dtype=bool),
+                np.array(region, dtype=np.float64))
 
     def _eligible(self, ids: np.ndarray, pred: Predictions) -> np.ndarray:
         """(n,) items auto-labeling may label: no human or imported label, reached by propagation."""
@@ -714,7 +717,7 @@ class Project:
         """What the random checks certify for the current predictions (:func:`loop.certify`)."""
         from .loop import certify, verify_coverage
 
-        cov, guess, correct = self.random_checks()
+        cov, guess, correct, region = self.random_checks()
         col = {c: j for j, c in enumerate(pred.classes)}
         keep = np.array([g in col for g in guess], dtype=bool)
         cpred = np.array([col[g] for g, k in zip(guess, keep) if k], dtype=np.int64)
@@ -722,7 +725,8 @@ class Project:
         cand = verify_coverage(pred.confidence, eligible, target_precision=target_precision,
                                certified_coverage=self._certified_coverage())
         return certify(cov[keep], cpred, correct[keep], n_classes=len(pred.classes), candidate=cand,
-                       target_precision=target_precision, confidence_level=confidence_level, per_class=per_class)
+                       check_region=region[keep], target_precision=target_precision,
+                       confidence_level=confidence_level, per_class=per_class)
 
     def autolabel(self, *, target_precision: float | None = None, per_class: bool = True,
                   confidence_level: float = 0.95) -> dict:

@@ -135,23 +135,24 @@ def _propagator(S, n_classes: int, *, temperature, n_iter: int | None, prior=Non
     return propagate
 
 
-def _checks_arrays(checks: list[tuple[int, float, int]], y_true: np.ndarray):
-    """(coverage, guess, correct) of the randomly drawn items, judged by the oracle."""
+def _checks_arrays(checks: list[tuple[int, float, int, float]], y_true: np.ndarray):
+    """(coverage, guess, correct, region) of the randomly drawn items, judged by the oracle."""
     if not checks:
-        return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, bool)
-    item, cov, guess = (np.array(v) for v in zip(*checks))
-    return cov.astype(np.float64), guess.astype(np.int64), guess == y_true[item.astype(np.int64)]
+        return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0)
+    item, cov, guess, region = (np.array(v) for v in zip(*checks))
+    return (cov.astype(np.float64), guess.astype(np.int64), guess == y_true[item.astype(np.int64)],
+            region.astype(np.float64))
 
 
-def _draws(P: np.ndarray, labeled: np.ndarray, rows, kinds=None) -> list[tuple[int, float, int]]:
-    """(item, coverage, guess) of the random or verify ``rows`` under the predictions ``P``."""
+def _draws(P: np.ndarray, labeled: np.ndarray, choice) -> list[tuple[int, float, int, float]]:
+    """(item, coverage, guess, region drawn from) of a Choice's random or verify rows under ``P``."""
     from .loop import coverage_of
 
     eligible = np.ones(len(P), bool)
     eligible[labeled] = False
     cov = coverage_of(P.max(1), eligible)
-    kinds = kinds if kinds is not None else ["verify"] * len(rows)
-    return [(int(r), float(cov[r]), int(P[r].argmax())) for r, k in zip(rows, kinds) if k != "strategy"]
+    return [(int(r), float(cov[r]), int(P[r].argmax()), float(region))
+            for r, k, region in zip(choice.rows, choice.kinds, choice.regions) if k != "strategy"]
 
 
 def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks, *, target_precision: float,
@@ -169,9 +170,9 @@ def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks
     mask_u[labeled] = False
     correct_pred = pred == y_true
     cand = verify_coverage(conf, mask_u, target_precision=target_precision, certified_coverage=certified_coverage)
-    c_cov, c_guess, c_corr = _checks_arrays(checks, y_true)
-    cert = certify(c_cov, c_guess, c_corr, n_classes=C, candidate=cand, target_precision=target_precision,
-                   per_class=per_class)
+    c_cov, c_guess, c_corr, c_region = _checks_arrays(checks, y_true)
+    cert = certify(c_cov, c_guess, c_corr, n_classes=C, candidate=cand, check_region=c_region,
+                   target_precision=target_precision, per_class=per_class)
     accept = mask_u & cert.accepts(coverage_of(conf, mask_u), pred)
     n_acc = int(accept.sum())
     rest = int(mask_u.sum()) - n_acc
@@ -227,7 +228,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             chosen[[r for r, kind in zip(ch.rows, ch.kinds) if kind == "strategy"]] = True
             drawn += [int(r) for r, kind in zip(ch.rows, ch.kinds) if kind == "random"]
             if P is not None:
-                checks += _draws(P, labeled, ch.rows, ch.kinds)
+                checks += _draws(P, labeled, ch)
         labeled = np.concatenate([labeled, pick])
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
@@ -301,7 +302,7 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
                     certified_coverage=rec["certified_coverage"])
         if len(ch.rows) == 0:
             break
-        checks += _draws(P, labeled, ch.rows)
+        checks += _draws(P, labeled, ch)
         labeled = np.concatenate([labeled, ch.rows])
     return records
 

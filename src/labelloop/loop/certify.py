@@ -13,8 +13,10 @@ items that threshold accepts, checked by people (DESIGN.md, "Certification"):
    drawn and the sample spans the whole confidence range.
 3. :func:`certify` pools the checked items (the machine's guess *when it was drawn* against the
    person's label, never the clamped prediction after it) and picks the largest region whose
-   one-sided Clopper-Pearson lower bound reaches the target (:mod:`labelloop.autolabel`). It
-   also says how many more all-correct checks would certify the candidate region.
+   one-sided Clopper-Pearson lower bound reaches the target (:mod:`labelloop.autolabel`),
+   counting for a region only the checks drawn from a region at least that large: pooled
+   checks of the most confident half are no sample of the most confident 90 %. It also says
+   how many more all-correct checks would certify the candidate region.
 
 Regions are measured in **coverage**, the share of the eligible items at least as confident as
 an item (:func:`coverage_of`), not in raw confidence: the calibration is refitted at every
@@ -28,7 +30,9 @@ strategy are the hardest items by design and are never treated as a random sampl
 
 Pooling checks drawn under earlier predictions is an approximation: each was a uniform draw
 from its region at the time, and later predictions (with more labels) are usually at least as
-accurate, so the pooled estimate tends to be conservative.
+accurate, so the pooled estimate tends to be conservative. Testing several regions with the
+same checks and keeping the largest that passes is a mild multiple comparison, as in
+:func:`labelloop.autolabel.calibrate_threshold`.
 """
 
 from __future__ import annotations
@@ -41,8 +45,6 @@ import numpy as np
 from ..autolabel import (
     DEFAULT_LEVEL,
     DEFAULT_TARGET,
-    calibrate_per_class,
-    calibrate_threshold,
     min_verified_count,
     precision_lower_bound,
 )
@@ -56,9 +58,10 @@ __all__ = ["candidate_threshold", "verify_sample", "certify", "Certificate", "mo
 CANDIDATE_SAFETY = 2.0
 
 
-#: once a region is certified, verify checks are drawn from a region this much larger (in coverage):
-#: digits, 5 labels per class then verify checks to 130 labels, 6 seeds: certified coverage 0.62-0.92
-#: (4 of 6 >= 0.80) at 0.15; 0.10 reached 0.80 in 3 of 6, 0.20 in 3 of 6 (simulate.certify_loop)
+#: once a region is certified, verify checks are drawn from a region this much larger (in coverage),
+#: so certification can grow (a check counts only for regions no larger than the one it was drawn
+#: from). digits, 5 labels per class then verify checks to 130 labels, 6 seeds: certified
+#: coverage 0.60-0.75, true precision of what was accepted 0.987-1.000 (simulate.certify_loop).
 EXPAND = 0.15
 
 
@@ -165,37 +168,59 @@ class Certificate:
                 "more_needed": self.more_needed, "reason": self.reason}
 
 
+def _largest_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *, target: float, level: float,
+                    min_count: int) -> tuple[float, int, int, float]:
+    """The largest coverage rho whose checks pass: among the checks drawn from a region at least
+    rho large (``region >= rho``) and lying within it (``cov <= rho``) -- a uniform sample of the
+    top-rho items -- the one-sided lower bound of k / m reaches ``target``. Returns
+    ``(rho, k, m, lower bound)``; rho = 0 when none passes."""
+    best = (0.0, 0, 0, 0.0)
+    for rho in np.unique(cov):  # ascending: a larger passing rho replaces a smaller one
+        pool = (cov <= rho + 1e-12) & (region >= rho - 1e-12)
+        m = int(pool.sum())
+        if m < min_count:
+            continue
+        k = int(correct[pool].sum())
+        lb = float(precision_lower_bound(k, m, confidence_level=level))
+        if lb >= target:
+            best = (float(rho), k, m, lb)
+    return best
+
+
 def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_correct: np.ndarray, *,
-            n_classes: int, candidate: float, target_precision: float = DEFAULT_TARGET,
-            confidence_level: float = DEFAULT_LEVEL, per_class: bool = True) -> Certificate:
+            n_classes: int, candidate: float, check_region: np.ndarray | None = None,
+            target_precision: float = DEFAULT_TARGET, confidence_level: float = DEFAULT_LEVEL,
+            per_class: bool = True) -> Certificate:
     """The largest regions random checks certify: (m,) coverage and predicted class of each
-    checked item when it was drawn, and whether the person's label agreed; ``candidate``: the
-    coverage verify draws from now. Per class where a class has enough checks of its own
-    (:func:`labelloop.autolabel.calibrate_per_class`), else one region for all."""
+    checked item when it was drawn, whether the person's label agreed, and ``check_region``:
+    the coverage of the region it was drawn from (1 for the random share of `next`, which draws
+    from all items; default 1). A check only counts for regions no larger than the one it was
+    drawn from: 50 checks of the most confident half say nothing about the rest. ``candidate``:
+    the coverage verify draws from now. Per predicted class where a class has enough checks of
+    its own, else one region for all."""
     cov = np.asarray(check_coverage, dtype=np.float64)
-    score = 1.0 - cov  # higher = more confident, as the threshold calibration expects
+    region = np.ones_like(cov) if check_region is None else np.asarray(check_region, dtype=np.float64)
     pred = np.asarray(check_predicted, dtype=np.int64)
     corr = np.asarray(check_correct, dtype=bool)
+    need_n = min_verified_count(target_precision, confidence_level)
+    rho, k, m, lower = _largest_region(cov, region, corr, target=target_precision, level=confidence_level,
+                                       min_count=need_n)
+    coverage = np.full(n_classes, rho)
     if per_class:
-        thresholds = calibrate_per_class(score, pred, corr, n_classes=n_classes, target_precision=target_precision,
-                                         confidence_level=confidence_level).thresholds
-    else:
-        glob = calibrate_threshold(score, corr, target_precision=target_precision, confidence_level=confidence_level)
-        thresholds = np.full(n_classes, glob.threshold)
-    coverage = np.where(np.isfinite(thresholds), 1.0 - thresholds, 0.0)  # (C,)
+        for c in range(n_classes):
+            own = pred == c
+            if own.sum() >= need_n:  # the class's own evidence, even when it says "nothing"
+                coverage[c] = _largest_region(cov[own], region[own], corr[own], target=target_precision,
+                                              level=confidence_level, min_count=need_n)[0]
     certified = bool((coverage > 0).any())
-    acc = cov <= coverage[pred] + 1e-12 if cov.size else np.zeros(0, bool)
-    acc &= coverage[pred] > 0
-    k, m = int(corr[acc].sum()), int(acc.sum())
-    in_cand = cov <= candidate + 1e-12
+    in_cand = (cov <= candidate + 1e-12) & (region >= candidate - 1e-12)
     kc, mc = int(corr[in_cand].sum()), int(in_cand.sum())
     need = more_needed(kc, mc, target_precision=target_precision, confidence_level=confidence_level) \
         if candidate > 0 else None
-    lower = float(precision_lower_bound(k, m, confidence_level=confidence_level)) if m else 0.0
     if certified:
-        reason = (f"certified: the {coverage.max():.0%} most confident machine labels; {m} random checks there, "
-                  f"{k} correct: precision >= {lower:.3f} at {confidence_level:.0%} confidence")
-        if need:
+        reason = (f"certified: the {coverage.max():.0%} most confident machine labels; {m} random checks drawn "
+                  f"from there, {k} correct: precision >= {lower:.3f} at {confidence_level:.0%} confidence")
+        if need and candidate > coverage.max():
             reason += (f"; {need} more correct checks would certify the {candidate:.0%} most confident "
                        f"(`labelloop next --strategy verify --n {need}`)")
     elif candidate <= 0:
@@ -211,4 +236,4 @@ def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_corre
     return Certificate(coverage=coverage, certified=certified, checked=int(cov.size), correct=int(corr.sum()),
                        precision_estimate=k / m if m else float("nan"), precision_lower=lower, reason=reason,
                        candidate=float(candidate), checked_in_candidate=mc, correct_in_candidate=kc,
-                       more_needed=need)
+                       more_needed=need if not certified or candidate > coverage.max() else None)

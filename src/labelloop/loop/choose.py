@@ -43,6 +43,8 @@ class Choice:
     strategy: str
     details: dict = field(default_factory=dict)
     threshold: float | None = None    # verify: the region's confidence threshold
+    regions: list = field(default_factory=list)  # per row: coverage of the region it was drawn
+                                                 # uniformly from (1.0 random, None strategy)
 
     @property
     def random_rows(self) -> np.ndarray:
@@ -89,7 +91,7 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
         reason = reason.format(share=cov)
         return Choice(rows, [float(conf[r]) for r in rows], [reason] * len(rows), [VERIFY] * len(rows),
                       VERIFY, {"threshold": t, "coverage": cov, "region": int((verify_eligible & region).sum())},
-                      threshold=t)
+                      threshold=t, regions=[float(cov)] * len(rows))
     if strategy not in available_strategies():
         raise ValidationError(f"unknown strategy {strategy!r}; available: "
                               f"{', '.join(available_strategies() + [VERIFY])}")
@@ -112,4 +114,5 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
         scores += [0.0] * len(extra)
         reasons += ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
         kinds += ["random"] * len(extra)
-    return Choice(np.asarray(rows, dtype=np.int64), scores, reasons, kinds, sel.strategy, sel.details)
+    return Choice(np.asarray(rows, dtype=np.int64), scores, reasons, kinds, sel.strategy, sel.details,
+                  regions=[1.0 if k == "random" else None for k in kinds])

@@ -183,13 +183,13 @@ def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int =
         details |= choices[-1].details
     chosen, reasons, by_kind = {}, {}, {"strategy": [], "random": [], "verify": []}
     for c in choices:
-        for r, kind, why in zip(c.rows.tolist(), c.kinds, c.reasons):
+        for r, kind, why, region in zip(c.rows.tolist(), c.kinds, c.reasons, c.regions):
             item = int(inp.item_ids[r])
             guess = conf = cov = None
             if coverage is not None and (inp.reached is None or inp.reached[r]):
                 guess = inp.classes[int(inp.proba[r].argmax())]
                 conf, cov = float(inp.confidence[r]), float(coverage[r])
-            chosen[item] = {"guess": guess, "confidence": conf, "coverage": cov, "kind": kind}
+            chosen[item] = {"guess": guess, "confidence": conf, "coverage": cov, "kind": kind, "region": region}
             reasons[item] = why
             by_kind[kind].append(item)
     arr = {k: np.array(v, dtype=np.int64) for k, v in by_kind.items()}
