@@ -635,7 +635,8 @@ class Project:
                     probabilities=None if pred is None else pred.proba, graph=graph, embeddings=X,
                     labels=y[labeled] if len(labeled) else None, class_names=self.classes, seed=seed,
                     explore=explore, target_precision=target_precision or self._target(),
-                    verify_eligible=eligible, certified_coverage=self._certified_coverage())
+                    verify_eligible=eligible, **dict(zip(("certified_coverage", "pending_coverage"),
+                                                         self._verify_state())))
         picked = ch.rows.tolist()
         items = self.store.items(ids[picked].tolist())
         coverage = coverage_of(pred.confidence, eligible) if pred is not None else None
@@ -712,6 +713,24 @@ class Project:
         last = self.store.last_run("autolabel")
         return float((last["summary"].get("certificate") or {}).get("certified_coverage") or 0.0) if last else 0.0
 
+    def _verify_state(self) -> tuple[float, float]:
+        """(certified coverage of the last autolabel run, the region the last verify checks were
+        drawn from while more checks can still certify it, else 0): where verify draws next."""
+        from .loop import pending_region
+
+        certified = self._certified_coverage()
+        last_region = 0.0
+        for run in reversed(self.store.runs("query")):
+            regions = [c.get("region") for c in run["summary"].get("checks", []) if c.get("kind") == "verify"]
+            if regions and regions[0] is not None:
+                last_region = float(regions[0])
+                break
+        if last_region <= certified:
+            return certified, 0.0
+        cov, _, correct, region = self.random_checks()
+        return certified, pending_region(cov, region, correct, last_region,
+                                         target_precision=self._target())
+
     def certificate(self, pred: Predictions, *, target_precision: float, confidence_level: float = 0.95,
                     per_class: bool = True):
         """What the random checks certify for the current predictions (:func:`loop.certify`)."""
@@ -722,8 +741,9 @@ class Project:
         keep = np.array([g in col for g in guess], dtype=bool)
         cpred = np.array([col[g] for g, k in zip(guess, keep) if k], dtype=np.int64)
         eligible = self._eligible(pred.item_ids, pred)
+        certified, pending = self._verify_state()
         cand = verify_coverage(pred.confidence, eligible, target_precision=target_precision,
-                               certified_coverage=self._certified_coverage())
+                               certified_coverage=certified, pending=pending)
         return certify(cov[keep], cpred, correct[keep], n_classes=len(pred.classes), candidate=cand,
                        check_region=region[keep], target_precision=target_precision,
                        confidence_level=confidence_level, per_class=per_class)
@@ -1350,8 +1370,9 @@ class Project:
         target = float(params.get("target_precision", self.setting("target_precision")))
         cert = self.certificate(pred, target_precision=target, per_class=params.get("per_class", True),
                                 confidence_level=params.get("confidence_level", 0.95))
+        certified, pending = self._verify_state()
         return {"more_needed": int(cert.more_needed or 0), "target_precision": target,
-                "certified_coverage": self._certified_coverage(), "reason": cert.reason}
+                "certified_coverage": certified, "pending_coverage": pending, "reason": cert.reason}
 
     def autolabel_eligible(self, pred: Predictions) -> np.ndarray:
         """(n,) over ``pred``'s items: the ones auto-labeling may label (no human or imported

@@ -267,7 +267,7 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
     only ``next --strategy verify`` batches answered by the oracle until ``budget`` human
     labels; after each batch, what ``autolabel`` would accept and how precise it truly is."""
     from .graph import build_knn_graph, normalize_rows
-    from .loop import choose
+    from .loop import choose, pending_region
     from .loop.predict import calibrated_predictions, embedding_head
     from .propagate import LabelPropagation, affinity_matrix
 
@@ -283,6 +283,7 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
                                          replace=False) for c in range(C) if (y_true == c).any()])
     checks: list[tuple[int, float, int]] = []
     records = []
+    last_region = 0.0
     while True:
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
@@ -297,9 +298,13 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
         if (rec["certified"] and stop_when_certified) or len(labeled) >= budget:
             break
         unl = np.setdiff1d(np.arange(n), labeled)
+        c_cov, _, c_corr, c_region = _checks_arrays(checks, y_true)
+        pending = pending_region(c_cov, c_region, c_corr, last_region, target_precision=target_precision) \
+            if last_region > rec["certified_coverage"] else 0.0
         ch = choose("verify", min(batch, budget - len(labeled)), labeled=labeled, unlabeled=unl, probabilities=P,
                     seed=seed + len(labeled), target_precision=target_precision,
-                    certified_coverage=rec["certified_coverage"])
+                    certified_coverage=rec["certified_coverage"], pending_coverage=pending)
+        last_region = float(ch.details.get("coverage", 0.0))
         if len(ch.rows) == 0:
             break
         checks += _draws(P, labeled, ch)

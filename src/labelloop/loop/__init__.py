@@ -17,6 +17,7 @@ from .certify import (
     certify,
     coverage_of,
     more_needed,
+    pending_region,
     verify_coverage,
     verify_sample,
 )
@@ -26,7 +27,7 @@ from .predict import Prediction, class_prior, mix_head, predict, random_prior
 
 __all__ = [
     "Calibrator", "apply_power", "expected_calibration_error", "fit_calibrator",
-    "Certificate", "candidate_threshold", "certify", "coverage_of", "more_needed", "verify_coverage",
+    "Certificate", "candidate_threshold", "certify", "coverage_of", "more_needed", "pending_region", "verify_coverage",
     "verify_sample",
     "Choice", "choose", "default_explore",
     "fold_ids", "heldout_proba", "heldout_propagation",

@@ -50,7 +50,7 @@ from ..autolabel import (
 )
 
 __all__ = ["candidate_threshold", "verify_sample", "certify", "Certificate", "more_needed",
-           "CANDIDATE_SAFETY", "coverage_of", "verify_coverage", "EXPAND"]
+           "CANDIDATE_SAFETY", "coverage_of", "verify_coverage", "pending_region", "EXPAND"]
 
 #: the candidate region's expected precision is 1 - (1 - target) / CANDIDATE_SAFETY: at target 0.95,
 #: 0.975. Measured with simulate.certify_loop on digits pixels, 5 labels per class then verify
@@ -76,18 +76,40 @@ def coverage_of(confidence: np.ndarray, eligible: np.ndarray) -> np.ndarray:
 
 
 def verify_coverage(confidence: np.ndarray, eligible: np.ndarray, *, target_precision: float = DEFAULT_TARGET,
-                    certified_coverage: float = 0.0) -> float:
-    """The coverage verify checks are drawn from: the calibration's candidate region, or the
-    certified one grown by EXPAND, whichever is larger (0 when there is nothing to check)."""
+                    certified_coverage: float = 0.0, pending: float = 0.0) -> float:
+    """The coverage verify checks are drawn from.
+
+    ``pending``: the region the last verify checks were drawn from, while it is not certified
+    yet and can still be (:func:`pending_region`): keep drawing there, since a check counts only
+    for regions no larger than its own and a region that moves with every recalibration would
+    never collect enough. Otherwise the calibration's candidate region, or the certified one
+    grown by EXPAND, whichever is larger (0 when there is nothing to check)."""
     conf = np.asarray(confidence, dtype=np.float64)
     eligible = np.asarray(eligible, bool)
     if not eligible.any():
         return 0.0
+    if pending > certified_coverage:
+        return float(pending)
     t = candidate_threshold(conf[eligible], target_precision=target_precision)
     cand = float((conf[eligible] >= t).mean()) if math.isfinite(t) else 0.0
     if certified_coverage > 0:
         cand = max(cand, min(1.0, certified_coverage + EXPAND))
     return cand
+
+
+def pending_region(check_coverage: np.ndarray, check_region: np.ndarray, check_correct: np.ndarray,
+                   last_region: float, *, target_precision: float = DEFAULT_TARGET,
+                   confidence_level: float = DEFAULT_LEVEL) -> float:
+    """``last_region`` (where the last verify checks were drawn) if more correct checks could
+    still certify it, else 0 (its checks already show too many errors: start afresh)."""
+    if last_region <= 0:
+        return 0.0
+    cov = np.asarray(check_coverage, dtype=np.float64)
+    pool = (cov <= last_region + 1e-12) & (np.asarray(check_region, dtype=np.float64) >= last_region - 1e-12)
+    corr = np.asarray(check_correct, dtype=bool)
+    need = more_needed(int(corr[pool].sum()), int(pool.sum()), target_precision=target_precision,
+                       confidence_level=confidence_level, cap=200)
+    return float(last_region) if need is not None else 0.0
 
 
 def candidate_threshold(confidence: np.ndarray, *, target_precision: float = DEFAULT_TARGET,

@@ -56,12 +56,14 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
            labels: np.ndarray | None = None, class_names: list[str] | None = None, seed: int = 0,
            explore: float | None = None, target_precision: float = DEFAULT_TARGET,
            verify_eligible: np.ndarray | None = None, certified_coverage: float = 0.0,
-           candidates: np.ndarray | None = None) -> Choice:
+           candidates: np.ndarray | None = None, pending_coverage: float = 0.0) -> Choice:
     """Choose ``n`` rows to label. ``labeled`` / ``unlabeled``: row indices; ``probabilities``:
     (n_items, C) calibrated predictions or None before the first refresh; ``labels``: the class
     of each ``labeled`` row. ``verify_eligible``: (n_items,) bool rows a verify check may draw
     (default: the unlabeled rows); ``certified_coverage``: the share auto-labeling has certified
-    so far (verify then draws from a region :data:`~labelloop.loop.certify.EXPAND` larger).
+    so far (verify then draws from a region :data:`~labelloop.loop.certify.EXPAND` larger);
+    ``pending_coverage``: the region the last checks came from, kept until it is certified
+    (:func:`~labelloop.loop.certify.verify_coverage`).
     ``candidates``: the rows of ``unlabeled`` the strategy ranks (a bounded sample keeps a
     long-running server's ranking fast); the random share is still drawn from all of
     ``unlabeled``, so it stays an unbiased sample."""
@@ -77,7 +79,7 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
             verify_eligible = np.zeros(len(conf), bool)
             verify_eligible[unlabeled] = True
         cov = verify_coverage(conf, verify_eligible, target_precision=target_precision,
-                              certified_coverage=certified_coverage)
+                              certified_coverage=certified_coverage, pending=pending_coverage)
         reason = "random check of the {share:.0%} most confident machine labels: certifies auto-labeling"
         if cov <= 0 and verify_eligible.any():
             # no region is expected to reach the target yet: check the most confident quarter,
