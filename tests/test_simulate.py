@@ -172,3 +172,17 @@ def test_diagnose_says_when_predictions_and_label_shares_disagree(loop_project):
     d = p.diagnose()
     assert d["imbalance"]["class"] == "sport" and d["imbalance"]["predicted_share"] > 2 * d["imbalance"]["label_share"]
     assert "labelloop next --strategy random" in d["summary"]
+
+
+def test_learning_curve_and_estimate_card_agree(loop_project):
+    from labelloop.web.dashboard import learning_curve
+
+    p, truth = loop_project
+    items = list(truth.items())
+    p.label(items[::5], create_classes=True)
+    p.refresh()
+    p.label(items[1::5])
+    p.refresh()
+    curve = learning_curve(p)
+    assert len(curve) == 2 and all(pt["estimated_accuracy"] is not None for pt in curve)
+    assert curve[-1]["estimated_accuracy"] == p.status()["estimate"]["accuracy"]

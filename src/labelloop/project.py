@@ -460,6 +460,9 @@ class Project:
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
                        head_weight=head_weight,
                        ece_heldout=_nan_none(pred.heldout_ece(y_h)))
+        # the whole-dataset estimate as `status` computes it for these predictions, so the
+        # dashboard's learning curve and its estimate card tell the same story
+        summary["estimated_accuracy"] = self._estimate_from(P, pred, y >= 0, y_h)["accuracy"]
         self.store.finish_run(run, summary)
         self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict())
         return summary | {"run": run}
@@ -804,24 +807,37 @@ class Project:
     def estimate(self) -> dict | None:
         """Estimated accuracy of the whole dataset's labels (human + machine + predicted) if
         exported now, from the calibrated confidences (:mod:`labelloop.loop.estimate`)."""
-        from .loop.calibrate import prediction_weights
-        from .loop.estimate import estimate_dataset_accuracy
-
-        ids = self.item_ids()
+        ids = self.store.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             return None
         conf, cpred, correct, truth = self._heldout(pred)
-        target = self._target()
         machine = self.store.latest_labels("machine")
-        machine_mask = np.isin(ids, np.fromiter(machine, dtype=np.int64, count=len(machine)))   # (n,)
+        row = {int(i): r for r, i in enumerate(ids)}
+        machine_mask = np.zeros(len(ids), dtype=bool)
+        machine_mask[[row[i] for i in machine if i in row]] = True
         human = self.label_vector(ids, sources=("human", "import")) >= 0
-        w = prediction_weights(truth, pred.label, len(pred.classes)) if len(conf) else None
-        est = estimate_dataset_accuracy(pred.confidence, human, conf, correct, heldout_weights=w)
+        est = self._estimate_from(pred.proba, None, human, None, heldout=(conf, correct, truth))
+        return est | {"machine": int(machine_mask.sum()), "needs_person": int((~human & ~machine_mask).sum()),
+                      "target": self._target()}
+
+    def _estimate_from(self, P: np.ndarray, pred, human: np.ndarray, y_h, *, heldout=None) -> dict:
+        """The dataset estimate for predictions ``P`` and the held-out human labels (from a
+        fresh ``loop.Prediction`` ``pred`` and ``y_h``, or ``heldout`` = (confidence, correct,
+        true labels) as stored with a refresh)."""
+        from .loop.calibrate import prediction_weights
+        from .loop.estimate import estimate_dataset_accuracy
+
+        if heldout is None:
+            t = y_h[pred.heldout_rows]
+            Q = pred.heldout_proba
+            heldout = (Q.max(1), Q.argmax(1) == t, t) if len(t) else (np.zeros(0), np.zeros(0, bool), t)
+        conf, correct, truth = heldout
+        label = P.argmax(1)
+        w = prediction_weights(truth, label, P.shape[1]) if len(conf) else None
+        est = estimate_dataset_accuracy(P.max(1), human, conf, correct, heldout_weights=w)
         return {"accuracy": round(est.accuracy, 4), "lower": round(est.lower, 4), "upper": round(est.upper, 4),
-                "human_or_import": est.n_human, "machine": int(machine_mask.sum()),
-                "needs_person": int((~human & ~machine_mask).sum()), "target": target,
-                "calibration_gap": _nan_none(est.calibration_gap)}
+                "human_or_import": est.n_human, "calibration_gap": _nan_none(est.calibration_gap)}
 
     def stopping(self, estimate: dict | None, *, window: int = 3, max_changed: float = 0.005) -> dict:
         """Whether more labels are unlikely to change the outcome: predictions stable over the
