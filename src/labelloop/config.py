@@ -63,7 +63,8 @@ SETTINGS: dict[str, Setting] = {
                            "votes) or 'dawid-skene' (each rule an annotator, EM): majority was far more "
                            "accurate on keyword rules (benchmarks/results/rules.md)"),
     "class_prior": Setting("labels", str, "class-mass normalisation of the propagated labels: 'labels' (class "
-                           "shares among the labels), 'estimated' (pulled toward the shares the graph "
+                           "shares among 30+ labels drawn at random by `next`, else among the labels no "
+                           "query strategy chose), 'estimated' (pulled toward the shares the graph "
                            "predicts: much better on imbalanced texts, can flip on hub-like data), or "
                            "'none' (benchmarks/results/robustness.md)"),
     "target_precision": Setting(0.95, float, "precision auto-labeling must certify (DESIGN.md: e.g. 95 %); "
@@ -74,7 +75,7 @@ SETTINGS: dict[str, Setting] = {
     "batch_size": Setting(0, int, "embedding batch size; 0 = the backbone's own default"),
     "head_weight": Setting("auto", "weight",
                            "weight of a classifier head on the embeddings (prototypes up to 5 labels "
-                           "per class, then linear) averaged into the propagated predictions: 'auto' "
+                           "per class, then logistic regression) averaged into the propagated predictions: 'auto' "
                            "= 0.5 where that gets clearly more held-out human labels right at refresh, "
                            "else 0; a number in [0, 1] fixes it (it helped on weak text features and "
                            "EfficientNet features from 5-10 labels per class, not on digits pixels: "
