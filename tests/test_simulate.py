@@ -186,3 +186,12 @@ def test_learning_curve_and_estimate_card_agree(loop_project):
     curve = learning_curve(p)
     assert len(curve) == 2 and all(pt["estimated_accuracy"] is not None for pt in curve)
     assert curve[-1]["estimated_accuracy"] == p.status()["estimate"]["accuracy"]
+
+
+def test_class_prior_estimated_is_used_until_random_draws_measure_the_shares(loop_project):
+    p, truth = loop_project
+    items = list(truth.items())
+    p.label(items[:3] + items[25:26] + items[50:51], create_classes=True)
+    p.set_setting("class_prior", "estimated")
+    s = p.refresh()
+    assert s["class_prior_source"] == "estimated" and s["class_prior"] is None

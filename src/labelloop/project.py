@@ -410,6 +410,8 @@ class Project:
 
                 fit_y, weight = seed_with_rules(y, weight, rules, self.setting("rule_trust"))
         prior, prior_source = self._class_prior(ids, len(classes)) if self._class_mass() else (None, "none")
+        if self._class_mass() == "estimated" and prior_source != "random":
+            prior, prior_source = None, "estimated"  # the graph's estimate, until random draws measure it
         if warm:
             self._lp.class_prior = prior
             self._lp.update(fit_y, n_iter=self.setting("warm_iter"), sample_weight=weight)
