@@ -22,7 +22,7 @@ from .certify import (
     verify_sample,
 )
 from .choose import Choice, choose, default_explore
-from .heldout import fold_ids, heldout_proba, heldout_propagation
+from .heldout import fold_ids, heldout_proba
 from .predict import Prediction, class_prior, mix_head, predict, random_prior
 
 __all__ = [
@@ -30,6 +30,6 @@ __all__ = [
     "Certificate", "candidate_threshold", "certify", "coverage_of", "more_needed", "pending_region", "verify_coverage",
     "verify_sample",
     "Choice", "choose", "default_explore",
-    "fold_ids", "heldout_proba", "heldout_propagation",
+    "fold_ids", "heldout_proba",
     "Prediction", "class_prior", "mix_head", "predict", "random_prior",
 ]

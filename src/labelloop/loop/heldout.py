@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["fold_ids", "heldout_proba", "heldout_propagation"]
+__all__ = ["fold_ids", "heldout_proba"]
 
 
 def fold_ids(labels: np.ndarray, n_folds: int = 5, *, seed: int = 0, keep_one_per_class: bool = False) -> np.ndarray:
@@ -69,20 +69,3 @@ def heldout_proba(y: np.ndarray, labeled: np.ndarray, n_classes: int,
     if not rows:
         return labeled[:0], np.zeros((0, n_classes), np.float32)
     return np.concatenate(rows), np.concatenate(parts)
-
-
-def heldout_propagation(S, y: np.ndarray, labeled: np.ndarray, n_classes: int, *, n_iter: int | None = 100,
-                        sample_weight: np.ndarray | None = None, folds: int = 5,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`heldout_proba` of label propagation on the affinity ``S`` (the same estimator
-    settings as a refresh). Scoring an item by its neighbours' votes after a fit that clamped it
-    is not held out: its own label flows back through them (on weak features that made
-    accepted labels 0.6 precise against a 0.95 target)."""
-    from ..propagate import LabelPropagation
-
-    def fit_predict(y_f, rows):
-        w = None if sample_weight is None else np.where(y_f >= 0, sample_weight, 0.0)
-        lp = LabelPropagation(n_iter=n_iter).fit(S, y_f, n_classes=n_classes, sample_weight=w)
-        return lp.label_distributions_[rows]
-
-    return heldout_proba(y, labeled, n_classes, fit_predict, folds=folds, seed=seed)
