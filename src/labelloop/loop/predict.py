@@ -89,32 +89,23 @@ class Prediction:
 
 def heldout_predictions(y_human: np.ndarray, n_classes: int,
                         propagate: Callable[[np.ndarray], np.ndarray],
-                        head: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                        head_weight: float = 0.0, *, seed: int = 0, score: np.ndarray | None = None,
-                        split: bool = False):
-    """(rows, (m, C)) uncalibrated held-out distributions of the human labels (of the rows where
-    ``score`` (n,) bool is True, if given: e.g. only labels no query strategy chose).
+                        head: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, *,
+                        seed: int = 0, score: np.ndarray | None = None):
+    """``(rows, Q_propagation, Q_head)``: uncalibrated held-out distributions (m, C) of the human
+    labels (of the rows where ``score`` (n,) bool is True, if given: e.g. only labels no query
+    strategy chose), from the propagation and from the head (None without ``head``).
 
     ``propagate(y_hidden)``: (n, C) propagation with those human labels hidden (-1);
-    ``head(y_hidden, rows)``: (m, C) head probabilities of ``rows`` fitted without them.
-    ``split``: return ``(rows, Q_propagation, Q_head)`` instead (Q_head None without ``head``),
-    for :func:`choose_head_weight`."""
+    ``head(y_hidden, rows)``: (m, C) head probabilities of ``rows`` fitted without them."""
     labeled = np.flatnonzero((y_human >= 0) if score is None else (y_human >= 0) & score)
     heads: list[np.ndarray] = []
 
     def fit_predict(y_f, rows):
-        P = propagate(y_f)[rows]
-        if head is not None and (split or head_weight > 0):
-            H = head(y_f, rows)
-            if split:
-                heads.append(np.asarray(H, np.float32))
-                return P
-            P = mix_head(P, H, head_weight)
-        return P
+        if head is not None:
+            heads.append(np.asarray(head(y_f, rows), np.float32))
+        return propagate(y_f)[rows]
 
     rows, Q = heldout_proba(y_human, labeled, n_classes, fit_predict, seed=seed)
-    if not split:
-        return rows, Q
     return rows, Q, (np.concatenate(heads) if heads else None)
 
 
@@ -198,7 +189,7 @@ def calibrated_predictions(P: np.ndarray, H: np.ndarray | None, reached: np.ndar
     C = P.shape[1]
     use_head = H is not None and head is not None and head_weight != 0
     rows, Q_prop, Q_head = heldout_predictions(y_human, C, propagate, head if use_head else None,
-                                               score=score, split=True, seed=seed)
+                                               score=score, seed=seed)
     if not use_head:
         hw = 0.0
     elif head_weight == "auto":
