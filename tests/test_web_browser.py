@@ -362,7 +362,8 @@ def test_fifteen_classes_by_keyboard_guidelines_and_review_keys(browser, served1
     page.keyboard.press("Enter")
     assert _wait_until(lambda: _last_label(path, "rita") == [(tile_ids[2], "cat")])
     assert not page.is_visible("#picker")
-    assert page.locator(".tile.done").count() == 2
+    # the server commits before the page hears back: wait for the page, not the database
+    page.wait_for_function("document.querySelectorAll('.tile.done').length === 2", timeout=5000)
     page.keyboard.press("Shift+A")
     page.wait_for_selector(".flash")
     assert "6 labels are now human-verified" in page.inner_text(".flash")

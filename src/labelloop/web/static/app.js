@@ -386,7 +386,9 @@
     const filterEl = document.getElementById("picker-filter");
     let at = -1, fixing = null;
 
-    const open = () => tiles.filter((t) => !t.classList.contains("done"));
+    // a tile is settled once saved, and busy while its save is on the way: neither is decided twice
+    const closed = (t) => t.classList.contains("done") || t.classList.contains("busy");
+    const open = () => tiles.filter((t) => !closed(t));
     const itemOf = (t) => Number(t.querySelector("input.pick").value);
 
     function focusTile(i) {
@@ -397,7 +399,7 @@
     }
 
     function nextOpen() {
-      const rest = tiles.slice(at + 1).concat(tiles.slice(0, at)).filter((t) => !t.classList.contains("done"));
+      const rest = tiles.slice(at + 1).concat(tiles.slice(0, at)).filter((t) => !closed(t));
       if (rest.length) focusTile(tiles.indexOf(rest[0]));
     }
 
@@ -412,6 +414,7 @@
 
     async function decide(list, how) {
       const decisions = list.map((t) => ({ item: itemOf(t), label: t.querySelector("select").value }));
+      list.forEach((t) => t.classList.add("busy"));
       try {
         const out = await api("POST", "/api/review", { items: decisions, key: newKey() });
         list.forEach((t, j) => settle(t, decisions[j].label, how));
@@ -419,12 +422,14 @@
       } catch (err) {
         toast(`Not saved: ${err.message}`, true);
         return null;
+      } finally {
+        list.forEach((t) => t.classList.remove("busy"));
       }
     }
 
     async function acceptCurrent() {
       const t = tiles[at];
-      if (!t || t.classList.contains("done")) return;
+      if (!t || closed(t)) return;
       if (await decide([t], "✓") !== null) { toast(`Accepted: ${t.querySelector("select").value}`); nextOpen(); }
     }
 
@@ -437,7 +442,7 @@
 
     function startFix() {
       const t = tiles[at];
-      if (!t || t.classList.contains("done")) return;
+      if (!t || closed(t)) return;
       fixing = t;
       document.getElementById("picker-title").textContent =
         `Fix item ${itemOf(t)} (now ${t.querySelector("select").value}): type to find a class`;
