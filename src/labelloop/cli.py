@@ -93,8 +93,13 @@ def init(project: Path, modality: str, classes: str) -> None:
 
 @cli.command("import")
 @project_option
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--labels-from-folders", is_flag=True, help="Images: class subfolders are labels.")
+@click.argument("source", type=click.Path(path_type=Path), required=False)
+@click.option("--labels-from-folders", is_flag=True, help="Images: class subfolders are labels (an ImageFolder tree).")
+@click.option("--annotations", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Images: a COCO JSON file; its image-level classes become labels of the images it names.")
+@click.option("--labelstudio", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A Label Studio JSON export: its annotations' choices become labels (images: of the images "
+                   "under SOURCE; texts: the tasks are the texts, no SOURCE).")
 @click.option("--text-column", default="text", show_default=True, help="Texts: column / field with the text.")
 @click.option("--label-column", default=None, help="Texts: column with existing (possibly noisy) labels.")
 @click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
@@ -104,12 +109,21 @@ def init(project: Path, modality: str, classes: str) -> None:
               help="SOURCE is a CSV of gold-standard labels (columns item,label; text projects also text,label) "
                    "used to benchmark annotators.")
 @json_option
-def import_cmd(project, source, labels_from_folders, text_column, label_column, id_column, fmt, encoding, as_gold,
-               as_json):
-    """Import a folder of images or a CSV / JSONL of texts. Exit code 1 if anything was skipped
-    or a warning was given (e.g. --labels-from-folders found no class subfolders)."""
+def import_cmd(project, source, labels_from_folders, annotations, labelstudio, text_column, label_column, id_column,
+               fmt, encoding, as_gold, as_json):
+    """Import a folder of images or a CSV / JSONL of texts, with labels from class subfolders,
+    a column, a COCO file or a Label Studio export. Imported labels are `import` labels (soft
+    evidence when `config import_trust` is below 1). Boxes (COCO bboxes, Label Studio
+    rectangles) are not imported, this project labels whole images: convert boxes with the
+    Python package labelloop.formats (COCO, YOLO, Pascal VOC, Label Studio). Exit code 1 if
+    anything was skipped or a warning was given (e.g. --labels-from-folders found no class
+    subfolders)."""
+    if annotations is not None and labelstudio is not None:
+        raise click.UsageError("give one annotation file: --annotations (COCO) or --labelstudio")
     with _open(project) as p:
         if as_gold:
+            if source is None:
+                raise click.UsageError("--as-gold needs SOURCE, the CSV of gold labels")
             report = p.import_gold(source, text_column=text_column, label_column=label_column or "label")
             if as_json:
                 _echo_json(report.to_dict())
@@ -119,7 +133,9 @@ def import_cmd(project, source, labels_from_folders, text_column, label_column, 
                 _print_skipped(report.skipped)
             sys.exit(0 if report.ok else EXIT_SKIPPED)
         report = p.import_(source, labels_from_folders=labels_from_folders, text_column=text_column,
-                           label_column=label_column, id_column=id_column, fmt=fmt, encoding=encoding)
+                           label_column=label_column, id_column=id_column, fmt=fmt, encoding=encoding,
+                           annotations=annotations or labelstudio,
+                           annotation_format="labelstudio" if labelstudio is not None else "coco")
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -527,13 +543,25 @@ def simulate(dataset, strategies, budget, step, seeds, backbone, n_items, baseli
 
 @cli.command()
 @project_option
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def export(project, fmt, out):
-    """Write one row per item with its current best label."""
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "coco", "labelstudio", "imagefolder", "hf"]),
+              default="csv", show_default=True,
+              help="csv / jsonl: one row per item. coco (images), labelstudio: a JSON file; human and import "
+                   "labels as annotations, the rest as predictions with their confidence. imagefolder (images): "
+                   "a new folder class/file of the labeled images. hf: a new Hugging Face datasets folder "
+                   "(save_to_disk) with a ClassLabel column.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="A file (csv, jsonl, coco, labelstudio) or a folder that does not exist yet (imagefolder, hf).")
+@click.option("--image-url-prefix", default="", help="labelstudio: put before each image path, e.g. "
+              "'/data/local-files/?d=photos/' for Label Studio local storage.")
+def export(project, fmt, out, image_url_prefix):
+    """Write the current labels: a person's, else an import's, else an accepted machine label;
+    csv / jsonl also the predictions of the other items. Boxes are not exported: this project
+    labels whole images (convert boxes with the Python package labelloop.formats)."""
     with _open(project) as p:
-        path = p.export(out, format=fmt)
-    click.echo(f"wrote {path}")
+        if fmt in ("csv", "jsonl"):
+            click.echo(f"wrote {p.export(out, format=fmt)}")
+        else:
+            click.echo(p.export_dataset(out, format=fmt, image_url_prefix=image_url_prefix).summary())
 
 
 @cli.command()

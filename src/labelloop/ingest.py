@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ValidationError
-from .store import Store
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+from .formats.imagefolder import IMAGE_EXTENSIONS
+from .formats.match import match_paths
+from .formats.model import Collection
+from .store import Store, validate_class_name
 TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 MAX_IMAGE_PIXELS = 200_000_000  # Pillow refuses larger as a decompression bomb
 
@@ -56,6 +57,7 @@ class ImportReport(Report):
     unchanged: int = 0        # already in the project (same content): nothing added
     labeled: int = 0          # import labels appended
     warnings: list[str] = field(default_factory=list)  # about the whole import, said once
+    notes: list[str] = field(default_factory=list)     # said once, nothing lost (exit code 0)
 
     @property
     def ok(self) -> bool:
@@ -66,7 +68,7 @@ class ImportReport(Report):
              f"{self.labeled} labels imported, {len(self.skipped)} skipped")
         if self.classes_added:
             s += f"; new classes: {', '.join(self.classes_added)}"
-        return s
+        return "\n".join([s, *self.notes])
 
 
 def content_hash(data: bytes | str) -> str:
@@ -132,9 +134,14 @@ def _apply(store: Store, report: ImportReport, rows: list[dict]) -> None:
     report.labeled += len(new)
 
 
-def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool = False) -> ImportReport:
+def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool = False,
+                  annotations: Collection | None = None, annotations_name: str = "") -> ImportReport:
     """Import every image under ``folder`` (recursively). With ``labels_from_folders`` the
-    first-level subfolder an image lies in is its (import) label."""
+    first-level subfolder an image lies in is its (import) label; with ``annotations`` (read
+    from the file ``annotations_name`` by :mod:`labelloop.formats`) a record's one class is the
+    (import) label of the image it names (:func:`labelloop.formats.match_paths`)."""
+    if labels_from_folders and annotations is not None:
+        raise ValidationError("give one source of labels: --labels-from-folders or an annotation file")
     root = Path(folder).expanduser()
     if not root.exists():
         raise ValidationError(f"{root} does not exist: give a folder of images")
@@ -145,6 +152,7 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
         if not files:
             raise ValidationError(f"{root} has no files: give a folder of images")
     report = ImportReport(source=str(root))
+    label_of = _annotation_labels(annotations, annotations_name, files, root, report) if annotations else {}
     seen_hash: dict[str, str] = {}
     known_ext = store.existing_external_ids(p.relative_to(root).as_posix() for p in files)
     rows: list[dict] = []
@@ -171,7 +179,7 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
             report.skipped.append(Skipped(rel, reason))
             continue
         seen_hash[h] = rel
-        label = None
+        label = label_of.get(rel)
         if labels_from_folders:
             parts = rel.split("/")
             label = parts[0] if len(parts) > 1 else None
@@ -198,6 +206,88 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
             report.warnings.append(
                 f"{flat} images lie directly in {root}, not in a class subfolder: imported without a label")
     _apply(store, report, kept)
+    return report
+
+
+def _annotation_labels(coll: Collection, name: str, files: list[Path], root: Path,
+                       report: ImportReport) -> dict[str, str]:
+    """relative path -> class of the image records that name one file under ``root``; what
+    cannot become a label is in ``report`` (skipped records, warnings, notes)."""
+    texts = sum(r.path is None for r in coll.records)
+    if texts:
+        raise ValidationError(f"{name} holds {texts} text tasks; this is an image project: import them into a "
+                              "text project (labelloop init --modality text)")
+    rels = [p.relative_to(root).as_posix() for p in files]
+    matched, unmatched = match_paths(coll.records, rels)
+    for rec, why in unmatched:
+        report.skipped.append(Skipped(f"{name}: {rec.name}", why))
+    out: dict[str, str] = {}
+    for rel, rec in matched.items():
+        if len(rec.labels) > 1:
+            report.skipped.append(Skipped(f"{name}: {rec.name}", f"{len(rec.labels)} classes ({', '.join(rec.labels)}); "
+                                          "this project labels one class per item: the image was imported without one"))
+        elif rec.labels:
+            out[rel] = rec.labels[0]
+    _say_what_was_not_taken(coll, name, report)
+    return out
+
+
+def check_class_names(coll: Collection, name: str) -> None:
+    """Every class a collection's records use is a valid class name: call it before an import
+    starts, so a bad name stores nothing."""
+    for r in coll.records:
+        for label in r.labels:
+            try:
+                validate_class_name(label)
+            except ValidationError as exc:
+                raise ValidationError(f"{name}: {r.name}: {exc}") from None
+
+
+def _say_what_was_not_taken(coll: Collection, name: str, report: ImportReport) -> None:
+    boxes = sum(len(r.boxes) for r in coll.records)
+    if boxes:
+        report.warnings.append(
+            f"{name}: {boxes} boxes on {sum(bool(r.boxes) for r in coll.records)} images were not imported: "
+            "this project labels whole images (convert boxes with labelloop.formats; image-level classes were imported)")
+    report.warnings += coll.notes
+    predicted = sum(bool(r.predicted or r.predicted_boxes) for r in coll.records)
+    if predicted:
+        report.notes.append(f"{name}: the predictions of {predicted} records were not imported (a model's "
+                            "guesses; labelloop makes its own): only annotations become import labels")
+
+
+def import_texts(store: Store, coll: Collection, *, name: str) -> ImportReport:
+    """Import the text records of a collection (read from the file ``name``), their one class
+    as an (import) label; the record's ``meta`` is the item's metadata."""
+    images = sum(r.text is None for r in coll.records)
+    if images:
+        raise ValidationError(f"{name} holds {images} image tasks; this is a text project: import them into an "
+                              "image project with the image folder (labelloop import -p P ./images --labelstudio ...)")
+    report = ImportReport(source=name)
+    rows, seen = [], {}
+    for n, r in enumerate(coll.records, start=1):
+        where = f"{name}: task {n}"
+        text = (r.text or "").strip()
+        if not text:
+            report.skipped.append(Skipped(where, "empty text"))
+            continue
+        h = content_hash(text)
+        if h in seen:
+            report.skipped.append(Skipped(where, f"same text as task {seen[h]} (duplicate)"))
+            continue
+        seen[h] = n
+        label = None
+        if len(r.labels) > 1:
+            report.skipped.append(Skipped(where, f"{len(r.labels)} classes ({', '.join(r.labels)}); this project labels "
+                                                 "one class per item: the text was imported without one"))
+        elif r.labels:
+            label = r.labels[0]
+        rows.append(dict(content_hash=h, modality="text", external_id=None, uri=None, text=text,
+                         label=label, where=where, meta=r.meta))
+    if not coll.records:
+        raise ValidationError(f"{name} has no tasks: nothing to import")
+    _say_what_was_not_taken(coll, name, report)
+    _apply(store, report, rows)
     return report
 
 

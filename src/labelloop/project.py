@@ -16,18 +16,45 @@ import numpy as np
 
 from . import config
 from .errors import NotReadyError, ProjectError, UnknownItemError, ValidationError
-from .ingest import ImportReport, Report, Skipped, import_images, import_table
+from .ingest import (ImportReport, Report, Skipped, check_class_names, import_images, import_table,
+                     import_texts)
 from .store import Store
 
 MODALITIES = ("image", "text")
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
-EXPORT_FORMATS = ("csv", "jsonl")
+EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
+DATASET_FORMATS = ("coco", "labelstudio", "imagefolder", "hf")   # labelloop.formats
+ANNOTATION_FORMATS = ("coco", "labelstudio")   # annotation files `import` reads labels from
 LABEL_SOURCES = ("human", "import", "machine")  # an item's current label: the first source that has one
 
 
 @dataclass(kw_only=True)
 class LabelReport(Report):
     appended: int = 0
+
+
+@dataclass(kw_only=True)
+class ExportReport:
+    """What :meth:`Project.export_dataset` wrote."""
+
+    path: Path
+    format: str
+    items: int
+    labeled: int       # records with a label (annotations; ImageFolder: the folders)
+    predicted: int     # records with only a prediction (COCO / Label Studio / HF)
+    extra: list[Path]  # files written beside ``path`` (Label Studio's labeling configuration)
+
+    def summary(self) -> str:
+        if self.format == "imagefolder":
+            s = (f"wrote {self.path}: {self.labeled} images in class folders; {self.items - self.labeled} items "
+                 "without a current label were not written (export --format csv lists the predictions)")
+        else:
+            s = (f"wrote {self.path}: {self.items} items, {self.labeled} with a label, "
+                 f"{self.predicted} with only a prediction (and its confidence)")
+        for p in self.extra:
+            s += (f"\nwrote {p}: the labeling configuration these tasks match; paste it into the Label Studio "
+                  "project's Labeling Interface before importing the tasks")
+        return s
 
 
 @dataclass
@@ -106,21 +133,37 @@ class Project:
         return self.store.add_classes(names)
 
     # -------------------------------------------------------------------- ingest
-    def import_(self, source: str | Path, *, labels_from_folders: bool = False, text_column: str = "text",
-                label_column: str | None = None, id_column: str | None = None,
-                fmt: str | None = None, encoding: str | None = None) -> ImportReport:
+    def import_(self, source: str | Path | None = None, *, labels_from_folders: bool = False,
+                text_column: str = "text", label_column: str | None = None, id_column: str | None = None,
+                fmt: str | None = None, encoding: str | None = None, annotations: str | Path | None = None,
+                annotation_format: str = "coco") -> ImportReport:
         """Import a folder of images or a CSV / JSONL of texts (by the project's modality).
         ``encoding``: of a text file (default UTF-8). Whole-import problems (no class
-        subfolders, a file in another encoding) are in the report's ``warnings``."""
+        subfolders, a file in another encoding) are in the report's ``warnings``.
+
+        ``annotations``: a COCO or Label Studio JSON file (``annotation_format``) whose
+        image-level classes become import labels of the images under ``source`` that its
+        records name; a text project takes its texts from Label Studio tasks (no ``source``).
+        The file is read and checked before anything is stored."""
         if encoding is not None and self.modality == "image":
             raise ValidationError("--encoding is for CSV / JSONL files of texts; this is an image project")
-        params = dict(source=str(source), labels_from_folders=labels_from_folders,
+        coll = None
+        if annotations is not None:
+            coll = self._read_annotations(source, annotations, annotation_format)
+        elif source is None:
+            raise ValidationError("give what to import: a folder of images, a CSV / JSONL file of texts, "
+                                  "or (text projects) --labelstudio tasks.json")
+        params = dict(source=None if source is None else str(source), labels_from_folders=labels_from_folders,
                       text_column=text_column, label_column=label_column, id_column=id_column,
-                      encoding=encoding)
+                      encoding=encoding, annotations=None if annotations is None else str(annotations),
+                      annotation_format=annotation_format if annotations is not None else None)
         run = self.store.start_run("import", params)
         try:
             if self.modality == "image":
-                report = import_images(self.store, source, labels_from_folders=labels_from_folders)
+                report = import_images(self.store, source, labels_from_folders=labels_from_folders,
+                                       annotations=coll, annotations_name=Path(annotations or "").name)
+            elif coll is not None:
+                report = import_texts(self.store, coll, name=Path(annotations).name)
             else:
                 report = import_table(self.store, source, text_column=text_column, label_column=label_column,
                                       id_column=id_column, fmt=fmt, encoding=encoding or "utf-8")
@@ -130,6 +173,27 @@ class Project:
         self.store.finish_run(run, {k: v for k, v in report.to_dict().items() if k != "skipped"}
                               | {"skipped": len(report.skipped)})
         return report
+
+    def _read_annotations(self, source, annotations: str | Path, annotation_format: str):
+        from . import formats
+
+        if annotation_format not in ANNOTATION_FORMATS:
+            raise ValidationError(f"annotation format must be one of {', '.join(ANNOTATION_FORMATS)}, "
+                                  f"not {annotation_format!r}")
+        if self.modality == "image" and source is None:
+            raise ValidationError("give the folder of images the annotation file describes: "
+                                  f"labelloop import -p PROJECT ./images --{'annotations' if annotation_format == 'coco' else 'labelstudio'} FILE")
+        if self.modality == "text":
+            if annotation_format != "labelstudio":
+                raise ValidationError("COCO annotations describe images; this is a text project "
+                                      "(texts come as CSV / JSONL, or as Label Studio tasks with --labelstudio)")
+            if source is not None:
+                raise ValidationError("the Label Studio tasks hold the texts: drop SOURCE "
+                                      "(labelloop import -p PROJECT --labelstudio tasks.json)")
+        read = formats.read_coco if annotation_format == "coco" else formats.read_labelstudio
+        coll = read(annotations)
+        check_class_names(coll, Path(annotations).name)
+        return coll
 
     # --------------------------------------------------------------------- embed
     def backbone(self, backbone_id: str | None = None, **options):
@@ -1327,8 +1391,13 @@ class Project:
         return out
 
     def export(self, out: str | Path, *, format: str = "csv") -> Path:
+        """Write the current labels to ``out``: one row per item (csv, jsonl) or a dataset in
+        an interchange format (:meth:`export_dataset`)."""
+        if format in DATASET_FORMATS:
+            return self.export_dataset(out, format=format).path
         if format not in EXPORT_FORMATS:
-            raise ValidationError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
+            raise ValidationError(f"export format must be one of {', '.join(EXPORT_FORMATS + DATASET_FORMATS)}, "
+                                  f"not {format!r}")
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
@@ -1346,6 +1415,71 @@ class Project:
         tmp.replace(out)
         return out
 
+    def export_dataset(self, out: str | Path, *, format: str, image_url_prefix: str = "") -> "ExportReport":
+        """Write the current labels in an interchange format (:mod:`labelloop.formats`):
+
+        - ``coco`` (a JSON file; images) and ``labelstudio`` (a JSON file of tasks, plus the
+          matching labeling configuration beside it): human and import labels as annotations,
+          accepted machine labels and the other items' predictions as predictions with their
+          calibrated confidence as ``score``;
+        - ``imagefolder`` (a new folder ``class/file``; images): every item with a current
+          label (human, import or accepted machine), copied; the others are not written;
+        - ``hf`` (a new folder, ``datasets.save_to_disk``): every item, ``label`` its current
+          label (-1 none), ``predicted`` / ``score`` the prediction of the others, and the
+          columns ``item``, ``external_id``, ``source``, ``confidence``.
+
+        Each record carries the item id (COCO image field / Label Studio data key
+        ``labelloop_item``, HF column ``item``) and where its label came from."""
+        from . import formats
+
+        if format not in DATASET_FORMATS:
+            raise ValidationError(f"dataset format must be one of {', '.join(DATASET_FORMATS)}, not {format!r}")
+        if self.modality == "text" and format in ("coco", "imagefolder"):
+            raise ValidationError(f"{format} holds images; a text project exports csv, jsonl, labelstudio or hf")
+        out = Path(out).expanduser()
+        images = self.modality == "image"
+        accepted = ("human", "import", "machine") if format in ("imagefolder", "hf") else ("human", "import")
+        files: dict[str, Path] = {}
+        records = []
+        for row in self.rows():
+            rec = formats.Record()
+            if images:
+                rec.path = row["external_id"] or Path(row["source_path"]).name
+                files[rec.path] = Path(row["source_path"])
+            else:
+                rec.text = row["text"]
+            label, source = row["label"], row["source"]
+            if label is not None and source in accepted:
+                rec.labels = [label]
+            elif label is not None:
+                rec.predicted, rec.score = [label], row["confidence"]
+            if format == "hf":
+                rec.meta = {"item": row["item"], "external_id": row["external_id"], "source": source,
+                            "confidence": row["confidence"]}
+            else:
+                rec.meta = {"labelloop_item": row["item"], "labelloop_source": source}
+            records.append(rec)
+        if not records:
+            raise NotReadyError("the project has no items yet: run `labelloop import` first")
+        if format == "coco":
+            for rec in records:
+                rec.width, rec.height = formats.image_size(files[rec.path]) or (None, None)
+        coll = formats.Collection(self.classes, records)
+        extra: list[Path] = []
+        if format == "coco":
+            formats.write_coco(coll, out)
+        elif format == "labelstudio":
+            formats.write_labelstudio(coll, out, image_url_prefix=image_url_prefix)
+            config_path = out.with_name(out.stem + ".label_config.xml")
+            formats.write_text_atomic(config_path, formats.labelstudio_config(self.classes, modality=self.modality))
+            extra.append(config_path)
+        elif format == "imagefolder":
+            formats.write_imagefolder(coll, out, images_root=files)
+        else:
+            formats.write_hf(coll, out, images_root=files if images else None)
+        return ExportReport(path=out, format=format, items=len(records),
+                            labeled=sum(bool(r.labels) for r in records),
+                            predicted=sum(bool(r.predicted) for r in records), extra=extra)
 
     # ---- used by the web app (and cached for long-running servers)
     def item_ids(self) -> np.ndarray:

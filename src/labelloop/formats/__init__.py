@@ -12,7 +12,7 @@ from .hf import read_hf, write_hf
 from .imagefolder import IMAGE_EXTENSIONS, read_imagefolder, write_imagefolder
 from .labelstudio import labelstudio_config, read_labelstudio, write_labelstudio
 from .match import match_paths
-from .model import Box, Collection, Record, image_size
+from .model import Box, Collection, Record, image_size, write_text_atomic
 from .voc import read_voc, write_voc
 from .yolo import read_yolo, write_yolo
 
@@ -34,6 +34,7 @@ __all__ = [
     "write_hf",
     "write_imagefolder",
     "write_labelstudio",
+    "write_text_atomic",
     "write_voc",
     "write_yolo",
 ]

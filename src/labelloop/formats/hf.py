@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import MissingDependencyError, ValidationError
-from .model import Box, Collection, Record
+from .model import Box, Collection, Record, image_file
 
 RESERVED = ("image", "path", "text", "label", "labels", "predicted", "score", "objects", "width", "height")
 
@@ -36,11 +36,12 @@ def _datasets():
     return datasets
 
 
-def write_hf(collection: Collection, out_dir: str | Path, *, images_root: str | Path | None = None,
+def write_hf(collection: Collection, out_dir: str | Path, *, images_root=None,
              multilabel: bool | None = None) -> Path:
     """Save ``collection`` with ``save_to_disk`` to ``out_dir`` (which must not exist yet).
     ``multilabel``: a ``labels`` list column instead of ``label`` (default: when a record has
-    more than one label). Image paths are read relative to ``images_root``."""
+    more than one label). Images: ``images_root`` is the folder records' paths are relative to,
+    or a mapping path -> file."""
     _datasets()
     from datasets import ClassLabel, Dataset, Features, Image, List, Value
 
@@ -64,12 +65,12 @@ def write_hf(collection: Collection, out_dir: str | Path, *, images_root: str | 
     cols: dict[str, list] = {}
     feats: dict = {}
     if images:
-        base = Path(images_root).expanduser() if images_root is not None else Path(".")
-        missing = [r for r in recs if not (base / r.path).is_file()]
+        files = [image_file(images_root, r.path) for r in recs]
+        missing = [f for f in files if not f.is_file()]
         if missing:
-            raise ValidationError(f"{base / missing[0].path} is not a file ({len(missing)} images are missing); "
+            raise ValidationError(f"{missing[0]} is not a file ({len(missing)} images are missing); "
                                   "give the folder the records' paths are relative to")
-        cols["image"] = [str(base / r.path) for r in recs]
+        cols["image"] = [str(f) for f in files]
         cols["path"] = [r.path for r in recs]
         feats |= {"image": Image(), "path": Value("string")}
     else:

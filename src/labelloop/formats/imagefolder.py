@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ValidationError
-from .model import Collection, Record
+from .model import Collection, Record, image_file
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
@@ -33,14 +33,14 @@ def read_imagefolder(root: str | Path) -> Collection:
     return Collection(sorted({r.labels[0] for r in records if r.labels}), records)
 
 
-def write_imagefolder(collection: Collection, out_dir: str | Path, *, images_root: str | Path | None = None) -> Path:
+def write_imagefolder(collection: Collection, out_dir: str | Path, *, images_root=None) -> Path:
     """Copy every image record with exactly one label to ``out_dir/<label>/<file name>``
     (the record's path with ``/`` as ``__`` where two names would clash). Records without a
-    label are not written; ``out_dir`` must not exist yet (it appears complete or not at all)."""
+    label are not written; ``out_dir`` must not exist yet (it appears complete or not at all).
+    ``images_root``: the folder records' paths are relative to, or a mapping path -> file."""
     out = Path(out_dir).expanduser()
     if out.exists():
         raise ValidationError(f"{out} already exists: give a new folder for the ImageFolder tree")
-    base = Path(images_root).expanduser() if images_root is not None else Path(".")
     plan: dict[Path, Path] = {}
     for r in collection.records:
         if r.path is None:
@@ -53,7 +53,7 @@ def write_imagefolder(collection: Collection, out_dir: str | Path, *, images_roo
         label = r.labels[0]
         if label in (".", "..") or "/" in label or "\\" in label:
             raise ValidationError(f"class {label!r} cannot be a folder name; rename the class")
-        src = base / r.path
+        src = image_file(images_root, r.path)
         if not src.is_file():
             raise ValidationError(f"{src} is not a file: the image of {r.name} is missing")
         dest = Path(label) / Path(r.path).name

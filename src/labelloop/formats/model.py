@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +143,14 @@ def need_size(record: Record, fmt: str) -> tuple[int, int]:
             f"{record.name}: {fmt} stores boxes relative to the image size, and this record has no "
             "width/height; give the record its image size (formats.image_size(path))")
     return record.width, record.height
+
+
+def image_file(images_root, path: str) -> Path:
+    """Where the image of a record's ``path`` lies: ``images_root`` is the folder paths are
+    relative to (None: the working directory) or a mapping path -> file."""
+    if isinstance(images_root, Mapping):
+        return Path(images_root[path])
+    return Path(images_root if images_root is not None else ".").expanduser() / path
 
 
 def image_size(path: str | Path) -> tuple[int, int] | None:
