@@ -223,13 +223,20 @@ def _annotation_labels(coll: Collection, name: str, files: list[Path], root: Pat
         report.skipped.append(Skipped(f"{name}: {rec.name}", why))
     out: dict[str, str] = {}
     for rel, rec in matched.items():
-        if len(rec.labels) > 1:
-            report.skipped.append(Skipped(f"{name}: {rec.name}", f"{len(rec.labels)} classes ({', '.join(rec.labels)}); "
-                                          "this project labels one class per item: the image was imported without one"))
-        elif rec.labels:
-            out[rel] = rec.labels[0]
+        label = _one_label(rec, f"{name}: {rec.name}", report, "image")
+        if label:
+            out[rel] = label
     _say_what_was_not_taken(coll, name, report)
     return out
+
+
+def _one_label(rec, where: str, report: ImportReport, what: str) -> str | None:
+    """The record's class, or None; several classes are reported (the item comes without one)."""
+    if len(rec.labels) > 1:
+        report.skipped.append(Skipped(where, f"{len(rec.labels)} classes ({', '.join(rec.labels)}); this project "
+                                             f"labels one class per item: the {what} was imported without one"))
+        return None
+    return rec.labels[0] if rec.labels else None
 
 
 def check_class_names(coll: Collection, name: str) -> None:
@@ -276,12 +283,7 @@ def import_texts(store: Store, coll: Collection, *, name: str) -> ImportReport:
             report.skipped.append(Skipped(where, f"same text as task {seen[h]} (duplicate)"))
             continue
         seen[h] = n
-        label = None
-        if len(r.labels) > 1:
-            report.skipped.append(Skipped(where, f"{len(r.labels)} classes ({', '.join(r.labels)}); this project labels "
-                                                 "one class per item: the text was imported without one"))
-        elif r.labels:
-            label = r.labels[0]
+        label = _one_label(r, where, report, "text")
         rows.append(dict(content_hash=h, modality="text", external_id=None, uri=None, text=text,
                          label=label, where=where, meta=r.meta))
     if not coll.records:
