@@ -311,6 +311,18 @@ def test_imagefolder_round_trip(tmp_path):
         formats.write_imagefolder(coll, tmp_path / "out", images_root=src)
 
 
+def test_imagefolder_reads_a_tree_made_by_hand(tmp_path):
+    root = _images(tmp_path / "tree", ["zebra/a.jpg", "ant/deep/b.png", "loose.png"])
+    (root / "ant" / "notes.txt").write_text("not an image")
+    c = formats.read_imagefolder(root)
+    assert c.classes == ["ant", "zebra"]  # sorted, as torchvision's ImageFolder numbers them
+    assert [(r.path, r.labels) for r in c.records] == [
+        ("ant/deep/b.png", ["ant"]), ("loose.png", []), ("zebra/a.jpg", ["zebra"])]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValidationError, match="has no image files"):
+        formats.read_imagefolder(tmp_path / "empty")
+
+
 def test_imagefolder_refuses_multilabel_and_leaves_nothing_behind(tmp_path):
     src = _images(tmp_path / "src", ["a.png"])
     coll = Collection(["a", "b"], [Record(path="a.png", labels=["a", "b"])])

@@ -181,8 +181,9 @@ class Project:
             raise ValidationError(f"annotation format must be one of {', '.join(ANNOTATION_FORMATS)}, "
                                   f"not {annotation_format!r}")
         if self.modality == "image" and source is None:
+            flag = "--annotations" if annotation_format == "coco" else "--labelstudio"
             raise ValidationError("give the folder of images the annotation file describes: "
-                                  f"labelloop import -p PROJECT ./images --{'annotations' if annotation_format == 'coco' else 'labelstudio'} FILE")
+                                  f"labelloop import -p PROJECT ./images {flag} FILE")
         if self.modality == "text":
             if annotation_format != "labelstudio":
                 raise ValidationError("COCO annotations describe images; this is a text project "
@@ -1415,7 +1416,7 @@ class Project:
         tmp.replace(out)
         return out
 
-    def export_dataset(self, out: str | Path, *, format: str, image_url_prefix: str = "") -> "ExportReport":
+    def export_dataset(self, out: str | Path, *, format: str, image_url_prefix: str = "") -> ExportReport:
         """Write the current labels in an interchange format (:mod:`labelloop.formats`):
 
         - ``coco`` (a JSON file; images) and ``labelstudio`` (a JSON file of tasks, plus the
