@@ -39,7 +39,7 @@ def read_labelstudio(path: str | Path) -> Collection:
     if not isinstance(doc, list):
         raise ValidationError(f"{name} is not a Label Studio export: expected a list of tasks "
                               "(export the project as 'JSON', not 'JSON-MIN' or CSV)")
-    records, classes, skipped = [], [], Counter()
+    records, skipped = [], Counter()
     for n, task in enumerate(doc):
         where = f"{name}: task {n + 1}" + (f" (id {task['id']})" if isinstance(task, dict) and "id" in task else "")
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
@@ -58,13 +58,10 @@ def read_labelstudio(path: str | Path) -> Collection:
             size = size or p_size
         if size:
             rec.width, rec.height = size
-        for label in (*rec.labels, *rec.predicted, *(b.label for b in (*rec.boxes, *rec.predicted_boxes))):
-            if label not in classes:
-                classes.append(label)
         records.append(rec)
     notes = [f"{name}: {k} results of type {t!r} were not read (only choices and rectanglelabels are)"
              for t, k in sorted(skipped.items())]
-    return Collection(classes, records, notes)
+    return Collection([], records, notes).with_classes_of_records()
 
 
 def _record(data: dict, where: str) -> Record:
