@@ -573,6 +573,8 @@ def rules(ctx, project: Path) -> None:
       labelloop rules -p P report
     Their votes never overwrite a label: a label model combines them into soft evidence for
     propagation (setting rule_trust; 0 = report only) that human labels overrule.
+    `labelloop next --strategy conflict` asks first where they disagree (auto does after its
+    cold start); `labelloop serve` shows the report at /rules, where admins switch rules.
     """
     ctx.obj = project
 
