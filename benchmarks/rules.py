@@ -72,6 +72,20 @@ def rule_votes(texts, rules, class_names):
     return np.array(votes, dtype=np.int64).reshape(-1, 3)
 
 
+def datasets(only):
+    """(name, rules, dataset, embeddings (n, d), kNN graph k = 10, votes) of each text set."""
+    from labelloop.datasets import load_dataset
+    from labelloop.graph import build_knn_graph, normalize_rows
+
+    for ds_name, (cache, rules) in RULES.items():
+        if only and ds_name not in only:
+            continue
+        X = np.load(CACHE / cache)
+        ds = load_dataset(ds_name, n=X.shape[0], seed=0)
+        graph = build_knn_graph(normalize_rows(X), k=10)
+        yield ds_name, rules, ds, X, graph, rule_votes(ds.items, rules, list(ds.class_names))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -83,21 +97,13 @@ def main() -> None:
     if args.al:
         return active_learning(args)
 
-    from labelloop.datasets import load_dataset
-    from labelloop.graph import build_knn_graph, normalize_rows
     from labelloop.project import SMOOTH_ALPHA
     from labelloop.propagate import LabelPropagation
     from labelloop.rules import fit_label_model, seed_with_rules
 
     rows = []
-    for ds_name, (cache, rules) in RULES.items():
-        if args.only and ds_name not in args.only:
-            continue
-        X = np.load(CACHE / cache)
-        ds = load_dataset(ds_name, n=X.shape[0], seed=0)
+    for ds_name, rules, ds, X, graph, votes in datasets(args.only):
         yt, C, n = np.asarray(ds.labels), len(ds.class_names), X.shape[0]
-        graph = build_knn_graph(normalize_rows(X), k=10)
-        votes = rule_votes(ds.items, rules, list(ds.class_names))
         models = {m: fit_label_model(votes, n_rules=len(rules), n_classes=C, method=m)
                   for m in ("dawid-skene", "majority")}
         t0 = time.perf_counter()
@@ -195,8 +201,6 @@ AL_STRATEGIES = (("random", "random", False), ("margin", "margin", False), ("con
 def active_learning(args) -> None:
     import os
 
-    from labelloop.datasets import load_dataset
-    from labelloop.graph import build_knn_graph, normalize_rows
     from labelloop.loop import choose
     from labelloop.project import SMOOTH_ALPHA
     from labelloop.propagate import LabelPropagation
@@ -205,14 +209,8 @@ def active_learning(args) -> None:
 
     marks = sorted(m for m in {0, 20, 50, 100, args.budget} if m <= args.budget)
     rows, t_start, cpu_start = [], time.perf_counter(), time.process_time()
-    for ds_name, (cache, rules) in RULES.items():
-        if args.only and ds_name not in args.only:
-            continue
-        X = np.load(CACHE / cache)
-        ds = load_dataset(ds_name, n=X.shape[0], seed=0)
+    for ds_name, rules, ds, X, graph, votes in datasets(args.only):
         yt, C, n = np.asarray(ds.labels), len(ds.class_names), X.shape[0]
-        graph = build_knn_graph(normalize_rows(X), k=10)
-        votes = rule_votes(ds.items, rules, list(ds.class_names))
         model = fit_label_model(votes, n_rules=len(rules), n_classes=C, method="majority")
         V = np.zeros((n, C))                                     # (n, C) votes per class
         np.add.at(V, (votes[:, 1], votes[:, 2]), 1.0)

@@ -19,10 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ValidationError
-from .base import Selection, SelectionInputs, Strategy, register_strategy, top_n, validate_inputs
-from .diversity import DEFAULT_FACTOR, diversify
-from .uncertainty import _top2
+from .base import Selection, SelectionInputs, register_strategy, top_n, validate_inputs
+from .uncertainty import _top2, _Uncertainty
 
 __all__ = ["Conflict", "conflict_sampling", "rule_conflicts"]
 
@@ -67,24 +65,13 @@ def _conflict(inp: SelectionInputs) -> Selection:
 
 
 @register_strategy
-class Conflict(Strategy):
+class Conflict(_Uncertainty):
     """Items where the rules disagree (with each other or with the graph) first, then margin."""
 
     name = "conflict"
     requires = ("probabilities", "rule_votes")
 
-    def __init__(self, *, diverse: bool = False, factor: int = DEFAULT_FACTOR) -> None:
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise ValidationError(f"factor must be a whole number >= 1, got {factor!r}")
-        self.diverse = bool(diverse)
-        self.factor = factor
-
-    def required_inputs(self) -> tuple[str, ...]:
-        return (*self.requires, "embeddings") if self.diverse else self.requires
-
-    def _select(self, inputs: SelectionInputs) -> Selection:
-        if self.diverse:
-            return diversify(_conflict, inputs, factor=self.factor)
+    def _rank(self, inputs: SelectionInputs) -> Selection:
         return _conflict(inputs)
 
 
