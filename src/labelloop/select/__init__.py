@@ -1,8 +1,9 @@
 """Active learning: which items a human should label next.
 
 Every strategy is a stateless function of (class probabilities, kNN graph, embeddings,
-labeled ids, unlabeled ids, n, seed; the rules' votes for ``conflict``) returning a :class:`Selection`; a class per strategy
-holds its configuration, and a registry maps names to classes::
+labeled ids, unlabeled ids, n, seed; the rules' votes for ``conflict``) returning a
+:class:`Selection`; a class per strategy holds its configuration, and a registry maps names
+to classes::
 
     sel = get_strategy("margin", diverse=True).select(
         probabilities=P, embeddings=X, labeled=L, unlabeled=U, n=20, seed=0)
