@@ -266,3 +266,19 @@ def test_cli_round_trip(tmp_path):
     ]:
         r = _cli("rules", "-p", proj, *args)
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_a_read_only_report_leaves_new_items_to_the_next_refresh(text_project, tmp_path):
+    """The web app reads through a read-only Project: its report must not try to write the
+    votes on items imported since the rules last ran (they count as abstained until then)."""
+    from labelloop import Project
+
+    p = text_project
+    p.add_rule("zzz", label="billing", contains=["zzz"])
+    more = tmp_path / "more.csv"
+    more.write_text("id,text\nnew1,zzz invoice payment\n")
+    p.import_(more)
+    with Project(p.root, readonly=True) as ro:
+        assert ro.rules_report()["rules"][0]["votes"] == 6
+        assert ro.store.rule("zzz")["votes_through"] < ro.store.max_item_id()
+    assert p.rules_report()["rules"][0]["votes"] == 7        # a writable Project runs the rule

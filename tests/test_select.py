@@ -66,8 +66,12 @@ def pool():
     P = rng.dirichlet(np.ones(3), size=len(X))
     labeled = np.array([1, 45, 90, 100, 110, 2])
     unlabeled = np.setdiff1d(np.arange(len(X)), labeled)
+    V = np.zeros((len(X), 3))                 # rule votes: a third of the items, some split
+    V[::3, 0] = 1
+    V[::6, 1] = 1
+    V[1::9, 2] = 2
     return dict(probabilities=P, embeddings=X, graph=brute_graph(X, 10), labeled=labeled,
-                unlabeled=unlabeled, labels=y[labeled], class_names=["a", "b", "c"])
+                unlabeled=unlabeled, labels=y[labeled], class_names=["a", "b", "c"], rule_votes=V)
 
 
 # ---------------------------------------------------------------- contract of every strategy
@@ -425,3 +429,62 @@ def test_typicality_large_data_paths(monkeypatch):
     blob = out.indices // 40
     assert len(set(out.indices.tolist())) == 40
     assert sorted(np.bincount(blob, minlength=3).tolist()) == [13, 13, 14]  # round robin
+
+
+# ---------------------------------------------------------------- conflict (labeling functions)
+def test_conflict_asks_where_rules_disagree_first_then_by_margin():
+    from labelloop.select import conflict_sampling, rule_conflicts
+
+    P = np.array([[0.9, 0.1], [0.8, 0.2], [0.55, 0.45], [0.6, 0.4], [0.7, 0.3], [0.51, 0.49]])
+    V = np.array([[1, 1],      # 0: two rules vote different classes (split)
+                  [0, 2],      # 1: the rules say class 1, the graph says 0 (disagree)
+                  [0, 0],      # 2: no vote, margin 0.10
+                  [1, 0],      # 3: rules agree with the graph
+                  [0, 0],      # 4
+                  [0, 0]])     # 5: no vote, margin 0.02: the most uncertain
+    split, disagree = rule_conflicts(P, V)
+    assert split.tolist() == [True, False, False, False, False, False]
+    assert disagree.tolist() == [False, True, False, False, False, False]   # row 0: a tie, class 0 first
+    s = conflict_sampling(P, V, labeled=[], unlabeled=np.arange(6), n=4, class_names=["ham", "spam"])
+    # conflicts first, the more uncertain of them first (margin 0.6 < 0.8), then margin order
+    assert s.indices.tolist() == [1, 0, 5, 2]
+    np.testing.assert_allclose(s.scores, [1 + 0.4, 1 + 0.2, 0.98, 0.9])
+    assert s.reasons[0] == "rules say 'spam' (1.00), the graph says 'ham' (0.80)"
+    assert s.reasons[1] == "rules disagree (votes: 'ham' 1, 'spam' 1); the graph says 'ham' (0.90)"
+    assert s.reasons[2].startswith("no rule conflict left: margin 0.02")
+    assert s.details == {"conflicts": 2, "chosen_conflicts": 2}
+    # the label model's distribution, when given, decides which class the rules say
+    Q = np.zeros((6, 2))
+    Q[[0, 1, 3]] = [[0.9, 0.1], [0.3, 0.7], [1.0, 0.0]]
+    assert rule_conflicts(P, V, Q)[1].tolist() == [False, True, False, False, False, False]
+
+
+def test_auto_settles_rule_conflicts_after_the_cold_start():
+    X, y = blobs(n_per=40, n_blobs=3, seed=8)
+    P = np.eye(3)[y] * 0.6 + 0.4 / 3
+    V = np.zeros((120, 3))
+    V[[50, 90], 0] = 1                                  # rules say 'a' where the graph says 'b' / 'c'
+    lab = np.array([0, 1, 40, 41, 80, 81])
+    kw = dict(embeddings=X, labeled=lab, probabilities=P, unlabeled=np.setdiff1d(np.arange(120), lab), n=3,
+              class_names=["a", "b", "c"])
+    with_rules = Auto().select(rule_votes=V, **kw)
+    assert with_rules.details["delegate"] == "conflict+diverse"
+    assert set(with_rules.indices[:2].tolist()) == {50, 90}
+    assert with_rules.reasons[0].startswith("settling rule conflicts (every class has at least 2 labels): rules say 'a'")
+    assert Auto().select(**kw).details["delegate"] == "margin+diverse"               # no rules: as before
+    assert Auto(conflict=False).select(rule_votes=V, **kw).details["delegate"] == "margin+diverse"
+    # the cold start is not changed by rules
+    cold = Auto().select(rule_votes=V, **dict(kw, labeled=lab[:2], labels=y[lab[:2]]))
+    assert cold.details["phase"] == "typicality"
+
+
+def test_rule_inputs_are_validated():
+    P = np.full((4, 2), 0.5)
+    with pytest.raises(ValidationError, match=r"rule_votes must have shape \(n_items, n_classes\)"):
+        get_strategy("conflict").select(n=1, labeled=[], unlabeled=[0, 1], probabilities=P, rule_votes=np.ones((4, 3)))
+    with pytest.raises(ValidationError, match="inputs disagree on the number of items"):
+        get_strategy("conflict").select(n=1, labeled=[], unlabeled=[0, 1], probabilities=P, rule_votes=np.ones((3, 2)))
+    with pytest.raises(ValidationError, match="finite and non-negative"):
+        get_strategy("conflict").select(n=1, labeled=[], unlabeled=[0], probabilities=P, rule_votes=-np.ones((4, 2)))
+    with pytest.raises(ValidationError, match="labelloop rules add"):
+        get_strategy("conflict").select(n=1, labeled=[], unlabeled=[0], probabilities=P)

@@ -373,3 +373,42 @@ def test_fifteen_classes_by_keyboard_guidelines_and_review_keys(browser, served1
     assert page.locator(".tile").count() == 0
     assert not problems, problems
     ctx.close()
+
+
+# ----------------------------------------------------------------------------- rules
+def test_admin_switches_a_rule_off_on_the_rules_page(browser, tmp_path):
+    """From the navigation to the rules page; "Switch off" on the zzz rule: the page shows it
+    off with the note about the next refresh, the database has it off, by the admin."""
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, topics_project
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "SCRYPT_N", 2**12)
+        p = topics_project(tmp_path / "proj")
+        auth.add_user(p.store, "boss", "admin", password="boss-password-1")
+        p.close()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with ServerProcess(tmp_path / "proj") as server:
+        ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = ctx.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        _login(page, server.url, "boss", "boss-password-1", "/dashboard")
+        page.click("nav >> text=Rules")
+        page.wait_for_url(server.url + "/rules")
+        row = page.locator("#rule-zzz")
+        assert row.locator("td.state").inner_text() == "active"
+        assert "next refresh" in page.inner_text("#rules-refresh-note")
+        row.locator("button", has_text="Switch off").click()
+        page.wait_for_url(server.url + "/rules?done=off&rule=zzz")
+        row = page.locator("#rule-zzz")
+        assert row.get_attribute("data-active") == "false" and row.locator("td.state").inner_text() == "off"
+        assert "Rule zzz switched off" in page.inner_text("p.flash")
+        assert row.locator("button").inner_text() == "Switch on"
+        assert page.locator("#rule-money td.state").inner_text() == "active"
+        page.screenshot(path=str(ARTIFACTS / "rules-switched-off.png"), full_page=True)
+        ctx.close()
+    assert _sql(tmp_path / "proj", "SELECT active, changed_by FROM rules WHERE name = 'zzz'") == [(0, "boss")]
+    assert not problems, problems
+    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])

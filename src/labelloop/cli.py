@@ -342,8 +342,10 @@ def _plain(value) -> str:
 @click.option("--n", "n", type=int, default=20, show_default=True, help="How many items.")
 @click.option("--strategy", default="auto", show_default=True,
               help="auto, random, least-confidence, margin, entropy, medium-confidence, coreset, typicality, "
-                   "diverse; or verify: a random sample of the machine labels auto-labeling could accept, "
-                   "whose labels certify it (see `labelloop autolabel`).")
+                   "diverse, conflict (items where labeling functions disagree, with each other or with the "
+                   "graph, first; then margin; auto does this after its cold start when rules exist); or "
+                   "verify: a random sample of the machine labels auto-labeling could accept, whose labels "
+                   "certify it (see `labelloop autolabel`).")
 @click.option("--seed", type=int, default=None)
 @json_option
 def next_cmd(project, n, strategy, seed, as_json):
@@ -599,6 +601,8 @@ def rules(ctx, project: Path) -> None:
       labelloop rules -p P report
     Their votes never overwrite a label: a label model combines them into soft evidence for
     propagation (setting rule_trust; 0 = report only) that human labels overrule.
+    `labelloop next --strategy conflict` asks first where they disagree (auto does after its
+    cold start); `labelloop serve` shows the report at /rules, where admins switch rules.
     """
     ctx.obj = project
 

@@ -102,6 +102,15 @@ class Project:
         store.close()
         return cls(root)
 
+    @classmethod
+    def on_store(cls, store: Store) -> "Project":
+        """A Project over a store that is already open: the web server's writer thread hands
+        its one read-write connection, so a user action made there is this class's method."""
+        p = cls.__new__(cls)
+        p.store, p.root = store, store.root
+        p._lp = p._lp_key = p._own_predictions = None
+        return p
+
     def close(self) -> None:
         self.store.close()
 
@@ -687,7 +696,9 @@ class Project:
         ``strategy``: a :mod:`labelloop.select` strategy, or ``"verify"``: a random sample of the
         items auto-labeling could accept, whose labels certify it (:mod:`labelloop.loop.certify`).
         ``explore``: share of the batch drawn at random once predictions exist (default 0.2
-        for ``auto``, 0 otherwise): the random ones are an unbiased sample for certification."""
+        for ``auto``, 0 otherwise): the random ones are an unbiased sample for certification.
+        With active labeling functions, ``conflict`` asks first where they disagree (with each
+        other or with the graph), and ``auto`` does so after its cold start."""
         from .loop import choose, coverage_of
 
         ids, graph = self.graph()
@@ -701,12 +712,17 @@ class Project:
         pred = self._current_predictions(ids)
         seed = int(seed if seed is not None else len(self.store.runs("query", status=None)))
         eligible = self._eligible(ids, pred) if pred is not None else None
+        rules = self.rule_matrices(ids) if strategy != "verify" else None
+        if strategy == "conflict" and rules is None and self.setting("rule_trust") <= 0:
+            raise ValidationError("rule_trust is 0, so rules are only reported, never used: set it above 0 "
+                                  "(`labelloop config rule_trust 0.5`) to ask where they conflict")
         ch = choose(strategy, n, labeled=labeled, unlabeled=unlabeled,
                     probabilities=None if pred is None else pred.proba, graph=graph, embeddings=X,
                     labels=y[labeled] if len(labeled) else None, class_names=self.classes, seed=seed,
                     explore=explore, target_precision=target_precision or self._target(),
                     verify_eligible=eligible, **dict(zip(("certified_coverage", "pending_coverage"),
-                                                         self._verify_state())))
+                                                         self._verify_state())),
+                    **(dict(zip(("rule_votes", "rule_proba"), rules)) if rules is not None and pred is not None else {}))
         picked = ch.rows.tolist()
         items = self.store.items(ids[picked].tolist())
         coverage = coverage_of(pred.confidence, eligible) if pred is not None else None
@@ -1688,10 +1704,13 @@ class Project:
         return {"name": rule["name"], "votes": len(votes)}
 
     def _rule_votes(self, ids: np.ndarray) -> tuple[np.ndarray, list[dict]]:
-        """(V, 3) votes (active-rule index, row of ``ids``, class column) and the active rules."""
+        """(V, 3) votes (active-rule index, row of ``ids``, class column) and the active rules.
+        Rules run on items imported since they last ran first, unless the store is read-only
+        (a web page: those items count as abstained until the next refresh runs them)."""
         active = self.store.rules(active_only=True)
         for r in active:
-            self._catch_up_rule(r)
+            if not self.store.readonly:
+                self._catch_up_rule(r)
         index = {r["id"]: a for a, r in enumerate(active)}
         col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
         raw = np.array(self.store.rule_votes(active_only=True), dtype=np.int64).reshape(-1, 3)
@@ -1700,6 +1719,24 @@ class Project:
         votes = np.stack([np.array([index[r] for r in raw[ok, 0]], dtype=np.int64).reshape(-1),
                           rows[ok], np.array([col[c] for c in raw[ok, 2]], dtype=np.int64).reshape(-1)], axis=1)
         return votes, active
+
+    def rule_matrices(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """What active learning reads of the rules, rows = positions in ``ids`` (ascending):
+        (n, C) votes of the active rules per class and (n, C) their label model's class
+        distribution (zero rows where no rule voted). None without a vote, or with
+        ``rule_trust`` 0 (rules only reported, never used)."""
+        if self.setting("rule_trust") <= 0 or not self.store.rules(active_only=True):
+            return None
+        votes, active = self._rule_votes(ids)
+        if not len(votes):
+            return None
+        C = len(self.classes)
+        V = np.zeros((len(ids), C))                                # (n, C)
+        np.add.at(V, (votes[:, 1], votes[:, 2]), 1.0)
+        model = self._rule_model(votes, len(active))
+        Q = np.zeros((len(ids), C))                                # (n, C)
+        Q[model.rows] = model.proba
+        return V, Q
 
     def _rule_model(self, votes: np.ndarray, n_rules: int):
         from .rules import fit_label_model

@@ -215,6 +215,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike, *, create: bool = False, readonly: bool = False):
         self.root = Path(root).resolve()
+        self.readonly = readonly
         db = self.root / DB_NAME
         if not db.exists() and not create:
             raise ProjectError(

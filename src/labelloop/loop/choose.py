@@ -56,7 +56,8 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
            labels: np.ndarray | None = None, class_names: list[str] | None = None, seed: int = 0,
            explore: float | None = None, target_precision: float = DEFAULT_TARGET,
            verify_eligible: np.ndarray | None = None, certified_coverage: float = 0.0,
-           candidates: np.ndarray | None = None, pending_coverage: float = 0.0) -> Choice:
+           candidates: np.ndarray | None = None, pending_coverage: float = 0.0,
+           rule_votes: np.ndarray | None = None, rule_proba: np.ndarray | None = None) -> Choice:
     """Choose ``n`` rows to label. ``labeled`` / ``unlabeled``: row indices; ``probabilities``:
     (n_items, C) calibrated predictions or None before the first refresh; ``labels``: the class
     of each ``labeled`` row. ``verify_eligible``: (n_items,) bool rows a verify check may draw
@@ -66,7 +67,9 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
     (:func:`~labelloop.loop.certify.verify_coverage`).
     ``candidates``: the rows of ``unlabeled`` the strategy ranks (a bounded sample keeps a
     long-running server's ranking fast); the random share is still drawn from all of
-    ``unlabeled``, so it stays an unbiased sample."""
+    ``unlabeled``, so it stays an unbiased sample. ``rule_votes`` / ``rule_proba``: (n_items, C)
+    votes of the active labeling functions and their label model (None without rules): what
+    ``conflict`` ranks by, and ``auto`` after its cold start."""
     from ..errors import NotReadyError, ValidationError
     from ..select import available_strategies, get_strategy
 
@@ -104,7 +107,8 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
         n=n - n_random, labeled=labeled, unlabeled=unlabeled if candidates is None else candidates,
         probabilities=probabilities, graph=graph,
         embeddings=embeddings, labels=labels if len(labeled) else None,
-        class_names=class_names if probabilities is not None else None, seed=seed)
+        class_names=class_names if probabilities is not None else None, seed=seed,
+        **(dict(rule_votes=rule_votes, rule_proba=rule_proba) if probabilities is not None else {}))
     rows = list(np.asarray(sel.indices, dtype=np.int64))
     scores, reasons = list(map(float, sel.scores)), list(sel.reasons)
     kind = "random" if strategy == "random" else "strategy"

@@ -1,8 +1,9 @@
 """Active learning: which items a human should label next.
 
 Every strategy is a stateless function of (class probabilities, kNN graph, embeddings,
-labeled ids, unlabeled ids, n, seed) returning a :class:`Selection`; a class per strategy
-holds its configuration, and a registry maps names to classes::
+labeled ids, unlabeled ids, n, seed; the rules' votes for ``conflict``) returning a
+:class:`Selection`; a class per strategy holds its configuration, and a registry maps names
+to classes::
 
     sel = get_strategy("margin", diverse=True).select(
         probabilities=P, embeddings=X, labeled=L, unlabeled=U, n=20, seed=0)
@@ -13,6 +14,7 @@ Adding a strategy: subclass :class:`Strategy`, set ``name`` / ``requires``, impl
 """
 
 from .auto import Auto, auto_phase, auto_sampling
+from .conflict import Conflict, conflict_sampling, rule_conflicts
 from .base import (
     Selection,
     SelectionInputs,
@@ -63,6 +65,8 @@ __all__ = [
     "diversify",
     "auto_sampling",
     "auto_phase",
+    "conflict_sampling",
+    "rule_conflicts",
     "Random",
     "LeastConfidence",
     "Margin",
@@ -72,4 +76,5 @@ __all__ = [
     "Typicality",
     "Diverse",
     "Auto",
+    "Conflict",
 ]

@@ -12,7 +12,10 @@ uncertainty wins once the budget grows. So:
   until ``cold_start_per_class * n_classes`` labels (default 5 per class): a class that
   typicality has not found by then is rare, and staying in cold start would stall the loop;
 - afterwards margin, filtered for batch diversity (top 10 n candidates, one per k-means
-  cluster), so one query does not return near-duplicates of one confusing pair.
+  cluster), so one query does not return near-duplicates of one confusing pair;
+- when labeling functions have voted (``rule_votes`` given) and ``conflict`` is on
+  (:data:`CONFLICT_IN_AUTO`), that second phase ranks by :mod:`.conflict` instead of margin:
+  items where the rules disagree first, then margin, with the same diversity filter.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ from .base import (
 )
 from .coverage import MAX_CLUSTERS, TYPICALITY_NEIGHBOURS, _typicality
 from .diversity import DEFAULT_FACTOR, diversify
+from .conflict import _conflict
 from .uncertainty import _margin
 
-__all__ = ["Auto", "auto_sampling", "auto_phase"]
+__all__ = ["Auto", "auto_sampling", "auto_phase", "CONFLICT_IN_AUTO"]
 
 MIN_PER_CLASS = 2
 COLD_START_PER_CLASS = 5
+#: after the cold start, rank rule conflicts first when rules exist (benchmarks/results/rules_al.md)
+CONFLICT_IN_AUTO = True
 
 
 def _labels_of_labeled(inp: SelectionInputs) -> np.ndarray:
@@ -75,7 +81,7 @@ class Auto(Strategy):
     def __init__(self, *, min_per_class: int = MIN_PER_CLASS,
                  cold_start_per_class: int = COLD_START_PER_CLASS,
                  factor: int = DEFAULT_FACTOR, k: int = TYPICALITY_NEIGHBOURS,
-                 max_clusters: int = MAX_CLUSTERS) -> None:
+                 max_clusters: int = MAX_CLUSTERS, conflict: bool = CONFLICT_IN_AUTO) -> None:
         for key, v in (("min_per_class", min_per_class),
                        ("cold_start_per_class", cold_start_per_class), ("factor", factor),
                        ("k", k), ("max_clusters", max_clusters)):
@@ -87,6 +93,7 @@ class Auto(Strategy):
         self.factor = factor
         self.k = k
         self.max_clusters = max_clusters
+        self.conflict = bool(conflict)
 
     def _select(self, inputs: SelectionInputs) -> Selection:
         phase, why = auto_phase(inputs, min_per_class=self.min_per_class,
@@ -94,6 +101,9 @@ class Auto(Strategy):
         if phase == "typicality":
             sel = _typicality(inputs, self.k, self.max_clusters)
             prefix = "cold start"
+        elif self.conflict and inputs.rule_votes is not None:
+            sel = diversify(_conflict, inputs, factor=self.factor)
+            prefix = "settling rule conflicts"
         else:
             sel = diversify(_margin, inputs, factor=self.factor)
             prefix = "refining boundaries"
@@ -105,11 +115,12 @@ class Auto(Strategy):
 def auto_sampling(embeddings: np.ndarray, labeled: Any, unlabeled: Any, n: int, *,
                   probabilities: np.ndarray | None = None, graph: Any = None,
                   labels: Any = None, class_names: list[str] | None = None, seed: int = 0,
-                  **options: Any) -> Selection:
+                  rule_votes: Any = None, rule_proba: Any = None, **options: Any) -> Selection:
     """Function form of :class:`Auto`; ``options`` go to its constructor."""
     strategy = Auto(**options)
     inputs = validate_inputs(strategy=strategy.name, requires=strategy.requires, n=n,
                              labeled=labeled, unlabeled=unlabeled, probabilities=probabilities,
                              graph=graph, embeddings=embeddings, labels=labels,
-                             class_names=class_names, seed=seed)
+                             class_names=class_names, seed=seed, rule_votes=rule_votes,
+                             rule_proba=rule_proba)
     return strategy._select(inputs)

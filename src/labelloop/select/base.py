@@ -35,6 +35,8 @@ HOW_TO_GET = {
     "probabilities": "class probabilities (run `labelloop refresh` first: it propagates labels)",
     "embeddings": "embeddings (run `labelloop refresh` first: it embeds every item)",
     "graph": "the kNN graph (run `labelloop refresh` first: it builds the graph)",
+    "rule_votes": "votes of labeling functions (add a rule, `labelloop rules add NAME --label CLASS --contains "
+                  "WORDS`, or switch one on, `labelloop rules on NAME`; then run `labelloop refresh`)",
 }
 
 # Largest temporary block (bytes) of a chunked similarity product: bounds memory at 100k x 384.
@@ -69,6 +71,8 @@ class SelectionInputs:
     labels: np.ndarray | None = None  # (L,) int64 class of each labeled item, or None
     class_names: list[str] | None = None
     seed: int = 0
+    rule_votes: np.ndarray | None = None  # (n_items, C) votes of the active rules per class
+    rule_proba: np.ndarray | None = None  # (n_items, C) the rules' label model; zero rows: no vote
 
     def rng(self, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, salt])
@@ -105,6 +109,8 @@ def validate_inputs(
     labels: Any = None,
     class_names: Sequence[str] | None = None,
     seed: int = 0,
+    rule_votes: Any = None,
+    rule_proba: Any = None,
 ) -> SelectionInputs:
     """Check every input once and return them as a :class:`SelectionInputs`.
 
@@ -118,7 +124,7 @@ def validate_inputs(
     n = int(n)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValidationError(f"seed must be an integer, got {seed!r}")
-    given = {"probabilities": probabilities, "graph": graph, "embeddings": embeddings}
+    given = {"probabilities": probabilities, "graph": graph, "embeddings": embeddings, "rule_votes": rule_votes}
     for key in requires:
         if given[key] is None:
             raise ValidationError(f"strategy {strategy!r} needs {HOW_TO_GET[key]}")
@@ -166,6 +172,7 @@ def validate_inputs(
                 f"got {gi.shape} and {gs.shape}"
             )
         sizes["graph"] = gi.shape[0]
+    rule_votes, rule_proba = _rule_arrays(rule_votes, rule_proba, probabilities, sizes)
     if len(set(sizes.values())) > 1:
         got = ", ".join(f"{k} has {v}" for k, v in sizes.items())
         raise ValidationError(f"inputs disagree on the number of items: {got} rows")
@@ -223,7 +230,31 @@ def validate_inputs(
         labels=labels,
         class_names=class_names,
         seed=int(seed),
+        rule_votes=rule_votes,
+        rule_proba=rule_proba,
     )
+
+
+def _rule_arrays(votes: Any, proba: Any, probabilities: np.ndarray | None, sizes: dict[str, int]
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Check the rules' (n_items, C) vote counts and label-model distribution; record their rows."""
+    out = []
+    for key, a in (("rule_votes", votes), ("rule_proba", proba)):
+        if a is None:
+            out.append(None)
+            continue
+        a = np.asarray(a, dtype=np.float64)
+        width = probabilities.shape[1] if probabilities is not None else None
+        if a.ndim != 2 or (width is not None and a.shape[1] != width):
+            raise ValidationError(f"{key} must have shape (n_items, n_classes) like the probabilities, "
+                                  f"got {a.shape}")
+        if not np.isfinite(a).all() or (a < 0).any():
+            raise ValidationError(f"{key} must be finite and non-negative")
+        sizes[key] = a.shape[0]
+        out.append(a)
+    if out[1] is not None and out[0] is None:
+        raise ValidationError("rule_proba (the rules' label model) needs rule_votes too")
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------- helpers shared by strategies
@@ -324,8 +355,11 @@ class Strategy:
         labels: Any = None,
         class_names: Sequence[str] | None = None,
         seed: int = 0,
+        rule_votes: Any = None,
+        rule_proba: Any = None,
     ) -> Selection:
-        """Choose ``n`` unlabeled items; see :func:`validate_inputs` for the errors raised."""
+        """Choose ``n`` unlabeled items; see :func:`validate_inputs` for the errors raised.
+        ``rule_votes`` / ``rule_proba``: what the labeling functions say (``conflict``, ``auto``)."""
         inputs = validate_inputs(
             strategy=self.name,
             requires=self.required_inputs(),
@@ -338,6 +372,8 @@ class Strategy:
             labels=labels,
             class_names=class_names,
             seed=seed,
+            rule_votes=rule_votes,
+            rule_proba=rule_proba,
         )
         return self._select(inputs)
 

@@ -141,7 +141,7 @@ class _Uncertainty(Strategy):
         self.factor = factor
 
     def required_inputs(self) -> tuple[str, ...]:
-        return ("probabilities", "embeddings") if self.diverse else ("probabilities",)
+        return (*self.requires, "embeddings") if self.diverse else self.requires
 
     def _rank(self, inputs: SelectionInputs) -> Selection:
         raise NotImplementedError

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import NotReadyError, UnknownClassError, UnknownItemError, ValidationError
+from ..project import Project
 from ..store import Store
 from .auth import User
 
 __all__ = ["label_item", "undo_last", "review_labels", "add_class", "confirm_label", "item_exists",
-           "set_guidelines", "MAX_GUIDELINES"]
+           "set_guidelines", "set_rule_active", "MAX_GUIDELINES"]
 
 _MAX_KEY = 100
 MAX_GUIDELINES = 20_000   # characters: a few pages of text; the queue page shows them in full
@@ -117,3 +118,8 @@ def set_guidelines(store: Store, user: User, text: str) -> dict:
         raise ValidationError(f"the guidelines contain the control character U+{ord(bad):04X}: "
                               "use plain text (newlines and tabs are fine)")
     return store.set_guidelines(text.strip("\n"), by=user.name)
+
+
+def set_rule_active(store: Store, user: User, name: str, active: bool) -> dict:
+    """Switch a labeling function on or off (:meth:`Project.set_rule_active`, by ``user``)."""
+    return Project.on_store(store).set_rule_active(name, active, by=user.name)

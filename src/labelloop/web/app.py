@@ -10,6 +10,7 @@ Pages (server-rendered HTML, ``templates/``) and their JSON twins, one router pe
     /dashboard    GET /api/dashboard           counts, quality, plots (/plots/<name>.png)
     /users        GET/POST /api/users          admin only
     /guidelines   GET/PUT /api/guidelines      labeling guidelines: all read, admins write
+    /rules        GET /api/rules, POST /api/rules/<name>   labeling functions: reviewers read, admins switch
     /export?format=csv|jsonl                   download the labels
     /media/<item id>                           an image, by item id only
     /api/openapi.json                          the schema of all of the above

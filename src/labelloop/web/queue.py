@@ -138,6 +138,8 @@ class RankInputs:
     reached: np.ndarray | None = None   # (n,) bool: propagation reached the item
     eligible: np.ndarray | None = None  # (n,) bool: auto-labeling may label it (Project._eligible)
     checks: dict | None = None          # Project.checks_wanted(): verify items to serve first
+    rule_votes: np.ndarray | None = None  # (n, C) active rules' votes (Project.rule_matrices)
+    rule_proba: np.ndarray | None = None  # (n, C) their label model; zero rows: no vote
 
 
 def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int = POOL) -> Ranking:
@@ -146,19 +148,31 @@ def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int =
     at most ``pool_size`` candidates (the least confident half and a random half of the
     unlabeled items, so cost does not grow with the project) with the strategy's random share
     drawn from every unlabeled item. What gets served of it is recorded as it is served
-    (:meth:`LabelQueue.next_items`, :meth:`Refresher.record_served`)."""
+    (:meth:`LabelQueue.next_items`, :meth:`Refresher.record_served`). With the rules' votes,
+    the items where they conflict join the candidates (``conflict``, ``auto`` rank them first)."""
     from ..loop import choose, coverage_of, default_explore
+    from ..select import rule_conflicts
 
     unl = np.flatnonzero(inp.pool)                                # (U,)
     if unl.size == 0:
         return Ranking(inp.run_id, strategy)
     cand = unl
+    rules = {}
+    if inp.rule_votes is not None and inp.proba is not None:
+        rules = dict(rule_votes=inp.rule_votes, rule_proba=inp.rule_proba)
     if unl.size > pool_size:
         rng = np.random.default_rng(inp.seed)
         half = pool_size // 2 if inp.confidence is not None else 0
         low = unl[np.argpartition(inp.confidence[unl], half)[:half]] if half else unl[:0]
         rest = np.setdiff1d(unl, low, assume_unique=True)
         cand = np.sort(np.concatenate([low, rng.choice(rest, pool_size - half, replace=False)]))
+        if rules:   # every conflict is a candidate (at most another pool_size of them)
+            split, disagree = rule_conflicts(inp.proba[unl], inp.rule_votes[unl],
+                                             None if inp.rule_proba is None else inp.rule_proba[unl])
+            conflicts = unl[split | disagree]
+            if conflicts.size > pool_size:
+                conflicts = rng.choice(conflicts, pool_size, replace=False)
+            cand = np.union1d(cand, conflicts)
     lab_rows = np.flatnonzero(inp.labeled)
     coverage = None
     if inp.proba is not None and inp.eligible is not None:
@@ -180,7 +194,7 @@ def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int =
             choices.append(choose(
                 strategy, min(n_top, int(cand.size)), labeled=lab_rows, unlabeled=unl, candidates=cand,
                 probabilities=inp.proba, graph=inp.graph, embeddings=inp.embeddings, labels=inp.labels,
-                class_names=class_names, seed=inp.seed, explore=explore))
+                class_names=class_names, seed=inp.seed, explore=explore, **rules))
         details |= choices[-1].details
     chosen, reasons, by_kind = {}, {}, {"strategy": [], "random": [], "verify": []}
     for c in choices:

@@ -25,6 +25,7 @@ NAV = [  # (path, title, minimum role)
     ("/dashboard", "Dashboard", "reviewer"),
     ("/users", "Users", "admin"),
     ("/guidelines", "Guidelines", "reviewer"),   # annotators read them on the queue page
+    ("/rules", "Rules", "reviewer"),             # labeling functions: reviewers read, admins switch
 ]
 PLOTS = [  # (name, what the picture shows): the dashboard's figures, /plots/<name>.png
     ("learning-curve", "Learning curve: accuracy estimate and mean confidence vs human labels"),

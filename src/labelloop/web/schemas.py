@@ -15,7 +15,7 @@ from ..store import class_name_pattern
 from .actions import MAX_GUIDELINES
 
 __all__ = ["ErrorOut", "ERROR_RESPONSES", "ItemId", "ClassName", "USER_NAME_PATTERN", "ID_LIST_PATTERN", "MAX_ITEM_ID", "LoginIn", "LabelIn", "UndoIn", "SkipIn",
-           "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut"]
+           "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut", "RuleSwitchIn"]
 
 # the largest integer every JSON client reads exactly (JavaScript numbers are doubles); the store
 # itself allows up to 2**63 - 1 (SQLite INTEGER), far beyond any project
@@ -121,6 +121,10 @@ class UserIn(_Body):
 
 class UserChange(_Body):
     action: Literal["activate", "deactivate", "password", "token"]
+
+
+class RuleSwitchIn(_Body):
+    active: bool = Field(description="true switches the rule on, false off (its votes are kept either way)")
 
 
 class GuidelinesIn(_Body):

@@ -418,9 +418,17 @@ class Refresher:
             except LabelloopError as exc:
                 log.warning("cannot tell which checks auto-labeling needs: %s", exc)
                 checks = None
+            try:   # what the rules say: conflict ranks by it, auto after its cold start
+                rules = p.rule_matrices(ids)
+            except LabelloopError as exc:   # e.g. a python rule fails on a new item
+                log.warning("cannot read the rules' votes for the queue: %s", exc)
+                rules = None
+            if rules is not None and rules[0].shape != pred.proba.shape:
+                rules = None   # a class added after the last refresh
             job = replace(job, run_id=snap.run_id, labels=labels, proba=pred.proba, confidence=pred.confidence,
                           classes=list(pred.classes), seed=int(snap.run_id), reached=pred.reached,
-                          eligible=p.autolabel_eligible(pred), checks=checks)
+                          eligible=p.autolabel_eligible(pred), checks=checks,
+                          **dict(zip(("rule_votes", "rule_proba"), rules or (None, None))))
         if emb is not None and (pred is None or len(emb) == len(ids)):
             self._submit_rank(job)
         return snap

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["ServerProcess", "digits_project", "serve_command"]
+__all__ = ["ServerProcess", "digits_project", "serve_command", "topics_project", "TOPICS"]
 
 _URL_RE = re.compile(r"at (http://\S+?)/?$")
 _ADMIN_RE = re.compile(r"^admin login: (\S+) / (\S+)")
@@ -131,3 +131,38 @@ def digits_project(path: Path, *, n: int | None = None, data_dir: Path | None = 
     truth_by_ext = {q.relative_to(data_dir).as_posix(): ds.class_names[y] for q, y in zip(paths, ds.labels)}
     truth = {it.id: truth_by_ext[it.external_id] for it in p.store.items()}
     return p, ds, truth
+
+
+TOPICS = {   # two topics of short texts: what topics_project writes
+    "billing": "invoice payment charged account billing money card bank".split(),
+    "bug": "crash error freeze screen button broken slow update".split(),
+}
+
+
+def topics_project(path: Path, *, rules: bool = True):
+    """40 short texts (billing0..19, bug0..19; bug0..bug5 also say "zzz") embedded with
+    TF-IDF, one human label (billing0). With ``rules``: a rule "zzz" voting bug on those six,
+    a rule "money" voting billing on texts saying "invoice", and a full refresh that used them.
+    Returns the open Project."""
+    import numpy as np
+
+    from ..project import Project
+
+    path = Path(path)
+    rng = np.random.default_rng(0)
+    lines = ["id,text"]
+    for c, words in TOPICS.items():
+        for i in range(20):
+            extra = " zzz" if c == "bug" and i < 6 else ""
+            lines.append(f"{c}{i},{' '.join(rng.choice(words, size=6))}{extra}")
+    csv = path.parent / (path.name + "-texts.csv")
+    csv.write_text("\n".join(lines) + "\n")
+    p = Project.init(path, modality="text", classes=list(TOPICS))
+    p.import_(csv)
+    p.embed("tfidf")
+    p.label([("billing0", "billing")])
+    if rules:
+        p.add_rule("zzz", label="bug", contains=["zzz"], author="lead")
+        p.add_rule("money", label="billing", contains=["invoice"], author="lead")
+        p.refresh(full=True)
+    return p
