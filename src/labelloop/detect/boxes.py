@@ -15,12 +15,18 @@ each function against numbers worked out by hand.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "ImageBoxes",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
     "cxcywh_to_xyxy",
@@ -222,3 +228,33 @@ def batched_nms(boxes: "torch.Tensor", scores: "torch.Tensor", classes: "torch.T
     offset = classes[idx].to(b.dtype) * (b.max() - b.min() + 1)           # (K,)
     kept = idx[nms(b + offset[:, None], scores[idx], iou_threshold)]
     return kept[:max_detections] if max_detections is not None else kept
+
+
+# ----------------------------------------------------------------------- boxes of an image
+@dataclass
+class ImageBoxes:
+    """The boxes of one image: ``boxes (n, 4)`` xywh pixels, ``labels (n,)`` class indices,
+    ``scores (n,)`` (None for boxes people drew). What the detector predicts and what the
+    metrics compare."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if self.scores is not None:
+            self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        n = self.boxes.shape[0]
+        if self.labels.shape[0] != n or (self.scores is not None and self.scores.shape[0] != n):
+            raise ValidationError(
+                f"an image has {n} boxes but {self.labels.shape[0]} labels"
+                + ("" if self.scores is None else f" and {self.scores.shape[0]} scores")
+                + "; give one label (and score) per box")
+        if n and (not np.isfinite(self.boxes).all() or (self.boxes[:, 2:] < 0).any()):
+            raise ValidationError("boxes must be finite (x, y, w, h) with w, h >= 0; "
+                                  f"got {self.boxes[~np.isfinite(self.boxes).all(1) | (self.boxes[:, 2:] < 0).any(1)][:3].tolist()}")
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
