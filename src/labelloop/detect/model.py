@@ -293,7 +293,7 @@ def detection_loss(outputs, targets: tuple[torch.Tensor, torch.Tensor, torch.Ten
     else:
         l_box = l_ctr = cls.sum() * 0.0
     total = l_cls + l_box + l_ctr
-    return total, {"cls": l_cls.item(), "box": l_box.item(), "ctr": l_ctr.item()}
+    return total, {"cls": l_cls.detach().item(), "box": l_box.detach().item(), "ctr": l_ctr.detach().item()}
 
 
 @torch.no_grad()

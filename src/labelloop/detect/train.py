@@ -170,9 +170,13 @@ class Detector:
         _atomic_save({"format": _FORMAT, "base_backbone": "efficientnet-lite0", "config": self.config.to_dict(),
                       "num_classes": self.num_classes, "class_names": self.class_names,
                       "history": self.history, "epochs": self.epochs, "n_images": self.n_images,
-                      "state": {k: v.detach().cpu() for k, v in self.model.trainable_state().items()},
-                      "torch_version": torch.__version__}, path)
+                      "state": {k: v.detach().cpu() for k, v in self._saved_state().items()},
+                      "torch_version": str(torch.__version__)}, path)
         return path
+
+    def _saved_state(self) -> dict:
+        # a trunk with the packaged weights is rebuilt from the package; a random one is kept
+        return self.model.trainable_state() if self.config.pretrained else self.model.state_dict()
 
 
 def load_detector(path: Path | str, *, device: str = "auto") -> Detector:
@@ -184,12 +188,11 @@ def load_detector(path: Path | str, *, device: str = "auto") -> Detector:
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         raise ValidationError(f"{path} is not a labelloop detector file (format {_FORMAT})")
     cfg = DetectConfig.from_dict({**blob["config"], "device": device})
-    if not cfg.pretrained:
-        raise ValidationError(f"{path} was trained on a randomly initialised trunk, which is not saved; "
-                              "only detectors on the packaged ImageNet weights can be loaded")
     model = build_detector(blob["num_classes"], trainable_blocks=cfg.trainable_blocks,
-                           image_size=cfg.image_size, width=cfg.width)
-    model.load_state_dict(blob["state"], strict=False)   # the trunk comes from the package
+                           image_size=cfg.image_size, width=cfg.width, pretrained=cfg.pretrained)
+    missing, unexpected = model.load_state_dict(blob["state"], strict=False)
+    if unexpected or any(not k.startswith("trunk.") for k in missing):   # the trunk may come from the package
+        raise ValidationError(f"{path} does not fit this detector (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return Detector(model=model.to(resolve_device(device)), config=cfg, num_classes=blob["num_classes"],
                     class_names=blob["class_names"], history=blob["history"], epochs=blob["epochs"],
                     n_images=blob["n_images"])
@@ -335,7 +338,7 @@ def _train(images, targets, num_classes, cfg, device, class_names, checkpoint_di
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for grp in groups for p in grp["params"]], 10.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         history.append(float(np.mean(losses)))
         done = epoch + 1
         if ckpt is not None and (done % every == 0 or done == cfg.epochs):
