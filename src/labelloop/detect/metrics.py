@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ValidationError
 from .boxes import ImageBoxes
 
-__all__ = ["COCO_IOU_THRESHOLDS", "RECALL_POINTS", "DetectionMetrics", "match_detections",
+__all__ = ["COCO_IOU_THRESHOLDS", "RECALL_POINTS", "DetectionMetrics", "iou_xywh", "match_detections",
            "average_precision", "evaluate_detections"]
 
 COCO_IOU_THRESHOLDS = np.round(np.arange(10) * 0.05 + 0.5, 2)   # 0.50 ... 0.95
@@ -46,7 +46,8 @@ class DetectionMetrics:
                 "n_ground_truth": self.n_ground_truth.tolist()}
 
 
-def _iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xywh boxes as numpy: ``(N, 4), (M, 4) -> (N, M)``."""
     import torch
 
     from .boxes import box_iou, xywh_to_xyxy
@@ -62,7 +63,7 @@ def match_detections(det_boxes: np.ndarray, gt_boxes: np.ndarray, iou_thresholds
     tp = np.zeros((D, len(iou_thresholds)), dtype=bool)
     if D == 0 or G == 0:
         return tp
-    iou = _iou_xywh(det_boxes, gt_boxes)                         # (D, G)
+    iou = iou_xywh(det_boxes, gt_boxes)                         # (D, G)
     for ti, t in enumerate(iou_thresholds):
         taken = np.zeros(G, dtype=bool)
         for d in range(D):
