@@ -118,3 +118,17 @@ def test_batched_nms_per_class_threshold_and_caps():
     neg = boxes - 50
     assert B.batched_nms(neg, scores, cls, iou_threshold=0.5).tolist() == [0, 3, 1, 2]
     assert B.batched_nms(boxes, scores, cls, score_threshold=0.95).tolist() == []
+
+
+def test_public_names_resolve_without_importing_torch_eagerly():
+    import subprocess
+    import sys
+
+    import labelloop.detect as det
+
+    assert det.__all__ == sorted(set(det.__all__))
+    for name in det.__all__:
+        assert getattr(det, name) is not None
+    code = "import sys, labelloop.detect; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
