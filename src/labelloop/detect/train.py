@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapt.train import _atomic_save, _lr_at  # one home for the cosine schedule and atomic writes
+# one home for the cosine schedule, atomic writes and the CUDA check
+from ..adapt.train import _atomic_save, _lr_at, _resolve_device
 from ..errors import ValidationError
 from .boxes import ImageBoxes, xywh_to_xyxy
 from .model import (
@@ -68,9 +69,7 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"``: CUDA when torch sees a GPU, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValidationError(f"device {name!r} requested but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
+    return _resolve_device(name)
 
 
 @dataclass(frozen=True)
