@@ -82,13 +82,16 @@ def cli() -> None:
 @project_option
 @click.option("--modality", type=click.Choice(["image", "text"]), required=True)
 @click.option("--classes", default="", help="Comma-separated class names (optional; can grow later).")
-def init(project: Path, modality: str, classes: str) -> None:
+@click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
+              show_default=True, help="classification: one label per item; detection: boxes on images.")
+def init(project: Path, modality: str, classes: str, task: str) -> None:
     """Create a project folder."""
     from .project import Project
 
     names = [c.strip() for c in classes.split(",") if c.strip()]
-    Project.init(project, modality=modality, classes=names).close()
-    click.echo(f"created {modality} project at {project.resolve()}" + (f" with classes {', '.join(names)}" if names else ""))
+    Project.init(project, modality=modality, classes=names, task=task).close()
+    kind = f"{modality} {task}" if task != "classification" else modality
+    click.echo(f"created {kind} project at {project.resolve()}" + (f" with classes {', '.join(names)}" if names else ""))
 
 
 @cli.command("import")
@@ -454,19 +457,42 @@ def adapt(project, method, epochs, device, image_size, max_images, augment, as_j
 @project_option
 @click.option("--schedule", type=click.Choice(["auto", "prototype", "linear", "finetune"]), default="auto",
               show_default=True, help="auto: prototypes for 1-5 labels per class, a linear head, then fine-tuning.")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--epochs", type=int, default=None,
+              help="Classifier: default 30. Detector: default from the number of images.")
+@click.option("--device", default=None,
+              help="cpu, cuda or auto. Classifier default: cpu; detector default: auto (cuda if there is a GPU).")
 @json_option
 def train(project, schedule, epochs, device, as_json):
-    """Fine-tune a classifier on the human labels (transfer learning); a second opinion."""
+    """Fine-tune a classifier on the human labels (transfer learning); a second opinion.
+    In a detection project: train the detector on the boxes people drew or imported
+    (resumes an interrupted run)."""
     with _open(project) as p:
         r = p.train(schedule=schedule, epochs=epochs, device=device, progress=not as_json)
     if as_json:
         _echo_json(r)
+    elif "boxes" in r:
+        click.echo(f"trained the detector on {r['images']} images ({r['boxes']} boxes): {r['epochs']} epochs, "
+                   f"{r['trainable_blocks']} backbone blocks trained, on {r['device']}; saved {r['path']}")
     else:
         click.echo(f"trained ({r['schedule']}) on {r['labels']} labels; training accuracy {r['training_accuracy']:.3f}"
                    + (f"; agrees with propagation on {100 * r['agreement_with_propagation']:.1f}% of items"
                       if "agreement_with_propagation" in r else ""))
+
+
+@cli.command()
+@project_option
+@click.option("--item", "items", multiple=True, help="Only this image (repeatable). Default: every image "
+              "without human or imported boxes.")
+@click.option("--score-threshold", type=float, default=None, help="Drop boxes scoring below this (default 0.05).")
+@json_option
+def prelabel(project, items, score_threshold, as_json):
+    """Detection: boxes and scores from the latest detector on the images not yet done."""
+    with _open(project) as p:
+        r = p.prelabel(items=list(items) or None, score_threshold=score_threshold)
+    if as_json:
+        _echo_json(r)
+    else:
+        click.echo(f"pre-labeled {r['images']} images with {r['boxes']} boxes (detector of run {r['detector_run']})")
 
 
 @cli.command()

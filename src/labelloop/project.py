@@ -21,6 +21,8 @@ from .ingest import (ImportReport, Report, Skipped, check_class_names, import_im
 from .store import Store
 
 MODALITIES = ("image", "text")
+TASKS = ("classification", "detection")   # detection: boxes on images (labelloop.detect)
+DETECTORS_DIR = "detectors"              # <project>/detectors/<run id>/detector.pt, .checkpoint/
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
 DATASET_FORMATS = ("coco", "labelstudio", "imagefolder", "hf")   # labelloop.formats
@@ -87,14 +89,20 @@ class Project:
         self._own_predictions: Predictions | None = None   # of this Project's last refresh
 
     @classmethod
-    def init(cls, path: str | Path, *, modality: str, classes: Sequence[str] | None = None) -> "Project":
+    def init(cls, path: str | Path, *, modality: str, classes: Sequence[str] | None = None,
+             task: str = "classification") -> "Project":
         if modality not in MODALITIES:
             raise ValidationError(f"modality must be 'image' or 'text', not {modality!r}")
+        if task not in TASKS:
+            raise ValidationError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+        if task == "detection" and modality != "image":
+            raise ValidationError("a detection project holds images: use --modality image with --task detection")
         root = Path(path)
         if (root / "labelloop.db").exists():
             raise ProjectError(f"{root.resolve()} is already a labelloop project; open it instead")
         store = Store(root, create=True)
         store.set_meta("modality", modality)
+        store.set_meta("task", task)
         store.set_meta("settings", {})
         store.set_meta("created", time.time())
         if classes:
@@ -124,6 +132,12 @@ class Project:
     @property
     def modality(self) -> str:
         return self.store.get_meta("modality")
+
+    @property
+    def task(self) -> str:
+        """``classification`` (one label per item; projects made before tasks existed) or
+        ``detection`` (boxes)."""
+        return self.store.get_meta("task", "classification")
 
     def setting(self, name: str):
         return config.setting(name, self.store.get_meta("settings", {}))
@@ -1121,13 +1135,22 @@ class Project:
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
-    def train(self, *, schedule: str = "auto", epochs: int = 30, device: str = "cpu", progress: bool = False) -> dict:
+    def train(self, *, schedule: str = "auto", epochs: int | None = None, device: str | None = None,
+              progress: bool = False) -> dict:
         """Transfer learning: a classifier on the (possibly adapted) image backbone trained on
         the human labels. Its class probabilities are stored with the run as a second opinion;
-        the propagated labels stay the project's predictions."""
+        the propagated labels stay the project's predictions. ``epochs`` defaults to 30,
+        ``device`` to cpu.
+
+        In a detection project: the detector (:meth:`train_detector`; device default: CUDA
+        when there is a GPU, epochs from its schedule)."""
         from .adapt import FineTuneClassifier
         from .ingest import load_image
 
+        if self.task == "detection":
+            return self.train_detector(device=device or "auto", epochs=epochs)
+        epochs = 30 if epochs is None else epochs
+        device = device or "cpu"
         if self.modality != "image":
             raise ValidationError("train fine-tunes the image backbone; this is a text project")
         ids = self.store.item_ids()
@@ -1151,6 +1174,159 @@ class Project:
         pred = self._current_predictions(ids)
         if pred is not None:
             summary["agreement_with_propagation"] = float((P.argmax(1) == pred.label).mean())
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    # ----------------------------------------------------------------- detection
+    def _require_detection(self, what: str) -> None:
+        if self.task != "detection":
+            raise ValidationError(f"{what} works on detection projects; this is a {self.task} project "
+                                  "(create one with: labelloop init --modality image --task detection)")
+
+    def add_boxes(self, item: str | int, boxes: Iterable[Sequence], *, source: str = "human",
+                  annotator: str | None = None, create_classes: bool = False) -> list[int]:
+        """Append boxes ``(x, y, w, h, class_name)`` (image pixels, top-left origin) to an image;
+        returns the new box ids. Every box is checked before any is stored."""
+        self._require_detection("add_boxes")
+        if source not in LABEL_SOURCES:
+            raise ValidationError(f"source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
+        item_id = self.store.resolve_item(item)
+        (it,) = self.store.items([item_id])
+        width, height = _image_size(it.uri)
+        rows = []
+        for b in boxes:
+            if len(b) != 5:
+                raise ValidationError(f"item {it.display}: a box is (x, y, w, h, class), got {tuple(b)!r}")
+            x, y, w, h = _box_numbers(it.display, b[:4])
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                raise ValidationError(f"item {it.display} ({width}x{height} px): box {(x, y, w, h)} lies outside "
+                                      "the image; boxes are x, y, w, h in pixels from the top-left corner")
+            rows.append({"item_id": item_id, "x": x, "y": y, "w": w, "h": h, "source": source,
+                         "annotator": annotator, "class_id": self._box_class(b[4], create_classes)})
+        return self.store.add_boxes(rows)
+
+    def _box_class(self, name: str, create: bool) -> int:
+        from .errors import UnknownClassError
+        from .store import validate_class_name
+
+        cid = self.store.class_id_of(validate_class_name(name))
+        if cid is None:
+            if not create:
+                raise UnknownClassError(f"unknown class {name!r}; classes: {', '.join(self.classes) or '(none)'} "
+                                        "(add it with create_classes / --new-classes)")
+            cid = self.store.class_id(name, create=True)
+        return cid
+
+    def edit_box(self, box_id: int, *, x: float | None = None, y: float | None = None, w: float | None = None,
+                 h: float | None = None, class_name: str | None = None, delete: bool = False,
+                 annotator: str | None = None) -> int:
+        """A person's edit of a box (any source) as a new row replacing it; ``delete``
+        withdraws it. Returns the new row's id."""
+        self._require_detection("edit_box")
+        old = self.store.box(box_id)
+        if old is None:
+            raise ValidationError(f"no box with id {box_id} in this project")
+        if old["class_id"] is None or self.store.box_replaced(box_id):
+            raise ValidationError(f"box {box_id} was already edited or deleted; edit the box now in effect "
+                                  "(see Project.boxes)")
+        geometry = _box_numbers(f"#{old['item_id']}", [old[k] if v is None else v
+                                                         for k, v in (("x", x), ("y", y), ("w", w), ("h", h))])
+        cid = None if delete else (old["class_id"] if class_name is None else self._box_class(class_name, False))
+        (new,) = self.store.add_boxes([{"item_id": old["item_id"], **dict(zip("xywh", geometry, strict=True)),
+                                        "class_id": cid, "source": "human", "annotator": annotator,
+                                        "replaces": box_id}])
+        return new
+
+    def boxes(self, item: str | int | None = None, *, sources: Sequence[str] = LABEL_SOURCES) -> list[dict]:
+        """Boxes in effect (of one item, or all): id, item_id, x, y, w, h, class, source,
+        annotator, score, run_id."""
+        ids = None if item is None else [self.store.resolve_item(item)]
+        names = {v: k for k, v in self.store.class_ids().items()}
+        return [{k: r[k] for k in ("id", "item_id", "x", "y", "w", "h", "source", "annotator", "score", "run_id")}
+                | {"class": names[r["class_id"]]} for r in self.store.current_boxes(sources=sources, item_ids=ids)]
+
+    def train_detector(self, *, device: str = "auto", epochs: int | None = None, image_size: int = 128,
+                       trainable_blocks: int | None = None, hflip: bool = True, seed: int = 0) -> dict:
+        """Fit the detector (labelloop.detect) on every image with human or imported boxes;
+        saved under ``detectors/<run id>/``. An interrupted run resumes when started again
+        with the same boxes and options."""
+        import shutil
+
+        from .detect.boxes import ImageBoxes
+        from .detect.train import DetectConfig, train_detector
+        from .ingest import load_image
+
+        self._require_detection("train_detector")
+        rows = self.store.current_boxes(sources=("human", "import"))
+        if not rows:
+            raise NotReadyError("train needs boxes: draw or import boxes on a few images first")
+        classes = self.classes
+        col = {cid: classes.index(name) for name, cid in self.store.class_ids().items()}
+        by_item: dict[int, list[dict]] = {}
+        for r in rows:
+            by_item.setdefault(r["item_id"], []).append(r)
+        item_ids = sorted(by_item)
+        items = self.store.items(item_ids)
+        images = [load_image(it.uri) for it in items]
+        targets = [ImageBoxes([[r["x"], r["y"], r["w"], r["h"]] for r in by_item[i]],
+                              [col[r["class_id"]] for r in by_item[i]]) for i in item_ids]
+        cfg = DetectConfig(device=device, epochs=epochs, image_size=image_size, trainable_blocks=trainable_blocks,
+                           hflip=hflip, seed=seed)
+        run = self.store.start_run("train-detector", cfg.to_dict(), {"images": len(item_ids), "boxes": len(rows)})
+        ckdir = self.root / DETECTORS_DIR / ".checkpoint"
+        try:
+            det = train_detector(images, targets, len(classes), cfg, class_names=classes, checkpoint_dir=ckdir)
+        except BaseException:
+            self.store.finish_run(run, status="interrupted")
+            raise
+        path = det.save(self.root / DETECTORS_DIR / str(run) / "detector.pt")
+        shutil.rmtree(ckdir, ignore_errors=True)
+        summary = {"images": len(item_ids), "boxes": len(rows), "epochs": det.epochs,
+                   "trainable_blocks": det.config.trainable_blocks, "resumed_from_epoch": det.resumed_from,
+                   "final_loss": det.history[-1] if det.history else None, "seconds": round(det.seconds, 1),
+                   "device": str(next(det.model.parameters()).device), "path": str(path.relative_to(self.root))}
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    def prelabel(self, *, items: Iterable[str | int] | None = None, score_threshold: float | None = None,
+                 batch_size: int = 32) -> dict:
+        """Boxes with scores from the latest detector on every image without human or imported
+        boxes (or on ``items``), stored as machine boxes; the previous machine boxes of those
+        images are withdrawn."""
+        from .detect.train import load_detector
+        from .ingest import load_image
+
+        self._require_detection("prelabel")
+        trained = self.store.last_run("train-detector")
+        if trained is None:
+            raise NotReadyError("no detector yet: run labelloop train first")
+        det = load_detector(self.root / trained["summary"]["path"])
+        if items is None:
+            done = {r["item_id"] for r in self.store.current_boxes(sources=("human", "import"))}
+            ids = [int(i) for i in self.store.item_ids() if int(i) not in done]
+        else:
+            ids = [self.store.resolve_item(i) for i in items]
+        cids = self.store.class_ids()
+        missing = [n for n in det.class_names if n not in cids]
+        if missing:
+            raise ValidationError(f"the detector knows class {missing[0]!r}, which this project no longer has")
+        run = self.store.start_run("prelabel", {"detector_run": trained["id"], "score_threshold": score_threshold},
+                                   {"images": len(ids)})
+        n_boxes = 0
+        for lo in range(0, len(ids), batch_size):
+            part = ids[lo:lo + batch_size]
+            preds = det.predict([load_image(it.uri) for it in self.store.items(part)], score_threshold=score_threshold)
+            old = self.store.current_boxes(sources=("machine",), item_ids=part)
+            rows = [{**{k: o[k] for k in ("item_id", "x", "y", "w", "h")}, "class_id": None, "source": "machine",
+                     "run_id": run, "replaces": o["id"]} for o in old]
+            for item_id, p in zip(part, preds, strict=True):
+                rows += [{"item_id": item_id, "x": float(b[0]), "y": float(b[1]), "w": float(b[2]),
+                          "h": float(b[3]), "class_id": cids[det.class_names[c]], "source": "machine",
+                          "score": float(s), "run_id": run} for b, c, s in zip(p.boxes, p.labels, p.scores,
+                                                                               strict=True)]
+                n_boxes += len(p)
+            self.store.add_boxes(rows)
+        summary = {"images": len(ids), "boxes": n_boxes, "detector_run": trained["id"]}
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
@@ -1844,3 +2020,26 @@ def _prediction_stats(pred: Predictions) -> tuple[list[int], dict]:
 
 def _nan_none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
+def _image_size(uri: str | None) -> tuple[int, int]:
+    """Width and height of an image file from its header (no decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(uri) as im:
+            return im.size
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValidationError(f"cannot read the image {uri}: {exc}") from exc
+
+
+def _box_numbers(where: str, xywh: Sequence) -> tuple[float, float, float, float]:
+    """``(x, y, w, h)`` as finite floats with w, h > 0, or an error naming the item."""
+    try:
+        x, y, w, h = (float(v) for v in xywh)
+    except (TypeError, ValueError):
+        raise ValidationError(f"item {where}: box {tuple(xywh)!r} must be four numbers x, y, w, h") from None
+    if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+        raise ValidationError(f"item {where}: box {(x, y, w, h)} needs finite numbers and a positive width and height")
+    return x, y, w, h
+

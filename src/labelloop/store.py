@@ -179,6 +179,29 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        7,
+        "boxes of detection projects (append-only)",
+        """
+        CREATE TABLE boxes (                       -- append-only: an edit or a deletion is a new row
+            id         INTEGER PRIMARY KEY,
+            item_id    INTEGER NOT NULL REFERENCES items(id),
+            x          REAL NOT NULL,              -- top-left corner, width, height in image pixels
+            y          REAL NOT NULL,
+            w          REAL NOT NULL,
+            h          REAL NOT NULL,
+            class_id   INTEGER REFERENCES classes(id),  -- NULL: withdraws the box it replaces
+            source     TEXT NOT NULL CHECK (source IN ('human', 'import', 'machine')),
+            annotator  TEXT,
+            score      REAL,                       -- the detector's score (machine boxes)
+            run_id     INTEGER REFERENCES runs(id),
+            replaces   INTEGER REFERENCES boxes(id),   -- the box this row edits or withdraws
+            created    REAL NOT NULL
+        );
+        CREATE INDEX boxes_by_item ON boxes (item_id, source, id);
+        CREATE INDEX boxes_by_replaces ON boxes (replaces)
+        """,
+    ),
 ]
 
 
@@ -905,6 +928,52 @@ class Store:
 
     def max_item_id(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
+
+    # --------------------------------------------------------------------- boxes
+    BOX_COLUMNS = ("item_id", "x", "y", "w", "h", "class_id", "source", "annotator", "score", "run_id",
+                   "replaces")
+
+    def add_boxes(self, rows: Sequence[dict]) -> list[int]:
+        """Append box rows (keys of :attr:`BOX_COLUMNS`; missing ones are NULL) in one
+        transaction; returns their ids. A row with ``replaces`` edits (class set) or withdraws
+        (class NULL) that box; the caller has checked items, classes and geometry."""
+        for r in rows:
+            if r["source"] not in SOURCES:
+                raise ValidationError(f"box source must be one of {', '.join(SOURCES)}, got {r['source']!r}")
+        now = _now()
+        ids = []
+        with self.transaction() as c:
+            for r in rows:
+                cur = c.execute(
+                    "INSERT INTO boxes (item_id, x, y, w, h, class_id, source, annotator, score, run_id, replaces, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*(r.get(k) for k in self.BOX_COLUMNS), now))
+                ids.append(cur.lastrowid)
+        return ids
+
+    def current_boxes(self, *, sources: Sequence[str] = SOURCES,
+                      item_ids: Sequence[int] | None = None) -> list[dict]:
+        """Boxes in effect: rows with a class that no later row replaces, oldest first."""
+        q = ("SELECT b.id, b.item_id, b.x, b.y, b.w, b.h, b.class_id, b.source, b.annotator, b.score, "
+             "b.run_id, b.created FROM boxes b WHERE b.class_id IS NOT NULL "
+             "AND NOT EXISTS (SELECT 1 FROM boxes r WHERE r.replaces = b.id) "
+             f"AND b.source IN ({', '.join('?' * len(sources))})")
+        if item_ids is None:
+            return [dict(r) for r in self.conn.execute(q + " ORDER BY b.id", list(sources))]
+        ids = [int(i) for i in item_ids]
+        out: list[dict] = []
+        for start in range(0, len(ids), 500):   # stay under SQLite's bound-parameter limit
+            part = ids[start:start + 500]
+            out += [dict(r) for r in self.conn.execute(
+                q + f" AND b.item_id IN ({', '.join('?' * len(part))})", [*sources, *part])]
+        return sorted(out, key=lambda r: r["id"])
+
+    def box(self, box_id: int) -> dict | None:
+        row = self.conn.execute("SELECT * FROM boxes WHERE id = ?", (int(box_id),)).fetchone()
+        return None if row is None else dict(row)
+
+    def box_replaced(self, box_id: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM boxes WHERE replaces = ? LIMIT 1", (int(box_id),)).fetchone() is not None
 
 
 def validate_class_name(name: str) -> str:
