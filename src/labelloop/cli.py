@@ -797,9 +797,13 @@ def novel(project, batch, n_examples, min_size, quantile, add_class, cluster, co
                + f" are far from every labeled item (score > {r['threshold']:.2f}); {len(r['clusters'])} clusters")
     for c in r["clusters"]:
         now = c["predicted_now"]
+        said = ""
+        if now and now["class"] is not None:
+            said = f"; predicted now {now['class']!r} for {100 * now['share']:.0f}%"
+        if now and now["unreached"]:
+            said += f"; {100 * now['unreached']:.0f}% unreached by any label"
         click.echo(f"cluster {c['cluster']}: {c['size']} items; nearest known class {c['nearest_class']!r} "
-                   f"(similarity {c['similarity']:.2f})" + (f"; predicted now {now['class']!r} for "
-                                                              f"{100 * now['share']:.0f}%" if now else ""))
+                   f"(similarity {c['similarity']:.2f}){said}")
         for e in c["examples"]:
             click.echo(f"  {e['item']:>7}  {shown[e['item']]}")
     if r["clusters"]:

@@ -831,10 +831,12 @@ class Project:
             return None
         return self._estimate_rows(ids, pred, None if batch is None else self.in_batch(ids, batch))
 
-    def _estimate_rows(self, ids: np.ndarray, pred: Predictions, rows: np.ndarray | None) -> dict:
-        """:meth:`estimate` over the rows ``rows`` ((n,) bool; None: every item)."""
-        conf, cpred, correct, truth = self._heldout(pred)
-        human, machine_mask = self._label_masks(ids)
+    def _estimate_rows(self, ids: np.ndarray, pred: Predictions, rows: np.ndarray | None, *, masks=None,
+                       heldout=None) -> dict:
+        """:meth:`estimate` over the rows ``rows`` ((n,) bool; None: every item); ``masks``
+        (:meth:`_label_masks`) and ``heldout`` (:meth:`_heldout`) when the caller has them."""
+        conf, cpred, correct, truth = heldout or self._heldout(pred)
+        human, machine_mask = masks or self._label_masks(ids)
         P = pred.proba
         if rows is not None:
             P, human, machine_mask = P[rows], human[rows], machine_mask[rows]
@@ -1366,11 +1368,15 @@ class Project:
             raise NotReadyError("drift compares the current predictions: run `labelloop refresh` first")
         names, codes = self._batch_codes(ids)
         human, machine = self._label_masks(ids)
+        heldout = self._heldout(pred)
         rows = batch_drift(codes, pred.label, len(pred.classes), human=human, machine=machine)
+
+        def shares(v):
+            return None if v is None else {c: round(float(x), 4) for c, x in zip(pred.classes, v)}
+
         out = []
         for b, r in enumerate(rows):
-            est = self._estimate_rows(ids, pred, codes == b)
-            shares = lambda v: None if v is None else {c: round(float(x), 4) for c, x in zip(pred.classes, v)}  # noqa: E731
+            est = self._estimate_rows(ids, pred, codes == b, masks=(human, machine), heldout=heldout)
             change = r["largest_change"]
             out.append({"batch": names[b]} | r | {
                 "predicted_shares": shares(r["predicted_shares"]), "earlier_shares": shares(r["earlier_shares"]),
@@ -1407,6 +1413,7 @@ class Project:
             names, codes = self._batch_codes(ids)
             candidates = candidates & self.in_batch(ids, batch)
             reference = codes < names.index(batch)
+            reference = reference if reference.any() else None   # the first batch: the labels alone
         res = find_novel_clusters(X, graph, labeled, y[labeled], candidates, reference=reference,
                                   quantile=quantile, min_size=min_size, n_examples=n_examples)
         pred = self._current_predictions(ids)
@@ -1417,9 +1424,12 @@ class Project:
         for k, cl in enumerate(res.clusters, start=1):
             items = self.store.items(ids[cl.examples].tolist())
             predicted = None
-            if pred is not None:
-                counts = np.bincount(pred.label[cl.rows], minlength=len(pred.classes))
-                predicted = {"class": pred.classes[int(counts.argmax())], "share": round(float(counts.max() / cl.size), 4)}
+            if pred is not None:   # what the model calls them now (unreached items: nothing)
+                reached = cl.rows[pred.reached[cl.rows]]
+                counts = np.bincount(pred.label[reached], minlength=len(pred.classes))
+                predicted = {"class": pred.classes[int(counts.argmax())] if len(reached) else None,
+                             "share": round(float(counts.max() / cl.size), 4),
+                             "unreached": round(1 - len(reached) / cl.size, 4)}
             clusters.append({"cluster": k, "size": cl.size, "nearest_class": classes[cl.nearest_class],
                              "similarity": round(cl.similarity, 4), "cohesion": round(cl.cohesion, 4),
                              "mean_score": round(cl.mean_score, 4), "predicted_now": predicted,
