@@ -74,7 +74,7 @@ class Oracle:
         """The true class most members of a `novel` cluster have, with its share."""
         ids = np.load(p.store.run_dir(run) / "clusters.npz")[f"cluster_{cluster}"]
         names = [self.truth[it.external_id] for it in p.store.items(ids.tolist())]
-        top = max(set(names), key=names.count)
+        top = max(sorted(set(names)), key=names.count)
         return f"{top} ({names.count(top)}/{len(names)})"
 
     def label(self, p: Project, item_ids: list[int]) -> int:
@@ -120,7 +120,7 @@ def run_workflow(kind: str, ds, streams: list[np.ndarray], seed: int, new_name: 
                         found = p.novel(batch=name)
                         for c in found["clusters"]:
                             shown = [oracle.truth[e["ref"]] for e in c["examples"]]
-                            top = max(set(shown), key=shown.count)
+                            top = max(sorted(set(shown)), key=shown.count)
                             if top not in p.classes and shown.count(top) * 2 > len(shown):
                                 r = p.add_class_from_cluster(top, c["cluster"])
                                 in_batch += oracle.label(p, [e["item"] for e in r["examples"]])
