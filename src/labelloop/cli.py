@@ -751,7 +751,8 @@ def drift(project, as_json):
 @click.option("--examples", "n_examples", type=int, default=5, show_default=True, help="Example items per cluster.")
 @click.option("--min-size", type=int, default=None, help="Smallest cluster to report [default: 5].")
 @click.option("--quantile", type=float, default=None,
-              help="Novel = scoring above this share of the labeled items (leave-one-out) [default: 0.95].")
+              help="Novel = scoring above this share of the known items, each scored against the others "
+                   "[default: 0.95].")
 @click.option("--add-class", "add_class", default=None, help="Add this class for --cluster K of the last run.")
 @click.option("--cluster", type=int, default=None, help="With --add-class: the cluster number `novel` listed.")
 @click.option("--confirm", is_flag=True,
@@ -759,7 +760,9 @@ def drift(project, as_json):
 @click.option("--annotator", default=None, envvar="LABELLOOP_ANNOTATOR", help="Who confirms (env LABELLOOP_ANNOTATOR).")
 @json_option
 def novel(project, batch, n_examples, min_size, quantile, add_class, cluster, confirm, annotator, as_json):
-    """Candidate new classes: clusters of unlabeled items far from every labeled item.
+    """Candidate new classes: clusters of unlabeled items far from every labeled item (with
+    --batch B: also from every item of the batches before B), relative to how dense their
+    neighbourhood is; each with examples, the nearest known class and what the model says now.
 
     \b
       labelloop novel -p P --batch week-48              # list the clusters with examples
