@@ -108,19 +108,22 @@ def init(project: Path, modality: str, classes: str, task: str) -> None:
 @click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Table format (default: by extension).")
 @click.option("--encoding", default=None, help="Texts: the file's encoding, e.g. latin-1 or cp1252 (default utf-8).")
+@click.option("--batch", default=None,
+              help="Name of the batch these items come in, e.g. week-48 (default: none; such items are listed "
+                   "as 'unbatched'). Items already in the project keep their first batch.")
 @click.option("--as-gold", is_flag=True,
               help="SOURCE is a CSV of gold-standard labels (columns item,label; text projects also text,label) "
                    "used to benchmark annotators.")
 @json_option
 def import_cmd(project, source, labels_from_folders, annotations, labelstudio, text_column, label_column, id_column,
-               fmt, encoding, as_gold, as_json):
+               fmt, encoding, batch, as_gold, as_json):
     """Import a folder of images or a CSV / JSONL of texts, with labels from class subfolders,
-    a column, a COCO file or a Label Studio export. Imported labels are `import` labels (soft
-    evidence when `config import_trust` is below 1). Boxes (COCO bboxes, Label Studio
-    rectangles) are not imported, this project labels whole images: convert boxes with the
-    Python package labelloop.formats (COCO, YOLO, Pascal VOC, Label Studio). Exit code 1 if
-    anything was skipped or a warning was given (e.g. --labels-from-folders found no class
-    subfolders)."""
+    a column, a COCO file or a Label Studio export, optionally as a named batch. Imported
+    labels are `import` labels (soft evidence when `config import_trust` is below 1). Boxes
+    (COCO bboxes, Label Studio rectangles) are not imported, this project labels whole images:
+    convert boxes with the Python package labelloop.formats (COCO, YOLO, Pascal VOC, Label
+    Studio). Exit code 1 if anything was skipped or a warning was given (e.g.
+    --labels-from-folders found no class subfolders)."""
     if annotations is not None and labelstudio is not None:
         raise click.UsageError("give one annotation file: --annotations (COCO) or --labelstudio")
     with _open(project) as p:
@@ -138,7 +141,7 @@ def import_cmd(project, source, labels_from_folders, annotations, labelstudio, t
         report = p.import_(source, labels_from_folders=labels_from_folders, text_column=text_column,
                            label_column=label_column, id_column=id_column, fmt=fmt, encoding=encoding,
                            annotations=annotations or labelstudio,
-                           annotation_format="labelstudio" if labelstudio is not None else "coco")
+                           annotation_format="labelstudio" if labelstudio is not None else "coco", batch=batch)
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -269,21 +272,27 @@ def label(project, assignments, csv_path, source, annotator, new_classes, as_jso
     sys.exit(0 if report.ok else EXIT_SKIPPED)
 
 
+batch_option = click.option("--batch", default=None,
+                            help="Only the items of this batch (`import --batch`; 'unbatched': imported without one).")
+
+
 @cli.command()
 @project_option
+@batch_option
 @json_option
-def status(project, as_json):
+def status(project, batch, as_json):
     """Items, labels, per-class counts, predictions, estimated accuracy and the next step.
 
     Each labeled item counts once, by the source of its current label (human, else import,
-    else machine): the same counts as `export` and the dashboard."""
+    else machine): the same counts as `export` and the dashboard. With --batch: that batch's
+    items only; without it, a project with batches also shows the drift report."""
     with _open(project) as p:
-        s = p.status()
+        s = p.status(batch=batch)
     if as_json:
         _echo_json(s)
         return
     lab = s["labeled"]
-    click.echo(f"project   {s['project']} ({s['modality']})")
+    click.echo(f"project   {s['project']} ({s['modality']})" + (f", batch {batch}" if batch else ""))
     click.echo(f"items     {s['items']}  embedded by {s['active_backbone'] or '(nothing yet)'}")
     click.echo(f"labels    human {lab['human']}, import {lab['import']}, machine {lab['machine']}")
     if s["predicted"]:
@@ -304,8 +313,22 @@ def status(project, as_json):
     for key in ("estimate", "stopping", "audit"):
         if s.get(key):
             click.echo(f"{key:<9} {_describe(key, s[key])}")
+    if s.get("drift"):
+        click.echo("batches   (drift: `labelloop drift`)")
+        _echo_drift(s["drift"])
     if s.get("next_step"):
         click.echo(f"next      {s['next_step']}")
+
+
+def _echo_drift(rows: list[dict]) -> None:
+    width = max(len(r["batch"]) for r in rows)
+    click.echo(f"  {'batch':<{width}}  items  human  auto-labeled  est. accuracy (interval)  shift  largest change")
+    for r in rows:
+        e, ch = r["estimate"], r["largest_change"]
+        change = f"{ch['class']} {100 * ch['earlier']:.1f}% -> {100 * ch['now']:.1f}%" if ch else "-"
+        shift = "-" if r["shift"] is None else f"{r['shift']:.3f}"
+        click.echo(f"  {r['batch']:<{width}}  {r['items']:>5}  {r['human']:>5}  {100 * r['auto_labeled_share']:>11.1f}%"
+                   f"  {e['accuracy']:.3f} ({e['lower']:.3f}-{e['upper']:.3f})      {shift:>5}  {change}")
 
 
 def _describe(key: str, value) -> str:
@@ -350,11 +373,13 @@ def _plain(value) -> str:
                    "verify: a random sample of the machine labels auto-labeling could accept, whose labels "
                    "certify it (see `labelloop autolabel`).")
 @click.option("--seed", type=int, default=None)
+@click.option("--batch", default=None,
+              help="Only items of this batch: what the model misses in new data (the model learns from all labels).")
 @json_option
-def next_cmd(project, n, strategy, seed, as_json):
+def next_cmd(project, n, strategy, seed, batch, as_json):
     """The items a person should label next, with the machine's guess and why each was picked."""
     with _open(project) as p:
-        rows = p.next(n, strategy=strategy, seed=seed)
+        rows = p.next(n, strategy=strategy, seed=seed, batch=batch)
         if as_json:
             _echo_json(rows)
             return
@@ -390,6 +415,8 @@ def autolabel(project, target_precision, global_threshold, as_json):
     if s.get("suggest"):
         click.echo(f"next: {s['suggest']}   (then label those items and run `labelloop refresh` and "
                    "`labelloop autolabel` again)")
+    for b, c in (s.get("per_batch") or {}).items():
+        click.echo(f"  batch {b}: {c['accepted']} of {c['items']} accepted, {c['needs_person']} need a person")
 
 
 @cli.command()
@@ -581,15 +608,17 @@ def simulate(dataset, strategies, budget, step, seeds, backbone, n_items, baseli
               help="A file (csv, jsonl, coco, labelstudio) or a folder that does not exist yet (imagefolder, hf).")
 @click.option("--image-url-prefix", default="", help="labelstudio: put before each image path, e.g. "
               "'/data/local-files/?d=photos/' for Label Studio local storage.")
-def export(project, fmt, out, image_url_prefix):
-    """Write the current labels: a person's, else an import's, else an accepted machine label;
-    csv / jsonl also the predictions of the other items. Boxes are not exported: this project
+@batch_option
+def export(project, fmt, out, image_url_prefix, batch):
+    """Write the current labels (of one batch with --batch): a person's, else an import's, else
+    an accepted machine label; csv / jsonl also the predictions of the other items and each
+    item's batch. Boxes are not exported: this project
     labels whole images (convert boxes with the Python package labelloop.formats)."""
     with _open(project) as p:
         if fmt in ("csv", "jsonl"):
-            click.echo(f"wrote {p.export(out, format=fmt)}")
+            click.echo(f"wrote {p.export(out, format=fmt, batch=batch)}")
         else:
-            click.echo(p.export_dataset(out, format=fmt, image_url_prefix=image_url_prefix).summary())
+            click.echo(p.export_dataset(out, format=fmt, image_url_prefix=image_url_prefix, batch=batch).summary())
 
 
 @cli.command()
@@ -759,6 +788,88 @@ def rules_report(project, as_json):
                + (f", measured accuracy {pct(r['label_model_measured_accuracy'])} on {r['label_model_measured_n']} "
                   "human labels" if r["label_model_measured_n"] else "")
                + f"; rule_trust {r['rule_trust']}")
+
+
+@cli.command()
+@project_option
+@json_option
+def drift(project, as_json):
+    """Per batch: items, human labels, share auto-labeled, estimated accuracy, and how far its
+    predicted class mix moved from the earlier batches (shift: total variation distance)."""
+    with _open(project) as p:
+        d = p.drift()
+    if as_json:
+        _echo_json(d)
+        return
+    _echo_drift(d["batches"])
+
+
+@cli.command()
+@project_option
+@batch_option
+@click.option("--examples", "n_examples", type=int, default=5, show_default=True, help="Example items per cluster.")
+@click.option("--min-size", type=int, default=None, help="Smallest cluster to report [default: 5].")
+@click.option("--quantile", type=float, default=None,
+              help="Novel = scoring above this share of the known items, each scored against the others "
+                   "[default: 0.95].")
+@click.option("--add-class", "add_class", default=None, help="Add this class for --cluster K of the last run.")
+@click.option("--cluster", type=int, default=None, help="With --add-class: the cluster number `novel` listed.")
+@click.option("--confirm", is_flag=True,
+              help="With --add-class: you looked at the examples listed and they are all of the class: label them.")
+@click.option("--annotator", default=None, envvar="LABELLOOP_ANNOTATOR", help="Who confirms (env LABELLOOP_ANNOTATOR).")
+@json_option
+def novel(project, batch, n_examples, min_size, quantile, add_class, cluster, confirm, annotator, as_json):
+    """Candidate new classes: clusters of unlabeled items far from every labeled item (with
+    --batch B: also from every item of the batches before B), relative to how dense their
+    neighbourhood is; each with examples, the nearest known class and what the model says now.
+
+    \b
+      labelloop novel -p P --batch week-48              # list the clusters with examples
+      labelloop novel -p P --add-class NAME --cluster 1 # add the class; its examples to label
+      labelloop novel -p P --add-class NAME --cluster 1 --confirm   # ... you checked them: labeled NAME
+    Nothing is labeled by the machine: without --confirm the examples are listed for you to label."""
+    from .errors import ValidationError
+
+    if (add_class is None) != (cluster is None):
+        raise ValidationError("--add-class NAME and --cluster K go together (K from the list `labelloop novel` prints)")
+    if confirm and add_class is None:
+        raise ValidationError("--confirm labels the examples of --add-class NAME --cluster K")
+    with _open(project) as p:
+        if add_class is not None:
+            r = p.add_class_from_cluster(add_class, cluster, confirm=confirm, annotator=annotator)
+            if as_json:
+                _echo_json(r)
+                return
+            click.echo(f"class {r['class']!r} added for cluster {cluster}")
+            if r["labeled"]:
+                click.echo(f"{r['labeled']} examples labeled {r['class']!r}" + (f" by {annotator}" if annotator else ""))
+            elif r["examples"]:
+                shown = p.snippets([e["item"] for e in r["examples"]], width=50)
+                click.echo("label its examples (give another class to any that is not one):")
+                for e in r["examples"]:
+                    click.echo(f"{e['item']:>7}  {shown[e['item']]}")
+                click.echo(f"  labelloop label -p {project} " + " ".join(f"{e['item']}={r['class']}" for e in r["examples"]))
+            return
+        r = p.novel(batch=batch, quantile=quantile, min_size=min_size, n_examples=n_examples)
+        if as_json:
+            _echo_json(r)
+            return
+        shown = p.snippets([e["item"] for c in r["clusters"] for e in c["examples"]], width=50)
+    click.echo(f"{r['novel_items']} of {r['candidates']} unlabeled items" + (f" in batch {batch}" if batch else "")
+               + f" are far from every labeled item (score > {r['threshold']:.2f}); {len(r['clusters'])} clusters")
+    for c in r["clusters"]:
+        now = c["predicted_now"]
+        said = ""
+        if now and now["class"] is not None:
+            said = f"; predicted now {now['class']!r} for {100 * now['share']:.0f}%"
+        if now and now["unreached"]:
+            said += f"; {100 * now['unreached']:.0f}% unreached by any label"
+        click.echo(f"cluster {c['cluster']}: {c['size']} items; nearest known class {c['nearest_class']!r} "
+                   f"(similarity {c['similarity']:.2f}){said}")
+        for e in c["examples"]:
+            click.echo(f"  {e['item']:>7}  {shown[e['item']]}")
+    if r["clusters"]:
+        click.echo(f"a new class? labelloop novel -p {project} --add-class NAME --cluster K")
 
 
 def _add_web_commands() -> None:

@@ -159,7 +159,7 @@ class Project:
     def import_(self, source: str | Path | None = None, *, labels_from_folders: bool = False,
                 text_column: str = "text", label_column: str | None = None, id_column: str | None = None,
                 fmt: str | None = None, encoding: str | None = None, annotations: str | Path | None = None,
-                annotation_format: str = "coco") -> ImportReport:
+                annotation_format: str = "coco", batch: str | None = None) -> ImportReport:
         """Import a folder of images or a CSV / JSONL of texts (by the project's modality).
         ``encoding``: of a text file (default UTF-8). Whole-import problems (no class
         subfolders, a file in another encoding) are in the report's ``warnings``.
@@ -167,9 +167,14 @@ class Project:
         ``annotations``: a COCO or Label Studio JSON file (``annotation_format``) whose
         image-level classes become import labels of the images under ``source`` that its
         records name; a text project takes its texts from Label Studio tasks (no ``source``).
-        The file is read and checked before anything is stored."""
+        The file is read and checked before anything is stored.
+        ``batch``: the name the new items carry (``--batch week-48``); without it they are
+        ``unbatched``. An item already in the project keeps the batch it first came in."""
+        from .store import validate_batch_name
+
         if encoding is not None and self.modality == "image":
             raise ValidationError("--encoding is for CSV / JSONL files of texts; this is an image project")
+        batch = None if batch is None else validate_batch_name(batch)
         coll = None
         if annotations is not None:
             coll = self._read_annotations(source, annotations, annotation_format)
@@ -179,17 +184,18 @@ class Project:
         params = dict(source=None if source is None else str(source), labels_from_folders=labels_from_folders,
                       text_column=text_column, label_column=label_column, id_column=id_column,
                       encoding=encoding, annotations=None if annotations is None else str(annotations),
-                      annotation_format=annotation_format if annotations is not None else None)
+                      annotation_format=annotation_format if annotations is not None else None, batch=batch)
         run = self.store.start_run("import", params)
         try:
-            if self.modality == "image":
-                report = import_images(self.store, source, labels_from_folders=labels_from_folders,
-                                       annotations=coll, annotations_name=Path(annotations or "").name)
-            elif coll is not None:
-                report = import_texts(self.store, coll, name=Path(annotations).name)
-            else:
-                report = import_table(self.store, source, text_column=text_column, label_column=label_column,
-                                      id_column=id_column, fmt=fmt, encoding=encoding or "utf-8")
+            with self.store.new_items_batch(batch):
+                if self.modality == "image":
+                    report = import_images(self.store, source, labels_from_folders=labels_from_folders,
+                                           annotations=coll, annotations_name=Path(annotations or "").name)
+                elif coll is not None:
+                    report = import_texts(self.store, coll, name=Path(annotations).name)
+                else:
+                    report = import_table(self.store, source, text_column=text_column, label_column=label_column,
+                                          id_column=id_column, fmt=fmt, encoding=encoding or "utf-8")
         except BaseException:
             self.store.finish_run(run, status="failed")
             raise
@@ -702,10 +708,12 @@ class Project:
         return pred
 
     def next(self, n: int = 20, *, strategy: str = "auto", seed: int | None = None, annotator: str | None = None,
-             record: bool = True, explore: float | None = None, target_precision: float | None = None) -> list[dict]:
+             record: bool = True, explore: float | None = None, target_precision: float | None = None,
+             batch: str | None = None) -> list[dict]:
         """The ``n`` items a person should label next, most useful first, with the reason.
         Items with a human or imported label are not asked again, nor accepted machine labels
-        (except by ``verify``, which checks exactly those).
+        (except by ``verify``, which checks exactly those). ``batch``: only items of that batch
+        are candidates (the model still learns from every label).
 
         ``strategy``: a :mod:`labelloop.select` strategy, or ``"verify"``: a random sample of the
         items auto-labeling could accept, whose labels certify it (:mod:`labelloop.loop.certify`).
@@ -734,8 +742,8 @@ class Project:
                     probabilities=None if pred is None else pred.proba, graph=graph, embeddings=X,
                     labels=y[labeled] if len(labeled) else None, class_names=self.classes, seed=seed,
                     explore=explore, target_precision=target_precision or self._target(),
-                    verify_eligible=eligible, **dict(zip(("certified_coverage", "pending_coverage"),
-                                                         self._verify_state())),
+                    verify_eligible=eligible, within=None if batch is None else self.in_batch(ids, batch),
+                    **dict(zip(("certified_coverage", "pending_coverage"), self._verify_state())),
                     **(dict(zip(("rule_votes", "rule_proba"), rules)) if rules is not None and pred is not None else {}))
         picked = ch.rows.tolist()
         items = self.store.items(ids[picked].tolist())
@@ -749,15 +757,17 @@ class Project:
                         "region": region, "score": float(score), "reason": reason, "kind": kind})
         if record:
             self.record_query(ch.strategy, n, seed, out, annotator=annotator, labeled=len(labeled),
-                              prediction_run=pred.run_id if pred else None, details=ch.details)
+                              prediction_run=pred.run_id if pred else None, details=ch.details, batch=batch)
         return out
 
     def record_query(self, strategy: str, n: int, seed: int, chosen: list[dict], *, annotator: str | None = None,
-                     labeled: int = 0, prediction_run: int | None = None, details: dict | None = None) -> int:
+                     labeled: int = 0, prediction_run: int | None = None, details: dict | None = None,
+                     batch: str | None = None) -> int:
         """Record what was served and why (``chosen``: dicts with item, guess, confidence, kind):
         random and verify items keep the machine's guess of that moment, which is what
         certification later compares the person's label with."""
-        run = self.store.start_run("query", {"strategy": strategy, "n": n, "seed": seed, "annotator": annotator},
+        params = {"strategy": strategy, "n": n, "seed": seed, "annotator": annotator}
+        run = self.store.start_run("query", params | ({"batch": batch} if batch is not None else {}),
                                    {"labeled": int(labeled), "prediction_run": prediction_run})
         checks = [{"item": o["item"], "guess": o["guess"], "confidence": o["confidence"],
                    "coverage": o.get("coverage"), "kind": o["kind"],
@@ -896,25 +906,36 @@ class Project:
             "certificate": cert.to_dict(),
             "expected_precision": _nan_none(float(pred.confidence[accept].mean())) if accept.any() else None,
         }
+        names, codes = self._batch_codes(ids)
+        if len(names) > 1:   # where the accepted labels fall: a new batch the model handles badly shows here
+            summary["per_batch"] = {
+                b: {"items": int((codes == c).sum()), "accepted": int(accept[codes == c].sum()),
+                    "needs_person": int((~accept & (y_other < 0))[codes == c].sum())} for c, b in enumerate(names)}
         if cert.more_needed:
             summary["suggest"] = f"labelloop next --strategy verify --n {cert.more_needed}"
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
-    def estimate(self) -> dict | None:
+    def estimate(self, *, batch: str | None = None) -> dict | None:
         """Estimated accuracy of the whole dataset's labels (human + machine + predicted) if
-        exported now, from the calibrated confidences (:mod:`labelloop.loop.estimate`)."""
+        exported now, from the calibrated confidences (:mod:`labelloop.loop.estimate`);
+        ``batch``: of that batch's items only (calibrated on every held-out human label)."""
         ids = self.store.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             return None
-        conf, cpred, correct, truth = self._heldout(pred)
-        machine = self.store.latest_labels("machine")
-        row = {int(i): r for r, i in enumerate(ids)}
-        machine_mask = np.zeros(len(ids), dtype=bool)
-        machine_mask[[row[i] for i in machine if i in row]] = True
-        human = self.label_vector(ids, sources=("human", "import")) >= 0
-        est = self._estimate_from(pred.proba, None, human, None, heldout=(conf, correct, truth))
+        return self._estimate_rows(ids, pred, None if batch is None else self.in_batch(ids, batch))
+
+    def _estimate_rows(self, ids: np.ndarray, pred: Predictions, rows: np.ndarray | None, *, masks=None,
+                       heldout=None) -> dict:
+        """:meth:`estimate` over the rows ``rows`` ((n,) bool; None: every item); ``masks``
+        (:meth:`_label_masks`) and ``heldout`` (:meth:`_heldout`) when the caller has them."""
+        conf, cpred, correct, truth = heldout or self._heldout(pred)
+        human, machine_mask = masks or self._label_masks(ids)
+        P = pred.proba
+        if rows is not None:
+            P, human, machine_mask = P[rows], human[rows], machine_mask[rows]
+        est = self._estimate_from(P, None, human, None, heldout=(conf, correct, truth))
         return est | {"machine": int(machine_mask.sum()), "needs_person": int((~human & ~machine_mask).sum()),
                       "target": self._target()}
 
@@ -1468,25 +1489,33 @@ class Project:
                 "queue_sizes": {who: len(items) for who, items in queues.items()}}
 
     # -------------------------------------------------------------------- status
-    def status(self) -> dict:
+    def status(self, *, batch: str | None = None) -> dict:
         """Counts, predictions and their confidence, the estimate and what to do next.
         ``labeled`` and ``per_class`` count every item once, by the source of its current
-        label (:meth:`current_labels`), as :meth:`export` writes it."""
+        label (:meth:`current_labels`), as :meth:`export` writes it. ``batch``: the counts,
+        confidence and estimate of that batch's items only; without it, a project with named
+        batches also gets ``drift`` (:meth:`drift`)."""
         st = self.store
         ids = self.item_ids()
+        in_batch = None if batch is None else self.in_batch(ids, batch)
+        keep = None if in_batch is None else set(ids[in_batch].tolist())
         classes = self.classes
         cid = st.class_ids()
         name_of = {v: k for k, v in cid.items()}
         per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0} for c in classes}
         labeled = dict.fromkeys(LABEL_SOURCES, 0)
-        for class_id, source in self.current_labels().values():
+        labeled_all = dict.fromkeys(LABEL_SOURCES, 0)   # what the next step depends on
+        for item, (class_id, source) in self.current_labels().items():
+            labeled_all[source] += 1
+            if keep is not None and item not in keep:
+                continue
             labeled[source] += 1
             per_class[name_of[class_id]][source] += 1
         pred = self.predictions()
         out = {
             "project": str(self.root),
             "modality": self.modality,
-            "items": int(len(ids)),
+            "items": int(len(ids)) if keep is None else len(keep),
             "classes": len(classes),
             "labeled": labeled,
             "embedded": st.embedding_backbones(),
@@ -1494,23 +1523,33 @@ class Project:
             "per_class": per_class,
             "predicted": 0,
         }
+        if batch is not None:
+            out["batch"] = batch
         if pred is not None:
-            counts, out["confidence"] = MEMO.get(self.root, "prediction_stats", pred.run_id,
-                                                 lambda: _prediction_stats(pred))
+            prow = None if keep is None else np.flatnonzero(np.isin(pred.item_ids, ids[in_batch]))
+            if prow is None:
+                counts, out["confidence"] = MEMO.get(self.root, "prediction_stats", pred.run_id,
+                                                     lambda: _prediction_stats(pred))
+            else:
+                counts, out["confidence"] = _prediction_stats(pred, prow)
             for c, n in zip(pred.classes, counts):
                 per_class[c]["predicted"] += n
-            out["predicted"] = int(len(pred.item_ids))
-            out["unreached"] = int((~pred.reached).sum())
+            out["predicted"] = int(len(pred.item_ids) if prow is None else len(prow))
+            out["unreached"] = int((~pred.reached).sum() if prow is None else (~pred.reached[prow]).sum())
             # the run that made these predictions (a server's refresher has them before it is done)
             last = st.run(pred.run_id) or {"id": pred.run_id, "finished": None, "params": {}, "summary": {}}
             out["last_refresh"] = {"run": last["id"], "finished": last["finished"],
                                    "warm": last["params"].get("warm"), "stale": len(pred.item_ids) != len(ids)}
             # calibration of the confidences: the refresh's power map and its held-out error
             out["calibration"] = (pred.calibration or {}) | {"ece_heldout": last["summary"].get("ece_heldout")}
-            est = self.estimate()
+            est = self.estimate(batch=batch)
             out["estimate"] = est
-            out["stopping"] = self.stopping(est)
-        out["next_step"] = self._next_step(out)
+            if batch is None:
+                out["stopping"] = self.stopping(est)
+                if est is not None and any(b["name"] is not None for b in st.batches()):
+                    out["drift"] = self.drift()["batches"]
+        out["next_step"] = self._next_step(out if keep is None else out | {
+            "items": len(ids), "labeled": labeled_all, "predicted": 0 if pred is None else len(pred.item_ids)})
         return out
 
     def _next_step(self, status: dict) -> str | None:
@@ -1536,6 +1575,160 @@ class Project:
             return "run `labelloop refresh`: items were added since the last refresh"
         return None
 
+    # ------------------------------------------------------------------- batches
+    def batches(self) -> list[dict]:
+        """Every batch in arrival order (by its first item): name (``unbatched`` for items
+        imported without ``--batch``), items, first item id, when its first item was added."""
+        from .store import UNBATCHED
+
+        return [b | {"name": b["name"] or UNBATCHED} for b in self.store.batches()]
+
+    def _batch_codes(self, ids: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(batch names in arrival order, (n,) index into them of each item of ``ids``)."""
+        from .store import UNBATCHED
+
+        def load():
+            all_ids, names = self.store.item_batches()
+            order = [b["name"] for b in self.batches()]
+            code_of = {name: c for c, name in enumerate(order)}
+            codes = np.array([code_of[n or UNBATCHED] for n in names], dtype=np.int64)
+            return _frozen((all_ids, codes, order))
+
+        all_ids, codes, order = MEMO.get(self.root, "item_batches", self.store.items_key(), load)
+        pos = np.searchsorted(all_ids, ids)
+        return list(order), codes[np.minimum(pos, len(all_ids) - 1)] if len(all_ids) else codes
+
+    def in_batch(self, ids: np.ndarray, batch: str) -> np.ndarray:
+        """(n,) bool: which of ``ids`` came in ``batch``; an unknown batch is an error naming the known ones."""
+        names, codes = self._batch_codes(np.asarray(ids, dtype=np.int64))
+        if batch not in names:
+            raise ValidationError(f"no batch named {batch!r} in this project; batches: {', '.join(names) or '(none)'}"
+                                  " (set one with `labelloop import --batch NAME`)")
+        return codes == names.index(batch)
+
+    def _label_masks(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) bool each: a human or imported label is in effect / an accepted machine label is."""
+        human = self.label_vector(ids, sources=("human", "import")) >= 0
+        machine = np.isin(ids, np.fromiter(self.store.latest_labels("machine"), dtype=np.int64)) & ~human
+        return human, machine
+
+    def drift(self) -> dict:
+        """Per batch in arrival order: items, the share people labeled and the share
+        auto-labeled, predicted class proportions against those of every earlier batch (total
+        variation distance ``shift``, :mod:`labelloop.drift`), and the estimated accuracy of its
+        labels if exported now (:mod:`labelloop.loop.estimate`)."""
+        from .drift import batch_drift
+
+        ids = self.store.item_ids()
+        pred = self._current_predictions(ids)
+        if pred is None:
+            raise NotReadyError("drift compares the current predictions: run `labelloop refresh` first")
+        names, codes = self._batch_codes(ids)
+        human, machine = self._label_masks(ids)
+        heldout = self._heldout(pred)
+        rows = batch_drift(codes, pred.label, len(pred.classes), human=human, machine=machine)
+
+        def shares(v):
+            return None if v is None else {c: round(float(x), 4) for c, x in zip(pred.classes, v)}
+
+        out = []
+        for b, r in enumerate(rows):
+            est = self._estimate_rows(ids, pred, codes == b, masks=(human, machine), heldout=heldout)
+            change = r["largest_change"]
+            out.append({"batch": names[b]} | r | {
+                "predicted_shares": shares(r["predicted_shares"]), "earlier_shares": shares(r["earlier_shares"]),
+                "largest_change": None if change is None else {
+                    "class": pred.classes[change[0]], "earlier": round(change[1], 4), "now": round(change[2], 4)},
+                "mean_confidence": round(float(pred.confidence[codes == b].mean()), 4),
+                "estimate": {k: est[k] for k in ("accuracy", "lower", "upper")}})
+        return {"batches": out, "classes": list(pred.classes), "prediction_run": pred.run_id}
+
+    def novel(self, *, batch: str | None = None, quantile: float | None = None, min_size: int | None = None,
+              n_examples: int = 5) -> dict:
+        """Candidate new classes: clusters of unlabeled items (of ``batch``) far from every
+        labeled item -- and from every item of the batches before ``batch`` -- relative to
+        their neighbourhood's density (:mod:`labelloop.novelty`),
+        largest first, each with its most typical items as examples, the nearest known class
+        and what the model predicts for them now. Recorded as a ``novel`` run, whose cluster
+        numbers :meth:`add_class_from_cluster` takes."""
+        from .novelty import DEFAULT_MIN_SIZE, DEFAULT_QUANTILE, find_novel_clusters
+
+        quantile = DEFAULT_QUANTILE if quantile is None else float(quantile)
+        min_size = DEFAULT_MIN_SIZE if min_size is None else int(min_size)
+        if not 0.5 <= quantile < 1:
+            raise ValidationError(f"--quantile must be in [0.5, 1), got {quantile}")
+        if min_size < 2 or n_examples < 1:
+            raise ValidationError("--min-size must be at least 2 and --examples at least 1")
+        ids, graph = self.graph()
+        _, X = self.embeddings()
+        y = self.label_vector(ids, sources=("human", "import"))
+        labeled = np.flatnonzero(y >= 0)
+        if len(labeled) < 2:
+            raise NotReadyError("novelty is measured against the labeled items: label at least two first")
+        candidates, reference = y < 0, None
+        if batch is not None:   # new relative to the labels and to every batch that came before it
+            names, codes = self._batch_codes(ids)
+            candidates = candidates & self.in_batch(ids, batch)
+            reference = codes < names.index(batch)
+            reference = reference if reference.any() else None   # the first batch: the labels alone
+        res = find_novel_clusters(X, graph, labeled, y[labeled], candidates, reference=reference,
+                                  quantile=quantile, min_size=min_size, n_examples=n_examples)
+        pred = self._current_predictions(ids)
+        classes = self.classes
+        run = self.store.start_run("novel", {"batch": batch, "quantile": quantile, "min_size": min_size,
+                                             "n_examples": n_examples}, {"labels": int(len(labeled))})
+        clusters = []
+        for k, cl in enumerate(res.clusters, start=1):
+            items = self.store.items(ids[cl.examples].tolist())
+            predicted = None
+            if pred is not None:   # what the model calls them now (unreached items: nothing)
+                reached = cl.rows[pred.reached[cl.rows]]
+                counts = np.bincount(pred.label[reached], minlength=len(pred.classes))
+                predicted = {"class": pred.classes[int(counts.argmax())] if len(reached) else None,
+                             "share": round(float(counts.max() / cl.size), 4),
+                             "unreached": round(1 - len(reached) / cl.size, 4)}
+            clusters.append({"cluster": k, "size": cl.size, "nearest_class": classes[cl.nearest_class],
+                             "similarity": round(cl.similarity, 4), "cohesion": round(cl.cohesion, 4),
+                             "mean_score": round(cl.mean_score, 4), "predicted_now": predicted,
+                             "examples": [{"item": it.id, "ref": it.display} for it in items]})
+        np.savez(self.store.run_dir(run) / "clusters.npz",
+                 **{f"cluster_{k}": ids[cl.rows] for k, cl in enumerate(res.clusters, start=1)})
+        summary = {"batch": batch, "candidates": res.n_candidates, "novel_items": int(res.novel.sum()),
+                   "threshold": round(res.threshold, 4), "clusters": clusters}
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    def add_class_from_cluster(self, name: str, cluster: int, *, confirm: bool = False,
+                               annotator: str | None = None) -> dict:
+        """Add class ``name`` for cluster ``cluster`` of the last :meth:`novel` run. Nothing
+        is machine-labeled: the cluster's examples (as `novel` listed them) are recorded as a
+        query for a person to label, or, with ``confirm``, labeled ``name`` by ``annotator``
+        -- a person vouching for the examples they were shown."""
+        from .store import validate_class_name
+
+        last = self.store.last_run("novel")
+        if last is None:
+            raise NotReadyError("no candidate clusters yet: run `labelloop novel` first")
+        found = {c["cluster"]: c for c in last["summary"].get("clusters", [])}
+        if cluster not in found:
+            raise ValidationError(f"the last `labelloop novel` run (run {last['id']}) has no cluster {cluster}; "
+                                  f"its clusters: {', '.join(map(str, found)) or 'none'}")
+        name = validate_class_name(name)
+        if name in self.classes:
+            raise ValidationError(f"class {name!r} exists already; label the cluster's examples with "
+                                  "`labelloop label ITEM={name} ...` instead")
+        given = self.store.labeled_among([e["item"] for e in found[cluster]["examples"]])
+        examples = [e for e in found[cluster]["examples"] if e["item"] not in given]
+        self.store.add_classes([name])
+        out = {"class": name, "cluster": cluster, "novel_run": last["id"], "examples": examples, "labeled": 0}
+        if confirm:
+            out["labeled"] = self.label([(e["item"], name) for e in examples], annotator=annotator).appended
+        else:
+            chosen = [{"item": e["item"], "guess": None, "confidence": None, "kind": "strategy"} for e in examples]
+            out["query_run"] = self.record_query("novel", len(chosen), 0, chosen, annotator=annotator,
+                                                 details={"cluster": cluster, "novel_run": last["id"], "class": name})
+        return out
+
     # -------------------------------------------------------------------- export
     def current_labels(self) -> dict[int, tuple[int, str]]:
         """item_id -> (class_id, source) of every labeled item's current label: a person's
@@ -1546,9 +1739,9 @@ class Project:
             out.update((i, (k, source)) for i, k in self.store.latest_labels(source).items())
         return out
 
-    def rows(self) -> list[dict]:
-        """One row per item with its current best label: human, then import, then machine,
-        then the propagated prediction."""
+    def rows(self, *, batch: str | None = None) -> list[dict]:
+        """One row per item (of ``batch``) with its batch and current best label: human, then
+        import, then machine, then the propagated prediction."""
         st = self.store
         name_of = {v: k for k, v in st.class_ids().items()}
         current = self.current_labels()
@@ -1558,10 +1751,16 @@ class Project:
         pred = self.predictions()
         prow = pred.row_of() if pred is not None else {}
         pcol = {c: j for j, c in enumerate(pred.classes)} if pred is not None else {}
+        ids = st.item_ids()
+        names, codes = self._batch_codes(ids)
+        batch_of = dict(zip(ids.tolist(), (names[c] for c in codes)))
+        keep = None if batch is None else set(ids[self.in_batch(ids, batch)].tolist())
         out = []
         for it in st.items():
+            if keep is not None and it.id not in keep:
+                continue
             r = prow.get(it.id)
-            row = {"item": it.id, "external_id": it.external_id}
+            row = {"item": it.id, "external_id": it.external_id, "batch": batch_of[it.id]}
             if it.modality == "image":
                 row["source_path"] = it.uri
             else:
@@ -1583,22 +1782,22 @@ class Project:
             out.append(row)
         return out
 
-    def export(self, out: str | Path, *, format: str = "csv") -> Path:
-        """Write the current labels to ``out``: one row per item (csv, jsonl) or a dataset in
-        an interchange format (:meth:`export_dataset`)."""
+    def export(self, out: str | Path, *, format: str = "csv", batch: str | None = None) -> Path:
+        """Write the current labels (of the items of ``batch``) to ``out``: one row per item
+        (:meth:`rows` as csv, jsonl) or a dataset in an interchange format (:meth:`export_dataset`)."""
         if format in DATASET_FORMATS:
-            return self.export_dataset(out, format=format).path
+            return self.export_dataset(out, format=format, batch=batch).path
         if format not in EXPORT_FORMATS:
             raise ValidationError(f"export format must be one of {', '.join(EXPORT_FORMATS + DATASET_FORMATS)}, "
                                   f"not {format!r}")
         out = Path(out)
+        rows = self.rows(batch=batch)
         out.parent.mkdir(parents=True, exist_ok=True)
-        rows = self.rows()
         tmp = out.with_name(out.name + ".tmp")
         with tmp.open("w", newline="", encoding="utf-8") as f:
             if format == "csv":
                 text_col = "source_path" if self.modality == "image" else "text"
-                fields = ["item", "external_id", text_col, "label", "source", "confidence"]
+                fields = ["item", "external_id", text_col, "label", "source", "confidence", "batch"]
                 w = csv.DictWriter(f, fieldnames=fields)
                 w.writeheader()
                 w.writerows(rows)
@@ -1608,7 +1807,8 @@ class Project:
         tmp.replace(out)
         return out
 
-    def export_dataset(self, out: str | Path, *, format: str, image_url_prefix: str = "") -> ExportReport:
+    def export_dataset(self, out: str | Path, *, format: str, image_url_prefix: str = "",
+                       batch: str | None = None) -> ExportReport:
         """Write the current labels in an interchange format (:mod:`labelloop.formats`):
 
         - ``coco`` (a JSON file; images) and ``labelstudio`` (a JSON file of tasks, plus the
@@ -1634,7 +1834,7 @@ class Project:
         accepted = ("human", "import", "machine") if format in ("imagefolder", "hf") else ("human", "import")
         files: dict[str, Path] = {}
         records = []
-        for row in self.rows():
+        for row in self.rows(batch=batch):
             rec = formats.Record()
             if images:
                 rec.path = row["external_id"] or Path(row["source_path"]).name
@@ -2003,11 +2203,14 @@ def _jsonable(d: dict) -> dict:
     return out
 
 
-def _prediction_stats(pred: Predictions) -> tuple[list[int], dict]:
+def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tuple[list[int], dict]:
     """Items predicted per class (in ``pred.classes`` order) and the confidence summary of
-    ``status``: computed once per prediction run."""
-    conf = pred.confidence
-    counts = np.bincount(pred.label, minlength=len(pred.classes))[:len(pred.classes)]
+    ``status`` (of the rows ``rows`` only, e.g. one batch): computed once per prediction run."""
+    conf = pred.confidence if rows is None else pred.confidence[rows]
+    label = pred.label if rows is None else pred.label[rows]
+    if not len(conf):
+        return [0] * len(pred.classes), {}
+    counts = np.bincount(label, minlength=len(pred.classes))[:len(pred.classes)]
     p10, median, p90 = np.quantile(conf, [0.1, 0.5, 0.9])
     return [int(n) for n in counts], {
         "mean": round(float(conf.mean()), 4),

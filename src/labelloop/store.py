@@ -180,6 +180,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (
+        5,
+        "the batch each item came in",
+        """
+        ALTER TABLE items ADD COLUMN batch TEXT;    -- `import --batch NAME` (NULL: imported without one)
+        CREATE INDEX items_by_batch ON items (batch, id);
+        """,
+    ),
+    (
         7,
         "boxes of detection projects (append-only)",
         """
@@ -203,6 +211,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
 ]
+
+#: how items imported without ``--batch`` (NULL, and every item of a project made before
+#: batches existed) are named in reports and selected with ``--batch``; no batch may take it
+UNBATCHED = "unbatched"
 
 
 @dataclass(frozen=True)
@@ -252,6 +264,7 @@ class Store:
         else:
             self.conn = sqlite3.connect(db, check_same_thread=False, timeout=30)
         self.conn.row_factory = sqlite3.Row
+        self._new_batch: str | None = None   # the batch new items join (:meth:`new_items_batch`)
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA busy_timeout = 30000")
         if not readonly:
@@ -338,13 +351,38 @@ class Store:
             for r in rows:
                 meta = r.get("meta")
                 cur = c.execute(
-                    "INSERT INTO items (external_id, uri, text, content_hash, modality, added, meta) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
+                    "INSERT INTO items (external_id, uri, text, content_hash, modality, added, meta, batch) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
                     (r.get("external_id"), r.get("uri"), r.get("text"), r["content_hash"],
-                     r["modality"], now, json.dumps(meta, ensure_ascii=False) if meta else None),
+                     r["modality"], now, json.dumps(meta, ensure_ascii=False) if meta else None,
+                     r.get("batch", self._new_batch)),
                 )
                 ids.append(cur.lastrowid if cur.rowcount else None)
         return ids
+
+    @contextmanager
+    def new_items_batch(self, batch: str | None) -> Iterator[None]:
+        """Items :meth:`add_items` stores inside this block join ``batch`` (a valid name,
+        :func:`validate_batch_name`, or None): every import path carries it without knowing it."""
+        before, self._new_batch = self._new_batch, batch
+        try:
+            yield
+        finally:
+            self._new_batch = before
+
+    def item_batches(self) -> tuple[np.ndarray, list[str | None]]:
+        """(item ids ascending (n,), the batch of each, None for items imported without one)."""
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        rows = cur.execute("SELECT id, batch FROM items ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
+
+    def batches(self) -> list[dict]:
+        """Every batch in the order it arrived (by its first item): name (None: imported
+        without --batch), items, first item id, when its first item was added."""
+        return [{"name": b, "items": int(n), "first_item": int(first), "added": float(added)}
+                for b, n, first, added in self.conn.execute(
+                    "SELECT batch, COUNT(*), MIN(id), MIN(added) FROM items GROUP BY batch ORDER BY MIN(id)")]
 
     def existing_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -987,6 +1025,21 @@ def validate_class_name(name: str) -> str:
             raise ValidationError(
                 f"class name {name[:40]!r} has the control character U+{ord(ch):04X} at position {pos + 1}; "
                 "class names are one line of visible text: remove it")
+    return name
+
+
+def validate_batch_name(name: str) -> str:
+    """A batch name as ``import --batch`` takes it: one line of visible text, at most 100
+    characters, not the reserved :data:`UNBATCHED`."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"batch name must be a non-empty string, e.g. --batch week-48; got {name!r}")
+    name = name.strip()
+    if len(name) > 100:
+        raise ValidationError(f"batch name {name[:40]!r}... has {len(name)} characters; at most 100")
+    if any(_is_control(ch) for ch in name):
+        raise ValidationError(f"batch name {name[:40]!r} has a control character; use one line of visible text")
+    if name == UNBATCHED:
+        raise ValidationError(f"{UNBATCHED!r} names the items imported without --batch; choose another batch name")
     return name
 
 

@@ -21,11 +21,14 @@ import numpy as np
 from ..autolabel import DEFAULT_TARGET
 from .certify import coverage_of, verify_coverage, verify_sample
 
-__all__ = ["Choice", "choose", "default_explore", "DEFAULT_EXPLORE", "VERIFY"]
+__all__ = ["Choice", "choose", "default_explore", "BATCH_RANDOM", "DEFAULT_EXPLORE", "VERIFY"]
 
 #: share of an ``auto`` batch drawn at random once predictions exist
 DEFAULT_EXPLORE = 0.2
 VERIFY = "verify"
+#: the kind of a random draw from one batch (``within``): random within the batch only, so it
+#: never counts as a uniform check of the whole project (certification, the class prior)
+BATCH_RANDOM = "batch-random"
 #: verify when no region is expected to reach the target: sample the most confident quarter
 FALLBACK_REGION = 0.25
 
@@ -39,7 +42,7 @@ class Choice:
     rows: np.ndarray                  # (m,) chosen rows, most useful first
     scores: list[float]
     reasons: list[str]
-    kinds: list[str]                  # "strategy" | "random" | "verify" per row
+    kinds: list[str]                  # "strategy" | "random" | "batch-random" | "verify" per row
     strategy: str
     details: dict = field(default_factory=dict)
     threshold: float | None = None    # verify: the region's confidence threshold
@@ -57,7 +60,8 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
            explore: float | None = None, target_precision: float = DEFAULT_TARGET,
            verify_eligible: np.ndarray | None = None, certified_coverage: float = 0.0,
            candidates: np.ndarray | None = None, pending_coverage: float = 0.0,
-           rule_votes: np.ndarray | None = None, rule_proba: np.ndarray | None = None) -> Choice:
+           rule_votes: np.ndarray | None = None, rule_proba: np.ndarray | None = None,
+           within: np.ndarray | None = None) -> Choice:
     """Choose ``n`` rows to label. ``labeled`` / ``unlabeled``: row indices; ``probabilities``:
     (n_items, C) calibrated predictions or None before the first refresh; ``labels``: the class
     of each ``labeled`` row. ``verify_eligible``: (n_items,) bool rows a verify check may draw
@@ -69,11 +73,24 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
     long-running server's ranking fast); the random share is still drawn from all of
     ``unlabeled``, so it stays an unbiased sample. ``rule_votes`` / ``rule_proba``: (n_items, C)
     votes of the active labeling functions and their label model (None without rules): what
-    ``conflict`` ranks by, and ``auto`` after its cold start."""
+    ``conflict`` ranks by, and ``auto`` after its cold start.
+    ``within``: (n_items,) bool, only these rows may be chosen (one batch: ``next --batch``);
+    the random share is then a random sample of them, not of the whole dataset, and
+    ``verify`` refuses it (certification needs draws from the whole region)."""
     from ..errors import NotReadyError, ValidationError
     from ..select import available_strategies, get_strategy
 
     unlabeled = np.asarray(unlabeled, dtype=np.int64)
+    random_reason = "random sample: keeps the auto-label precision estimate unbiased"
+    if within is not None:
+        if strategy == VERIFY:
+            raise ValidationError("verify certifies auto-labels over the whole project: its checks must be drawn "
+                                  "from all items, not one batch; drop --batch")
+        unlabeled = unlabeled[np.asarray(within, dtype=bool)[unlabeled]]
+        if candidates is not None:
+            candidates = np.intersect1d(candidates, unlabeled)
+        random_reason = "random sample of this batch: measures how well the model handles it"
+    random_kind = "random" if within is None else BATCH_RANDOM
     if strategy == VERIFY:
         if probabilities is None:
             raise NotReadyError("verify checks the machine's labels: run `labelloop refresh` first")
@@ -118,7 +135,7 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
         extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False)
         rows += extra.tolist()
         scores += [0.0] * len(extra)
-        reasons += ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
-        kinds += ["random"] * len(extra)
+        reasons += [random_reason] * len(extra)
+        kinds += [random_kind] * len(extra)
     return Choice(np.asarray(rows, dtype=np.int64), scores, reasons, kinds, sel.strategy, sel.details,
                   regions=[1.0 if k == "random" else None for k in kinds])
