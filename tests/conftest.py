@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,3 +59,119 @@ def project_factory(tmp_path):
     yield make
     for p in made:
         p.close()
+
+
+# ------------------------------------------------------------------ SQLite and PostgreSQL
+# Store, CLI and web tests run on both databases: `pytestmark = pytest.mark.usefixtures("each_db")`
+# in a module makes each of its tests run twice; projects created without --db then go to
+# SQLite, or to a fresh PostgreSQL database. The server is $LABELLOOP_TEST_PG (CI starts one
+# with scripts/pg-test-cluster.sh) or, without it, a cluster this session starts and stops.
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+
+
+class PgServer:
+    def __init__(self, url: str):
+        self.url = url
+        self.made: list[str] = []
+
+    def _admin(self):
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    def url_of(self, name: str) -> str:
+        base, _, _ = self.url.rpartition("/")
+        return f"{base}/{name}"
+
+    def new_database(self, template: str | None = None) -> str:
+        import uuid
+
+        name = "lt_" + uuid.uuid4().hex[:12]
+        with self._admin() as c:
+            c.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+        self.made.append(name)
+        return self.url_of(name)
+
+    def drop_all(self) -> None:
+        with self._admin() as c:
+            for name in self.made:
+                c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    pytest.importorskip("psycopg")
+    url = os.environ.get("LABELLOOP_TEST_PG")
+    if url:
+        server = PgServer(url)
+        yield server
+        server.drop_all()
+        return
+    import subprocess
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="labelloop-pg-")
+    script = str(ROOT / "scripts" / "pg-test-cluster.sh")
+    proc = subprocess.run(["bash", script, "start", folder], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LABELLOOP_PG_NO_INSTALL": "1"})
+    if proc.returncode == 3:
+        pytest.skip("no PostgreSQL server: set LABELLOOP_TEST_PG or install Debian's postgresql package")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        yield PgServer(proc.stdout.strip().rpartition("=")[2])
+    finally:
+        subprocess.run(["bash", script, "stop", folder], capture_output=True, timeout=120)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def each_db(db_backend, request, monkeypatch) -> str:
+    """This test once on SQLite, once on PostgreSQL ($LABELLOOP_DB set to a fresh database)."""
+    if db_backend == "postgresql":
+        monkeypatch.setenv("LABELLOOP_DB", request.getfixturevalue("pg_server").new_database())
+    else:
+        monkeypatch.delenv("LABELLOOP_DB", raising=False)
+    return db_backend
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db(request):
+    """For module-scoped projects: ``module_db.create()`` is a context in which a new project
+    goes to this backend; ``module_db.copy(src, dst)`` copies a project (its database too)."""
+    return _ModuleDb(request.param, request.getfixturevalue("pg_server") if request.param == "postgresql" else None)
+
+
+class _ModuleDb:
+    def __init__(self, backend: str, server: PgServer | None):
+        self.backend, self.server = backend, server
+
+    @contextlib.contextmanager
+    def create(self):
+        with pytest.MonkeyPatch.context() as m:
+            if self.server is None:
+                m.delenv("LABELLOOP_DB", raising=False)
+            else:
+                m.setenv("LABELLOOP_DB", self.server.new_database())
+            yield
+
+    def copy(self, src: Path, dst: Path) -> None:
+        import shutil
+
+        shutil.copytree(src, dst)
+        if self.server is not None:
+            url = (src / "database").read_text().strip()
+            (dst / "database").write_text(self.server.new_database(template=url.rpartition("/")[2]) + "\n")
+
+
+def sql(project: Path, q: str, *args) -> list[tuple]:
+    """Plain SQL on a project's database (either kind), committed; rows as tuples."""
+    from labelloop.store import Store
+
+    with Store(project) as s, s.transaction() as c:
+        cur = c.execute(q, args)
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []

@@ -6,6 +6,16 @@ import pytest
 from labelloop.errors import ProjectError, UnknownClassError, UnknownItemError, ValidationError
 from labelloop.store import MIGRATIONS, Store
 
+pytestmark = pytest.mark.usefixtures("each_db")   # every test on SQLite and on PostgreSQL
+
+
+def integrity_errors() -> tuple:
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.IntegrityError,)
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)
+
 
 def test_missing_project_names_the_fix(tmp_path):
     with pytest.raises(ProjectError, match="labelloop init"):
@@ -19,7 +29,8 @@ def test_schema_is_migrated_once_and_recorded(tmp_path):
     s = Store(tmp_path)  # reopening applies nothing twice
     rows = s.conn.execute("SELECT version FROM migrations").fetchall()
     assert [r[0] for r in rows] == [v for v, _, _ in MIGRATIONS]
-    assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if s.dialect == "sqlite":
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     s.close()
 
 
@@ -66,7 +77,7 @@ def test_reinsert_same_content_adds_nothing(tmp_path):
 def test_failed_transaction_loses_nothing(tmp_path):
     s = Store(tmp_path, create=True)
     s.add_items(_items(2))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_errors()):
         s.add_annotations([(1, 999)], source="human")  # no such class: foreign key
     assert s.annotations() == [] and s.item_count() == 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import hashlib
 import json
 import threading
@@ -17,7 +18,7 @@ import numpy as np
 from . import config
 from .errors import NotReadyError, ProjectError, UnknownItemError, ValidationError
 from .ingest import ImportReport, Report, Skipped, import_images, import_table
-from .store import Store
+from .store import DATABASE_FILE, Store, is_project
 
 MODALITIES = ("image", "text")
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
@@ -60,13 +61,23 @@ class Project:
         self._own_predictions: Predictions | None = None   # of this Project's last refresh
 
     @classmethod
-    def init(cls, path: str | Path, *, modality: str, classes: Sequence[str] | None = None) -> "Project":
+    def init(cls, path: str | Path, *, modality: str, classes: Sequence[str] | None = None,
+             db: str | None = None) -> "Project":
+        """A new project folder at ``path``. ``db``: a PostgreSQL database for its rows
+        (``postgresql://user@host:port/dbname`` or ``env:VAR``, see
+        :func:`labelloop.store.check_database_address`); default ``$LABELLOOP_DB``, and without
+        it the embedded SQLite file."""
         if modality not in MODALITIES:
             raise ValidationError(f"modality must be 'image' or 'text', not {modality!r}")
         root = Path(path)
-        if (root / "labelloop.db").exists():
+        if is_project(root):
             raise ProjectError(f"{root.resolve()} is already a labelloop project; open it instead")
-        store = Store(root, create=True)
+        store = Store(root, create=True, db=db)
+        if store.get_meta("modality") is not None:
+            store.close()
+            (root / DATABASE_FILE).unlink(missing_ok=True)
+            raise ProjectError(f"the database {db or os.environ.get('LABELLOOP_DB')} holds a labelloop project "
+                               "already; give each project its own database (createdb NAME)")
         store.set_meta("modality", modality)
         store.set_meta("settings", {})
         store.set_meta("created", time.time())
