@@ -122,3 +122,93 @@ def test_runs_are_recorded_with_parameters(tmp_path):
     s.finish_run(r, {"items": 5})
     (run,) = s.runs("refresh")
     assert run["params"] == {"k": 10} and run["summary"] == {"items": 5} and run["status"] == "done"
+
+
+def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
+    """Eight stores (connections) write at once: BEGIN IMMEDIATE's one writer at a time holds
+    on both databases, so overlapping imports store each item once, ids have no gaps, and
+    every annotation id handed back is a distinct stored row."""
+    import threading
+
+    Store(tmp_path, create=True).close()
+    errors, returned = [], []
+    lock = threading.Lock()
+
+    def writer(w: int) -> None:
+        try:
+            with Store(tmp_path) as s:
+                for batch in range(5):   # every writer imports the same 40 items, in another order
+                    rows = _items(40)[::(1 if w % 2 else -1)]
+                    s.add_items(rows[batch * 8:(batch + 1) * 8] + rows)
+                cid = s.class_id("c", create=True) if w == 0 else None
+                while cid is None:
+                    cid = s.class_ids().get("c")
+                ids = s.add_human_labels([(i, cid) for i in range(1, 41)], annotator=f"w{w}")
+                with lock:
+                    returned.extend(ids)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    with Store(tmp_path) as s:
+        assert s.item_count() == 40 and list(s.item_ids()) == list(range(1, 41))
+        stored = [r[0] for r in s.conn.execute("SELECT id FROM annotations ORDER BY id").fetchall()]
+        assert sorted(returned) == stored == list(range(1, 8 * 40 + 1))
+        assert {r[0] for r in s.conn.execute("SELECT COUNT(*) FROM annotations GROUP BY annotator")} == {40}
+
+
+def test_sqlite_dialect_is_translated_for_postgresql():
+    """The statements the store writes once, in SQLite's dialect, as PostgreSQL runs them."""
+    from labelloop.store import _pg_translate
+
+    def pg(sql, params=True):
+        return " ".join(_pg_translate(sql, params)[0].split())
+
+    assert pg("SELECT id FROM t WHERE a = ? AND b LIKE ? ESCAPE '\\' AND c = '50%?'") == \
+        "SELECT id FROM t WHERE a = %s AND b ILIKE %s ESCAPE '\\' AND c = '50%%?'"
+    assert pg("UPDATE r SET v = MAX(v, ?) WHERE id = (SELECT MAX(id) FROM r)") == \
+        "UPDATE r SET v = GREATEST(v, %s) WHERE id = (SELECT MAX(id) FROM r)"
+    assert pg("INSERT OR IGNORE INTO a (x, y) VALUES (?, ?)") == \
+        "INSERT INTO a (x, y) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+    ddl = pg("CREATE TABLE v (rule_id INTEGER NOT NULL, w REAL, -- it's a comment; ?\n"
+             "PRIMARY KEY (rule_id)) WITHOUT ROWID", params=False)
+    assert ddl == "CREATE TABLE v (rule_id BIGINT NOT NULL, w DOUBLE PRECISION, PRIMARY KEY (rule_id))"
+    ddl = pg("CREATE TABLE k (id INTEGER PRIMARY KEY, n TEXT)", params=False)
+    assert ddl.startswith("CREATE TABLE k (id BIGINT PRIMARY KEY, n TEXT); CREATE OR REPLACE FUNCTION k_rowid()")
+    assert _pg_translate("INSERT INTO items (text) VALUES (?)", True)[1]          # RETURNING id is added
+    assert not _pg_translate("INSERT INTO t (x) VALUES (?) RETURNING x", True)[1]
+
+
+def test_a_database_address_never_holds_a_password(tmp_path, monkeypatch):
+    pytest.importorskip("psycopg")
+    from labelloop.store import check_database_address
+
+    for url in ("postgresql://u:secret@127.0.0.1:5432/db", "postgresql://u@127.0.0.1/db?password=secret"):
+        with pytest.raises(ValidationError, match="PGPASSWORD"):
+            Store(tmp_path / "p", create=True, db=url)
+    assert not (tmp_path / "p" / "database").exists()
+    with pytest.raises(ValidationError, match="postgresql://"):
+        check_database_address("mysql://u@h/db")
+    assert check_database_address("env:TEAM_DB") == "env:TEAM_DB"
+
+
+def test_a_project_can_keep_its_database_url_in_an_environment_variable(tmp_path, monkeypatch, each_db):
+    import os
+
+    url = os.environ.get("LABELLOOP_DB")
+    if url is None:
+        pytest.skip("an address for PostgreSQL projects only")
+    monkeypatch.delenv("LABELLOOP_DB")
+    monkeypatch.setenv("TEAM_DB", url)
+    Store(tmp_path / "p", create=True, db="env:TEAM_DB").close()
+    assert (tmp_path / "p" / "database").read_text().strip() == "env:TEAM_DB"
+    with Store(tmp_path / "p") as s:
+        assert s.dialect == "postgresql" and s.schema_version() == max(v for v, _, _ in MIGRATIONS)
+    monkeypatch.delenv("TEAM_DB")
+    with pytest.raises(ProjectError, match=r"\$TEAM_DB"):
+        Store(tmp_path / "p")
