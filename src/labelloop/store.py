@@ -334,19 +334,27 @@ class Store:
     # --------------------------------------------------------------------- items
     def add_items(self, rows: Sequence[dict]) -> list[int | None]:
         """Insert items in one transaction; returns each row's new id, or None for a row whose
-        content hash is already stored (re-import adds nothing)."""
-        ids: list[int | None] = []
+        content hash is already stored (re-import adds nothing). One batched insert, not a
+        statement per row: on PostgreSQL every statement is a round trip to the server."""
         now = _now()
         with self.transaction() as c:
+            seen = set(self.existing_hashes(r["content_hash"] for r in rows))   # under the write lock
+            ids: list[int | None] = []
+            fresh = []
+            last = int(c.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
             for r in rows:
-                meta = r.get("meta")
-                cur = c.execute(
-                    "INSERT INTO items (external_id, uri, text, content_hash, modality, added, meta) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
-                    (r.get("external_id"), r.get("uri"), r.get("text"), r["content_hash"],
-                     r["modality"], now, json.dumps(meta, ensure_ascii=False) if meta else None),
-                )
-                ids.append(cur.lastrowid if cur.rowcount else None)
+                if r["content_hash"] in seen:
+                    ids.append(None)
+                    continue
+                seen.add(r["content_hash"])
+                fresh.append(r)
+                ids.append(last + len(fresh))   # the rowid rule: MAX(id) + 1, in insertion order
+            c.executemany(
+                "INSERT INTO items (id, external_id, uri, text, content_hash, modality, added, meta) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(last + k, r.get("external_id"), r.get("uri"), r.get("text"), r["content_hash"], r["modality"],
+                  now, json.dumps(r["meta"], ensure_ascii=False) if r.get("meta") else None)
+                 for k, r in enumerate(fresh, 1)])
         return ids
 
     def existing_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
@@ -1221,15 +1229,15 @@ class _PgCursor:
         return self._cur.description
 
     def execute(self, sql: str, params=None) -> "_PgCursor":
-        if sql.strip().upper() == "BEGIN IMMEDIATE":
-            self._cur.execute("BEGIN")
-            self._cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._conn.lock_key,))
+        if sql.strip().upper() == "BEGIN IMMEDIATE":   # one round trip
+            self._cur.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(self._conn.lock_key)})")
             return self
         q, insert, _, _ = self._conn.translate(sql, params is not None)
         returning = insert and self._conn.has_id_column(q)
         if returning:
             q += " RETURNING id"
-        self._cur.execute(q, None if params is None else list(params))
+        with _nul_refused():
+            self._cur.execute(q, None if params is None else list(params))
         if returning:
             rows = self._cur.fetchall()
             self.lastrowid = rows[-1][0] if rows else None
@@ -1237,7 +1245,8 @@ class _PgCursor:
 
     def executemany(self, sql: str, seq) -> "_PgCursor":
         q, _, _, _ = self._conn.translate(sql, True)
-        self._cur.executemany(q, [list(p) for p in seq])
+        with _nul_refused():
+            self._cur.executemany(q, [list(p) for p in seq])
         return self
 
     def fetchone(self):
@@ -1251,6 +1260,20 @@ class _PgCursor:
 
     def __iter__(self):
         return iter(self._cur.fetchall() if self._cur.description is not None else [])
+
+
+@contextmanager
+def _nul_refused():
+    """SQLite stores a text with a NUL character, PostgreSQL cannot: a clear error, nothing stored."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.DataError as exc:
+        if "NUL" not in str(exc):
+            raise
+        raise ValidationError("a text holds the NUL character (\\x00), which PostgreSQL cannot store; remove it "
+                              "from the input and try again (nothing of this write was stored)") from None
 
 
 class _PgConnection:
