@@ -46,13 +46,16 @@ def image_folder(tmp_path) -> Path:
 
 
 @pytest.fixture
-def project_factory(tmp_path):
+def project_factory(tmp_path, request):
     from labelloop import Project
 
     made = []
 
     def make(modality: str = "image", classes=None, name: str = "proj"):
-        p = Project.init(tmp_path / name, modality=modality, classes=classes)
+        db = None   # on PostgreSQL (each_db) every further project gets a database of its own
+        if made and os.environ.get("LABELLOOP_DB"):
+            db = request.getfixturevalue("pg_server").new_database()
+        p = Project.init(tmp_path / name, modality=modality, classes=classes, db=db)
         made.append(p)
         return p
 
@@ -137,6 +140,15 @@ def each_db(db_backend, request, monkeypatch) -> str:
     else:
         monkeypatch.delenv("LABELLOOP_DB", raising=False)
     return db_backend
+
+
+@pytest.fixture
+def next_db(each_db, request, monkeypatch):
+    """Call before a test's second ``init``: on PostgreSQL each project needs its own database."""
+    def fresh() -> None:
+        if each_db == "postgresql":
+            monkeypatch.setenv("LABELLOOP_DB", request.getfixturevalue("pg_server").new_database())
+    return fresh
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -212,3 +212,33 @@ def test_a_project_can_keep_its_database_url_in_an_environment_variable(tmp_path
     monkeypatch.delenv("TEAM_DB")
     with pytest.raises(ProjectError, match=r"\$TEAM_DB"):
         Store(tmp_path / "p")
+
+
+def test_a_new_portable_migration_applies_to_an_existing_project(tmp_path, monkeypatch):
+    """What a later migration may use (ADD COLUMN, a table with an INTEGER PRIMARY KEY, REAL,
+    references, an index, INSERT OR IGNORE) runs unchanged on both databases."""
+    from labelloop import store as store_mod
+
+    Store(tmp_path, create=True).close()
+    later = (99, "boxes and batches", """
+        ALTER TABLE annotations ADD COLUMN batch INTEGER;
+        CREATE TABLE boxes (
+            id      INTEGER PRIMARY KEY,
+            item_id INTEGER NOT NULL REFERENCES items(id),
+            x REAL NOT NULL, score REAL,
+            UNIQUE (item_id, x)
+        );
+        CREATE INDEX boxes_by_item ON boxes (item_id);
+        """)
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [later])
+    with Store(tmp_path) as s:
+        assert s.schema_version() == 99
+        (i,) = s.add_items(_items(1))
+        with s.transaction() as c:
+            first = c.execute("INSERT INTO boxes (item_id, x, score) VALUES (?, ?, ?)", (i, 0.1, 1 / 3)).lastrowid
+            c.execute("INSERT OR IGNORE INTO boxes (item_id, x) VALUES (?, ?)", (i, 0.1))   # a duplicate: ignored
+            second = c.execute("INSERT INTO boxes (item_id, x) VALUES (?, ?)", (i, 0.2)).lastrowid
+        assert (first, second) == (1, 2)
+        assert s.conn.execute("SELECT score FROM boxes WHERE id = 1").fetchone()[0] == 1 / 3   # double precision
+        s.add_annotations([(i, None)], source="human")
+        assert dict(s.annotations()[0])["batch"] is None

@@ -1330,6 +1330,14 @@ class _PgConnection:
 
         return self.raw.info.transaction_status != TransactionStatus.IDLE
 
+    def commit(self) -> None:
+        if self.in_transaction:
+            self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.in_transaction:
+            self.raw.execute("ROLLBACK")
+
     def close(self) -> None:
         self.raw.close()
 
