@@ -173,6 +173,8 @@ def test_sqlite_dialect_is_translated_for_postgresql():
         "SELECT id FROM t WHERE a = %s AND b ILIKE %s ESCAPE '\\' AND c = '50%%?'"
     assert pg("UPDATE r SET v = MAX(v, ?) WHERE id = (SELECT MAX(id) FROM r)") == \
         "UPDATE r SET v = GREATEST(v, %s) WHERE id = (SELECT MAX(id) FROM r)"
+    assert pg("SELECT CAST(IFNULL(x, 0) AS REAL), CAST(y AS INTEGER) FROM t WHERE INSTR(s, 'REAL') > 0") == \
+        "SELECT CAST(COALESCE(x, 0) AS DOUBLE PRECISION), CAST(y AS BIGINT) FROM t WHERE STRPOS(s, 'REAL') > 0"
     assert pg("INSERT OR IGNORE INTO a (x, y) VALUES (?, ?)") == \
         "INSERT INTO a (x, y) VALUES (%s, %s) ON CONFLICT DO NOTHING"
     ddl = pg("CREATE TABLE v (rule_id INTEGER NOT NULL, w REAL, -- it's a comment; ?\n"

@@ -999,9 +999,14 @@ def _like_escape(s: str) -> str:
 #   INSERT OR REPLACE        -> INSERT ... ON CONFLICT (primary key) DO UPDATE SET the other columns
 #   MAX(a, b) / MIN(a, b)    -> GREATEST(a, b) / LEAST(a, b)
 #   LIKE                     -> ILIKE (SQLite's LIKE ignores ASCII case)
-#   DDL: INTEGER -> BIGINT (a row id is 64-bit on both: MAX_ID), REAL -> DOUBLE PRECISION,
-#        WITHOUT ROWID dropped; col INTEGER PRIMARY KEY gets SQLite's rowid rule (a NULL id
+#   IFNULL( / INSTR(         -> COALESCE( / STRPOS(
+#   INTEGER -> BIGINT (a row id is 64-bit on both: MAX_ID), REAL -> DOUBLE PRECISION, in
+#        columns and CASTs
+#   DDL: WITHOUT ROWID dropped; col INTEGER PRIMARY KEY gets SQLite's rowid rule (a NULL id
 #        becomes MAX(id) + 1 in a BEFORE INSERT trigger: no gaps, explicit ids allowed)
+# Not translated (write them portably): booleans used as numbers (SUM(a = b): use
+# SUM(CASE WHEN a = b THEN 1 ELSE 0 END)), ROUND(double, n), GROUP_CONCAT, bare columns in
+# GROUP BY, NULLs' place in ORDER BY (first in SQLite, last in PostgreSQL), "..." as a string.
 #   INSERT into a table with an ``id`` column -> ... RETURNING id (cursor.lastrowid)
 # Rows answer r["name"], r[0] and dict(r) like sqlite3.Row; NUMERIC results (SUM, AVG of
 # integers) come back as int or float, Python bools are stored as 0 / 1 as in SQLite.
@@ -1149,13 +1154,15 @@ def _pg_translate(sql: str, params: bool) -> tuple[str, bool, bool, str | None]:
                      f"IF NEW.{c} IS NULL THEN SELECT COALESCE(MAX({c}), 0) + 1 INTO NEW.{c} FROM {t}; END IF; "
                      f"RETURN NEW; END $f$; CREATE TRIGGER {t}_rowid BEFORE INSERT ON {t} "
                      f"FOR EACH ROW EXECUTE FUNCTION {t}_rowid()")
-        code = re.sub(r"\bINTEGER\b", "BIGINT", code, flags=re.I)
-        code = re.sub(r"\bREAL\b", "DOUBLE PRECISION", code, flags=re.I)
         code = re.sub(r"\bBLOB\b", "BYTEA", code, flags=re.I)
         code = re.sub(r"\)\s*WITHOUT\s+ROWID\s*$", ")", code.rstrip(), flags=re.I)
         code = re.sub(r"\bAUTOINCREMENT\b", "", code, flags=re.I)
         if rowid and re.search(r"\bIF\s+NOT\s+EXISTS\b", code, flags=re.I):
             rowid = rowid.replace("CREATE TRIGGER", f"DROP TRIGGER IF EXISTS {t}_rowid ON {t}; CREATE TRIGGER")
+    code = re.sub(r"\bINTEGER\b", "BIGINT", code, flags=re.I)              # columns and CASTs
+    code = re.sub(r"\bREAL\b", "DOUBLE PRECISION", code, flags=re.I)
+    code = re.sub(r"\bIFNULL\s*\(", "COALESCE(", code, flags=re.I)
+    code = re.sub(r"\bINSTR\s*\(", "STRPOS(", code, flags=re.I)
     code = re.sub(r"\bLIKE\b", "ILIKE", code, flags=re.I)
     code = _greatest_least(code)
     ignore = re.match(r"\s*INSERT\s+OR\s+IGNORE\s+INTO\b", code, flags=re.I)
