@@ -244,3 +244,19 @@ def test_a_new_portable_migration_applies_to_an_existing_project(tmp_path, monke
         assert s.conn.execute("SELECT score FROM boxes WHERE id = 1").fetchone()[0] == 1 / 3   # double precision
         s.add_annotations([(i, None)], source="human")
         assert dict(s.annotations()[0])["batch"] is None
+
+
+def test_a_writer_waits_for_the_other_and_then_gives_up_clearly(tmp_path, monkeypatch, db_backend):
+    """While one store holds the write lock, another's write waits (BEGIN IMMEDIATE on both
+    databases) and, past the timeout, fails with a clear error; the waiting store stays usable."""
+    if db_backend == "sqlite":
+        pytest.skip("SQLite's busy timeout is sqlite3's own (30 s); this checks the PostgreSQL lock")
+    a, b = Store(tmp_path, create=True), Store(tmp_path)
+    b.conn.raw.execute("SET lock_timeout = '200ms'")
+    with a.transaction():
+        with pytest.raises(ProjectError, match="busy"):
+            b.add_classes(["x"])
+    b.add_classes(["x"])
+    assert b.classes() == ["x"]
+    a.close()
+    b.close()

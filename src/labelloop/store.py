@@ -1237,7 +1237,14 @@ class _PgCursor:
 
     def execute(self, sql: str, params=None) -> "_PgCursor":
         if sql.strip().upper() == "BEGIN IMMEDIATE":   # one round trip
-            self._cur.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(self._conn.lock_key)})")
+            import psycopg
+
+            try:
+                self._cur.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(self._conn.lock_key)})")
+            except psycopg.errors.LockNotAvailable:
+                self._cur.execute("ROLLBACK")
+                raise ProjectError("the project's database is busy: another writer held it for 30 s; "
+                                   "try again when it is done") from None
             return self
         q, insert, _, _ = self._conn.translate(sql, params is not None)
         returning = insert and self._conn.has_id_column(q)
@@ -1312,8 +1319,10 @@ class _PgConnection:
                                f"{str(exc).strip()}") from None
         self.raw.adapters.register_loader("numeric", NumericLoader)
         self.raw.adapters.register_dumper(bool, BoolDumper)
-        if readonly:
-            self.raw.execute("SET default_transaction_read_only = on")
+        # ESCAPE '\' is one backslash; a writer waits for the write lock at most 30 s, as
+        # SQLite's busy_timeout; the web app's readers cannot write
+        self.raw.execute("SET standard_conforming_strings = on; SET lock_timeout = '30s'"
+                         + ("; SET default_transaction_read_only = on" if readonly else ""))
         db, schema = self.raw.execute("SELECT current_database(), current_schema()").fetchone()
         # writers of this database (and schema) take this lock: SQLite's one writer at a time
         self.lock_key = int.from_bytes(__import__("hashlib").sha256(
