@@ -90,16 +90,24 @@ class PgServer:
     def new_database(self, template: str | None = None) -> str:
         import uuid
 
+        import psycopg
+
         name = "lt_" + uuid.uuid4().hex[:12]
+        create = f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else "")
         with self._admin() as c:
-            c.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+            try:   # a file copy: twice as fast as PostgreSQL 15's default, no WAL for the copy
+                c.execute(create + " STRATEGY FILE_COPY")
+            except psycopg.errors.SyntaxError:   # before PostgreSQL 15
+                c.execute(create)
         self.made.append(name)
         return self.url_of(name)
 
-    def drop_all(self) -> None:
+    def drop_since(self, start: int = 0) -> None:
+        """Drop the databases made since ``len(self.made)`` was ``start``: a test's leave no trace."""
         with self._admin() as c:
-            for name in self.made:
+            for name in self.made[start:]:
                 c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        del self.made[start:]
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +117,7 @@ def pg_server():
     if url:
         server = PgServer(url)
         yield server
-        server.drop_all()
+        server.drop_since(0)
         return
     import subprocess
     import tempfile
@@ -124,7 +132,7 @@ def pg_server():
     try:
         yield PgServer(proc.stdout.strip().rpartition("=")[2])
     finally:
-        subprocess.run(["bash", script, "stop", folder], capture_output=True, timeout=120)
+        subprocess.run(["bash", script, "stop", folder], capture_output=True, timeout=600)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -133,13 +141,21 @@ def db_backend(request) -> str:
 
 
 @pytest.fixture
-def each_db(db_backend, request, monkeypatch) -> str:
-    """This test once on SQLite, once on PostgreSQL ($LABELLOOP_DB set to a fresh database)."""
-    if db_backend == "postgresql":
-        monkeypatch.setenv("LABELLOOP_DB", request.getfixturevalue("pg_server").new_database())
-    else:
+def each_db(db_backend, request, monkeypatch):
+    """This test once on SQLite, once on PostgreSQL ($LABELLOOP_DB set to a fresh database,
+    dropped after the test with every other database it made)."""
+    if db_backend == "sqlite":
         monkeypatch.delenv("LABELLOOP_DB", raising=False)
-    return db_backend
+        yield db_backend
+        return
+    server = request.getfixturevalue("pg_server")
+    start = len(server.made)
+    monkeypatch.setenv("LABELLOOP_DB", server.new_database())
+    yield db_backend
+    import gc
+
+    gc.collect()   # stores the test left open close their connections
+    server.drop_since(start)
 
 
 @pytest.fixture
@@ -155,7 +171,11 @@ def next_db(each_db, request, monkeypatch):
 def module_db(request):
     """For module-scoped projects: ``module_db.create()`` is a context in which a new project
     goes to this backend; ``module_db.copy(src, dst)`` copies a project (its database too)."""
-    return _ModuleDb(request.param, request.getfixturevalue("pg_server") if request.param == "postgresql" else None)
+    server = request.getfixturevalue("pg_server") if request.param == "postgresql" else None
+    start = len(server.made) if server else 0
+    yield _ModuleDb(request.param, server)
+    if server is not None:
+        server.drop_since(start)
 
 
 class _ModuleDb:
