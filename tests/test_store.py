@@ -222,28 +222,28 @@ def test_a_new_portable_migration_applies_to_an_existing_project(tmp_path, monke
     from labelloop import store as store_mod
 
     Store(tmp_path, create=True).close()
-    later = (99, "boxes and batches", """
-        ALTER TABLE annotations ADD COLUMN batch INTEGER;
-        CREATE TABLE boxes (
+    later = (99, "a later migration", """
+        ALTER TABLE annotations ADD COLUMN later_batch INTEGER;
+        CREATE TABLE later_marks (
             id      INTEGER PRIMARY KEY,
             item_id INTEGER NOT NULL REFERENCES items(id),
             x REAL NOT NULL, score REAL,
             UNIQUE (item_id, x)
         );
-        CREATE INDEX boxes_by_item ON boxes (item_id);
+        CREATE INDEX later_marks_by_item ON later_marks (item_id);
         """)
     monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [later])
     with Store(tmp_path) as s:
         assert s.schema_version() == 99
         (i,) = s.add_items(_items(1))
         with s.transaction() as c:
-            first = c.execute("INSERT INTO boxes (item_id, x, score) VALUES (?, ?, ?)", (i, 0.1, 1 / 3)).lastrowid
-            c.execute("INSERT OR IGNORE INTO boxes (item_id, x) VALUES (?, ?)", (i, 0.1))   # a duplicate: ignored
-            second = c.execute("INSERT INTO boxes (item_id, x) VALUES (?, ?)", (i, 0.2)).lastrowid
+            first = c.execute("INSERT INTO later_marks (item_id, x, score) VALUES (?, ?, ?)", (i, 0.1, 1 / 3)).lastrowid
+            c.execute("INSERT OR IGNORE INTO later_marks (item_id, x) VALUES (?, ?)", (i, 0.1))   # a duplicate: ignored
+            second = c.execute("INSERT INTO later_marks (item_id, x) VALUES (?, ?)", (i, 0.2)).lastrowid
         assert (first, second) == (1, 2)
-        assert s.conn.execute("SELECT score FROM boxes WHERE id = 1").fetchone()[0] == 1 / 3   # double precision
+        assert s.conn.execute("SELECT score FROM later_marks WHERE id = 1").fetchone()[0] == 1 / 3   # double precision
         s.add_annotations([(i, None)], source="human")
-        assert dict(s.annotations()[0])["batch"] is None
+        assert dict(s.annotations()[0])["later_batch"] is None
 
 
 def test_a_writer_waits_for_the_other_and_then_gives_up_clearly(tmp_path, monkeypatch, db_backend):
