@@ -13,6 +13,8 @@ import pytest
 
 LABELLOOP = [sys.executable, "-m", "labelloop.cli"]
 
+pytestmark = pytest.mark.usefixtures("each_db")   # every test on SQLite and on PostgreSQL ($LABELLOOP_DB)
+
 # Measured: 5 labels per class (seed 0) give 0.96-0.97 accuracy on the other digits with
 # pixels, k=10, T=0.01 (DESIGN.md: 0.964 mean over 5 seeds). The floor leaves room for seeds.
 ACCURACY_FLOOR = 0.93

@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.usefixtures("each_db")   # every test on SQLite and on PostgreSQL
+
 LABELLOOP = [sys.executable, "-m", "labelloop.cli"]
 
 
@@ -124,7 +126,7 @@ def test_a_file_that_is_not_an_image_is_named_without_python_internals(project_f
     assert "skipped holiday.jpg: not a readable image" in out.stderr and "BytesIO" not in out.stderr
 
 
-def test_empty_tables_and_folders_say_so_and_fail(project_factory, tmp_path):
+def test_empty_tables_and_folders_say_so_and_fail(project_factory, tmp_path, next_db):
     p = project_factory("text")
     root = p.root
     p.close()
@@ -136,6 +138,7 @@ def test_empty_tables_and_folders_say_so_and_fail(project_factory, tmp_path):
         r = run("import", "-p", root, tmp_path / name, check=False)
         assert r.returncode == 2 and f"{name} {what}: nothing to import" in r.stderr, r.stderr
     img = tmp_path / "img"
+    next_db()
     run("init", "-p", img, "--modality", "image")
     (tmp_path / "nothing").mkdir()
     r = run("import", "-p", img, tmp_path / "nothing", check=False)

@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.usefixtures("each_db")   # every test on SQLite and on PostgreSQL
+
 from labelloop.errors import ValidationError
 from labelloop.rules import Expression, RuleItem, compile_rule, fit_label_model, keyword_pattern, seed_with_rules
 

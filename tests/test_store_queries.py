@@ -6,7 +6,11 @@ import time
 
 import numpy as np
 
+import pytest
+
 from labelloop.store import MAX_ID, Store
+
+pytestmark = pytest.mark.usefixtures("each_db")   # every test on SQLite and on PostgreSQL
 
 
 def _store(tmp_path) -> Store:

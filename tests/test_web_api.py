@@ -1,14 +1,13 @@
 """The web app in-process through an ASGI client (fastapi TestClient): authentication, roles,
 CSRF, the labeling queue, review, dashboard, export, media safety and escaping.
 
-Truths are independent of the app: rows read back from the SQLite store with plain SQL, the
+Truths are independent of the app: rows read back from the store (SQLite or PostgreSQL) with plain SQL, the
 ground-truth digit classes, the bytes of the image files, Project.export's own output."""
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from conftest import sql  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from labelloop.web import auth  # noqa: E402
@@ -34,12 +34,13 @@ def cheap_scrypt(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def base_project(tmp_path_factory):
-    """150 digits embedded with pixels, four users with passwords and API tokens."""
+def base_project(tmp_path_factory, module_db):
+    """150 digits embedded with pixels, four users with passwords and API tokens; on SQLite
+    and on PostgreSQL (each test using it runs on both)."""
     from labelloop.web.testing import digits_project
 
     root = tmp_path_factory.mktemp("web")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, module_db.create():
         mp.setattr(auth, "SCRYPT_N", 2**10)
         p, ds, truth = digits_project(root / "proj", n=150)
         tokens = {}
@@ -51,11 +52,11 @@ def base_project(tmp_path_factory):
 
 
 @pytest.fixture
-def env(base_project, tmp_path):
+def env(base_project, tmp_path, module_db):
     """A fresh copy of the project, an app on it, a client; ``env.bearer(name)`` headers."""
     src, truth, tokens = base_project
     path = tmp_path / "proj"
-    shutil.copytree(src, path)
+    module_db.copy(src, path)
     app = create_app(path, debounce=0.01, strategy="least-confidence")
     with TestClient(app) as client:
         yield Env(path, app, client, truth, tokens)
@@ -73,15 +74,7 @@ class Env:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
 
     def sql(self, q: str, *args):
-        import sqlite3
-
-        con = sqlite3.connect(self.path / "labelloop.db")
-        try:
-            rows = con.execute(q, args).fetchall()
-            con.commit()
-            return rows
-        finally:
-            con.close()
+        return sql(self.path, q, *args)
 
     def annotations(self):
         return self.sql("SELECT item_id, class_id, source, annotator FROM annotations ORDER BY id")
@@ -386,15 +379,13 @@ def test_refresh_after_labels_feeds_guesses_and_the_queue(env):
 
 
 def test_assignments_come_first_without_a_hint_and_gold_stays_out(env):
-    import sqlite3
+    from labelloop.store import Store
 
-    con = sqlite3.connect(env.path / "labelloop.db")
     now = time.time()
-    con.executemany("INSERT INTO assignments (item_id, annotator, reason, created) VALUES (?, ?, ?, ?)",
-                    [(140, "ann", "consensus", now), (141, "ann", "gold", now), (142, "bob", "consensus", now)])
-    con.executemany("INSERT INTO gold (item_id, class_id, added) VALUES (?, 1, ?)", [(i, now) for i in range(1, 31)])
-    con.commit()
-    con.close()
+    with Store(env.path) as s, s.transaction() as con:
+        con.executemany("INSERT INTO assignments (item_id, annotator, reason, created) VALUES (?, ?, ?, ?)",
+                        [(140, "ann", "consensus", now), (141, "ann", "gold", now), (142, "bob", "consensus", now)])
+        con.executemany("INSERT INTO gold (item_id, class_id, added) VALUES (?, 1, ?)", [(i, now) for i in range(1, 31)])
     items = env.client.get("/api/queue?n=30", headers=env.bearer("ann")).json()["items"]
     assert [it["id"] for it in items[:2]] == [140, 141]
     assert all(it["assigned"] and it["guess"] is None for it in items[:2])
@@ -729,7 +720,7 @@ def test_label_vector_follows_sources_in_order_for_any_item_order(env):
         assert p.label_vector(np.array([4, 2, 999]), sources=("import",)).tolist() == [1, 7, -1]
 
 
-def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(base_project, tmp_path):
+def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(base_project, tmp_path, module_db):
     """The refresh's n prediction rows go through the writer in the background: the server's
     Project sees the new predictions at once, other readers only once every row is written;
     a run overtaken by the next refresh before its rows are out is marked superseded."""
@@ -741,7 +732,7 @@ def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(bas
 
     src, truth, _ = base_project
     path = tmp_path / "proj"
-    shutil.copytree(src, path)
+    module_db.copy(src, path)
     with Project(path) as p:
         cid = p.store.class_ids()
         first = {}

@@ -84,14 +84,21 @@ def cli() -> None:
 @click.option("--classes", default="", help="Comma-separated class names (optional; can grow later).")
 @click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
               show_default=True, help="classification: one label per item; detection: boxes on images.")
-def init(project: Path, modality: str, classes: str, task: str) -> None:
+@click.option("--db", default=None, metavar="URL",
+              help="Keep the rows in this PostgreSQL database (postgresql://user@host:port/dbname, no password: "
+                   "PGPASSWORD or ~/.pgpass give it; or env:VAR, a variable holding the URL) instead of an SQLite "
+                   "file in the folder. Default: $LABELLOOP_DB, else SQLite.")
+def init(project: Path, modality: str, classes: str, task: str, db: str | None) -> None:
     """Create a project folder."""
     from .project import Project
 
     names = [c.strip() for c in classes.split(",") if c.strip()]
-    Project.init(project, modality=modality, classes=names, task=task).close()
+    p = Project.init(project, modality=modality, classes=names, task=task, db=db)
+    where = "" if p.store.dialect == "sqlite" else " (rows in PostgreSQL)"
+    p.close()
     kind = f"{modality} {task}" if task != "classification" else modality
-    click.echo(f"created {kind} project at {project.resolve()}" + (f" with classes {', '.join(names)}" if names else ""))
+    click.echo(f"created {kind} project at {project.resolve()}{where}"
+               + (f" with classes {', '.join(names)}" if names else ""))
 
 
 @cli.command("import")
@@ -582,9 +589,10 @@ def consensus(project, fraction, times, names, seed, as_json):
 def simulate(dataset, strategies, budget, step, seeds, backbone, n_items, baseline, target_precision, out, cache):
     """Replay the loop with an oracle on a dataset with known labels: table + plot + JSON."""
     from .simulate import project_simulation_data, simulate as run, write_report
+    from .store import is_project
 
     data = dataset
-    if Path(dataset).is_dir() and (Path(dataset) / "labelloop.db").exists():
+    if Path(dataset).is_dir() and is_project(dataset):
         data = project_simulation_data(Path(dataset))
     result = run(data, strategies=[s.strip() for s in strategies.split(",") if s.strip()], budget=budget,
                  step=step, seeds=seeds, backbone=backbone, n=n_items, baseline=baseline,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ProjectError, ValidationError
+from .store import is_project
 
 DEFAULT_BACKBONE = {"digits": "pixels"}  # ImageNet features are weaker on 8x8 digits (ASSETS.md)
 BACKBONE_WHY = {"digits": "raw pixels: on 8x8 digits they beat ImageNet features"}  # ASSETS.md
@@ -52,7 +53,7 @@ def run_demo(*, dataset: str = "digits", directory: str | Path | None = None, ba
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix=f"labelloop-demo-{dataset}-"))
     directory = Path(directory)
-    if (directory / "labelloop.db").exists():
+    if is_project(directory):
         raise ProjectError(f"{directory} already holds a project; pass a new --dir")
     t0 = time.perf_counter()
     say(f"dataset {dataset}: {len(ds.items)} {ds.modality} items, {len(ds.class_names)} classes")

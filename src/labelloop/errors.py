@@ -6,6 +6,7 @@ exits with ``exit_code``; the web app answers with ``http_status`` and a JSON bo
 
     LabelloopError
     ├── ProjectError            project missing, already exists, wrong modality, bad config
+    │   └── ReadOnlyError       a write through a read-only connection (the web app's readers)
     ├── ValidationError         bad argument or bad value from the user (names the fix)
     │   └── UnknownItemError    an item reference that matches no item
     │   └── UnknownClassError   a class name the project does not have
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "LabelloopError",
     "ProjectError",
+    "ReadOnlyError",
     "ValidationError",
     "UnknownItemError",
     "UnknownClassError",
@@ -41,6 +43,10 @@ class LabelloopError(Exception):
 class ProjectError(LabelloopError):
     kind = "project"
     http_status = 409
+
+
+class ReadOnlyError(ProjectError):
+    kind = "read_only"
 
 
 class ValidationError(LabelloopError, ValueError):

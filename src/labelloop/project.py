@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import hashlib
 import json
 import threading
@@ -18,7 +19,7 @@ from . import config
 from .errors import NotReadyError, ProjectError, UnknownItemError, ValidationError
 from .ingest import (ImportReport, Report, Skipped, check_class_names, import_images, import_table,
                      import_texts)
-from .store import Store
+from .store import DATABASE_FILE, Store, is_project
 
 MODALITIES = ("image", "text")
 TASKS = ("classification", "detection")   # detection: boxes on images (labelloop.detect)
@@ -90,7 +91,11 @@ class Project:
 
     @classmethod
     def init(cls, path: str | Path, *, modality: str, classes: Sequence[str] | None = None,
-             task: str = "classification") -> "Project":
+             task: str = "classification", db: str | None = None) -> "Project":
+        """A new project folder at ``path``. ``db``: a PostgreSQL database for its rows
+        (``postgresql://user@host:port/dbname`` or ``env:VAR``, see
+        :func:`labelloop.store.check_database_address`); default ``$LABELLOOP_DB``, and without
+        it the embedded SQLite file."""
         if modality not in MODALITIES:
             raise ValidationError(f"modality must be 'image' or 'text', not {modality!r}")
         if task not in TASKS:
@@ -98,9 +103,14 @@ class Project:
         if task == "detection" and modality != "image":
             raise ValidationError("a detection project holds images: use --modality image with --task detection")
         root = Path(path)
-        if (root / "labelloop.db").exists():
+        if is_project(root):
             raise ProjectError(f"{root.resolve()} is already a labelloop project; open it instead")
-        store = Store(root, create=True)
+        store = Store(root, create=True, db=db)
+        if store.get_meta("modality") is not None:
+            store.close()
+            (root / DATABASE_FILE).unlink(missing_ok=True)
+            raise ProjectError(f"the database {db or os.environ.get('LABELLOOP_DB')} holds a labelloop project "
+                               "already; give each project its own database (createdb NAME)")
         store.set_meta("modality", modality)
         store.set_meta("task", task)
         store.set_meta("settings", {})

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ProjectError, UnknownClassError, UnknownItemError, ValidationError
+from .errors import ProjectError, ReadOnlyError, UnknownClassError, UnknownItemError, ValidationError
 
 DB_NAME = "labelloop.db"
 SOURCES = ("human", "import", "machine")
@@ -248,23 +248,41 @@ def _now() -> float:
 class Store:
     """Rows and arrays of one project folder. One writer at a time; readers never block it."""
 
-    def __init__(self, root: str | os.PathLike, *, create: bool = False, readonly: bool = False):
+    def __init__(self, root: str | os.PathLike, *, create: bool = False, readonly: bool = False,
+                 db: str | None = None):
+        """Open the project at ``root``; ``create`` makes a new one there, in the PostgreSQL
+        database ``db`` (see :func:`check_database_address`; default ``$LABELLOOP_DB``) or
+        else in an SQLite file."""
         self.root = Path(root).resolve()
         self.readonly = readonly
-        db = self.root / DB_NAME
-        if not db.exists() and not create:
+        self._new_batch: str | None = None   # the batch new items join (:meth:`new_items_batch`)
+        address = None
+        if (self.root / DATABASE_FILE).exists():
+            address = (self.root / DATABASE_FILE).read_text(encoding="utf-8").strip()
+        db_file = self.root / DB_NAME
+        if address is None and create and not db_file.exists():
+            db = db if db is not None else (os.environ.get("LABELLOOP_DB") or None)
+            address = check_database_address(db) if db else None
+        if address is None and not db_file.exists() and not create:
             raise ProjectError(
                 f"no labelloop project at {self.root} (no {DB_NAME}); "
                 f"create one with: labelloop init -p {self.root} --modality image|text"
             )
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
+        self.dialect = "sqlite" if address is None else "postgresql"
+        if address is not None:
+            self.conn = _PgConnection(_database_url(address), readonly=readonly)
+            if not readonly:
+                self._migrate()
+            if create and not (self.root / DATABASE_FILE).exists():
+                (self.root / DATABASE_FILE).write_text(address + "\n", encoding="utf-8")
+            return
         if readonly:
-            self.conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+            self.conn = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, check_same_thread=False)
         else:
-            self.conn = sqlite3.connect(db, check_same_thread=False, timeout=30)
+            self.conn = sqlite3.connect(db_file, check_same_thread=False, timeout=30)
         self.conn.row_factory = sqlite3.Row
-        self._new_batch: str | None = None   # the batch new items join (:meth:`new_items_batch`)
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA busy_timeout = 30000")
         if not readonly:
@@ -283,15 +301,21 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
-        )
-        done = {r[0] for r in self.conn.execute("SELECT version FROM migrations")}
-        for version, name, sql in MIGRATIONS:
-            if version in done:
-                continue
+        """Apply the migrations not yet applied, each once even when several processes open
+        a new project at the same time (checked again under the write lock)."""
+        create = ("CREATE TABLE IF NOT EXISTS migrations "
+                  "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)")
+        if self.dialect == "sqlite":
+            self.conn.execute(create)
+        elif self.conn.execute("SELECT to_regclass('migrations')").fetchone()[0] is None:
             with self.transaction() as c:
+                c.execute(create)
+        if {r[0] for r in self.conn.execute("SELECT version FROM migrations")} >= {m[0] for m in MIGRATIONS}:
+            return
+        for version, name, sql in MIGRATIONS:
+            with self.transaction() as c:
+                if c.execute("SELECT 1 FROM migrations WHERE version = ?", (version,)).fetchone():
+                    continue
                 for statement in sql.split(";"):
                     if statement.strip():
                         c.execute(statement)
@@ -305,7 +329,9 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception: one writer at a time."""
+        if self.readonly:
+            raise ReadOnlyError(f"this connection to the project at {self.root} is read-only")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -344,20 +370,28 @@ class Store:
     # --------------------------------------------------------------------- items
     def add_items(self, rows: Sequence[dict]) -> list[int | None]:
         """Insert items in one transaction; returns each row's new id, or None for a row whose
-        content hash is already stored (re-import adds nothing)."""
-        ids: list[int | None] = []
+        content hash is already stored (re-import adds nothing). One batched insert, not a
+        statement per row: on PostgreSQL every statement is a round trip to the server."""
         now = _now()
         with self.transaction() as c:
+            seen = set(self.existing_hashes(r["content_hash"] for r in rows))   # under the write lock
+            ids: list[int | None] = []
+            fresh = []
+            last = int(c.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
             for r in rows:
-                meta = r.get("meta")
-                cur = c.execute(
-                    "INSERT INTO items (external_id, uri, text, content_hash, modality, added, meta, batch) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
-                    (r.get("external_id"), r.get("uri"), r.get("text"), r["content_hash"],
-                     r["modality"], now, json.dumps(meta, ensure_ascii=False) if meta else None,
-                     r.get("batch", self._new_batch)),
-                )
-                ids.append(cur.lastrowid if cur.rowcount else None)
+                if r["content_hash"] in seen:
+                    ids.append(None)
+                    continue
+                seen.add(r["content_hash"])
+                fresh.append(r)
+                ids.append(last + len(fresh))   # the rowid rule: MAX(id) + 1, in insertion order
+            c.executemany(
+                "INSERT INTO items (id, external_id, uri, text, content_hash, modality, added, meta, batch) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(last + k, r.get("external_id"), r.get("uri"), r.get("text"), r["content_hash"], r["modality"],
+                  now, json.dumps(r["meta"], ensure_ascii=False) if r.get("meta") else None,
+                  r.get("batch", self._new_batch))
+                 for k, r in enumerate(fresh, 1)])
         return ids
 
     @contextmanager
@@ -1073,3 +1107,428 @@ def _safe_name(s: str) -> str:
 
 def _like_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# ------------------------------------------------------------------------ PostgreSQL
+# A project whose folder holds DATABASE_FILE keeps its rows in PostgreSQL instead of
+# labelloop.db; the arrays stay in the folder. The store's SQL is written once, in SQLite's
+# dialect; :class:`_PgConnection` translates the few SQLite-isms per statement (cached), so a
+# new portable statement works on both unchanged:
+#   ?                        -> %s (and a literal % -> %%)
+#   BEGIN IMMEDIATE          -> BEGIN + a transaction-scoped advisory lock: one writer at a
+#                               time, readers never blocked (read committed, as WAL readers)
+#   INSERT OR IGNORE         -> INSERT ... ON CONFLICT DO NOTHING
+#   INSERT OR REPLACE        -> INSERT ... ON CONFLICT (primary key) DO UPDATE SET the other columns
+#   MAX(a, b) / MIN(a, b)    -> GREATEST(a, b) / LEAST(a, b)
+#   LIKE                     -> ILIKE (SQLite's LIKE ignores ASCII case)
+#   IFNULL( / INSTR(         -> COALESCE( / STRPOS(
+#   INTEGER -> BIGINT (a row id is 64-bit on both: MAX_ID), REAL -> DOUBLE PRECISION, in
+#        columns and CASTs
+#   DDL: WITHOUT ROWID dropped; col INTEGER PRIMARY KEY gets SQLite's rowid rule (a NULL id
+#        becomes MAX(id) + 1 in a BEFORE INSERT trigger: no gaps, explicit ids allowed)
+# Not translated (write them portably): booleans used as numbers (SUM(a = b): use
+# SUM(CASE WHEN a = b THEN 1 ELSE 0 END)), ROUND(double, n), GROUP_CONCAT, bare columns in
+# GROUP BY, NULLs' place in ORDER BY (first in SQLite, last in PostgreSQL), "..." as a string.
+#   INSERT into a table with an ``id`` column -> ... RETURNING id (cursor.lastrowid)
+# Rows answer r["name"], r[0] and dict(r) like sqlite3.Row; NUMERIC results (SUM, AVG of
+# integers) come back as int or float, Python bools are stored as 0 / 1 as in SQLite.
+
+DATABASE_FILE = "database"   # a PostgreSQL project's database address: a URL without password, or env:VAR
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_project(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds a labelloop project (SQLite or PostgreSQL)."""
+    root = Path(root)
+    return (root / DB_NAME).exists() or (root / DATABASE_FILE).exists()
+
+
+def check_database_address(address: str) -> str:
+    """``address`` as ``init --db`` takes it: a postgresql:// URL without a password, or
+    env:VAR naming an environment variable that holds the URL (password allowed there)."""
+    address = address.strip()
+    if address.startswith("env:"):
+        name = address[4:]
+        if not name or not all(ch.isalnum() or ch == "_" for ch in name):
+            raise ValidationError(f"--db {address!r}: after env: give the name of an environment variable")
+        return address
+    if not address.startswith(URL_SCHEMES):
+        raise ValidationError(f"--db {address!r}: give a postgresql://user@host:port/dbname URL or env:VAR "
+                              "(leave --db out for the embedded SQLite database)")
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise _missing_driver() from None
+    try:
+        parts = conninfo_to_dict(address)
+    except Exception as exc:   # psycopg.ProgrammingError: not a valid URL
+        raise ValidationError(f"--db: not a valid PostgreSQL URL ({exc})") from None
+    if parts.get("password"):
+        raise ValidationError(
+            "--db holds a password, which would be written into the project folder; leave it out and use "
+            "PGPASSWORD or ~/.pgpass, or put the whole URL in an environment variable and pass --db env:VAR")
+    return address
+
+
+def _missing_driver() -> Exception:
+    from .errors import MissingDependencyError
+
+    return MissingDependencyError.for_extra("psycopg", "postgres")
+
+
+def _database_url(address: str) -> str:
+    """The URL to connect to: ``address`` itself, or the value of env:VAR."""
+    if address.startswith("env:"):
+        url = os.environ.get(address[4:], "").strip()
+        if not url:
+            raise ProjectError(f"this project's database address is in ${address[4:]}, which is not set; "
+                               f"export {address[4:]}=postgresql://user@host:port/dbname")
+        return url
+    return address
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password, to show in messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        parts = conninfo_to_dict(url)
+        if "password" in parts:
+            parts["password"] = "***"
+        return make_conninfo(**parts)
+    except Exception:  # noqa: BLE001 - only for a message
+        return "(the URL)"
+
+
+class _Row(tuple):
+    """A result row: ``r[0]``, ``r["name"]``, ``dict(r)`` (the names of sqlite3.Row)."""
+
+    __slots__ = ()
+    _index: dict[str, int] = {}
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _pg_row_factory(cursor):
+    desc = cursor.description
+    if desc is None:
+        return tuple
+    index: dict[str, int] = {}
+    for i, col in enumerate(desc):
+        index.setdefault(col.name, i)
+    cls = type("Row", (_Row,), {"_index": index, "__slots__": ()})
+    return cls
+
+
+_LIT = "\x00"   # marks a string literal taken out while a statement is rewritten
+
+
+@functools.lru_cache(maxsize=4096)
+def _pg_translate(sql: str, params: bool) -> tuple[str, bool, bool, str | None]:
+    """(PostgreSQL statement, is an INSERT without RETURNING, is INSERT OR REPLACE, its
+    table) of one SQLite statement; ``params``: placeholders are bound."""
+    import re
+
+    literals: list[str] = []
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:   # take out literals and comments: rewriting must not touch them
+        ch = sql[i]
+        if ch in "'\"":
+            j = i + 1
+            while j < n:
+                if sql[j] == ch:
+                    if j + 1 < n and sql[j + 1] == ch:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            literals.append(sql[i:j + 1])
+            out.append(f"{_LIT}{len(literals) - 1}{_LIT}")
+            i = j + 1
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j
+            out.append(" ")
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            out.append(" ")
+        else:
+            out.append(ch)
+            i += 1
+    code = "".join(out)
+    head = code.lstrip()[:40].upper()
+    ddl = head.startswith(("CREATE TABLE", "ALTER TABLE"))
+    rowid = None
+    if ddl:
+        table = re.match(r"\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", code, flags=re.I)
+        key = re.search(r"[(,]\s*(\w+)\s+INTEGER\s+PRIMARY\s+KEY\b", code, flags=re.I)
+        if table and key:   # SQLite's rowid alias: NULL -> MAX + 1, no gaps (writers hold the lock)
+            t, c = table.group(1), key.group(1)
+            rowid = (f"CREATE OR REPLACE FUNCTION {t}_rowid() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+                     f"IF NEW.{c} IS NULL THEN SELECT COALESCE(MAX({c}), 0) + 1 INTO NEW.{c} FROM {t}; END IF; "
+                     f"RETURN NEW; END $f$; CREATE TRIGGER {t}_rowid BEFORE INSERT ON {t} "
+                     f"FOR EACH ROW EXECUTE FUNCTION {t}_rowid()")
+        code = re.sub(r"\bBLOB\b", "BYTEA", code, flags=re.I)
+        code = re.sub(r"\)\s*WITHOUT\s+ROWID\s*$", ")", code.rstrip(), flags=re.I)
+        code = re.sub(r"\bAUTOINCREMENT\b", "", code, flags=re.I)
+        if rowid and re.search(r"\bIF\s+NOT\s+EXISTS\b", code, flags=re.I):
+            rowid = rowid.replace("CREATE TRIGGER", f"DROP TRIGGER IF EXISTS {t}_rowid ON {t}; CREATE TRIGGER")
+    code = re.sub(r"\bINTEGER\b", "BIGINT", code, flags=re.I)              # columns and CASTs
+    code = re.sub(r"\bREAL\b", "DOUBLE PRECISION", code, flags=re.I)
+    code = re.sub(r"\bIFNULL\s*\(", "COALESCE(", code, flags=re.I)
+    code = re.sub(r"\bINSTR\s*\(", "STRPOS(", code, flags=re.I)
+    code = re.sub(r"\bLIKE\b", "ILIKE", code, flags=re.I)
+    code = _greatest_least(code)
+    ignore = re.match(r"\s*INSERT\s+OR\s+IGNORE\s+INTO\b", code, flags=re.I)
+    replace = re.match(r"\s*INSERT\s+OR\s+REPLACE\s+INTO\s+(\w+)", code, flags=re.I)
+    table = None
+    if ignore:
+        code = "INSERT INTO" + code[ignore.end():].rstrip() + " ON CONFLICT DO NOTHING"
+    elif replace:
+        table = replace.group(1).lower()
+        code = "INSERT INTO" + code[replace.end() - len(replace.group(1)) - 1:]
+    insert = re.match(r"\s*INSERT\s+INTO\s+\w+", code, flags=re.I) is not None \
+        and re.search(r"\bRETURNING\b", code, flags=re.I) is None
+    if params:
+        code = code.replace("%", "%%").replace("?", "%s")
+        literals = [lit.replace("%", "%%") for lit in literals]
+    code = re.sub(f"{_LIT}(\\d+){_LIT}", lambda m: literals[int(m.group(1))], code)
+    if rowid:
+        code = code.rstrip() + "; " + rowid
+    return code, insert, bool(replace), table
+
+
+def _greatest_least(code: str) -> str:
+    """MAX(a, b, ...) / MIN(a, b, ...) (SQLite's scalar forms) -> GREATEST / LEAST; the
+    one-argument aggregates stay."""
+    import re
+
+    pos = 0
+    while True:
+        m = re.compile(r"\b(MAX|MIN)\s*\(", re.I).search(code, pos)
+        if not m:
+            return code
+        depth, j, comma = 1, m.end(), False
+        while j < len(code) and depth:
+            if code[j] == "(":
+                depth += 1
+            elif code[j] == ")":
+                depth -= 1
+            elif code[j] == "," and depth == 1:
+                comma = True
+            j += 1
+        if comma:
+            name = "GREATEST" if m.group(1).upper() == "MAX" else "LEAST"
+            code = code[:m.start()] + name + code[m.start() + len(m.group(1)):]
+        pos = m.start() + 1
+
+
+class _PgCursor:
+    """The part of sqlite3.Cursor the store uses, on a psycopg cursor."""
+
+    def __init__(self, conn: "_PgConnection"):
+        self._conn = conn
+        self._cur = conn.raw.cursor()
+        self.lastrowid: int | None = None
+
+    @property
+    def row_factory(self):
+        return self._cur.row_factory
+
+    @row_factory.setter
+    def row_factory(self, factory) -> None:
+        from psycopg.rows import tuple_row
+
+        self._cur.row_factory = _pg_row_factory if factory is not None else tuple_row
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    @property
+    def description(self):
+        return self._cur.description
+
+    def execute(self, sql: str, params=None) -> "_PgCursor":
+        if sql.strip().upper() == "BEGIN IMMEDIATE":   # one round trip
+            import psycopg
+
+            try:
+                self._cur.execute(f"BEGIN; SELECT pg_advisory_xact_lock({int(self._conn.lock_key)})")
+            except psycopg.errors.LockNotAvailable:
+                self._cur.execute("ROLLBACK")
+                raise ProjectError("the project's database is busy: another writer held it for 30 s; "
+                                   "try again when it is done") from None
+            return self
+        q, insert, _, _ = self._conn.translate(sql, params is not None)
+        returning = insert and self._conn.has_id_column(q)
+        if returning:
+            q += " RETURNING id"
+        with _nul_refused():
+            self._cur.execute(q, None if params is None else list(params))
+        if returning:
+            rows = self._cur.fetchall()
+            self.lastrowid = rows[-1][0] if rows else None
+        return self
+
+    def executemany(self, sql: str, seq) -> "_PgCursor":
+        q, _, _, _ = self._conn.translate(sql, True)
+        with _nul_refused():
+            self._cur.executemany(q, [list(p) for p in seq])
+        return self
+
+    def fetchone(self):
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list:
+        return self._cur.fetchall()
+
+    def fetchmany(self, size: int = 1) -> list:
+        return self._cur.fetchmany(size)
+
+    def __iter__(self):
+        return iter(self._cur.fetchall() if self._cur.description is not None else [])
+
+
+@contextmanager
+def _nul_refused():
+    """SQLite stores a text with a NUL character, PostgreSQL cannot: a clear error, nothing stored."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.DataError as exc:
+        if "NUL" not in str(exc):
+            raise
+        raise ValidationError("a text holds the NUL character (\\x00), which PostgreSQL cannot store; remove it "
+                              "from the input and try again (nothing of this write was stored)") from None
+
+
+class _PgConnection:
+    """The part of sqlite3.Connection the store uses, on PostgreSQL (autocommit: statements
+    outside ``BEGIN IMMEDIATE ... COMMIT`` see the latest committed state)."""
+
+    def __init__(self, url: str, *, readonly: bool):
+        try:
+            import psycopg
+        except ImportError:
+            raise _missing_driver() from None
+        from psycopg.adapt import Dumper, Loader
+
+        class NumericLoader(Loader):   # SUM / AVG of integers: int or float as in SQLite
+            def load(self, data):
+                s = bytes(data).decode()
+                return int(s) if s.lstrip("-").isdigit() else float(s)
+
+        class BoolDumper(Dumper):     # no boolean columns: flags are INTEGER 0 / 1 as in SQLite
+            oid = psycopg.adapters.types["int8"].oid
+
+            def dump(self, obj):
+                return b"1" if obj else b"0"
+
+        try:
+            self.raw = psycopg.connect(url, autocommit=True, row_factory=_pg_row_factory, connect_timeout=15)
+        except psycopg.Error as exc:
+            raise ProjectError(f"cannot connect to the project's PostgreSQL database {_redacted(url)}: "
+                               f"{str(exc).strip()}") from None
+        self.raw.adapters.register_loader("numeric", NumericLoader)
+        self.raw.adapters.register_dumper(bool, BoolDumper)
+        # ESCAPE '\' is one backslash; a writer waits for the write lock at most 30 s, as
+        # SQLite's busy_timeout; the web app's readers cannot write
+        self.raw.execute("SET standard_conforming_strings = on; SET lock_timeout = '30s'"
+                         + ("; SET default_transaction_read_only = on" if readonly else ""))
+        db, schema = self.raw.execute("SELECT current_database(), current_schema()").fetchone()
+        # writers of this database (and schema) take this lock: SQLite's one writer at a time
+        self.lock_key = int.from_bytes(__import__("hashlib").sha256(
+            f"labelloop:{db}:{schema}".encode()).digest()[:8], "big", signed=True)
+        self._columns: dict[str, set[str]] = {}
+        self._keys: dict[str, list[str]] = {}
+
+    # sqlite3.Connection's interface
+    def cursor(self) -> _PgCursor:
+        return _PgCursor(self)
+
+    def execute(self, sql: str, params=None) -> _PgCursor:
+        return self.cursor().execute(sql, params)
+
+    def executemany(self, sql: str, seq) -> _PgCursor:
+        return self.cursor().executemany(sql, seq)
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self.raw.info.transaction_status != TransactionStatus.IDLE
+
+    def commit(self) -> None:
+        if self.in_transaction:
+            self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __del__(self) -> None:   # an unclosed store goes quietly, as an sqlite3 connection does
+        raw = getattr(self, "raw", None)
+        if raw is not None and not raw.closed:
+            try:
+                raw.close()
+            except Exception:  # noqa: BLE001 - at interpreter exit
+                pass
+
+    # the translation, with what it needs to know of the tables
+    def translate(self, sql: str, params: bool) -> tuple[str, bool, bool, str | None]:
+        q, insert, replace, table = _pg_translate(sql, params)
+        if replace:
+            cols = _insert_columns(q)
+            key = self.primary_key(table)
+            rest = [c for c in cols if c not in key]
+            q = q.rstrip() + f" ON CONFLICT ({', '.join(key)}) " + (
+                "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in rest) if rest else "DO NOTHING")
+        return q, insert, replace, table
+
+    def _catalog(self, sql: str, table: str) -> list[str]:
+        cur = self.raw.cursor()
+        return [r[0] for r in cur.execute(sql, (table,)).fetchall()]
+
+    def has_id_column(self, q: str) -> bool:
+        import re
+
+        table = re.match(r"\s*INSERT\s+INTO\s+(\w+)", q, flags=re.I).group(1).lower()
+        if table not in self._columns:
+            cols = set(self._catalog("SELECT column_name FROM information_schema.columns "
+                                     "WHERE table_schema = current_schema() AND table_name = %s", table))
+            if not cols:
+                return False
+            self._columns[table] = cols
+        return "id" in self._columns[table]
+
+    def primary_key(self, table: str) -> list[str]:
+        if table not in self._keys:
+            self._keys[table] = self._catalog(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+                "ORDER BY array_position(i.indkey, a.attnum)", table)
+        if not self._keys[table]:
+            raise ProjectError(f"INSERT OR REPLACE INTO {table}: the table has no primary key")
+        return self._keys[table]
+
+
+def _insert_columns(q: str) -> list[str]:
+    import re
+
+    m = re.match(r"\s*INSERT\s+INTO\s+\w+\s*\(([^)]*)\)", q, flags=re.I)
+    if not m:
+        raise ProjectError("INSERT OR REPLACE needs its column list on PostgreSQL")
+    return [c.strip().lower() for c in m.group(1).split(",")]

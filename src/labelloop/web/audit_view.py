@@ -3,11 +3,9 @@ with the nearest neighbours whose labels disagree with it, side by side."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 
-from ..errors import LabelloopError, NotReadyError
+from ..errors import LabelloopError, NotReadyError, ReadOnlyError
 from .context import item_json
 
 SOURCE_NAMES = {1: "human", 2: "import", 3: "machine"}
@@ -23,7 +21,7 @@ def _compute(ctx) -> dict:
         ids, y, method, res = project.audit_labels()
     except NotReadyError as exc:
         return {"available": False, "detail": f"Nothing to audit yet: {exc}."}
-    except sqlite3.OperationalError:   # no stored graph: a read-only reader cannot build one
+    except ReadOnlyError:   # no stored graph: a read-only reader cannot build one
         return {"available": False, "detail": "Nothing to audit yet: the kNN graph is built by the first "
                                               "refresh (label a few items)."}
     except LabelloopError as exc:
