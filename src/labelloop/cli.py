@@ -106,10 +106,16 @@ def init(project: Path, modality: str, classes: str, task: str, db: str | None) 
 @click.argument("source", type=click.Path(path_type=Path), required=False)
 @click.option("--labels-from-folders", is_flag=True, help="Images: class subfolders are labels (an ImageFolder tree).")
 @click.option("--annotations", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Images: a COCO JSON file; its image-level classes become labels of the images it names.")
+              help="Images: a COCO JSON file; its image-level classes become labels of the images it names "
+                   "(a detection project: its boxes become import boxes).")
 @click.option("--labelstudio", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A Label Studio JSON export: its annotations' choices become labels (images: of the images "
-                   "under SOURCE; texts: the tasks are the texts, no SOURCE).")
+                   "under SOURCE; texts: the tasks are the texts, no SOURCE; a detection project: its rectangles).")
+@click.option("--yolo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Detection projects: a folder of YOLO .txt label files (with classes.txt or data.yaml) for the "
+                   "images under SOURCE.")
+@click.option("--voc", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Detection projects: a folder of Pascal VOC .xml files for the images under SOURCE.")
 @click.option("--text-column", default="text", show_default=True, help="Texts: column / field with the text.")
 @click.option("--label-column", default=None, help="Texts: column with existing (possibly noisy) labels.")
 @click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
@@ -122,17 +128,20 @@ def init(project: Path, modality: str, classes: str, task: str, db: str | None) 
               help="SOURCE is a CSV of gold-standard labels (columns item,label; text projects also text,label) "
                    "used to benchmark annotators.")
 @json_option
-def import_cmd(project, source, labels_from_folders, annotations, labelstudio, text_column, label_column, id_column,
-               fmt, encoding, batch, as_gold, as_json):
+def import_cmd(project, source, labels_from_folders, annotations, labelstudio, yolo, voc, text_column, label_column,
+               id_column, fmt, encoding, batch, as_gold, as_json):
     """Import a folder of images or a CSV / JSONL of texts, with labels from class subfolders,
     a column, a COCO file or a Label Studio export, optionally as a named batch. Imported
-    labels are `import` labels (soft evidence when `config import_trust` is below 1). Boxes
-    (COCO bboxes, Label Studio rectangles) are not imported, this project labels whole images:
-    convert boxes with the Python package labelloop.formats (COCO, YOLO, Pascal VOC, Label
-    Studio). Exit code 1 if anything was skipped or a warning was given (e.g.
-    --labels-from-folders found no class subfolders)."""
-    if annotations is not None and labelstudio is not None:
-        raise click.UsageError("give one annotation file: --annotations (COCO) or --labelstudio")
+    labels are `import` labels (soft evidence when `config import_trust` is below 1). A
+    detection project (init --task detection) imports boxes instead, from COCO, Label Studio,
+    YOLO or Pascal VOC, as `import` boxes; a classification project skips boxes and says so.
+    Exit code 1 if anything was skipped or a warning was given (e.g. --labels-from-folders
+    found no class subfolders)."""
+    given = {k: v for k, v in (("coco", annotations), ("labelstudio", labelstudio), ("yolo", yolo), ("voc", voc))
+             if v is not None}
+    if len(given) > 1:
+        raise click.UsageError("give one annotation source: --annotations (COCO), --labelstudio, --yolo or --voc")
+    annotation_format, annotation_file = next(iter(given.items()), ("coco", None))
     with _open(project) as p:
         if as_gold:
             if source is None:
@@ -147,8 +156,7 @@ def import_cmd(project, source, labels_from_folders, annotations, labelstudio, t
             sys.exit(0 if report.ok else EXIT_SKIPPED)
         report = p.import_(source, labels_from_folders=labels_from_folders, text_column=text_column,
                            label_column=label_column, id_column=id_column, fmt=fmt, encoding=encoding,
-                           annotations=annotations or labelstudio,
-                           annotation_format="labelstudio" if labelstudio is not None else "coco", batch=batch)
+                           annotations=annotation_file, annotation_format=annotation_format, batch=batch)
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -606,22 +614,24 @@ def simulate(dataset, strategies, budget, step, seeds, backbone, n_items, baseli
 
 @cli.command()
 @project_option
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "coco", "labelstudio", "imagefolder", "hf"]),
+@click.option("--format", "fmt",
+              type=click.Choice(["csv", "jsonl", "coco", "labelstudio", "imagefolder", "hf", "yolo", "voc"]),
               default="csv", show_default=True,
               help="csv / jsonl: one row per item. coco (images), labelstudio: a JSON file; human and import "
                    "labels as annotations, the rest as predictions with their confidence. imagefolder (images): "
                    "a new folder class/file of the labeled images. hf: a new Hugging Face datasets folder "
-                   "(save_to_disk) with a ClassLabel column.")
+                   "(save_to_disk) with a ClassLabel column. Detection projects: coco, labelstudio, yolo, voc "
+                   "(people's and imported boxes as annotations, prelabel's boxes as predictions with scores).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="A file (csv, jsonl, coco, labelstudio) or a folder that does not exist yet (imagefolder, hf).")
+              help="A file (csv, jsonl, coco, labelstudio) or a folder that does not exist yet (imagefolder, hf, "
+                   "yolo, voc).")
 @click.option("--image-url-prefix", default="", help="labelstudio: put before each image path, e.g. "
               "'/data/local-files/?d=photos/' for Label Studio local storage.")
 @batch_option
 def export(project, fmt, out, image_url_prefix, batch):
     """Write the current labels (of one batch with --batch): a person's, else an import's, else
     an accepted machine label; csv / jsonl also the predictions of the other items and each
-    item's batch. Boxes are not exported: this project
-    labels whole images (convert boxes with the Python package labelloop.formats)."""
+    item's batch. A detection project writes its boxes (coco, labelstudio, yolo, voc)."""
     with _open(project) as p:
         if fmt in ("csv", "jsonl"):
             click.echo(f"wrote {p.export(out, format=fmt, batch=batch)}")

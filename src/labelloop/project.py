@@ -27,7 +27,8 @@ DETECTORS_DIR = "detectors"              # <project>/detectors/<run id>/detector
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
 DATASET_FORMATS = ("coco", "labelstudio", "imagefolder", "hf")   # labelloop.formats
-ANNOTATION_FORMATS = ("coco", "labelstudio")   # annotation files `import` reads labels from
+ANNOTATION_FORMATS = ("coco", "labelstudio", "yolo", "voc")   # annotation files `import` reads labels / boxes from
+BOX_FORMATS = ("coco", "labelstudio", "yolo", "voc")   # what a detection project exports its boxes to
 LABEL_SOURCES = ("human", "import", "machine")  # an item's current label: the first source that has one
 
 
@@ -198,7 +199,11 @@ class Project:
         run = self.store.start_run("import", params)
         try:
             with self.store.new_items_batch(batch):
-                if self.modality == "image":
+                if self.task == "detection":
+                    report = import_images(self.store, source)
+                    if coll is not None:
+                        self._import_boxes(coll, source, Path(annotations).name, report, run)
+                elif self.modality == "image":
                     report = import_images(self.store, source, labels_from_folders=labels_from_folders,
                                            annotations=coll, annotations_name=Path(annotations or "").name)
                 elif coll is not None:
@@ -219,10 +224,13 @@ class Project:
         if annotation_format not in ANNOTATION_FORMATS:
             raise ValidationError(f"annotation format must be one of {', '.join(ANNOTATION_FORMATS)}, "
                                   f"not {annotation_format!r}")
+        flag = {"coco": "--annotations", "labelstudio": "--labelstudio", "yolo": "--yolo", "voc": "--voc"}
         if self.modality == "image" and source is None:
-            flag = "--annotations" if annotation_format == "coco" else "--labelstudio"
             raise ValidationError("give the folder of images the annotation file describes: "
-                                  f"labelloop import -p PROJECT ./images {flag} FILE")
+                                  f"labelloop import -p PROJECT ./images {flag[annotation_format]} FILE")
+        if annotation_format in ("yolo", "voc") and self.task != "detection":
+            raise ValidationError(f"{flag[annotation_format]} holds boxes; this is a {self.task} project "
+                                  "(boxes go into a project made with: labelloop init --modality image --task detection)")
         if self.modality == "text":
             if annotation_format != "labelstudio":
                 raise ValidationError("COCO annotations describe images; this is a text project "
@@ -230,8 +238,12 @@ class Project:
             if source is not None:
                 raise ValidationError("the Label Studio tasks hold the texts: drop SOURCE "
                                       "(labelloop import -p PROJECT --labelstudio tasks.json)")
-        read = formats.read_coco if annotation_format == "coco" else formats.read_labelstudio
-        coll = read(annotations)
+        if annotation_format == "yolo":
+            coll = formats.read_yolo(annotations, source)
+        elif annotation_format == "voc":
+            coll = formats.read_voc(annotations)
+        else:
+            coll = (formats.read_coco if annotation_format == "coco" else formats.read_labelstudio)(annotations)
         check_class_names(coll, Path(annotations).name)
         return coll
 
@@ -1223,6 +1235,13 @@ class Project:
             raise ValidationError(f"source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
         item_id = self.store.resolve_item(item)
         (it,) = self.store.items([item_id])
+        return self.store.add_boxes(self._box_rows(it, boxes, source=source, annotator=annotator,
+                                                   create_classes=create_classes))
+
+    def _box_rows(self, it, boxes: Iterable[Sequence], *, source: str, annotator: str | None,
+                  create_classes: bool, run_id: int | None = None) -> list[dict]:
+        """Checked box rows of one image (item ``it``) for :meth:`Store.add_boxes`; an error
+        names the item and the box."""
         width, height = _image_size(it.uri)
         rows = []
         for b in boxes:
@@ -1232,9 +1251,49 @@ class Project:
             if x >= width or y >= height or x + w <= 0 or y + h <= 0:
                 raise ValidationError(f"item {it.display} ({width}x{height} px): box {(x, y, w, h)} lies outside "
                                       "the image; boxes are x, y, w, h in pixels from the top-left corner")
-            rows.append({"item_id": item_id, "x": x, "y": y, "w": w, "h": h, "source": source,
-                         "annotator": annotator, "class_id": self._box_class(b[4], create_classes)})
-        return self.store.add_boxes(rows)
+            rows.append({"item_id": it.id, "x": x, "y": y, "w": w, "h": h, "source": source,
+                         "annotator": annotator, "class_id": self._box_class(b[4], create_classes),
+                         "run_id": run_id})
+        return rows
+
+    def _import_boxes(self, coll, source, name: str, report: ImportReport, run_id: int) -> None:
+        """The boxes of an annotation file's image records as ``import`` boxes of the images
+        under ``source`` they name (:func:`labelloop.formats.match_paths`). A record whose
+        boxes do not fit its image is skipped whole and named in the report; its image stays."""
+        from . import formats
+        from .store import validate_class_name
+
+        for r in coll.records:   # every class name first: a bad one stores no box at all
+            for b in r.boxes:
+                try:
+                    validate_class_name(b.label)
+                except ValidationError as exc:
+                    raise ValidationError(f"{name}: {r.name}: {exc}") from None
+        root = Path(source).expanduser()
+        root = root.parent if root.is_file() else root
+        rels = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
+        ids = self.store.existing_external_ids(rels)
+        matched, unmatched = formats.match_paths([r for r in coll.records if r.boxes], list(ids))
+        for rec, why in unmatched:
+            report.skipped.append(Skipped(f"{name}: {rec.name}", why))
+        done_before = {b["item_id"] for b in self.store.current_boxes(sources=("import",),
+                                                                       item_ids=[ids[rel] for rel in matched])}
+        rows = []
+        for rel, rec in matched.items():
+            if ids[rel] in done_before:   # importing the same file again adds nothing
+                continue
+            (it,) = self.store.items([ids[rel]])
+            try:
+                rows += self._box_rows(it, [(b.x, b.y, b.w, b.h, b.label) for b in rec.boxes], source="import",
+                                       annotator="import", create_classes=True, run_id=run_id)
+            except ValidationError as exc:
+                report.skipped.append(Skipped(f"{name}: {rec.name}", f"{exc}; its boxes were not imported"))
+        self.store.add_boxes(rows)
+        report.notes.append(f"{name}: {len(rows)} boxes imported on {len({r['item_id'] for r in rows})} images")
+        predicted = sum(bool(r.predicted_boxes) for r in coll.records)
+        if predicted:
+            report.notes.append(f"{name}: the predicted boxes of {predicted} records were not imported (a model's "
+                                "guesses; labelloop prelabel makes its own)")
 
     def _box_class(self, name: str, create: bool) -> int:
         from .errors import UnknownClassError
@@ -1795,7 +1854,7 @@ class Project:
     def export(self, out: str | Path, *, format: str = "csv", batch: str | None = None) -> Path:
         """Write the current labels (of the items of ``batch``) to ``out``: one row per item
         (:meth:`rows` as csv, jsonl) or a dataset in an interchange format (:meth:`export_dataset`)."""
-        if format in DATASET_FORMATS:
+        if format in DATASET_FORMATS or format in BOX_FORMATS or self.task == "detection":
             return self.export_dataset(out, format=format, batch=batch).path
         if format not in EXPORT_FORMATS:
             raise ValidationError(f"export format must be one of {', '.join(EXPORT_FORMATS + DATASET_FORMATS)}, "
@@ -1835,6 +1894,8 @@ class Project:
         ``labelloop_item``, HF column ``item``) and where its label came from."""
         from . import formats
 
+        if self.task == "detection":
+            return self._export_boxes(out, format=format, image_url_prefix=image_url_prefix, batch=batch)
         if format not in DATASET_FORMATS:
             raise ValidationError(f"dataset format must be one of {', '.join(DATASET_FORMATS)}, not {format!r}")
         if self.modality == "text" and format in ("coco", "imagefolder"):
@@ -1883,6 +1944,51 @@ class Project:
         return ExportReport(path=out, format=format, items=len(records),
                             labeled=sum(bool(r.labels) for r in records),
                             predicted=sum(bool(r.predicted) for r in records), extra=extra)
+
+    def _export_boxes(self, out: str | Path, *, format: str, image_url_prefix: str = "",
+                      batch: str | None = None) -> ExportReport:
+        """A detection project's images (of ``batch``) with their boxes in effect: human and
+        import boxes as annotations, machine boxes (``labelloop prelabel``) as predictions
+        with their scores. coco / labelstudio: a JSON file; yolo, voc: a new folder."""
+        from . import formats
+
+        if format not in BOX_FORMATS:
+            raise ValidationError(f"a detection project exports its boxes as {', '.join(BOX_FORMATS)}, not {format!r}")
+        ids = self.store.item_ids()
+        if batch is not None:
+            ids = ids[self.in_batch(ids, batch)]
+        if ids.size == 0:
+            raise NotReadyError("no images to export: run `labelloop import` first")
+        names = {v: k for k, v in self.store.class_ids().items()}
+        by_item: dict[int, list[dict]] = {}
+        for b in self.store.current_boxes(item_ids=ids):
+            by_item.setdefault(b["item_id"], []).append(b)
+        records = []
+        for it in self.store.items(ids):
+            width, height = formats.image_size(it.uri) or (None, None)
+            rec = formats.Record(path=it.external_id or Path(it.uri).name, width=width, height=height,
+                                 meta={"labelloop_item": it.id})
+            for b in by_item.get(it.id, []):
+                box = formats.Box(b["x"], b["y"], b["w"], b["h"], names[b["class_id"]],
+                                  b["score"] if b["source"] == "machine" else None)
+                (rec.predicted_boxes if b["source"] == "machine" else rec.boxes).append(box)
+            records.append(rec)
+        coll = formats.Collection(self.classes, records)
+        out = Path(out).expanduser()
+        extra: list[Path] = []
+        if format == "coco":
+            formats.write_coco(coll, out)
+        elif format == "labelstudio":
+            formats.write_labelstudio(coll, out, image_url_prefix=image_url_prefix)
+            config_path = out.with_name(out.stem + ".label_config.xml")
+            formats.write_text_atomic(config_path, formats.labelstudio_config(self.classes, boxes=True))
+            extra.append(config_path)
+        elif format == "yolo":
+            formats.write_yolo(coll, out)
+        else:
+            formats.write_voc(coll, out)
+        return ExportReport(path=out, format=format, items=len(records), labeled=sum(bool(r.boxes) for r in records),
+                            predicted=sum(bool(r.predicted_boxes) and not r.boxes for r in records), extra=extra)
 
     # ---- used by the web app (and cached for long-running servers)
     def item_ids(self) -> np.ndarray:
