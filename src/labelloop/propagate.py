@@ -341,6 +341,7 @@ class LabelPropagation:
             self.label_distributions_ = np.empty((n, C), np.float32)
             self.transduction_ = np.empty(n, np.int64)
             self.reached_ = np.empty(n, bool)
+            rows = np.arange(n)   # nothing finished yet (after restore): every row
         if self.class_mass:
             rows = np.arange(n)
         Yr = np.maximum(self.Y_[rows], 0.0)  # (r, C); the warm start may leave tiny negatives
@@ -477,13 +478,16 @@ class LabelPropagation:
                                else self._check_weight(sample_weight, n))
         self.n_iter_ = 0
         self.n_updates_ = int(n_updates)
-        self._finish(np.arange(n))
+        for a in ("label_distributions_", "transduction_", "reached_"):   # finished on first use
+            self.__dict__.pop(a, None)
         return self
 
     def predict_proba(self) -> np.ndarray:
         """(n, C) class distributions of the graph's items (rows sum to 1)."""
-        if not hasattr(self, "label_distributions_"):
+        if not hasattr(self, "Y_"):
             raise NotReadyError("predict_proba() needs a fitted LabelPropagation: call fit() first")
+        if not hasattr(self, "label_distributions_"):   # restored, not updated since
+            self._finish(np.arange(self.Y_.shape[0]))
         return self.label_distributions_
 
 
