@@ -396,7 +396,7 @@ class Project:
     def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
                      ) -> np.ndarray:
         """(n,) class index per item (-1 none) from the given sources; earlier sources win."""
-        ids = np.asarray(self.store.item_ids() if ids is None else ids, dtype=np.int64)
+        ids = np.asarray(self.item_ids() if ids is None else ids, dtype=np.int64)
         col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]                                           # (n,) ascending
@@ -555,7 +555,7 @@ class Project:
         # every confidence too low. Score the others (first labels, random shares, verify checks)
         # once there are enough of them.
         chosen = self.actively_chosen()
-        ids = self.store.item_ids() if len(chosen) else None
+        ids = self.item_ids() if len(chosen) else None
         rep = None if ids is None or len(ids) != len(y_h) else np.array([int(i) not in chosen for i in ids])
         if rep is not None and ((y_h >= 0) & rep).sum() < self.MIN_REPRESENTATIVE:
             rep = None
@@ -810,7 +810,7 @@ class Project:
         target_precision = self._target() if target_precision is None else target_precision
         if not 0.5 <= target_precision < 1:
             raise ValidationError(f"--target-precision must be in [0.5, 1), got {target_precision}")
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             raise NotReadyError("predictions are missing or out of date: run `labelloop refresh` first")
@@ -855,15 +855,13 @@ class Project:
     def estimate(self) -> dict | None:
         """Estimated accuracy of the whole dataset's labels (human + machine + predicted) if
         exported now, from the calibrated confidences (:mod:`labelloop.loop.estimate`)."""
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             return None
         conf, cpred, correct, truth = self._heldout(pred)
         machine = self.store.latest_labels("machine")
-        row = {int(i): r for r, i in enumerate(ids)}
-        machine_mask = np.zeros(len(ids), dtype=bool)
-        machine_mask[[row[i] for i in machine if i in row]] = True
+        machine_mask = np.isin(ids, np.fromiter(machine, dtype=np.int64, count=len(machine)))
         human = self.label_vector(ids, sources=("human", "import")) >= 0
         est = self._estimate_from(pred.proba, None, human, None, heldout=(conf, correct, truth))
         return est | {"machine": int(machine_mask.sum()), "needs_person": int((~human & ~machine_mask).sum()),
@@ -1095,7 +1093,7 @@ class Project:
 
         if self.modality != "image":
             raise ValidationError("train fine-tunes the image backbone; this is a text project")
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         y = self.label_vector(ids, sources=("human",))
         if (y >= 0).sum() < 2:
             raise NotReadyError("train needs human labels: label a few items per class first")
@@ -1242,7 +1240,7 @@ class Project:
             raise ValidationError("no annotators known: pass --annotators alice,bob or add users "
                                   "(`labelloop users add NAME --role annotator`)")
         human = set(self.store.latest_labels("human"))
-        pending = [int(i) for i in self.store.item_ids() if int(i) not in human]
+        pending = [int(i) for i in self.item_ids() if int(i) not in human]
         queues = consensus_sample(pending, fraction, times, people, seed=seed)
         now = time.time()
         multi = {}
@@ -1396,7 +1394,7 @@ class Project:
     # ---- used by the web app (and cached for long-running servers)
     def item_ids(self) -> np.ndarray:
         """``store.item_ids()`` read once per set of items (:data:`MEMO`; read-only): items are
-        only ever added, so (count, largest id) identifies the set."""
+        only ever added, so the largest id identifies the set (:meth:`Store.items_key`)."""
         key = self.store.items_key()
 
         def load():
@@ -1406,7 +1404,7 @@ class Project:
             path = None if last is None else self.root / "arrays" / "runs" / str(last) / "item_ids.npy"
             if path is not None and path.exists():
                 ids = np.asarray(np.load(path, mmap_mode="r"))
-                if len(ids) == key[0] and (key[0] == 0 or int(ids[-1]) == key[1]):
+                if len(ids) and int(ids[-1]) == key:
                     return ids
             ids = self.store.item_ids()
             ids.flags.writeable = False
@@ -1434,7 +1432,7 @@ class Project:
         last = self.store.last_run("autolabel")
         if last is None:
             return None
-        pred = pred if pred is not None else self._current_predictions(self.store.item_ids())
+        pred = pred if pred is not None else self._current_predictions(self.item_ids())
         if pred is None:
             return None
         params = last["params"]
@@ -1549,7 +1547,7 @@ class Project:
         accuracy on human labels (with n); switched-off rules are listed without statistics."""
         from .rules import rule_stats
 
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         votes, active = self._rule_votes(ids)
         model = self._rule_model(votes, len(active))
         y_h = self.label_vector(ids, sources=("human",))

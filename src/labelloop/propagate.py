@@ -353,8 +353,9 @@ class LabelPropagation:
             Yr = class_mass_normalise(Yr, self.y_, C, prior)
             total = Yr @ np.ones(C, Yr.dtype)
             reached = total > 0
-        P = np.full_like(Yr, 1.0 / C)
-        P[reached] = Yr[reached] / total[reached, None]  # p_ic = y_ic / sum_c y_ic
+        with np.errstate(divide="ignore", invalid="ignore"):
+            P = Yr / total[:, None]  # p_ic = y_ic / sum_c y_ic
+        P[~reached] = 1.0 / C
         self.label_distributions_[rows] = P
         self.transduction_[rows] = P.argmax(axis=1)
         self.reached_[rows] = reached

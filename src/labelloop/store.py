@@ -651,10 +651,11 @@ class Store:
         row = self.conn.execute("SELECT MAX(id) FROM runs WHERE kind = ? AND status = 'done'", (kind,)).fetchone()
         return row[0]
 
-    def items_key(self) -> tuple[int, int]:
-        """(item count, largest item id): changes whenever items are added."""
-        n, last = self.conn.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM items").fetchone()
-        return int(n), int(last)
+    def items_key(self) -> int:
+        """The largest item id (0 without items): items are only ever added, with ascending ids,
+        so it changes whenever items are added and identifies the set of items. One index
+        lookup (a COUNT(*) scans every row: 90 ms at 1M items, and this is asked per request)."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
 
     def item_ids_after(self, after: int, limit: int) -> list[int]:
         """Up to ``limit`` item ids above ``after``, ascending (walking every item in pages)."""
