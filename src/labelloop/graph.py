@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_APPROX_METHOD",
     "DEFAULT_EXACT_THRESHOLD",
     "NNDESCENT_MIN_N",
+    "numba_cache_dir",
 ]
 
 #: every accepted ``method``; "auto" picks by size (see :func:`build_knn_graph`).
@@ -155,19 +156,24 @@ def build_knn_graph(
     if not np.isfinite(X).all():
         raise ValidationError("embeddings contain NaN or infinite values; fix or drop those rows")
     k = int(k)
-    Xn = np.ascontiguousarray(normalize_rows(X))  # (n, dim)
     if method == "auto":
         method = _auto_method(n, exact_threshold)
-    if method == "exact":
-        idx, sim = _search_exact(Xn, Xn, k + 1)
-    elif method == "ivf":
-        idx, sim = _search_ivf(Xn, k + 1, seed=seed)
-    elif method == "hnsw":
-        idx, sim = _search_hnsw(Xn, k + 1, seed=seed)
+    if method == "nndescent":
+        # pynndescent normalises its own copy of the rows (cosine): not normalised twice here
+        # (at 1M x 384 a second pass cost 10 s and 1.5 GB); rows are normalised below only if
+        # some need an exact repair
+        idx, sim = _search_nndescent(X, k + 1, seed=seed)
+        Xn = None
     else:
-        idx, sim = _search_nndescent(Xn, k + 1, seed=seed)
+        Xn = np.ascontiguousarray(normalize_rows(X))  # (n, dim)
+        if method == "exact":
+            idx, sim = _search_exact(Xn, Xn, k + 1)
+        elif method == "ivf":
+            idx, sim = _search_ivf(Xn, k + 1, seed=seed)
+        else:
+            idx, sim = _search_hnsw(Xn, k + 1, seed=seed)
     idx, sim = _drop_self(idx, sim, k)
-    idx, sim = _repair_missing(Xn, idx, sim)
+    idx, sim = _repair_missing(X if Xn is None else Xn, idx, sim, normalised=Xn is not None)
     return KnnGraph(idx, sim, method)
 
 
@@ -244,7 +250,22 @@ def _search_hnsw(X: np.ndarray, kk: int, *, seed: int) -> tuple[np.ndarray, np.n
 NNDESCENT_N_NEIGHBORS = 30
 
 
+def numba_cache_dir() -> Path:
+    """Where numba keeps pynndescent's compiled functions between processes: ``NUMBA_CACHE_DIR``
+    when set, else ``$XDG_CACHE_HOME/labelloop/numba`` (``~/.cache/labelloop/numba``). Numba's
+    default is ``__pycache__`` beside pynndescent's sources, which a system-wide or read-only
+    install cannot write: then every new process compiled again (46-120 s measured)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "labelloop" / "numba"
+
+
 def _search_nndescent(X: np.ndarray, kk: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    import sys
+
+    if "numba" not in sys.modules:   # numba reads its cache location once, at import
+        os.environ["NUMBA_CACHE_DIR"] = str(numba_cache_dir())
     try:
         import pynndescent
     except ImportError as exc:
@@ -287,12 +308,14 @@ def _drop_self(idx: np.ndarray, sim: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 
 def _repair_missing(
-    X: np.ndarray, idx: np.ndarray, sim: np.ndarray
+    X: np.ndarray, idx: np.ndarray, sim: np.ndarray, *, normalised: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows with unfilled (-1) slots from an approximate index are searched exactly."""
     bad = np.flatnonzero((idx < 0).any(axis=1))
     if bad.size == 0:
         return idx, sim
+    if not normalised:
+        X = np.ascontiguousarray(normalize_rows(X))
     k = idx.shape[1]
     ridx, rsim = _search_exact(X[bad], X, k + 1)
     is_self = ridx == bad[:, None]
