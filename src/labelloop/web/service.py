@@ -198,7 +198,8 @@ class Refresher:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.status: dict[str, Any] = {"state": "starting", "detail": None, "refreshes": 0,
-                                       "last_seconds": None, "ranking": "idle", "rank_detail": None,
+                                       "last_seconds": None, "last_visible_cpu_seconds": None,
+                                       "ranking": "idle", "rank_detail": None,
                                        "last_rank_seconds": None}
 
     # ------------------------------------------------------------------ public
@@ -300,7 +301,7 @@ class Refresher:
         p = self.project
         applied = self._max_annotation()   # every annotation up to here is read by this refresh
         self._set_status("running")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             summary = p.refresh()
         except NotReadyError as exc:
@@ -313,12 +314,14 @@ class Refresher:
             return
         snap = self._snapshot_of_last_predictions(applied, summary=summary)
         self._publish(snap)
+        visible_cpu = time.thread_time() - c0   # this thread's CPU until the predictions were visible
         try:   # precompute what /api/status and the dashboard read, memoised per set of items and
             p.status()   # per prediction run (item ids, the embedding check, confidence figures)
         except LabelloopError as exc:
             log.warning("cannot precompute the status: %s", exc)
         self._set_status("idle", None, refreshes=self.status["refreshes"] + 1,
-                         last_seconds=round(time.perf_counter() - t0, 4))
+                         last_seconds=round(time.perf_counter() - t0, 4),
+                         last_visible_cpu_seconds=round(visible_cpu, 4))
 
     def _publish(self, snap: Snapshot) -> None:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being
