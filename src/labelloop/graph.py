@@ -42,9 +42,10 @@ DEFAULT_EXACT_THRESHOLD = 20_000
 DEFAULT_APPROX_METHOD = "ivf"
 
 #: "auto" switches to pynndescent (when installed: the ``ann`` extra) above this many items.
-#: Its numba JIT costs 54-120 s once per process (measured), which it only earns back on large
-#: sets: 25 s vs 118 s for IVF at 50k (recall 0.982 vs 1.000); the brief's figures at 1M:
-#: 110 s (recall 0.982) vs ~585 s for IVF.
+#: Its numba JIT costs 46-120 s (measured); it is cached in :func:`numba_cache_dir`, so it is
+#: paid once per machine rather than once per process, but a first build still pays it, which
+#: only large sets earn back: 25 s vs 118 s for IVF at 50k (recall 0.982 vs 1.000); the
+#: brief's figures at 1M: 110 s (recall 0.982) vs ~585 s for IVF.
 NNDESCENT_MIN_N = 200_000
 
 
