@@ -297,8 +297,10 @@ def write_markdown(report: dict, path: Path) -> None:
         "`build_knn_graph`: a kNN-like graph with the same size, degree and locality (and high "
         "class purity), but its recall against exact 384-d search (in the table) is low, so it is "
         "a stand-in for timing the propagation, not a kNN result. Wall times are on a machine "
-        "shared with other jobs (load average ~10-12 on 2 cores); the update and the cold fit "
-        "are single-threaded, so their CPU time is what they take on an idle core.",
+        "shared with other jobs (load average in the table); the update and the cold fit "
+        "are single-threaded, so their CPU time is closer to what they take on an idle core "
+        "(at load ~25-30 on 2 cores CPU times themselves came out ~1.5x higher than at load ~2-7).",
+        *(["", *report["notes"]] if report.get("notes") else []),
     ]
     path.write_text("\n".join(lines) + "\n")
 
