@@ -223,7 +223,7 @@ def main() -> None:
     built = json.loads(built_file.read_text()) if built_file.exists() else {}
     variants = {"this": args.src} | ({"baseline": args.baseline} if args.baseline else {})
     result = {"n": args.n, "build": built, "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
-              "command": "python " + " ".join(sys.argv), "load_average_before": list(os.getloadavg()),
+              "command": "python benchmarks/e2e_latency.py " + " ".join(sys.argv[1:]), "load_average_before": list(os.getloadavg()),
               "variants": {}}
     for name, src in variants.items():   # each variant on its own copy of the built project
         path = args.dir / f"{base.name}-{name}"
