@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=None, help="default: 3 for n <= 50k, else 1")
     ap.add_argument("--exact-max", type=int, default=100_000, help="time exact search up to this n")
     ap.add_argument("--out", default=str(RESULTS / "knn_backends"))
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json, run nothing")
     ap.add_argument("--append", action="store_true",
                     help="add rows to an existing --out .json (replacing rows of the same n and method)")
     args = ap.parse_args()
@@ -135,8 +136,10 @@ def main() -> None:
         "queries": args.queries,
         "rows": [],
     }
-    if args.append and out.with_suffix(".json").exists():
+    if (args.append or args.markdown_only) and out.with_suffix(".json").exists():
         report = json.loads(out.with_suffix(".json").read_text())
+    if args.markdown_only:
+        return write_markdown(report, out.with_suffix(".md"))
     if "nndescent" in args.methods:
         if "nndescent_jit" not in report:
             report["nndescent_jit"] = jit_compile_seconds()
@@ -224,24 +227,30 @@ def write_markdown(report: dict, path: Path) -> None:
         )
     if "nndescent_jit" in report:
         lines += ["", f"pynndescent numba JIT, fresh process: {report['nndescent_jit']} (not in the build times)."]
-    from labelloop.graph import DEFAULT_APPROX_METHOD, DEFAULT_EXACT_THRESHOLD, NNDESCENT_MIN_N
+    if "nndescent_jit_cache" in report:
+        lines += ["", report["nndescent_jit_cache"]]
+    from labelloop.graph import (DEFAULT_APPROX_METHOD, DEFAULT_EXACT_THRESHOLD, IVF_MIN_NPROBE,
+                                 IVF_NLIST_PER_SQRT_N, IVF_PROBE_FRACTION, NNDESCENT_MIN_N, NNDESCENT_N_NEIGHBORS)
 
     lines += [
         "",
-        "Runs: 3 per method at 10k; 1 at 50k and 100k (an exact build took ~7 min at 50k on the "
+        "Runs: 3 per method at 10k; 1 at 50k and above (an exact build took ~7 min at 50k on the "
         "shared machine); HNSW and PCA were dropped at 100k after losing at 10k and 50k. "
         "`pca128-ivf` (benchmark only): IVF on a 128-d PCA projection for 3k candidates, "
         "re-ranked by the full cosine. `nndescent-nnN`: NN-descent with a candidate list of N "
-        "instead of `graph.NNDESCENT_N_NEIGHBORS` (30); the `clustered` nndescent rows were "
-        "measured when the list was 11 (k + 1), the `latent` rows at 100k (run next to another "
-        "benchmark, load ~2.5) chose 30.",
+        f"instead of `graph.NNDESCENT_N_NEIGHBORS` ({NNDESCENT_N_NEIGHBORS}); the `clustered` nndescent rows up to 100k "
+        "were measured when the list was 11 (k + 1), the `latent` rows at 100k (run next to another "
+        "benchmark, load ~2.5) chose 30. Build times are wall seconds on a shared machine: compare "
+        "methods within one size (same run, similar load), not across tables.",
         "",
-        f"Decision (`labelloop.graph`): `method=\"auto\"` searches exactly up to "
+        # the settings below are read from labelloop.graph when this file is written
+        f"Decision (`labelloop.graph`, as it is now): `method=\"auto\"` searches exactly up to "
         f"{DEFAULT_EXACT_THRESHOLD:,} items (no recall loss, still cheap), then uses "
-        f"`{DEFAULT_APPROX_METHOD}` (FAISS IVF-Flat, nlist = 4 sqrt(n), nprobe = 16), and "
-        f"pynndescent above {NNDESCENT_MIN_N:,} items when it is installed (its JIT compile is "
-        "only repaid on large sets). PCA before the search is not used: it lost recall "
-        "(0.95 at 50k) for little or no time saved.",
+        f"`{DEFAULT_APPROX_METHOD}` (FAISS IVF-Flat, nlist = {IVF_NLIST_PER_SQRT_N:g} sqrt(n), nprobe = "
+        f"{IVF_PROBE_FRACTION:.0%} of the lists, at least {IVF_MIN_NPROBE}), and pynndescent (candidate list "
+        f"{NNDESCENT_N_NEIGHBORS}) above {NNDESCENT_MIN_N:,} items when it is installed (its numba compile is "
+        "about half kept between processes in `graph.numba_cache_dir`). PCA before the search is "
+        "not used: it lost recall (0.95 at 50k) for little or no time saved.",
     ]
     path.write_text("\n".join(lines) + "\n")
 

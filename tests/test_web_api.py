@@ -720,13 +720,10 @@ def test_label_vector_follows_sources_in_order_for_any_item_order(env):
         assert p.label_vector(np.array([4, 2, 999]), sources=("import",)).tolist() == [1, 7, -1]
 
 
-def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(base_project, tmp_path, module_db):
-    """The refresh's n prediction rows go through the writer in the background: the server's
-    Project sees the new predictions at once, other readers only once every row is written;
-    a run overtaken by the next refresh before its rows are out is marked superseded."""
-    import concurrent.futures
-    import threading
-
+def test_server_refresh_predictions_are_array_files_every_reader_sees_once_done(base_project, tmp_path, module_db):
+    """A refresh writes its predictions as array files in its run folder (no row per item):
+    the server's Project sees them at once, another process's Project reads the same
+    predictions back once the run is done, and no prediction row is written."""
     from labelloop import Project
     from labelloop.web.service import Writer, writer_project
 
@@ -741,47 +738,22 @@ def test_server_refresh_is_visible_at_once_and_rows_follow_in_the_background(bas
         p.store.add_annotations([(i, cid[c]) for c, i in first.items()], source="human", annotator="t")
     w = Writer(path)
     w.start()
-    submit, held, released = w.submit, [], threading.Event()
-
-    def gated(fn, *, background=False):   # background writes are held back until release()
-        if not background or released.is_set():
-            return submit(fn, background=background)
-        fut = concurrent.futures.Future()
-        held.append((fn, fut))
-        return fut
-
-    def release():
-        released.set()
-        while held:
-            fn, fut = held.pop(0)
-            if fut.set_running_or_notify_cancel():   # skipped when cancelled (superseded)
-                try:
-                    fut.set_result(submit(fn, background=True).result())
-                except Exception as exc:  # noqa: BLE001 - handed to the waiting side
-                    fut.set_exception(exc)
-
-    w.submit = gated
     cp = writer_project(path, w)
     try:
         s1 = cp.refresh()
         assert cp.predictions().run_id == s1["run"]
-        with Project(path, readonly=True) as other:
-            assert other.predictions() is None   # its run is not done until its rows are written
-        s2 = cp.refresh()                        # overtakes run 1 before any of its rows are out
-        assert cp.predictions().run_id == s2["run"]
-        release()
-        w.drain()
+        s2 = cp.refresh()
+        own = cp.predictions()
+        assert own.run_id == s2["run"]
         with Project(path, readonly=True) as other:
             pred = other.predictions()
             assert pred.run_id == s2["run"]
-            assert np.array_equal(pred.label, cp.predictions().label)
-            assert np.array_equal(pred.reached, cp.predictions().reached)
+            for a in ("item_ids", "proba", "label", "confidence", "margin", "entropy", "reached"):
+                assert np.array_equal(getattr(pred, a), getattr(own, a)), a
         status = dict(cp.store.conn.execute("SELECT id, status FROM runs WHERE kind = 'refresh'").fetchall())
-        assert status == {s1["run"]: "superseded", s2["run"]: "done"}
-        rows = dict(cp.store.conn.execute("SELECT run_id, COUNT(*) FROM predictions GROUP BY run_id").fetchall())
-        assert rows == {s2["run"]: 150}
+        assert status == {s1["run"]: "done", s2["run"]: "done"}
+        assert cp.store.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 0
     finally:
-        release()
         cp.close()
         w.stop()
 

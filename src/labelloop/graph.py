@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_APPROX_METHOD",
     "DEFAULT_EXACT_THRESHOLD",
     "NNDESCENT_MIN_N",
+    "numba_cache_dir",
 ]
 
 #: every accepted ``method``; "auto" picks by size (see :func:`build_knn_graph`).
@@ -41,9 +42,9 @@ DEFAULT_EXACT_THRESHOLD = 20_000
 DEFAULT_APPROX_METHOD = "ivf"
 
 #: "auto" switches to pynndescent (when installed: the ``ann`` extra) above this many items.
-#: Its numba JIT costs 54-120 s once per process (measured), which it only earns back on large
-#: sets: 25 s vs 118 s for IVF at 50k (recall 0.982 vs 1.000); the brief's figures at 1M:
-#: 110 s (recall 0.982) vs ~585 s for IVF.
+#: Its numba JIT costs 46-120 s (measured), about half of it kept between processes in
+#: :func:`numba_cache_dir`, which only large sets earn back: 25 s vs 118 s for IVF at 50k
+#: (recall 0.982 vs 1.000); the brief's figures at 1M: 110 s (recall 0.982) vs ~585 s for IVF.
 NNDESCENT_MIN_N = 200_000
 
 
@@ -155,19 +156,24 @@ def build_knn_graph(
     if not np.isfinite(X).all():
         raise ValidationError("embeddings contain NaN or infinite values; fix or drop those rows")
     k = int(k)
-    Xn = np.ascontiguousarray(normalize_rows(X))  # (n, dim)
     if method == "auto":
         method = _auto_method(n, exact_threshold)
-    if method == "exact":
-        idx, sim = _search_exact(Xn, Xn, k + 1)
-    elif method == "ivf":
-        idx, sim = _search_ivf(Xn, k + 1, seed=seed)
-    elif method == "hnsw":
-        idx, sim = _search_hnsw(Xn, k + 1, seed=seed)
+    if method == "nndescent":
+        # pynndescent normalises its own copy of the rows (cosine): not normalised twice here
+        # (at 1M x 384 a second pass cost 10 s and 1.5 GB); rows are normalised below only if
+        # some need an exact repair
+        idx, sim = _search_nndescent(X, k + 1, seed=seed)
+        Xn = None
     else:
-        idx, sim = _search_nndescent(Xn, k + 1, seed=seed)
+        Xn = np.ascontiguousarray(normalize_rows(X))  # (n, dim)
+        if method == "exact":
+            idx, sim = _search_exact(Xn, Xn, k + 1)
+        elif method == "ivf":
+            idx, sim = _search_ivf(Xn, k + 1, seed=seed)
+        else:
+            idx, sim = _search_hnsw(Xn, k + 1, seed=seed)
     idx, sim = _drop_self(idx, sim, k)
-    idx, sim = _repair_missing(Xn, idx, sim)
+    idx, sim = _repair_missing(X if Xn is None else Xn, idx, sim, normalised=Xn is not None)
     return KnnGraph(idx, sim, method)
 
 
@@ -244,7 +250,24 @@ def _search_hnsw(X: np.ndarray, kk: int, *, seed: int) -> tuple[np.ndarray, np.n
 NNDESCENT_N_NEIGHBORS = 30
 
 
+def numba_cache_dir() -> Path:
+    """Where numba keeps pynndescent's compiled functions between processes: ``NUMBA_CACHE_DIR``
+    when set, else ``$XDG_CACHE_HOME/labelloop/numba`` (``~/.cache/labelloop/numba``). Numba's
+    default is ``__pycache__`` beside pynndescent's sources, which a system-wide or read-only
+    install cannot write. Only pynndescent's ``cache=True`` functions are kept: the first build
+    in a fresh process took 88.6 CPU-s with an empty cache and 43.6 with a filled one
+    (2,000 x 384, load ~22 on 2 cores); the rest is compiled in every process."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "labelloop" / "numba"
+
+
 def _search_nndescent(X: np.ndarray, kk: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    import sys
+
+    if "numba" not in sys.modules:   # numba reads its cache location once, at import
+        os.environ["NUMBA_CACHE_DIR"] = str(numba_cache_dir())
     try:
         import pynndescent
     except ImportError as exc:
@@ -287,12 +310,14 @@ def _drop_self(idx: np.ndarray, sim: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 
 def _repair_missing(
-    X: np.ndarray, idx: np.ndarray, sim: np.ndarray
+    X: np.ndarray, idx: np.ndarray, sim: np.ndarray, *, normalised: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows with unfilled (-1) slots from an approximate index are searched exactly."""
     bad = np.flatnonzero((idx < 0).any(axis=1))
     if bad.size == 0:
         return idx, sim
+    if not normalised:
+        X = np.ascontiguousarray(normalize_rows(X))
     k = idx.shape[1]
     ridx, rsim = _search_exact(X[bad], X, k + 1)
     is_self = ridx == bad[:, None]

@@ -6,6 +6,8 @@ import csv
 import os
 import hashlib
 import json
+import os
+import shutil
 import threading
 import time
 import warnings
@@ -349,20 +351,22 @@ class Project:
     # --------------------------------------------------------------------- graph
     def graph(self):
         """The shared kNN graph over the active embeddings, built once and stored at the largest
-        k any consumer asks for (:meth:`graph_k`); propagation truncates it to the ``k`` setting."""
+        k any consumer asks for (:meth:`graph_k`); propagation truncates it to the ``k`` setting.
+        A stored graph is found from the item ids alone (:meth:`_graph_fingerprint`): the
+        vectors are read only to build one."""
         from .graph import KnnGraph, build_knn_graph
 
-        ids, X = self.embeddings()
-        k = self.graph_k()
-        fp = self._graph_fingerprint(ids)
-        path = self.root / "arrays" / "graphs" / f"{fp}.npz"
+        path = self._graph_path(self.item_ids())
         if path.exists():
-            return ids, MEMO.get(self.root, "graph", fp, lambda: KnnGraph.load(path))
-        k_eff = min(k, len(ids) - 1)
+            ids = self.item_ids()
+            return ids, MEMO.get(self.root, "graph", path.stem, lambda: KnnGraph.load(path))
+        ids, X = self.embeddings()   # says what is missing (items, embeddings) when it is
+        path = self._graph_path(ids)
+        k_eff = min(self.graph_k(), len(ids) - 1)
         if k_eff < 1:
             raise NotReadyError("a graph needs at least 2 embedded items")
         run = self.store.start_run("graph", {"k": k_eff, "exact_threshold": self.setting("exact_threshold")},
-                                   {"fingerprint": fp})
+                                   {"fingerprint": path.stem})
         t0 = time.perf_counter()
         g = build_knn_graph(X, k=k_eff, exact_threshold=self.setting("exact_threshold"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,7 +388,46 @@ class Project:
         ids, g = self.graph()
         return ids, g.truncate(min(self.setting("k"), g.k))
 
+    def affinity(self):
+        """``(ids, S)``: the propagation's normalised affinity (:func:`labelloop.propagate.affinity_matrix`
+        of :meth:`propagation_graph` at the ``temperature`` setting), computed once per graph, k
+        and temperature and stored beside the graph as memory-mapped arrays, so a refresh in a
+        new process reads neither the graph nor the vectors (21 s of affinity at 1M items)."""
+        ids = self.item_ids()
+        T = self.setting("temperature")
+        graph = self._graph_path(ids)
+        folder = graph.with_name(f"{graph.stem}-S-k{self.setting('k')}-T{T}")
+        return ids, MEMO.get(self.root, "affinity", folder.name, lambda: self._load_affinity(folder, T))
+
+    def _load_affinity(self, folder: Path, temperature):
+        import scipy.sparse as sp
+
+        from .propagate import affinity_matrix
+
+        parts = ("data", "indices", "indptr")
+        if not folder.exists():   # written whole under another name, then renamed
+            S = affinity_matrix(self.propagation_graph()[1], temperature=temperature)
+            tmp = folder.with_name(f"{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            for a in parts:
+                np.save(tmp / f"{a}.npy", getattr(S, a))
+            try:
+                tmp.replace(folder)
+            except OSError:   # another process stored it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        data, indices, indptr = (np.asarray(np.load(folder / f"{a}.npy", mmap_mode="r")) for a in parts)
+        n = len(indptr) - 1
+        S = sp.csr_matrix((data, indices, indptr), shape=(n, n), copy=False)
+        S.has_sorted_indices = True   # affinity_matrix sorts them
+        return S
+
+    def _graph_path(self, ids: np.ndarray) -> Path:
+        return self.root / "arrays" / "graphs" / f"{self._graph_fingerprint(ids)}.npz"
+
     def _graph_fingerprint(self, ids: np.ndarray) -> str:
+        """What a stored graph was built from: the backbone's cache id (its vectors of an item
+        never change), k, the exact-search threshold and the item ids (sha256 of 8 MB at 1M
+        items: ~5 ms)."""
         meta = self.store.get_meta("backbone") or {}
         h = hashlib.sha256()
         h.update(str(meta.get("cache_id")).encode())
@@ -469,7 +512,7 @@ class Project:
     def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
                      ) -> np.ndarray:
         """(n,) class index per item (-1 none) from the given sources; earlier sources win."""
-        ids = np.asarray(self.store.item_ids() if ids is None else ids, dtype=np.int64)
+        ids = np.asarray(self.item_ids() if ids is None else ids, dtype=np.int64)
         col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]                                           # (n,) ascending
@@ -491,7 +534,7 @@ class Project:
         the propagation warm-starts from the previous result unless ``full``."""
         from .propagate import LabelPropagation, prediction_summary
 
-        ids, graph = self.propagation_graph()
+        ids, S = self.affinity()   # the propagation graph's normalised affinity, stored
         classes = self.classes
         if not classes:
             raise NotReadyError("no classes yet: label some items first (`labelloop label`)")
@@ -501,13 +544,13 @@ class Project:
         rules, rules_key = self._rule_evidence(ids)   # labeling functions: soft seeds, or None
         if not (y >= 0).any() and rules is None:
             raise NotReadyError("no labeled items yet: label a few items per class first (`labelloop label`)")
-        params = dict(k=graph.k, temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
+        params = dict(k=min(self.setting("k"), len(ids) - 1), temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
                       import_trust=trust, class_prior=self.setting("class_prior"), rules=rules_key)
         key = (self._graph_fingerprint(ids), len(classes), self.setting("temperature"), trust,
                self.setting("class_prior"), rules_key)
         warm = not full and self._lp is not None and self._lp_key == key
         if not full and not warm:
-            warm = self._load_warm_state(key, graph)
+            warm = self._load_warm_state(key, S)
         t0 = time.perf_counter()
         run = self.store.start_run("refresh", params | {"warm": warm},
                                    {"graph": key[0], "labels": int((y >= 0).sum())})
@@ -534,7 +577,7 @@ class Project:
         else:
             self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
                                         alpha=alpha, class_mass=self._class_mass(), class_prior=prior)
-            self._lp.fit(graph, fit_y, n_classes=len(classes), sample_weight=weight)
+            self._lp.fit(S, fit_y, n_classes=len(classes), sample_weight=weight)
             self._lp_key = key
         P = self._lp.predict_proba()  # (n, C)
         reached = self._lp.reached_
@@ -547,8 +590,8 @@ class Project:
         # fit_y: the held-out propagations keep the seeds the refresh used (rule evidence too)
         pred, head_weight = self._calibrate(P, H, reached, fit_y, y_h, weight, alpha, warm=warm,
                                             head_weight=hw_setting)
-        reached = pred.reached  # the head, where averaged in, reaches every item
-        P = pred.proba
+        reached = np.asarray(pred.reached, dtype=bool)  # the head, where averaged in, reaches every item
+        P = pred.proba.astype(np.float32)   # (n, C) as stored and as every reader sees it
         s = prediction_summary(P)
         seconds = time.perf_counter() - t0
         prev = self.predictions()
@@ -556,8 +599,9 @@ class Project:
         if prev is not None and len(prev.item_ids) == len(ids) and np.array_equal(prev.item_ids, ids):
             changed = int((prev.label != s["label"]).sum())
         out_dir = self.store.run_dir(run)
-        np.save(out_dir / "proba.npy", P.astype(np.float32))
-        np.save(out_dir / "item_ids.npy", ids)
+        # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`)
+        for name, a in (("proba", P), ("item_ids", ids), ("reached", reached), *s.items()):
+            np.save(out_dir / f"{name}.npy", a)
         # the propagation state, so the next refresh (another process) can warm-start from it
         np.save(out_dir / "state_Y.npy", self._lp.Y_)
         np.save(out_dir / "state_y.npy", self._lp.y_)
@@ -566,9 +610,6 @@ class Project:
         np.save(out_dir / "heldout_rows.npy", pred.heldout_rows)
         np.save(out_dir / "heldout_proba.npy", pred.heldout_proba)
         np.save(out_dir / "heldout_labels.npy", y_h[pred.heldout_rows])
-        class_ids = list(self.store.class_ids().values())
-        self.store.save_predictions(run, ids, [class_ids[c] for c in s["label"]], s["confidence"],
-                                    s["margin"], s["entropy"], reached)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        rule_seeded=int(((fit_y >= 0) & (y < 0)).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
@@ -582,7 +623,7 @@ class Project:
         # dashboard's learning curve and its estimate card tell the same story
         summary["estimated_accuracy"] = self._estimate_from(P, pred, y >= 0, y_h)["accuracy"]
         self.store.finish_run(run, summary)
-        self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict())
+        self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict(), s)
         return summary | {"run": run}
 
     #: a warm refresh above this many items reuses the last calibration instead of refitting it
@@ -630,7 +671,7 @@ class Project:
         # every confidence too low. Score the others (first labels, random shares, verify checks)
         # once there are enough of them.
         chosen = self.actively_chosen()
-        ids = self.store.item_ids() if len(chosen) else None
+        ids = self.item_ids() if len(chosen) else None
         rep = None if ids is None or len(ids) != len(y_h) else np.array([int(i) not in chosen for i in ids])
         if rep is not None and ((y_h >= 0) & rep).sum() < self.MIN_REPRESENTATIVE:
             rep = None
@@ -657,8 +698,8 @@ class Project:
             if run["params"].get("strategy") == "random":
                 drawn_items.update(run["summary"].get("items", []))
         chosen_items = self.actively_chosen()
-        drawn = np.array([int(i) in drawn_items for i in ids], dtype=bool)
-        chosen = np.array([int(i) in chosen_items for i in ids], dtype=bool)
+        drawn = np.isin(ids, np.fromiter(drawn_items, dtype=np.int64, count=len(drawn_items)))
+        chosen = np.isin(ids, np.fromiter(chosen_items, dtype=np.int64, count=len(chosen_items)))
         return class_prior(self.label_vector(ids, sources=("human",)), n_classes, drawn=drawn, chosen=chosen)
 
     def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
@@ -670,7 +711,7 @@ class Project:
 
         return embedding_head(normalize_rows(self.embeddings()[1]), n_classes)(y, rows)
 
-    def _load_warm_state(self, key, graph) -> bool:
+    def _load_warm_state(self, key, S) -> bool:
         """Rebuild the propagation state from the last refresh run if it used the same graph."""
         from .propagate import LabelPropagation
 
@@ -687,7 +728,7 @@ class Project:
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
                               alpha=None if key[3] >= 1.0 and key[5] is None else SMOOTH_ALPHA,
                               class_mass=self._class_mass())
-        lp.restore(graph, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
+        lp.restore(S, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
                    sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0))
         self._lp, self._lp_key = lp, key
         return True
@@ -703,20 +744,25 @@ class Project:
         return MEMO.get(self.root, "predictions", last, lambda: self._load_predictions(last))
 
     def _load_predictions(self, run_id: int | None) -> Predictions | None:
+        """A refresh's predictions from its run folder, memory-mapped: ``proba``, ``item_ids``,
+        ``reached`` and the summary arrays (``label``, ``confidence``, ``margin``, ``entropy``).
+        Runs stored before those arrays existed are summarised here and their ``reached`` read
+        from the ``predictions`` table."""
         last = None if run_id is None else self.store.run(run_id)
         if last is None:
             return None
         d = self.store.run_dir(last["id"])
-        P = np.load(d / "proba.npy")
-        ids = np.load(d / "item_ids.npy")
-        from .propagate import prediction_summary
+        P = np.asarray(np.load(d / "proba.npy", mmap_mode="r"))
+        ids = np.asarray(np.load(d / "item_ids.npy", mmap_mode="r"))
+        names = ("label", "confidence", "margin", "entropy")
+        if all((d / f"{a}.npy").exists() for a in (*names, "reached")):
+            s = {a: np.asarray(np.load(d / f"{a}.npy", mmap_mode="r")) for a in names}
+            reached = np.asarray(np.load(d / "reached.npy", mmap_mode="r"))
+        else:
+            from .propagate import prediction_summary
 
-        s = prediction_summary(P)
-        reached = np.ones(len(ids), dtype=bool)
-        rows = self.store.conn.execute(
-            "SELECT reached FROM predictions WHERE run_id = ? ORDER BY item_id", (last["id"],)).fetchall()
-        if len(rows) == len(ids):
-            reached = np.array([r[0] for r in rows], dtype=bool)
+            s = prediction_summary(P)
+            reached = self.store.prediction_reached(last["id"], len(ids))
         return _frozen(Predictions(last["id"], ids, P, last["summary"].get("classes", self.classes), s["label"],
                                    s["confidence"], s["margin"], s["entropy"], reached,
                                    last["summary"].get("calibration")))
@@ -891,7 +937,7 @@ class Project:
         target_precision = self._target() if target_precision is None else target_precision
         if not 0.5 <= target_precision < 1:
             raise ValidationError(f"--target-precision must be in [0.5, 1), got {target_precision}")
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             raise NotReadyError("predictions are missing or out of date: run `labelloop refresh` first")
@@ -942,7 +988,7 @@ class Project:
         """Estimated accuracy of the whole dataset's labels (human + machine + predicted) if
         exported now, from the calibrated confidences (:mod:`labelloop.loop.estimate`);
         ``batch``: of that batch's items only (calibrated on every held-out human label)."""
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
             return None
@@ -1196,7 +1242,7 @@ class Project:
         device = device or "cpu"
         if self.modality != "image":
             raise ValidationError("train fine-tunes the image backbone; this is a text project")
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         y = self.label_vector(ids, sources=("human",))
         if (y >= 0).sum() < 2:
             raise NotReadyError("train needs human labels: label a few items per class first")
@@ -1543,7 +1589,7 @@ class Project:
             raise ValidationError("no annotators known: pass --annotators alice,bob or add users "
                                   "(`labelloop users add NAME --role annotator`)")
         human = set(self.store.latest_labels("human"))
-        pending = [int(i) for i in self.store.item_ids() if int(i) not in human]
+        pending = [int(i) for i in self.item_ids() if int(i) not in human]
         queues = consensus_sample(pending, fraction, times, people, seed=seed)
         now = time.time()
         multi = {}
@@ -1993,25 +2039,32 @@ class Project:
     # ---- used by the web app (and cached for long-running servers)
     def item_ids(self) -> np.ndarray:
         """``store.item_ids()`` read once per set of items (:data:`MEMO`; read-only): items are
-        only ever added, so (count, largest id) identifies the set. 60 ms at 100k items."""
+        only ever added, so the largest id identifies the set (:meth:`Store.items_key`)."""
+        key = self.store.items_key()
+
         def load():
+            # the last refresh's ids when they are still every item (a file read: 1M ids take
+            # ~0.4 s to SELECT); else from the database
+            last = self.store.last_run_id("refresh")
+            path = None if last is None else self.root / "arrays" / "runs" / str(last) / "item_ids.npy"
+            if path is not None and path.exists():
+                ids = np.asarray(np.load(path, mmap_mode="r"))
+                if len(ids) and int(ids[-1]) == key:
+                    return ids
             ids = self.store.item_ids()
             ids.flags.writeable = False
             return ids
 
-        return MEMO.get(self.root, "item_ids", self.store.items_key(), load)
+        return MEMO.get(self.root, "item_ids", key, load)
 
     def _remember_predictions(self, run: int, ids: np.ndarray, P: np.ndarray, reached: np.ndarray,
-                              classes: list[str], calibration: dict) -> None:
-        """Keep the refresh's predictions as :meth:`predictions` would read them back (float32,
-        as saved): a server sees them at once, before their n rows are written (0.4 s to
-        read back at 100k items); once the run is done every Project of this process shares them."""
-        from .propagate import prediction_summary
-
-        P = P.astype(np.float32)                                           # (n, C) as saved
-        s = prediction_summary(P)
+                              classes: list[str], calibration: dict, s: dict[str, np.ndarray]) -> None:
+        """Keep the refresh's predictions (``P`` float32 as saved, ``s`` its
+        :func:`~labelloop.propagate.prediction_summary`) as :meth:`predictions` would read them
+        back: a server's refresher sees them at once; once the run is done every Project of
+        this process shares them."""
         pred = _frozen(Predictions(run, np.asarray(ids), P, list(classes), s["label"], s["confidence"], s["margin"],
-                                   s["entropy"], np.asarray(reached, dtype=bool).copy(), calibration))
+                                   s["entropy"], reached.copy(), calibration))
         self._own_predictions = pred
         MEMO.put(self.root, "predictions", run, pred)
 
@@ -2024,7 +2077,7 @@ class Project:
         last = self.store.last_run("autolabel")
         if last is None:
             return None
-        pred = pred if pred is not None else self._current_predictions(self.store.item_ids())
+        pred = pred if pred is not None else self._current_predictions(self.item_ids())
         if pred is None:
             return None
         params = last["params"]
@@ -2139,7 +2192,7 @@ class Project:
         accuracy on human labels (with n); switched-off rules are listed without statistics."""
         from .rules import rule_stats
 
-        ids = self.store.item_ids()
+        ids = self.item_ids()
         votes, active = self._rule_votes(ids)
         model = self._rule_model(votes, len(active))
         y_h = self.label_vector(ids, sources=("human",))

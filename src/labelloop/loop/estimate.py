@@ -13,6 +13,7 @@ The interval is the normal one at ``confidence_level``, clipped to [n_human / n,
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,6 @@ class DatasetEstimate:
 def estimate_dataset_accuracy(confidence: np.ndarray, human: np.ndarray, heldout_confidence: np.ndarray,
                               heldout_correct: np.ndarray, *, confidence_level: float = 0.95,
                               heldout_weights: np.ndarray | None = None) -> DatasetEstimate:
-    from scipy.stats import norm
-
     conf = np.asarray(confidence, dtype=np.float64)
     human = np.asarray(human, bool)
     n = conf.size
@@ -55,5 +54,6 @@ def estimate_dataset_accuracy(confidence: np.ndarray, human: np.ndarray, heldout
     else:
         delta2 = 0.25  # nothing to check the calibration against: anything is possible
     var += (c.size**2) * delta2
-    half = norm.ppf(0.5 + confidence_level / 2) * math.sqrt(var)
+    # the normal quantile from the standard library (scipy.stats costs 1.4 s to import)
+    half = NormalDist().inv_cdf(0.5 + confidence_level / 2) * math.sqrt(var)
     return DatasetEstimate(total / n, max(total - half, n_h) / n, min(total + half, n) / n, n, n_h, gap)

@@ -10,7 +10,7 @@
   requests arriving while a refresh runs are coalesced into one more refresh. After each
   refresh it publishes a new :class:`~labelloop.web.queue.Snapshot` (an atomic reference
   swap); a second thread ranks the unlabeled items with the query strategy. The refresh's own
-  writes (its run, its predictions) also go through the writer, in small chunks.
+  run records also go through the writer; its predictions are array files it writes itself.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ __all__ = ["Writer", "Readers", "Refresher", "writer_project"]
 class Writer:
     """A thread with its own read-write store; ``call(fn)`` runs ``fn(store)`` there.
 
-    Jobs run one at a time: requests' jobs first, in arrival order; ``background`` jobs (the
-    rows of a refresh's predictions) only when no request job waits, so a label never queues
+    Jobs run one at a time: requests' jobs first, in arrival order; ``background`` jobs (bulk
+    writes) only when no request job waits, so a label never queues
     behind bulk writes."""
 
     _FOREGROUND, _BACKGROUND, _STOP = 0, 1, 2
@@ -145,68 +145,18 @@ class Readers:
 
 class WriterStore(Store):
     """The refresher's store: it reads on its own connection, but the writes a refresh makes
-    (its run, its predictions) run on the server's writer thread like every other write.
-
-    The n prediction rows (0.7 s of inserts at 100k items) are queued as background chunks,
-    the run is marked done after them, and the refresh returns as soon as its arrays are
-    computed: other readers see the run only once all its rows are there. When the next
-    refresh comes before a run's rows are all written, the rest of them is dropped and the
-    run is marked ``superseded`` (its partial rows deleted): in a burst only the newest
-    predictions are written out, which also bounds how fast the predictions table grows."""
-
-    CHUNK = 1000   # rows per background job: a label waits for at most one (a few ms)
+    (its run; its predictions are array files) run on the server's writer thread like every
+    other write."""
 
     def __init__(self, root: Path, writer: Writer):
         super().__init__(root)
         self._writer = writer
-        self._pending: list[concurrent.futures.Future] = []
-        self._pending_run: int | None = None
-
-    def _background(self, fn) -> None:
-        fut = self._writer.submit(fn, background=True)
-        fut.add_done_callback(_log_failure)
-        self._pending.append(fut)
-
-    def flush(self, timeout: float = 300.0) -> None:
-        """Wait until every queued write of this store is done (cancelled ones skipped)."""
-        for fut in self._pending:
-            if not fut.cancelled():
-                fut.exception(timeout)
-        self._pending = []
-
-    def _supersede(self) -> None:
-        """Drop the unwritten rest of the previous run's writes; mark it superseded if any."""
-        dropped = [f.cancel() for f in self._pending]
-        run = self._pending_run
-        self.flush()
-        if any(dropped) and run is not None:
-            self._writer.submit(lambda s: s.supersede_run(run), background=True).add_done_callback(_log_failure)
 
     def start_run(self, kind: str, params: dict, inputs: dict | None = None) -> int:
         return self._writer.call(lambda s: Store.start_run(s, kind, params, inputs))
 
     def finish_run(self, run_id: int, summary: dict | None = None, *, status: str = "done") -> None:
-        if self._pending and run_id == self._pending_run:   # after the run's rows (in order)
-            self._background(lambda s: Store.finish_run(s, run_id, summary, status=status))
-        else:
-            self._writer.call(lambda s: Store.finish_run(s, run_id, summary, status=status))
-
-    def save_predictions(self, run_id, item_ids, class_ids, confidence, margin, entropy, reached) -> None:
-        self._supersede()
-        self._pending_run = run_id
-        class_ids = list(class_ids)
-        for a in range(0, len(item_ids), self.CHUNK):
-            b = a + self.CHUNK
-            self._background(lambda s, a=a, b=b: Store.save_predictions(
-                s, run_id, item_ids[a:b], class_ids[a:b], confidence[a:b], margin[a:b], entropy[a:b], reached[a:b]))
-
-
-def _log_failure(fut: concurrent.futures.Future) -> None:
-    if fut.cancelled():
-        return
-    exc = fut.exception()
-    if exc is not None:
-        log.error("a background write failed: %s: %s", type(exc).__name__, exc)
+        self._writer.call(lambda s: Store.finish_run(s, run_id, summary, status=status))
 
 
 def writer_project(root: Path, writer: Writer | None) -> Project:
@@ -248,7 +198,8 @@ class Refresher:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.status: dict[str, Any] = {"state": "starting", "detail": None, "refreshes": 0,
-                                       "last_seconds": None, "ranking": "idle", "rank_detail": None,
+                                       "last_seconds": None, "last_visible_cpu_seconds": None,
+                                       "ranking": "idle", "rank_detail": None,
                                        "last_rank_seconds": None}
 
     # ------------------------------------------------------------------ public
@@ -350,7 +301,7 @@ class Refresher:
         p = self.project
         applied = self._max_annotation()   # every annotation up to here is read by this refresh
         self._set_status("running")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             summary = p.refresh()
         except NotReadyError as exc:
@@ -363,12 +314,14 @@ class Refresher:
             return
         snap = self._snapshot_of_last_predictions(applied, summary=summary)
         self._publish(snap)
+        visible_cpu = time.thread_time() - c0   # this thread's CPU until the predictions were visible
         try:   # precompute what /api/status and the dashboard read, memoised per set of items and
             p.status()   # per prediction run (item ids, the embedding check, confidence figures)
         except LabelloopError as exc:
             log.warning("cannot precompute the status: %s", exc)
         self._set_status("idle", None, refreshes=self.status["refreshes"] + 1,
-                         last_seconds=round(time.perf_counter() - t0, 4))
+                         last_seconds=round(time.perf_counter() - t0, 4),
+                         last_visible_cpu_seconds=round(visible_cpu, 4))
 
     def _publish(self, snap: Snapshot) -> None:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being

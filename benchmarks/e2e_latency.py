@@ -1,0 +1,292 @@
+"""End-to-end latency of what a user waits for after labeling: ``labelloop refresh`` in a fresh
+process, and a real ``labelloop serve`` (label submit -> refreshed predictions visible,
+/api/status, /api/dashboard), on synthetic 384-d projects of 100k (and 1M) items.
+
+    python benchmarks/e2e_latency.py --n 100000                         # this code only
+    python benchmarks/e2e_latency.py --n 100000 --baseline /work/main/src   # + main, same run
+
+Project: n text items with synthetic 384-d embeddings (10 classes x 5 Gaussian clusters in a
+32-d latent space mapped to 384-d plus noise; benchmarks/refresh_latency.py's generator) stored
+as the active backbone; the kNN graph is built once (``Project.graph``, not timed) and one
+full refresh is run with 3 human labels per class. Each variant (this checkout, and with
+``--baseline`` another source tree, e.g. main's) works on its own copy of that project.
+
+Measured per variant, ``--runs`` times each (medians reported):
+
+- CLI: 10 new human labels (random unlabeled items, their true class), then
+  ``python -m labelloop.cli refresh -p DIR`` as a child process: wall time, CPU seconds (user +
+  system of the child, from wait4) and the child's peak RSS;
+- server (``--server``): a real ``labelloop serve`` subprocess; POST /api/labels, then poll
+  GET /api/queue?n=1 every 10 ms until its snapshot's ``applied_annotation_id`` covers the
+  label (refreshed predictions visible); labels 0.3 s apart so each is its own refresh. Then
+  GET /api/status and GET /api/dashboard right after a label.
+
+Writes benchmarks/results/e2e_latency_<n>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from refresh_latency import make_latent_embeddings  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CACHE_ID = "synthetic-384"
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def build(path: Path, n: int, *, seed: int = 0) -> dict:
+    """Create the project, its embeddings, graph, seed labels, a first refresh and a user."""
+    from labelloop import Project
+    from labelloop.web import auth
+
+    t: dict = {}
+    t0 = time.perf_counter()
+    X, _, y = make_latent_embeddings(n, seed=seed)
+    p = Project.init(path, modality="text", classes=[f"c{c}" for c in range(10)])
+    for s in range(0, n, 50_000):
+        texts = [f"item {i}" for i in range(s, min(n, s + 50_000))]
+        hashes = [hashlib.sha256(b"text\0" + x.encode()).hexdigest() for x in texts]
+        p.store.add_items([{"external_id": str(s + j), "text": x, "content_hash": h, "modality": "text"}
+                           for j, (x, h) in enumerate(zip(texts, hashes))])
+        p.store.add_embedding_chunk(CACHE_ID, hashes, X[s:s + 50_000])
+    p.store.set_meta("backbone", {"id": "fake", "cache_id": CACHE_ID, "options": {}})
+    del X
+    t["items_and_embeddings_s"] = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    ids, g = p.graph()
+    t["graph_s"], t["graph_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+    rng = np.random.default_rng(seed)
+    seed_rows = np.concatenate([rng.choice(np.flatnonzero(y == c), 3, replace=False) for c in range(10)])
+    cid = p.store.class_ids()
+    p.store.add_annotations([(int(ids[r]), cid[f"c{y[r]}"]) for r in seed_rows], source="human", annotator="seed")
+    t0 = time.perf_counter()
+    p.refresh(full=True)
+    t["first_refresh_s"] = time.perf_counter() - t0
+    auth.add_user(p.store, "bench", "annotator", token=True)
+    (path / "bench_token.txt").write_text(auth.issue_token(p.store, "bench"))
+    np.save(path / "truth.npy", y)
+    p.close()
+    return {k: round(v, 2) for k, v in t.items()} | {"graph_method": g.method, "k": g.k}
+
+
+def add_labels(path: Path, count: int, rng: np.random.Generator, src: Path) -> None:
+    """``count`` new human labels of random unlabeled items (their true class), written in a
+    child process running the variant's code (its store, its schema)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from labelloop.store import Store\n"
+        f"s = Store({str(path)!r}); y = np.load({str(path / 'truth.npy')!r})\n"
+        "ids = s.item_ids(); have = set(s.latest_labels('human'))\n"
+        f"rng = np.random.default_rng({int(rng.integers(1 << 31))})\n"
+        "free = np.flatnonzero([int(i) not in have for i in ids])\n"
+        f"pick = rng.choice(free, {count}, replace=False)\n"
+        "cid = s.class_ids()\n"
+        "s.add_annotations([(int(ids[r]), cid[f'c{y[r]}']) for r in pick], source='human', annotator='bench')\n"
+        "s.close()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(src))
+
+
+def _env(src: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(src)}
+
+
+def run_child(cmd: list[str], env: dict) -> dict:
+    """Run ``cmd``; wall seconds, CPU seconds (user + system) and peak RSS (MB) of the child."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{out}\n{err}")
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+            "peak_rss_mb": ru.ru_maxrss / 1024, "stdout": out.strip()}
+
+
+def measure_cli(path: Path, src: Path, runs: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    env = _env(src)
+    # imports alone: the floor of any command in a fresh process
+    floor = [run_child([sys.executable, "-c", "import labelloop.cli, labelloop.project, numpy, scipy.sparse"], env)
+             for _ in range(3)]
+    # one untimed refresh first: whatever the variant stores once per graph (or per upgrade) is made
+    add_labels(path, 10, rng, src)
+    run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path)], env)
+    got = []
+    for r in range(runs):
+        add_labels(path, 10, rng, src)
+        m = run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path), "--json"], env)
+        s = json.loads(m.pop("stdout"))
+        m.update(warm=s["warm"], warm_updates=s.get("warm_updates"), load=os.getloadavg()[0])
+        got.append(m)
+        print(f"  cli run {r}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} CPU-s, {m['peak_rss_mb']:.0f} MB, "
+              f"warm={m['warm']} load {m['load']:.1f}", flush=True)
+    return {"runs": got, **{f"{k}_median": round(statistics.median(g[k] for g in got), 3)
+                           for k in ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_mb")},
+            "import_floor_cpu_s": round(statistics.median(f["cpu_s"] for f in floor), 3)}
+
+
+def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: int) -> dict:
+    import httpx
+
+    from labelloop.web.testing import ServerProcess
+
+    from labelloop.store import Store
+    from labelloop.web import auth
+
+    token = (path / "bench_token.txt").read_text().strip()
+    with Store(path) as st:   # status and the dashboard are a reviewer's pages
+        auth.add_user(st, "bench-reviewer", "reviewer", token=True)
+        reviewer = auth.issue_token(st, "bench-reviewer")
+    truth = np.load(path / "truth.npy")
+    out: dict = {}
+    with ServerProcess(path, env=_env(src), timeout=900) as server, \
+            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c, \
+            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {reviewer}"}, timeout=120) as rev:
+        deadline = time.monotonic() + 900   # the server starts warm: wait for its first refresh and ranking
+        while time.monotonic() < deadline:
+            s = c.get("/api/queue", params={"n": 1}).json()
+            if s["refresh"]["state"] == "idle" and s["refresh"]["ranking"] == "idle":
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        held = c.get("/api/queue", params={"n": refreshes + 5}).json()["items"]
+        applied, server_refresh, server_cpu, status, dashboard = [], [], [], [], []
+        for _ in range(refreshes):
+            item = held.pop(0)
+            t0 = time.perf_counter()
+            a = c.post("/api/labels", json={"item": item["id"], "label": f"c{truth[int(item['name'])]}"})
+            a.raise_for_status()
+            aid = a.json()["annotation"]
+            while True:
+                s = c.get("/api/queue", params={"n": 1, "exclude": ",".join(str(i["id"]) for i in held)}).json()
+                now = time.perf_counter()
+                if s["snapshot"]["applied_annotation_id"] >= aid:
+                    applied.append(now - t0)
+                    break
+                if now - t0 > 300:
+                    raise RuntimeError(f"refresh not applied after 300 s: {s['refresh']}")
+                time.sleep(0.01)
+            while c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] != "idle":
+                time.sleep(0.01)   # the refresher's own follow-up work (status precompute) done
+            st = c.get("/api/queue", params={"n": 1}).json()["refresh"]
+            server_refresh.append(st.get("last_seconds"))
+            server_cpu.append(st.get("last_visible_cpu_seconds"))   # None on code without it
+            time.sleep(0.3)
+        for _ in range(requests):   # status and dashboard on an idle server, after a refresh
+            for url, acc in (("/api/status", status), ("/api/dashboard", dashboard)):
+                t0 = time.perf_counter()
+                rev.get(url).raise_for_status()
+                acc.append(time.perf_counter() - t0)
+        out = {"refresh_applied_s": applied, "server_refresh_s": server_refresh, "server_visible_cpu_s": server_cpu,
+               "status_s": status, "dashboard_s": dashboard}
+    return out | {f"{k}_median": round(statistics.median(got), 4) if (got := [x for x in v if x is not None]) else None
+                  for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=5, help="CLI refreshes per variant (10 new labels each)")
+    ap.add_argument("--server", action="store_true", help="also measure a real `labelloop serve`")
+    ap.add_argument("--refreshes", type=int, default=10, help="server: labels timed until visible")
+    ap.add_argument("--requests", type=int, default=10, help="server: GETs of /api/status and /api/dashboard")
+    ap.add_argument("--baseline", type=Path, default=None, help="another source tree (e.g. /work/main/src)")
+    ap.add_argument("--src", type=Path, default=SRC, help="this code's source tree (default: this checkout's)")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/labelloop-e2e"))
+    ap.add_argument("--base", type=Path, default=None, help="a project built before (default DIR/nN)")
+    args = ap.parse_args()
+    base = args.base or args.dir / f"n{args.n}"
+    if not (base / "bench_token.txt").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        print(f"building a {args.n:,}-item project in {base} ...", flush=True)
+        (base.parent / f"{base.name}.build.json").write_text(json.dumps(build(base, args.n)))
+    built_file = base.parent / f"{base.name}.build.json"
+    built = json.loads(built_file.read_text()) if built_file.exists() else {}
+    variants = {"this": args.src} | ({"baseline": args.baseline} if args.baseline else {})
+    result = {"n": args.n, "build": built, "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+              "command": "python benchmarks/e2e_latency.py " + " ".join(sys.argv[1:]), "load_average_before": list(os.getloadavg()),
+              "variants": {}}
+    for name, src in variants.items():   # each variant on its own copy of the built project
+        path = args.dir / f"{base.name}-{name}"
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(base, path)
+        print(f"{name} ({src}):", flush=True)
+        r = {"src": str(src), "cli": measure_cli(path, Path(src), args.runs, seed=1)}
+        if args.server:
+            r["server"] = measure_server(path, Path(src), args.refreshes, args.requests, seed=2)
+            print("  server:", {k: v for k, v in r["server"].items() if k.endswith("median")}, flush=True)
+        result["variants"][name] = r
+        shutil.rmtree(path, ignore_errors=True)
+    result["load_average_after"] = list(os.getloadavg())
+    out = RESULTS / f"e2e_latency_{args.n}"
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    write_markdown(result, out.with_suffix(".md"))
+    print(out.with_suffix(".md").read_text())
+
+
+def write_markdown(r: dict, path: Path) -> None:
+    v = r["variants"]
+    names = list(v)
+    lines = [f"# End-to-end latency, {r['n']:,} items (synthetic 384-d)", "",
+             f"Command: `{r['command']}` on {r['machine']}. Load average (1/5/15 min) before "
+             f"{[round(x, 2) for x in r['load_average_before']]}, after {[round(x, 2) for x in r['load_average_after']]}. "
+             f"Project build (not timed below): {json.dumps(r['build'])}.", "",
+             "CLI: `labelloop refresh` in a fresh process after 10 new human labels, median of "
+             f"{len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + system "
+             "of the child process (from wait4), peak RSS its maximum resident set.", "",
+             "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
+             "|---|" + "---:|" * (len(names) + (len(names) > 1))]
+
+    def row(label, get, fmt="{:.3f}"):
+        vals = [get(v[n]) for n in names]
+        cells = [fmt.format(x) if x is not None else "-" for x in vals]
+        ratio = ""
+        if len(names) > 1:
+            ratio = f" {vals[1] / vals[0]:.1f}x |" if vals[0] and vals[1] else " - |"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |" + ratio)
+
+    row("refresh CPU s", lambda x: x["cli"]["cpu_s_median"])
+    row("refresh wall s", lambda x: x["cli"]["wall_s_median"])
+    row("refresh peak RSS MB", lambda x: x["cli"]["peak_rss_mb_median"], "{:.0f}")
+    row("import floor CPU s (python -c 'import labelloop.cli, labelloop.project, numpy, scipy.sparse')",
+        lambda x: x["cli"]["import_floor_cpu_s"])
+    if "server" in v[names[0]]:
+        row("server: label submit -> refreshed predictions visible, s",
+            lambda x: x.get("server", {}).get("refresh_applied_s_median"))
+        row("server: refresher's CPU s until visible (refresh + snapshot, its thread)",
+            lambda x: x.get("server", {}).get("server_visible_cpu_s_median"))
+        row("server: refresher's wall s incl. the status precompute after it",
+            lambda x: x.get("server", {}).get("server_refresh_s_median"))
+        row("server: GET /api/status after a refresh, s", lambda x: x.get("server", {}).get("status_s_median"))
+        row("server: GET /api/dashboard after a refresh, s", lambda x: x.get("server", {}).get("dashboard_s_median"))
+    lines += ["", "Per-run CLI figures (CPU s / wall s / peak RSS MB, warm start?):", ""]
+    for n in names:
+        lines.append(f"- {n} (`{v[n]['src']}`): " + "; ".join(
+            f"{g['cpu_s']:.2f} / {g['wall_s']:.2f} / {g['peak_rss_mb']:.0f}{'' if g['warm'] else ' (full)'}"
+            for g in v[n]["cli"]["runs"]))
+    lines += ["", "Ratio = baseline / this (how many times less this takes). Medians; the machine is "
+              "shared with other jobs, so wall times vary with its load; CPU seconds much less."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
