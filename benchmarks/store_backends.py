@@ -45,11 +45,7 @@ def one_run(folder: Path, n: int, db: str | None) -> dict[str, tuple[float, floa
         [(int(i), cids[int(i) % 10]) for i in labeled], source="human", annotator="a"))
     out["latest_labels human"] = _timed(lambda: s.latest_labels("human"))
     out["item_ids + items()"] = _timed(lambda: (s.item_ids(), s.items()))
-    run = s.start_run("refresh", {})
     ids = s.item_ids()
-    conf = rng.random(n)
-    out["save_predictions (n rows)"] = _timed(lambda: s.save_predictions(
-        run, ids, [cids[i % 10] for i in range(n)], conf, conf, conf, np.ones(n, dtype=bool)))
     some = [int(i) for i in rng.choice(ids, 200, replace=False)]
     out["200 single-label writes (web)"] = _timed(lambda: [s.add_human_labels([(i, cids[0])], annotator="w")
                                                           for i in some])
