@@ -4,17 +4,21 @@ import numpy as np
 import pytest
 from conftest import write_image
 
-from labelloop.embed import get_backbone
+from labelloop.embed import Backbone, get_backbone
 
 
-class CountingBackbone:
+class CountingBackbone(Backbone):
     """Wraps a backbone and records every item it embeds."""
 
     def __init__(self, inner):
         self.inner = inner
         self.seen = []
         self.id, self.modality, self.batch_size = inner.id, inner.modality, 4
-        self.needs_fit, self.cache_id = False, inner.cache_id
+        self.needs_fit, self._cache_id = False, inner.cache_id
+
+    @property
+    def cache_id(self):
+        return self._cache_id
 
     def embed_batch(self, inputs):
         self.seen += [np.asarray(x).tobytes() for x in inputs]
