@@ -106,3 +106,17 @@ def test_cli_embeds_texts_with_a_fitted_backbone_on_ray(project_factory, tmp_pat
     assert chunk_rows(on_ray, on_ray.store.get_meta("backbone")["cache_id"]) == 40
     again = CliRunner().invoke(cli, ["embed", "-p", str(on_ray.root), "--ray", ray_address, "--no-progress"])
     assert again.exit_code == 0 and "0 embedded, 40 cached" in again.output
+
+
+def test_without_an_address_a_local_ray_is_started_and_stopped(project_factory, tmp_path):
+    import ray
+
+    for i in range(6):
+        write_image(tmp_path / "imgs" / f"{i}.png", seed=i)
+    p = project_factory("image")
+    p.import_(tmp_path / "imgs")
+    (tmp_path / "imgs" / "5.png").write_bytes(b"damaged after import")
+    r = p.embed("pixels", batch_size=4, ray_address="local")
+    assert (r.embedded, [s.where for s in r.skipped]) == (5, ["5.png"])   # reported by the actor, not fatal
+    assert not ray.is_initialized()
+    assert p.store.runs("embed")[-1]["params"]["ray"] == "local"

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import MissingDependencyError, ValidationError
-from ..ingest import Skipped, load_image
+from ..ingest import Skipped
 from ..store import Item, Store
-from .runner import EmbedReport, todo_items, tune_allocator
+from .runner import EmbedReport, decode_input, todo_items, tune_allocator
 
 __all__ = ["LOCAL", "embed_items_ray"]
 
@@ -54,10 +54,7 @@ class EmbedActor:
         inputs, ok, errors = [], [], [""] * n
         for i in range(n):
             try:
-                if batch["modality"][i] == "image":
-                    inputs.append(load_image(str(batch["uri"][i])))
-                else:
-                    inputs.append(str(batch["text"][i]))
+                inputs.append(decode_input(str(batch["modality"][i]), str(batch["uri"][i]), str(batch["text"][i])))
                 ok.append(i)
             except Exception as exc:  # file moved, damaged or not on this machine: report it
                 errors[i] = f"cannot read ({exc})"

@@ -98,9 +98,12 @@ class EmbedReport:
 
 def item_input(item: Item):
     """What a backbone receives for an item: a decoded RGB image or the text."""
-    if item.modality == "image":
-        return load_image(item.uri)
-    return item.text
+    return decode_input(item.modality, item.uri, item.text)
+
+
+def decode_input(modality: str, uri: str | None, text: str | None):
+    """:func:`item_input` from an item's fields (what a Ray worker receives)."""
+    return load_image(uri) if modality == "image" else text
 
 
 def todo_items(store: Store, backbone, items: Sequence[Item]) -> tuple[list[Item], EmbedReport]:
