@@ -17,6 +17,7 @@ Without an address a local Ray (bound to 127.0.0.1) is started for the run and s
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 
@@ -66,6 +67,19 @@ class EmbedActor:
         return {"content_hash": batch["content_hash"], "vector": out, "error": np.array(errors, dtype=object)}
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A ``host:port`` that nothing listens on is a clear error at once (Ray itself retries
+    for minutes); other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValidationError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
+                              "`ray start --head`, or give no address to run a local Ray") from exc
+
+
 def _connect(ray, address: str):
     """Start a local Ray (``LOCAL``) or join the cluster at ``address``; True if we started it."""
     if ray.is_initialized():
@@ -74,6 +88,7 @@ def _connect(ray, address: str):
     if address == LOCAL:
         ray.init(address="local", _node_ip_address="127.0.0.1", **common)
         return True
+    _check_reachable(address)
     import labelloop
 
     try:
@@ -81,8 +96,8 @@ def _connect(ray, address: str):
         # version the nodes have installed; its dependencies must be there
         ray.init(address=address, runtime_env={"py_modules": [labelloop]}, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ValidationError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
-                              "`ray start --head`, or leave out the address to run a local Ray") from exc
+        raise ValidationError(f"cannot join the Ray cluster at {address!r} ({exc}); start one with "
+                              "`ray start --head`, or give no address to run a local Ray") from exc
     return True
 
 
@@ -116,7 +131,6 @@ def embed_items_ray(store: Store, backbone, items: Sequence[Item], *, address: s
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False          # ours counts what is stored, not what is sent
         ctx.enable_auto_log_stats = False
-        ctx.execution_options.preserve_order = True   # longest texts first, as in-process
         if actors is None:
             actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
         rows = [{"content_hash": h, "modality": its[0].modality, "uri": its[0].uri or "",
