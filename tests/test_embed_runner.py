@@ -87,7 +87,6 @@ def test_embed_on_a_ray_address_nobody_listens_on_is_a_clear_error(image_project
 
     from labelloop.cli import cli
 
-    pytest.importorskip("ray")
     with socket.socket() as s:          # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -88,7 +88,6 @@ def _connect(ray, address: str):
     if address == LOCAL:
         ray.init(address="local", _node_ip_address="127.0.0.1", **common)
         return True
-    _check_reachable(address)
     import labelloop
 
     try:
@@ -120,6 +119,8 @@ def embed_items_ray(store: Store, backbone, items: Sequence[Item], *, address: s
     bs = batch_size or backbone.batch_size
     if bs < 1:
         raise ValidationError(f"batch_size must be >= 1, got {bs}")
+    if address != LOCAL:
+        _check_reachable(address)
     ray = _import_ray()
     started = _connect(ray, address)
     start = time.perf_counter()
