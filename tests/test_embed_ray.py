@@ -17,8 +17,6 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_image
 
-pytest.importorskip("ray.data")
-
 pytestmark = [
     pytest.mark.slow,   # a Ray cluster and its actors take tens of seconds to start
     # Ray 2.60's own DataContext sets options it deprecates itself; nothing of ours to fix
@@ -30,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
+    pytest.importorskip("ray.data")   # here, not at import: the fast suite never loads Ray
     if os.environ.get("RAY_ADDRESS"):
         yield os.environ["RAY_ADDRESS"]
         return
@@ -109,7 +108,7 @@ def test_cli_embeds_texts_with_a_fitted_backbone_on_ray(project_factory, tmp_pat
 
 
 def test_without_an_address_a_local_ray_is_started_and_stopped(project_factory, tmp_path):
-    import ray
+    ray = pytest.importorskip("ray")
 
     for i in range(6):
         write_image(tmp_path / "imgs" / f"{i}.png", seed=i)
