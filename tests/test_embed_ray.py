@@ -107,6 +107,21 @@ def test_cli_embeds_texts_with_a_fitted_backbone_on_ray(project_factory, tmp_pat
     assert again.exit_code == 0 and "0 embedded, 40 cached" in again.output
 
 
+def test_efficientnet_on_ray_equals_in_process(project_factory, tmp_path, ray_address):
+    """The real network in the actors (packaged weights): the vectors an in-process run gives."""
+    for i in range(16):
+        write_image(tmp_path / "imgs" / f"{i:03d}.png", seed=i, size=(40, 30))
+    on_ray, local = project_factory("image", name="ray"), project_factory("image", name="local")
+    for p in (on_ray, local):
+        p.import_(tmp_path / "imgs")
+    r = on_ray.embed("efficientnet-lite0", image_size=64, batch_size=8, ray_address=ray_address)
+    assert (r.embedded, r.skipped) == (16, [])
+    local.embed("efficientnet-lite0", image_size=64, batch_size=8)
+    np.testing.assert_allclose(on_ray.embeddings()[1], local.embeddings()[1], rtol=1e-4, atol=1e-4)
+
+
+# last in the module: after a local Ray has been started and stopped in this process, Ray Data
+# 2.60 cannot run on another cluster from it (its actors are cancelled before they start)
 def test_without_an_address_a_local_ray_is_started_and_stopped(project_factory, tmp_path):
     ray = pytest.importorskip("ray")
 
