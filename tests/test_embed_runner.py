@@ -4,17 +4,21 @@ import numpy as np
 import pytest
 from conftest import write_image
 
-from labelloop.embed import get_backbone
+from labelloop.embed import Backbone, get_backbone
 
 
-class CountingBackbone:
+class CountingBackbone(Backbone):
     """Wraps a backbone and records every item it embeds."""
 
     def __init__(self, inner):
         self.inner = inner
         self.seen = []
         self.id, self.modality, self.batch_size = inner.id, inner.modality, 4
-        self.needs_fit, self.cache_id = False, inner.cache_id
+        self.needs_fit, self._cache_id = False, inner.cache_id
+
+    @property
+    def cache_id(self):
+        return self._cache_id
 
     def embed_batch(self, inputs):
         self.seen += [np.asarray(x).tobytes() for x in inputs]
@@ -73,3 +77,22 @@ def test_damaged_file_at_embed_time_is_reported_not_fatal(image_project, tmp_pat
     (tmp_path / "imgs" / "003.png").write_bytes(b"garbage")
     r = p.embed("pixels")
     assert r.embedded == 21 and [s.where for s in r.skipped] == ["003.png"]
+
+
+def test_embed_on_a_ray_address_nobody_listens_on_is_a_clear_error(image_project):
+    """Checked before Ray is asked (Ray would retry for minutes); nothing is embedded."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from labelloop.cli import cli
+
+    with socket.socket() as s:          # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = CliRunner().invoke(cli, ["embed", "-p", str(image_project.root), "--backbone", "pixels",
+                                   "--ray", f"127.0.0.1:{port}"])
+    assert res.exit_code != 0 and isinstance(res.exception, SystemExit)   # a clean exit, no crash
+    assert f"cannot reach a Ray cluster at '127.0.0.1:{port}'" in res.output
+    assert "Traceback" not in res.output
+    assert image_project.store.embedding_backbones() == {}

@@ -268,11 +268,11 @@ def tiny_images(project_factory, tmp_path, monkeypatch):
 
     sizes_seen = []
 
-    def fake_embed_batch(self, inputs):
+    def fake_embed_prepared(self, prepared):   # the runner prepares batches, then embeds them
         sizes_seen.append(self.image_size)
-        return np.ones((len(inputs), 8), dtype=np.float32)
+        return np.ones((len(prepared), 8), dtype=np.float32)
 
-    monkeypatch.setattr(EfficientNetLite0Backbone, "embed_batch", fake_embed_batch)
+    monkeypatch.setattr(EfficientNetLite0Backbone, "embed_prepared", fake_embed_prepared)
     p = project_factory("image")
     for i in range(6):
         write_image(tmp_path / "tiny" / f"{i}.png", mode="L", size=(28, 28), seed=i)

@@ -175,14 +175,18 @@ def import_cmd(project, source, labels_from_folders, annotations, labelstudio, y
               help="Image backbones: input size in pixels (default: the size used before in this project, else "
                    "chosen from the images: about twice their median size, at most the backbone's default, "
                    "224 for efficientnet-lite0).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Embed on a Ray cluster (Ray Data actors; needs the ray extra): at ADDRESS (host:port of its "
+                   "head, or 'auto'), or without one on a local Ray started for this run. Same cache, resumable. "
+                   "Workers read images at the project's paths: on several machines they must be shared.")
 @click.option("--no-progress", is_flag=True)
 @json_option
-def embed(project, backbone, batch_size, image_size, no_progress, as_json):
+def embed(project, backbone, batch_size, image_size, ray_address, no_progress, as_json):
     """Embed every item (cached; resumable after an interrupt)."""
     options = {"image_size": image_size} if image_size else {}
     with _open(project) as p:
         report = p.embed(backbone, batch_size=batch_size, progress=not (no_progress or as_json),
-                         echo=None if as_json else click.echo, **options)
+                         echo=None if as_json else click.echo, ray_address=ray_address, **options)
     if as_json:
         _echo_json(report.to_dict())
     else:

@@ -267,14 +267,16 @@ class Project:
         return bb
 
     def embed(self, backbone: str | None = None, *, batch_size: int | None = None, progress: bool = False,
-              on_batch=None, echo=None, **options):
+              on_batch=None, echo=None, ray_address: str | None = None, **options):
         """Embed every item not yet embedded by this backbone; it becomes the active backbone.
 
         An image backbone with a choice of input sizes that is given no ``image_size`` (and
         has none from an earlier embed of this project) gets one chosen from the images:
         about twice their median short side, at most the backbone's default
         (:mod:`labelloop.embed.sizing`). ``echo(message)`` hears that choice before the work
-        starts; the report's ``note`` has it too."""
+        starts; the report's ``note`` has it too. ``ray_address``: embed on the Ray cluster
+        there instead, or on a local Ray started for the run with ``"local"``
+        (:mod:`labelloop.embed.cluster`; the same cache either way)."""
         from .embed.runner import embed_items
 
         self.backbone(backbone, **options)  # an unknown id or option is the first thing to hear
@@ -285,10 +287,17 @@ class Project:
         if note and echo is not None:
             echo(note)
         bb = self.backbone(backbone, **options)
-        run = self.store.start_run("embed", {"backbone": bb.id, "options": options,
-                                             "batch_size": batch_size or self.setting("batch_size") or None})
-        report = embed_items(self.store, bb, items, batch_size=batch_size or self.setting("batch_size") or None,
-                             progress=progress, on_batch=on_batch)
+        batch_size = batch_size or self.setting("batch_size") or None
+        run = self.store.start_run("embed", {"backbone": bb.id, "options": options, "batch_size": batch_size}
+                                   | ({"ray": ray_address} if ray_address else {}))
+        if ray_address:
+            from .embed.cluster import embed_items_ray
+
+            report = embed_items_ray(self.store, bb, items, address=ray_address, batch_size=batch_size,
+                                     progress=progress, on_batch=on_batch)
+        else:
+            report = embed_items(self.store, bb, items, batch_size=batch_size, progress=progress,
+                                 on_batch=on_batch)
         report.note = note
         self.store.finish_run(run, report.to_dict() | {"skipped": len(report.skipped)},
                               status="interrupted" if report.interrupted else "done")

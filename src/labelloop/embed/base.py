@@ -71,6 +71,17 @@ class Backbone:
         Returns ``(B, dim)`` float32, not necessarily L2-normalised."""
         raise NotImplementedError
 
+    def prepare(self, inputs: list) -> Any:
+        """The model-free CPU work of a batch (validation, resizing, tensors), which the
+        runner does in a background thread while the previous batch is in the model; returns
+        what :meth:`embed_prepared` takes. Default: nothing, the inputs themselves."""
+        return inputs
+
+    def embed_prepared(self, prepared: Any) -> np.ndarray:
+        """Embed what :meth:`prepare` returned; ``embed_batch(x)`` equals
+        ``embed_prepared(prepare(x))``. Default: :meth:`embed_batch`."""
+        return self.embed_batch(prepared)
+
     def embed(self, inputs: Sequence, *, batch_size: int | None = None) -> np.ndarray:
         """Embed any number of items in batches of ``batch_size`` (default: the backbone's)."""
         bs = batch_size or self.batch_size

@@ -131,13 +131,18 @@ class EfficientNetLite0Backbone(Backbone):
                 _NET_CACHE[key] = net.to(memory_format=torch.channels_last)
             return _NET_CACHE[key]
 
-    def embed_batch(self, inputs: list) -> np.ndarray:
-        images = self._check_inputs(inputs)
-        if not images:
+    def prepare(self, inputs: list) -> "torch.Tensor":
+        """Resize, crop and normalise: ``(B, 3, S, S)`` (done off the model's thread)."""
+        return preprocess_images(self._check_inputs(inputs), self.image_size)
+
+    def embed_prepared(self, prepared: "torch.Tensor") -> np.ndarray:
+        if len(prepared) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         torch = _import_torch()
         net = self._net()
-        x = preprocess_images(images, self.image_size)  # (B, 3, S, S)
         with torch.inference_mode():
-            f = features(net, x)                         # (B, 1280)
+            f = features(net, prepared)                  # (B, 1280)
         return f.float().numpy().astype(np.float32, copy=True)
+
+    def embed_batch(self, inputs: list) -> np.ndarray:
+        return self.embed_prepared(self.prepare(inputs))

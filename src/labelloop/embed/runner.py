@@ -4,16 +4,78 @@ Every finished batch is written (vectors to its own file, then its index rows in
 transaction) before the next starts, so an interrupt — Ctrl-C, a kill, a crash — loses at most
 the batch in flight, and the next run embeds only what is missing. Vectors are keyed by
 (backbone cache id, content hash): an item is never embedded twice by the same backbone.
+
+What keeps embedding at the model's own speed (``benchmarks/results/embed_speed.md``):
+texts go through the model longest first (batches of similar length pad little; the cache
+is keyed by content, so the order changes nothing else); the next batch is read, decoded and
+preprocessed in a background thread while the model runs; and glibc's allocator keeps the
+model's large activations on its heap instead of mapping and unmapping them on every batch
+(:func:`tuned_allocator`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..ingest import Skipped, load_image
 from ..store import Item, Store
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+# glibc's defaults, restored after an embed: trim at 128 KiB, 64 Ki mappings at most
+_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
+# while embedding: never mmap (a batch of activations, up to ~100 MB each at 224 px, would
+# be mapped, zero-filled page by page and unmapped again on every batch: ~40 % of the CPU
+# time was page faults), and keep up to 1 GiB of freed heap for the next batch
+_EMBEDDING = {_M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20, _M_MMAP_MAX: 0}
+
+
+def _libc():
+    """glibc, or None (macOS, musl, Windows: their allocators are left alone)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import os
+
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        return ctypes.CDLL("libc.so.6")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def tune_allocator() -> Callable[[], None]:
+    """Set glibc's allocator for embedding (no-op elsewhere); returns the function that
+    restores its defaults and gives the kept heap back to the system."""
+    libc = _libc()
+    if libc is None:
+        return lambda: None
+    for param, value in _EMBEDDING.items():
+        libc.mallopt(param, value)
+
+    def restore() -> None:
+        for param, value in _DEFAULTS.items():
+            libc.mallopt(param, value)
+        libc.malloc_trim(0)
+
+    return restore
+
+
+@contextlib.contextmanager
+def tuned_allocator() -> Iterator[None]:
+    """:func:`tune_allocator` for the duration of a ``with`` block."""
+    restore = tune_allocator()
+    try:
+        yield
+    finally:
+        restore()
 
 
 @dataclass
@@ -36,9 +98,46 @@ class EmbedReport:
 
 def item_input(item: Item):
     """What a backbone receives for an item: a decoded RGB image or the text."""
-    if item.modality == "image":
-        return load_image(item.uri)
-    return item.text
+    return decode_input(item.modality, item.uri, item.text)
+
+
+def decode_input(modality: str, uri: str | None, text: str | None):
+    """:func:`item_input` from an item's fields (what a Ray worker receives)."""
+    return load_image(uri) if modality == "image" else text
+
+
+def todo_items(store: Store, backbone, items: Sequence[Item]) -> tuple[list[Item], EmbedReport]:
+    """Fit the backbone if it needs it, then the items it has not embedded yet, in the order
+    to embed them (texts longest first), and the report to fill in."""
+    if backbone.needs_fit:
+        # a fitted backbone (TF-IDF) depends on the whole corpus: fit on every item first
+        backbone.fit([item_input(it) for it in items])
+    cache_id = backbone.cache_id
+    done = store.embedded_hashes(cache_id)
+    todo = [it for it in items if it.content_hash not in done]
+    if backbone.modality == "text":
+        # batches of similar length pad little (sentence-transformers pads to the longest);
+        # longest first, so the largest batch comes first and a memory problem shows at once
+        todo.sort(key=lambda it: -len(it.text or ""))
+    report = EmbedReport(backbone=cache_id, total=len(items), cached=len(items) - len(todo))
+    return todo, report
+
+
+def read_batch(items: Sequence[Item]) -> tuple[list[Item], list, list[Skipped]]:
+    """Decode a batch: (the items that could be read, their inputs, those that could not)."""
+    batch, inputs, skipped = [], [], []
+    for it in items:
+        try:
+            inputs.append(item_input(it))
+            batch.append(it)
+        except Exception as exc:  # file moved or damaged since import: report, go on
+            skipped.append(Skipped(it.display, f"cannot read ({exc})"))
+    return batch, inputs, skipped
+
+
+def _prepared(backbone, items: Sequence[Item]) -> tuple[list[Item], Any, list[Skipped]]:
+    batch, inputs, skipped = read_batch(items)
+    return batch, backbone.prepare(inputs) if batch else None, skipped
 
 
 def embed_items(store: Store, backbone, items: Sequence[Item], *, batch_size: int | None = None,
@@ -50,38 +149,34 @@ def embed_items(store: Store, backbone, items: Sequence[Item], *, batch_size: in
     interrupt a run)."""
     from tqdm.auto import tqdm
 
-    if backbone.needs_fit:
-        # a fitted backbone (TF-IDF) depends on the whole corpus: fit on every item first
-        backbone.fit([item_input(it) for it in items])
-    cache_id = backbone.cache_id
-    done = store.embedded_hashes(cache_id)
-    todo = [it for it in items if it.content_hash not in done]
-    report = EmbedReport(backbone=cache_id, total=len(items), cached=len(items) - len(todo))
+    todo, report = todo_items(store, backbone, items)
+    cache_id = report.backbone
     bs = batch_size or backbone.batch_size
+    chunks = [todo[lo : lo + bs] for lo in range(0, len(todo), bs)]
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"embed {cache_id}", unit="item", disable=not progress,
                leave=False)
-    batches = 0
+    # one reader thread: batch i + 1 is decoded and preprocessed while batch i is in the model
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-embed-read")
+    restore = tune_allocator()
     try:
-        for lo in range(0, len(todo), bs):
-            batch, inputs = [], []
-            for it in todo[lo : lo + bs]:
-                try:
-                    inputs.append(item_input(it))
-                    batch.append(it)
-                except Exception as exc:  # file moved or damaged since import: report, go on
-                    report.skipped.append(Skipped(it.display, f"cannot read ({exc})"))
+        ahead = reader.submit(_prepared, backbone, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            batch, prepared, skipped = ahead.result()
+            ahead = reader.submit(_prepared, backbone, chunks[i + 1]) if i + 1 < len(chunks) else None
+            report.skipped += skipped
             if batch:
-                vectors = backbone.embed_batch(inputs)  # (B, dim)
+                vectors = backbone.embed_prepared(prepared)  # (B, dim)
                 store.add_embedding_chunk(cache_id, [it.content_hash for it in batch], vectors)
                 report.embedded += len(batch)
-            bar.update(len(todo[lo : lo + bs]))
-            batches += 1
+            bar.update(len(chunk))
             if on_batch is not None:
-                on_batch(batches)
+                on_batch(i + 1)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        restore()
         bar.close()
         report.seconds = time.perf_counter() - start
     return report
