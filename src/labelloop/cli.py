@@ -422,7 +422,7 @@ def diagnose(project, as_json):
               help="Augmentations. auto: photo for colour images, grayscale otherwise; characters: "
                    "grayscale without mirror flips, for digits, letters and scanned text.")
 @click.option("--prototypes", type=int, default=None,
-              help="swav: number of prototypes (default 3 per class of the project, else sqrt(images); 10..3000).")
+              help="swav: number of prototypes (default 3 per class of the project, else sqrt(images), within 10..3000).")
 @click.option("--local-crops", type=int, default=None,
               help="swav: small crops per image besides the 2 full-size ones (default 6).")
 @click.option("--local-size", type=int, default=None,
