@@ -480,6 +480,11 @@ def test_bad_training_input():
         train_ssl(toy_images(1), small_config(), encoder=tiny_encoder(), progress=False)
 
 
+def test_run_key_holds_swav_settings_only_for_swav():
+    assert "prototypes" not in AdaptConfig().run_key() and AdaptConfig(prototypes=50).run_key() == AdaptConfig().run_key()
+    assert AdaptConfig(method="swav", prototypes=50).run_key() != AdaptConfig(method="swav").run_key()
+
+
 def test_view_cache_default_depends_on_device():
     assert AdaptConfig().views == 8
     assert AdaptConfig(device="cuda").views == 0

@@ -64,6 +64,8 @@ _CHECKPOINT_FORMAT = 1
 _MIN_INPUT = 32                        # px: smallest input EfficientNet-Lite0 split here takes
 # fields that do not change the result: a run may be resumed with other values
 _RUNTIME_FIELDS = ("device", "num_threads")
+_SWAV_FIELDS = ("prototypes", "swav_temperature", "sinkhorn_epsilon", "sinkhorn_iterations", "local_crops",
+                "local_size", "local_scale", "queue", "freeze_prototypes")
 
 
 def _import_torch():
@@ -204,9 +206,10 @@ class AdaptConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def run_key(self) -> dict:
-        """The fields that change the result (not the device or thread count)."""
+        """The fields that change the result (not the device or thread count, nor SwAV's
+        settings for the other methods)."""
         d = self.to_dict()
-        for k in _RUNTIME_FIELDS:
+        for k in _RUNTIME_FIELDS + (() if self.method == "swav" else _SWAV_FIELDS):
             d.pop(k)
         d["view_cache"] = self.views
         return d
@@ -733,7 +736,8 @@ def build_view_cache(images: "torch.Tensor", config: AdaptConfig, encoder: Any, 
     n = x_all.shape[0]
     bs = min(config.batch_size, n)
     cache = None
-    bar = tqdm(total=n * m, desc="adapt: caching " + ("small crops" if local else "views"), unit="view", disable=not progress, leave=False)
+    bar = tqdm(total=n * m, desc="adapt: caching " + ("small crops" if local else "views"), unit="view",
+               disable=not progress, leave=False)
     try:
         for j in range(m):
             for lo in range(0, n, bs):
