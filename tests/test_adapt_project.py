@@ -77,6 +77,12 @@ def test_adapt_rejects_an_unknown_augmentation_and_names_the_presets(digits_proj
     assert not digits_project.store.runs("adapt", status=None)   # nothing started
 
 
+def test_adapt_refuses_swav_settings_for_other_methods(digits_project):
+    with pytest.raises(ValidationError, match="prototypes: only for method swav"):
+        digits_project.adapt(method="simclr", prototypes=30, epochs=1)
+    assert not digits_project.store.runs("adapt", status=None)
+
+
 def test_adapt_refuses_text_projects(project_factory):
     with pytest.raises(ValidationError, match="text project"):
         project_factory("text").adapt(epochs=1)

@@ -1028,8 +1028,11 @@ class Project:
         kw = {"method": method, "device": device, "augment": augment}
         if epochs is not None:
             kw["epochs"] = epochs
-        for name, value in (("image_size", image_size), ("prototypes", prototypes),
-                            ("local_crops", local_crops), ("local_size", local_size)):
+        swav_only = {"prototypes": prototypes, "local_crops": local_crops, "local_size": local_size}
+        if method != "swav" and any(v is not None for v in swav_only.values()):
+            given = ", ".join(k for k, v in swav_only.items() if v is not None)
+            raise ValidationError(f"{given}: only for method swav, not {method}; drop it or use --method swav")
+        for name, value in (("image_size", image_size), *swav_only.items()):
             if value is not None:
                 kw[name] = value
         cfg = AdaptConfig(**kw)
