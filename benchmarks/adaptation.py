@@ -11,8 +11,11 @@ split) every feature set is scored the same way:
 
 Feature sets: ``pixels`` (the project's baseline backbone, 16 px gray), frozen ImageNet
 EfficientNet-Lite0 at 224 px (its native size) and at the adaptation size (64 px), and the
-adapted backbones (SimCLR, BYOL) trained here on the same images without labels, saved in a
-throw-away project folder and embedded through ``get_backbone(id, project_dir=...)``.
+adapted backbones (SimCLR, BYOL, SwAV) trained here on the same images without labels, saved
+in a throw-away project folder and embedded through ``get_backbone(id, project_dir=...)``.
+SwAV runs with its defaults (2 global crops + 6 small 32 px crops, epsilon 0.05, 3 Sinkhorn
+iterations, temperature 0.1, prototypes frozen for the first epoch, no queue) and the number
+of prototypes ``labelloop adapt`` picks for a project with the dataset's classes (3 per class).
 The frozen and pixel embeddings are cached under ``benchmarks/.cache/`` (format shared with
 label_efficiency.py); adaptation always runs. Wall and process-CPU seconds of every stage are
 recorded with the load average (the machine is shared: CPU seconds are the stabler figure).
@@ -23,6 +26,9 @@ brightness / contrast, blur); on digits SimCLR also runs with the ``characters``
 mirror flips), the one a user labeling characters would pick (``adapt --augment characters``).
 
 Run:  python benchmarks/adaptation.py            (full, writes results/adaptation.{json,md})
+      python benchmarks/adaptation.py --add-to adaptation --methods swav --digits-methods swav:characters
+                                                (only these rows, added to results/adaptation.*; the
+                                                baselines and the rows already there are kept)
       python benchmarks/adaptation.py --quick    (Fashion-MNIST 1k, 40 steps, 2 seeds, no 224 px
                                                  baseline; writes results/adaptation_quick.*)
 """
@@ -146,6 +152,7 @@ def run_dataset(name: str, n: int | None, args, log) -> dict:
     from labelloop.adapt.train import (
         AdaptConfig,
         build_view_cache,
+        default_prototypes,
         efficientnet_encoder,
         images_to_tensor,
         train_ssl,
@@ -160,8 +167,9 @@ def run_dataset(name: str, n: int | None, args, log) -> dict:
     feats: dict[str, np.ndarray] = {}
     log(f"{name}: {len(ds.items)} items, {len(ds.class_names)} classes")
 
-    feats["pixels"], times["embed pixels-16"] = embed_cached(ds, ds_key, get_backbone("pixels"), log=log)
-    sizes = [args.image_size] + ([args.frozen_size] if args.frozen_size else [])
+    if not args.add_to:  # adding rows: the baselines are in the results already
+        feats["pixels"], times["embed pixels-16"] = embed_cached(ds, ds_key, get_backbone("pixels"), log=log)
+    sizes = [] if args.add_to else [args.image_size] + ([args.frozen_size] if args.frozen_size else [])
     for size in sizes:
         feats[f"imagenet-{size}"], times[f"embed imagenet-{size}"] = embed_cached(
             ds, ds_key, get_backbone("efficientnet-lite0", image_size=size), log=log)
@@ -176,7 +184,8 @@ def run_dataset(name: str, n: int | None, args, log) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         enc = efficientnet_encoder(trainable_blocks=args.trainable_blocks, image_size=args.image_size)
-    provenance, view_caches = {}, {}
+    provenance, view_caches, local_caches = {}, {}, {}
+    tag = " (rows added)" if args.add_to else ""
     # "method" or "method:augmentation preset" (default: auto, i.e. grayscale here)
     specs = list(args.methods) + [m for m in args.extra_methods.get(name, []) if m not in args.methods]
     with tempfile.TemporaryDirectory(prefix="labelloop-adapt-bench-") as project:
@@ -185,19 +194,33 @@ def run_dataset(name: str, n: int | None, args, log) -> dict:
             augment = augment or "auto"
             key = f"adapted-{method}" + (f"-{augment}" if augment != "auto" else "")
             if augment not in view_caches:  # augmented views depend on the augmentation only
-                stage = "view cache" + (f" ({augment})" if augment != "auto" else "")
+                stage = "view cache" + (f" ({augment})" if augment != "auto" else "") + tag
                 with timed(times, stage):
                     view_caches[augment] = build_view_cache(x, AdaptConfig(**base, augment=augment), enc,
                                                             progress=False)
                 log(f"  {stage} {tuple(view_caches[augment].shape)}: {times[stage]}")
-            cfg = AdaptConfig(method=method, augment=augment, **base)
+            extra = {}
+            if method == "swav":  # as `labelloop adapt` in a project with the dataset's classes
+                extra["prototypes"] = default_prototypes(len(ds.items), len(ds.class_names))
+            cfg = AdaptConfig(method=method, augment=augment, **base, **extra)
+            if method == "swav" and augment not in local_caches:
+                stage = "small-crop cache" + (f" ({augment})" if augment != "auto" else "")
+                with timed(times, stage):
+                    local_caches[augment] = build_view_cache(x, cfg, enc, progress=False, local=True)
+                log(f"  {stage} {tuple(local_caches[augment].shape)}: {times[stage]}")
             with timed(times, f"train {spec}"):
-                res = train_ssl(x, cfg, progress=False, views=view_caches[augment])
+                res = train_ssl(x, cfg, progress=False, views=view_caches[augment],
+                                local_views=local_caches.get(augment) if method == "swav" else None)
             bid = save_adapted_backbone(project, res, data_sha256=dh, n_images=len(ds.items))
             with timed(times, f"embed {spec}"):
                 feats[key] = get_backbone(bid, project_dir=project).embed(ds.items)
             provenance[spec] = {"backbone_id": bid, "loss_history": [round(v, 4) for v in res.history],
                                 "steps": res.steps, "augment": res.augment}
+            if method == "swav":
+                provenance[spec]["swav"] = {k: getattr(res.config, k) for k in (
+                    "prototypes", "local_crops", "swav_temperature", "sinkhorn_epsilon", "sinkhorn_iterations",
+                    "queue")} | {"local_px": res.config.local_px, "local_views": res.config.local_views,
+                                 "freeze_steps": res.config.freeze_steps(len(ds.items) // args.batch_size)}
             log(f"  {spec}: train {times[f'train {spec}']}, loss {res.history[0]:.3f} -> "
                 f"{res.history[-1]:.3f}")
 
@@ -241,6 +264,10 @@ def write_markdown(path: Path, payload: dict) -> None:
              f"propagation (k=10 graph, T=0.01, 20 clamped steps) with k random labels per class, mean of "
              f"{payload['config']['seeds']} seeds, on the unlabeled items. diagnose@5 = the diagnostic's "
              "verdict with 5 labels per class.", ""]
+    for add in payload.get("added", []):
+        lines += [f"Rows {', '.join(add['rows'])} added {add['generated']} by `{add['command']}` "
+                  f"(load average {add['loadavg_start']} at the start, {add['loadavg_end']} at the end; "
+                  f"{add['note']}).", ""]
     for name, r in payload["results"].items():
         lines += [f"## {name} ({r['n_items']} items, adapted for {r['epochs']} epochs)", "",
                   "| features | 10-NN | " + " | ".join(f"prop@{k}" for k in shots) + " | diagnose@5 |",
@@ -269,6 +296,50 @@ def write_markdown(path: Path, payload: dict) -> None:
     path.write_text("\n".join(lines))
 
 
+def add_rows(args, results: dict, load0: float, log) -> int:
+    """Merge the adapted rows of this run into results/<add_to>.{json,md} (under a lock: runs
+    for different datasets may add to the same file at the same time)."""
+    import fcntl
+
+    path = RESULTS / f"{args.add_to}.json"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{args.add_to}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _add_rows(path, args, results, load0, log)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _add_rows(path: Path, args, results: dict, load0: float, log) -> int:
+    payload = json.loads(path.read_text())
+    old = payload["config"]
+    for key in ("steps", "batch_size", "image_size", "trainable_blocks", "views", "seeds", "fashion_n"):
+        if old[key] != getattr(args, key):
+            raise SystemExit(f"--{key.replace('_', '-')} {getattr(args, key)} differs from {path.name} "
+                             f"({old[key]}): rows would not be comparable")
+    rows = []
+    for name, r in results.items():
+        if name not in payload["results"]:
+            raise SystemExit(f"{path.name} has no {name} section to add rows to")
+        into = payload["results"][name]
+        into["scores"].update(r["scores"])
+        into["times"].update(r["times"])
+        into.setdefault("adapted", {}).update(r["adapted"])
+        rows += [f"{name}/{k}" for k in r["scores"]]
+    payload.setdefault("added", []).append({
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python " + " ".join(["benchmarks/adaptation.py", *sys.argv[1:]]),
+        "rows": rows, "loadavg_start": load0, "loadavg_end": round(os.getloadavg()[0], 2),
+        "note": f"niceness {os.nice(0)}; baselines and earlier rows not rerun",
+        "config": {k: v for k, v in vars(args).items()}})
+    payload["goal"] = goal_check(payload["results"], payload["config"]["shots"])
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    write_markdown(RESULTS / f"{args.add_to}.md", payload)
+    log(f"added {', '.join(rows)} to {path} and .md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from labelloop.adapt.train import AdaptConfig
 
@@ -277,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--datasets", nargs="+", default=["digits", "fashion-mnist"])
     ap.add_argument("--fashion-n", type=int, default=5000)
-    ap.add_argument("--methods", nargs="+", default=["simclr", "byol"],
+    ap.add_argument("--methods", nargs="+", default=["simclr", "byol", "swav"],
                     help="method or method:augmentation-preset, e.g. simclr:characters")
     ap.add_argument("--digits-methods", nargs="*", default=["simclr:characters"],
                     help="extra runs on digits only (the preset a user would pick for characters)")
@@ -291,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=SEEDS)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="file stem under results/ (default adaptation[_quick])")
+    ap.add_argument("--add-to", default=None, metavar="STEM",
+                    help="run only the adapted rows of --methods / --digits-methods and add them to "
+                         "results/STEM.{json,md}, keeping its baselines and other rows")
     args = ap.parse_args(argv)
     args.shots = list(SHOTS)
     args.extra_methods = {"digits": args.digits_methods}
@@ -306,10 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg):
         print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
 
+    load0 = round(os.getloadavg()[0], 2)
     results = {}
     for name in args.datasets:
         results[name] = run_dataset(name, args.fashion_n if name == "fashion-mnist" else None, args, log)
     config = {k: v for k, v in vars(args).items()}
+    if args.add_to:
+        return add_rows(args, results, load0, log)
     payload = {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

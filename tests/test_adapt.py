@@ -15,13 +15,23 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from labelloop.adapt import augment as A  # noqa: E402
-from labelloop.adapt.losses import byol_loss, byol_momentum, ema_update, nt_xent_loss  # noqa: E402
+from labelloop.adapt.losses import (  # noqa: E402
+    byol_loss,
+    byol_momentum,
+    ema_update,
+    nt_xent_loss,
+    sinkhorn_knopp,
+    swav_loss,
+)
 from labelloop.adapt.train import (  # noqa: E402
     CHECKPOINT_FILE,
+    LOCAL_VIEWS_FILE,
     VIEWS_FILE,
     AdaptConfig,
     SplitEncoder,
     _build_model,
+    build_view_cache,
+    default_prototypes,
     efficientnet_encoder,
     train_ssl,
 )
@@ -66,7 +76,7 @@ def toy_images(n: int = 24, size: int = 16, seed: int = 0) -> torch.Tensor:
 
 def small_config(**kw) -> AdaptConfig:
     base = dict(epochs=2, batch_size=8, image_size=16, proj_hidden=32, proj_dim=8, view_cache=0,
-                lr=1e-2)
+                lr=1e-2, prototypes=6, local_crops=2)
     base.update(kw)
     return AdaptConfig(**base)
 
@@ -162,7 +172,191 @@ def test_byol_target_follows_ema_during_training():
         torch.testing.assert_close(new, tau * old + (1 - tau) * theta, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+def sinkhorn_reference(S: np.ndarray, eps: float, iters: int) -> np.ndarray:
+    """SwAV eq. 3 with loops: Q = Diag(u) exp(S^T / eps) Diag(v), u and v by alternately
+    scaling the prototype sums to 1/K and the sample sums to 1/B; returned (B, K), times B."""
+    B, K = S.shape
+    P = [[math.exp(S[b][k] / eps) for b in range(B)] for k in range(K)]
+    u, v = [1.0] * K, [1.0] * B
+    for _ in range(iters):
+        for k in range(K):
+            u[k] = (1.0 / K) / sum(P[k][b] * v[b] for b in range(B))
+        for b in range(B):
+            v[b] = (1.0 / B) / sum(u[k] * P[k][b] for k in range(K))
+    return np.array([[B * u[k] * P[k][b] * v[b] for k in range(K)] for b in range(B)])
+
+
+def swav_reference(scores, n_assign, t, eps, iters, queue=None) -> float:
+    """SwAV eq. 1-2 with multi-crop, loops over crops, samples and prototypes."""
+    V, B, K = len(scores), scores[0].shape[0], scores[0].shape[1]
+    total = 0.0
+    for i in range(n_assign):
+        s = scores[i] if queue is None else np.concatenate([queue[i], scores[i]])
+        q = sinkhorn_reference(s, eps, iters)[-B:]
+        for v in range(V):
+            if v == i:
+                continue
+            for b in range(B):
+                lse = math.log(sum(math.exp(scores[v][b][k] / t) for k in range(K)))
+                total -= sum(q[b][k] * (scores[v][b][k] / t - lse) for k in range(K)) / B
+    return total / (n_assign * (V - 1))
+
+
+def cosine_scores(rng, n_crops: int, b: int, k: int, d: int = 5) -> list[np.ndarray]:
+    """Scores of unit projections against unit prototypes, as the model forms them."""
+    c = rng.normal(size=(k, d))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    out = []
+    for _ in range(n_crops):
+        z = rng.normal(size=(b, d))
+        out.append((z / np.linalg.norm(z, axis=1, keepdims=True)) @ c.T)   # (B, K)
+    return out
+
+
+@pytest.mark.parametrize("eps,iters", [(0.05, 3), (0.1, 1), (0.5, 10)])
+def test_sinkhorn_equals_reference(eps, iters):
+    S = cosine_scores(np.random.default_rng(3), 1, 7, 4)[0]
+    got = sinkhorn_knopp(torch.tensor(S), eps, iters).numpy()
+    np.testing.assert_allclose(got, sinkhorn_reference(S, eps, iters), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_crops,n_assign,with_queue", [(2, 2, False), (5, 2, False), (4, 1, False),
+                                                        (4, 2, True)])
+def test_swav_loss_equals_reference(n_crops, n_assign, with_queue):
+    rng = np.random.default_rng(4)
+    scores = cosine_scores(rng, n_crops, 6, 5)
+    queue = cosine_scores(rng, n_assign, 3, 5) if with_queue else None
+    got = swav_loss([torch.tensor(s) for s in scores], n_assign=n_assign, temperature=0.1, epsilon=0.05,
+                    iterations=3, queue_scores=[torch.tensor(q) for q in queue] if queue else None).item()
+    assert got == pytest.approx(swav_reference(scores, n_assign, 0.1, 0.05, 3, queue), rel=1e-9)
+
+
+def test_sinkhorn_spreads_a_lopsided_batch_equally_over_the_prototypes():
+    """Every sample is closest to prototype 0: a softmax would put the batch there; the codes
+    keep each sample's row a distribution and give every prototype ~B / K of the mass."""
+    rng = np.random.default_rng(5)
+    B, K = 24, 4
+    S = torch.tensor(np.concatenate([np.full((B, 1), 0.9), rng.uniform(-0.2, 0.6, size=(B, K - 1))], axis=1))
+    assert (S.argmax(1) == 0).all()
+    softmax_cols = torch.softmax(S / 0.05, dim=1).sum(0)                     # (K,)
+    assert softmax_cols[0] > 0.9 * B
+    for iters, tol in ((3, 0.25), (10, 0.05), (200, 1e-9)):
+        Q = sinkhorn_knopp(S, 0.05, iters)
+        assert (Q >= 0).all()
+        torch.testing.assert_close(Q.sum(1), torch.ones(B, dtype=S.dtype), rtol=0, atol=1e-12)
+        cols = Q.sum(0)                                                       # (K,)
+        assert float((cols - B / K).abs().max()) <= tol * B / K, (iters, cols)
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(2, 20), k=st.integers(2, 12), seed=st.integers(0, 10_000),
+       eps=st.sampled_from([0.03, 0.05, 0.5]))
+def test_sinkhorn_rows_are_distributions(b, k, seed, eps):
+    S = torch.tensor(cosine_scores(np.random.default_rng(seed), 1, b, k)[0], dtype=torch.float32)
+    Q = sinkhorn_knopp(S, eps, 3)
+    assert Q.shape == (b, k) and Q.dtype == torch.float32 and torch.isfinite(Q).all() and (Q >= 0).all()
+    torch.testing.assert_close(Q.sum(1), torch.ones(b), rtol=0, atol=1e-5)
+    assert float(Q.sum()) == pytest.approx(b, rel=1e-5)
+
+
+def swav_model(**kw):
+    cfg = small_config(method="swav", **kw)
+    enc = tiny_encoder()
+    torch.manual_seed(0)
+    model = _build_model(enc.tail, enc.dim, cfg)
+    model.train()
+    x = toy_images(8)
+    g = torch.Generator().manual_seed(0)
+    h1, h2 = (enc.forward_trunk(A.augment_batch(x, 16, g)) for _ in range(2))
+    local = torch.cat([enc.forward_trunk(A.augment_batch(x, 8, g)) for _ in range(cfg.local_crops)])
+    return model, h1, h2, local
+
+
+def test_swav_prototypes_stay_on_the_unit_sphere():
+    model, h1, h2, local = swav_model()
+    w = model.prototypes.weight
+    assert w.shape == (6, 8)
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(6))
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    loss = model.loss(h1, h2, local)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert not torch.allclose(w.norm(dim=1), torch.ones(6))   # the update leaves the sphere
+    model.after_step(1, 10)
+    torch.testing.assert_close(model.prototypes.weight.norm(dim=1), torch.ones(6))
+
+
+def test_swav_frozen_prototypes_get_no_gradient():
+    model, h1, h2, local = swav_model()
+    model.loss(h1, h2, local, frozen=True).backward()
+    assert model.prototypes.weight.grad is None and model.projector[0].weight.grad is not None
+    model.loss(h1, h2, local, frozen=False).backward()
+    assert model.prototypes.weight.grad is not None
+
+
+def test_swav_small_crops_leave_the_running_batchnorm_statistics_alone():
+    """Embedding uses the running statistics at the global size: small crops must not move them."""
+    import copy
+
+    model, h1, h2, local = swav_model()
+    other = copy.deepcopy(model)
+    model.loss(h1, h2, local)
+    other.loss(h1, h2)
+    bn, bn_other = model.tail[1], other.tail[1]
+    assert bn.num_batches_tracked.item() == 1
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(bn, name), getattr(bn_other, name))
+    assert bn.momentum == other.tail[1].momentum                  # restored after the small crops
+
+
+def test_swav_prototypes_frozen_for_the_first_epoch_by_default(tmp_path):
+    cfg = small_config(method="swav", epochs=1, view_cache=3)
+    enc, twin = tiny_encoder(), tiny_encoder()
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)   # train_ssl builds the model first from this seed
+        initial = _build_model(twin.tail, twin.dim, cfg).prototypes.weight.detach().clone()
+    train_ssl(toy_images(16), cfg, encoder=enc, checkpoint_dir=tmp_path / "a", progress=False)
+    trained = torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=False)["model"]["prototypes.weight"]
+    torch.testing.assert_close(trained, initial, rtol=0, atol=1e-6)
+    train_ssl(toy_images(16), small_config(method="swav", epochs=1, view_cache=3, freeze_prototypes=0),
+              encoder=tiny_encoder(), checkpoint_dir=tmp_path / "b", progress=False)
+    moved = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)["model"]["prototypes.weight"]
+    assert not torch.allclose(moved, initial, atol=1e-4)
+
+
+def test_swav_small_crops_follow_the_preset():
+    cfg = AdaptConfig(method="swav")
+    chars = cfg.local_augment(A.augment_preset("characters"))
+    assert chars.flip == 0.0 and chars.crop_scale == (0.05, 0.3) and chars.rotation == 10.0
+    assert cfg.local_augment(A.augment_preset("photo")).crop_scale == (0.05, 0.2)
+    assert AdaptConfig(local_scale=[0.1, 0.25]).local_augment(A.augment_preset("photo")).crop_scale == (0.1, 0.25)
+    assert cfg.local_px == 32 and AdaptConfig(image_size=224).local_px == 96
+    assert AdaptConfig(image_size=112).local_px == 48 and AdaptConfig(image_size=16).local_px == 16
+    assert cfg.local_views == 12 and AdaptConfig(method="simclr").local_views == 0
+    assert AdaptConfig(method="swav", device="cuda").local_views == 0   # fresh crops on CUDA
+
+
+def test_swav_local_view_cache_shape():
+    x = toy_images(6, size=32)
+    cfg = small_config(method="swav", image_size=48, local_size=32, view_cache=3, local_crops=2)
+    enc = tiny_encoder()
+    assert build_view_cache(x, cfg, enc, progress=False).shape == (6, 3, 8, 24, 24)
+    assert build_view_cache(x, cfg, enc, progress=False, local=True).shape == (6, 4, 8, 16, 16)
+    with pytest.raises(ValidationError, match="swav"):
+        build_view_cache(x, small_config(view_cache=3), enc, progress=False, local=True)
+
+
+def test_default_prototypes():
+    assert default_prototypes(1797, 10) == 30
+    assert default_prototypes(1797) == 42 and default_prototypes(5000) == 71
+    assert default_prototypes(5) == 10 and default_prototypes(10**9) == 3000
+    res = train_ssl(toy_images(16), small_config(method="swav", epochs=1, prototypes=None), encoder=tiny_encoder(),
+                    progress=False, n_classes=4)
+    assert res.config.prototypes == 12
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "swav"])
 def test_one_step_lowers_the_loss(method):
     cfg = small_config(method=method)
     enc = tiny_encoder()
@@ -214,10 +408,11 @@ def _crash_after(epoch: int):
     return hook
 
 
-@pytest.mark.parametrize("method,view_cache", [("simclr", 0), ("simclr", 3), ("byol", 3)])
-def test_resume_continues_the_same_run(tmp_path, method, view_cache):
+@pytest.mark.parametrize("method,view_cache,queue", [("simclr", 0, 0), ("simclr", 3, 0), ("byol", 3, 0),
+                                                     ("swav", 0, 0), ("swav", 3, 12)])
+def test_resume_continues_the_same_run(tmp_path, method, view_cache, queue):
     x = toy_images(24)
-    cfg = small_config(method=method, epochs=3, view_cache=view_cache)
+    cfg = small_config(method=method, epochs=3, view_cache=view_cache, queue=queue)
     full = train_ssl(x, cfg, encoder=tiny_encoder(), checkpoint_dir=tmp_path / "a", progress=False)
 
     with pytest.raises(Crash):
@@ -225,6 +420,7 @@ def test_resume_continues_the_same_run(tmp_path, method, view_cache):
                   progress=False, on_epoch_end=_crash_after(2))
     assert (tmp_path / "b" / CHECKPOINT_FILE).exists()
     assert (tmp_path / "b" / VIEWS_FILE).exists() == bool(view_cache)
+    assert (tmp_path / "b" / LOCAL_VIEWS_FILE).exists() == bool(view_cache and method == "swav")
     resumed = train_ssl(x, cfg, encoder=tiny_encoder(), checkpoint_dir=tmp_path / "b", progress=False)
 
     assert resumed.resumed_from == 2
@@ -266,8 +462,12 @@ def test_training_leaves_the_global_rng_alone():
     torch.testing.assert_close(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("bad", [dict(method="swav"), dict(epochs=0), dict(view_cache=1),
-                                 dict(augment="sepia"), dict(device="tpu"), dict(temperature=0)])
+@pytest.mark.parametrize("bad", [dict(method="dino"), dict(epochs=0), dict(view_cache=1),
+                                 dict(augment="sepia"), dict(device="tpu"), dict(temperature=0),
+                                 dict(prototypes=1), dict(sinkhorn_iterations=0), dict(sinkhorn_epsilon=0),
+                                 dict(swav_temperature=-1), dict(local_crops=-1), dict(local_size=28),
+                                 dict(local_size=65), dict(local_scale=(0.5, 0.2)), dict(queue=-5),
+                                 dict(freeze_prototypes=1.5)])
 def test_config_validation(bad):
     with pytest.raises(ValidationError):
         AdaptConfig(**bad)
@@ -278,6 +478,11 @@ def test_bad_training_input():
         train_ssl(toy_images(8).float(), small_config(), encoder=tiny_encoder(), progress=False)
     with pytest.raises(ValidationError, match="at least 2"):
         train_ssl(toy_images(1), small_config(), encoder=tiny_encoder(), progress=False)
+
+
+def test_run_key_holds_swav_settings_only_for_swav():
+    assert "prototypes" not in AdaptConfig().run_key() and AdaptConfig(prototypes=50).run_key() == AdaptConfig().run_key()
+    assert AdaptConfig(method="swav", prototypes=50).run_key() != AdaptConfig(method="swav").run_key()
 
 
 def test_view_cache_default_depends_on_device():

@@ -77,6 +77,12 @@ def test_adapt_rejects_an_unknown_augmentation_and_names_the_presets(digits_proj
     assert not digits_project.store.runs("adapt", status=None)   # nothing started
 
 
+def test_adapt_refuses_swav_settings_for_other_methods(digits_project):
+    with pytest.raises(ValidationError, match="prototypes: only for method swav"):
+        digits_project.adapt(method="simclr", prototypes=30, epochs=1)
+    assert not digits_project.store.runs("adapt", status=None)
+
+
 def test_adapt_refuses_text_projects(project_factory):
     with pytest.raises(ValidationError, match="text project"):
         project_factory("text").adapt(epochs=1)
@@ -95,3 +101,30 @@ def test_adapt_then_embed_with_the_adapted_backbone_then_train(digits_project):
     t = p.train(schedule="linear", epochs=5)
     assert 0 <= t["training_accuracy"] <= 1 and "agreement_with_propagation" in t
     assert (p.store.run_dir(t["run"]) / "classifier_proba.npy").exists()
+
+
+def test_adapt_swav_through_the_project_then_embed(project_factory, tmp_path):
+    """A tiny SwAV run on a handful of images with the packaged weights: the prototypes follow
+    the project's classes, the characters preset holds for the small crops, and the saved
+    backbone embeds."""
+    import torch
+
+    ds = load_dataset("digits", n=12)
+    write_image_folder(ds, tmp_path / "img")
+    p = project_factory("image")
+    p.import_(tmp_path / "img", labels_from_folders=True)
+    n_classes = len(p.classes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread avoids OpenMP spin-waiting on a shared machine
+    try:
+        r = p.adapt(method="swav", epochs=1, image_size=48, local_crops=2, augment="characters")
+    finally:
+        torch.set_num_threads(threads)
+    bid, prov = r["backbone"], r["provenance"]
+    assert bid.startswith("adapted-swav-") and prov["method"] == "swav" and prov["n_images"] == 12
+    assert prov["parameters"]["prototypes"] == max(10, 3 * n_classes)
+    assert prov["parameters"]["local_crops"] == 2 and prov["augment"]["flip"] == 0.0
+    assert prov["parameters"]["local_size"] is None and prov["image_size"] == 48   # small crops: 32 px
+    assert p.embed(bid).embedded == 12
+    with pytest.raises(ValidationError, match="local_size"):
+        p.adapt(method="swav", epochs=1, image_size=32, local_size=64)

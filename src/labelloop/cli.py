@@ -477,7 +477,9 @@ def diagnose(project, as_json):
 
 @cli.command()
 @project_option
-@click.option("--method", type=click.Choice(["simclr", "byol"]), default="simclr", show_default=True)
+@click.option("--method", type=click.Choice(["simclr", "byol", "swav"]), default="simclr", show_default=True,
+              help="simclr: contrastive pairs; byol: momentum target; swav: online clustering "
+                   "with prototypes and small extra crops (multi-crop).")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default 30).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--image-size", type=int, default=None, help="Training input size in pixels (default 64).")
@@ -486,12 +488,20 @@ def diagnose(project, as_json):
               show_default=True,
               help="Augmentations. auto: photo for colour images, grayscale otherwise; characters: "
                    "grayscale without mirror flips, for digits, letters and scanned text.")
+@click.option("--prototypes", type=int, default=None,
+              help="swav: number of prototypes (default 3 per class of the project, else sqrt(images), within 10..3000).")
+@click.option("--local-crops", type=int, default=None,
+              help="swav: small crops per image besides the 2 full-size ones (default 6).")
+@click.option("--local-size", type=int, default=None,
+              help="swav: small-crop size in pixels, >= 32 (default 96/224 of --image-size, at least 32).")
 @json_option
-def adapt(project, method, epochs, device, image_size, max_images, augment, as_json):
+def adapt(project, method, epochs, device, image_size, max_images, augment, prototypes, local_crops, local_size,
+          as_json):
     """Self-supervised adaptation of the image backbone to this project's images (resumable)."""
     with _open(project) as p:
         r = p.adapt(method=method, epochs=epochs, device=device, image_size=image_size, max_images=max_images,
-                    augment=augment, progress=not as_json)
+                    augment=augment, prototypes=prototypes, local_crops=local_crops, local_size=local_size,
+                    progress=not as_json)
     if as_json:
         _echo_json(r)
     else:

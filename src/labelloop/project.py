@@ -1202,11 +1202,16 @@ class Project:
 
     def adapt(self, *, method: str = "simclr", epochs: int | None = None, device: str = "cpu",
               image_size: int | None = None, max_images: int | None = None, augment: str = "auto",
+              prototypes: int | None = None, local_crops: int | None = None, local_size: int | None = None,
               progress: bool = False) -> dict:
         """Self-supervised adaptation of the ImageNet backbone on this project's images; saved
         in the project as a new backbone id for `embed --backbone`. Resumes an interrupted run.
+        ``method``: "simclr", "byol" or "swav".
         ``augment``: "auto" (photo for colour images, grayscale otherwise), "photo",
-        "grayscale", or "characters" (grayscale without mirror flips: digits, letters, scans)."""
+        "grayscale", or "characters" (grayscale without mirror flips: digits, letters, scans).
+        SwAV only: ``prototypes`` (default 3 per class of the project, else ~sqrt(images)),
+        ``local_crops`` (small crops per image, default 6), ``local_size`` (their pixels,
+        default 96 / 224 of ``image_size``); the rest is in :class:`~labelloop.adapt.AdaptConfig`."""
         from .adapt import AdaptConfig, adapt_backbone
         from .ingest import load_image
 
@@ -1216,8 +1221,13 @@ class Project:
         kw = {"method": method, "device": device, "augment": augment}
         if epochs is not None:
             kw["epochs"] = epochs
-        if image_size is not None:
-            kw["image_size"] = image_size
+        swav_only = {"prototypes": prototypes, "local_crops": local_crops, "local_size": local_size}
+        if method != "swav" and any(v is not None for v in swav_only.values()):
+            given = ", ".join(k for k, v in swav_only.items() if v is not None)
+            raise ValidationError(f"{given}: only for method swav, not {method}; drop it or use --method swav")
+        for name, value in (("image_size", image_size), *swav_only.items()):
+            if value is not None:
+                kw[name] = value
         cfg = AdaptConfig(**kw)
         items = self.store.items()
         if len(items) < 2:
@@ -1225,7 +1235,8 @@ class Project:
         run = self.store.start_run("adapt", cfg.to_dict() | {"max_images": max_images}, {"items": len(items)})
         try:
             images = [load_image(it.uri) for it in items]
-            outcome = adapt_backbone(images, self.root, cfg, max_images=max_images, progress=progress)
+            outcome = adapt_backbone(images, self.root, cfg, max_images=max_images, progress=progress,
+                                     n_classes=len(self.classes) or None)
         except BaseException:
             self.store.finish_run(run, status="interrupted")
             raise

@@ -1,7 +1,7 @@
 """The adapt stage: make the embeddings fit the user's own data.
 
 - :func:`diagnose` -- how well the current embeddings separate the labeled classes, with advice;
-- :func:`adapt_backbone` / :func:`train_ssl` -- self-supervised training (SimCLR, BYOL) of the
+- :func:`adapt_backbone` / :func:`train_ssl` -- self-supervised training (SimCLR, BYOL, SwAV) of the
   ImageNet backbone on the project's unlabeled images, saved as a new backbone id
   (``adapted-<method>-<hash>``) that ``labelloop.embed.get_backbone(id, project_dir=...)``
   resolves (importing this package registers the loader);
@@ -24,12 +24,13 @@ from .backbone import (
 )
 from .diagnose import Diagnosis, diagnose, wilson_interval
 from .finetune import FineTuneClassifier, LinearHead, PrototypeClassifier, choose_schedule, fit_head
-from .losses import byol_loss, ema_update, nt_xent_loss
+from .losses import byol_loss, ema_update, nt_xent_loss, sinkhorn_knopp, swav_loss
 from .train import (
     METHODS,
     AdaptConfig,
     AdaptResult,
     build_view_cache,
+    default_prototypes,
     efficientnet_encoder,
     images_to_tensor,
     train_ssl,
@@ -51,6 +52,7 @@ __all__ = [
     "augment_preset",
     "byol_loss",
     "choose_schedule",
+    "default_prototypes",
     "diagnose",
     "efficientnet_encoder",
     "fit_head",
@@ -61,6 +63,8 @@ __all__ = [
     "load_adapted_backbone",
     "nt_xent_loss",
     "save_adapted_backbone",
+    "sinkhorn_knopp",
+    "swav_loss",
     "train_ssl",
     "wilson_interval",
 ]

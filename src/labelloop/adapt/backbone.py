@@ -11,6 +11,7 @@ Importing this module registers the loader that makes these ids work with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..embed.base import Backbone, content_digest, register_backbone_loader
 from ..errors import ValidationError
-from .train import AdaptConfig, AdaptResult, config_hash, images_to_tensor, train_ssl
+from .train import AdaptConfig, AdaptResult, config_hash, default_prototypes, images_to_tensor, train_ssl
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -205,11 +206,13 @@ class AdaptOutcome:
 
 def adapt_backbone(images: Sequence, project_dir: Path | str, config: AdaptConfig | None = None, *,
                    max_images: int | None = None, progress: bool = True,
-                   resume: bool = True) -> AdaptOutcome:
+                   resume: bool = True, n_classes: int | None = None) -> AdaptOutcome:
     """Adapt ImageNet EfficientNet-Lite0 to ``images`` (PIL, unlabeled) and save it in the
     project; what ``labelloop adapt`` runs.
 
     ``max_images``: train on a random subset of this size (seeded by ``config.seed``).
+    ``n_classes``: the project's number of classes, if any: sets SwAV's default number of
+    prototypes (:func:`~labelloop.adapt.train.default_prototypes`), recorded in the provenance.
     Checkpoints go to ``<project>/backbones/.runs/<run hash>/``: running the same command
     again after an interruption resumes there; the folder is removed once the backbone is saved.
     """
@@ -223,6 +226,8 @@ def adapt_backbone(images: Sequence, project_dir: Path | str, config: AdaptConfi
         if len(images) > max_images:
             pick = np.random.default_rng(cfg.seed).choice(len(images), max_images, replace=False)
             images = [images[i] for i in sorted(pick)]
+    if cfg.method == "swav" and cfg.prototypes is None:
+        cfg = dataclasses.replace(cfg, prototypes=default_prototypes(len(images), n_classes))
     dh = data_hash(images)
     run_dir = _backbones_dir(project_dir) / RUNS_DIR / config_hash(cfg, dh, BASE_BACKBONE)
     x = images_to_tensor(images, cfg.image_size)                           # (N, 3, S, S) uint8

@@ -1,18 +1,22 @@
-"""Self-supervised objectives: SimCLR's NT-Xent, BYOL's cosine loss and its momentum target.
+"""Self-supervised objectives: SimCLR's NT-Xent, BYOL's cosine loss and its momentum target,
+SwAV's swapped prediction with Sinkhorn-Knopp codes.
 
-Both take the outputs for two augmented views of the same batch, row ``i`` of ``z1`` and
-row ``i`` of ``z2`` coming from the same item.
+All take the outputs for augmented views of the same batch: row ``i`` of every view comes
+from the same item.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from ..errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["nt_xent_loss", "byol_loss", "ema_update", "byol_momentum"]
+__all__ = ["nt_xent_loss", "byol_loss", "ema_update", "byol_momentum", "sinkhorn_knopp", "swav_loss"]
 
 
 def nt_xent_loss(z1: "torch.Tensor", z2: "torch.Tensor", temperature: float = 0.5) -> "torch.Tensor":
@@ -75,3 +79,63 @@ def byol_momentum(step: int, total_steps: int, base: float = 0.99) -> float:
         return base
     k = min(max(step, 0), total_steps)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * k / total_steps) + 1.0) / 2.0
+
+
+def sinkhorn_knopp(scores: "torch.Tensor", epsilon: float = 0.05, iterations: int = 3) -> "torch.Tensor":
+    """SwAV's codes (Caron et al. 2020, eq. 3 and Algorithm 1): ``(B, K)`` soft assignments of
+    ``B`` samples to ``K`` prototypes that spread the batch equally over the prototypes.
+
+    ``scores``: ``(B, K)`` similarities ``z_b . c_k`` (no gradient flows through the codes).
+    ``Q = Diag(u) exp(S / epsilon) Diag(v)`` with ``u, v`` found by ``iterations`` rounds of
+    alternately scaling the prototype sums to ``1 / K`` and the sample sums to ``1 / B``; the
+    result is scaled by ``B`` so every row (sample) sums to 1, while every column (prototype)
+    sums to about ``B / K`` (exactly in the limit of many iterations).
+    ``epsilon``: 0.05 and ``iterations``: 3 are the paper's values.
+    """
+    import torch
+
+    with torch.no_grad():
+        s = scores.detach().double()
+        # exp(S / eps), shifted by the maximum: a common factor that the scaling removes
+        q = torch.exp((s - s.max()) / epsilon).T                     # (K, B)
+        q /= q.sum()
+        k, b = q.shape
+        for _ in range(iterations):
+            q /= q.sum(dim=1, keepdim=True) * k                      # each prototype: 1 / K
+            q /= q.sum(dim=0, keepdim=True) * b                      # each sample: 1 / B
+        return (q * b).T.to(scores.dtype)                            # (B, K), rows sum to 1
+
+
+def swav_loss(scores: Sequence["torch.Tensor"], *, n_assign: int = 2, temperature: float = 0.1,
+              epsilon: float = 0.05, iterations: int = 3,
+              queue_scores: Sequence["torch.Tensor | None"] | None = None) -> "torch.Tensor":
+    """SwAV's swapped prediction (Caron et al. 2020, eq. 1-2, multi-crop as in section 3.2).
+
+    ``scores[v]``: ``(B, K)`` similarities of crop ``v``'s normalised projection to the
+    normalised prototypes; the first ``n_assign`` crops are the global (full-resolution) ones,
+    the only crops codes are computed from. For each such crop ``i`` the code
+    ``q_i = sinkhorn_knopp(scores[i])`` is predicted from every other crop ``v``::
+
+        loss = mean_{i < n_assign} mean_{v != i} mean_b  -sum_k q_ibk log softmax_k(scores[v]_b / T)
+
+    ``queue_scores[i]``: optional ``(L, K)`` scores of earlier batches' projections of global
+    crop ``i``, put before the batch when computing its codes (the paper's queue for small
+    batches); only the batch's rows of the codes are used.
+    """
+    import torch
+
+    n_crops = len(scores)
+    if not 1 <= n_assign <= n_crops or n_crops < 2:
+        raise ValidationError(f"swav_loss needs >= 2 crops and 1 <= n_assign <= crops, got {n_crops}, {n_assign}")
+    log_p = [torch.log_softmax(s / temperature, dim=1) for s in scores]        # (B, K) each
+    total = scores[0].new_zeros(())
+    for i in range(n_assign):
+        s = scores[i]
+        extra = queue_scores[i] if queue_scores is not None else None
+        if extra is not None:
+            s = torch.cat([extra, s])                                          # (L + B, K)
+        q = sinkhorn_knopp(s, epsilon, iterations)[-scores[i].shape[0]:]       # (B, K)
+        for v in range(n_crops):
+            if v != i:
+                total = total - (q * log_p[v]).sum(dim=1).mean()
+    return total / (n_assign * (n_crops - 1))
