@@ -1994,19 +1994,8 @@ class Project:
         if format == "coco":
             for rec in records:
                 rec.width, rec.height = formats.image_size(files[rec.path]) or (None, None)
-        coll = formats.Collection(self.classes, records)
-        extra: list[Path] = []
-        if format == "coco":
-            formats.write_coco(coll, out)
-        elif format == "labelstudio":
-            formats.write_labelstudio(coll, out, image_url_prefix=image_url_prefix)
-            config_path = out.with_name(out.stem + ".label_config.xml")
-            formats.write_text_atomic(config_path, formats.labelstudio_config(self.classes, modality=self.modality))
-            extra.append(config_path)
-        elif format == "imagefolder":
-            formats.write_imagefolder(coll, out, images_root=files)
-        else:
-            formats.write_hf(coll, out, images_root=files if images else None)
+        extra = _write_collection(formats.Collection(self.classes, records), out, format, modality=self.modality,
+                                  image_url_prefix=image_url_prefix, images_root=files if images else None)
         return ExportReport(path=out, format=format, items=len(records),
                             labeled=sum(bool(r.labels) for r in records),
                             predicted=sum(bool(r.predicted) for r in records), extra=extra)
@@ -2039,20 +2028,9 @@ class Project:
                                   b["score"] if b["source"] == "machine" else None)
                 (rec.predicted_boxes if b["source"] == "machine" else rec.boxes).append(box)
             records.append(rec)
-        coll = formats.Collection(self.classes, records)
         out = Path(out).expanduser()
-        extra: list[Path] = []
-        if format == "coco":
-            formats.write_coco(coll, out)
-        elif format == "labelstudio":
-            formats.write_labelstudio(coll, out, image_url_prefix=image_url_prefix)
-            config_path = out.with_name(out.stem + ".label_config.xml")
-            formats.write_text_atomic(config_path, formats.labelstudio_config(self.classes, boxes=True))
-            extra.append(config_path)
-        elif format == "yolo":
-            formats.write_yolo(coll, out)
-        else:
-            formats.write_voc(coll, out)
+        extra = _write_collection(formats.Collection(self.classes, records), out, format, modality="image",
+                                  image_url_prefix=image_url_prefix, boxes=True)
         return ExportReport(path=out, format=format, items=len(records), labeled=sum(bool(r.boxes) for r in records),
                             predicted=sum(bool(r.predicted_boxes) and not r.boxes for r in records), extra=extra)
 
@@ -2412,6 +2390,25 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
 
 def _nan_none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
+def _write_collection(coll, out: Path, format: str, *, modality: str, image_url_prefix: str = "",
+                      images_root=None, boxes: bool = False) -> list[Path]:
+    """Write ``coll`` to ``out`` in ``format`` (:mod:`labelloop.formats`); returns the files
+    written beside ``out`` (Label Studio's labeling configuration, matching the tasks)."""
+    from . import formats
+
+    if format == "labelstudio":
+        formats.write_labelstudio(coll, out, image_url_prefix=image_url_prefix)
+        config_path = out.with_name(out.stem + ".label_config.xml")
+        formats.write_text_atomic(config_path, formats.labelstudio_config(coll.classes, modality=modality,
+                                                                          boxes=boxes))
+        return [config_path]
+    if format in ("imagefolder", "hf"):
+        getattr(formats, f"write_{format}")(coll, out, images_root=images_root)
+    else:   # coco, yolo, voc
+        getattr(formats, f"write_{format}")(coll, out)
+    return []
 
 
 def _image_size(uri: str | None) -> tuple[int, int]:
