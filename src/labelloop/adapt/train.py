@@ -76,8 +76,21 @@ def _import_torch():
     return torch
 
 
+class DictConfig:
+    """A dataclass configuration saved beside its checkpoints as a dict; keys it no longer
+    knows (from an older version) are dropped when it is read back."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass(frozen=True)
-class AdaptConfig:
+class AdaptConfig(DictConfig):
     """Everything that determines an adaptation run. Validated on construction.
 
     Defaults are the CPU setting of ``benchmarks/adaptation.py``, chosen on digits (SimCLR,
@@ -196,14 +209,6 @@ class AdaptConfig:
         if self.view_cache is not None:
             return self.view_cache
         return 0 if self.device.startswith("cuda") else 8
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AdaptConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def run_key(self) -> dict:
         """The fields that change the result (not the device or thread count, nor SwAV's

@@ -23,13 +23,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 # one home for the cosine schedule, atomic writes and the CUDA check
-from ..adapt.train import _atomic_save, _lr_at, _resolve_device
+from ..adapt.train import DictConfig, _atomic_save, _lr_at, _resolve_device
 from ..errors import ValidationError
 from .boxes import ImageBoxes, xywh_to_xyxy
 from .model import (
@@ -73,7 +73,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass(frozen=True)
-class DetectConfig:
+class DetectConfig(DictConfig):
     """Everything that determines a detector run. Validated on construction."""
 
     image_size: int = 128             # letterboxed input side; a multiple of 16
@@ -111,14 +111,6 @@ class DetectConfig:
             raise ValidationError("score_threshold must be in [0, 1), nms_iou in (0, 1], max_detections >= 1")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValidationError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DetectConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def resolved(self, n_images: int) -> DetectConfig:
         """This configuration with ``epochs`` and ``trainable_blocks`` filled in by the schedule."""
