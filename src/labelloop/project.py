@@ -1833,6 +1833,12 @@ class Project:
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
+    def last_novel(self) -> dict | None:
+        """The last :meth:`novel` run's summary (batch, clusters with their examples) with its
+        ``run`` id and when it ``finished``; None before the first run."""
+        last = self.store.last_run("novel")
+        return None if last is None else last["summary"] | {"run": last["id"], "finished": last["finished"]}
+
     def add_class_from_cluster(self, name: str, cluster: int, *, confirm: bool = False,
                                annotator: str | None = None) -> dict:
         """Add class ``name`` for cluster ``cluster`` of the last :meth:`novel` run. Nothing

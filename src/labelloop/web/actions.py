@@ -15,7 +15,7 @@ from ..store import Store
 from .auth import User
 
 __all__ = ["label_item", "undo_last", "review_labels", "add_class", "confirm_label", "item_exists",
-           "set_guidelines", "set_rule_active", "MAX_GUIDELINES"]
+           "set_guidelines", "set_rule_active", "find_novel", "add_class_from_cluster", "MAX_GUIDELINES"]
 
 _MAX_KEY = 100
 MAX_GUIDELINES = 20_000   # characters: a few pages of text; the queue page shows them in full
@@ -123,3 +123,14 @@ def set_guidelines(store: Store, user: User, text: str) -> dict:
 def set_rule_active(store: Store, user: User, name: str, active: bool) -> dict:
     """Switch a labeling function on or off (:meth:`Project.set_rule_active`, by ``user``)."""
     return Project.on_store(store).set_rule_active(name, active, by=user.name)
+
+
+def find_novel(store: Store, user: User, batch: str | None) -> dict:
+    """Look for candidate new classes (:meth:`Project.novel`, recorded as a run)."""
+    return Project.on_store(store).novel(batch=batch or None)
+
+
+def add_class_from_cluster(store: Store, user: User, cluster: int, name: str) -> dict:
+    """Add class ``name`` for a cluster of the last novel run; its examples are queued for a
+    person, nothing is labeled (:meth:`Project.add_class_from_cluster`)."""
+    return Project.on_store(store).add_class_from_cluster(name, cluster, annotator=user.name)

@@ -26,6 +26,7 @@ NAV = [  # (path, title, minimum role)
     ("/users", "Users", "admin"),
     ("/guidelines", "Guidelines", "reviewer"),   # annotators read them on the queue page
     ("/rules", "Rules", "reviewer"),             # labeling functions: reviewers read, admins switch
+    ("/novel", "New classes", "reviewer"),       # candidate new classes; add one from a cluster
 ]
 PLOTS = [  # (name, what the picture shows): the dashboard's figures, /plots/<name>.png
     ("learning-curve", "Learning curve: accuracy estimate and mean confidence vs human labels"),

@@ -15,7 +15,8 @@ from ..store import class_name_pattern
 from .actions import MAX_GUIDELINES
 
 __all__ = ["ErrorOut", "ERROR_RESPONSES", "ItemId", "ClassName", "USER_NAME_PATTERN", "ID_LIST_PATTERN", "MAX_ITEM_ID", "LoginIn", "LabelIn", "UndoIn", "SkipIn",
-           "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut", "RuleSwitchIn"]
+           "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut", "RuleSwitchIn",
+           "NovelFindIn", "NovelClassIn"]
 
 # the largest integer every JSON client reads exactly (JavaScript numbers are doubles); the store
 # itself allows up to 2**63 - 1 (SQLite INTEGER), far beyond any project
@@ -125,6 +126,15 @@ class UserChange(_Body):
 
 class RuleSwitchIn(_Body):
     active: bool = Field(description="true switches the rule on, false off (its votes are kept either way)")
+
+
+class NovelFindIn(_Body):
+    batch: str | None = Field(default=None, max_length=200,
+                              description="only this batch's unlabeled items, new relative to the batches before it")
+
+
+class NovelClassIn(_Body):
+    name: str = Field(min_length=1, max_length=200, description="the new class")
 
 
 class GuidelinesIn(_Body):

@@ -3,16 +3,17 @@
 ``auth`` (login, logout, me, schema), ``queue`` (labeling), ``media`` (images), ``review``
 (machine labels), ``audit`` (suspected errors), ``dashboard`` (numbers, plots, export, status),
 ``users`` (admin), ``guidelines`` (labeling guidelines: all read, admins write), ``rules``
-(labeling functions and their report: reviewers read, admins switch them off and on)."""
+(labeling functions and their report: reviewers read, admins switch them off and on), ``novel``
+(candidate new classes: reviewers search and add a class from a cluster)."""
 
 from __future__ import annotations
 
-from . import audit, auth, dashboard, guidelines, media, queue, review, rules, users
+from . import audit, auth, dashboard, guidelines, media, novel, queue, review, rules, users
 
 __all__ = ["ROUTERS", "all_routes"]
 
 ROUTERS = [auth.router, queue.router, media.router, review.router, audit.router, dashboard.router, users.router,
-           guidelines.router, rules.router]
+           guidelines.router, rules.router, novel.router]
 
 
 def all_routes() -> list:
