@@ -41,10 +41,12 @@ max_rows rows (default: one full product's worth), adding the increments' remain
 place. Measured against a cold 20-step fit with the same labels (argmax agreement ~0.999 at
 4k-10k items, ~0.995 at 100k and 1M; tests/test_propagate.py, benchmarks/refresh_latency.md).
 Removed or re-classed labels re-run the clamped propagation (see ``update``); the spreading
-variant is linear in Y0, so its update is exact up to pruning. The clamped update ends with
-UPDATE_CORRECT_STEPS full steps from its result, which drain the residual it leaves behind
-(and the previous state's) so the drift from a cold fit stays bounded without a periodic full
-propagation (benchmarks/results/warm_drift.md).
+variant is linear in Y0, so its update is exact up to pruning. Every REFIT_EVERY-th update with a
+change is a full propagation, which bounds the drift from a cold fit. The clamped update can
+also end with UPDATE_CORRECT_STEPS full steps from its result (off by default: measured
+against the periodic full fit in benchmarks/results/warm_drift.md, they removed its pause but
+`make demo` certified 574 machine labels instead of 968 and digits simulations needed more
+labels to 98 %).
 """
 
 from __future__ import annotations
@@ -95,13 +97,15 @@ UPDATE_MIN_ROWS = 100_000
 UPDATE_ROWS_PER_ITEM = 1.0
 
 
-#: full steps of the iteration after every warm update, from its result (instead of a full
-#: propagation every 5th update). At 10k / 100k items, 15 / 10 updates of 10 labels, argmax
+#: full steps of the iteration after every warm update, from its result (off: 0; with 2 and no
+#: periodic full propagation, at 10k / 100k items, 15 / 10 updates of 10 labels, argmax
 #: agreement with a cold fit: mean 0.934 / 0.917 (periodic refit 0.943 / 0.922, none 0.911 /
 #: 0.893), worst 0.876 / 0.858 (refit 0.863 / 0.831); cost 2 sparse products per update instead
 #: of a full propagation's 100 every 5th (2.8 s at 100k; benchmarks/results/warm_drift.md).
 #: 5 steps: mean 0.953 / 0.936 at 2.5x the products.
-UPDATE_CORRECT_STEPS = 2
+UPDATE_CORRECT_STEPS = 0
+#: every this many warm updates with a change, a full propagation instead (None: never)
+REFIT_EVERY = 5
 
 #: how :func:`class_mass_normalise` estimates the class shares
 CLASS_PRIORS = ("labels", "estimated")
@@ -211,7 +215,7 @@ class LabelPropagation:
         n_iter: int | None = 100,  # Bai et al.: "about 20 steps"; see DEFAULT_N_ITER
         alpha: float | None = None,
         tol: float = 1e-6,
-        refit_every: int | None = None,
+        refit_every: int | None = REFIT_EVERY,
         correct_steps: int = UPDATE_CORRECT_STEPS,
         class_mass: bool | str = True,
         class_prior: np.ndarray | None = None,
@@ -223,10 +227,11 @@ class LabelPropagation:
         self.alpha = alpha
         self.tol = tol
         # warm updates approximate and their error accumulates (Fashion-MNIST 10k, 20 updates
-        # of 50 labels: 0.737 vs 0.807 for a full fit). Every update ends with correct_steps
-        # full steps from its result, which keeps the drift bounded without the 2-10 s pause of
-        # a periodic full propagation (clamped variant; benchmarks/warm_drift.py); refit_every (off by default)
-        # re-runs the full propagation every refit_every-th update with a change (reusing S).
+        # of 50 labels: 0.737 vs 0.807 for a full fit). Every refit_every-th update with a
+        # change is a full propagation (reusing S). correct_steps (0 by default) ends each
+        # update with that many full steps from its result instead: with 2 and no periodic fit
+        # there is no 2-10 s pause (benchmarks/warm_drift.py), but `make demo` certified 574
+        # machine labels instead of 968 and digits simulations needed more labels to 98 %.
         self.refit_every = refit_every
         self.correct_steps = correct_steps
 
