@@ -123,14 +123,27 @@ def test_efficientnet_on_ray_equals_in_process(project_factory, tmp_path, ray_ad
 # last in the module: after a local Ray has been started and stopped in this process, Ray Data
 # 2.60 cannot run on another cluster from it (its actors are cancelled before they start)
 def test_without_an_address_a_local_ray_is_started_and_stopped(project_factory, tmp_path):
-    ray = pytest.importorskip("ray")
+    """In its own process (without RAY_ADDRESS): a process that started and stopped a local Ray
+    must not share a Ray session with the tests that use the cluster at RAY_ADDRESS."""
+    pytest.importorskip("ray")
 
     for i in range(6):
         write_image(tmp_path / "imgs" / f"{i}.png", seed=i)
     p = project_factory("image")
     p.import_(tmp_path / "imgs")
     (tmp_path / "imgs" / "5.png").write_bytes(b"damaged after import")
-    r = p.embed("pixels", batch_size=4, ray_address="local")
-    assert (r.embedded, [s.where for s in r.skipped]) == (5, ["5.png"])   # reported by the actor, not fatal
-    assert not ray.is_initialized()
-    assert p.store.runs("embed")[-1]["params"]["ray"] == "local"
+    code = (
+        "import sys, json, ray\n"
+        "from labelloop import Project\n"
+        "with Project(sys.argv[1]) as p:\n"
+        "    r = p.embed('pixels', batch_size=4, ray_address='local')\n"
+        "    print(json.dumps([r.embedded, [s.where for s in r.skipped], ray.is_initialized(),\n"
+        "                      p.store.runs('embed')[-1]['params']['ray']]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT / "src"), env.get("PYTHONPATH")) if x)
+    out = subprocess.run([sys.executable, "-c", code, str(p.root)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    embedded, skipped, initialized, recorded = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert (embedded, skipped) == (5, ["5.png"])   # reported by the actor, not fatal
+    assert not initialized and recorded == "local"
