@@ -31,6 +31,7 @@ def ray_address(tmp_path_factory):
     pytest.importorskip("ray.data")   # here, not at import: the fast suite never loads Ray
     if os.environ.get("RAY_ADDRESS"):
         yield os.environ["RAY_ADDRESS"]
+        _leave_ray()
         return
     env = {**os.environ, "RAY_BIN": str(Path(sys.executable).parent / "ray"),
            "RAY_LOCAL_DIR": str(tmp_path_factory.mktemp("ray")),
@@ -40,7 +41,16 @@ def ray_address(tmp_path_factory):
     try:
         yield address
     finally:
+        _leave_ray()   # before the cluster goes: a joined driver outliving it is ended by Ray
         subprocess.run([script, "stop"], env=env, check=True)
+
+
+def _leave_ray():
+    """The embed calls keep this process joined to the cluster (labelloop.embed.cluster)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def chunk_rows(project, cache_id: str) -> int:

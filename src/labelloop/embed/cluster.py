@@ -127,6 +127,7 @@ def embed_items_ray(store: Store, backbone, items: Sequence[Item], *, address: s
     bar = tqdm(total=len(todo), desc=f"embed {report.backbone} on Ray", unit="item",
                disable=not progress, leave=False)
     batches = 0
+    batches_out = None
     try:
         logging.getLogger("ray.data").setLevel(logging.ERROR)   # no execution plans on the terminal
         ctx = ray.data.DataContext.get_current()
@@ -142,7 +143,8 @@ def embed_items_ray(store: Store, backbone, items: Sequence[Item], *, address: s
         ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"backbone": backbone}, batch_size=bs,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=cpus_per_actor)
-        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches_out = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        for out in batches_out:
             hashes = [str(h) for h in out["content_hash"]]
             ok = np.array([not e for e in out["error"]], dtype=bool)
             for h, e in zip(hashes, out["error"]):
@@ -161,7 +163,12 @@ def embed_items_ray(store: Store, backbone, items: Sequence[Item], *, address: s
     finally:
         bar.close()
         report.seconds = time.perf_counter() - start
-        if started:
+        if batches_out is not None and hasattr(batches_out, "close"):
+            batches_out.close()   # stops Ray Data's executor threads before anything below
+        # A driver joined to a cluster stays joined: ray.shutdown() while Ray Data's threads
+        # still wind down makes Ray end the whole process ("the core worker has already been
+        # shutdown"); the local Ray this call started is stopped.
+        if started and address == LOCAL:
             ray.shutdown()
     return report
 
