@@ -21,6 +21,7 @@ from ..errors import AuthError, ValidationError
 from ..store import Store
 from . import auth
 from .auth import ForbiddenError, User, has_role
+from .boxes import BoxQueue
 from .guard import HashSlots, LoginLimiter, RequestGuard
 from .queue import LabelQueue, QueueEntry, Snapshot
 from .service import Readers, Refresher, Writer
@@ -59,6 +60,7 @@ class WebContext:
         self.refresher = Refresher(self.root, strategy=strategy, enabled=refresh, debounce=debounce, n_top=n_top,
                                    writer=self.writer)
         self.queue = LabelQueue()
+        self.box_queue = BoxQueue()   # the box editor's (detection projects)
         self.secure_cookies = secure_cookies
         self._lock = threading.Lock()
         self.logins = LoginLimiter()

@@ -16,7 +16,7 @@ from .actions import MAX_GUIDELINES
 
 __all__ = ["ErrorOut", "ERROR_RESPONSES", "ItemId", "ClassName", "USER_NAME_PATTERN", "ID_LIST_PATTERN", "MAX_ITEM_ID", "LoginIn", "LabelIn", "UndoIn", "SkipIn",
            "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut", "RuleSwitchIn",
-           "NovelFindIn", "NovelClassIn"]
+           "NovelFindIn", "NovelClassIn", "BoxIn", "BoxesIn"]
 
 # the largest integer every JSON client reads exactly (JavaScript numbers are doubles); the store
 # itself allows up to 2**63 - 1 (SQLite INTEGER), far beyond any project
@@ -135,6 +135,26 @@ class NovelFindIn(_Body):
 
 class NovelClassIn(_Body):
     name: str = Field(min_length=1, max_length=200, description="the new class")
+
+
+Pixels = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6, description="image pixels")]
+
+
+class BoxIn(_Body):
+    """One box of an image as the editor saves it (image pixels, top-left origin)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    id: Annotated[int | None, Field(ge=1, le=MAX_ITEM_ID,
+                                    description="the stored box this one is (leave out for a new box)")] = None
+    x: Pixels
+    y: Pixels
+    w: Pixels
+    h: Pixels
+    class_: ClassName = Field(alias="class")
+
+
+class BoxesIn(_Body):
+    boxes: list[BoxIn] = Field(max_length=500, description="every box the image has after the edit ([] = none)")
 
 
 class GuidelinesIn(_Body):

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["ServerProcess", "digits_project", "serve_command", "topics_project", "TOPICS"]
+__all__ = ["ServerProcess", "boxes_project", "digits_project", "serve_command", "topics_project", "TOPICS"]
 
 _URL_RE = re.compile(r"at (http://\S+?)/?$")
 _ADMIN_RE = re.compile(r"^admin login: (\S+) / (\S+)")
@@ -131,6 +131,33 @@ def digits_project(path: Path, *, n: int | None = None, data_dir: Path | None = 
     truth_by_ext = {q.relative_to(data_dir).as_posix(): ds.class_names[y] for q, y in zip(paths, ds.labels)}
     truth = {it.id: truth_by_ext[it.external_id] for it in p.store.items()}
     return p, ds, truth
+
+
+def boxes_project(path: Path, *, n: int = 6, classes: tuple[str, ...] = ("cat", "dog", "car")):
+    """A detection project of ``n`` 200x150 PNG images (im0.png ...), no detector; im0 and im1
+    carry machine pre-labels with scores: im0 a cat at (20, 30, 60, 40) scored 0.9 and a dog at
+    (120, 60, 50, 50) scored 0.4, im1 a car at (10, 10, 30, 30) scored 0.7.
+    Returns (open Project, {file name: item id})."""
+    from PIL import Image
+
+    from ..project import Project
+
+    path = Path(path)
+    folder = path.parent / (path.name + "-images")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = Image.new("RGB", (200, 150), (30 + 30 * i % 200, 120, 220 - 25 * i % 200))
+        im.paste((250, 250, 250), (20 + 10 * i, 30, 80 + 10 * i, 70))   # an "object" to box
+        im.save(folder / f"im{i}.png")
+    p = Project.init(path, modality="image", task="detection", classes=list(classes))
+    p.import_(folder)
+    ids = {it.external_id: it.id for it in p.store.items()}
+    cid = p.store.class_ids()
+    pre = [("im0.png", 20, 30, 60, 40, classes[0], 0.9), ("im0.png", 120, 60, 50, 50, classes[1], 0.4),
+           ("im1.png", 10, 10, 30, 30, classes[2], 0.7)]
+    p.store.add_boxes([{"item_id": ids[f], "x": x, "y": y, "w": w, "h": h, "class_id": cid[c], "source": "machine",
+                        "score": s} for f, x, y, w, h, c, s in pre if f in ids])
+    return p, ids
 
 
 TOPICS = {   # two topics of short texts: what topics_project writes

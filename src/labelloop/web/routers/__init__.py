@@ -1,6 +1,7 @@
 """One FastAPI router per area of the web app; each page keeps its JSON twin under /api/.
 
-``auth`` (login, logout, me, schema), ``queue`` (labeling), ``media`` (images), ``review``
+``auth`` (login, logout, me, schema), ``queue`` (labeling), ``boxes`` (the box editor of
+detection projects), ``media`` (images), ``review``
 (machine labels), ``audit`` (suspected errors), ``dashboard`` (numbers, plots, export, status),
 ``users`` (admin), ``guidelines`` (labeling guidelines: all read, admins write), ``rules``
 (labeling functions and their report: reviewers read, admins switch them off and on), ``novel``
@@ -8,11 +9,11 @@
 
 from __future__ import annotations
 
-from . import audit, auth, dashboard, guidelines, media, novel, queue, review, rules, users
+from . import audit, auth, boxes, dashboard, guidelines, media, novel, queue, review, rules, users
 
 __all__ = ["ROUTERS", "all_routes"]
 
-ROUTERS = [auth.router, queue.router, media.router, review.router, audit.router, dashboard.router, users.router,
+ROUTERS = [auth.router, queue.router, boxes.router, media.router, review.router, audit.router, dashboard.router, users.router,
            guidelines.router, rules.router, novel.router]
 
 

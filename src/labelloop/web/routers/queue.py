@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...store import Store
@@ -36,6 +37,8 @@ def _remaining(ctx: WebContext, store: Store) -> int:
 
 @router.get("/queue", include_in_schema=False)
 def queue_page(p: Annotator, ctx: Ctx):
+    if ctx.readers.project().task == "detection":   # images are labeled with boxes
+        return RedirectResponse("/boxes", status_code=303)
     data = _queue_payload(ctx, p, 6, [])
     guidelines = render_markdown(ctx.readers.store().guidelines()["text"])
     return page("queue.html", title="Label", user=p.user, csrf=p.csrf or "", page_id="queue", wide=True,
