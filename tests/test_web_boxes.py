@@ -31,9 +31,13 @@ def served(tmp_path_factory, module_db):
         auth.add_user(p.store, "ann", "annotator", token=True)
         token = auth.issue_token(p.store, "ann")
         auth.add_user(p.store, "bea", "annotator", password="bea-password-1")
+        auth.add_user(p.store, "rita", "reviewer", token=True)
+        reviewer = auth.issue_token(p.store, "rita")
         p.close()
     with ServerProcess(root / "proj") as server:
-        yield Served(server.url, root / "proj", ids, {"Authorization": f"Bearer {token}"})
+        s = Served(server.url, root / "proj", ids, {"Authorization": f"Bearer {token}"})
+        s.reviewer = {"Authorization": f"Bearer {reviewer}"}
+        yield s
     assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
 
 
@@ -92,6 +96,12 @@ def test_saving_turns_the_final_list_into_append_only_rows(served):
     (added,) = [r for r in rows[2:] if r[10] is None]
     assert added[2:9] == (100.5, 10.0, 40.0, 30.0, served.class_id("dog"), "human", "ann")
     assert sorted((b["class"], b["source"]) for b in out["boxes"]) == [("car", "human"), ("dog", "human")]
+    # what the detector trains on next (Project.train_detector reads human and imported boxes)
+    from labelloop.project import Project
+
+    with Project(served.path, readonly=True) as p:
+        trained_on = sorted((b["class"], b["x"], b["y"], b["w"], b["h"]) for b in p.boxes(item, sources=("human", "import")))
+    assert trained_on == [("car", 22.0, 31.0, 58.0, 44.0), ("dog", 100.5, 10.0, 40.0, 30.0)]
     # reviewed now: no longer offered
     assert item not in [it["id"] for it in served.get("/api/boxes?n=20").json()["items"]]
 
@@ -149,6 +159,9 @@ def test_unknown_items_roles_csrf_and_other_projects(served, tmp_path):
     c = httpx.Client(base_url=served.url, timeout=30)
     login = c.post("/api/login", json={"name": "bea", "password": "bea-password-1"})
     assert login.status_code == 200, login.text
+    # images handed to ann are not handed to bea meanwhile
+    held = {it["id"] for it in served.get("/api/boxes?n=20").json()["items"]}
+    assert held and not held & {it["id"] for it in c.get("/api/boxes?n=20").json()["items"]}
     item = served.ids["im4.png"]
     assert c.post(f"/api/boxes/{item}", json={"boxes": []}).status_code == 403
     r = c.post(f"/api/boxes/{item}", json={"boxes": [{"x": 5, "y": 5, "w": 20, "h": 20, "class": "cat"}]},
@@ -158,6 +171,11 @@ def test_unknown_items_roles_csrf_and_other_projects(served, tmp_path):
     # the page and /queue, which leads to it on a detection project
     page = c.get("/queue", headers={"Accept": "text/html"}, follow_redirects=True)
     assert page.status_code == 200 and page.url.path == "/boxes" and "/static/boxes.js" in page.text
+    review = c.get("/review", headers={"Accept": "text/html"})   # an annotator may not review
+    assert review.status_code == 403
+    # a reviewer reviews pre-labels in the box editor too
+    review = httpx.get(served.url + "/review", headers={**served.reviewer, "Accept": "text/html"}, timeout=30)
+    assert review.status_code == 303 and review.headers["location"] == "/boxes"
     c.close()
     # skipping writes nothing and hides the image from this user only
     skip = served.ids["im5.png"]

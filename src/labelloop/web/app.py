@@ -5,6 +5,8 @@ Pages (server-rendered HTML, ``templates/``) and their JSON twins, one router pe
 
     /login        POST /api/login              log in (password or token) -> session cookie
     /queue        GET /api/queue, POST /api/labels, /api/undo, /api/skip, /api/classes
+    /boxes        GET /api/boxes, GET/POST /api/boxes/<item>, POST /api/boxes/<item>/skip
+                  the box editor of detection projects (/queue and /review lead there)
     /review       GET/POST /api/review         machine labels to accept or fix in bulk
     /audit        GET/POST /api/audit          suspected label errors and their neighbours
     /dashboard    GET /api/dashboard           counts, quality, plots (/plots/<name>.png)

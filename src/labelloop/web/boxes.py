@@ -11,7 +11,8 @@ with the boxes in effect and writes only the difference, each through :class:`Pr
 - a box in effect that the list leaves out: withdrawn (``edit_box(delete=True)``);
 - a box without ``id``: ``Project.add_boxes(source="human")``.
 
-Everything is checked before the first write, so a rejected list changes nothing. Which images
+Everything is checked before the first write, so a rejected list changes nothing (each row is
+then its own ``Project`` call; only this writer thread writes while the server runs). Which images
 count as reviewed: those with a human or imported box in effect, plus those saved empty while
 this server runs (the store has no row for "reviewed, nothing to box"; see ``BoxQueue``).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import time
 from collections.abc import Sequence
 
 from ..errors import NotReadyError, UnknownClassError, UnknownItemError, ValidationError
@@ -73,22 +75,45 @@ def image_json(project: Project, item_id: int, reason: str = "") -> dict:
 
 
 class BoxQueue:
-    """Which images the editor offers: not yet reviewed, in item order, minus those a user
-    skipped in this server session. An image saved with no boxes is remembered here as
+    """Which images the editor offers: not yet reviewed, minus those a user skipped in this
+    server session and those handed to another user in the last :attr:`RESERVE` seconds (so two
+    people do not box one image twice). An image saved with no boxes is remembered here as
     reviewed (in memory only: the store cannot say "reviewed, nothing to box" yet)."""
+
+    RESERVE = 600.0   # seconds an image handed out stays with its user
 
     def __init__(self):
         self._lock = threading.Lock()
         self._empty: set[int] = set()
         self._skipped: dict[str, set[int]] = {}
+        self._reserved: dict[int, tuple[str, float]] = {}   # item -> (user, until)
 
     def saved(self, item_id: int, n_boxes: int) -> None:
         with self._lock:
             (self._empty.add if n_boxes == 0 else self._empty.discard)(int(item_id))
+            self._reserved.pop(int(item_id), None)
+
+    def take(self, project: Project, user: str, n: int, exclude: set[int]) -> tuple[list[tuple[int, str]], int]:
+        """Up to ``n`` (item id, why) for ``user``, now reserved for them, and how many images
+        are not yet reviewed in all."""
+        pending = self.pending(project, user)
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for i, why in pending:
+                if len(out) >= n:
+                    break
+                held = self._reserved.get(i)
+                if i in exclude or (held is not None and held[0] != user and held[1] > now):
+                    continue
+                self._reserved[i] = (user, now + self.RESERVE)
+                out.append((i, why))
+        return out, len(pending)
 
     def skip(self, user: str, item_id: int) -> None:
         with self._lock:
             self._skipped.setdefault(user, set()).add(int(item_id))
+            self._reserved.pop(int(item_id), None)
 
     def pending(self, project: Project, user: str | None = None) -> list[tuple[int, str]]:
         """(item id, why) of the images not yet reviewed, those with machine pre-labels first
@@ -101,9 +126,6 @@ class BoxQueue:
         ids = [int(i) for i in project.store.item_ids() if int(i) not in reviewed and int(i) not in skipped]
         first = [(i, "pre-labeled: check the machine's boxes") for i in ids if i in prelabeled]
         return first + [(i, "no boxes yet") for i in ids if i not in prelabeled]
-
-    def remaining(self, project: Project) -> int:
-        return len(self.pending(project))
 
 
 # ---------------------------------------------------------------------------------- saving

@@ -21,11 +21,9 @@ ItemPath = Annotated[int, Path(ge=1, le=MAX_ITEM_ID, description="item id")]
 def _boxes_payload(ctx: WebContext, p: Principal, n: int, exclude: list[int]) -> dict:
     project = ctx.readers.project()
     require_detection(project)
-    pending = ctx.box_queue.pending(project, p.user.name)
-    skip = set(exclude)
-    chosen = [(i, why) for i, why in pending if i not in skip][:n]
+    chosen, remaining = ctx.box_queue.take(project, p.user.name, n, set(exclude))
     return {"items": [image_json(project, i, why) for i, why in chosen], "classes": project.classes,
-            "remaining": len(pending)}
+            "remaining": remaining}
 
 
 @router.get("/boxes", include_in_schema=False)

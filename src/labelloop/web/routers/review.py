@@ -86,6 +86,8 @@ def api_review(p: Reviewer, ctx: Ctx, source: Literal["machine", "predicted"] | 
 @router.get("/review", include_in_schema=False)
 def review_page(request: Request, p: Reviewer, ctx: Ctx, source: str = "", label: str = "", min_confidence: str = "",
                 max_confidence: str = "", order: str = "desc", offset: str = "0", done: str = ""):
+    if ctx.readers.project().task == "detection":   # pre-labels are reviewed box by box, in the box editor
+        return RedirectResponse("/boxes", status_code=303)
     def conf(v, what):
         if not v.strip():
             return None
