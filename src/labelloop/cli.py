@@ -82,8 +82,9 @@ def cli() -> None:
 @project_option
 @click.option("--modality", type=click.Choice(["image", "text"]), required=True)
 @click.option("--classes", default="", help="Comma-separated class names (optional; can grow later).")
-@click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
-              show_default=True, help="classification: one label per item; detection: boxes on images.")
+@click.option("--task", type=click.Choice(["classification", "multilabel", "detection"]), default="classification",
+              show_default=True, help="classification: one label per item; multilabel: each class applies or not "
+                                      "(label with `label ITEM --classes a,b`); detection: boxes on images.")
 @click.option("--db", default=None, metavar="URL",
               help="Keep the rows in this PostgreSQL database (postgresql://user@host:port/dbname, no password: "
                    "PGPASSWORD or ~/.pgpass give it; or env:VAR, a variable holding the URL) instead of an SQLite "

@@ -24,7 +24,8 @@ from .ingest import (ImportReport, Report, Skipped, check_class_names, import_im
 from .store import DATABASE_FILE, Store, is_project
 
 MODALITIES = ("image", "text")
-TASKS = ("classification", "detection")   # detection: boxes on images (labelloop.detect)
+TASKS = ("classification", "detection", "multilabel")   # detection: boxes on images (labelloop.detect);
+#                                                          multilabel: a set of classes per item (label_classes)
 DETECTORS_DIR = "detectors"              # <project>/detectors/<run id>/detector.pt, .checkpoint/
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
@@ -148,8 +149,8 @@ class Project:
 
     @property
     def task(self) -> str:
-        """``classification`` (one label per item; projects made before tasks existed) or
-        ``detection`` (boxes)."""
+        """``classification`` (one label per item; projects made before tasks existed),
+        ``multilabel`` (each class applies or not: :meth:`label_classes`) or ``detection`` (boxes)."""
         return self.store.get_meta("task", "classification")
 
     def setting(self, name: str):
@@ -462,6 +463,9 @@ class Project:
         the user gave it (``labels.csv:7 item 'cat_01.jpg'``) in every skip reason."""
         if source not in ("human", "import"):
             raise ValidationError("label source must be 'human' or 'import' (machine labels come from autolabel)")
+        if self.task == "multilabel":
+            raise ValidationError("this is a multi-label project: give each item the set of classes that apply "
+                                  "(labelloop label -p PROJECT ITEM --classes a,b; Project.label_classes)")
         report = LabelReport()
         rows: list[tuple[str, int, str]] = []
         for where, ref, name in rows_in:
@@ -761,6 +765,8 @@ class Project:
         if last is None:
             return None
         d = self.store.run_dir(last["id"])
+        if not (d / "proba.npy").exists():   # a multi-label refresh: scores.npy (multilabel_scores)
+            return None
         P = np.asarray(np.load(d / "proba.npy", mmap_mode="r"))
         ids = np.asarray(np.load(d / "item_ids.npy", mmap_mode="r"))
         names = ("label", "confidence", "margin", "entropy")
@@ -2306,6 +2312,120 @@ class Project:
         h.update(f"{self.setting('rule_trust')}".encode())
         return model, h.hexdigest()[:16]
 
+    # --------------------------------------------------------------- multi-label
+    # A multi-label project stores one decision per (item, class): 1 the class applies, 0 it
+    # does not (store ``class_decisions``, append-only; the latest row of a source is its
+    # decision). Y for the loop (labelloop.loop.multilabel) is int8 (n, C): 1 / 0 / -1 undecided.
+    def _require_multilabel(self, what: str) -> None:
+        if self.task != "multilabel":
+            raise ValidationError(
+                f"{what} is for multi-label projects; this is a {self.task} project: give each item one class "
+                "(labelloop label -p PROJECT ITEM=CLASS), or make a multi-label project with "
+                "labelloop init --task multilabel --classes a,b,c")
+
+    def _item_id(self, item: str | int) -> int:
+        """An item id from an id (int, as the web app holds them) or a reference a user wrote."""
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            if not self.store.has_item(int(item)):
+                raise UnknownItemError(f"no item with id {int(item)}")
+            return int(item)
+        return self.store.resolve_item(item)
+
+    def _decision_rows(self, item_id: int, names: Iterable[str], where: str) -> list[tuple[int, int, int]]:
+        """(item_id, class_id, value) for every project class: 1 for ``names``, 0 for the others;
+        an unknown name is a ValidationError naming it, ``where`` and the project's classes."""
+        from .errors import UnknownClassError
+
+        if isinstance(names, str):
+            raise ValidationError(f"{where}: give the classes as a list of class names ([{names!r}]), not the string {names!r}")
+        wanted = {n.strip() if isinstance(n, str) else n for n in names}
+        class_ids = self.store.class_ids()
+        if not class_ids:
+            raise ValidationError("the project has no classes yet: add them with labelloop init --classes a,b,c "
+                                  "(or Project.add_classes)")
+        unknown = sorted(str(n) for n in wanted if n not in class_ids)
+        if unknown:
+            raise UnknownClassError(f"{where}: unknown class {unknown[0]!r}; this project's classes are "
+                                    f"{', '.join(class_ids)}")
+        return [(item_id, cid, int(name in wanted)) for name, cid in class_ids.items()]
+
+    def label_classes(self, item: str | int, classes: Iterable[str], *, annotator: str | None = None,
+                      source: str = "human") -> None:
+        """A person's full decision for one item of a multi-label project: every project class
+        gets a row, 1 for ``classes`` (the ones that apply; empty: none does), 0 for the others.
+        An unknown item or class name is a ValidationError and nothing is written."""
+        self._require_multilabel("label_classes")
+        if source not in ("human", "import"):
+            raise ValidationError("label source must be 'human' or 'import' (machine decisions come from autolabel)")
+        item_id = self._item_id(item)
+        rows = self._decision_rows(item_id, classes, f"item {item!r}")
+        self.store.add_class_decisions(rows, source=source, annotator=annotator)
+
+    def class_decisions(self, items: Iterable[str | int] | None = None, *,
+                        sources: Sequence[str] = ("human",)) -> dict[int, dict[str, int]]:
+        """item id -> {class name: 1 applies / 0 does not} of the decisions in effect (each
+        source's latest per item and class); with several ``sources`` the earlier one wins
+        for an (item, class). ``items``: only those (ids or references)."""
+        unknown = [s for s in sources if s not in LABEL_SOURCES]
+        if unknown:
+            raise ValidationError(f"sources must be among {', '.join(LABEL_SOURCES)}, not {unknown[0]!r}")
+        ids = None if items is None else [self._item_id(i) for i in items]
+        name_of = {v: k for k, v in self.store.class_ids().items()}
+        rank = {s: r for r, s in enumerate(sources)}
+        best: dict[tuple[int, int], tuple[int, int]] = {}   # (item, class) -> (rank, value)
+        for item, cid, value, source, _ in self.store.class_decisions(sources=sources, item_ids=ids):
+            if (item, cid) not in best or rank[source] < best[item, cid][0]:
+                best[item, cid] = (rank[source], value)
+        out: dict[int, dict[str, int]] = {}
+        for (item, cid), (_, value) in sorted(best.items()):
+            out.setdefault(item, {})[name_of[cid]] = value
+        return out
+
+    def class_scores(self, item_ids: Iterable[int]) -> dict[int, dict[str, float]]:
+        """item id -> {class name: calibrated P(the class applies)} of the last refresh of a
+        multi-label project, for the given items it scored (empty before the first refresh)."""
+        scores = self.multilabel_scores()
+        if scores is None:
+            return {}
+        row = scores.row_of()
+        out = {}
+        for i in item_ids:
+            r = row.get(int(i))
+            if r is not None:
+                out[int(i)] = {c: float(v) for c, v in zip(scores.classes, scores.scores[r])}
+        return out
+
+    def multilabel_scores(self) -> "MultiLabelScores | None":
+        """The last multi-label refresh's per-class scores (its run folder's ``scores.npy``,
+        ``item_ids.npy``, ``reached.npy``), read once per process (:data:`MEMO`); None before one."""
+        last = self.store.last_run_id("refresh")
+        if last is None:
+            return None
+        return MEMO.get(self.root, "multilabel_scores", last, lambda: self._load_multilabel_scores(last))
+
+    def _load_multilabel_scores(self, run_id: int) -> "MultiLabelScores | None":
+        run = self.store.run(run_id)
+        d = self.store.run_dir(run_id)
+        if run is None or not (d / "scores.npy").exists():
+            return None
+        load = lambda name: np.asarray(np.load(d / f"{name}.npy", mmap_mode="r"))  # noqa: E731
+        return _frozen(MultiLabelScores(run_id, load("item_ids"), load("scores"), load("reached"),
+                                        list(run["summary"].get("classes", []))))
+
+
+@dataclass
+class MultiLabelScores:
+    """A multi-label refresh: row r of every array is item ``item_ids[r]``."""
+
+    run_id: int
+    item_ids: np.ndarray     # (n,)
+    scores: np.ndarray       # (n, C) float32 calibrated P(class applies), columns = ``classes``
+    reached: np.ndarray      # (n,) bool: a decided item is in its graph component
+    classes: list[str]
+
+    def row_of(self) -> dict[int, int]:
+        return {int(i): r for r, i in enumerate(self.item_ids)}
+
 
 class Memo:
     """The last values of each (project folder, what) computed in this process, with the key
@@ -2356,7 +2476,7 @@ MEMO = Memo()
 def _frozen(value):
     """``value`` with its numpy arrays (in a tuple or a :class:`Predictions`) made read-only:
     memoised values are shared, so a caller that wants to change one must copy it."""
-    arrays = value.__dict__.values() if isinstance(value, Predictions) else \
+    arrays = value.__dict__.values() if isinstance(value, (Predictions, MultiLabelScores)) else \
         (value if isinstance(value, tuple) else ())
     for a in arrays:
         if isinstance(a, np.ndarray):
