@@ -1113,6 +1113,13 @@ class Store:
         return self.conn.execute("SELECT 1 FROM boxes WHERE replaces = ? LIMIT 1", (int(box_id),)).fetchone() is not None
 
 
+def full_decision(item_id: int, applies: Iterable[str], class_ids: dict[str, int]) -> list[tuple[int, int, int]]:
+    """A full multi-label decision for one item: (item_id, class_id, value) for every class of
+    ``class_ids`` (name -> id), 1 for the names in ``applies``, 0 for the others."""
+    applies = set(applies)
+    return [(int(item_id), cid, int(name in applies)) for name, cid in class_ids.items()]
+
+
 def validate_class_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError(f"class name must be a non-empty string, got {name!r}")
