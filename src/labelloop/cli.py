@@ -82,8 +82,9 @@ def cli() -> None:
 @project_option
 @click.option("--modality", type=click.Choice(["image", "text"]), required=True)
 @click.option("--classes", default="", help="Comma-separated class names (optional; can grow later).")
-@click.option("--task", type=click.Choice(["classification", "detection"]), default="classification",
-              show_default=True, help="classification: one label per item; detection: boxes on images.")
+@click.option("--task", type=click.Choice(["classification", "multilabel", "detection"]), default="classification",
+              show_default=True, help="classification: one label per item; multilabel: each class applies or not "
+                                      "(label with `label ITEM --classes a,b`); detection: boxes on images.")
 @click.option("--db", default=None, metavar="URL",
               help="Keep the rows in this PostgreSQL database (postgresql://user@host:port/dbname, no password: "
                    "PGPASSWORD or ~/.pgpass give it; or env:VAR, a variable holding the URL) instead of an SQLite "
@@ -117,7 +118,10 @@ def init(project: Path, modality: str, classes: str, task: str, db: str | None) 
 @click.option("--voc", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Detection projects: a folder of Pascal VOC .xml files for the images under SOURCE.")
 @click.option("--text-column", default="text", show_default=True, help="Texts: column / field with the text.")
-@click.option("--label-column", default=None, help="Texts: column with existing (possibly noisy) labels.")
+@click.option("--label-column", default=None,
+              help="Texts: column with existing (possibly noisy) labels. A multi-label project reads each cell as "
+                   "the set of classes that apply: a|b, or a JSON list [\"a\", \"b\"] (a JSONL list too); [] = none "
+                   "applies; an empty cell = no decision.")
 @click.option("--id-column", default=None, help="Texts: column with your item ids (default: 'id' if present).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Table format (default: by extension).")
 @click.option("--encoding", default=None, help="Texts: the file's encoding, e.g. latin-1 or cp1252 (default utf-8).")
@@ -243,6 +247,11 @@ def refresh(project, full, as_json):
         s = p.refresh(full=full)
     if as_json:
         _echo_json(s)
+    elif s.get("task") == "multilabel":
+        click.echo(f"refreshed {s['items']} items x {len(s['classes'])} classes from {s['decided_items']} decided "
+                   f"items ({s['seconds']:.2f} s); {s['applies_predicted']} undecided (item, class) pairs scored "
+                   "as applying" + (f"; {s['unreached']} items unreached" if s['unreached'] else "")
+                   + (f"; {s['changed']} pairs changed side" if s.get('changed') is not None else ""))
     else:
         click.echo(f"refreshed {s['items']} items from {s['labeled']} labels "
                    f"({'warm start' if s['warm'] else 'full'}, {s['seconds']:.2f} s); "
@@ -260,11 +269,20 @@ def refresh(project, full, as_json):
 @click.option("--annotator", default=None, envvar="LABELLOOP_ANNOTATOR", help="Who labeled (env LABELLOOP_ANNOTATOR).")
 @click.option("--new-classes", is_flag=True,
               help="Create classes that do not exist yet (a project without classes gets them from its first labels).")
+@click.option("--classes", "class_set", default=None, metavar="A,B",
+              help="Multi-label projects: the classes that apply to each ITEM given, comma-separated; every other "
+                   "class is recorded as not applying ('' = none applies). --csv then takes columns item,labels "
+                   "(a|b or a JSON list).")
 @json_option
-def label(project, assignments, csv_path, source, annotator, new_classes, as_json):
-    """Add labels: ITEM=LABEL ... or --csv file. Exit code 1 if any row was skipped."""
+def label(project, assignments, csv_path, source, annotator, new_classes, class_set, as_json):
+    """Add labels: ITEM=LABEL ... or --csv file. A multi-label project: ITEM ... --classes a,b
+    (each item's full decision). Exit code 1 if any row was skipped."""
     from .errors import ValidationError
 
+    with _open(project) as p:
+        if class_set is not None or p.task == "multilabel":
+            _label_classes(p, assignments, class_set, csv_path, source, annotator, as_json)
+            return
     pairs = []
     for a in assignments:
         if "=" not in a:
@@ -291,6 +309,34 @@ def label(project, assignments, csv_path, source, annotator, new_classes, as_jso
     sys.exit(0 if report.ok else EXIT_SKIPPED)
 
 
+def _label_classes(p, items, class_set, csv_path, source, annotator, as_json) -> None:
+    """`label` on a multi-label project: ITEM ... --classes a,b and / or --csv item,labels."""
+    from .errors import ValidationError
+    from .project import LabelReport
+
+    p._require_multilabel("label --classes")
+    if any("=" in i for i in items) or (items and class_set is None):
+        raise ValidationError("a multi-label project takes each item's set of classes: "
+                              "labelloop label -p PROJECT ITEM [ITEM ...] --classes a,b ('' = none applies)")
+    if not items and csv_path is None:
+        raise ValidationError("give ITEM ... --classes a,b, or --csv FILE with columns item,labels")
+    names = [c.strip() for c in (class_set or "").split(",") if c.strip()]
+    report = LabelReport()
+    if items:
+        report.appended = p.label_many_classes([(i, names) for i in items], annotator=annotator, source=source)
+    if csv_path is not None:
+        r2 = p.label_classes_csv(csv_path, annotator=annotator, source=source)
+        report.appended += r2.appended
+        report.skipped += r2.skipped
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(f"{report.appended} items decided ({source})"
+                   + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
+        _print_skipped(report.skipped)
+    sys.exit(0 if report.ok else EXIT_SKIPPED)
+
+
 batch_option = click.option("--batch", default=None,
                             help="Only the items of this batch (`import --batch`; 'unbatched': imported without one).")
 
@@ -309,6 +355,9 @@ def status(project, batch, as_json):
         s = p.status(batch=batch)
     if as_json:
         _echo_json(s)
+        return
+    if s.get("task") == "multilabel":
+        _echo_multilabel_status(s, batch)
         return
     lab = s["labeled"]
     click.echo(f"project   {s['project']} ({s['modality']})" + (f", batch {batch}" if batch else ""))
@@ -337,6 +386,46 @@ def status(project, batch, as_json):
         _echo_drift(s["drift"])
     if s.get("next_step"):
         click.echo(f"next      {s['next_step']}")
+
+
+def _echo_multilabel_status(s: dict, batch: str | None) -> None:
+    lab = s["labeled"]
+    click.echo(f"project   {s['project']} ({s['modality']}, multi-label)" + (f", batch {batch}" if batch else ""))
+    click.echo(f"items     {s['items']}  embedded by {s['active_backbone'] or '(nothing yet)'}")
+    click.echo(f"decided   items with decisions by human {lab['human']}, import {lab['import']}, "
+               f"machine {lab['machine']}")
+    click.echo(f"scored    {s['predicted']}" + (f" (unreached {s['unreached']})" if s.get("unreached") else ""))
+    if s["per_class"]:
+        width = max(len(c) for c in s["per_class"])
+        click.echo(f"{'class':<{width}}  applies by: human  import  machine  predicted   undecided")
+        for name, n in s["per_class"].items():
+            click.echo(f"{name:<{width}}              {n['human']:>5}  {n['import']:>6}  {n['machine']:>7}  "
+                       f"{n['predicted']:>9}   {n['undecided']:>9}")
+    for bar in s.get("bars") or []:
+        click.echo(f"bar       {_bar_line(bar)}")
+    if s.get("next_step"):
+        click.echo(f"next      {s['next_step']}")
+
+
+def _bar_line(bar: dict) -> str:
+    """One class's auto-label bars (multi-label autolabel / status); where a side has none, the
+    reason, which names the class and how many more labeled items it needs."""
+    parts = []
+    if bar.get("upper") is not None:
+        parts.append(f"applies at score >= {bar['upper']:.3f}")
+        if bar.get("precision_estimate") is not None:
+            parts[-1] += (f" (precision {bar['precision_estimate']:.3f}, lower bound "
+                          f"{bar.get('precision_lower_bound') or 0:.3f})")
+    if bar.get("lower") is not None:
+        parts.append(f"does not apply at score <= {bar['lower']:.3f}")
+    if parts:
+        parts[0] = f"{bar['class']}: {parts[0]}"
+        parts.append(f"{bar.get('checked', 0)} held-out decisions")
+        if bar.get("accepted") is not None:
+            parts.append(f"{bar['accepted']} machine decisions")
+    if bar.get("upper") is None or bar.get("lower") is None:
+        parts.append(bar.get("reason") or f"{bar['class']}: no bar yet")
+    return "; ".join(parts)
 
 
 def _echo_drift(rows: list[dict]) -> None:
@@ -404,6 +493,11 @@ def next_cmd(project, n, strategy, seed, batch, as_json):
             return
         shown = p.snippets([r["item"] for r in rows], width=50)
     for r in rows:
+        if "undecided" in r:   # a multi-label project: the classes it would say apply, and how sure
+            guess = ("-" if r["scores"] is None else
+                     ",".join(f"{c} {r['scores'][c]:.2f}" for c in r["guess"]) or "none applies")
+            click.echo(f"{r['item']:>7}  {shown[r['item']]:<50}  guess {guess:<30}  {r['reason']}")
+            continue
         guess = f"{r['guess']} ({r['confidence']:.2f})" if r["guess"] is not None else "-"
         click.echo(f"{r['item']:>7}  {shown[r['item']]:<50}  guess {guess:<20}  {r['reason']}")
 
@@ -423,6 +517,15 @@ def autolabel(project, target_precision, global_threshold, as_json):
         s = p.autolabel(target_precision=target_precision, per_class=not global_threshold)
     if as_json:
         _echo_json(s)
+        return
+    if s.get("task") == "multilabel":
+        click.echo(f"accepted {s['accepted']} machine decisions on (item, class) pairs ({s['new_or_changed']} new or "
+                   f"changed, {s['withdrawn']} withdrawn); {s['needs_person']} items still have undecided classes")
+        for bar in s["classes"]:
+            click.echo(f"  {_bar_line(bar)}")
+        if s.get("suggest"):
+            click.echo(f"next: {s['suggest']}   (label those items, then run `labelloop refresh` and "
+                       "`labelloop autolabel` again)")
         return
     click.echo(f"accepted {s['accepted']} machine labels ({100 * s['coverage']:.1f}% of items; "
                f"{s['new_or_changed']} new or changed, {s['withdrawn']} withdrawn); "
@@ -453,6 +556,14 @@ def audit(project, top, classifier, as_json):
             _echo_json(r)
             return
         shown = p.snippets([i["item"] for i in r["issues"]], width=40)
+    if r.get("task") == "multilabel":
+        click.echo(f"{r['flagged']} of {r['decisions']} class decisions flagged (estimated noise rate "
+                   f"{100 * r['estimated_noise_rate']:.1f}%)")
+        for i in r["issues"]:
+            said = "applies" if i["given"] else "does not apply"
+            click.echo(f"{i['item']:>7}  {shown[i['item']]:<40}  {i['class']}: {i['source']} said {said}; "
+                       f"P(wrong) {i['score']:.3f}, scored P(applies) {i['p_applies']:.3f}")
+        return
     click.echo(f"{r['flagged']} labels flagged (estimated noise rate {100 * r['estimated_noise_rate']:.1f}%); "
                f"{r['confirmed_skipped']} confirmed earlier and not shown")
     for i in r["issues"]:
@@ -635,7 +746,10 @@ def simulate(dataset, strategies, budget, step, seeds, backbone, n_items, baseli
                    "labels as annotations, the rest as predictions with their confidence. imagefolder (images): "
                    "a new folder class/file of the labeled images. hf: a new Hugging Face datasets folder "
                    "(save_to_disk) with a ClassLabel column. Detection projects: coco, labelstudio, yolo, voc "
-                   "(people's and imported boxes as annotations, prelabel's boxes as predictions with scores).")
+                   "(people's and imported boxes as annotations, prelabel's boxes as predictions with scores). "
+                   "Multi-label projects: csv / jsonl with the classes that apply per item (csv: a|b, [] = none "
+                   "applies; jsonl also each class's decision and source, and the scores), hf with a "
+                   "List(ClassLabel) 'labels' column, labelstudio with choice=\"multiple\", coco (images).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="A file (csv, jsonl, coco, labelstudio) or a folder that does not exist yet (imagefolder, hf, "
                    "yolo, voc).")
@@ -645,7 +759,8 @@ def simulate(dataset, strategies, budget, step, seeds, backbone, n_items, baseli
 def export(project, fmt, out, image_url_prefix, batch):
     """Write the current labels (of one batch with --batch): a person's, else an import's, else
     an accepted machine label; csv / jsonl also the predictions of the other items and each
-    item's batch. A detection project writes its boxes (coco, labelstudio, yolo, voc)."""
+    item's batch. A detection project writes its boxes (coco, labelstudio, yolo, voc); a
+    multi-label project each item's set of classes, per class by the same precedence."""
     with _open(project) as p:
         if fmt in ("csv", "jsonl"):
             click.echo(f"wrote {p.export(out, format=fmt, batch=batch)}")

@@ -34,6 +34,23 @@ Weak-feature cases come from the baseline backbones on the same sets (``pixels``
 Fashion-MNIST, ``tfidf`` on the texts); see ``benchmarks/robustness_data.py`` for the suite.
 
 ``n`` takes a stratified random subset: every class keeps its share (largest remainder).
+
+Multi-label sets (an item carries a set of classes) load through :func:`load_multilabel_dataset`:
+
+==============================  ================================================================
+``wordnet-nouns-multilabel``    **Real** labels: every WordNet 3.0 noun lemma with at least two
+                                senses (Debian ``wordnet-base``), the text is the lemma alone
+                                (``"bank"``, ``"3-d"``; underscores as spaces), labeled with the set
+                                of lexicographer files (supersenses) its senses fall in: 15,934
+                                items, **24 classes** (Tops and motive, under 60 lemmas each,
+                                left out, and the one lemma with no other sense), 1-15 classes per
+                                item (mean 1.98; 5,193 have one), class sizes 244 (relation) to
+                                3,761 (artifact).
+                                The text names no class: which supersenses a bare word has is
+                                what the embedding has to carry.
+==============================  ================================================================
+
+``n`` there takes a plain seeded random subset of the items.
 """
 
 from __future__ import annotations
@@ -58,6 +75,10 @@ __all__ = [
     "stratified_subset",
     "FASHION_MNIST_DIR",
     "WORDNET_DIR",
+    "MultiLabelDataset",
+    "load_multilabel_dataset",
+    "available_multilabel_datasets",
+    "read_wordnet_noun_senses",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -295,6 +316,99 @@ def _wordnet_nouns(sub: tuple[int, int] | None) -> Dataset:
     texts, y = read_wordnet_nouns(path)
     idx = np.arange(len(y)) if sub is None else stratified_subset(y, sub[0], seed=sub[1])
     return Dataset("wordnet-nouns", "text", [texts[i] for i in idx], y[idx], list(WORDNET_NOUN_CLASSES))
+
+
+# ---------------------------------------------------------------------------- multi-label
+@dataclass
+class MultiLabelDataset:
+    """Items with their true label sets: ``labels[i, c]`` is 1 when class c applies to item i."""
+
+    name: str
+    modality: str          # "image" | "text"
+    items: list
+    labels: np.ndarray     # (n, C) int8 of 0 / 1
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+#: supersenses with fewer than this many polysemous lemmas are left out of the multi-label set
+#: (Tops 53, motive 28: too few for 20 labeled positives per class)
+WORDNET_MULTILABEL_MIN_CLASS = 100
+
+
+def read_wordnet_noun_senses(index_path: Path, data_path: Path) -> tuple[list[str], list[list[int]]]:
+    """Noun lemmas with at least two senses and the supersenses (index into
+    ``WORDNET_NOUN_CLASSES``) of those senses, from WordNet's ``index.noun`` and ``data.noun``.
+
+    An index line (wndb(5WN)) is ``lemma pos synset_cnt p_cnt [ptr_symbol...] sense_cnt
+    tagsense_cnt synset_offset...`` with ``synset_cnt`` offsets at its end; a data line starts
+    ``offset lex_filenum``; lines starting with two spaces are the licence."""
+    lexfile: dict[str, int] = {}
+    with open(data_path, encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("  ") and line.strip():
+                off, lex = line.split(None, 2)[:2]
+                lexfile[off] = int(lex) - WORDNET_FIRST_NOUN_LEXFILE
+    texts: list[str] = []
+    senses: list[list[int]] = []
+    with open(index_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.startswith("  ") or not line.strip():
+                continue
+            fields = line.split()
+            try:
+                cnt = int(fields[2])
+                classes = sorted({lexfile[o] for o in fields[len(fields) - cnt:]})
+            except (IndexError, ValueError, KeyError) as exc:
+                raise ValidationError(f"{index_path}:{lineno}: not a WordNet index line ({exc!r})") from exc
+            if cnt >= 2:
+                texts.append(fields[0].replace("_", " "))
+                senses.append(classes)
+    return texts, senses
+
+
+def _wordnet_nouns_multilabel(sub: tuple[int, int] | None) -> MultiLabelDataset:
+    index_path, data_path = WORDNET_DIR / "index.noun", WORDNET_DIR / "data.noun"
+    if not index_path.exists() or not data_path.exists():
+        raise MissingDependencyError(
+            f"WordNet is not installed (no {index_path}); install it with: sudo apt-get install -y wordnet-base")
+    texts, senses = read_wordnet_noun_senses(index_path, data_path)
+    full = np.zeros((len(texts), len(WORDNET_NOUN_CLASSES)), np.int8)  # (n, 26)
+    for i, cs in enumerate(senses):
+        full[i, cs] = 1
+    keep = np.flatnonzero(full.sum(axis=0) >= WORDNET_MULTILABEL_MIN_CLASS)  # (24,) classes kept
+    labels = full[:, keep]
+    has = np.flatnonzero(labels.any(axis=1))  # one lemma had only Tops / motive senses: dropped
+    texts, labels = [texts[i] for i in has], labels[has]
+    idx = np.arange(len(texts))
+    if sub is not None:
+        if not 1 <= sub[0] <= len(texts):
+            raise ValidationError(f"n must be between 1 and {len(texts)} (the dataset's size), got {sub[0]}")
+        idx = np.sort(np.random.default_rng(sub[1]).choice(len(texts), sub[0], replace=False))
+    return MultiLabelDataset("wordnet-nouns-multilabel", "text", [texts[i] for i in idx], labels[idx],
+                             [WORDNET_NOUN_CLASSES[c] for c in keep])
+
+
+_MULTILABEL_LOADERS = {
+    "wordnet-nouns-multilabel": _wordnet_nouns_multilabel,
+}
+
+
+def available_multilabel_datasets() -> list[str]:
+    """Names :func:`load_multilabel_dataset` knows."""
+    return sorted(_MULTILABEL_LOADERS)
+
+
+def load_multilabel_dataset(name: str, *, n: int | None = None, seed: int = 0) -> MultiLabelDataset:
+    """Load a bundled multi-label dataset; ``n`` keeps a seeded random subset of that many items."""
+    if name not in _MULTILABEL_LOADERS:
+        raise ValidationError(f"unknown multi-label dataset {name!r}; available: "
+                              f"{', '.join(available_multilabel_datasets())}")
+    if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
+        raise ValidationError(f"n must be a positive integer or None, got {n!r}")
+    return _MULTILABEL_LOADERS[name](None if n is None else (int(n), seed))
 
 
 _LOADERS = {

@@ -22,7 +22,7 @@ from .errors import ValidationError
 from .formats.imagefolder import IMAGE_EXTENSIONS
 from .formats.match import match_paths
 from .formats.model import Collection
-from .store import Store, validate_class_name
+from .store import Store, full_decision, validate_class_name
 TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 MAX_IMAGE_PIXELS = 200_000_000  # Pillow refuses larger as a decompression bomb
 
@@ -111,9 +111,9 @@ def _check_image(data: bytes) -> str | None:
     return None
 
 
-def _apply(store: Store, report: ImportReport, rows: list[dict]) -> None:
+def _apply(store: Store, report: ImportReport, rows: list[dict], *, multilabel: bool = False) -> None:
     """Store new items and their import labels. rows: dicts with content_hash, modality,
-    external_id, uri, text, label (or None), where."""
+    external_id, uri, text, label (or None; ``multilabel``: the list of classes that apply), where."""
     existing = store.existing_hashes(r["content_hash"] for r in rows)
     new_rows = [r for r in rows if r["content_hash"] not in existing]
     ids = store.add_items(new_rows)
@@ -123,6 +123,10 @@ def _apply(store: Store, report: ImportReport, rows: list[dict]) -> None:
     for r, i in zip(new_rows, ids):
         if i is not None:
             item_of[r["content_hash"]] = i
+    if multilabel:
+        _apply_decisions(store, report, [(item_of[r["content_hash"]], r["label"]) for r in rows
+                                         if r.get("label") is not None])
+        return
     labels = [(item_of[r["content_hash"]], r["label"]) for r in rows if r.get("label")]
     if not labels:
         return
@@ -134,12 +138,61 @@ def _apply(store: Store, report: ImportReport, rows: list[dict]) -> None:
     report.labeled += len(new)
 
 
+def _apply_decisions(store: Store, report: ImportReport, labels: list[tuple[int, list[str]]]) -> None:
+    """A multi-label import: each item's list of classes is its full import decision (1 for
+    those, 0 for every other class); an item whose import decision is unchanged gets no rows."""
+    if not labels:
+        return
+    report.classes_added += store.add_classes(sorted({n for _, names in labels for n in names}))
+    class_ids = store.class_ids()
+    current: dict[int, dict[int, int]] = {}
+    for i, k, v, _, _ in store.class_decisions(sources=("import",), item_ids=[i for i, _ in labels]):
+        current.setdefault(i, {})[k] = v
+    rows, n = [], 0
+    for i, names in labels:
+        decision = full_decision(i, names, class_ids)
+        if {k: v for _, k, v in decision} != current.get(i):
+            rows += decision
+            n += 1
+    store.add_class_decisions(rows, source="import", annotator="import")
+    report.labeled += n
+
+
+def parse_label_set(value, where: str) -> tuple[list[str] | None, str | None]:
+    """(classes, None) of a multi-label cell -- ``a|b``, a JSON list (``["a", "b"]``; ``[]``: none
+    applies) or a JSONL list -- or (None, None) for an empty cell (no decision), or (None, why)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            return None, f"labels {value!r} are not a JSON list ({exc.msg}); write a|b or [\"a\", \"b\"]"
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            return None, f"labels {value!r} must be class names (strings)"
+        names = value
+    elif isinstance(value, str):
+        names = value.split("|")
+    else:
+        return None, f"labels {value!r} must be a|b or a list of class names"
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    for n in names:
+        try:
+            validate_class_name(n)
+        except ValidationError as exc:
+            return None, str(exc)
+    return names, None
+
+
 def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool = False,
-                  annotations: Collection | None = None, annotations_name: str = "") -> ImportReport:
+                  annotations: Collection | None = None, annotations_name: str = "",
+                  multilabel: bool = False) -> ImportReport:
     """Import every image under ``folder`` (recursively). With ``labels_from_folders`` the
     first-level subfolder an image lies in is its (import) label; with ``annotations`` (read
     from the file ``annotations_name`` by :mod:`labelloop.formats`) a record's one class is the
-    (import) label of the image it names (:func:`labelloop.formats.match_paths`)."""
+    (import) label of the image it names (:func:`labelloop.formats.match_paths`); ``multilabel``:
+    its classes are the image's import decision (a folder: that one class applies)."""
     if labels_from_folders and annotations is not None:
         raise ValidationError("give one source of labels: --labels-from-folders or an annotation file")
     root = Path(folder).expanduser()
@@ -152,7 +205,8 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
         if not files:
             raise ValidationError(f"{root} has no files: give a folder of images")
     report = ImportReport(source=str(root))
-    label_of = _annotation_labels(annotations, annotations_name, files, root, report) if annotations else {}
+    label_of = _annotation_labels(annotations, annotations_name, files, root, report,
+                                  multilabel) if annotations else {}
     seen_hash: dict[str, str] = {}
     known_ext = store.existing_external_ids(p.relative_to(root).as_posix() for p in files)
     rows: list[dict] = []
@@ -183,6 +237,7 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
         if labels_from_folders:
             parts = rel.split("/")
             label = parts[0] if len(parts) > 1 else None
+            label = [label] if multilabel and label is not None else label
         rows.append(dict(content_hash=h, modality="image", external_id=rel,
                          uri=str(path.resolve()), text=None, label=label, where=rel))
     # an external id already used by other content: the file changed on disk since import
@@ -205,12 +260,12 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
         elif flat:
             report.warnings.append(
                 f"{flat} images lie directly in {root}, not in a class subfolder: imported without a label")
-    _apply(store, report, kept)
+    _apply(store, report, kept, multilabel=multilabel)
     return report
 
 
 def _annotation_labels(coll: Collection, name: str, files: list[Path], root: Path,
-                       report: ImportReport) -> dict[str, str]:
+                       report: ImportReport, multilabel: bool = False) -> dict[str, str | list[str]]:
     """relative path -> class of the image records that name one file under ``root``; what
     cannot become a label is in ``report`` (skipped records, warnings, notes)."""
     texts = sum(r.path is None for r in coll.records)
@@ -223,15 +278,19 @@ def _annotation_labels(coll: Collection, name: str, files: list[Path], root: Pat
         report.skipped.append(Skipped(f"{name}: {rec.name}", why))
     out: dict[str, str] = {}
     for rel, rec in matched.items():
-        label = _one_label(rec, f"{name}: {rec.name}", report, "image")
+        label = _one_label(rec, f"{name}: {rec.name}", report, "image", multilabel)
         if label:
             out[rel] = label
     _say_what_was_not_taken(coll, name, report)
     return out
 
 
-def _one_label(rec, where: str, report: ImportReport, what: str) -> str | None:
-    """The record's class, or None; several classes are reported (the item comes without one)."""
+def _one_label(rec, where: str, report: ImportReport, what: str,
+               multilabel: bool = False) -> str | list[str] | None:
+    """The record's class, or None; several classes are reported (the item comes without one).
+    ``multilabel``: the record's classes (None without any: a file cannot say "none applies")."""
+    if multilabel:
+        return list(rec.labels) or None
     if len(rec.labels) > 1:
         report.skipped.append(Skipped(where, f"{len(rec.labels)} classes ({', '.join(rec.labels)}); this project "
                                              f"labels one class per item: the {what} was imported without one"))
@@ -263,9 +322,9 @@ def _say_what_was_not_taken(coll: Collection, name: str, report: ImportReport) -
                             "guesses; labelloop makes its own): only annotations become import labels")
 
 
-def import_texts(store: Store, coll: Collection, *, name: str) -> ImportReport:
+def import_texts(store: Store, coll: Collection, *, name: str, multilabel: bool = False) -> ImportReport:
     """Import the text records of a collection (read from the file ``name``), their one class
-    as an (import) label; the record's ``meta`` is the item's metadata."""
+    (``multilabel``: their classes) as an (import) label; the record's ``meta`` is the item's metadata."""
     images = sum(r.text is None for r in coll.records)
     if images:
         raise ValidationError(f"{name} holds {images} image tasks; this is a text project: import them into an "
@@ -283,13 +342,13 @@ def import_texts(store: Store, coll: Collection, *, name: str) -> ImportReport:
             report.skipped.append(Skipped(where, f"same text as task {seen[h]} (duplicate)"))
             continue
         seen[h] = n
-        label = _one_label(r, where, report, "text")
+        label = _one_label(r, where, report, "text", multilabel)
         rows.append(dict(content_hash=h, modality="text", external_id=None, uri=None, text=text,
                          label=label, where=where, meta=r.meta))
     if not coll.records:
         raise ValidationError(f"{name} has no tasks: nothing to import")
     _say_what_was_not_taken(coll, name, report)
-    _apply(store, report, rows)
+    _apply(store, report, rows, multilabel=multilabel)
     return report
 
 
@@ -389,8 +448,9 @@ def _is_utf8(data: bytes) -> bool:
 
 def import_table(store: Store, path: str | Path, *, text_column: str = "text",
                  label_column: str | None = None, id_column: str | None = None,
-                 fmt: str | None = None, encoding: str = "utf-8") -> ImportReport:
-    """Import texts from a CSV / TSV or JSONL file, optionally with (import) labels and ids.
+                 fmt: str | None = None, encoding: str = "utf-8", multilabel: bool = False) -> ImportReport:
+    """Import texts from a CSV / TSV or JSONL file, optionally with (import) labels and ids
+    (``multilabel``: a label cell is a set of classes, :func:`parse_label_set`).
     The other columns are kept as the item's metadata (``meta`` in the store; re-importing
     the same text keeps the first metadata). ``encoding``: the file's text encoding (a UTF-8 byte-order mark is skipped)."""
     path = Path(path).expanduser()
@@ -444,9 +504,15 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
             report.skipped.append(Skipped(where, "empty text"))
             continue
         label = rec.get(label_column) if label_column else None
-        if label is not None and not isinstance(label, str):
-            label = str(label)
-        label = label.strip() if label else None
+        if multilabel:
+            label, why = parse_label_set(label, where)
+            if why:
+                report.skipped.append(Skipped(where, why))
+                continue
+        else:
+            if label is not None and not isinstance(label, str):
+                label = str(label)
+            label = label.strip() if label else None
         ext = None
         if id_column:
             ext = rec.get(id_column)
@@ -481,5 +547,5 @@ def import_table(store: Store, path: str | Path, *, text_column: str = "text",
                 r["where"], f"duplicate id {ext!r}: the project already has a different text with this id"))
         else:
             kept.append(r)
-    _apply(store, report, kept)
+    _apply(store, report, kept, multilabel=multilabel)
     return report

@@ -21,10 +21,11 @@ from . import config
 from .errors import NotReadyError, ProjectError, UnknownItemError, ValidationError
 from .ingest import (ImportReport, Report, Skipped, check_class_names, import_images, import_table,
                      import_texts)
-from .store import DATABASE_FILE, Store, is_project
+from .store import DATABASE_FILE, Store, full_decision, is_project
 
 MODALITIES = ("image", "text")
-TASKS = ("classification", "detection")   # detection: boxes on images (labelloop.detect)
+TASKS = ("classification", "detection", "multilabel")   # detection: boxes on images (labelloop.detect);
+#                                                          multilabel: a set of classes per item (label_classes)
 DETECTORS_DIR = "detectors"              # <project>/detectors/<run id>/detector.pt, .checkpoint/
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
@@ -148,8 +149,8 @@ class Project:
 
     @property
     def task(self) -> str:
-        """``classification`` (one label per item; projects made before tasks existed) or
-        ``detection`` (boxes)."""
+        """``classification`` (one label per item; projects made before tasks existed),
+        ``multilabel`` (each class applies or not: :meth:`label_classes`) or ``detection`` (boxes)."""
         return self.store.get_meta("task", "classification")
 
     def setting(self, name: str):
@@ -200,6 +201,7 @@ class Project:
                       annotation_format=annotation_format if annotations is not None else None, batch=batch)
         run = self.store.start_run("import", params)
         try:
+            multilabel = self.task == "multilabel"
             with self.store.new_items_batch(batch):
                 if self.task == "detection":
                     report = import_images(self.store, source)
@@ -207,12 +209,14 @@ class Project:
                         self._import_boxes(coll, source, Path(annotations).name, report, run)
                 elif self.modality == "image":
                     report = import_images(self.store, source, labels_from_folders=labels_from_folders,
-                                           annotations=coll, annotations_name=Path(annotations or "").name)
+                                           annotations=coll, annotations_name=Path(annotations or "").name,
+                                           multilabel=multilabel)
                 elif coll is not None:
-                    report = import_texts(self.store, coll, name=Path(annotations).name)
+                    report = import_texts(self.store, coll, name=Path(annotations).name, multilabel=multilabel)
                 else:
                     report = import_table(self.store, source, text_column=text_column, label_column=label_column,
-                                          id_column=id_column, fmt=fmt, encoding=encoding or "utf-8")
+                                          id_column=id_column, fmt=fmt, encoding=encoding or "utf-8",
+                                          multilabel=multilabel)
         except BaseException:
             self.store.finish_run(run, status="failed")
             raise
@@ -462,6 +466,9 @@ class Project:
         the user gave it (``labels.csv:7 item 'cat_01.jpg'``) in every skip reason."""
         if source not in ("human", "import"):
             raise ValidationError("label source must be 'human' or 'import' (machine labels come from autolabel)")
+        if self.task == "multilabel":
+            raise ValidationError("this is a multi-label project: give each item the set of classes that apply "
+                                  "(labelloop label -p PROJECT ITEM --classes a,b; Project.label_classes)")
         report = LabelReport()
         rows: list[tuple[str, int, str]] = []
         for where, ref, name in rows_in:
@@ -540,8 +547,12 @@ class Project:
     # ------------------------------------------------------------------- refresh
     def refresh(self, *, full: bool = False) -> dict:
         """kNN graph (reused) + label propagation -> predictions of every item. After new labels
-        the propagation warm-starts from the previous result unless ``full``."""
+        the propagation warm-starts from the previous result unless ``full``. A multi-label
+        project: :meth:`_refresh_multilabel`."""
         from .propagate import LabelPropagation, prediction_summary
+
+        if self.task == "multilabel":
+            return self._refresh_multilabel()
 
         ids, S = self.affinity()   # the propagation graph's normalised affinity, stored
         classes = self.classes
@@ -761,6 +772,8 @@ class Project:
         if last is None:
             return None
         d = self.store.run_dir(last["id"])
+        if not (d / "proba.npy").exists():   # a multi-label refresh: scores.npy (multilabel_scores)
+            return None
         P = np.asarray(np.load(d / "proba.npy", mmap_mode="r"))
         ids = np.asarray(np.load(d / "item_ids.npy", mmap_mode="r"))
         names = ("label", "confidence", "margin", "entropy")
@@ -797,9 +810,13 @@ class Project:
         ``explore``: share of the batch drawn at random once predictions exist (default 0.2
         for ``auto``, 0 otherwise): the random ones are an unbiased sample for certification.
         With active labeling functions, ``conflict`` asks first where they disagree (with each
-        other or with the graph), and ``auto`` does so after its cold start."""
+        other or with the graph), and ``auto`` does so after its cold start. A multi-label
+        project: :meth:`_next_multilabel`."""
         from .loop import choose, coverage_of
 
+        if self.task == "multilabel":
+            return self._next_multilabel(n, seed=seed, annotator=annotator, record=record, explore=explore,
+                                         batch=batch)
         ids, graph = self.graph()
         _, X = self.embeddings()
         given = set(self.store.latest_labels("human")) | set(self.store.latest_labels("import"))
@@ -809,7 +826,7 @@ class Project:
         unlabeled = np.setdiff1d(np.arange(len(ids)), labeled)
         y = self.label_vector(ids, sources=("human", "import", "machine"))
         pred = self._current_predictions(ids)
-        seed = int(seed if seed is not None else len(self.store.runs("query", status=None)))
+        seed = self._query_seed(seed)
         eligible = self._eligible(ids, pred) if pred is not None else None
         rules = self.rule_matrices(ids) if strategy != "verify" else None
         if strategy == "conflict" and rules is None and self.setting("rule_trust") <= 0:
@@ -860,6 +877,17 @@ class Project:
         """The target precision: the last `autolabel --target-precision`, else the setting."""
         last = self.store.last_run("autolabel")
         return float(last["params"]["target_precision"]) if last else self.setting("target_precision")
+
+    def _checked_target(self, target_precision: float | None) -> float:
+        """``target_precision`` (None: :meth:`_target`), checked to lie in [0.5, 1)."""
+        target_precision = self._target() if target_precision is None else target_precision
+        if not 0.5 <= target_precision < 1:
+            raise ValidationError(f"--target-precision must be in [0.5, 1), got {target_precision}")
+        return target_precision
+
+    def _query_seed(self, seed: int | None) -> int:
+        """``seed``, else the number of `next` runs so far (each query draws differently)."""
+        return int(seed if seed is not None else len(self.store.runs("query", status=None)))
 
     def _heldout(self, pred: Predictions):
         """(confidence, predicted, correct, labels) of the human labels the last refresh scored
@@ -940,12 +968,13 @@ class Project:
         """Accept machine labels above thresholds that random checks by people certify to reach
         ``target_precision`` (one-sided Clopper-Pearson bound); withdraw earlier machine labels
         that no longer pass. When nothing is certified yet, says how many checks it needs and
-        the command that serves them (`labelloop next --strategy verify`)."""
+        the command that serves them (`labelloop next --strategy verify`). A multi-label
+        project: :meth:`_autolabel_multilabel`."""
         from .loop import coverage_of
 
-        target_precision = self._target() if target_precision is None else target_precision
-        if not 0.5 <= target_precision < 1:
-            raise ValidationError(f"--target-precision must be in [0.5, 1), got {target_precision}")
+        if self.task == "multilabel":
+            return self._autolabel_multilabel(target_precision=target_precision, confidence_level=confidence_level)
+        target_precision = self._checked_target(target_precision)
         ids = self.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
@@ -1124,7 +1153,10 @@ class Project:
     def audit(self, *, top: int | None = 100, classifier: str = "auto") -> dict:
         """Rank the given labels (human, else imported) that look wrong, with the suggested
         label and the evidence: the graph neighbours that disagree, and an out-of-fold
-        classifier (confident learning). Flags change no label; a person confirms or fixes."""
+        classifier (confident learning). Flags change no label; a person confirms or fixes.
+        A multi-label project: :meth:`_audit_multilabel`."""
+        if self.task == "multilabel":
+            return self._audit_multilabel(top=top)
         classes = self.classes
         ids, y, classifier, res = self.audit_labels(classifier=classifier)
         run = self.store.start_run("audit", {"classifier": classifier, "top": top},
@@ -1629,7 +1661,9 @@ class Project:
         ``labeled`` and ``per_class`` count every item once, by the source of its current
         label (:meth:`current_labels`), as :meth:`export` writes it. ``batch``: the counts,
         confidence and estimate of that batch's items only; without it, a project with named
-        batches also gets ``drift`` (:meth:`drift`)."""
+        batches also gets ``drift`` (:meth:`drift`). A multi-label project: :meth:`_multilabel_status`."""
+        if self.task == "multilabel":
+            return self._multilabel_status(batch=batch)
         st = self.store
         ids = self.item_ids()
         in_batch = None if batch is None else self.in_batch(ids, batch)
@@ -1882,7 +1916,10 @@ class Project:
 
     def rows(self, *, batch: str | None = None) -> list[dict]:
         """One row per item (of ``batch``) with its batch and current best label: human, then
-        import, then machine, then the propagated prediction."""
+        import, then machine, then the propagated prediction. A multi-label project's rows:
+        :meth:`_multilabel_rows`."""
+        if self.task == "multilabel":
+            return self._multilabel_rows(batch=batch)
         st = self.store
         name_of = {v: k for k, v in st.class_ids().items()}
         current = self.current_labels()
@@ -1892,20 +1929,9 @@ class Project:
         pred = self.predictions()
         prow = pred.row_of() if pred is not None else {}
         pcol = {c: j for j, c in enumerate(pred.classes)} if pred is not None else {}
-        ids = st.item_ids()
-        names, codes = self._batch_codes(ids)
-        batch_of = dict(zip(ids.tolist(), (names[c] for c in codes)))
-        keep = None if batch is None else set(ids[self.in_batch(ids, batch)].tolist())
         out = []
-        for it in st.items():
-            if keep is not None and it.id not in keep:
-                continue
+        for it, row in self._item_rows(batch):
             r = prow.get(it.id)
-            row = {"item": it.id, "external_id": it.external_id, "batch": batch_of[it.id]}
-            if it.modality == "image":
-                row["source_path"] = it.uri
-            else:
-                row["text"] = it.text
             label, source, conf = None, None, None
             if it.id in current:
                 class_id, source = current[it.id]
@@ -1923,6 +1949,23 @@ class Project:
             out.append(row)
         return out
 
+    def _item_rows(self, batch: str | None) -> Iterable[tuple]:
+        """(item, the start of its export row: item, external_id, batch, source_path or text)
+        of every item (of ``batch``), in id order."""
+        ids = self.store.item_ids()
+        names, codes = self._batch_codes(ids)
+        batch_of = dict(zip(ids.tolist(), (names[c] for c in codes)))
+        keep = None if batch is None else set(ids[self.in_batch(ids, batch)].tolist())
+        for it in self.store.items():
+            if keep is not None and it.id not in keep:
+                continue
+            row = {"item": it.id, "external_id": it.external_id, "batch": batch_of[it.id]}
+            if it.modality == "image":
+                row["source_path"] = it.uri
+            else:
+                row["text"] = it.text
+            yield it, row
+
     def export(self, out: str | Path, *, format: str = "csv", batch: str | None = None) -> Path:
         """Write the current labels (of the items of ``batch``) to ``out``: one row per item
         (:meth:`rows` as csv, jsonl) or a dataset in an interchange format (:meth:`export_dataset`)."""
@@ -1932,6 +1975,7 @@ class Project:
             raise ValidationError(f"export format must be one of {', '.join(EXPORT_FORMATS + DATASET_FORMATS)}, "
                                   f"not {format!r}")
         out = Path(out)
+        multilabel = self.task == "multilabel"
         rows = self.rows(batch=batch)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
@@ -1939,7 +1983,11 @@ class Project:
             if format == "csv":
                 text_col = "source_path" if self.modality == "image" else "text"
                 fields = ["item", "external_id", text_col, "label", "source", "confidence", "batch"]
-                w = csv.DictWriter(f, fieldnames=fields)
+                if multilabel:   # lists as a|b (labels: [] when decided and none applies, empty: no decision)
+                    fields = ["item", "external_id", text_col, "labels", "source", "undecided", "predicted", "batch"]
+                    rows = [r | {"labels": _label_cell(r["labels"]), "undecided": "|".join(r["undecided"]),
+                                 "predicted": "|".join(r["predicted"])} for r in rows]
+                w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
             else:
@@ -1968,6 +2016,10 @@ class Project:
 
         if self.task == "detection":
             return self._export_boxes(out, format=format, image_url_prefix=image_url_prefix, batch=batch)
+        multilabel = self.task == "multilabel"
+        if multilabel and format == "imagefolder":
+            raise ValidationError("an ImageFolder tree holds one class per image; a multi-label project exports "
+                                  "csv, jsonl, coco, labelstudio or hf")
         if format not in DATASET_FORMATS:
             raise ValidationError(f"dataset format must be one of {', '.join(DATASET_FORMATS)}, not {format!r}")
         if self.modality == "text" and format in ("coco", "imagefolder"):
@@ -1984,14 +2036,21 @@ class Project:
                 files[rec.path] = Path(row["source_path"])
             else:
                 rec.text = row["text"]
-            label, source = row["label"], row["source"]
-            if label is not None and source in accepted:
-                rec.labels = [label]
-            elif label is not None:
-                rec.predicted, rec.score = [label], row["confidence"]
+            source = row["source"]
+            if multilabel:   # a class's decision in effect: given (accepted sources), else a prediction
+                dec = row["decisions"]
+                rec.labels = [c for c, d in dec.items() if d["value"] == 1 and d["source"] in accepted]
+                if format != "hf":
+                    rec.predicted = [c for c, d in dec.items() if d["value"] == 1 and d["source"] not in accepted]
+                    rec.predicted += row["predicted"]
+            elif row["label"] is not None and source in accepted:
+                rec.labels = [row["label"]]
+            elif row["label"] is not None:
+                rec.predicted, rec.score = [row["label"]], row["confidence"]
             if format == "hf":
-                rec.meta = {"item": row["item"], "external_id": row["external_id"], "source": source,
-                            "confidence": row["confidence"]}
+                rec.meta = {"item": row["item"], "external_id": row["external_id"], "source": source}
+                if not multilabel:
+                    rec.meta["confidence"] = row["confidence"]
             else:
                 rec.meta = {"labelloop_item": row["item"], "labelloop_source": source}
             records.append(rec)
@@ -2001,7 +2060,8 @@ class Project:
             for rec in records:
                 rec.width, rec.height = formats.image_size(files[rec.path]) or (None, None)
         extra = _write_collection(formats.Collection(self.classes, records), out, format, modality=self.modality,
-                                  image_url_prefix=image_url_prefix, images_root=files if images else None)
+                                  image_url_prefix=image_url_prefix, images_root=files if images else None,
+                                  multilabel=multilabel)
         return ExportReport(path=out, format=format, items=len(records),
                             labeled=sum(bool(r.labels) for r in records),
                             predicted=sum(bool(r.predicted) for r in records), extra=extra)
@@ -2306,6 +2366,497 @@ class Project:
         h.update(f"{self.setting('rule_trust')}".encode())
         return model, h.hexdigest()[:16]
 
+    # --------------------------------------------------------------- multi-label
+    # A multi-label project stores one decision per (item, class): 1 the class applies, 0 it
+    # does not (store ``class_decisions``, append-only; the latest row of a source is its
+    # decision). Y for the loop (labelloop.loop.multilabel) is int8 (n, C): 1 / 0 / -1 undecided.
+    def _require_multilabel(self, what: str) -> None:
+        if self.task != "multilabel":
+            raise ValidationError(
+                f"{what} is for multi-label projects; this is a {self.task} project: give each item one class "
+                "(labelloop label -p PROJECT ITEM=CLASS), or make a multi-label project with "
+                "labelloop init --task multilabel --classes a,b,c")
+
+    def _item_id(self, item: str | int) -> int:
+        """An item id from an id (int, as the web app holds them) or a reference a user wrote."""
+        if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            if not self.store.has_item(int(item)):
+                raise UnknownItemError(f"no item with id {int(item)}")
+            return int(item)
+        return self.store.resolve_item(item)
+
+    def _decision_rows(self, item_id: int, names: Iterable[str], where: str) -> list[tuple[int, int, int]]:
+        """(item_id, class_id, value) for every project class: 1 for ``names``, 0 for the others;
+        an unknown name is a ValidationError naming it, ``where`` and the project's classes."""
+        from .errors import UnknownClassError
+
+        if isinstance(names, str):
+            raise ValidationError(f"{where}: give the classes as a list of class names ([{names!r}]), not the string {names!r}")
+        wanted = {n.strip() if isinstance(n, str) else n for n in names}
+        class_ids = self.store.class_ids()
+        if not class_ids:
+            raise ValidationError("the project has no classes yet: add them with labelloop init --classes a,b,c "
+                                  "(or Project.add_classes)")
+        unknown = sorted(str(n) for n in wanted if n not in class_ids)
+        if unknown:
+            raise UnknownClassError(f"{where}: unknown class {unknown[0]!r}; this project's classes are "
+                                    f"{', '.join(class_ids)}")
+        return full_decision(item_id, wanted, class_ids)
+
+    def label_classes(self, item: str | int, classes: Iterable[str], *, annotator: str | None = None,
+                      source: str = "human") -> None:
+        """A person's full decision for one item of a multi-label project: every project class
+        gets a row, 1 for ``classes`` (the ones that apply; empty: none does), 0 for the others.
+        An unknown item or class name is a ValidationError and nothing is written."""
+        self.label_many_classes([(item, classes)], annotator=annotator, source=source)
+
+    def label_many_classes(self, decisions: Iterable[tuple[str | int, Iterable[str]]], *,
+                           annotator: str | None = None, source: str = "human") -> int:
+        """:meth:`label_classes` for several (item, classes) pairs in one transaction: all are
+        checked first, so one bad item or class writes nothing. Returns the items decided."""
+        self._require_multilabel("label_classes")
+        if source not in ("human", "import"):
+            raise ValidationError("label source must be 'human' or 'import' (machine decisions come from autolabel)")
+        rows, n = [], 0
+        for item, classes in decisions:
+            rows += self._decision_rows(self._item_id(item), classes, f"item {item!r}")
+            n += 1
+        self.store.add_class_decisions(rows, source=source, annotator=annotator)
+        return n
+
+    def label_classes_csv(self, path: str | Path, *, annotator: str | None = None,
+                          source: str = "human") -> LabelReport:
+        """Decisions from a CSV with columns ``item`` and ``labels`` (``a|b``, a JSON list, ``[]``
+        for none applies): each row is its item's full decision. A bad row (unknown item or
+        class, unreadable labels) is skipped and named by its file and line; the others are written."""
+        from .ingest import parse_label_set
+
+        self._require_multilabel("label_classes_csv")
+        path = Path(path)
+        if not path.is_file():
+            raise ValidationError(f"{path} is not a file: give a CSV with columns item,labels")
+        report, good = LabelReport(), []
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() for c in reader.fieldnames or []]
+            if "item" not in cols or "labels" not in cols:
+                raise ValidationError(f"{path.name} must have columns 'item' and 'labels'; it has: "
+                                      f"{', '.join(cols) or '(no header)'}")
+            for r in reader:
+                where = f"{path.name}:{reader.line_num}"
+                names, why = parse_label_set(r.get("labels") or "[]", where)
+                try:
+                    if why:
+                        raise ValidationError(why)
+                    item = self._item_id((r.get("item") or "").strip())
+                    self._decision_rows(item, names, f"{where} item {r.get('item')!r}")
+                    good.append((item, names))
+                except ValidationError as exc:
+                    report.skipped.append(Skipped(where, str(exc)))
+        report.appended = self.label_many_classes(good, annotator=annotator, source=source)
+        return report
+
+    def class_decisions(self, items: Iterable[str | int] | None = None, *,
+                        sources: Sequence[str] = ("human",)) -> dict[int, dict[str, int]]:
+        """item id -> {class name: 1 applies / 0 does not} of the decisions in effect (each
+        source's latest per item and class); with several ``sources`` the earlier one wins
+        for an (item, class). ``items``: only those (ids or references)."""
+        unknown = [s for s in sources if s not in LABEL_SOURCES]
+        if unknown:
+            raise ValidationError(f"sources must be among {', '.join(LABEL_SOURCES)}, not {unknown[0]!r}")
+        ids = None if items is None else [self._item_id(i) for i in items]
+        return {i: {c: d[0] for c, d in per.items()} for i, per in self._decisions(sources, ids).items()}
+
+    def _decisions(self, sources: Sequence[str], ids: Sequence[int] | None = None
+                   ) -> dict[int, dict[str, tuple[int, str, float | None]]]:
+        """item id -> {class: (value, source, confidence)} of the decision in effect per item and
+        class, the first of ``sources`` that has one; classes in project order."""
+        order = {name: j for j, name in enumerate(self.store.class_ids())}
+        name_of = {v: k for k, v in self.store.class_ids().items()}
+        rank = {s: r for r, s in enumerate(sources)}
+        best: dict[tuple[int, int], tuple] = {}   # (item, class column) -> (rank, value, source, confidence)
+        for item, cid, value, source, conf in self.store.class_decisions(sources=sources, item_ids=ids):
+            key = (item, order[name_of[cid]])
+            if key not in best or rank[source] < best[key][0]:
+                best[key] = (rank[source], value, source, conf)
+        out: dict[int, dict[str, tuple[int, str, float | None]]] = {}
+        names = list(order)
+        for (item, col), (_, value, source, conf) in sorted(best.items()):
+            out.setdefault(item, {})[names[col]] = (value, source, conf)
+        return out
+
+    def _decision_matrix(self, ids: np.ndarray, sources: Sequence[str]) -> np.ndarray:
+        """(n, C) int8 over ``ids`` and the project's classes: 1 applies, 0 does not, -1 undecided,
+        by the decision in effect of the first of ``sources`` that has one (the loop's ``Y``)."""
+        col = {cid: j for j, cid in enumerate(self.store.class_ids().values())}
+        row = {int(i): r for r, i in enumerate(ids)}
+        Y = np.full((len(ids), len(col)), -1, dtype=np.int8)   # (n, C)
+        for source in reversed(tuple(sources)):                # earlier sources write last
+            for item, cid, value, _, _ in self.store.class_decisions(sources=(source,)):
+                r = row.get(item)
+                if r is not None:
+                    Y[r, col[cid]] = value
+        return Y
+
+    def _multilabel_status(self, *, batch: str | None = None) -> dict:
+        """:meth:`status` of a multi-label project: ``labeled`` counts items with a decision in
+        effect from each source; ``per_class`` the items a class applies to by the source of its
+        decision, ``predicted`` (undecided, scored 0.5 or more by the last refresh) and
+        ``undecided``; ``bars`` each class's bar from the last autolabel run (or why it has none)."""
+        st = self.store
+        ids = self.item_ids()
+        scope = np.ones(len(ids), dtype=bool) if batch is None else self.in_batch(ids, batch)
+        classes = self.classes
+        labeled = dict.fromkeys(LABEL_SOURCES, 0)
+        labeled_all = dict.fromkeys(LABEL_SOURCES, 0)   # what the next step depends on
+        Y = np.full((len(ids), len(classes)), -1, dtype=np.int8)   # (n, C) decisions in effect
+        row = {int(i): r for r, i in enumerate(ids)}
+        col = {c: j for j, c in enumerate(classes)}
+        per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0, "undecided": 0} for c in classes}
+        for item, dec in self._decisions(LABEL_SOURCES).items():
+            r = row.get(item)
+            for source in {d[1] for d in dec.values()}:
+                labeled_all[source] += 1
+                labeled[source] += r is not None and bool(scope[r])
+            if r is None or not scope[r]:
+                continue
+            for c, (value, source, _) in dec.items():
+                Y[r, col[c]] = value
+                per_class[c][source] += value == 1
+        undecided = (Y < 0) & scope[:, None]                        # (n, C)
+        scores = self.multilabel_scores()
+        current = scores is not None and len(scores.item_ids) == len(ids) and np.array_equal(scores.item_ids, ids) \
+            and scores.classes == classes
+        predicted = np.zeros_like(undecided)
+        if current:
+            predicted = undecided & scores.reached[:, None] & (scores.scores >= 0.5)
+        for c, j in col.items():
+            per_class[c]["undecided"] = int(undecided[:, j].sum())
+            per_class[c]["predicted"] = int(predicted[:, j].sum())
+        out = {"project": str(self.root), "modality": self.modality, "task": "multilabel",
+               "items": int(scope.sum()), "classes": len(classes), "labeled": labeled,
+               "embedded": st.embedding_backbones(), "active_backbone": (st.get_meta("backbone") or {}).get("cache_id"),
+               "per_class": per_class, "predicted": 0}
+        if batch is not None:
+            out["batch"] = batch
+        if scores is not None:
+            out["predicted"] = int(scope.sum()) if current else 0
+            out["unreached"] = int((~scores.reached[scope]).sum()) if current else None
+            last = st.run(scores.run_id) or {"id": scores.run_id, "finished": None}
+            out["last_refresh"] = {"run": last["id"], "finished": last["finished"], "stale": not current}
+        last_auto = st.last_run("autolabel")
+        if last_auto is not None and "classes" in last_auto["summary"]:
+            out["bars"] = last_auto["summary"]["classes"]
+        out["next_step"] = self._next_step(out | {"items": len(ids), "labeled": labeled_all,
+                                                  "predicted": 0 if scores is None else len(scores.item_ids)})
+        return out
+
+    def _multilabel_rows(self, *, batch: str | None = None) -> list[dict]:
+        """One row per item (of ``batch``): ``labels`` the classes that apply by the decision in
+        effect per class (human, then import, then machine; None without any decision),
+        ``source`` where those decisions came from (``human+machine`` when mixed),
+        ``decisions`` {class: {value, source}}, ``undecided`` the classes without one,
+        ``predicted`` the undecided classes the last refresh scores at 0.5 or more, and
+        ``scores`` its per-class scores."""
+        decisions = self._decisions(LABEL_SOURCES)
+        classes = self.classes
+        scores = self.multilabel_scores()
+        srow = scores.row_of() if scores is not None else {}
+        out = []
+        for it, row in self._item_rows(batch):
+            dec = decisions.get(it.id, {})
+            r = srow.get(it.id)
+            per = {} if r is None else dict(zip(scores.classes, scores.scores[r].tolist()))
+            undecided = [c for c in classes if c not in dec]
+            reached = r is not None and bool(scores.reached[r])
+            row.update(
+                labels=[c for c, d in dec.items() if d[0] == 1] if dec else None,
+                source="+".join(s for s in LABEL_SOURCES if any(d[1] == s for d in dec.values())) or None,
+                decisions={c: {"value": d[0], "source": d[1]} for c, d in dec.items()},
+                undecided=undecided,
+                predicted=[c for c in undecided if reached and per.get(c, 0.0) >= 0.5],
+                scores={c: round(v, 6) for c, v in per.items()} or None)
+            out.append(row)
+        return out
+
+    def class_scores(self, item_ids: Iterable[int]) -> dict[int, dict[str, float]]:
+        """item id -> {class name: calibrated P(the class applies)} of the last refresh of a
+        multi-label project, for the given items it scored (empty before the first refresh)."""
+        scores = self.multilabel_scores()
+        if scores is None:
+            return {}
+        row = scores.row_of()
+        out = {}
+        for i in item_ids:
+            r = row.get(int(i))
+            if r is not None:
+                out[int(i)] = {c: float(v) for c, v in zip(scores.classes, scores.scores[r])}
+        return out
+
+    def multilabel_scores(self) -> "MultiLabelScores | None":
+        """The last multi-label refresh's per-class scores (its run folder's ``scores.npy``,
+        ``item_ids.npy``, ``reached.npy``), read once per process (:data:`MEMO`); None before one."""
+        last = self.store.last_run_id("refresh")
+        if last is None:
+            return None
+        return MEMO.get(self.root, "multilabel_scores", last, lambda: self._load_multilabel_scores(last))
+
+    def _load_multilabel_scores(self, run_id: int) -> "MultiLabelScores | None":
+        run = self.store.run(run_id)
+        d = self.store.run_dir(run_id)
+        if run is None or not (d / "scores.npy").exists():
+            return None
+        load = lambda name: np.asarray(np.load(d / f"{name}.npy", mmap_mode="r"))  # noqa: E731
+        return _frozen(MultiLabelScores(run_id, load("item_ids"), load("scores"), load("reached"),
+                                        list(run["summary"].get("classes", []))))
+
+    def _multilabel_evidence(self, ids: np.ndarray) -> np.ndarray:
+        """The ``Y`` the loop learns from: human decisions, and imported ones where a human made
+        none for that class (with ``import_trust`` below 1, human decisions only: the
+        multi-label propagation clamps every decision it is given)."""
+        trust = self.setting("import_trust")
+        return self._decision_matrix(ids, ("human", "import") if trust >= 1.0 else ("human",))
+
+    def _refresh_multilabel(self) -> dict:
+        """:meth:`refresh` of a multi-label project: one-vs-rest propagation of every class on the
+        shared graph, calibrated per class (:func:`labelloop.loop.multilabel.predict_multilabel`).
+        The prediction is stored as array files in the run folder (``scores``, ``reached``,
+        ``item_ids`` and the held-out arrays autolabel / audit / next read), its calibration in
+        the run's summary."""
+        import dataclasses
+
+        from .loop.multilabel import predict_multilabel
+
+        classes = self.classes
+        if not classes:
+            raise NotReadyError("no classes yet: add them with labelloop init --classes a,b,c")
+        ids, graph = self.propagation_graph()
+        Y = self._multilabel_evidence(ids)     # (n, C) int8
+        if not (Y >= 0).any():
+            raise NotReadyError("no decisions yet: label a few items first (labelloop label ITEM --classes a,b)")
+        params = dict(k=graph.k, task="multilabel", import_trust=self.setting("import_trust"))
+        run = self.store.start_run("refresh", params, {"graph": self._graph_fingerprint(ids),
+                                                       "decisions": int((Y >= 0).sum())})
+        t0 = time.perf_counter()
+        try:
+            pred = predict_multilabel(graph, Y, seed=0)
+        except BaseException:
+            self.store.finish_run(run, status="failed")
+            raise
+        seconds = time.perf_counter() - t0
+        prev = self.multilabel_scores()
+        changed = None
+        if prev is not None and np.array_equal(prev.item_ids, ids) and prev.classes == classes:
+            changed = int(((prev.scores >= 0.5) != (pred.scores >= 0.5)).sum())
+        out_dir = self.store.run_dir(run)
+        np.save(out_dir / "item_ids.npy", ids)
+        for f in dataclasses.fields(pred):   # scores, reached, raw, the held-out arrays
+            value = getattr(pred, f.name)
+            if isinstance(value, np.ndarray):
+                np.save(out_dir / f"{f.name}.npy", value)
+        open_pairs = (Y < 0) & pred.reached[:, None]
+        summary = dict(items=len(ids), task="multilabel", classes=classes,
+                       decided_items=int((Y >= 0).any(axis=1).sum()), decided_pairs=int((Y >= 0).sum()),
+                       human_items=int((self._decision_matrix(ids, ("human",)) >= 0).any(axis=1).sum()),
+                       unreached=int((~pred.reached).sum()),
+                       applies_predicted=int((open_pairs & (pred.scores >= 0.5)).sum()),
+                       changed=changed, seconds=round(seconds, 4),
+                       calibration=_jsonable_dataclass(pred.calibration),
+                       heldout_items=int(len(pred.heldout_rows)))
+        self.store.finish_run(run, summary)
+        return summary | {"run": run, "labeled": summary["decided_items"], "warm": False,
+                          "mean_confidence": float(np.maximum(pred.scores, 1 - pred.scores)[open_pairs].mean())
+                          if open_pairs.any() else 1.0}
+
+    def _multilabel_prediction(self, ids: np.ndarray):
+        """The last multi-label refresh as a :class:`labelloop.loop.multilabel.MultiLabelPrediction`
+        when it scored exactly ``ids`` and the project's classes, else None (read once per run)."""
+        scores = self.multilabel_scores()
+        if scores is None or not np.array_equal(scores.item_ids, ids) or scores.classes != self.classes:
+            return None
+        return MEMO.get(self.root, "multilabel_prediction", scores.run_id,
+                        lambda: self._load_multilabel_prediction(scores.run_id))
+
+    def _load_multilabel_prediction(self, run_id: int):
+        import dataclasses
+
+        from .loop.multilabel import MultiLabelCalibration, MultiLabelPrediction
+
+        d = self.store.run_dir(run_id)
+        cal = self.store.run(run_id)["summary"]["calibration"]
+        cal = MultiLabelCalibration(**{k: np.asarray(v) if isinstance(v, list) else v for k, v in cal.items()})
+        arrays = {f.name: np.load(d / f"{f.name}.npy") for f in dataclasses.fields(MultiLabelPrediction)
+                  if f.name != "calibration"}
+        return MultiLabelPrediction(**arrays, calibration=cal)
+
+    def _current_multilabel_prediction(self, ids: np.ndarray):
+        pred = self._multilabel_prediction(ids)
+        if pred is None:
+            raise NotReadyError("the per-class scores are missing or out of date: run `labelloop refresh` first")
+        return pred
+
+    def _random_rows(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: items a person decided that no query strategy chose (first labels, the
+        random share of `next`): the decisions that certify auto-labeling without bias."""
+        chosen = self.actively_chosen()
+        human = (self._decision_matrix(ids, ("human",)) >= 0).any(axis=1)
+        return human & ~np.isin(ids, np.fromiter(chosen, dtype=np.int64, count=len(chosen)))
+
+    def _certify_multilabel(self, ids: np.ndarray, pred, Y: np.ndarray, *, target_precision: float,
+                            confidence_level: float):
+        from .loop.multilabel import certify_multilabel
+
+        return certify_multilabel(pred, Y, target_precision=target_precision, level=confidence_level,
+                                  random_rows=self._random_rows(ids), class_names=self.classes)
+
+    def _autolabel_multilabel(self, *, target_precision: float | None = None,
+                              confidence_level: float = 0.95) -> dict:
+        """:meth:`autolabel` of a multi-label project: per class, the bars held-out human
+        decisions certify (:func:`labelloop.loop.multilabel.certify_multilabel`); every undecided
+        (item, class) past its class's bar gets a ``machine`` decision (confidence: the calibrated
+        probability of the value decided); earlier machine decisions that no longer pass are
+        withdrawn. ``classes``: each class's bar, what it accepted, or why it has none and how
+        many more labeled items it needs."""
+        from .loop.multilabel import accepted_pairs
+
+        target_precision = self._checked_target(target_precision)
+        ids = self.item_ids()
+        pred = self._current_multilabel_prediction(ids)
+        Y = self._multilabel_evidence(ids)
+        bars = self._certify_multilabel(ids, pred, Y, target_precision=target_precision,
+                                        confidence_level=confidence_level)
+        acc = accepted_pairs(pred, Y, bars)    # (m, 3) item row, class column, value
+        class_ids = list(self.store.class_ids().values())
+        current = {(i, k): v for i, k, v, _, _ in self.store.class_decisions(sources=("machine",))}
+        run = self.store.start_run("autolabel", {"target_precision": target_precision,
+                                                 "confidence_level": confidence_level, "task": "multilabel"},
+                                   {"prediction_run": self.multilabel_scores().run_id})
+        new, confs, keep = [], [], set()
+        for r, c, v in acc.tolist():
+            key = (int(ids[r]), class_ids[c])
+            keep.add(key)
+            if current.get(key) != v:
+                new.append((*key, v))
+                p = float(pred.scores[r, c])
+                confs.append(p if v == 1 else 1.0 - p)
+        withdrawn = [(i, k, None) for (i, k) in current if (i, k) not in keep]
+        self.store.add_class_decisions(new, source="machine", annotator="autolabel", run_id=run, confidences=confs)
+        self.store.add_class_decisions(withdrawn, source="machine", annotator="autolabel", run_id=run)
+        per_class = []
+        for b in bars:
+            col = acc[acc[:, 1] == b.cls]
+            per_class.append(b.to_dict() | {"class": self.classes[b.cls], "accepted": int(len(col)),
+                                            "accepted_applies": int((col[:, 2] == 1).sum()),
+                                            "accepted_not": int((col[:, 2] == 0).sum())})
+        open_after = (Y < 0)
+        open_after[acc[:, 0], acc[:, 1]] = False
+        more = max((b.more_needed or 0 for b in bars), default=0)
+        summary = {"task": "multilabel", "accepted": int(len(acc)), "new_or_changed": len(new),
+                   "withdrawn": len(withdrawn), "target_precision": target_precision, "classes": per_class,
+                   "coverage": float(len(acc) / max(int((Y < 0).sum()), 1)),
+                   "needs_person": int(open_after.any(axis=1).sum()), "more_needed": more,
+                   "reason": "; ".join(b.reason for b in bars if b.upper is None or b.lower is None) or
+                   "every class has both bars"}
+        if more:
+            summary["suggest"] = f"labelloop next --n {more}"
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    def _next_multilabel(self, n: int, *, seed: int | None = None, annotator: str | None = None,
+                         record: bool = True, explore: float | None = None, batch: str | None = None) -> list[dict]:
+        """:meth:`next` of a multi-label project: items with undecided classes (no human, import or
+        machine decision), the most uncertain first (:func:`labelloop.loop.multilabel.choose_multilabel`,
+        diverse over the embeddings), plus a random share (``explore``, default as ``auto``) whose
+        decisions certify auto-labeling. Before the first refresh: the cold-start choice of
+        :func:`labelloop.loop.choose` (``auto``)."""
+        from .loop import choose, default_explore
+        from .loop.multilabel import choose_multilabel
+
+        ids, graph = self.graph()
+        _, X = self.embeddings()
+        Y = self._decision_matrix(ids, LABEL_SOURCES)           # (n, C): decided pairs are not asked
+        within = None if batch is None else self.in_batch(ids, batch)
+        open_rows = (Y < 0).any(axis=1) if within is None else (Y < 0).any(axis=1) & within
+        seed = self._query_seed(seed)
+        pred = self._multilabel_prediction(ids)
+        if pred is None:
+            ch = choose("auto", n, labeled=np.flatnonzero(~(Y < 0).any(axis=1)),
+                        unlabeled=np.flatnonzero((Y < 0).any(axis=1)), probabilities=None, graph=graph,
+                        embeddings=X, class_names=self.classes, seed=seed, within=within)
+            picked, reasons, kinds = ch.rows.tolist(), ch.reasons, ch.kinds
+            strategy = ch.strategy
+        else:
+            explore = default_explore("auto") if explore is None else explore
+            n_random = int(round(explore * n)) if n > 1 else 0
+            Y_scope = np.where(open_rows[:, None], Y, np.int8(0))   # rows outside the scope: nothing open
+            picked = choose_multilabel(pred, Y_scope, n - n_random, X=X, seed=seed).tolist()
+            rest = np.setdiff1d(np.flatnonzero(open_rows), picked)
+            extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False) \
+                if n_random and len(rest) else np.zeros(0, np.int64)
+            reasons = ["most uncertain undecided classes"] * len(picked) + \
+                ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
+            kinds = ["strategy"] * len(picked) + ["random"] * len(extra)
+            picked += extra.tolist()
+            strategy = "multilabel"
+        items = self.store.items(ids[picked].tolist())
+        classes = self.classes
+        out = []
+        for r, it, reason, kind in zip(picked, items, reasons, kinds):
+            row = {"item": it.id, "ref": it.display, "undecided": [c for j, c in enumerate(classes) if Y[r, j] < 0],
+                   "scores": None, "guess": None, "confidence": None, "reason": reason, "kind": kind}
+            if pred is not None and pred.reached[r]:
+                row["scores"] = {c: round(float(pred.scores[r, j]), 4) for j, c in enumerate(classes)}
+                row["guess"] = [c for j, c in enumerate(classes) if pred.scores[r, j] >= 0.5]
+            out.append(row)
+        if record:
+            self.record_query(strategy, n, seed, out, annotator=annotator,
+                              labeled=int((~(Y < 0)).any(axis=1).sum()),
+                              prediction_run=None if pred is None else self.multilabel_scores().run_id, batch=batch)
+        return out
+
+    def _audit_multilabel(self, *, top: int | None = 100) -> dict:
+        """:meth:`audit` of a multi-label project: the human and imported decisions the held-out
+        prediction disagrees with, by the probability they are wrong given that people are
+        usually right (the ``human_label_accuracy`` setting;
+        :func:`labelloop.loop.multilabel.audit_multilabel`)."""
+        from .loop.multilabel import audit_multilabel
+
+        ids = self.item_ids()
+        pred = self._current_multilabel_prediction(ids)
+        Y = self._multilabel_evidence(ids)
+        flagged = audit_multilabel(pred, Y, label_accuracy=self.setting("human_label_accuracy"))  # (m, 3)
+        decisions = self._decisions(("human", "import"))
+        run = self.store.start_run("audit", {"top": top, "task": "multilabel"}, {"decisions": int((Y >= 0).sum())})
+        shown = flagged[: top or None]
+        items = self.store.items(ids[shown[:, 0].astype(np.int64)].tolist()) if len(shown) else []
+        classes = self.classes
+        issues = []
+        for (r, c, p_wrong), it in zip(shown.tolist(), items):
+            name = classes[int(c)]
+            value, source, _ = decisions[it.id][name]
+            issues.append({"item": it.id, "ref": it.display, "class": name, "given": value, "suggested": 1 - value,
+                           "source": source, "score": round(float(p_wrong), 4),
+                           "p_applies": round(float(pred.scores[int(r), int(c)]), 4)})
+        summary = {"task": "multilabel", "flagged": int(len(flagged)), "shown": len(issues),
+                   "decisions": int((Y >= 0).sum()),
+                   "estimated_noise_rate": round(float(flagged[:, 2].sum() / max(int((Y >= 0).sum()), 1)), 4)}
+        self.store.finish_run(run, summary | {"items": [i["item"] for i in issues]})
+        return summary | {"run": run, "issues": issues}
+
+
+@dataclass
+class MultiLabelScores:
+    """A multi-label refresh: row r of every array is item ``item_ids[r]``."""
+
+    run_id: int
+    item_ids: np.ndarray     # (n,)
+    scores: np.ndarray       # (n, C) float32 calibrated P(class applies), columns = ``classes``
+    reached: np.ndarray      # (n,) bool: a decided item is in its graph component
+    classes: list[str]
+
+    def row_of(self) -> dict[int, int]:
+        return {int(i): r for r, i in enumerate(self.item_ids)}
+
 
 class Memo:
     """The last values of each (project folder, what) computed in this process, with the key
@@ -2356,7 +2907,7 @@ MEMO = Memo()
 def _frozen(value):
     """``value`` with its numpy arrays (in a tuple or a :class:`Predictions`) made read-only:
     memoised values are shared, so a caller that wants to change one must copy it."""
-    arrays = value.__dict__.values() if isinstance(value, Predictions) else \
+    arrays = value.__dict__.values() if isinstance(value, (Predictions, MultiLabelScores)) else \
         (value if isinstance(value, tuple) else ())
     for a in arrays:
         if isinstance(a, np.ndarray):
@@ -2394,12 +2945,20 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
     }
 
 
+def _jsonable_dataclass(obj) -> dict:
+    """A dataclass of numbers and arrays as JSON (arrays as lists), for a run's summary."""
+    import dataclasses
+
+    return {f.name: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
+            for f in dataclasses.fields(obj) for v in [getattr(obj, f.name)]}
+
+
 def _nan_none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), 4)
 
 
 def _write_collection(coll, out: Path, format: str, *, modality: str, image_url_prefix: str = "",
-                      images_root=None, boxes: bool = False) -> list[Path]:
+                      images_root=None, boxes: bool = False, multilabel: bool = False) -> list[Path]:
     """Write ``coll`` to ``out`` in ``format`` (:mod:`labelloop.formats`); returns the files
     written beside ``out`` (Label Studio's labeling configuration, matching the tasks)."""
     from . import formats
@@ -2408,13 +2967,22 @@ def _write_collection(coll, out: Path, format: str, *, modality: str, image_url_
         formats.write_labelstudio(coll, out, image_url_prefix=image_url_prefix)
         config_path = out.with_name(out.stem + ".label_config.xml")
         formats.write_text_atomic(config_path, formats.labelstudio_config(coll.classes, modality=modality,
-                                                                          boxes=boxes))
+                                                                          boxes=boxes, multilabel=multilabel))
         return [config_path]
-    if format in ("imagefolder", "hf"):
-        getattr(formats, f"write_{format}")(coll, out, images_root=images_root)
+    if format == "hf":
+        formats.write_hf(coll, out, images_root=images_root, multilabel=multilabel)
+    elif format == "imagefolder":
+        formats.write_imagefolder(coll, out, images_root=images_root)
     else:   # coco, yolo, voc
         getattr(formats, f"write_{format}")(coll, out)
     return []
+
+
+def _label_cell(names: list[str] | None) -> str | None:
+    """A list of classes in one CSV cell: ``a|b``; ``[]`` for an empty list; None for no list."""
+    if names is None:
+        return None
+    return "|".join(names) if names else "[]"
 
 
 def _image_size(uri: str | None) -> tuple[int, int]:

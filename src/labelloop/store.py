@@ -210,6 +210,24 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX boxes_by_replaces ON boxes (replaces)
         """,
     ),
+    (
+        8,
+        "per-class decisions of multi-label projects (append-only)",
+        """
+        CREATE TABLE class_decisions (             -- append-only: a changed mind is a new row
+            id         INTEGER PRIMARY KEY,
+            item_id    INTEGER NOT NULL REFERENCES items(id),
+            class_id   INTEGER NOT NULL REFERENCES classes(id),
+            value      INTEGER CHECK (value IN (0, 1)),   -- 1 applies, 0 does not, NULL withdraws the source's
+            source     TEXT NOT NULL CHECK (source IN ('human', 'import', 'machine')),
+            annotator  TEXT,
+            run_id     INTEGER REFERENCES runs(id),
+            confidence REAL,                       -- the calibrated score (machine decisions)
+            created    REAL NOT NULL
+        );
+        CREATE INDEX class_decisions_by_item ON class_decisions (item_id, class_id, source, id)
+        """,
+    ),
 ]
 
 #: how items imported without ``--batch`` (NULL, and every item of a project made before
@@ -1033,12 +1051,73 @@ class Store:
                 q + f" AND b.item_id IN ({', '.join('?' * len(part))})", [*sources, *part])]
         return sorted(out, key=lambda r: r["id"])
 
+    # ------------------------------------------------- multi-label class decisions
+    def add_class_decisions(self, rows: Sequence[tuple[int, int, int | None]], *, source: str,
+                            annotator: str | None = None, run_id: int | None = None,
+                            confidences: Sequence[float | None] | None = None) -> int:
+        """Append (item_id, class_id, value) decisions of a multi-label project in one
+        transaction: value 1 the class applies, 0 it does not, None withdraws the source's
+        decision. The caller has checked items and classes. Returns the rows appended."""
+        if source not in SOURCES:
+            raise ValidationError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+        now = _now()
+        conf = list(confidences) if confidences is not None else [None] * len(rows)
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO class_decisions (item_id, class_id, value, source, annotator, run_id, confidence, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(int(i), int(k), None if v is None else int(v), source, annotator, run_id,
+                  None if cf is None else float(cf), now) for (i, k, v), cf in zip(rows, conf)])
+        return len(rows)
+
+    def class_decisions(self, *, sources: Sequence[str] = SOURCES, item_ids: Sequence[int] | None = None
+                        ) -> list[tuple[int, int, int, str, float | None]]:
+        """(item_id, class_id, value, source, confidence) of each source's decision in effect
+        per (item, class): its latest row, unless that row withdraws it."""
+        sources = [s for s in sources if s in SOURCES]
+        if not sources:
+            return []
+        marks = ", ".join("?" * len(sources))
+        q = ("SELECT d.item_id, d.class_id, d.value, d.source, d.confidence FROM class_decisions d JOIN ("
+             "  SELECT item_id, class_id, source, MAX(id) AS last FROM class_decisions"
+             f"  WHERE source IN ({marks}){{items}} GROUP BY item_id, class_id, source"
+             ") l ON d.id = l.last WHERE d.value IS NOT NULL")
+        if item_ids is None:
+            parts = [([], "")]
+        else:
+            ids = [int(i) for i in item_ids]
+            parts = [(ids[s:s + 500], f" AND item_id IN ({', '.join('?' * len(ids[s:s + 500]))})")
+                     for s in range(0, len(ids), 500)]   # stay under SQLite's bound-parameter limit
+        out = []
+        for part, cond in parts:
+            out += [(int(i), int(k), int(v), src, cf) for i, k, v, src, cf in self.conn.execute(
+                q.format(items=cond) + " ORDER BY d.id", [*sources, *part])]
+        return out
+
+    def class_decision_rows(self, item_id: int) -> list[dict]:
+        """Every decision row of one item, oldest first (the history behind its decisions)."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT d.id, d.item_id, c.name AS class, d.value, d.source, d.annotator, d.run_id, d.confidence, "
+            "d.created FROM class_decisions d JOIN classes c ON c.id = d.class_id WHERE d.item_id = ? "
+            "ORDER BY d.id", (int(item_id),))]
+
+    def last_class_decision_id(self) -> int:
+        """The id of the newest class decision (0 if none): it changes whenever one does."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM class_decisions").fetchone()[0])
+
     def box(self, box_id: int) -> dict | None:
         row = self.conn.execute("SELECT * FROM boxes WHERE id = ?", (int(box_id),)).fetchone()
         return None if row is None else dict(row)
 
     def box_replaced(self, box_id: int) -> bool:
         return self.conn.execute("SELECT 1 FROM boxes WHERE replaces = ? LIMIT 1", (int(box_id),)).fetchone() is not None
+
+
+def full_decision(item_id: int, applies: Iterable[str], class_ids: dict[str, int]) -> list[tuple[int, int, int]]:
+    """A full multi-label decision for one item: (item_id, class_id, value) for every class of
+    ``class_ids`` (name -> id), 1 for the names in ``applies``, 0 for the others."""
+    applies = set(applies)
+    return [(int(item_id), cid, int(name in applies)) for name, cid in class_ids.items()]
 
 
 def validate_class_name(name: str) -> str:
