@@ -4,7 +4,8 @@ Pages (server-rendered HTML, ``templates/``) and their JSON twins, one router pe
 (``routers/``)::
 
     /login        POST /api/login              log in (password or token) -> session cookie
-    /queue        GET /api/queue, POST /api/labels, /api/undo, /api/skip, /api/classes
+    /queue        GET /api/queue, POST /api/labels, /api/undo, /api/skip, /api/classes,
+                  POST /api/decisions (multi-label projects: the set of classes of an item)
     /boxes        GET /api/boxes, GET/POST /api/boxes/<item>, POST /api/boxes/<item>/skip
                   the box editor of detection projects (/queue and /review lead there)
     /review       GET/POST /api/review         machine labels to accept or fix in bulk

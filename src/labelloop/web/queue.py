@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..store import Store
+from .multilabel import decided_among, is_multilabel
 
 __all__ = ["Snapshot", "Ranking", "RankInputs", "confidence_order", "rank", "LabelQueue", "QueueEntry",
            "DEFAULT_STRATEGY"]
@@ -362,5 +363,8 @@ class LabelQueue:
     @staticmethod
     def _keep_unlabeled(store: Store, batch: list[QueueEntry], n: int) -> list[QueueEntry]:
         ids = [e.item_id for e in batch]
-        drop = store.labeled_among(ids) | store.gold_among(ids)
+        if is_multilabel(store):   # decisions per class, not labels
+            drop = decided_among(store, ids) | store.gold_among(ids)
+        else:
+            drop = store.labeled_among(ids) | store.gold_among(ids)
         return [e for e in batch if e.item_id not in drop][:n]

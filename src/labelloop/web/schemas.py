@@ -16,7 +16,7 @@ from .actions import MAX_GUIDELINES
 
 __all__ = ["ErrorOut", "ERROR_RESPONSES", "ItemId", "ClassName", "USER_NAME_PATTERN", "ID_LIST_PATTERN", "MAX_ITEM_ID", "LoginIn", "LabelIn", "UndoIn", "SkipIn",
            "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut", "RuleSwitchIn",
-           "NovelFindIn", "NovelClassIn", "BoxIn", "BoxesIn"]
+           "NovelFindIn", "NovelClassIn", "BoxIn", "BoxesIn", "ClassSetIn"]
 
 # the largest integer every JSON client reads exactly (JavaScript numbers are doubles); the store
 # itself allows up to 2**63 - 1 (SQLite INTEGER), far beyond any project
@@ -82,6 +82,11 @@ class LabelIn(_Body):
     item: ItemId
     label: ClassName
     key: Key = None
+
+
+class ClassSetIn(_Body):
+    item: ItemId
+    classes: list[ClassName] = Field(max_length=1000, description="the classes that apply ([]: none does)")
 
 
 class UndoIn(_Body):

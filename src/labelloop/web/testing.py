@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["ServerProcess", "boxes_project", "digits_project", "serve_command", "topics_project", "TOPICS"]
+__all__ = ["ServerProcess", "boxes_project", "digits_project", "serve_command", "tags_project", "topics_project", "TOPICS"]
 
 _URL_RE = re.compile(r"at (http://\S+?)/?$")
 _ADMIN_RE = re.compile(r"^admin login: (\S+) / (\S+)")
@@ -192,4 +192,32 @@ def topics_project(path: Path, *, rules: bool = True):
         p.add_rule("zzz", label="bug", contains=["zzz"], author="lead")
         p.add_rule("money", label="billing", contains=["invoice"], author="lead")
         p.refresh(full=True)
+    return p
+
+
+def tags_project(path: Path, *, refresh: bool = True):
+    """A multi-label project of 40 short texts (billing0..19, bug0..19; every 4th also says
+    "asap") with classes billing, bug, urgent, embedded with TF-IDF. Six items are decided by
+    "lead" (billing0-2 billing, bug0-2 bug; billing0 and bug0 urgent too); with ``refresh``
+    a refresh has scored every class. Returns the open Project."""
+    import numpy as np
+
+    from ..project import Project
+
+    path = Path(path)
+    rng = np.random.default_rng(1)
+    lines = ["id,text"]
+    for c, words in TOPICS.items():
+        for i in range(20):
+            extra = " asap" if i % 4 == 0 else ""
+            lines.append(f"{c}{i},{' '.join(rng.choice(words, size=6))}{extra}")
+    csv = path.parent / (path.name + "-texts.csv")
+    csv.write_text("\n".join(lines) + "\n")
+    p = Project.init(path, modality="text", classes=["billing", "bug", "urgent"], task="multilabel")
+    p.import_(csv)
+    p.embed("tfidf")
+    p.label_many_classes([("billing0", ["billing", "urgent"]), ("billing1", ["billing"]), ("billing2", ["billing"]),
+                          ("bug0", ["bug", "urgent"]), ("bug1", ["bug"]), ("bug2", ["bug"])], annotator="lead")
+    if refresh:
+        p.refresh()
     return p

@@ -1,4 +1,5 @@
-"""The labeling queue: the page and its JSON twin, labels, undo, skip, classes."""
+"""The labeling queue: the page and its JSON twin, labels (multi-label projects: a set of
+classes per item), undo, skip, classes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...store import Store
-from .. import actions
+from .. import actions, multilabel
 from ..markup import render_markdown
 from ..context import Annotator, Ctx, Principal, WebContext, item_json, parse_ids
 from ..queue import QueueEntry
 from ..render import page
-from ..schemas import ID_LIST_PATTERN, ClassIn, LabelIn, SkipIn, UndoIn
+from ..schemas import ID_LIST_PATTERN, ClassIn, ClassSetIn, LabelIn, SkipIn, UndoIn
 
 router = APIRouter(tags=["queue"])
 
@@ -26,13 +27,19 @@ def _queue_payload(ctx: WebContext, p: Principal, n: int, exclude: list[int]) ->
     entries = ctx.queue.next_items(store, snap, p.user.name, n, exclude)
     ctx.refresher.record_served(p.user.name, entries, snap.ranking)
     items = store.items([e.item_id for e in entries]) if entries else []
-    return {"items": [item_json(it, snap, e) for it, e in zip(items, entries)],
-            "classes": store.classes(), "remaining": _remaining(ctx, store),
-            "snapshot": snap.to_dict(), "refresh": dict(ctx.refresher.status)}
+    out = [item_json(it, snap, e) for it, e in zip(items, entries)]
+    task = "multilabel" if multilabel.is_multilabel(store) else "classification"
+    if task == "multilabel":   # the machine's per-class scores: toggles pre-set from them
+        scores = multilabel.suggestions(ctx.readers.project(), [d["id"] for d in out])
+        for d in out:
+            d["scores"] = scores.get(d["id"], {})
+    return {"items": out, "classes": store.classes(), "remaining": _remaining(ctx, store), "task": task,
+            "suggest_at": multilabel.SUGGEST_AT, "snapshot": snap.to_dict(), "refresh": dict(ctx.refresher.status)}
 
 
 def _remaining(ctx: WebContext, store: Store) -> int:
-    return ctx.cached("remaining", int(time.time()), store.unlabeled_count)   # recounted at most once a second
+    count = (lambda: multilabel.open_count(store)) if multilabel.is_multilabel(store) else store.unlabeled_count
+    return ctx.cached("remaining", int(time.time()), count)   # recounted at most once a second
 
 
 @router.get("/queue", include_in_schema=False)
@@ -42,7 +49,7 @@ def queue_page(p: Annotator, ctx: Ctx):
     data = _queue_payload(ctx, p, 6, [])
     guidelines = render_markdown(ctx.readers.store().guidelines()["text"])
     return page("queue.html", title="Label", user=p.user, csrf=p.csrf or "", page_id="queue", wide=True,
-                classes=data["classes"], initial=data, guidelines=guidelines)
+                classes=data["classes"], initial=data, guidelines=guidelines, task=data["task"])
 
 
 @router.get("/api/queue")
@@ -58,6 +65,16 @@ async def api_queue(p: Annotator, ctx: Ctx, n: Annotated[int, Query(ge=1, le=50)
 async def api_label(body: LabelIn, p: Annotator, ctx: Ctx):
     """Label one item (a human annotation by this user); triggers a background refresh."""
     out = await ctx.write(lambda s: actions.label_item(s, p.user, body.item, body.label, body.key))
+    ctx.queue.release(body.item)
+    ctx.refresher.request()
+    return out
+
+
+@router.post("/api/decisions")
+async def api_decide(body: ClassSetIn, p: Annotator, ctx: Ctx):
+    """Multi-label projects: the classes that apply to one item ([] = none does), this user's
+    full decision for it (every other class: does not apply); triggers a background refresh."""
+    out = await ctx.write(lambda s: multilabel.decide(s, p.user, body.item, body.classes))
     ctx.queue.release(body.item)
     ctx.refresher.request()
     return out

@@ -147,7 +147,11 @@
       remaining: initial.remaining,
       fetching: false,
       chain: Promise.resolve(),  // writes run one after another, in key order
+      on: new Set(),       // multi-label: the classes toggled on for the item shown
+      suggested: new Set(),
     };
+    // multi-label projects: keys toggle classes, Enter submits the set (none on: none applies)
+    const multi = initial.task === "multilabel";
 
     // the key of each class: classes named by single digits ("0".."9") sit on their own digit;
     // otherwise keys 1..9 pick the 1st..9th class and 0 the tenth
@@ -160,7 +164,7 @@
     // after a pick or Esc the keys are shortcuts again
     const picker = classPicker(filterEl, classesEl, (c) => {
       filterEl.blur();
-      if (c === null) accept(); else submit(c);
+      if (c === null) { if (multi) submitSet(); else accept(); } else if (multi) toggle(c); else submit(c);
     }, () => filterEl.blur());
 
     function renderClasses() {
@@ -171,7 +175,19 @@
 
     function markGuess() {
       const g = S.current && S.current.guess ? S.current.guess.label : null;
-      for (const b of classesEl.querySelectorAll("button.cls")) b.classList.toggle("guessed", b.dataset.label === g);
+      for (const b of classesEl.querySelectorAll("button.cls")) {
+        b.classList.toggle("guessed", b.dataset.label === g);
+        if (!multi) continue;
+        b.classList.toggle("on", S.on.has(b.dataset.label));
+        b.classList.toggle("suggested", S.suggested.has(b.dataset.label));
+        b.setAttribute("aria-pressed", String(S.on.has(b.dataset.label)));
+      }
+    }
+
+    function toggle(c) {
+      if (!S.current) return;
+      if (S.on.has(c)) S.on.delete(c); else S.on.add(c);
+      markGuess();
     }
 
     function preload(item) {
@@ -188,7 +204,8 @@
     }
 
     function updateProgress() {
-      const left = typeof S.remaining === "number" ? ` · ${S.remaining.toLocaleString()} items without a label` : "";
+      const open = multi ? "items with a class nobody decided" : "items without a label";
+      const left = typeof S.remaining === "number" ? ` · ${S.remaining.toLocaleString()} ${open}` : "";
       progress.textContent = `${S.labeled} labeled in this session${left}`;
     }
 
@@ -214,7 +231,14 @@
       const check = item.kind === "verify" ? "Check · " : item.kind === "random" ? "Random sample · " : "";
       meta.textContent = `${check}${item.name} · ${item.reason || ""}`;
       view.dataset.kind = item.kind || "";
-      if (item.guess) {
+      if (multi) {
+        const scores = item.scores || {};
+        S.suggested = new Set(S.classes.filter((c) => scores[c] >= initial.suggest_at));
+        S.on = new Set(S.suggested);
+        if (!Object.keys(scores).length) guessEl.append(el("span", "muted", "No machine suggestion yet: toggle the classes that apply"));
+        else guessEl.append(el("span", "muted", "Machine suggests "),
+          el("b", "", S.suggested.size ? [...S.suggested].join(", ") : "none applies"));
+      } else if (item.guess) {
         guessEl.append(el("span", "muted", "Machine guess "), el("b", "", item.guess.label),
           el("span", "conf", ` ${(100 * item.guess.confidence).toFixed(0)}%`));
       } else {
@@ -285,15 +309,22 @@
     }
 
     function submit(label) {
+      submitTo("/api/labels", { label, key: newKey() });
+    }
+
+    function submitSet() {   // multi-label: the classes toggled on, in class order
+      submitTo("/api/decisions", { classes: S.classes.filter((c) => S.on.has(c)) });
+    }
+
+    function submitTo(url, fields) {
       const item = S.current;
       if (!item) return;
       S.done.add(item.id);
       S.labeled++;
       advance();
-      const key = newKey();
       enqueue(async () => {
         try {
-          await send("POST", "/api/labels", { item: item.id, label, key });
+          await send("POST", url, { item: item.id, ...fields });
         } catch (err) {
           S.labeled--;
           S.done.delete(item.id);
@@ -344,12 +375,12 @@
         ev.preventDefault(); guidelines.open = !guidelines.open;
       } else if (k >= "0" && k <= "9") {
         const c = S.classes[S.keys.indexOf(k)];   // classKeys: a digit class's own key, else by position
-        if (c !== undefined) { ev.preventDefault(); submit(c); }
+        if (c !== undefined) { ev.preventDefault(); if (multi) toggle(c); else submit(c); }
       } else if (k === "Enter") {
-        ev.preventDefault(); accept();
+        ev.preventDefault(); if (multi) submitSet(); else accept();
       } else if (k === "s" || k === "S") {
         ev.preventDefault(); skip();
-      } else if (k === "u" || k === "U") {
+      } else if ((k === "u" || k === "U") && !multi) {
         ev.preventDefault(); undo();
       }
     });

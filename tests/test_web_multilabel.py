@@ -1,0 +1,134 @@
+"""The labeling queue of multi-label projects against a real `labelloop serve` process, on
+SQLite and PostgreSQL: items still open, the machine's per-class suggestions, a person's set of
+classes (or none) stored as a full decision, and what is refused without writing anything.
+
+The truth is the rows read back from the database with plain SQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import sql
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+DECISIONS = ("SELECT d.item_id, c.name, d.value, d.source, d.annotator FROM class_decisions d "
+             "JOIN classes c ON c.id = d.class_id ORDER BY d.id")
+DECIDED = {"billing0", "billing1", "billing2", "bug0", "bug1", "bug2"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, module_db):
+    """The tags project (40 texts, six decided, refreshed), an annotator with a token and one
+    with a password; a live server on it."""
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, tags_project
+
+    root = tmp_path_factory.mktemp("tags")
+    with pytest.MonkeyPatch.context() as mp, module_db.create():
+        mp.setattr(auth, "SCRYPT_N", 2**10)
+        p = tags_project(root / "proj")
+        ids = {it.external_id: it.id for it in p.store.items()}
+        auth.add_user(p.store, "ann", "annotator", token=True)
+        token = auth.issue_token(p.store, "ann")
+        auth.add_user(p.store, "bea", "annotator", password="bea-password-1")
+        p.close()
+    with ServerProcess(root / "proj") as server:
+        yield server.url, root / "proj", ids, {"Authorization": f"Bearer {token}"}
+    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
+
+
+def _queue(url, h, n=50):
+    r = httpx.get(url + f"/api/queue?n={n}", headers=h, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_the_queue_offers_open_items_with_per_class_suggestions(served):
+    url, path, ids, h = served
+    data = _queue(url, h)
+    assert data["task"] == "multilabel" and data["classes"] == ["billing", "bug", "urgent"]
+    names = {it["name"] for it in data["items"]}
+    assert names and not names & DECIDED            # decided items are not asked again
+    assert data["remaining"] == 40 - len(DECIDED)
+    for it in data["items"]:                        # a score per class from the refresh
+        assert set(it["scores"]) == {"billing", "bug", "urgent"}
+        assert all(0.0 <= v <= 1.0 for v in it["scores"].values())
+    # the suggestion follows the topic the text was written from
+    by_name = {it["name"]: it["scores"] for it in data["items"]}
+    billing = [s for n, s in by_name.items() if n.startswith("billing")]
+    assert billing and sum(s["billing"] >= 0.5 for s in billing) > len(billing) / 2
+
+
+def test_a_set_of_classes_is_a_full_decision_and_the_item_leaves_the_queue(served):
+    url, path, ids, h = served
+    before = len(sql(path, DECISIONS))
+    item = ids["bug5"]
+    r = httpx.post(url + "/api/decisions", json={"item": item, "classes": ["urgent", "bug"]}, headers=h, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"ok": True, "item": item, "classes": ["bug", "urgent"]}
+    rows = sql(path, DECISIONS)[before:]
+    assert sorted(rows) == [(item, "billing", 0, "human", "ann"), (item, "bug", 1, "human", "ann"),
+                            (item, "urgent", 1, "human", "ann")]
+    # none applies: every class 0
+    none = ids["billing7"]
+    r = httpx.post(url + "/api/decisions", json={"item": none, "classes": []}, headers=h, timeout=30)
+    assert r.status_code == 200, r.text
+    assert sorted(x for x in sql(path, DECISIONS) if x[0] == none) == [
+        (none, "billing", 0, "human", "ann"), (none, "bug", 0, "human", "ann"), (none, "urgent", 0, "human", "ann")]
+    left = _queue(url, h)
+    assert not {it["id"] for it in left["items"]} & {item, none}
+    deadline = time.monotonic() + 10   # the count is recounted at most once a second
+    while left["remaining"] != 40 - len(DECIDED) - 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _queue(url, h)
+    assert left["remaining"] == 40 - len(DECIDED) - 2
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"item": "ITEM", "classes": ["bug", "horse"]}, 422, ["unknown class 'horse'", "billing, bug, urgent"]),
+    ({"item": "ITEM", "classes": "bug"}, 422, ["classes"]),
+    ({"item": "ITEM", "classes": [""]}, 422, ["classes"]),
+    ({"item": 999999, "classes": ["bug"]}, 404, ["999999"]),
+    ({"item": "ITEM"}, 422, ["classes"]),
+])
+def test_bad_decisions_are_refused_and_nothing_is_written(served, body, status, words):
+    url, path, ids, h = served
+    before = sql(path, DECISIONS)
+    body = {k: ids["bug9"] if v == "ITEM" else v for k, v in body.items()}
+    r = httpx.post(url + "/api/decisions", json=body, headers=h, timeout=30)
+    assert r.status_code == status, r.text
+    assert all(w in r.json()["detail"] for w in words), r.json()["detail"]
+    assert sql(path, DECISIONS) == before
+
+
+def test_cookie_sessions_need_the_csrf_token_and_the_page_says_toggle(served):
+    url, path, ids, h = served
+    with httpx.Client(base_url=url, timeout=30) as c:
+        login = c.post("/api/login", json={"name": "bea", "password": "bea-password-1"})
+        assert login.status_code == 200, login.text
+        body = {"item": ids["bug11"], "classes": ["bug"]}
+        assert c.post("/api/decisions", json=body).status_code == 403
+        assert not [x for x in sql(path, DECISIONS) if x[0] == ids["bug11"]]
+        r = c.post("/api/decisions", json=body, headers={"X-CSRF-Token": login.json()["csrf"]})
+        assert r.status_code == 200, r.text
+        page = c.get("/queue", headers={"Accept": "text/html"})
+        assert page.status_code == 200 and "toggle a class" in page.text and '"task": "multilabel"' in page.text
+
+
+def test_a_classification_project_takes_no_class_sets(tmp_path, each_db):
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, topics_project
+
+    p = topics_project(tmp_path / "t", rules=False)
+    auth.add_user(p.store, "ann", "annotator", token=True)
+    token = auth.issue_token(p.store, "ann")
+    p.close()
+    h = {"Authorization": f"Bearer {token}"}
+    with ServerProcess(tmp_path / "t") as server:
+        r = httpx.post(server.url + "/api/decisions", json={"item": 1, "classes": ["bug"]}, headers=h, timeout=30)
+        assert r.status_code == 422 and "multi-label" in r.json()["detail"]
+        assert _queue(server.url, h)["task"] == "classification"
