@@ -185,6 +185,17 @@ def test_unknown_items_roles_csrf_and_other_projects(served, tmp_path):
     assert len(served.rows()) == n
 
 
+def test_an_image_whose_file_went_missing_is_passed_over_and_named(served):
+    # runs after the others in this module: it removes im3.png from the disk
+    item = served.ids["im3.png"]
+    (served.path.parent / (served.path.name + "-images") / "im3.png").unlink()
+    r = served.get("/api/boxes?n=20")
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert item not in [it["id"] for it in data["items"]]
+    assert [p["item"] for p in data["problems"]] == [item] and "missing" in data["problems"][0]["detail"]
+
+
 def test_a_classification_project_has_no_box_editor(tmp_path, each_db):
     from labelloop.web import auth
     from labelloop.web.testing import ServerProcess, topics_project

@@ -11,21 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_web_browser import ARGS, ARTIFACTS, CHROMIUM, _login
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
+from test_web_browser import ARTIFACTS, _login, browser, pytestmark  # noqa: F401 (the fixture, the marks)
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from test_web_browser import ARGS, ARTIFACTS, CHROMIUM, _current, _login, _wait_item_change
+from test_web_browser import (ARTIFACTS, _current, _login, _wait_item_change, browser,  # noqa: F401
+                              pytestmark)   # the fixture and the marks
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install -y chromium"),
-]
 
 CLASSES = ["billing", "bug", "urgent"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

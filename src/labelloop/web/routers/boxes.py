@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from ...errors import UnknownItemError
 from ..boxes import image_json, require_detection, save_boxes
 from ..context import Annotator, Ctx, Principal, WebContext, parse_ids
+from ..media import MediaChangedError
 from ..render import page
 from ..schemas import ID_LIST_PATTERN, MAX_ITEM_ID, BoxesIn
 
@@ -21,9 +22,19 @@ ItemPath = Annotated[int, Path(ge=1, le=MAX_ITEM_ID, description="item id")]
 def _boxes_payload(ctx: WebContext, p: Principal, n: int, exclude: list[int]) -> dict:
     project = ctx.readers.project()
     require_detection(project)
-    chosen, remaining = ctx.box_queue.take(project, p.user.name, n, set(exclude))
-    return {"items": [image_json(project, i, why) for i, why in chosen], "classes": project.classes,
-            "remaining": remaining}
+    items, problems, exclude = [], [], set(exclude)
+    while True:
+        chosen, remaining = ctx.box_queue.take(project, p.user.name, n - len(items), exclude)
+        for i, why in chosen:
+            try:
+                items.append(image_json(project, i, why))
+            except MediaChangedError as exc:   # a moved or changed file: named, not offered again here
+                ctx.box_queue.skip(p.user.name, i)
+                problems.append({"item": i, "detail": str(exc)})
+        if len(items) >= n or not chosen:
+            break
+        exclude |= {i for i, _ in chosen}
+    return {"items": items, "classes": project.classes, "remaining": remaining, "problems": problems}
 
 
 @router.get("/boxes", include_in_schema=False)
@@ -37,7 +48,8 @@ def boxes_page(p: Annotator, ctx: Ctx):
 async def api_boxes(p: Annotator, ctx: Ctx, n: Annotated[int, Query(ge=1, le=20)] = 3,
                     exclude: Annotated[str, Query(max_length=10_000, pattern=ID_LIST_PATTERN)] = ""):
     """The next ``n`` images not yet reviewed, with their boxes in effect (machine pre-labels
-    with scores, human and imported boxes); ``exclude``: ids the client already holds."""
+    with scores, human and imported boxes); ``exclude``: ids the client already holds.
+    ``problems``: images passed over because their file is missing or changed."""
     ids = parse_ids(exclude, "exclude")
     return await run_in_threadpool(_boxes_payload, ctx, p, n, ids)
 

@@ -532,6 +532,9 @@
     reviewKeys();
   }
 
+  // what the other page scripts share (boxes.js); app.js runs first (deferred, in order)
+  window.labelloop = { api, el, toast };
+
   const page = document.body.dataset.page;
   if (page === "queue") initQueue();
   if (page === "review") initReview();

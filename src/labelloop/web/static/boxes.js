@@ -1,12 +1,12 @@
 // labelloop web: the box editor of detection projects (/boxes). Boxes are kept in image
 // pixels; the page scales them for display (zoom). Saving sends the image's final box list
 // (POST /api/boxes/<item>); the server turns it into append-only edits. No framework, no build;
-// server data only ever goes into the page as textContent / attributes.
+// server data only ever goes into the page as textContent / attributes. Uses app.js's helpers.
 "use strict";
 
 (() => {
   if (document.body.dataset.page !== "boxes") return;
-  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  const { api, el, toast } = window.labelloop;   // from app.js
   const initial = JSON.parse(document.getElementById("initial").textContent);
   const scroll = document.getElementById("box-scroll");
   const canvas = document.getElementById("box-canvas");
@@ -15,7 +15,6 @@
   const count = document.getElementById("box-count");
   const classesEl = document.getElementById("classes");
   const progress = document.getElementById("progress");
-  const toastEl = document.getElementById("toast");
   const MIN_PX = 3;          // screen pixels: a shorter drag is a click, not a box
   const ZOOM = 1.25;
 
@@ -33,40 +32,6 @@
     busy: false,
     drag: null,
   };
-
-  async function api(method, url, body) {
-    const opts = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
-    if (body !== undefined) {
-      opts.headers["Content-Type"] = "application/json";
-      opts.body = JSON.stringify(body);
-    }
-    if (method !== "GET") opts.headers["X-CSRF-Token"] = csrf;
-    const r = await fetch(url, opts);
-    let data = null;
-    try { data = await r.json(); } catch (_) { /* not JSON */ }
-    if (!r.ok) {
-      const err = new Error((data && data.detail) || r.statusText || "request failed");
-      err.status = r.status;
-      throw err;
-    }
-    return data;
-  }
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-
-  let toastTimer = null;
-  function toast(msg, bad) {
-    toastEl.textContent = msg;
-    toastEl.classList.add("show");
-    toastEl.classList.toggle("bad", !!bad);
-    clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => toastEl.classList.remove("show"), bad ? 8000 : 2000);
-  }
 
   // ---------------------------------------------------------------- drawing the page
   function fromServer(b) {
@@ -281,6 +246,7 @@
         renderClasses();
       }
       take(out.items);
+      for (const pr of out.problems || []) toast(`Image ${pr.item} passed over: ${pr.detail}`, true);
       if (!S.item && S.buffer.length) advance();
       else render();
     } catch (err) {
