@@ -363,7 +363,12 @@ def status(project, batch, as_json):
     click.echo(f"project   {s['project']} ({s['modality']})" + (f", batch {batch}" if batch else ""))
     click.echo(f"items     {s['items']}  embedded by {s['active_backbone'] or '(nothing yet)'}")
     click.echo(f"labels    human {lab['human']}, import {lab['import']}, machine {lab['machine']}")
-    if s["predicted"]:
+    if s.get("detection"):
+        d = s["detection"]
+        click.echo(f"images    reviewed {d['reviewed']} ({d['reviewed_empty']} empty), imported {d['imported']}, "
+                   f"auto-accepted {d['auto_accepted']}, to do {d['to_do']}; pre-labeled {d['prelabeled']}")
+        click.echo("boxes by class: human / import / auto-accepted (machine) / pre-labels not accepted (predicted)")
+    elif s["predicted"]:
         c = s["confidence"]
         click.echo(f"predicted {s['predicted']} (unreached {s['unreached']}); confidence mean {c['mean']:.3f}, "
                    f"median {c['median']:.3f}, {100 * c['share_ge_0.9']:.1f}% at >= 0.9")
@@ -479,7 +484,9 @@ def _plain(value) -> str:
                    "diverse, conflict (items where labeling functions disagree, with each other or with the "
                    "graph, first; then margin; auto does this after its cold start when rules exist); or "
                    "verify: a random sample of the machine labels auto-labeling could accept, whose labels "
-                   "certify it (see `labelloop autolabel`).")
+                   "certify it (see `labelloop autolabel`). Detection projects: auto (the images whose "
+                   "pre-labels the detector is least sure of, one per cluster of similar images; before any "
+                   "pre-label, typical images of uncovered clusters) or random.")
 @click.option("--seed", type=int, default=None)
 @click.option("--batch", default=None,
               help="Only items of this batch: what the model misses in new data (the model learns from all labels).")
@@ -512,11 +519,18 @@ def next_cmd(project, n, strategy, seed, batch, as_json):
 def autolabel(project, target_precision, global_threshold, as_json):
     """Accept machine labels whose precision random checks by people certify; the rest go to
     people. When it cannot certify yet, it says how many checks it needs: serve them with
-    `labelloop next --strategy verify --n N` and label them as usual."""
+    `labelloop next --strategy verify --n N` and label them as usual.
+
+    Detection projects: accept whole images (all their pre-labeled boxes at once) whose image
+    confidence clears a bar certified on images people reviewed after a detector that never
+    trained on them pre-labeled them."""
     with _open(project) as p:
         s = p.autolabel(target_precision=target_precision, per_class=not global_threshold)
     if as_json:
         _echo_json(s)
+        return
+    if s.get("task") == "detection":
+        _echo_detection_autolabel(s)
         return
     if s.get("task") == "multilabel":
         click.echo(f"accepted {s['accepted']} machine decisions on (item, class) pairs ({s['new_or_changed']} new or "
@@ -618,6 +632,23 @@ def adapt(project, method, epochs, device, image_size, max_images, augment, prot
     else:
         click.echo(f"saved adapted backbone {r['backbone']}; use it with: "
                    f"labelloop embed -p {project} --backbone {r['backbone']}")
+
+
+def _echo_detection_autolabel(s: dict) -> None:
+    bar = s["bar"]
+    click.echo(f"accepted {s['accepted']} images whole ({s['boxes_accepted']} boxes; {100 * s['coverage']:.1f}% of "
+               f"images); {s['needs_person']} images still need a person"
+               + (f" ({s['not_prelabeled']} not pre-labeled yet)" if s["not_prelabeled"] else ""))
+    click.echo(f"bar: {bar['reviewed']} reviewed images the detector pre-labeled before review (held out), "
+               f"{bar['right']} exactly right at box threshold {bar['box_threshold']:.2f}")
+    if bar["precision_estimate"] is not None:
+        where = "above the bar" if bar["certified"] else "in the best band"
+        click.echo(f"precision {where}: estimate {bar['precision_estimate']:.3f}, 95% lower bound "
+                   f"{bar['precision_lower']:.3f} ({bar['correct']} of {bar['checked']} right)")
+    click.echo(s["reason"])
+    if s.get("suggest"):
+        click.echo(f"next: {s['suggest']}   (at least that many random pre-labeled images, all exactly right, "
+                   "would certify the band; review them, then `labelloop autolabel` again)")
 
 
 @cli.command()

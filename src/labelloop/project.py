@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
-from .errors import NotReadyError, ProjectError, UnknownItemError, ValidationError
+from .errors import NotReadyError, PoolExhaustedError, ProjectError, UnknownItemError, ValidationError
 from .ingest import (ImportReport, Report, Skipped, check_class_names, import_images, import_table,
                      import_texts)
 from .store import DATABASE_FILE, Store, full_decision, is_project
@@ -27,6 +27,9 @@ MODALITIES = ("image", "text")
 TASKS = ("classification", "detection", "multilabel")   # detection: boxes on images (labelloop.detect);
 #                                                          multilabel: a set of classes per item (label_classes)
 DETECTORS_DIR = "detectors"              # <project>/detectors/<run id>/detector.pt, .checkpoint/
+TRAINED_ITEMS = "trained_items.npy"      # run folder of a train-detector run: the images it learned from
+PRELABELED_ITEMS = "prelabeled_items.npy"   # run folder of a prelabel run: the images it pre-labeled
+AUTOLABEL_ANNOTATOR = "autolabel"       # who auto-accepted boxes and images are attributed to
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
 EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
 DATASET_FORMATS = ("coco", "labelstudio", "imagefolder", "hf")   # labelloop.formats
@@ -817,6 +820,9 @@ class Project:
         if self.task == "multilabel":
             return self._next_multilabel(n, seed=seed, annotator=annotator, record=record, explore=explore,
                                          batch=batch)
+        if self.task == "detection":
+            return self._detection_next(n, strategy=strategy, seed=seed, annotator=annotator, record=record,
+                                        batch=batch)
         ids, graph = self.graph()
         _, X = self.embeddings()
         given = set(self.store.latest_labels("human")) | set(self.store.latest_labels("import"))
@@ -975,6 +981,8 @@ class Project:
         if self.task == "multilabel":
             return self._autolabel_multilabel(target_precision=target_precision, confidence_level=confidence_level)
         target_precision = self._checked_target(target_precision)
+        if self.task == "detection":
+            return self._detection_autolabel(target_precision=target_precision, confidence_level=confidence_level)
         ids = self.item_ids()
         pred = self._current_predictions(ids)
         if pred is None:
@@ -1333,8 +1341,22 @@ class Project:
             raise ValidationError(f"source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
         item_id = self.store.resolve_item(item)
         (it,) = self.store.items([item_id])
-        return self.store.add_boxes(self._box_rows(it, boxes, source=source, annotator=annotator,
-                                                   create_classes=create_classes))
+        rows = self._box_rows(it, boxes, source=source, annotator=annotator, create_classes=create_classes)
+        if not rows and source == "human":   # a person saying "no (more) boxes here"
+            self.mark_reviewed(item_id, annotator=annotator)
+        return self.store.add_boxes(rows)
+
+    def mark_reviewed(self, item: str | int, annotator: str | None = None) -> None:
+        """A person checked this image: its human and imported boxes in effect are its complete
+        set -- none, if it has none ("reviewed, empty"). Drawing, editing or deleting a box
+        already counts as a review; this records one where nothing was drawn. Pre-labels
+        (machine boxes) still in effect are not part of the reviewed set: a person accepts one
+        by writing it as theirs (:meth:`edit_box` without a change). Reviewed images
+        are trained on (an empty one as background), never asked again by :meth:`next`,
+        never pre-labeled again, and certify :meth:`autolabel` when a detector pre-labeled
+        them before the review."""
+        self._require_detection("mark_reviewed")
+        self.store.add_box_reviews([self.store.resolve_item(item)], source="human", annotator=annotator)
 
     def _box_rows(self, it, boxes: Iterable[Sequence], *, source: str, annotator: str | None,
                   create_classes: bool, run_id: int | None = None) -> list[dict]:
@@ -1450,7 +1472,7 @@ class Project:
             raise NotReadyError("train needs boxes: draw or import boxes on a few images first")
         classes = self.classes
         col = {cid: classes.index(name) for name, cid in self.store.class_ids().items()}
-        by_item: dict[int, list[dict]] = {}
+        by_item: dict[int, list[dict]] = {i: [] for i in self.store.box_review_times("human")}   # reviewed, maybe empty
         for r in rows:
             by_item.setdefault(r["item_id"], []).append(r)
         item_ids = sorted(by_item)
@@ -1461,6 +1483,7 @@ class Project:
         cfg = DetectConfig(device=device, epochs=epochs, image_size=image_size, trainable_blocks=trainable_blocks,
                            hflip=hflip, seed=seed)
         run = self.store.start_run("train-detector", cfg.to_dict(), {"images": len(item_ids), "boxes": len(rows)})
+        np.save(self.store.run_dir(run) / TRAINED_ITEMS, np.array(item_ids, dtype=np.int64))   # held out: the rest
         ckdir = self.root / DETECTORS_DIR / ".checkpoint"
         try:
             det = train_detector(images, targets, len(classes), cfg, class_names=classes, checkpoint_dir=ckdir)
@@ -1470,6 +1493,7 @@ class Project:
         path = det.save(self.root / DETECTORS_DIR / str(run) / "detector.pt")
         shutil.rmtree(ckdir, ignore_errors=True)
         summary = {"images": len(item_ids), "boxes": len(rows), "epochs": det.epochs,
+                   "empty_images": sum(not v for v in by_item.values()),
                    "trainable_blocks": det.config.trainable_blocks, "resumed_from_epoch": det.resumed_from,
                    "final_loss": det.history[-1] if det.history else None, "seconds": round(det.seconds, 1),
                    "device": str(next(det.model.parameters()).device), "path": str(path.relative_to(self.root))}
@@ -1478,9 +1502,10 @@ class Project:
 
     def prelabel(self, *, items: Iterable[str | int] | None = None, score_threshold: float | None = None,
                  batch_size: int = 32) -> dict:
-        """Boxes with scores from the latest detector on every image without human or imported
-        boxes (or on ``items``), stored as machine boxes; the previous machine boxes of those
-        images are withdrawn."""
+        """Boxes with scores from the latest detector on every image not done yet -- not
+        reviewed by a person, imported or auto-accepted -- (or on ``items``), stored as machine
+        boxes; the previous machine boxes of those images are withdrawn. The run records which
+        images it pre-labeled (also those it found empty)."""
         from .detect.train import load_detector
         from .ingest import load_image
 
@@ -1490,7 +1515,7 @@ class Project:
             raise NotReadyError("no detector yet: run labelloop train first")
         det = load_detector(self.root / trained["summary"]["path"])
         if items is None:
-            done = {r["item_id"] for r in self.store.current_boxes(sources=("human", "import"))}
+            done = self._done_images()
             ids = [int(i) for i in self.store.item_ids() if int(i) not in done]
         else:
             ids = [self.store.resolve_item(i) for i in items]
@@ -1500,6 +1525,7 @@ class Project:
             raise ValidationError(f"the detector knows class {missing[0]!r}, which this project no longer has")
         run = self.store.start_run("prelabel", {"detector_run": trained["id"], "score_threshold": score_threshold},
                                    {"images": len(ids)})
+        np.save(self.store.run_dir(run) / PRELABELED_ITEMS, np.array(ids, dtype=np.int64))
         n_boxes = 0
         for lo in range(0, len(ids), batch_size):
             part = ids[lo:lo + batch_size]
@@ -1517,6 +1543,214 @@ class Project:
         summary = {"images": len(ids), "boxes": n_boxes, "detector_run": trained["id"]}
         self.store.finish_run(run, summary)
         return summary | {"run": run}
+
+    def _done_images(self) -> set[int]:
+        """Images that need no person: reviewed by one, imported with boxes, or auto-accepted."""
+        return (set(self.store.box_review_times("human")) | set(self.store.box_review_times("machine"))
+                | {r["item_id"] for r in self.store.current_boxes(sources=("import",))})
+
+    def _prelabel_history(self) -> dict[int, list[tuple[int, float, int]]]:
+        """item_id -> [(prelabel run, when it started, its detector run)], oldest first."""
+        out: dict[int, list[tuple[int, float, int]]] = {}
+        for r in self.store.runs("prelabel"):
+            f = self.store.run_dir(r["id"]) / PRELABELED_ITEMS
+            items = np.load(f) if f.is_file() else {b["item_id"] for b in self.store.run_boxes([r["id"]])}
+            for i in items:
+                out.setdefault(int(i), []).append((r["id"], r["started"], r["params"]["detector_run"]))
+        return out
+
+    def _proposals(self, picks: dict[int, int]):
+        """item_id -> ImageBoxes (class ids as labels, with scores) that prelabel run ``picks[item]``
+        proposed for it, as proposed (later edits do not change it)."""
+        from .detect.boxes import ImageBoxes
+
+        rows: dict[int, list[dict]] = {i: [] for i in picks}
+        for b in self.store.run_boxes(sorted(set(picks.values()))):
+            if picks.get(b["item_id"]) == b["run_id"]:
+                rows[b["item_id"]].append(b)
+        return {i: ImageBoxes([[b[k] for k in "xywh"] for b in bs], [b["class_id"] for b in bs],
+                              [b["score"] for b in bs]) for i, bs in rows.items()}
+
+    def _heldout_reviews(self) -> tuple[list[int], list, list]:
+        """Images a person reviewed after a detector that never trained on them pre-labeled
+        them: (item ids, the proposal of the last such prelabel before the review, the human and
+        imported boxes in effect now)."""
+        from .detect.boxes import ImageBoxes
+
+        reviewed = self.store.box_review_times("human")
+        history = self._prelabel_history()
+        trained: dict[int, set[int]] = {}
+        picks = {}
+        for item, when in reviewed.items():
+            for run, started, det_run in reversed(history.get(item, [])):
+                if started >= when:
+                    continue
+                if det_run not in trained:
+                    f = self.store.run_dir(det_run) / TRAINED_ITEMS
+                    # a detector trained before runs recorded their images: every image reviewed before it
+                    trained[det_run] = set(np.load(f).tolist()) if f.is_file() else {
+                        i for i, t in reviewed.items() if t < (self.store.run(det_run) or {}).get("started", 0)}
+                if item not in trained[det_run]:
+                    picks[item] = run
+                break
+        ids = sorted(picks)
+        props = self._proposals(picks)
+        truth: dict[int, list[dict]] = {i: [] for i in ids}
+        for b in self.store.current_boxes(sources=("human", "import"), item_ids=ids):
+            truth[b["item_id"]].append(b)
+        return (ids, [props[i] for i in ids],
+                [ImageBoxes([[b[k] for k in "xywh"] for b in truth[i]], [b["class_id"] for b in truth[i]]) for i in ids])
+
+    def _image_bar(self, target_precision: float, confidence_level: float = 0.95):
+        """The image-level accept bar (:func:`labelloop.detect.accept.certify_images`)."""
+        from .detect.accept import certify_images
+
+        _, preds, truths = self._heldout_reviews()
+        return certify_images(preds, truths, target_precision=target_precision, confidence_level=confidence_level)
+
+    def _current_proposals(self, item_ids: Iterable[int]) -> dict:
+        """item_id -> the proposal of the last prelabel run of each image that has one."""
+        history = self._prelabel_history()
+        return self._proposals({int(i): history[int(i)][-1][0] for i in item_ids if int(i) in history})
+
+    def _detection_next(self, n: int, *, strategy: str, seed: int | None, annotator: str | None, record: bool,
+                        batch: str | None) -> list[dict]:
+        """:meth:`next` of a detection project (:mod:`labelloop.detect.select`)."""
+        from .detect.select import image_uncertainty, select_images
+
+        if strategy not in ("auto", "random"):
+            raise ValidationError(f"a detection project picks images with --strategy auto or random, not {strategy!r}")
+        ids, X = self.embeddings()
+        done = self._done_images()
+        is_done = np.isin(ids, np.array(sorted(done), dtype=np.int64))
+        cand = ~is_done if batch is None else ~is_done & self.in_batch(ids, batch)
+        labeled, unlabeled = np.flatnonzero(is_done), np.flatnonzero(cand)
+        if unlabeled.size == 0:
+            raise PoolExhaustedError("every image is reviewed, imported or auto-accepted: nothing left to ask")
+        n = min(int(n), int(unlabeled.size))
+        seed = int(seed if seed is not None else len(self.store.runs("query", status=None)))
+        props = self._current_proposals(ids[unlabeled])
+        tau = self._box_threshold()
+        unc = known = None
+        if props:
+            known = np.isin(ids, np.array(sorted(props), dtype=np.int64))
+            unc = image_uncertainty([props.get(int(i)) for i in ids], box_threshold=tau)
+        if strategy == "random":
+            from .select import random_sampling
+
+            sel = random_sampling(labeled, unlabeled, n, seed=seed)
+            kind = "random"
+        else:
+            sel = select_images(X, labeled, unlabeled, n, uncertainty=unc, prelabeled=known, seed=seed)
+            kind = "uncertain" if unc is not None else "cold-start"
+        out = []
+        for r, it, score, reason in zip(sel.indices, self.store.items(ids[sel.indices].tolist()), sel.scores,
+                                        sel.reasons, strict=True):
+            p = props.get(it.id)
+            kept = None if p is None else int((p.scores >= tau).sum())
+            out.append({"item": it.id, "ref": it.display, "guess": None if p is None else f"{kept} boxes",
+                        "confidence": None if unc is None or not known[r] else float(1 - unc[r]),
+                        "coverage": None, "region": None, "score": float(score), "reason": reason, "kind": kind})
+        if record:
+            self.record_query(sel.strategy, n, seed, out, annotator=annotator, labeled=len(labeled),
+                              details=sel.details | {"box_threshold": tau}, batch=batch)
+        return out
+
+    def _box_threshold(self) -> float:
+        """The box threshold of the last detection autolabel, else the default."""
+        from .detect.accept import DEFAULT_BOX_THRESHOLD
+
+        last = self.store.last_run("autolabel")
+        return float((last["summary"].get("bar") or {}).get("box_threshold", DEFAULT_BOX_THRESHOLD)) if last \
+            else DEFAULT_BOX_THRESHOLD
+
+    def _detection_autolabel(self, *, target_precision: float, confidence_level: float) -> dict:
+        """:meth:`autolabel` of a detection project: accept whole images (all their boxes at once)
+        whose image confidence clears the bar certified on held-out reviewed images."""
+        from .detect.accept import image_confidence
+
+        bar = self._image_bar(target_precision, confidence_level)
+        ids = self.store.item_ids()
+        done = self._done_images()
+        todo = [int(i) for i in ids if int(i) not in done]
+        props = self._current_proposals(todo)
+        run = self.store.start_run("autolabel", {"target_precision": target_precision, "task": "detection",
+                                                 "confidence_level": confidence_level},
+                                   {"reviewed_heldout": bar.reviewed})
+        conf = {i: image_confidence(p, box_threshold=bar.box_threshold) for i, p in props.items()}
+        accept = [i for i, c in conf.items() if bar.certified and c >= bar.bar]
+        rows = []
+        for b in self.store.current_boxes(sources=("machine",), item_ids=accept):
+            keep = b["score"] is not None and b["score"] >= bar.box_threshold
+            rows.append({**{k: b[k] for k in ("item_id", "x", "y", "w", "h", "score")},
+                         "class_id": b["class_id"] if keep else None, "source": "machine",
+                         "annotator": AUTOLABEL_ANNOTATOR, "run_id": run, "replaces": b["id"]})
+        self.store.add_boxes(rows)
+        self.store.add_box_reviews(accept, source="machine", annotator=AUTOLABEL_ANNOTATOR, run_id=run)
+        summary = {
+            "task": "detection", "accepted": len(accept), "boxes_accepted": sum(r["class_id"] is not None for r in rows),
+            "coverage": len(accept) / len(ids) if len(ids) else 0.0, "new_or_changed": len(accept), "withdrawn": 0,
+            "candidates": len(props), "not_prelabeled": len(todo) - len(props),
+            "needs_person": len(todo) - len(accept), "target_precision": target_precision,
+            "estimated_precision": bar.precision_estimate, "precision_lower": bar.precision_lower,
+            "calibration_items": bar.reviewed, "reason": bar.reason, "bar": bar.to_dict(),
+        }
+        if bar.more_needed:
+            # right reviews needed in the candidate band; a random draw lands there with the band's share
+            share = np.mean([c >= bar.candidate for c in conf.values()]) if bar.candidate is not None and conf else 1.0
+            if share > 0:
+                summary["reviews_needed"] = int(np.ceil(bar.more_needed / share))
+                summary["suggest"] = f"labelloop next --strategy random --n {summary['reviews_needed']}"
+        self.store.finish_run(run, summary)
+        return summary | {"run": run}
+
+    def _detection_status(self, batch: str | None) -> dict:
+        """:meth:`status` of a detection project: images by state, boxes by class and source."""
+        st = self.store
+        ids = st.item_ids()
+        if batch is not None:
+            ids = ids[self.in_batch(ids, batch)]
+        keep = set(ids.tolist())
+        human = {i for i in st.box_review_times("human") if i in keep}
+        accepted = {i for i in st.box_review_times("machine") if i in keep} - human
+        boxes = st.current_boxes(item_ids=ids)
+        imported = {b["item_id"] for b in boxes if b["source"] == "import"} - human
+        name_of = {v: k for k, v in st.class_ids().items()}
+        per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0} for c in self.classes}
+        with_boxes = set()
+        for b in boxes:
+            src = "machine" if b["annotator"] == AUTOLABEL_ANNOTATOR else \
+                ("predicted" if b["source"] == "machine" else b["source"])
+            per_class[name_of[b["class_id"]]][src] += 1
+            if src in ("human", "import"):
+                with_boxes.add(b["item_id"])
+        history = self._prelabel_history()
+        last = st.last_run("autolabel")
+        out = {
+            "project": str(self.root), "modality": self.modality, "task": "detection", "items": len(ids),
+            "classes": len(self.classes), "labeled": {"human": len(human), "import": len(imported),
+                                                      "machine": len(accepted)},
+            "embedded": st.embedding_backbones(), "active_backbone": (st.get_meta("backbone") or {}).get("cache_id"),
+            "per_class": per_class, "predicted": 0,
+            "detection": {"reviewed": len(human), "reviewed_empty": len(human - with_boxes),
+                          "imported": len(imported), "auto_accepted": len(accepted),
+                          "prelabeled": sum(1 for i in keep if i in history),
+                          "to_do": len(keep - human - imported - accepted),
+                          "detector_run": (st.last_run("train-detector") or {}).get("id"),
+                          "last_autolabel": None if last is None else {
+                              k: last["summary"].get(k) for k in ("accepted", "estimated_precision", "precision_lower",
+                                                                  "calibration_items", "reason")}},
+        }
+        if batch is not None:
+            out["batch"] = batch
+        d = out["detection"]
+        out["next_step"] = (
+            "run `labelloop import` to add images" if not len(ids) else
+            "draw boxes on a few images (`labelloop serve`; `labelloop next` picks them), then `labelloop train`"
+            if not d["reviewed"] and not d["imported"] else
+            "run `labelloop train`" if d["detector_run"] is None else
+            "run `labelloop prelabel`" if d["to_do"] and not d["prelabeled"] else None)
+        return out
 
     # ------------------------------------------------------------------- quality
     GOLD_ANNOTATOR = "gold"
@@ -1664,6 +1898,8 @@ class Project:
         batches also gets ``drift`` (:meth:`drift`). A multi-label project: :meth:`_multilabel_status`."""
         if self.task == "multilabel":
             return self._multilabel_status(batch=batch)
+        if self.task == "detection":
+            return self._detection_status(batch)
         st = self.store
         ids = self.item_ids()
         in_batch = None if batch is None else self.in_batch(ids, batch)
@@ -2068,9 +2304,12 @@ class Project:
 
     def _export_boxes(self, out: str | Path, *, format: str, image_url_prefix: str = "",
                       batch: str | None = None) -> ExportReport:
-        """A detection project's images (of ``batch``) with their boxes in effect: human and
-        import boxes as annotations, machine boxes (``labelloop prelabel``) as predictions
-        with their scores. coco / labelstudio: a JSON file; yolo, voc: a new folder."""
+        """A detection project's images (of ``batch``) with their boxes in effect: human, import
+        and auto-accepted boxes as annotations, the other machine boxes (``labelloop prelabel``)
+        as predictions with their scores. Each image's ``labelloop_status`` (COCO image field,
+        Label Studio task data) says ``reviewed`` (by a person; no boxes then means none there),
+        ``imported``, ``auto-accepted`` or ``to-do``. coco / labelstudio: a JSON file; yolo, voc:
+        a new folder."""
         from . import formats
 
         if format not in BOX_FORMATS:
@@ -2084,21 +2323,26 @@ class Project:
         by_item: dict[int, list[dict]] = {}
         for b in self.store.current_boxes(item_ids=ids):
             by_item.setdefault(b["item_id"], []).append(b)
+        reviewed, accepted = self.store.box_review_times("human"), self.store.box_review_times("machine")
         records = []
         for it in self.store.items(ids):
             width, height = formats.image_size(it.uri) or (None, None)
+            bs = by_item.get(it.id, [])
+            status = ("reviewed" if it.id in reviewed else "imported" if any(b["source"] == "import" for b in bs)
+                      else "auto-accepted" if it.id in accepted else "to-do")
             rec = formats.Record(path=it.external_id or Path(it.uri).name, width=width, height=height,
-                                 meta={"labelloop_item": it.id})
-            for b in by_item.get(it.id, []):
-                box = formats.Box(b["x"], b["y"], b["w"], b["h"], names[b["class_id"]],
-                                  b["score"] if b["source"] == "machine" else None)
-                (rec.predicted_boxes if b["source"] == "machine" else rec.boxes).append(box)
+                                 meta={"labelloop_item": it.id, "labelloop_status": status})
+            for b in bs:
+                predicted = b["source"] == "machine" and b["annotator"] != AUTOLABEL_ANNOTATOR
+                box = formats.Box(b["x"], b["y"], b["w"], b["h"], names[b["class_id"]], b["score"] if predicted else None)
+                (rec.predicted_boxes if predicted else rec.boxes).append(box)
             records.append(rec)
         out = Path(out).expanduser()
         extra = _write_collection(formats.Collection(self.classes, records), out, format, modality="image",
                                   image_url_prefix=image_url_prefix, boxes=True)
-        return ExportReport(path=out, format=format, items=len(records), labeled=sum(bool(r.boxes) for r in records),
-                            predicted=sum(bool(r.predicted_boxes) and not r.boxes for r in records), extra=extra)
+        done = [r.meta["labelloop_status"] != "to-do" for r in records]
+        return ExportReport(path=out, format=format, items=len(records), labeled=sum(done),
+                            predicted=sum(bool(r.predicted_boxes) and not d for r, d in zip(records, done)), extra=extra)
 
     # ---- used by the web app (and cached for long-running servers)
     def item_ids(self) -> np.ndarray:

@@ -228,6 +228,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX class_decisions_by_item ON class_decisions (item_id, class_id, source, id)
         """,
     ),
+    (
+        9,
+        "whole-image reviews of detection projects (append-only)",
+        """
+        CREATE TABLE box_reviews (                 -- an image's boxes in effect are its complete set
+            id         INTEGER PRIMARY KEY,
+            item_id    INTEGER NOT NULL REFERENCES items(id),
+            source     TEXT NOT NULL CHECK (source IN ('human', 'machine')),  -- machine: auto-accepted
+            annotator  TEXT,
+            run_id     INTEGER REFERENCES runs(id),   -- the autolabel run of a machine review
+            created    REAL NOT NULL
+        );
+        CREATE INDEX box_reviews_by_item ON box_reviews (item_id, source)
+        """,
+    ),
 ]
 
 #: how items imported without ``--batch`` (NULL, and every item of a project made before
@@ -1111,6 +1126,38 @@ class Store:
 
     def box_replaced(self, box_id: int) -> bool:
         return self.conn.execute("SELECT 1 FROM boxes WHERE replaces = ? LIMIT 1", (int(box_id),)).fetchone() is not None
+
+    def add_box_reviews(self, item_ids: Sequence[int], *, source: str, annotator: str | None,
+                        run_id: int | None = None) -> None:
+        """Record that these images' boxes in effect are complete (``human``: a person checked
+        them, possibly finding none; ``machine``: auto-accepted by an autolabel run)."""
+        now = _now()
+        with self.transaction() as c:
+            c.executemany("INSERT INTO box_reviews (item_id, source, annotator, run_id, created) VALUES (?, ?, ?, ?, ?)",
+                          [(int(i), source, annotator, run_id, now) for i in item_ids])
+
+    def box_review_times(self, source: str) -> dict[int, float]:
+        """item_id -> when the image was first reviewed by ``source``: a box_reviews row, or
+        (human) the first box row a person wrote on it (drawn, edited or deleted)."""
+        q = "SELECT item_id, MIN(created) FROM box_reviews WHERE source = ? GROUP BY item_id"
+        out = {int(i): float(t) for i, t in self.conn.execute(q, (source,))}
+        if source == "human":
+            for i, t in self.conn.execute("SELECT item_id, MIN(created) FROM boxes WHERE source = 'human' "
+                                          "GROUP BY item_id"):
+                out[int(i)] = min(float(t), out.get(int(i), float(t)))
+        return out
+
+    def run_boxes(self, run_ids: Sequence[int]) -> list[dict]:
+        """Every box row (with a class) these runs wrote, also those later edited or withdrawn:
+        what a prelabel run proposed, as it proposed it."""
+        ids = [int(r) for r in run_ids]
+        out: list[dict] = []
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            out += [dict(r) for r in self.conn.execute(
+                "SELECT id, item_id, x, y, w, h, class_id, score, run_id FROM boxes WHERE class_id IS NOT NULL "
+                f"AND run_id IN ({', '.join('?' * len(part))}) ORDER BY id", part)]
+        return out
 
 
 def full_decision(item_id: int, applies: Iterable[str], class_ids: dict[str, int]) -> list[tuple[int, int, int]]:

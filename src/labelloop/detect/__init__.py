@@ -6,6 +6,7 @@ project's own boxes.
   :class:`ImageBoxes` (the boxes of one image: xywh pixels, class, score);
 - :mod:`.metrics` -- mAP@0.5 and mAP@0.5:0.95 (COCO-style, 101 recall points);
 - :mod:`.accept` -- review counts, image confidence, the Clopper-Pearson accept bar;
+- :mod:`.select` -- which images to review next: image uncertainty with diversity;
 - :mod:`.model`, :mod:`.train` -- the FCOS-style detector, its schedule, training, prediction;
 - :mod:`.synthetic` -- synthetic scenes from bundled datasets (benchmark, tests).
 
@@ -27,6 +28,11 @@ _LAZY = {
     "review_image": ".accept",
     "image_confidence": ".accept",
     "accept_threshold": ".accept",
+    "choose_box_threshold": ".accept",
+    "certify_images": ".accept",
+    "ImageBar": ".accept",
+    "image_uncertainty": ".select",
+    "select_images": ".select",
     "DetectConfig": ".train",
     "Detector": ".train",
     "schedule": ".train",
