@@ -362,8 +362,10 @@ class Project:
         """The shared kNN graph over the active embeddings, built once and stored at the largest
         k any consumer asks for (:meth:`graph_k`); propagation truncates it to the ``k`` setting.
         A stored graph is found from the item ids alone (:meth:`_graph_fingerprint`): the
-        vectors are read only to build one."""
-        from .graph import KnnGraph, build_knn_graph
+        vectors are read only to build one. After items were added, the last graph is extended
+        with them (:func:`labelloop.graph.extend_knn_graph`) instead of rebuilt, until more than
+        :data:`labelloop.graph.REBUILD_AFTER_ADDED` of the items at its last full build were added."""
+        from .graph import KnnGraph, build_knn_graph, extend_knn_graph
 
         path = self._graph_path(self.item_ids())
         if path.exists():
@@ -374,15 +376,43 @@ class Project:
         k_eff = min(self.graph_k(), len(ids) - 1)
         if k_eff < 1:
             raise NotReadyError("a graph needs at least 2 embedded items")
+        base = self._graph_to_extend(ids, k_eff)
         run = self.store.start_run("graph", {"k": k_eff, "exact_threshold": self.setting("exact_threshold")},
-                                   {"fingerprint": path.stem})
+                                   {"fingerprint": path.stem} | ({"extends": base[0]} if base else {}))
         t0 = time.perf_counter()
-        g = build_knn_graph(X, k=k_eff, exact_threshold=self.setting("exact_threshold"))
+        if base is None:
+            g = build_knn_graph(X, k=k_eff, exact_threshold=self.setting("exact_threshold"))
+            extra = {"full_n": g.n}
+        else:
+            fingerprint, old, full_n = base
+            g, changed = extend_knn_graph(old, X[:old.n], X[old.n:], exact_threshold=self.setting("exact_threshold"))
+            extra = {"full_n": full_n, "added": g.n - old.n, "changed_rows": changed}
         path.parent.mkdir(parents=True, exist_ok=True)
         g.save(path)
         self.store.finish_run(run, {"n": g.n, "k": g.k, "method": g.method,
-                                    "seconds": round(time.perf_counter() - t0, 3)})
+                                    "seconds": round(time.perf_counter() - t0, 3)} | extra)
         return ids, g
+
+    def _graph_to_extend(self, ids: np.ndarray, k: int):
+        """``(fingerprint, graph, items at its last full build)`` of the newest stored graph over
+        a prefix of ``ids`` (items are only added, with ascending ids) at the same backbone, k
+        and threshold, or None when there is none or a full rebuild is due: more than
+        :data:`~labelloop.graph.REBUILD_AFTER_ADDED` x the items of the last full build added since."""
+        from .graph import REBUILD_AFTER_ADDED, KnnGraph
+
+        for run in reversed(self.store.runs("graph")):
+            n_old, fingerprint = run["summary"].get("n"), run["inputs"].get("fingerprint")
+            old = self.root / "arrays" / "graphs" / f"{fingerprint}.npz"
+            if not n_old or n_old >= len(ids) or not old.exists():
+                continue
+            if self._graph_fingerprint(ids[:n_old]) != fingerprint:
+                continue
+            full_n = int(run["summary"].get("full_n", n_old))
+            if len(ids) - full_n > REBUILD_AFTER_ADDED * full_n:
+                return None
+            g = KnnGraph.load(old)
+            return (fingerprint, g, full_n) if g.k == k else None
+        return None
 
     def graph_k(self) -> int:
         """The k the shared graph is built at: the largest any consumer asks for -- propagation
