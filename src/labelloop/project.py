@@ -331,8 +331,11 @@ class Project:
         return {**options, "image_size": size}, note
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order; read-only
-        arrays, kept in memory while the items and the backbone stay the same (:data:`MEMO`)."""
+        """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order; read-only.
+        The vectors are one ``.npy`` file per set of items and backbone (``arrays/vectors/``),
+        gathered from the embedding cache once and memory-mapped after: a reader pays only
+        for the rows it touches, and nothing is read again until items are added or the
+        backbone changes (:data:`MEMO` keeps the mapping)."""
         meta = self.store.get_meta("backbone")
         key = (self.store.items_key(), (meta or {}).get("cache_id"))
         return MEMO.get(self.root, "embeddings", key, lambda: _frozen(self._load_embeddings(meta)))
@@ -342,6 +345,11 @@ class Project:
             raise NotReadyError("the project has no items yet: run `labelloop import` first")
         if not meta:
             raise NotReadyError("no embeddings yet: run `labelloop embed` first")
+        ids = self.item_ids()
+        folder = self.root / "arrays" / "vectors"
+        path = folder / f"{self._vectors_fingerprint(ids, meta['cache_id'])}.npy"
+        if path.exists():
+            return ids, np.load(path, mmap_mode="r")
         items = self.store.items()
         cache_id = meta["cache_id"]
         have = self.store.embedded_hashes(cache_id)
@@ -351,7 +359,21 @@ class Project:
                 f"{len(missing)} of {len(items)} items have no {cache_id!r} embedding "
                 f"(e.g. {missing[0].display}): run `labelloop embed` again")
         ids = np.array([it.id for it in items], dtype=np.int64)
-        return ids, self.store.load_embeddings(cache_id, [it.content_hash for it in items])
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy"
+        self.store.load_embeddings(cache_id, [it.content_hash for it in items], out_path=tmp)
+        tmp.replace(path)
+        for old in folder.glob("*.npy"):   # one file per project: the older sets of items go
+            if old != path and not old.name.endswith(".tmp.npy"):
+                old.unlink(missing_ok=True)
+        return ids, np.load(path, mmap_mode="r")
+
+    @staticmethod
+    def _vectors_fingerprint(ids: np.ndarray, cache_id: str) -> str:
+        """The backbone's cache id (its vector of an item never changes) and the item ids."""
+        h = hashlib.sha256(str(cache_id).encode())
+        h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        return h.hexdigest()[:20]
 
     def snippets(self, item_ids: Iterable[int], *, width: int = 60) -> dict[int, str]:
         """item_id -> a short description to show a person (:meth:`Item.snippet`)."""
@@ -745,10 +767,9 @@ class Project:
         """``(n, C)`` probabilities of the refresh's classifier head
         (:func:`labelloop.loop.predict.embedding_head`) fitted on the labels ``y`` over the
         active embeddings; with ``rows``, only those rows (``(len(rows), C)``)."""
-        from .graph import normalize_rows
         from .loop.predict import embedding_head
 
-        return embedding_head(normalize_rows(self.embeddings()[1]), n_classes)(y, rows)
+        return embedding_head(self.embeddings()[1], n_classes, normalised=False)(y, rows)
 
     def _load_warm_state(self, key, S) -> bool:
         """Rebuild the propagation state from the last refresh run if it used the same graph."""
