@@ -1,5 +1,6 @@
-"""Items added to an embedded project: the stored kNN graph is extended, not rebuilt
-(``Project.graph`` -> ``graph.extend_knn_graph``), until a rebuild is due."""
+"""A project that grows: items added to an embedded project extend the stored kNN graph
+instead of rebuilding it (``Project.graph`` -> ``graph.extend_knn_graph``) until a rebuild is
+due; refresh run folders are pruned to the newest few; vectors are read memory-mapped."""
 
 from __future__ import annotations
 
@@ -63,3 +64,51 @@ def test_refresh_after_a_new_batch_extends_the_graph_then_rebuilds_past_the_boun
     p.graph()   # 80 added since the full build of 200: more than the bound, so a full rebuild
     third = p.store.last_run("graph")
     assert "extends" not in third["inputs"] and third["summary"]["full_n"] == 280
+
+
+def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, project_factory):
+    from labelloop import Project
+
+    folders, classes = _batches(tmp_path, [120])
+    p = project_factory(classes=classes)
+    p.import_(folders[0])
+    p.embed("pixels")
+    cid = p.store.class_ids()
+    p.set_setting("head_weight", 0)
+    runs_dir = p.root / "arrays" / "runs"
+    refreshes = []
+    for r in range(6):
+        p.store.add_annotations([(i, cid[classes[i % len(classes)]]) for i in range(1 + 3 * r, 4 + 3 * r)],
+                                source="human", annotator="t")
+        refreshes.append(p.refresh()["run"])
+        if r == 1:
+            p.autolabel(target_precision=0.5)   # accepts from refresh 1: its folder stays
+            referenced = p.store.last_run("autolabel")["inputs"]["prediction_run"]
+    assert referenced == refreshes[1]
+    kept = sorted(int(d.name) for d in runs_dir.iterdir() if int(d.name) in refreshes)
+    assert kept == [refreshes[1], *refreshes[-Project.KEEP_REFRESH_RUNS:]]
+    # what readers use still works: the newest predictions, a warm start from the last state
+    assert p.predictions().run_id == refreshes[-1]
+    p.store.add_annotations([(100, cid[classes[0]])], source="human", annotator="t")
+    assert p.refresh()["warm"]
+
+
+def test_vectors_are_one_memory_mapped_file_per_set_of_items(tmp_path, project_factory):
+    folders, classes = _batches(tmp_path, [60, 20])
+    p = project_factory(classes=classes)
+    p.import_(folders[0])
+    p.embed("pixels")
+    ids, X = p.embeddings()
+    assert isinstance(X, np.memmap) and not X.flags.writeable and X.shape[0] == len(ids) == 60
+    files = list((p.root / "arrays" / "vectors").glob("*.npy"))
+    assert len(files) == 1
+    p.import_(folders[1])
+    p.embed("pixels")
+    ids2, X2 = p.embeddings()
+    assert len(ids2) == 80 and np.array_equal(np.asarray(X2[:60]), np.asarray(X))
+    assert [f.name for f in (p.root / "arrays" / "vectors").glob("*.npy")] != [files[0].name]
+    assert len(list((p.root / "arrays" / "vectors").glob("*.npy"))) == 1
+    # the same vectors as the embedding cache holds
+    want = p.store.load_embeddings(p.store.get_meta("backbone")["cache_id"],
+                                   [it.content_hash for it in p.store.items()])
+    assert np.array_equal(np.asarray(X2), want)

@@ -685,7 +685,39 @@ class Project:
         summary["estimated_accuracy"] = self._estimate_from(P, pred, y >= 0, y_h)["accuracy"]
         self.store.finish_run(run, summary)
         self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict(), s)
+        self.prune_runs()
         return summary | {"run": run}
+
+    #: refresh run folders kept (``arrays/runs/<id>``: predictions, propagation state, held-out
+    #: scores; ~150 MB each at 1M items): the newest finished one is what every reader uses and
+    #: a warm refresh starts from; a server's request threads may still read the one before
+    #: while its refresher writes the next (:data:`Memo.SLOTS`); one more to spare.
+    KEEP_REFRESH_RUNS = 3
+
+    def prune_runs(self) -> list[int]:
+        """Delete the folders of finished, failed or interrupted refresh runs older than the
+        :data:`KEEP_REFRESH_RUNS` newest finished ones, except the run the last ``autolabel``
+        accepted labels from and this Project's own predictions; running ones are never
+        touched. Returns the run ids whose folders went."""
+        done = self.store.run_ids("refresh")
+        if len(done) <= self.KEEP_REFRESH_RUNS:
+            return []
+        oldest_kept = done[-self.KEEP_REFRESH_RUNS]
+        keep = set()
+        last_autolabel = self.store.last_run("autolabel")
+        if last_autolabel is not None:
+            keep.add(last_autolabel["inputs"].get("prediction_run"))
+        if self._own_predictions is not None:
+            keep.add(self._own_predictions.run_id)
+        folder = self.root / "arrays" / "runs"
+        removed = []
+        for run_id in self.store.run_ids("refresh", ("done", "failed", "interrupted")):
+            if run_id >= oldest_kept:
+                break
+            if run_id not in keep and (folder / str(run_id)).exists():
+                shutil.rmtree(folder / str(run_id), ignore_errors=True)
+                removed.append(run_id)
+        return removed
 
     #: a warm refresh above this many items reuses the last calibration instead of refitting it
     #: (five held-out propagations); a full refresh always refits

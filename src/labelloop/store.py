@@ -647,6 +647,12 @@ class Store:
             args.append(status)
         return [self._run(r) for r in self.conn.execute(q + " ORDER BY id", args)]
 
+    def run_ids(self, kind: str, statuses: Sequence[str] = ("done",)) -> list[int]:
+        """Ids of the runs of ``kind`` with one of ``statuses``, ascending (no JSON parsed)."""
+        q = ",".join("?" * len(statuses))
+        return [int(r[0]) for r in self.conn.execute(
+            f"SELECT id FROM runs WHERE kind = ? AND status IN ({q}) ORDER BY id", (kind, *statuses))]
+
     def run(self, run_id: int) -> dict | None:
         """One run by id (any status), None if there is none."""
         row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
