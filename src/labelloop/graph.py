@@ -267,12 +267,10 @@ def extend_knn_graph(
 
 
 def choose_method(n: int, exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> str:
-    """The search method "auto" uses for ``n`` items: "exact" up to ``exact_threshold``,
-    pynndescent above :data:`NNDESCENT_MIN_N` when installed, else :data:`DEFAULT_APPROX_METHOD`."""
-    return _auto_method(n, exact_threshold)
-
-
-def _auto_method(n: int, exact_threshold: int) -> str:
+    """The search method "auto" uses for ``n`` items -- the one place the choice is made:
+    "exact" up to ``exact_threshold`` (:data:`DEFAULT_EXACT_THRESHOLD`), pynndescent above
+    :data:`NNDESCENT_MIN_N` when it is installed, else :data:`DEFAULT_APPROX_METHOD` (FAISS IVF).
+    Thresholds measured in ``benchmarks/results/knn_backends.md`` (its decision paragraph)."""
     if n <= exact_threshold:
         return "exact"
     if n > NNDESCENT_MIN_N:
