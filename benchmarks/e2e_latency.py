@@ -4,6 +4,7 @@ process, and a real ``labelloop serve`` (label submit -> refreshed predictions v
 
     python benchmarks/e2e_latency.py --n 100000                         # this code only
     python benchmarks/e2e_latency.py --n 100000 --baseline /work/main/src   # + main, same run
+    python benchmarks/e2e_latency.py --n 100000 --baseline /work/main/src --full --runs 3
 
 Project: n text items with synthetic 384-d embeddings (10 classes x 5 Gaussian clusters in a
 32-d latent space mapped to 384-d plus noise; benchmarks/refresh_latency.py's generator) stored
@@ -15,7 +16,8 @@ Measured per variant, ``--runs`` times each (medians reported):
 
 - CLI: 10 new human labels (random unlabeled items, their true class), then
   ``python -m labelloop.cli refresh -p DIR`` as a child process: wall time, CPU seconds (user +
-  system of the child, from wait4) and the child's peak RSS;
+  system of the child, from wait4) and the child's peak RSS; with ``--full`` the timed command
+  is ``refresh --full`` (a full propagation whose classifier head reads every vector);
 - server (``--server``): a real ``labelloop serve`` subprocess; POST /api/labels, then poll
   GET /api/queue?n=1 every 10 ms until its snapshot's ``applied_annotation_id`` covers the
   label (refreshed predictions visible); labels 0.3 s apart so each is its own refresh. Then
@@ -120,7 +122,7 @@ def run_child(cmd: list[str], env: dict) -> dict:
             "peak_rss_mb": ru.ru_maxrss / 1024, "stdout": out.strip()}
 
 
-def measure_cli(path: Path, src: Path, runs: int, seed: int) -> dict:
+def measure_cli(path: Path, src: Path, runs: int, seed: int, full: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     env = _env(src)
     # imports alone: the floor of any command in a fresh process
@@ -132,7 +134,8 @@ def measure_cli(path: Path, src: Path, runs: int, seed: int) -> dict:
     got = []
     for r in range(runs):
         add_labels(path, 10, rng, src)
-        m = run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path), "--json"], env)
+        m = run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path), "--json"]
+                      + (["--full"] if full else []), env)
         s = json.loads(m.pop("stdout"))
         m.update(warm=s["warm"], warm_updates=s.get("warm_updates"), load=os.getloadavg()[0])
         got.append(m)
@@ -212,6 +215,8 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=SRC, help="this code's source tree (default: this checkout's)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/labelloop-e2e"))
     ap.add_argument("--base", type=Path, default=None, help="a project built before (default DIR/nN)")
+    ap.add_argument("--full", action="store_true",
+                    help="time `refresh --full` (full propagation; the classifier head reads the vectors)")
     args = ap.parse_args()
     base = args.base or args.dir / f"n{args.n}"
     if not (base / "bench_token.txt").exists():
@@ -230,14 +235,14 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
         shutil.copytree(base, path)
         print(f"{name} ({src}):", flush=True)
-        r = {"src": str(src), "cli": measure_cli(path, Path(src), args.runs, seed=1)}
+        r = {"src": str(src), "cli": measure_cli(path, Path(src), args.runs, seed=1, full=args.full)}
         if args.server:
             r["server"] = measure_server(path, Path(src), args.refreshes, args.requests, seed=2)
             print("  server:", {k: v for k, v in r["server"].items() if k.endswith("median")}, flush=True)
         result["variants"][name] = r
         shutil.rmtree(path, ignore_errors=True)
     result["load_average_after"] = list(os.getloadavg())
-    out = RESULTS / f"e2e_latency_{args.n}"
+    out = RESULTS / f"e2e_latency_{args.n}{'_full' if args.full else ''}"
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     write_markdown(result, out.with_suffix(".md"))
     print(out.with_suffix(".md").read_text())
@@ -250,7 +255,7 @@ def write_markdown(r: dict, path: Path) -> None:
              f"Command: `{r['command']}` on {r['machine']}. Load average (1/5/15 min) before "
              f"{[round(x, 2) for x in r['load_average_before']]}, after {[round(x, 2) for x in r['load_average_after']]}. "
              f"Project build (not timed below): {json.dumps(r['build'])}.", "",
-             "CLI: `labelloop refresh` in a fresh process after 10 new human labels, median of "
+             f"CLI: `labelloop refresh{' --full' if '--full' in r['command'] else ''}` in a fresh process after 10 new human labels, median of "
              f"{len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + system "
              "of the child process (from wait4), peak RSS its maximum resident set.", "",
              "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),

@@ -163,10 +163,10 @@ def main() -> None:
         for method in args.methods:
             if method == "exact" and n > args.exact_max:
                 continue
-            times, rec = [], None
+            times, cpus, rec = [], [], None
             for r in range(runs):
                 load0 = os.getloadavg()[0]
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 if method == "pca128-ivf":
                     idx = pca_ivf(Xn, args.k)
                     found = np.array([[j for j in idx[i] if j != i][: args.k] for i in q])
@@ -181,16 +181,18 @@ def main() -> None:
                     g = build_knn_graph(X, args.k, method=method)
                     found = g.indices[q]
                 times.append(time.perf_counter() - t)
+                cpus.append(time.process_time() - c)
                 if rec is None:
                     rec = recall_at_k(found, truth)
-                print(f"n={n} {method:11s} run {r}: {times[-1]:8.2f} s  recall@{args.k} {rec:.4f}  "
+                print(f"n={n} {method:11s} run {r}: {times[-1]:8.2f} s {cpus[-1]:8.2f} CPU-s  recall@{args.k} {rec:.4f}  "
                       f"load {load0:.1f}", flush=True)
             report["rows"] = [
                 r for r in report["rows"] if (r["n"], r["method"], r.get("data", "clustered")) != (n, method, args.data)
             ]
             report["rows"].append({
                 "n": n, "method": method, "data": args.data, "runs": runs, "median_s": round(float(np.median(times)), 3),
-                "times_s": [round(x, 3) for x in times], f"recall_at_{args.k}": round(rec, 4),
+                "times_s": [round(x, 3) for x in times], "median_cpu_s": round(float(np.median(cpus)), 3),
+                f"recall_at_{args.k}": round(rec, 4),
                 "load_avg_1min": round(os.getloadavg()[0], 1),
             })
         for row in report["rows"]:  # speed-up vs exact at the same size
@@ -214,15 +216,16 @@ def write_markdown(report: dict, path: Path) -> None:
         f"on {report['queries']} random query rows vs exact search. Machine: {report['machine']['cores']} cores, shared with other jobs "
         "(load average in the table). Full `build_knn_graph` per method.",
         "",
-        f"| data | n | method | median build s | runs | recall@{k} | speed-up vs exact | load |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        f"| data | n | method | median build s | CPU s | runs | recall@{k} | speed-up vs exact | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     order = ["exact", "ivf", "hnsw", "nndescent", "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
     rows = sorted(report["rows"], key=lambda r: (r.get("data", "clustered") != "clustered", r["n"],
                                                  order.index(r["method"]) if r["method"] in order else 99))
     for r in rows:
         lines.append(
-            f"| {r.get('data', 'clustered')} | {r['n']:,} | {r['method']} | {r['median_s']:.2f} | {r['runs']} | {r[f'recall_at_{k}']:.4f} "
+            f"| {r.get('data', 'clustered')} | {r['n']:,} | {r['method']} | {r['median_s']:.2f} "
+            f"| {r['median_cpu_s'] if 'median_cpu_s' in r else ''} | {r['runs']} | {r[f'recall_at_{k}']:.4f} "
             f"| {r.get('speedup_vs_exact', '')} | {r['load_avg_1min']} |"
         )
     if "nndescent_jit" in report:

@@ -166,9 +166,81 @@ def test_property_exact_graph_invariants(data, n, d):
 def test_auto_uses_nndescent_only_for_large_sets_when_installed():
     import importlib.util
 
-    from labelloop.graph import NNDESCENT_MIN_N, _auto_method
+    from labelloop.graph import NNDESCENT_MIN_N, choose_method
 
-    assert _auto_method(100, 20_000) == "exact"
-    assert _auto_method(50_000, 20_000) == "ivf"
+    assert choose_method(100, 20_000) == "exact"
+    assert choose_method(50_000, 20_000) == "ivf"
     has = importlib.util.find_spec("pynndescent") is not None
-    assert _auto_method(NNDESCENT_MIN_N + 1, 20_000) == ("nndescent" if has else "ivf")
+    assert choose_method(NNDESCENT_MIN_N + 1, 20_000) == ("nndescent" if has else "ivf")
+
+
+# ---------------------------------------------------------------- adding items (extend_knn_graph)
+
+
+def test_extend_exact_equals_brute_force_of_all_items():
+    """Appending items to an exact graph gives the brute-force graph of every item (ties aside)."""
+    from labelloop.graph import extend_knn_graph
+
+    X = clustered(500, dim=16, seed=3)
+    k = 8
+    old = build_knn_graph(X[:420], k, method="exact")
+    g, changed = extend_knn_graph(old, X[:420], X[420:], method="exact")
+    check_invariants(X, g, k)
+    bf_idx, bf_sim = brute_force(X, k)
+    np.testing.assert_allclose(g.similarities, bf_sim, atol=1e-5)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(g.indices, bf_idx)])
+    assert recall == pytest.approx(1.0)
+    assert g.method == "exact" and g.n == 500
+    # the reverse-neighbour update: exactly the old rows that gained a new neighbour changed
+    gained = (bf_idx[:420] >= 420).any(axis=1)
+    assert changed == int(gained.sum()) > 0
+    assert np.array_equal(g.indices[:420][~gained], old.indices[~gained])
+
+
+def test_extend_reverse_update_puts_a_new_twin_first():
+    """A new item identical to an old one becomes that old item's nearest neighbour, and
+    items far from every old one change no old row."""
+    from labelloop.graph import extend_knn_graph
+
+    X = clustered(200, dim=16, seed=4)
+    X[:, 12:] = 0.0   # old items in the first 12 dimensions, the far ones in the last 4
+    k = 5
+    old = build_knn_graph(X, k, method="exact")
+    far = np.zeros((3, 16), np.float32)
+    far[:, 12] = 1.0
+    far[1, 13] = far[2, 14] = 1.0
+    twin = X[7:8] * 2.0                          # same direction as item 7
+    g, changed = extend_knn_graph(old, X, np.vstack([twin, far]), method="exact")
+    assert g.indices[7, 0] == 200 and g.similarities[7, 0] == pytest.approx(1.0, abs=1e-6)
+    assert g.indices[200, 0] == 7
+    assert not np.isin(g.indices[:200], [201, 202, 203]).any()
+    assert changed == int((g.indices[:200] != old.indices).any(axis=1).sum()) >= 1
+    assert set(g.indices[202, :2].tolist()) == {201, 203}   # the far items are each other's nearest
+
+
+def test_extend_approximate_recall_and_centroids_kept(tmp_path):
+    from labelloop.graph import extend_knn_graph
+
+    X = clustered(3000, dim=32, seed=5)
+    k = 10
+    old = build_knn_graph(X[:2700], k, method="ivf")
+    assert old.centroids is not None
+    old.save(tmp_path / "g.npz")
+    old = KnnGraph.load(tmp_path / "g.npz")
+    g, _ = extend_knn_graph(old, X[:2700], X[2700:], exact_threshold=1000)
+    check_invariants(X, g, k)
+    bf_idx, _ = brute_force(X, k)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(g.indices, bf_idx)])
+    assert recall >= 0.95
+    assert g.method == "ivf" and np.array_equal(g.centroids, old.centroids)
+
+
+def test_extend_rejects_mismatched_vectors():
+    from labelloop.graph import extend_knn_graph
+
+    X = clustered(100, dim=8)
+    g = build_knn_graph(X, 4, method="exact")
+    with pytest.raises(ValidationError, match="100 items but 90"):
+        extend_knn_graph(g, X[:90], X[90:])
+    with pytest.raises(ValidationError, match="new vectors"):
+        extend_knn_graph(g, X, np.ones((3, 5), np.float32))

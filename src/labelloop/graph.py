@@ -20,6 +20,9 @@ __all__ = [
     "KnnGraph",
     "normalize_rows",
     "build_knn_graph",
+    "extend_knn_graph",
+    "choose_method",
+    "REBUILD_AFTER_ADDED",
     "KNN_METHODS",
     "DEFAULT_APPROX_METHOD",
     "DEFAULT_EXACT_THRESHOLD",
@@ -48,6 +51,12 @@ DEFAULT_APPROX_METHOD = "ivf"
 NNDESCENT_MIN_N = 200_000
 
 
+#: A graph extended with added items (:func:`extend_knn_graph`) is rebuilt in full once more
+#: than this share of the items of its last full build were added since. Chosen by
+#: ``benchmarks/graph_update.py`` (results/graph_update.md): see the drift rows there.
+REBUILD_AFTER_ADDED = 0.3
+
+
 def _n_threads() -> int:
     """CPU cores this process may use (respects affinity masks / container limits)."""
     try:
@@ -74,6 +83,9 @@ class KnnGraph:
     indices: np.ndarray  # (n, k) int64 neighbour ids
     similarities: np.ndarray  # (n, k) float32 cosine similarities, descending per row
     method: str = "exact"  # "exact" | the approximate method used
+    #: (nlist, d) IVF coarse centroids of an "ivf" build, reused when items are added
+    #: (:func:`extend_knn_graph`); None for other methods
+    centroids: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -87,15 +99,17 @@ class KnnGraph:
         """The graph restricted to each item's ``k`` nearest neighbours."""
         if not 1 <= k <= self.k:
             raise ValidationError(f"truncate(k={k}): k must be between 1 and {self.k}, the graph's k")
-        return KnnGraph(self.indices[:, :k].copy(), self.similarities[:, :k].copy(), self.method)
+        return KnnGraph(self.indices[:, :k].copy(), self.similarities[:, :k].copy(), self.method, self.centroids)
 
     def save(self, path: Path | str) -> None:
-        """Write to ``path`` as an uncompressed ``.npz`` (indices, similarities, method)."""
+        """Write to ``path`` as an uncompressed ``.npz`` (indices, similarities, method, centroids)."""
+        extra = {} if self.centroids is None else {"centroids": self.centroids}
         np.savez(
             Path(path),
             indices=self.indices,
             similarities=self.similarities,
             method=np.array(self.method),
+            **extra,
         )
 
     @classmethod
@@ -106,6 +120,7 @@ class KnnGraph:
                 indices=data["indices"].astype(np.int64, copy=False),
                 similarities=data["similarities"].astype(np.float32, copy=False),
                 method=str(data["method"]),
+                centroids=data["centroids"] if "centroids" in data.files else None,
             )
 
 
@@ -157,7 +172,7 @@ def build_knn_graph(
         raise ValidationError("embeddings contain NaN or infinite values; fix or drop those rows")
     k = int(k)
     if method == "auto":
-        method = _auto_method(n, exact_threshold)
+        method = choose_method(n, exact_threshold)
     if method == "nndescent":
         # pynndescent normalises its own copy of the rows (cosine): not normalised twice here
         # (at 1M x 384 a second pass cost 10 s and 1.5 GB); rows are normalised below only if
@@ -169,15 +184,93 @@ def build_knn_graph(
         if method == "exact":
             idx, sim = _search_exact(Xn, Xn, k + 1)
         elif method == "ivf":
-            idx, sim = _search_ivf(Xn, k + 1, seed=seed)
+            centroids = _ivf_centroids(Xn, seed=seed)
+            idx, sim = _search_ivf(Xn, k + 1, seed=seed, centroids=centroids)
         else:
             idx, sim = _search_hnsw(Xn, k + 1, seed=seed)
     idx, sim = _drop_self(idx, sim, k)
     idx, sim = _repair_missing(X if Xn is None else Xn, idx, sim, normalised=Xn is not None)
-    return KnnGraph(idx, sim, method)
+    return KnnGraph(idx, sim, method, centroids if method == "ivf" else None)
 
 
-def _auto_method(n: int, exact_threshold: int) -> str:
+def extend_knn_graph(
+    graph: KnnGraph,
+    X_old: np.ndarray,
+    X_new: np.ndarray,
+    *,
+    method: str = "auto",
+    exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+    seed: int = 0,
+) -> tuple[KnnGraph, int]:
+    """``graph`` (over the rows of ``X_old``) with the rows of ``X_new`` appended as items
+    ``n_old ..``, without a rebuild. Returns ``(graph over n_old + m items, old rows changed)``.
+
+    The new rows' neighbours: the new vectors searched against every vector. The old rows:
+    each one's ``k`` nearest new vectors, merged into its list where closer than its current
+    ``k``-th neighbour (the reverse-neighbour update); an old item's other neighbours cannot
+    change, as only items were added. ``method`` as in :func:`build_knn_graph` for the new
+    total: with "exact" both searches are exact, so the result equals a rebuild by exact
+    search (up to ties); above the exact threshold both are FAISS IVF searches (pynndescent
+    cannot search without building its own search index, which costs more than the two
+    searches). Recall and time against a rebuild: ``benchmarks/graph_update.py``."""
+    X_old = np.asarray(X_old)
+    X_new = np.asarray(X_new)
+    n_old, m = X_old.shape[0], X_new.shape[0]
+    if n_old != graph.n:
+        raise ValidationError(f"the graph has {graph.n} items but {n_old} old vectors were given")
+    if X_new.ndim != 2 or X_new.shape[1] != X_old.shape[1]:
+        raise ValidationError(f"new vectors must be (m, {X_old.shape[1]}); got shape {X_new.shape}")
+    if not np.isfinite(X_new).all():
+        raise ValidationError("embeddings contain NaN or infinite values; fix or drop those rows")
+    k = graph.k
+    if m == 0:
+        return graph, 0
+    n = n_old + m
+    exact = (choose_method(n, exact_threshold) if method == "auto" else method) == "exact"
+    X = np.empty((n, X_old.shape[1]), np.float32)  # (n, d) every row, normalised
+    for lo in range(0, n_old, 65_536):
+        X[lo : min(lo + 65_536, n_old)] = normalize_rows(X_old[lo : lo + 65_536])
+    X[n_old:] = normalize_rows(X_new)
+    new = X[n_old:]
+    # the new rows: k+1 nearest among every item, then self dropped; an IVF search reuses the
+    # coarse centroids of the last full build (k-means was most of its cost)
+    centroids = None
+    if exact:
+        idx_n, sim_n = _search_exact(new, X, k + 1)
+    else:
+        centroids = graph.centroids if graph.centroids is not None else _ivf_centroids(X, seed=seed)
+        idx_n, sim_n = _search_ivf(X, k + 1, seed=seed, Q=new, centroids=centroids)
+    idx_n, sim_n = _drop_self(idx_n, sim_n, k, self_ids=np.arange(n_old, n))
+    # the old rows: their k nearest new items, merged where closer than their k-th neighbour
+    kr = min(k, m)
+    if exact:
+        idx_r, sim_r = _search_exact(X[:n_old], new, kr)
+    else:
+        idx_r, sim_r = _search_ivf(new, kr, seed=seed, Q=X[:n_old])
+    sim_r = np.where(idx_r < 0, -np.inf, sim_r)
+    idx_r = np.where(idx_r < 0, -1, idx_r + n_old)
+    closer = sim_r[:, 0] > graph.similarities[:, -1]  # (n_old,) rows that change
+    rows = np.flatnonzero(closer)
+    cand_i = np.concatenate([graph.indices[rows], idx_r[rows]], axis=1)  # (r, k + kr)
+    cand_s = np.concatenate([graph.similarities[rows].astype(np.float32), sim_r[rows]], axis=1)
+    order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]  # old neighbours first on ties
+    indices = np.empty((n, k), np.int64)
+    sims = np.empty((n, k), np.float32)
+    indices[:n_old], sims[:n_old] = graph.indices, graph.similarities
+    indices[rows] = np.take_along_axis(cand_i, order, 1)
+    sims[rows] = np.clip(np.take_along_axis(cand_s, order, 1), -1.0, 1.0)
+    indices[n_old:], sims[n_old:] = idx_n, sim_n
+    indices, sims = _repair_missing(X, indices, sims)
+    # an approximate update keeps the name of the approximate method the graph was built with
+    label = "exact" if exact else (graph.method if graph.method != "exact" else DEFAULT_APPROX_METHOD)
+    return KnnGraph(indices, sims, label, centroids), int(rows.size)
+
+
+def choose_method(n: int, exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> str:
+    """The search method "auto" uses for ``n`` items -- the one place the choice is made:
+    "exact" up to ``exact_threshold`` (:data:`DEFAULT_EXACT_THRESHOLD`), pynndescent above
+    :data:`NNDESCENT_MIN_N` when it is installed, else :data:`DEFAULT_APPROX_METHOD` (FAISS IVF).
+    Thresholds measured in ``benchmarks/results/knn_backends.md`` (its decision paragraph)."""
     if n <= exact_threshold:
         return "exact"
     if n > NNDESCENT_MIN_N:
@@ -209,22 +302,36 @@ IVF_PROBE_FRACTION = 0.05
 IVF_MIN_NPROBE = 8
 
 
-def _search_ivf(X: np.ndarray, kk: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _ivf_centroids(X: np.ndarray, *, seed: int) -> np.ndarray:
+    """(nlist, d) IVF coarse centroids of the rows of ``X``: spherical k-means (FAISS)."""
     faiss = _import_faiss()
     n, d = X.shape
     nlist = max(1, min(int(IVF_NLIST_PER_SQRT_N * np.sqrt(n)), n // 39))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     # k-means on a sample of 64 points per list (FAISS warns below 39, gains little above 256)
     rng = np.random.default_rng(seed)
     n_train = min(n, 64 * nlist)
     train = X[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else X
-    index.cp.seed = int(seed)
-    index.cp.min_points_per_centroid = 1  # silence FAISS's stderr warning on small sets
-    index.train(train)
+    km = faiss.Kmeans(d, nlist, niter=25, seed=int(seed), spherical=True, min_points_per_centroid=1)
+    km.train(np.ascontiguousarray(train, dtype=np.float32))
+    return km.centroids.astype(np.float32, copy=False)
+
+
+def _search_ivf(X: np.ndarray, kk: int, *, seed: int, Q: np.ndarray | None = None,
+                centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kk`` nearest rows of ``X`` to each row of ``Q`` (``X`` itself when None), by an
+    IVF-Flat index over ``centroids`` (trained here when None)."""
+    faiss = _import_faiss()
+    n, d = X.shape
+    if centroids is None:
+        centroids = _ivf_centroids(X, seed=seed)
+    nlist = centroids.shape[0]
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True
     index.add(X)
     index.nprobe = min(nlist, max(IVF_MIN_NPROBE, int(np.ceil(IVF_PROBE_FRACTION * nlist))))
-    sim, idx = index.search(X, kk)
+    sim, idx = index.search(X if Q is None else Q, min(kk, n))
     return idx.astype(np.int64, copy=False), sim.astype(np.float32, copy=False)
 
 
@@ -290,10 +397,13 @@ def _search_nndescent(X: np.ndarray, kk: int, *, seed: int) -> tuple[np.ndarray,
 # --------------------------------------------------------------------------- clean-up
 
 
-def _drop_self(idx: np.ndarray, sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's own id (wherever it sits: duplicates may tie with it), keep k."""
+def _drop_self(idx: np.ndarray, sim: np.ndarray, k: int, self_ids: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own id (``self_ids``, row i is item i when None; wherever it sits:
+    duplicates may tie with it), keep k."""
     n = idx.shape[0]
-    is_self = idx == np.arange(n)[:, None]  # (n, k+1)
+    own = (np.arange(n) if self_ids is None else np.asarray(self_ids))[:, None]  # (n, 1)
+    is_self = idx == own  # (n, k+1)
     # rows without self (ties among > k+1 duplicates, approximate misses) drop their last slot
     drop = is_self.copy()
     no_self = ~is_self.any(axis=1)
@@ -305,7 +415,7 @@ def _drop_self(idx: np.ndarray, sim: np.ndarray, k: int) -> tuple[np.ndarray, np
     sim = np.clip(sim[keep].reshape(n, k), -1.0, 1.0)  # (n, k)
     # self-duplicates after the first occurrence (cannot happen in FAISS / pynndescent output,
     # but cheap to guard): turn into missing slots for _repair_missing
-    idx = np.where(idx == np.arange(n)[:, None], -1, idx)
+    idx = np.where(idx == own, -1, idx)
     return idx, sim.astype(np.float32, copy=False)
 
 

@@ -338,8 +338,11 @@ class Project:
         return {**options, "image_size": size}, note
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order; read-only
-        arrays, kept in memory while the items and the backbone stay the same (:data:`MEMO`)."""
+        """(item_ids (n,), vectors (n, d)) of the active backbone, in item-id order; read-only.
+        The vectors are one ``.npy`` file per set of items and backbone (``arrays/vectors/``),
+        gathered from the embedding cache once and memory-mapped after: a reader pays only
+        for the rows it touches, and nothing is read again until items are added or the
+        backbone changes (:data:`MEMO` keeps the mapping)."""
         meta = self.store.get_meta("backbone")
         key = (self.store.items_key(), (meta or {}).get("cache_id"))
         return MEMO.get(self.root, "embeddings", key, lambda: _frozen(self._load_embeddings(meta)))
@@ -349,6 +352,11 @@ class Project:
             raise NotReadyError("the project has no items yet: run `labelloop import` first")
         if not meta:
             raise NotReadyError("no embeddings yet: run `labelloop embed` first")
+        ids = self.item_ids()
+        folder = self.root / "arrays" / "vectors"
+        path = folder / f"{self._vectors_fingerprint(ids, meta['cache_id'])}.npy"
+        if path.exists():
+            return ids, np.load(path, mmap_mode="r")
         items = self.store.items()
         cache_id = meta["cache_id"]
         have = self.store.embedded_hashes(cache_id)
@@ -358,7 +366,21 @@ class Project:
                 f"{len(missing)} of {len(items)} items have no {cache_id!r} embedding "
                 f"(e.g. {missing[0].display}): run `labelloop embed` again")
         ids = np.array([it.id for it in items], dtype=np.int64)
-        return ids, self.store.load_embeddings(cache_id, [it.content_hash for it in items])
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy"
+        self.store.load_embeddings(cache_id, [it.content_hash for it in items], out_path=tmp)
+        tmp.replace(path)
+        for old in folder.glob("*.npy"):   # one file per project: the older sets of items go
+            if old != path and not old.name.endswith(".tmp.npy"):
+                old.unlink(missing_ok=True)
+        return ids, np.load(path, mmap_mode="r")
+
+    @staticmethod
+    def _vectors_fingerprint(ids: np.ndarray, cache_id: str) -> str:
+        """The backbone's cache id (its vector of an item never changes) and the item ids."""
+        h = hashlib.sha256(str(cache_id).encode())
+        h.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+        return h.hexdigest()[:20]
 
     def snippets(self, item_ids: Iterable[int], *, width: int = 60) -> dict[int, str]:
         """item_id -> a short description to show a person (:meth:`Item.snippet`)."""
@@ -369,8 +391,10 @@ class Project:
         """The shared kNN graph over the active embeddings, built once and stored at the largest
         k any consumer asks for (:meth:`graph_k`); propagation truncates it to the ``k`` setting.
         A stored graph is found from the item ids alone (:meth:`_graph_fingerprint`): the
-        vectors are read only to build one."""
-        from .graph import KnnGraph, build_knn_graph
+        vectors are read only to build one. After items were added, the last graph is extended
+        with them (:func:`labelloop.graph.extend_knn_graph`) instead of rebuilt, until more than
+        :data:`labelloop.graph.REBUILD_AFTER_ADDED` of the items at its last full build were added."""
+        from .graph import KnnGraph, build_knn_graph, extend_knn_graph
 
         path = self._graph_path(self.item_ids())
         if path.exists():
@@ -381,15 +405,43 @@ class Project:
         k_eff = min(self.graph_k(), len(ids) - 1)
         if k_eff < 1:
             raise NotReadyError("a graph needs at least 2 embedded items")
+        base = self._graph_to_extend(ids, k_eff)
         run = self.store.start_run("graph", {"k": k_eff, "exact_threshold": self.setting("exact_threshold")},
-                                   {"fingerprint": path.stem})
+                                   {"fingerprint": path.stem} | ({"extends": base[0]} if base else {}))
         t0 = time.perf_counter()
-        g = build_knn_graph(X, k=k_eff, exact_threshold=self.setting("exact_threshold"))
+        if base is None:
+            g = build_knn_graph(X, k=k_eff, exact_threshold=self.setting("exact_threshold"))
+            extra = {"full_n": g.n}
+        else:
+            fingerprint, old, full_n = base
+            g, changed = extend_knn_graph(old, X[:old.n], X[old.n:], exact_threshold=self.setting("exact_threshold"))
+            extra = {"full_n": full_n, "added": g.n - old.n, "changed_rows": changed}
         path.parent.mkdir(parents=True, exist_ok=True)
         g.save(path)
         self.store.finish_run(run, {"n": g.n, "k": g.k, "method": g.method,
-                                    "seconds": round(time.perf_counter() - t0, 3)})
+                                    "seconds": round(time.perf_counter() - t0, 3)} | extra)
         return ids, g
+
+    def _graph_to_extend(self, ids: np.ndarray, k: int):
+        """``(fingerprint, graph, items at its last full build)`` of the newest stored graph over
+        a prefix of ``ids`` (items are only added, with ascending ids) at the same backbone, k
+        and threshold, or None when there is none or a full rebuild is due: more than
+        :data:`~labelloop.graph.REBUILD_AFTER_ADDED` x the items of the last full build added since."""
+        from .graph import REBUILD_AFTER_ADDED, KnnGraph
+
+        for run in reversed(self.store.runs("graph")):
+            n_old, fingerprint = run["summary"].get("n"), run["inputs"].get("fingerprint")
+            old = self.root / "arrays" / "graphs" / f"{fingerprint}.npz"
+            if not n_old or n_old >= len(ids) or not old.exists():
+                continue
+            if self._graph_fingerprint(ids[:n_old]) != fingerprint:
+                continue
+            full_n = int(run["summary"].get("full_n", n_old))
+            if len(ids) - full_n > REBUILD_AFTER_ADDED * full_n:
+                return None
+            g = KnnGraph.load(old)
+            return (fingerprint, g, full_n) if g.k == k else None
+        return None
 
     def graph_k(self) -> int:
         """The k the shared graph is built at: the largest any consumer asks for -- propagation
@@ -647,7 +699,39 @@ class Project:
         summary["estimated_accuracy"] = self._estimate_from(P, pred, y >= 0, y_h)["accuracy"]
         self.store.finish_run(run, summary)
         self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict(), s)
+        self.prune_runs()
         return summary | {"run": run}
+
+    #: refresh run folders kept (``arrays/runs/<id>``: predictions, propagation state, held-out
+    #: scores; ~150 MB each at 1M items): the newest finished one is what every reader uses and
+    #: a warm refresh starts from; a server's request threads may still read the one before
+    #: while its refresher writes the next (:data:`Memo.SLOTS`); one more to spare.
+    KEEP_REFRESH_RUNS = 3
+
+    def prune_runs(self) -> list[int]:
+        """Delete the folders of finished, failed or interrupted refresh runs older than the
+        :data:`KEEP_REFRESH_RUNS` newest finished ones, except the run the last ``autolabel``
+        accepted labels from and this Project's own predictions; running ones are never
+        touched. Returns the run ids whose folders went."""
+        done = self.store.run_ids("refresh")
+        if len(done) <= self.KEEP_REFRESH_RUNS:
+            return []
+        oldest_kept = done[-self.KEEP_REFRESH_RUNS]
+        keep = set()
+        last_autolabel = self.store.last_run("autolabel")
+        if last_autolabel is not None:
+            keep.add(last_autolabel["inputs"].get("prediction_run"))
+        if self._own_predictions is not None:
+            keep.add(self._own_predictions.run_id)
+        folder = self.root / "arrays" / "runs"
+        removed = []
+        for run_id in self.store.run_ids("refresh", ("done", "failed", "interrupted")):
+            if run_id >= oldest_kept:
+                break
+            if run_id not in keep and (folder / str(run_id)).exists():
+                shutil.rmtree(folder / str(run_id), ignore_errors=True)
+                removed.append(run_id)
+        return removed
 
     #: a warm refresh above this many items reuses the last calibration instead of refitting it
     #: (five held-out propagations); a full refresh always refits
@@ -729,10 +813,9 @@ class Project:
         """``(n, C)`` probabilities of the refresh's classifier head
         (:func:`labelloop.loop.predict.embedding_head`) fitted on the labels ``y`` over the
         active embeddings; with ``rows``, only those rows (``(len(rows), C)``)."""
-        from .graph import normalize_rows
         from .loop.predict import embedding_head
 
-        return embedding_head(normalize_rows(self.embeddings()[1]), n_classes)(y, rows)
+        return embedding_head(self.embeddings()[1], n_classes, normalised=False)(y, rows)
 
     def _load_warm_state(self, key, S) -> bool:
         """Rebuild the propagation state from the last refresh run if it used the same graph."""

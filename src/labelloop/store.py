@@ -680,6 +680,12 @@ class Store:
             args.append(status)
         return [self._run(r) for r in self.conn.execute(q + " ORDER BY id", args)]
 
+    def run_ids(self, kind: str, statuses: Sequence[str] = ("done",)) -> list[int]:
+        """Ids of the runs of ``kind`` with one of ``statuses``, ascending (no JSON parsed)."""
+        q = ",".join("?" * len(statuses))
+        return [int(r[0]) for r in self.conn.execute(
+            f"SELECT id FROM runs WHERE kind = ? AND status IN ({q}) ORDER BY id", (kind, *statuses))]
+
     def run(self, run_id: int) -> dict | None:
         """One run by id (any status), None if there is none."""
         row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
@@ -736,8 +742,10 @@ class Store:
                 [(backbone, h, chunk, r) for r, h in enumerate(hashes)],
             )
 
-    def load_embeddings(self, backbone: str, hashes: Sequence[str]) -> np.ndarray:
-        """Vectors for these content hashes, in this order; missing ones raise."""
+    def load_embeddings(self, backbone: str, hashes: Sequence[str], *, out_path: Path | None = None) -> np.ndarray:
+        """Vectors for these content hashes, in this order; missing ones raise. With
+        ``out_path``: written into that ``.npy`` file (float32, chunk by chunk, never all in
+        memory) and returned memory-mapped read-only."""
         where: dict[str, tuple[str, int]] = {
             h: (ch, row) for h, ch, row in self.conn.execute(
                 "SELECT content_hash, chunk, row FROM embeddings WHERE backbone = ?", (backbone,))
@@ -755,12 +763,19 @@ class Store:
         out: np.ndarray | None = None
         for ch, pairs in by_chunk.items():
             arr = np.load(folder / f"{ch}.npy", mmap_mode="r")
-            if out is None:
+            if out is None and out_path is not None:
+                out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32,
+                                                shape=(len(hashes), arr.shape[1]))  # (n, d)
+            elif out is None:
                 out = np.empty((len(hashes), arr.shape[1]), dtype=np.float32)  # (n, d)
             pos, rows = np.array(pairs).T
             out[pos] = arr[rows]
         if out is None:
             return np.empty((0, 0), dtype=np.float32)
+        if out_path is not None:
+            out.flush()
+            del out
+            return np.load(out_path, mmap_mode="r")
         return out
 
     def embedding_backbones(self) -> dict[str, int]:

@@ -145,28 +145,46 @@ def predict(P_raw: np.ndarray, reached: np.ndarray, y_human: np.ndarray, heldout
                       calibrator(Q) if len(rows) else np.zeros((0, C), np.float32))
 
 
-def embedding_head(X: np.ndarray, n_classes: int) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+#: rows of the embeddings the classifier head predicts at a time (64k x 384 float32: 100 MB)
+HEAD_CHUNK = 65_536
+
+
+def embedding_head(X: np.ndarray, n_classes: int, *, normalised: bool = True
+                   ) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
     """``head(y, rows)``: (m, C) probabilities of the refresh's classifier head on the
     L2-normalised embeddings ``X``, fitted on the labels ``y``, for ``rows`` (all items when
     None): cosine prototypes up to 5 labels per class (as ``adapt.finetune.fit_head``), then a
     multinomial logistic regression (lbfgs, closed enough to be cheap: ~20 ms for 100 labels,
-    where the torch head ``labelloop train`` uses took ~1 s per fit; a refresh fits it six times)."""
+    where the torch head ``labelloop train`` uses took ~1 s per fit; a refresh fits it six times).
+    Only the labeled rows and ``rows`` of ``X`` are read, :data:`HEAD_CHUNK` rows at a time, so
+    ``X`` may be memory-mapped; ``normalised=False``: rows are normalised as they are read."""
     from threadpoolctl import threadpool_limits
 
     from ..adapt.finetune import PrototypeClassifier, choose_schedule
+    from ..graph import normalize_rows
+
+    def read(sel) -> np.ndarray:
+        return X[sel] if normalised else normalize_rows(X[sel])
 
     def head(y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:  # (m, C)
-        Xr = X if rows is None else X[rows]
+        rows = np.arange(len(X)) if rows is None else np.asarray(rows)
         lab = np.flatnonzero(y >= 0)
         present = np.unique(y[lab])
+        Xl, yl = read(lab), y[lab]
         with threadpool_limits(1, user_api="blas"):  # small fits: threads only contend
             if choose_schedule(y) == "prototype" or present.size < 2:
-                return PrototypeClassifier(n_classes=n_classes).fit(X, y).predict_proba(Xr)
-            from sklearn.linear_model import LogisticRegression
+                model = PrototypeClassifier(n_classes=n_classes).fit(Xl, yl)
+                cols = slice(None)
+            else:
+                from sklearn.linear_model import LogisticRegression
 
-            model = LogisticRegression(max_iter=300).fit(X[lab], y[lab])
-            P = np.zeros((len(Xr), n_classes), np.float32)
-            P[:, model.classes_] = model.predict_proba(Xr)
+                model = LogisticRegression(max_iter=300).fit(Xl, yl)
+                cols = model.classes_
+            P = np.zeros((len(rows), n_classes), np.float32)
+            for lo in range(0, len(rows), HEAD_CHUNK):
+                part = rows[lo:lo + HEAD_CHUNK]
+                whole = lo == 0 and len(part) == len(X) and normalised
+                P[lo:lo + HEAD_CHUNK, cols] = model.predict_proba(X if whole else read(part))
             return P
 
     return head
