@@ -562,7 +562,7 @@ def audit(project, top, classifier, as_json):
         for i in r["issues"]:
             said = "applies" if i["given"] else "does not apply"
             click.echo(f"{i['item']:>7}  {shown[i['item']]:<40}  {i['class']}: {i['source']} said {said}; "
-                       f"P(wrong) {i['score']:.3f}, scored P(applies) {i['p_applies']:.3f}")
+                       f"P(wrong) {i['score']:.3f}, held-out P(applies) {i['p_applies']:.3f}")
         return
     click.echo(f"{r['flagged']} labels flagged (estimated noise rate {100 * r['estimated_noise_rate']:.1f}%); "
                f"{r['confirmed_skipped']} confirmed earlier and not shown")

@@ -2830,13 +2830,14 @@ class Project:
         shown = flagged[: top or None]
         items = self.store.items(ids[shown[:, 0].astype(np.int64)].tolist()) if len(shown) else []
         classes = self.classes
+        heldout = {int(r): j for j, r in enumerate(pred.heldout_rows)}   # item row -> its held-out scores
         issues = []
         for (r, c, p_wrong), it in zip(shown.tolist(), items):
             name = classes[int(c)]
             value, source, _ = decisions[it.id][name]
             issues.append({"item": it.id, "ref": it.display, "class": name, "given": value, "suggested": 1 - value,
                            "source": source, "score": round(float(p_wrong), 4),
-                           "p_applies": round(float(pred.scores[int(r), int(c)]), 4)})
+                           "p_applies": round(float(pred.heldout_scores[heldout[int(r)], int(c)]), 4)})
         summary = {"task": "multilabel", "flagged": int(len(flagged)), "shown": len(issues),
                    "decisions": int((Y >= 0).sum()),
                    "estimated_noise_rate": round(float(flagged[:, 2].sum() / max(int((Y >= 0).sum()), 1)), 4)}
