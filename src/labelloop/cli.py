@@ -299,12 +299,16 @@ def label(project, assignments, csv_path, source, annotator, new_classes, class_
             report.appended += r2.appended
             report.classes_added += r2.classes_added
             report.skipped += r2.skipped
+    _finish_label_report(report, as_json, f"{report.appended} labels added ({source})"
+                         + (f"; new classes: {', '.join(report.classes_added)}" if report.classes_added else ""))
+
+
+def _finish_label_report(report, as_json: bool, line: str) -> None:
+    """Print what `label` did (``line``, then the skipped rows), exit 1 if any row was skipped."""
     if as_json:
         _echo_json(report.to_dict())
     else:
-        click.echo(f"{report.appended} labels added ({source})"
-                   + (f"; new classes: {', '.join(report.classes_added)}" if report.classes_added else "")
-                   + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
+        click.echo(line + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
         _print_skipped(report.skipped)
     sys.exit(0 if report.ok else EXIT_SKIPPED)
 
@@ -328,13 +332,7 @@ def _label_classes(p, items, class_set, csv_path, source, annotator, as_json) ->
         r2 = p.label_classes_csv(csv_path, annotator=annotator, source=source)
         report.appended += r2.appended
         report.skipped += r2.skipped
-    if as_json:
-        _echo_json(report.to_dict())
-    else:
-        click.echo(f"{report.appended} items decided ({source})"
-                   + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
-        _print_skipped(report.skipped)
-    sys.exit(0 if report.ok else EXIT_SKIPPED)
+    _finish_label_report(report, as_json, f"{report.appended} items decided ({source})")
 
 
 batch_option = click.option("--batch", default=None,
@@ -576,7 +574,7 @@ def audit(project, top, classifier, as_json):
         for i in r["issues"]:
             said = "applies" if i["given"] else "does not apply"
             click.echo(f"{i['item']:>7}  {shown[i['item']]:<40}  {i['class']}: {i['source']} said {said}; "
-                       f"P(wrong) {i['score']:.3f}, scored P(applies) {i['p_applies']:.3f}")
+                       f"P(wrong) {i['score']:.3f}, held-out P(applies) {i['p_applies']:.3f}")
         return
     click.echo(f"{r['flagged']} labels flagged (estimated noise rate {100 * r['estimated_noise_rate']:.1f}%); "
                f"{r['confirmed_skipped']} confirmed earlier and not shown")

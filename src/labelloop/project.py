@@ -565,19 +565,7 @@ class Project:
                   create_classes: bool = False) -> LabelReport:
         """Labels from a CSV with columns ``item`` and ``label`` (see :meth:`label`); a skipped
         row is named by its file and line."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValidationError(f"{path} is not a file: give a CSV with columns item,label")
-        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-            reader = csv.DictReader(f)
-            cols = [c.strip() for c in reader.fieldnames or []]
-            if "item" not in cols or "label" not in cols:
-                raise ValidationError(f"{path.name} must have columns 'item' and 'label'; it has: "
-                                      f"{', '.join(cols) or '(no header)'}")
-            rows = []
-            for r in reader:
-                ref = (r.get("item") or "").strip()
-                rows.append((f"{path.name}:{reader.line_num} item {ref!r}", ref, r.get("label") or ""))
+        rows = [(f"{where} item {ref!r}", ref, cell) for where, ref, cell in _item_csv(path, "label")]
         return self._label_rows(rows, source=source, annotator=annotator, create_classes=create_classes)
 
     def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
@@ -2759,27 +2747,17 @@ class Project:
         from .ingest import parse_label_set
 
         self._require_multilabel("label_classes_csv")
-        path = Path(path)
-        if not path.is_file():
-            raise ValidationError(f"{path} is not a file: give a CSV with columns item,labels")
         report, good = LabelReport(), []
-        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-            reader = csv.DictReader(f)
-            cols = [c.strip() for c in reader.fieldnames or []]
-            if "item" not in cols or "labels" not in cols:
-                raise ValidationError(f"{path.name} must have columns 'item' and 'labels'; it has: "
-                                      f"{', '.join(cols) or '(no header)'}")
-            for r in reader:
-                where = f"{path.name}:{reader.line_num}"
-                names, why = parse_label_set(r.get("labels") or "[]", where)
-                try:
-                    if why:
-                        raise ValidationError(why)
-                    item = self._item_id((r.get("item") or "").strip())
-                    self._decision_rows(item, names, f"{where} item {r.get('item')!r}")
-                    good.append((item, names))
-                except ValidationError as exc:
-                    report.skipped.append(Skipped(where, str(exc)))
+        for where, ref, cell in _item_csv(path, "labels"):
+            names, why = parse_label_set(cell or "[]", where)
+            try:
+                if why:
+                    raise ValidationError(why)
+                item = self._item_id(ref)
+                self._decision_rows(item, names, f"{where} item {ref!r}")
+                good.append((item, names))
+            except ValidationError as exc:
+                report.skipped.append(Skipped(where, str(exc)))
         report.appended = self.label_many_classes(good, annotator=annotator, source=source)
         return report
 
@@ -3157,13 +3135,14 @@ class Project:
         shown = flagged[: top or None]
         items = self.store.items(ids[shown[:, 0].astype(np.int64)].tolist()) if len(shown) else []
         classes = self.classes
+        heldout = {int(r): j for j, r in enumerate(pred.heldout_rows)}   # item row -> its held-out scores
         issues = []
         for (r, c, p_wrong), it in zip(shown.tolist(), items):
             name = classes[int(c)]
             value, source, _ = decisions[it.id][name]
             issues.append({"item": it.id, "ref": it.display, "class": name, "given": value, "suggested": 1 - value,
                            "source": source, "score": round(float(p_wrong), 4),
-                           "p_applies": round(float(pred.scores[int(r), int(c)]), 4)})
+                           "p_applies": round(float(pred.heldout_scores[heldout[int(r)], int(c)]), 4)})
         summary = {"task": "multilabel", "flagged": int(len(flagged)), "shown": len(issues),
                    "decisions": int((Y >= 0).sum()),
                    "estimated_noise_rate": round(float(flagged[:, 2].sum() / max(int((Y >= 0).sum()), 1)), 4)}
@@ -3303,6 +3282,22 @@ def _write_collection(coll, out: Path, format: str, *, modality: str, image_url_
     else:   # coco, yolo, voc
         getattr(formats, f"write_{format}")(coll, out)
     return []
+
+
+def _item_csv(path: str | Path, column: str) -> list[tuple[str, str, str]]:
+    """(``file:line``, item reference, the ``column`` cell) of each row of a CSV with columns
+    ``item`` and ``column``; a missing file or column is a ValidationError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError(f"{path} is not a file: give a CSV with columns item,{column}")
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in reader.fieldnames or []]
+        if "item" not in cols or column not in cols:
+            raise ValidationError(f"{path.name} must have columns 'item' and '{column}'; it has: "
+                                  f"{', '.join(cols) or '(no header)'}")
+        return [(f"{path.name}:{reader.line_num}", (r.get("item") or "").strip(), r.get(column) or "")
+                for r in reader]
 
 
 def _label_cell(names: list[str] | None) -> str | None:

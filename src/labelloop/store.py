@@ -577,10 +577,8 @@ class Store:
                         confidences: Sequence[float] | None = None) -> int:
         """Append (item_id, class_id) annotations in one transaction; class_id None withdraws
         the source's label. Returns the number of rows appended."""
-        if source not in SOURCES:
-            raise ValidationError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+        conf = _confidences(source, confidences, len(rows))
         now = _now()
-        conf = list(confidences) if confidences is not None else [None] * len(rows)
         with self.transaction() as c:
             c.executemany(
                 "INSERT INTO annotations (item_id, class_id, source, annotator, created, run_id, confidence) "
@@ -1088,10 +1086,8 @@ class Store:
         """Append (item_id, class_id, value) decisions of a multi-label project in one
         transaction: value 1 the class applies, 0 it does not, None withdraws the source's
         decision. The caller has checked items and classes. Returns the rows appended."""
-        if source not in SOURCES:
-            raise ValidationError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+        conf = _confidences(source, confidences, len(rows))
         now = _now()
-        conf = list(confidences) if confidences is not None else [None] * len(rows)
         with self.transaction() as c:
             c.executemany(
                 "INSERT INTO class_decisions (item_id, class_id, value, source, annotator, run_id, confidence, "
@@ -1173,6 +1169,13 @@ class Store:
                 "SELECT id, item_id, x, y, w, h, class_id, score, run_id FROM boxes WHERE class_id IS NOT NULL "
                 f"AND run_id IN ({', '.join('?' * len(part))}) ORDER BY id", part)]
         return out
+
+
+def _confidences(source: str, confidences: Sequence[float | None] | None, n: int) -> list:
+    """The confidences of ``n`` appended rows (None each without them), once ``source`` is checked."""
+    if source not in SOURCES:
+        raise ValidationError(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
+    return list(confidences) if confidences is not None else [None] * n
 
 
 def full_decision(item_id: int, applies: Iterable[str], class_ids: dict[str, int]) -> list[tuple[int, int, int]]:
