@@ -1658,9 +1658,12 @@ class Project:
                     continue
                 if det_run not in trained:
                     f = self.store.run_dir(det_run) / TRAINED_ITEMS
-                    # a detector trained before runs recorded their images: every image reviewed before it
-                    trained[det_run] = set(np.load(f).tolist()) if f.is_file() else {
-                        i for i, t in reviewed.items() if t < (self.store.run(det_run) or {}).get("started", 0)}
+                    if f.is_file():
+                        trained[det_run] = set(np.load(f).tolist())
+                    else:   # trained before runs recorded their images: every image reviewed or imported before it
+                        t0 = (self.store.run(det_run) or {}).get("started", 0)
+                        trained[det_run] = {i for i, t in reviewed.items() if t < t0} | {
+                            b["item_id"] for b in self.store.current_boxes(sources=("import",)) if b["created"] < t0}
                 if item not in trained[det_run]:
                     picks[item] = run
                 break
@@ -1719,7 +1722,7 @@ class Project:
                                         sel.reasons, strict=True):
             p = props.get(it.id)
             kept = None if p is None else int((p.scores >= tau).sum())
-            out.append({"item": it.id, "ref": it.display, "guess": None if p is None else f"{kept} boxes",
+            out.append({"item": it.id, "ref": it.display, "guess": None if p is None else f"{kept} box" + "es" * (kept != 1),
                         "confidence": None if unc is None or not known[r] else float(1 - unc[r]),
                         "coverage": None, "region": None, "score": float(score), "reason": reason, "kind": kind})
         if record:
@@ -1772,6 +1775,9 @@ class Project:
             if share > 0:
                 summary["reviews_needed"] = int(np.ceil(bar.more_needed / share))
                 summary["suggest"] = f"labelloop next --strategy random --n {summary['reviews_needed']}"
+                if summary["reviews_needed"] > len(props):
+                    summary["reason"] += (f"; that takes about {summary['reviews_needed']} random reviews, more than "
+                                          f"the {len(props)} pre-labeled images left")
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
