@@ -50,7 +50,7 @@ def test_uncertain_picks_are_spread_over_clusters():
     assert all("least sure decision" in r for r in sel.reasons)
 
 
-def test_images_without_prelabel_come_first_and_done_images_never():
+def test_images_without_prelabel_come_first_anddone_images_never():
     X = _two_clusters()
     unc = np.full(12, 0.2)
     known = np.ones(12, dtype=bool)

@@ -128,6 +128,11 @@ def test_an_image_saved_with_no_boxes_counts_as_reviewed(served):
     assert r.status_code == 200, r.text
     assert r.json()["boxes"] == [] and served.rows(item) == []
     assert item not in [it["id"] for it in served.get("/api/boxes?n=20").json()["items"]]
+    # the review is in the store, so it outlives the server and prelabel / next / train see it
+    from labelloop.project import Project
+
+    with Project(served.path, readonly=True) as p:
+        assert item in p.done_images()
 
 
 @pytest.mark.parametrize("box, status, words", [

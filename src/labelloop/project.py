@@ -1586,7 +1586,7 @@ class Project:
             raise NotReadyError("no detector yet: run labelloop train first")
         det = load_detector(self.root / trained["summary"]["path"])
         if items is None:
-            done = self._done_images()
+            done = self.done_images()
             ids = [int(i) for i in self.store.item_ids() if int(i) not in done]
         else:
             ids = [self.store.resolve_item(i) for i in items]
@@ -1615,7 +1615,7 @@ class Project:
         self.store.finish_run(run, summary)
         return summary | {"run": run}
 
-    def _done_images(self) -> set[int]:
+    def done_images(self) -> set[int]:
         """Images that need no person: reviewed by one, imported with boxes, or auto-accepted."""
         return (set(self.store.box_review_times("human")) | set(self.store.box_review_times("machine"))
                 | {r["item_id"] for r in self.store.current_boxes(sources=("import",))})
@@ -1695,7 +1695,7 @@ class Project:
         if strategy not in ("auto", "random"):
             raise ValidationError(f"a detection project picks images with --strategy auto or random, not {strategy!r}")
         ids, X = self.embeddings()
-        done = self._done_images()
+        done = self.done_images()
         is_done = np.isin(ids, np.array(sorted(done), dtype=np.int64))
         cand = ~is_done if batch is None else ~is_done & self.in_batch(ids, batch)
         labeled, unlabeled = np.flatnonzero(is_done), np.flatnonzero(cand)
@@ -1745,7 +1745,7 @@ class Project:
 
         bar = self._image_bar(target_precision, confidence_level)
         ids = self.store.item_ids()
-        done = self._done_images()
+        done = self.done_images()
         todo = [int(i) for i in ids if int(i) not in done]
         props = self._current_proposals(todo)
         run = self.store.start_run("autolabel", {"target_precision": target_precision, "task": "detection",

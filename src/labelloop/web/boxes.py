@@ -12,9 +12,10 @@ with the boxes in effect and writes only the difference, each through :class:`Pr
 - a box without ``id``: ``Project.add_boxes(source="human")``.
 
 Everything is checked before the first write, so a rejected list changes nothing (each row is
-then its own ``Project`` call; only this writer thread writes while the server runs). Which images
-count as reviewed: those with a human or imported box in effect, plus those saved empty while
-this server runs (the store has no row for "reviewed, nothing to box"; see ``BoxQueue``).
+then its own ``Project`` call; only this writer thread writes while the server runs). A save is
+a person's review of the whole image (``Project.mark_reviewed``, also when it leaves no box), so
+the image is done for ``train``, ``next``, ``prelabel``, ``autolabel`` and export: which images
+are done is ``Project.done_images``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ __all__ = ["BoxQueue", "image_size", "image_json", "save_boxes", "require_detect
 
 MAX_BOXES = 500          # boxes on one image in one save
 TOLERANCE = 0.01         # pixels: a coordinate that moved less than this did not move
-REVIEWED_SOURCES = ("human", "import")
 
 
 def require_detection(project: Project) -> None:
@@ -75,22 +75,19 @@ def image_json(project: Project, item_id: int, reason: str = "") -> dict:
 
 
 class BoxQueue:
-    """Which images the editor offers: not yet reviewed, minus those a user skipped in this
-    server session and those handed to another user in the last :attr:`RESERVE` seconds (so two
-    people do not box one image twice). An image saved with no boxes is remembered here as
-    reviewed (in memory only: the store cannot say "reviewed, nothing to box" yet)."""
+    """Which images the editor offers: not yet done (``Project.done_images``), minus those a
+    user skipped in this server session and those handed to another user in the last
+    :attr:`RESERVE` seconds (so two people do not box one image twice)."""
 
     RESERVE = 600.0   # seconds an image handed out stays with its user
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._empty: set[int] = set()
         self._skipped: dict[str, set[int]] = {}
         self._reserved: dict[int, tuple[str, float]] = {}   # item -> (user, until)
 
-    def saved(self, item_id: int, n_boxes: int) -> None:
+    def saved(self, item_id: int) -> None:
         with self._lock:
-            (self._empty.add if n_boxes == 0 else self._empty.discard)(int(item_id))
             self._reserved.pop(int(item_id), None)
 
     def take(self, project: Project, user: str, n: int, exclude: set[int]) -> tuple[list[tuple[int, str]], int]:
@@ -118,10 +115,9 @@ class BoxQueue:
     def pending(self, project: Project, user: str | None = None) -> list[tuple[int, str]]:
         """(item id, why) of the images not yet reviewed, those with machine pre-labels first
         (they are the quickest to confirm and teach the detector the most about its errors)."""
-        reviewed = {b["item_id"] for b in project.store.current_boxes(sources=REVIEWED_SOURCES)}
+        reviewed = project.done_images()
         prelabeled = {b["item_id"] for b in project.store.current_boxes(sources=("machine",))}
         with self._lock:
-            reviewed |= self._empty
             skipped = set(self._skipped.get(user, ())) if user else set()
         ids = [int(i) for i in project.store.item_ids() if int(i) not in reviewed and int(i) not in skipped]
         first = [(i, "pre-labeled: check the machine's boxes") for i in ids if i in prelabeled]
@@ -206,6 +202,7 @@ def save_boxes(store: Store, user: User, item_id: int, boxes: Sequence[dict]) ->
     if plan_new:
         project.add_boxes(item_id, [(float(b["x"]), float(b["y"]), float(b["w"]), float(b["h"]), b["class"])
                                     for b in plan_new], source="human", annotator=user.name)
+    project.mark_reviewed(item_id, annotator=user.name)
     now = project.boxes(item_id)
     return {"ok": True, "item": int(item_id), "accepted": accepted, "edited": edited, "added": len(plan_new),
             "deleted": len(deleted), "kept": len(plan_keep), "boxes": [_box_json(b) for b in now]}
