@@ -210,6 +210,9 @@ def test_refresh_autolabel_next_audit_status_on_a_multilabel_project(loop_projec
         assert r["undecided"] and set(r["undecided"]) == set(CLASSES) - set(decided.get(r["item"], {}))
     assert {r["kind"] for r in asked} == {"strategy", "random"}   # the random share keeps certification honest
     assert p.actively_chosen() == {r["item"] for r in asked if r["kind"] == "strategy"}
+    assert {r["kind"] for r in p.next(3, explore=1.0, record=False)} == {"random"}
+    with pytest.raises(ValidationError, match="drop --strategy verify"):
+        p.next(3, strategy="verify")
 
     au = p.audit(top=5)
     assert au["decisions"] == 480 and len(au["issues"]) <= 5

@@ -803,6 +803,9 @@ class Project:
         from .loop import choose, coverage_of
 
         if self.task == "multilabel":
+            if strategy != "auto":
+                raise ValidationError(f"a multi-label project chooses by the uncertainty of each item's undecided "
+                                      f"classes (plus a random share); drop --strategy {strategy}")
             return self._next_multilabel(n, seed=seed, annotator=annotator, record=record, explore=explore,
                                          batch=batch)
         ids, graph = self.graph()
@@ -2767,7 +2770,7 @@ class Project:
             explore = default_explore("auto") if explore is None else explore
             n_random = int(round(explore * n)) if n > 1 else 0
             Y_scope = np.where(open_rows[:, None], Y, np.int8(0))   # rows outside the scope: nothing open
-            picked = choose_multilabel(pred, Y_scope, n - n_random, X=X, seed=seed).tolist()
+            picked = choose_multilabel(pred, Y_scope, n - n_random, X=X, seed=seed).tolist() if n > n_random else []
             rest = np.setdiff1d(np.flatnonzero(open_rows), picked)
             extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False) \
                 if n_random and len(rest) else np.zeros(0, np.int64)
