@@ -255,3 +255,34 @@ def test_wordnet_multilabel_dataset():
     assert all(isinstance(t, str) and ":" not in t for t in ds.items)
     with pytest.raises(ValidationError, match="unknown multi-label dataset"):
         load_multilabel_dataset("nope")
+
+
+# --------------------------------------------------------------------------- thresholds and the head
+
+
+def test_f1_thresholds_find_the_bar_between_the_values():
+    from labelloop.loop.multilabel import f1_thresholds
+
+    rng = np.random.default_rng(0)
+    # class 0: positives score 0.3-0.4, negatives 0.0-0.2 -> 0.2, 0.25 and 0.3 all separate them
+    D = np.r_[np.ones(40), np.zeros(160)].astype(np.int8)[:, None]
+    H = np.r_[rng.uniform(0.3, 0.4, 40), rng.uniform(0.0, 0.2, 160)][:, None]
+    t = f1_thresholds(np.hstack([H, H]), np.hstack([D, D]))
+    assert t[0] == 0.25 and t[1] == 0.25  # the middle of the bars that separate them
+    assert (f1_thresholds(H, np.full_like(D, -1)) == 0.5).all()  # nothing held out: 0.5
+
+
+def test_the_head_weight_follows_the_evidence():
+    # the graph is built on noise, the embeddings carry the classes: auto leans on the head
+    X, T = blobs(n=400, C=2, seed=5)
+    noise = np.random.default_rng(1).normal(size=X.shape)
+    rows = np.random.default_rng(2).choice(400, 120, replace=False)
+    Y = decisions(T, rows)
+    pred = predict_multilabel(build_knn_graph(noise, k=10), Y, X=X)
+    assert pred.head_weight >= 0.5
+    u = Y < 0
+    assert (pred.labels() == T)[u].mean() > 0.9
+    # and the other way round: informative graph, noise embeddings -> little or no head
+    pred = predict_multilabel(build_knn_graph(X, k=10), Y, X=noise)
+    assert pred.head_weight <= 0.25
+    assert predict_multilabel(build_knn_graph(X, k=10), Y, X=noise, head_weight=0).head_weight == 0

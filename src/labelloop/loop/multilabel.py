@@ -30,6 +30,16 @@ is fitted by maximum likelihood on those held-out decisions, against add-one smo
 never "certain") with a ridge pull of the intercepts toward 0 (a class with two decisions
 cannot move its own intercept far). ``scores[i, c]`` is then P(class c applies).
 
+**A head on the embeddings** (``X``, optional): one two-class head per class
+(:func:`labelloop.loop.predict.embedding_head`) averaged into the propagation at the weight
+whose calibrated held-out decisions are likeliest (``head_weight="auto"``, the single-label
+``choose_head_weight`` idea): on a weak graph the head carries the prediction (bare WordNet
+lemmas with MiniLM, benchmarks/results/multilabel.md).
+
+**Predicted label sets** (:meth:`MultiLabelPrediction.labels`): per-class bars maximising the
+F1 of the held-out decisions (:func:`f1_thresholds`). Calibrated probabilities of a rare class
+seldom pass 0.5 even where the class applies; the F1-optimal bar is lower.
+
 **Certification per class and side** (:func:`certify_multilabel`). "Applies" is accepted where
 ``score >= upper``, "does not apply" where ``score <= lower``; each bar is the loosest whose
 held-out human decisions inside it (predicted by a model that never saw them) reach the
@@ -73,6 +83,7 @@ __all__ = [
     "check_decisions",
     "propagate_multilabel",
     "fit_calibration",
+    "f1_thresholds",
     "predict_multilabel",
     "certify_multilabel",
     "accepted_pairs",
@@ -94,6 +105,13 @@ MIN_CALIBRATION_DECISIONS = 10
 INTERCEPT_RIDGE = 1.0
 #: prior probability that a person's decision is right (audit), as benchmarks/robustness.py's audit
 DEFAULT_LABEL_ACCURACY = 0.95
+#: ``head_weight="auto"``: the weights of the embedding head tried (held-out log-likelihood picks)
+HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: per-class thresholds: the F1-maximising bar is looked for on this grid of calibrated scores
+THRESHOLD_GRID = tuple(round(float(t), 2) for t in np.arange(0.05, 0.951, 0.05))
+#: ... a class's own held-out F1 curve counts as this many positives less than it has: the curve
+#: pooled over classes stands in for the rest (a class with 2 held-out positives gets mostly the pool's bar)
+THRESHOLD_PRIOR_POSITIVES = 10.0
 #: diversity: candidates per returned item (select.diversity's default)
 DIVERSITY_FACTOR = 10
 _EPS = 1e-6
@@ -251,10 +269,74 @@ class MultiLabelPrediction:
     heldout_rows: np.ndarray    # (m,) item rows scored by a propagation that never saw their decisions
     heldout_scores: np.ndarray  # (m, C) float32 their calibrated held-out P(applies)
     heldout_decisions: np.ndarray  # (m, C) int8 the decisions of those rows when predicted
+    thresholds: np.ndarray = None  # (C,) per-class bar of the predicted label sets (F1 on held-out)
+    head_weight: float = 0.0       # weight of the embedding head averaged into the propagation
 
     @property
     def n_classes(self) -> int:
         return int(self.scores.shape[1])
+
+    def labels(self) -> np.ndarray:
+        """(n, C) bool predicted label sets: score >= the class's threshold (decided pairs: the decision)."""
+        return self.scores >= self.thresholds[None, :]
+
+
+def f1_thresholds(heldout_scores: np.ndarray, heldout_decisions: np.ndarray) -> np.ndarray:
+    """(C,) per-class bars on calibrated scores maximising the F1 of the held-out decisions.
+
+    For each threshold t of THRESHOLD_GRID: class c's held-out F1_c(t) and the F1 pooled over
+    classes (micro), mixed as ``(pos_c F1_c + P0 F1_pool) / (pos_c + P0)`` with pos_c the class's
+    held-out positives and P0 = THRESHOLD_PRIOR_POSITIVES. 0.5 without held-out decisions.
+    (Calibrated scores make the F1-optimal bar F1* / 2, below 0.5 whenever F1 < 1: Lipton et al.
+    2014, "Thresholding classifiers to maximize F1 score".)"""
+    H = np.asarray(heldout_scores, dtype=np.float64)
+    D = np.asarray(heldout_decisions)
+    C = H.shape[1]
+    if not (D == 1).any():
+        return np.full(C, 0.5)
+    grid = np.asarray(THRESHOLD_GRID)  # (G,)
+    said = H[None, :, :] >= grid[:, None, None]  # (G, m, C) predicted "applies"
+    pos, neg = (D == 1)[None], (D == 0)[None]
+    tp = (said & pos).sum(axis=1).astype(np.float64)  # (G, C)
+    fp = (said & neg).sum(axis=1)
+    fn = (~said & pos).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1_c = np.nan_to_num(2 * tp / (2 * tp + fp + fn))  # (G, C)
+        f1_pool = np.nan_to_num(2 * tp.sum(1) / (2 * tp.sum(1) + fp.sum(1) + fn.sum(1)))  # (G,)
+    n_pos = (D == 1).sum(axis=0)  # (C,)
+    mix = (n_pos * f1_c + THRESHOLD_PRIOR_POSITIVES * f1_pool[:, None]) / (n_pos + THRESHOLD_PRIOR_POSITIVES)
+    best = mix >= mix.max(axis=0, keepdims=True) - 1e-12  # (G, C) the tied best bars
+    # the middle of the tied bars: held-out decisions that any of them separates say nothing more
+    mid = [np.flatnonzero(best[:, c])[int(best[:, c].sum()) // 2] for c in range(C)]
+    return grid[np.asarray(mid)]
+
+
+def _embedding_heads(X: np.ndarray, Y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """(m, C) P(applies) of ``rows`` (all when None) from one two-class head per class on the
+    embeddings (``loop.predict.embedding_head``: prototypes up to 5 decisions of a value, then a
+    logistic regression), fitted on the class's decisions (class 1 = applies, 0 = does not)."""
+    from .predict import embedding_head
+
+    head = embedding_head(X, 2)
+    m = Y.shape[0] if rows is None else len(rows)
+    out = np.empty((m, Y.shape[1]), np.float32)
+    for c in range(Y.shape[1]):
+        y = Y[:, c].astype(np.int64)
+        if not (y >= 0).any():
+            out[:, c] = 0.5
+        elif (y == 1).all(where=y >= 0) or (y == 0).all(where=y >= 0):
+            out[:, c] = float(y[y >= 0][0])  # one value only: a head has nothing to separate
+        else:
+            out[:, c] = head(y, rows)[:, 1]
+    return out
+
+
+def _nll(scores: np.ndarray, decisions: np.ndarray) -> float:
+    """Mean negative log-likelihood of the decided pairs of ``decisions`` under ``scores``."""
+    d = decisions >= 0
+    p = np.clip(scores[d].astype(np.float64), 1e-4, 1 - 1e-4)
+    y = decisions[d]
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean()) if y.size else 0.0
 
 
 def _fold_keys(Y: np.ndarray) -> np.ndarray:
@@ -270,40 +352,64 @@ def _fold_keys(Y: np.ndarray) -> np.ndarray:
 
 def predict_multilabel(graph: KnnGraph, Y, *, X: np.ndarray | None = None, seed: int = 0,
                        affinity: sp.spmatrix | None = None, temperature: float | str = "auto",
-                       folds: int = FOLDS, n_iter: int = N_ITER) -> MultiLabelPrediction:
+                       folds: int = FOLDS, n_iter: int = N_ITER, head_weight: float | str = "auto"
+                       ) -> MultiLabelPrediction:
     """Calibrated P(class c applies) for every (item, class) from the decisions ``Y`` (n, C).
 
     ``graph``: the project's kNN graph (its affinity is built once here with ``temperature``
-    unless ``affinity``, the precomputed S of the same graph, is given). ``X`` is accepted for
-    the interface (embeddings; unused by the propagation). ``folds`` cross-fitting folds for
-    the held-out scores; ``seed`` their random split.
+    unless ``affinity``, the precomputed S of the same graph, is given). ``X`` (n, d): the
+    embeddings; when given, one head per class on them is averaged in at ``head_weight``
+    (``"auto"``: the weight of HEAD_WEIGHTS whose calibrated held-out decisions are likeliest;
+    0 = propagation only, 1 = the head only). ``folds`` cross-fitting folds for the held-out
+    scores; ``seed`` their random split. The predicted label sets (:meth:`MultiLabelPrediction.labels`)
+    use per-class thresholds fitted on the same held-out decisions (:func:`f1_thresholds`).
     """
     if not isinstance(graph, KnnGraph):
         raise ValidationError(f"predict_multilabel needs the project's KnnGraph; got {type(graph).__name__}")
     Y = check_decisions(Y, graph.n)
-    if X is not None and np.asarray(X).shape[0] != graph.n:
-        raise ValidationError(f"X has {np.asarray(X).shape[0]} rows but the graph has {graph.n} items")
+    if X is not None:
+        from ..graph import normalize_rows
+
+        X = normalize_rows(X)
+        if X.shape[0] != graph.n:
+            raise ValidationError(f"X has {X.shape[0]} rows but the graph has {graph.n} items")
+    if not (head_weight == "auto" or (isinstance(head_weight, (int, float)) and 0.0 <= head_weight <= 1.0)):
+        raise ValidationError(f'head_weight must be "auto" or a number in [0, 1]; got {head_weight!r}')
     S = affinity_matrix(graph, temperature=temperature) if affinity is None else affinity
     if S.shape != (graph.n, graph.n):
         raise ValidationError(f"affinity has shape {S.shape}; expected ({graph.n}, {graph.n}) like the graph")
     n, C = Y.shape
+    use_head = X is not None and head_weight != 0 and (Y >= 0).any()
     raw, reached = propagate_multilabel(S, Y, n_iter=n_iter)
     key = _fold_keys(Y)
     decided = np.flatnonzero(key >= 0)
 
-    def fit_predict(_key_hidden, hold):  # (m, C) raw scores of ``hold`` without their decisions
+    def fit_predict(_key_hidden, hold):  # (m, C or 2C) raw scores of ``hold`` without their decisions
         Yh = Y.copy()
         Yh[hold] = -1
-        return propagate_multilabel(S, Yh, n_iter=n_iter)[0][hold]
+        P = propagate_multilabel(S, Yh, n_iter=n_iter)[0][hold]
+        return np.hstack([P, _embedding_heads(X, Yh, hold)]) if use_head else P
 
-    rows, Q = heldout_proba(key, decided, C, fit_predict, folds=folds, seed=seed)
+    rows, Q = heldout_proba(key, decided, 2 * C if use_head else C, fit_predict, folds=folds, seed=seed)
+    w = 0.0
+    if use_head:
+        Qp, Qh = Q[:, :C], Q[:, C:]
+        weights = HEAD_WEIGHTS if head_weight == "auto" else (float(head_weight),)
+        D = Y[rows]
+        # the likeliest weight, each mixture calibrated on the held-out decisions first
+        w = min(weights, key=lambda v: _nll(fit_calibration((1 - v) * Qp + v * Qh, D)((1 - v) * Qp + v * Qh), D))
+        if w > 0:
+            raw = (1 - w) * raw + w * _embedding_heads(X, Y)
+            reached = np.ones(n, bool)  # the head reaches every item
+        Q = (1 - w) * Qp + w * Qh
     cal = fit_calibration(Q, Y[rows])
     scores = cal(raw)
     scores = np.where(Y >= 0, Y.astype(np.float32), scores).astype(np.float32)  # decided pairs: the decision
-    return MultiLabelPrediction(scores=scores, reached=reached, raw=raw, calibration=cal,
-                                heldout_rows=rows.astype(np.int64),
-                                heldout_scores=cal(Q) if len(rows) else np.zeros((0, C), np.float32),
-                                heldout_decisions=Y[rows].copy())
+    H = cal(Q) if len(rows) else np.zeros((0, C), np.float32)
+    return MultiLabelPrediction(scores=scores, reached=reached, raw=raw.astype(np.float32), calibration=cal,
+                                heldout_rows=rows.astype(np.int64), heldout_scores=H,
+                                heldout_decisions=Y[rows].copy(), thresholds=f1_thresholds(H, Y[rows]),
+                                head_weight=float(w))
 
 
 # --------------------------------------------------------------------------- certification
