@@ -24,6 +24,9 @@ Also macro average precision (ranking, no threshold). Auto-labeling per (item, c
 ``accepted_pairs``: the share of the unlabeled items' pairs accepted (all / "applies" only) and
 the realised precision of what was accepted.
 
+A second, synthetic set: ``digits-pairs-multilabel`` (two 8x8 digits side by side, labeled with
+the digits shown), raw pixels (``--dataset digits-pairs-multilabel --out multilabel_digits``).
+
 Run:  PYTHONPATH=src nice python benchmarks/multilabel.py [--n 5000] [--seeds 3]
 """
 
@@ -44,18 +47,19 @@ CACHE = HERE / ".cache"
 RESULTS = HERE / "results"
 SHOTS = (1, 2, 5, 10, 20)
 TARGETS = (0.9, 0.95)
-DATASET = "wordnet-nouns-multilabel"
-BACKBONES = ("minilm-l6", "tfidf")
+#: dataset -> (default --n, backbones)
+DATASETS = {"wordnet-nouns-multilabel": (5000, ("minilm-l6", "tfidf")),
+            "digits-pairs-multilabel": (3000, ("pixels",))}
 
 
-def embed(items: list[str], backbone: str, n: int, cache_dir: Path) -> np.ndarray:
+def embed(dataset: str, items: list, backbone: str, n: int, cache_dir: Path) -> np.ndarray:
     """Embeddings of ``items``, cached as ``<dataset>-n<n>-s0-<cache id>.npy``."""
     from labelloop.embed import get_backbone
 
     bb = get_backbone(backbone)
     if bb.needs_fit:
         bb.fit(items)
-    path = cache_dir / f"{DATASET}-n{n}-s0-{bb.cache_id}.npy"
+    path = cache_dir / f"{dataset}-n{n}-s0-{bb.cache_id}.npy"
     if path.exists():
         return np.load(path)
     X = bb.embed(items).astype(np.float32)  # (n, dim)
@@ -199,13 +203,19 @@ def batched_vs_per_class(S, T, seed: int = 0, repeats: int = 3) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--dataset", default="wordnet-nouns-multilabel", choices=sorted(DATASETS))
+    ap.add_argument("--n", type=int, help="items (default: 5000 of WordNet, all 3000 digit pairs)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    ap.add_argument("--backbones", nargs="+", help="default: minilm-l6 tfidf (WordNet), pixels (digit pairs)")
     ap.add_argument("--shots", nargs="+", type=int, default=list(SHOTS))
     ap.add_argument("--cache-dir", type=Path, default=CACHE)
     ap.add_argument("--out", default="multilabel")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite results/OUT.md from results/OUT.json")
     args = ap.parse_args(argv)
+    if args.markdown_only:
+        saved = json.loads((RESULTS / f"{args.out}.json").read_text())
+        write_markdown(saved["meta"], saved["rows"], RESULTS / f"{args.out}.md")
+        return 0
     warnings.simplefilter("ignore")
 
     from labelloop.datasets import load_multilabel_dataset
@@ -213,11 +223,12 @@ def main(argv=None) -> int:
     from labelloop.propagate import affinity_matrix
 
     t_start = time.time()
-    ds = load_multilabel_dataset(DATASET, n=args.n, seed=0)
+    n_default, backbones = DATASETS[args.dataset]
+    ds = load_multilabel_dataset(args.dataset, n=args.n or n_default, seed=0)
     T = ds.labels.astype(np.int8)
     rows, speed = [], {}
-    for backbone in args.backbones:
-        Xn = normalize_rows(embed(ds.items, backbone, len(ds), args.cache_dir))
+    for backbone in args.backbones or backbones:
+        Xn = normalize_rows(embed(args.dataset, ds.items, backbone, len(ds), args.cache_dir))
         graph = build_knn_graph(Xn, k=10)
         S = affinity_matrix(graph)
         speed[backbone] = batched_vs_per_class(S, T)
@@ -231,7 +242,7 @@ def main(argv=None) -> int:
                     f"{m} {r['micro_' + m]:.3f}/{r['macro_' + m]:.3f}" for m, _ in METHODS)
                     + f"  w {r['head_weight']}  auto0.95 {r['mix_auto0.95_share']:.3f} @ "
                     f"{r['mix_auto0.95_precision']:.3f}", flush=True)
-    meta = {"dataset": DATASET, "n": len(ds), "classes": len(ds.class_names), "seeds": args.seeds,
+    meta = {"dataset": args.dataset, "n": len(ds), "classes": len(ds.class_names), "seeds": args.seeds,
             "positives_per_class": T.sum(0).tolist(), "labels_per_item": float(T.sum(1).mean()),
             "positive_share": float(T.mean()),
             "seconds": round(time.time() - t_start), "loadavg_end": [round(v, 2) for v in os.getloadavg()],
@@ -244,6 +255,12 @@ def main(argv=None) -> int:
     return 0
 
 
+DESCRIPTION = {
+    "wordnet-nouns-multilabel": "real labels (WordNet supersenses of a lemma's senses), the text is the bare lemma.",
+    "digits-pairs-multilabel": "synthetic: two scikit-learn digits side by side, labeled with the digits shown.",
+}
+
+
 def write_markdown(meta: dict, rows: list[dict], path: Path) -> None:
     def mean(b, k, key):
         v = [r[key] for r in rows if r["backbone"] == b and r["shots"] == k]
@@ -253,8 +270,7 @@ def write_markdown(meta: dict, rows: list[dict], path: Path) -> None:
          f"`{meta['command']}` — {meta['seconds']} s wall, load average at the end "
          f"{' '.join(str(v) for v in meta['loadavg_end'])} (2 shared cores).", "",
          f"Data: `{meta['dataset']}`, {meta['n']} items (seeded random subset), {meta['classes']} classes, "
-         f"{meta['labels_per_item']:.2f} classes per item; real labels (WordNet supersenses of a lemma's senses), "
-         "the text is the bare lemma. Items labeled until each class has >= k positives; "
+         f"{meta['labels_per_item']:.2f} classes per item; " + DESCRIPTION[meta["dataset"]] + " Items labeled until each class has >= k positives; "
          "scores on the unlabeled items, means over seeds. `propagation`: `predict_multilabel(graph, Y)`; "
          "`+ head (auto)`: `predict_multilabel(graph, Y, X=embeddings)` (a head per class averaged in at "
          "the weight the held-out decisions choose; the mean weight chosen is in the last column). "

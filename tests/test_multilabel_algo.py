@@ -286,3 +286,34 @@ def test_the_head_weight_follows_the_evidence():
     pred = predict_multilabel(build_knn_graph(X, k=10), Y, X=noise)
     assert pred.head_weight <= 0.25
     assert predict_multilabel(build_knn_graph(X, k=10), Y, X=noise, head_weight=0).head_weight == 0
+
+
+def test_digit_pairs_dataset_labels_are_the_digits_shown():
+    from sklearn.datasets import load_digits
+
+    from labelloop.datasets import load_multilabel_dataset
+
+    ds = load_multilabel_dataset("digits-pairs-multilabel", n=50, seed=0)
+    assert len(ds) == 50 and ds.labels.shape == (50, 10) and ds.modality == "image"
+    assert set(ds.labels.sum(axis=1).tolist()) <= {1, 2}
+    img = np.asarray(ds.items[0])
+    assert img.shape == (8, 16)
+    # each half is one of scikit-learn's digits, of a class the label set holds
+    d = load_digits()
+    ref = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    for half in (img[:, :8], img[:, 8:]):
+        match = np.flatnonzero((ref == half).all(axis=(1, 2)))
+        assert match.size and ds.labels[0, d.target[match[0]]] == 1
+
+
+def test_prediction_round_trips_through_array_files(easy, tmp_path):
+    X, T, g, Y, pred = easy
+    for name, arr in pred.arrays().items():
+        np.save(tmp_path / f"{name}.npy", arr)
+    back = MultiLabelPrediction.from_arrays({p.stem: np.load(p) for p in tmp_path.glob("*.npy")})
+    np.testing.assert_array_equal(back.scores, pred.scores)
+    np.testing.assert_array_equal(back.labels(), pred.labels())
+    assert back.calibration.slope == pred.calibration.slope
+    a = [b.to_dict() for b in certify_multilabel(pred, Y)]
+    assert a == [b.to_dict() for b in certify_multilabel(back, Y)]
+    np.testing.assert_array_equal(audit_multilabel(back, Y), audit_multilabel(pred, Y))

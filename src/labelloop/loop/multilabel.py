@@ -278,7 +278,31 @@ class MultiLabelPrediction:
 
     def labels(self) -> np.ndarray:
         """(n, C) bool predicted label sets: score >= the class's threshold (decided pairs: the decision)."""
-        return self.scores >= self.thresholds[None, :]
+        return self.scores >= self.labels_thresholds()[None, :]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything as named arrays (for a run folder's ``.npy`` files); :meth:`from_arrays` reads them back."""
+        return {"scores": self.scores, "reached": self.reached, "raw": self.raw,
+                "calibration_slope": np.array([self.calibration.slope]),
+                "calibration_intercepts": np.asarray(self.calibration.intercepts),
+                "calibration_n": np.array([self.calibration.n]), "heldout_rows": self.heldout_rows,
+                "heldout_scores": self.heldout_scores, "heldout_decisions": self.heldout_decisions,
+                "thresholds": self.labels_thresholds(), "head_weight": np.array([self.head_weight])}
+
+    def labels_thresholds(self) -> np.ndarray:
+        """(C,) the per-class bars of :meth:`labels` (0.5 where none were fitted)."""
+        return np.full(self.n_classes, 0.5) if self.thresholds is None else np.asarray(self.thresholds)
+
+    @classmethod
+    def from_arrays(cls, a) -> MultiLabelPrediction:
+        """The prediction :meth:`arrays` wrote (``a``: a mapping of name -> array)."""
+        cal = MultiLabelCalibration(float(a["calibration_slope"][0]), np.asarray(a["calibration_intercepts"]),
+                                    int(a["calibration_n"][0]))
+        return cls(scores=np.asarray(a["scores"]), reached=np.asarray(a["reached"], bool), raw=np.asarray(a["raw"]),
+                   calibration=cal, heldout_rows=np.asarray(a["heldout_rows"], np.int64),
+                   heldout_scores=np.asarray(a["heldout_scores"]),
+                   heldout_decisions=np.asarray(a["heldout_decisions"], np.int8),
+                   thresholds=np.asarray(a["thresholds"]), head_weight=float(a["head_weight"][0]))
 
 
 def f1_thresholds(heldout_scores: np.ndarray, heldout_decisions: np.ndarray) -> np.ndarray:
