@@ -317,3 +317,14 @@ def test_prediction_round_trips_through_array_files(easy, tmp_path):
     a = [b.to_dict() for b in certify_multilabel(pred, Y)]
     assert a == [b.to_dict() for b in certify_multilabel(back, Y)]
     np.testing.assert_array_equal(audit_multilabel(back, Y), audit_multilabel(pred, Y))
+
+
+def test_one_positive_per_class_still_predicts_sets_of_about_the_labeled_share():
+    # each class's only positive is never held out: the bars fall back to the decisions' share
+    X, T = blobs(n=300, C=3, seed=7)
+    rows = [int(np.flatnonzero(T[:, c])[0]) for c in range(3)] + [int(i) for i in np.flatnonzero(~T.any(axis=1))[:9]]
+    Y = decisions(T, np.unique(rows))
+    pred = predict_multilabel(build_knn_graph(X, k=10), Y)
+    share = pred.labels()[(Y < 0).all(axis=1)].mean(axis=0)  # (C,) predicted share among undecided items
+    q = ((Y == 1).sum(0) + 1) / ((Y >= 0).sum(0) + 2)
+    np.testing.assert_allclose(share, q, atol=0.05)

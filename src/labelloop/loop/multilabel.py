@@ -84,6 +84,7 @@ __all__ = [
     "propagate_multilabel",
     "fit_calibration",
     "f1_thresholds",
+    "share_thresholds",
     "predict_multilabel",
     "certify_multilabel",
     "accepted_pairs",
@@ -335,6 +336,20 @@ def f1_thresholds(heldout_scores: np.ndarray, heldout_decisions: np.ndarray) -> 
     return grid[np.asarray(mid)]
 
 
+def share_thresholds(scores: np.ndarray, Y: np.ndarray, reached: np.ndarray) -> np.ndarray:
+    """(C,) bars that predict "applies" for the share of the undecided reached items that the
+    decisions say applies (add-one smoothed): the fallback of :func:`f1_thresholds` when no
+    held-out decision applies (one positive per class is never held out), where 0.5 of scores
+    that barely leave the prior would predict almost nothing."""
+    q = _positive_share(Y)  # (C,)
+    out = np.full(Y.shape[1], 0.5)
+    for c in range(Y.shape[1]):
+        s = scores[(Y[:, c] < 0) & reached, c]
+        if s.size:
+            out[c] = float(np.quantile(s, 1.0 - q[c]))
+    return out
+
+
 def _embedding_heads(X: np.ndarray, Y: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """(m, C) P(applies) of ``rows`` (all when None) from one two-class head per class on the
     embeddings (``loop.predict.embedding_head``: prototypes up to 5 decisions of a value, then a
@@ -430,10 +445,12 @@ def predict_multilabel(graph: KnnGraph, Y, *, X: np.ndarray | None = None, seed:
     scores = cal(raw)
     scores = np.where(Y >= 0, Y.astype(np.float32), scores).astype(np.float32)  # decided pairs: the decision
     H = cal(Q) if len(rows) else np.zeros((0, C), np.float32)
+    thresholds = f1_thresholds(H, Y[rows])
+    if not (Y[rows] == 1).any():  # no held-out "applies" to fit bars on (e.g. one positive per class)
+        thresholds = share_thresholds(scores, Y, reached)
     return MultiLabelPrediction(scores=scores, reached=reached, raw=raw.astype(np.float32), calibration=cal,
                                 heldout_rows=rows.astype(np.int64), heldout_scores=H,
-                                heldout_decisions=Y[rows].copy(), thresholds=f1_thresholds(H, Y[rows]),
-                                head_weight=float(w))
+                                heldout_decisions=Y[rows].copy(), thresholds=thresholds, head_weight=float(w))
 
 
 # --------------------------------------------------------------------------- certification
