@@ -260,18 +260,6 @@ def test_wordnet_multilabel_dataset():
 # --------------------------------------------------------------------------- thresholds and the head
 
 
-def test_f1_thresholds_find_the_bar_between_the_values():
-    from labelloop.loop.multilabel import f1_thresholds
-
-    rng = np.random.default_rng(0)
-    # class 0: positives score 0.3-0.4, negatives 0.0-0.2 -> 0.2, 0.25 and 0.3 all separate them
-    D = np.r_[np.ones(40), np.zeros(160)].astype(np.int8)[:, None]
-    H = np.r_[rng.uniform(0.3, 0.4, 40), rng.uniform(0.0, 0.2, 160)][:, None]
-    t = f1_thresholds(np.hstack([H, H]), np.hstack([D, D]))
-    assert t[0] == 0.25 and t[1] == 0.25  # the middle of the bars that separate them
-    assert (f1_thresholds(H, np.full_like(D, -1)) == 0.5).all()  # nothing held out: 0.5
-
-
 def test_the_head_weight_follows_the_evidence():
     # the graph is built on noise, the embeddings carry the classes: auto leans on the head
     X, T = blobs(n=400, C=2, seed=5)
@@ -319,8 +307,8 @@ def test_prediction_round_trips_through_array_files(easy, tmp_path):
     np.testing.assert_array_equal(audit_multilabel(back, Y), audit_multilabel(pred, Y))
 
 
-def test_one_positive_per_class_still_predicts_sets_of_about_the_labeled_share():
-    # each class's only positive is never held out: the bars fall back to the decisions' share
+def test_predicted_sets_hold_about_the_labeled_share():
+    # even with one positive per class (never held out: no held-out bar could be fitted)
     X, T = blobs(n=300, C=3, seed=7)
     rows = [int(np.flatnonzero(T[:, c])[0]) for c in range(3)] + [int(i) for i in np.flatnonzero(~T.any(axis=1))[:9]]
     Y = decisions(T, np.unique(rows))
@@ -328,3 +316,8 @@ def test_one_positive_per_class_still_predicts_sets_of_about_the_labeled_share()
     share = pred.labels()[(Y < 0).all(axis=1)].mean(axis=0)  # (C,) predicted share among undecided items
     q = ((Y == 1).sum(0) + 1) / ((Y >= 0).sum(0) + 2)
     np.testing.assert_allclose(share, q, atol=0.05)
+    known = np.array([0.3, 0.2, 0.1])  # a share known from elsewhere wins
+    pred = predict_multilabel(build_knn_graph(X, k=10), Y, positive_share=known)
+    np.testing.assert_allclose(pred.labels()[(Y < 0).all(axis=1)].mean(axis=0), known, atol=0.05)
+    with pytest.raises(ValidationError, match="positive_share"):
+        predict_multilabel(build_knn_graph(X, k=10), Y, positive_share=[0.3, 0.2])
