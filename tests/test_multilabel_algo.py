@@ -255,3 +255,69 @@ def test_wordnet_multilabel_dataset():
     assert all(isinstance(t, str) and ":" not in t for t in ds.items)
     with pytest.raises(ValidationError, match="unknown multi-label dataset"):
         load_multilabel_dataset("nope")
+
+
+# --------------------------------------------------------------------------- thresholds and the head
+
+
+def test_the_head_weight_follows_the_evidence():
+    # the graph is built on noise, the embeddings carry the classes: auto leans on the head
+    X, T = blobs(n=400, C=2, seed=5)
+    noise = np.random.default_rng(1).normal(size=X.shape)
+    rows = np.random.default_rng(2).choice(400, 120, replace=False)
+    Y = decisions(T, rows)
+    pred = predict_multilabel(build_knn_graph(noise, k=10), Y, X=X)
+    assert pred.head_weight >= 0.5
+    u = Y < 0
+    assert (pred.labels() == T)[u].mean() > 0.9
+    # and the other way round: informative graph, noise embeddings -> little or no head
+    pred = predict_multilabel(build_knn_graph(X, k=10), Y, X=noise)
+    assert pred.head_weight <= 0.25
+    assert predict_multilabel(build_knn_graph(X, k=10), Y, X=noise, head_weight=0).head_weight == 0
+
+
+def test_digit_pairs_dataset_labels_are_the_digits_shown():
+    from sklearn.datasets import load_digits
+
+    from labelloop.datasets import load_multilabel_dataset
+
+    ds = load_multilabel_dataset("digits-pairs-multilabel", n=50, seed=0)
+    assert len(ds) == 50 and ds.labels.shape == (50, 10) and ds.modality == "image"
+    assert set(ds.labels.sum(axis=1).tolist()) <= {1, 2}
+    img = np.asarray(ds.items[0])
+    assert img.shape == (8, 16)
+    # each half is one of scikit-learn's digits, of a class the label set holds
+    d = load_digits()
+    ref = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    for half in (img[:, :8], img[:, 8:]):
+        match = np.flatnonzero((ref == half).all(axis=(1, 2)))
+        assert match.size and ds.labels[0, d.target[match[0]]] == 1
+
+
+def test_prediction_round_trips_through_array_files(easy, tmp_path):
+    X, T, g, Y, pred = easy
+    for name, arr in pred.arrays().items():
+        np.save(tmp_path / f"{name}.npy", arr)
+    back = MultiLabelPrediction.from_arrays({p.stem: np.load(p) for p in tmp_path.glob("*.npy")})
+    np.testing.assert_array_equal(back.scores, pred.scores)
+    np.testing.assert_array_equal(back.labels(), pred.labels())
+    assert back.calibration.slope == pred.calibration.slope
+    a = [b.to_dict() for b in certify_multilabel(pred, Y)]
+    assert a == [b.to_dict() for b in certify_multilabel(back, Y)]
+    np.testing.assert_array_equal(audit_multilabel(back, Y), audit_multilabel(pred, Y))
+
+
+def test_predicted_sets_hold_about_the_labeled_share():
+    # even with one positive per class (never held out: no held-out bar could be fitted)
+    X, T = blobs(n=300, C=3, seed=7)
+    rows = [int(np.flatnonzero(T[:, c])[0]) for c in range(3)] + [int(i) for i in np.flatnonzero(~T.any(axis=1))[:9]]
+    Y = decisions(T, np.unique(rows))
+    pred = predict_multilabel(build_knn_graph(X, k=10), Y)
+    share = pred.labels()[(Y < 0).all(axis=1)].mean(axis=0)  # (C,) predicted share among undecided items
+    q = ((Y == 1).sum(0) + 1) / ((Y >= 0).sum(0) + 2)
+    np.testing.assert_allclose(share, q, atol=0.05)
+    known = np.array([0.3, 0.2, 0.1])  # a share known from elsewhere wins
+    pred = predict_multilabel(build_knn_graph(X, k=10), Y, positive_share=known)
+    np.testing.assert_allclose(pred.labels()[(Y < 0).all(axis=1)].mean(axis=0), known, atol=0.05)
+    with pytest.raises(ValidationError, match="positive_share"):
+        predict_multilabel(build_knn_graph(X, k=10), Y, positive_share=[0.3, 0.2])

@@ -191,6 +191,14 @@ def test_refresh_autolabel_next_audit_status_on_a_multilabel_project(loop_projec
     assert np.mean(hits) > 0.9
     assert p.predictions() is None                         # no single-label predictions pretend to exist
 
+    asked = p.next(6, seed=1)
+    assert len(asked) == 6 and len({r["item"] for r in asked}) == 6
+    assert {r["kind"] for r in asked} == {"strategy", "random"}   # the random share keeps certification honest
+    assert p.actively_chosen() == {r["item"] for r in asked if r["kind"] == "strategy"}
+    assert {r["kind"] for r in p.next(3, explore=1.0, record=False)} == {"random"}
+    with pytest.raises(ValidationError, match="drop --strategy verify"):
+        p.next(3, strategy="verify")
+
     a = p.autolabel(target_precision=0.9)
     assert {b["class"] for b in a["classes"]} == set(CLASSES)
     machine = p.class_decisions(sources=("machine",))
@@ -203,13 +211,12 @@ def test_refresh_autolabel_next_audit_status_on_a_multilabel_project(loop_projec
     again = p.autolabel(target_precision=0.9)              # nothing changed: nothing appended
     assert again["new_or_changed"] == 0 and again["withdrawn"] == 0
 
-    asked = p.next(6, seed=1)
     decided = p.class_decisions(sources=("human", "import", "machine"))
-    assert len(asked) == 6 and len({r["item"] for r in asked}) == 6
-    for r in asked:   # every asked item has a class no one decided, and says which
+    still_open = [i for i in truth if len(decided.get(i, {})) < len(CLASSES)]
+    asked = p.next(6, seed=2, record=False)
+    assert len(asked) == min(6, len(still_open))
+    for r in asked:   # machine-decided pairs are not asked again; each row says which classes are open
         assert r["undecided"] and set(r["undecided"]) == set(CLASSES) - set(decided.get(r["item"], {}))
-    assert {r["kind"] for r in asked} == {"strategy", "random"}   # the random share keeps certification honest
-    assert p.actively_chosen() == {r["item"] for r in asked if r["kind"] == "strategy"}
 
     au = p.audit(top=5)
     assert au["decisions"] == 480 and len(au["issues"]) <= 5

@@ -263,7 +263,7 @@ def refresh(project, full, as_json):
 @cli.command()
 @project_option
 @click.argument("assignments", nargs=-1)
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="CSV with columns item,label.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="CSV with columns item,label (multi-label projects: item,labels).")
 @click.option("--source", type=click.Choice(["human", "import"]), default="human", show_default=True,
               help="human: verified by a person; import: from elsewhere, may be noisy.")
 @click.option("--annotator", default=None, envvar="LABELLOOP_ANNOTATOR", help="Who labeled (env LABELLOOP_ANNOTATOR).")
@@ -490,7 +490,9 @@ def _plain(value) -> str:
               help="Only items of this batch: what the model misses in new data (the model learns from all labels).")
 @json_option
 def next_cmd(project, n, strategy, seed, batch, as_json):
-    """The items a person should label next, with the machine's guess and why each was picked."""
+    """The items a person should label next, with the machine's guess and why each was picked.
+    A multi-label project: the items whose undecided classes are most uncertain, plus a random
+    share that certifies auto-labeling (--strategy does not apply)."""
     with _open(project) as p:
         rows = p.next(n, strategy=strategy, seed=seed, batch=batch)
         if as_json:

@@ -48,6 +48,11 @@ Multi-label sets (an item carries a set of classes) load through :func:`load_mul
                                 3,761 (artifact).
                                 The text names no class: which supersenses a bare word has is
                                 what the embedding has to carry.
+``digits-pairs-multilabel``     **Synthetic** from real digits: 3,000 images of two of
+                                scikit-learn's 8x8 digits side by side (8x16, drawn with
+                                replacement, seed 0), labeled with the set of digits shown:
+                                **10 classes**, 1-2 per item (1.9 on average: a pair of equal
+                                digits carries one class).
 ==============================  ================================================================
 
 ``n`` there takes a plain seeded random subset of the items.
@@ -391,8 +396,35 @@ def _wordnet_nouns_multilabel(sub: tuple[int, int] | None) -> MultiLabelDataset:
                              [WORDNET_NOUN_CLASSES[c] for c in keep])
 
 
+#: how many two-digit images ``digits-pairs-multilabel`` draws (before any subset)
+DIGITS_PAIRS_N = 3000
+
+
+def _digits_pairs_multilabel(sub: tuple[int, int] | None) -> MultiLabelDataset:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(0)  # the set itself is fixed; ``sub`` draws from it
+    pairs = rng.integers(0, len(d.target), size=(DIGITS_PAIRS_N, 2))  # (N, 2) left, right digit image
+    labels = np.zeros((DIGITS_PAIRS_N, 10), np.int8)
+    labels[np.arange(DIGITS_PAIRS_N), d.target[pairs[:, 0]]] = 1
+    labels[np.arange(DIGITS_PAIRS_N), d.target[pairs[:, 1]]] = 1
+    idx = np.arange(DIGITS_PAIRS_N)
+    if sub is not None:
+        if not 1 <= sub[0] <= DIGITS_PAIRS_N:
+            raise ValidationError(f"n must be between 1 and {DIGITS_PAIRS_N} (the dataset's size), got {sub[0]}")
+        idx = np.sort(np.random.default_rng(sub[1]).choice(DIGITS_PAIRS_N, sub[0], replace=False))
+    # counts 0..16 of a 4x4 block scaled to 0..255 as the digits loader does; (8, 16) per item
+    pixels = np.rint(np.concatenate([d.images[pairs[idx, 0]], d.images[pairs[idx, 1]]], axis=2)
+                     * (255.0 / 16.0)).astype(np.uint8)
+    return MultiLabelDataset("digits-pairs-multilabel", "image", [Image.fromarray(p) for p in pixels],
+                             labels[idx], [str(c) for c in range(10)])
+
+
 _MULTILABEL_LOADERS = {
     "wordnet-nouns-multilabel": _wordnet_nouns_multilabel,
+    "digits-pairs-multilabel": _digits_pairs_multilabel,
 }
 
 

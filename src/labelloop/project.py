@@ -889,6 +889,9 @@ class Project:
         from .loop import choose, coverage_of
 
         if self.task == "multilabel":
+            if strategy != "auto":
+                raise ValidationError(f"a multi-label project chooses by the uncertainty of each item's undecided "
+                                      f"classes (plus a random share); drop --strategy {strategy}")
             return self._next_multilabel(n, seed=seed, annotator=annotator, record=record, explore=explore,
                                          batch=batch)
         if self.task == "detection":
@@ -2812,7 +2815,7 @@ class Project:
     def _multilabel_status(self, *, batch: str | None = None) -> dict:
         """:meth:`status` of a multi-label project: ``labeled`` counts items with a decision in
         effect from each source; ``per_class`` the items a class applies to by the source of its
-        decision, ``predicted`` (undecided, scored 0.5 or more by the last refresh) and
+        decision, ``predicted`` (undecided, in the last refresh's predicted set) and
         ``undecided``; ``bars`` each class's bar from the last autolabel run (or why it has none)."""
         st = self.store
         ids = self.item_ids()
@@ -2840,7 +2843,7 @@ class Project:
             and scores.classes == classes
         predicted = np.zeros_like(undecided)
         if current:
-            predicted = undecided & scores.reached[:, None] & (scores.scores >= 0.5)
+            predicted = undecided & scores.reached[:, None] & scores.applies()
         for c, j in col.items():
             per_class[c]["undecided"] = int(undecided[:, j].sum())
             per_class[c]["predicted"] = int(predicted[:, j].sum())
@@ -2867,17 +2870,20 @@ class Project:
         effect per class (human, then import, then machine; None without any decision),
         ``source`` where those decisions came from (``human+machine`` when mixed),
         ``decisions`` {class: {value, source}}, ``undecided`` the classes without one,
-        ``predicted`` the undecided classes the last refresh scores at 0.5 or more, and
+        ``predicted`` the undecided classes in the last refresh's predicted set (each class's
+        score at or above its bar, :meth:`MultiLabelScores.applies`), and
         ``scores`` its per-class scores."""
         decisions = self._decisions(LABEL_SOURCES)
         classes = self.classes
         scores = self.multilabel_scores()
         srow = scores.row_of() if scores is not None else {}
         out = []
+        applies = scores.applies() if scores is not None else None   # (n, C) predicted sets
         for it, row in self._item_rows(batch):
             dec = decisions.get(it.id, {})
             r = srow.get(it.id)
             per = {} if r is None else dict(zip(scores.classes, scores.scores[r].tolist()))
+            said = {} if r is None else dict(zip(scores.classes, applies[r].tolist()))
             undecided = [c for c in classes if c not in dec]
             reached = r is not None and bool(scores.reached[r])
             row.update(
@@ -2885,7 +2891,7 @@ class Project:
                 source="+".join(s for s in LABEL_SOURCES if any(d[1] == s for d in dec.values())) or None,
                 decisions={c: {"value": d[0], "source": d[1]} for c, d in dec.items()},
                 undecided=undecided,
-                predicted=[c for c in undecided if reached and per.get(c, 0.0) >= 0.5],
+                predicted=[c for c in undecided if reached and said.get(c, False)],
                 scores={c: round(v, 6) for c, v in per.items()} or None)
             out.append(row)
         return out
@@ -2919,7 +2925,7 @@ class Project:
             return None
         load = lambda name: np.asarray(np.load(d / f"{name}.npy", mmap_mode="r"))  # noqa: E731
         return _frozen(MultiLabelScores(run_id, load("item_ids"), load("scores"), load("reached"),
-                                        list(run["summary"].get("classes", []))))
+                                        list(run["summary"].get("classes", [])), load("thresholds")))
 
     def _multilabel_evidence(self, ids: np.ndarray) -> np.ndarray:
         """The ``Y`` the loop learns from: human decisions, and imported ones where a human made
@@ -2934,8 +2940,6 @@ class Project:
         The prediction is stored as array files in the run folder (``scores``, ``reached``,
         ``item_ids`` and the held-out arrays autolabel / audit / next read), its calibration in
         the run's summary."""
-        import dataclasses
-
         from .loop.multilabel import predict_multilabel
 
         classes = self.classes
@@ -2950,7 +2954,8 @@ class Project:
                                                        "decisions": int((Y >= 0).sum())})
         t0 = time.perf_counter()
         try:
-            pred = predict_multilabel(graph, Y, seed=0)
+            pred = predict_multilabel(graph, Y, X=self.embeddings()[1], seed=0,
+                                      positive_share=self._positive_share(ids, Y))
         except BaseException:
             self.store.finish_run(run, status="failed")
             raise
@@ -2958,21 +2963,19 @@ class Project:
         prev = self.multilabel_scores()
         changed = None
         if prev is not None and np.array_equal(prev.item_ids, ids) and prev.classes == classes:
-            changed = int(((prev.scores >= 0.5) != (pred.scores >= 0.5)).sum())
+            changed = int((prev.applies() != pred.labels()).sum())
         out_dir = self.store.run_dir(run)
         np.save(out_dir / "item_ids.npy", ids)
-        for f in dataclasses.fields(pred):   # scores, reached, raw, the held-out arrays
-            value = getattr(pred, f.name)
-            if isinstance(value, np.ndarray):
-                np.save(out_dir / f"{f.name}.npy", value)
+        for name, value in pred.arrays().items():   # scores, reached, thresholds, the held-out arrays, ...
+            np.save(out_dir / f"{name}.npy", value)
         open_pairs = (Y < 0) & pred.reached[:, None]
         summary = dict(items=len(ids), task="multilabel", classes=classes,
                        decided_items=int((Y >= 0).any(axis=1).sum()), decided_pairs=int((Y >= 0).sum()),
                        human_items=int((self._decision_matrix(ids, ("human",)) >= 0).any(axis=1).sum()),
                        unreached=int((~pred.reached).sum()),
-                       applies_predicted=int((open_pairs & (pred.scores >= 0.5)).sum()),
+                       applies_predicted=int((open_pairs & pred.labels()).sum()),
                        changed=changed, seconds=round(seconds, 4),
-                       calibration=_jsonable_dataclass(pred.calibration),
+                       calibration=pred.calibration.to_dict(), head_weight=float(pred.head_weight),
                        heldout_items=int(len(pred.heldout_rows)))
         self.store.finish_run(run, summary)
         return summary | {"run": run, "labeled": summary["decided_items"], "warm": False,
@@ -2989,16 +2992,9 @@ class Project:
                         lambda: self._load_multilabel_prediction(scores.run_id))
 
     def _load_multilabel_prediction(self, run_id: int):
-        import dataclasses
+        from .loop.multilabel import MultiLabelPrediction
 
-        from .loop.multilabel import MultiLabelCalibration, MultiLabelPrediction
-
-        d = self.store.run_dir(run_id)
-        cal = self.store.run(run_id)["summary"]["calibration"]
-        cal = MultiLabelCalibration(**{k: np.asarray(v) if isinstance(v, list) else v for k, v in cal.items()})
-        arrays = {f.name: np.load(d / f"{f.name}.npy") for f in dataclasses.fields(MultiLabelPrediction)
-                  if f.name != "calibration"}
-        return MultiLabelPrediction(**arrays, calibration=cal)
+        return MultiLabelPrediction.from_arrays({f.stem: np.load(f) for f in self.store.run_dir(run_id).glob("*.npy")})
 
     def _current_multilabel_prediction(self, ids: np.ndarray):
         pred = self._multilabel_prediction(ids)
@@ -3012,6 +3008,18 @@ class Project:
         chosen = self.actively_chosen()
         human = (self._decision_matrix(ids, ("human",)) >= 0).any(axis=1)
         return human & ~np.isin(ids, np.fromiter(chosen, dtype=np.int64, count=len(chosen)))
+
+    def _positive_share(self, ids: np.ndarray, Y: np.ndarray) -> np.ndarray | None:
+        """(C,) the add-one smoothed share of items each class applies to among the items decided
+        at random (:meth:`_random_rows`), once strategies chose others and at least
+        :attr:`MIN_REPRESENTATIVE` random ones exist; else None (the loop's default: all decisions)."""
+        if not self.actively_chosen():
+            return None
+        rnd = self._random_rows(ids)
+        D = Y[rnd]                                                   # (m, C)
+        if len(D) < self.MIN_REPRESENTATIVE:
+            return None
+        return ((D == 1).sum(axis=0) + 1.0) / ((D >= 0).sum(axis=0) + 2.0)
 
     def _certify_multilabel(self, ids: np.ndarray, pred, Y: np.ndarray, *, target_precision: float,
                             confidence_level: float):
@@ -3100,7 +3108,7 @@ class Project:
             explore = default_explore("auto") if explore is None else explore
             n_random = int(round(explore * n)) if n > 1 else 0
             Y_scope = np.where(open_rows[:, None], Y, np.int8(0))   # rows outside the scope: nothing open
-            picked = choose_multilabel(pred, Y_scope, n - n_random, X=X, seed=seed).tolist()
+            picked = choose_multilabel(pred, Y_scope, n - n_random, X=X, seed=seed).tolist() if n > n_random else []
             rest = np.setdiff1d(np.flatnonzero(open_rows), picked)
             extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False) \
                 if n_random and len(rest) else np.zeros(0, np.int64)
@@ -3117,7 +3125,7 @@ class Project:
                    "scores": None, "guess": None, "confidence": None, "reason": reason, "kind": kind}
             if pred is not None and pred.reached[r]:
                 row["scores"] = {c: round(float(pred.scores[r, j]), 4) for j, c in enumerate(classes)}
-                row["guess"] = [c for j, c in enumerate(classes) if pred.scores[r, j] >= 0.5]
+                row["guess"] = [c for j, c in enumerate(classes) if pred.labels()[r, j]]
             out.append(row)
         if record:
             self.record_query(strategy, n, seed, out, annotator=annotator,
@@ -3165,9 +3173,14 @@ class MultiLabelScores:
     scores: np.ndarray       # (n, C) float32 calibrated P(class applies), columns = ``classes``
     reached: np.ndarray      # (n,) bool: a decided item is in its graph component
     classes: list[str]
+    thresholds: np.ndarray   # (C,) each class's bar of the predicted sets (loop.multilabel.share_thresholds)
 
     def row_of(self) -> dict[int, int]:
         return {int(i): r for r, i in enumerate(self.item_ids)}
+
+    def applies(self) -> np.ndarray:
+        """(n, C) bool: the predicted sets (as ``MultiLabelPrediction.labels``)."""
+        return self.scores >= self.thresholds[None, :]
 
 
 class Memo:
@@ -3255,14 +3268,6 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
         "p90": round(float(p90), 4),
         "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
     }
-
-
-def _jsonable_dataclass(obj) -> dict:
-    """A dataclass of numbers and arrays as JSON (arrays as lists), for a run's summary."""
-    import dataclasses
-
-    return {f.name: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
-            for f in dataclasses.fields(obj) for v in [getattr(obj, f.name)]}
 
 
 def _nan_none(x: float) -> float | None:
