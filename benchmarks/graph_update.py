@@ -163,7 +163,10 @@ def write_markdown(out: Path) -> None:
             lines += ["Drift: batches appended one after the other, never rebuilt.", "",
                       "| items | added since the full build | update CPU s | updates CPU s so far | recall@10 | method |",
                       "|---:|---:|---:|---:|---:|---|"]
+            total = 0.0
             for x in r["drift"]:
+                total += x["update_cpu_s"]
+                x.setdefault("updates_cpu_s_total", round(total, 2))
                 lines.append(f"| {x['n']:,} | {x['added_share']:.0%} | {x['update_cpu_s']} | "
                              f"{x['updates_cpu_s_total']} | {x['recall']} | {x['method']} |")
             d = r["drift_rebuild"]

@@ -232,13 +232,17 @@ def extend_knn_graph(
         X[lo : min(lo + 65_536, n_old)] = normalize_rows(X_old[lo : lo + 65_536])
     X[n_old:] = normalize_rows(X_new)
     new = X[n_old:]
-    # the new rows: k+1 nearest among every item, then self dropped; an IVF search reuses the
-    # coarse centroids of the last full build (k-means was most of its cost)
+    # the new rows: k+1 nearest among every item, then self dropped. An IVF search keeps the
+    # coarse centroids of the last full build (k-means on every item was most of its cost)
+    # plus centroids of the new items alone: with the old ones only, a batch from new clusters
+    # fell into arbitrary cells and recall@10 fell to 0.97 after one 5 % batch, 0.86 after six
+    # (benchmarks/results/graph_update.md)
     centroids = None
     if exact:
         idx_n, sim_n = _search_exact(new, X, k + 1)
     else:
-        centroids = graph.centroids if graph.centroids is not None else _ivf_centroids(X, seed=seed)
+        old_centroids = graph.centroids if graph.centroids is not None else _ivf_centroids(X[:n_old], seed=seed)
+        centroids = np.vstack([old_centroids, _ivf_centroids(new, seed=seed)])
         idx_n, sim_n = _search_ivf(X, k + 1, seed=seed, Q=new, centroids=centroids)
     idx_n, sim_n = _drop_self(idx_n, sim_n, k, self_ids=np.arange(n_old, n))
     # the old rows: their k nearest new items, merged where closer than their k-th neighbour
