@@ -177,7 +177,14 @@ def write_markdown(out: Path) -> None:
 
 
 #: why REBUILD_AFTER_ADDED is what it is (from the drift rows above)
-DECISION = "(see the drift rows)"
+DECISION = (
+    "Neither drift run lost recall (0.9999-1.0 to +80 % with batches from the same clusters and "
+    "to +60 % with each batch from new clusters, the largest shares measured), so the bound stays "
+    "inside what was measured with a margin; by +50 % the updates have together cost about as "
+    "much CPU as one rebuild of that size. Before the update added centroids of the new items to "
+    "the kept ones (old centroids only), the new-clusters run lost recall at once: 0.970 after "
+    "one 5 % batch, 0.937 at +10 %, 0.863 at +30 %, 0.774 at +65 % (stopped there; the same "
+    "command, load 12-16).")
 
 if __name__ == "__main__":
     main()
