@@ -163,7 +163,10 @@ def write_markdown(out: Path) -> None:
             lines += ["Drift: batches appended one after the other, never rebuilt.", "",
                       "| items | added since the full build | update CPU s | updates CPU s so far | recall@10 | method |",
                       "|---:|---:|---:|---:|---:|---|"]
+            total = 0.0
             for x in r["drift"]:
+                total += x["update_cpu_s"]
+                x.setdefault("updates_cpu_s_total", round(total, 2))
                 lines.append(f"| {x['n']:,} | {x['added_share']:.0%} | {x['update_cpu_s']} | "
                              f"{x['updates_cpu_s_total']} | {x['recall']} | {x['method']} |")
             d = r["drift_rebuild"]
@@ -174,7 +177,14 @@ def write_markdown(out: Path) -> None:
 
 
 #: why REBUILD_AFTER_ADDED is what it is (from the drift rows above)
-DECISION = "(see the drift rows)"
+DECISION = (
+    "Neither drift run lost recall (0.9999-1.0 to +80 % with batches from the same clusters and "
+    "to +60 % with each batch from new clusters, the largest shares measured), so the bound stays "
+    "inside what was measured with a margin; by +50 % the updates have together cost about as "
+    "much CPU as one rebuild of that size. Before the update added centroids of the new items to "
+    "the kept ones (old centroids only), the new-clusters run lost recall at once: 0.970 after "
+    "one 5 % batch, 0.937 at +10 %, 0.863 at +30 %, 0.774 at +65 % (stopped there; the same "
+    "command, load 12-16).")
 
 if __name__ == "__main__":
     main()

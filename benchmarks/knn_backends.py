@@ -247,12 +247,23 @@ def write_markdown(report: dict, path: Path) -> None:
         "methods within one size (same run, similar load), not across tables.",
         "",
         # the settings below are read from labelloop.graph when this file is written
-        f"Decision (`labelloop.graph`, as it is now): `method=\"auto\"` searches exactly up to "
-        f"{DEFAULT_EXACT_THRESHOLD:,} items (no recall loss, still cheap), then uses "
+        f"Decision (`labelloop.graph.choose_method`, the one function that chooses; settings read from "
+        f"`labelloop.graph` when this file is written): `method=\"auto\"` searches exactly up to "
+        f"{DEFAULT_EXACT_THRESHOLD:,} items: no recall loss, at a cost that is still small there (10k: "
+        "10.8 s exact vs 2.7 s IVF at load ~10; 50k: 409 s vs 35 s, so not beyond). Above it "
         f"`{DEFAULT_APPROX_METHOD}` (FAISS IVF-Flat, nlist = {IVF_NLIST_PER_SQRT_N:g} sqrt(n), nprobe = "
-        f"{IVF_PROBE_FRACTION:.0%} of the lists, at least {IVF_MIN_NPROBE}), and pynndescent (candidate list "
-        f"{NNDESCENT_N_NEIGHBORS}) above {NNDESCENT_MIN_N:,} items when it is installed (its numba compile is "
-        "about half kept between processes in `graph.numba_cache_dir`). PCA before the search is "
+        f"{IVF_PROBE_FRACTION:.0%} of the lists, at least {IVF_MIN_NPROBE}); pynndescent (candidate list "
+        f"{NNDESCENT_N_NEIGHBORS}) above {NNDESCENT_MIN_N:,} items when it is installed. Why "
+        f"{NNDESCENT_MIN_N:,}: NN-descent's build is faster from 50k on (100k `latent`: 17.8 s vs 46.1 s "
+        "at the same recall), but every new process first pays its numba compile, 43.6 CPU-s with "
+        "`graph.numba_cache_dir` filled (88.6 empty), so at 100k `latent` IVF is cheaper in a fresh "
+        "process (46 vs 18 + 44) while on `clustered` data NN-descent is (163 s vs 33 s + 44 with its "
+        "old candidate list of 11). IVF's search scans 5 % of the items per query, so its cost grows "
+        "with n^2 (4x from 100k to 200k; 4.6x measured from 50k to 100k `clustered`) and NN-descent's "
+        "about with n log n: at 200k NN-descent plus its compile is cheaper on both data sets. "
+        "That 200k crossing is extrapolated from the 100k rows; 200k was not measured (the machine "
+        "was at load 10-16 while this was decided). An IVF graph also keeps its coarse centroids, "
+        "which adding items reuses (benchmarks/results/graph_update.md). PCA before the search is "
         "not used: it lost recall (0.95 at 50k) for little or no time saved.",
     ]
     path.write_text("\n".join(lines) + "\n")

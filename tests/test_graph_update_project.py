@@ -34,8 +34,8 @@ def _batches(tmp_path, sizes):
 def test_refresh_after_a_new_batch_extends_the_graph_then_rebuilds_past_the_bound(tmp_path, project_factory):
     from labelloop.graph import REBUILD_AFTER_ADDED, build_knn_graph
 
-    folders, classes = _batches(tmp_path, [200, 40, 40])
-    assert 40 <= REBUILD_AFTER_ADDED * 200 < 80   # batch 1 is extended, batch 2 passes the bound
+    folders, classes = _batches(tmp_path, [200, 40, 80])
+    assert 40 <= REBUILD_AFTER_ADDED * 200 < 120   # batch 1 is extended, batch 2 passes the bound
     p = project_factory(classes=classes)
     p.import_(folders[0])
     p.embed("pixels")
@@ -61,9 +61,9 @@ def test_refresh_after_a_new_batch_extends_the_graph_then_rebuilds_past_the_boun
 
     p.import_(folders[2], batch="week-3")
     p.embed("pixels")
-    p.graph()   # 80 added since the full build of 200: more than the bound, so a full rebuild
+    p.graph()   # 120 added since the full build of 200: more than the bound, so a full rebuild
     third = p.store.last_run("graph")
-    assert "extends" not in third["inputs"] and third["summary"]["full_n"] == 280
+    assert "extends" not in third["inputs"] and third["summary"]["full_n"] == 320
 
 
 def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, project_factory):

@@ -33,28 +33,32 @@ __all__ = [
 #: every accepted ``method``; "auto" picks by size (see :func:`build_knn_graph`).
 KNN_METHODS = ("auto", "exact", "ivf", "hnsw", "nndescent")
 
-#: "auto" searches exactly up to this many items. benchmarks/results/knn_backends.md: exact
-#: search took 10.8 s at 10k vs 6.4 s for IVF on the shared 2-core machine (~1 s vs ~0.6 s on
-#: an idle one; the brief's idle figure is 121 s at 100k) and has no recall loss; at 50k IVF
-#: was 3.5x faster.
+#: "auto" searches exactly up to this many items (:func:`choose_method`). benchmarks/results/
+#: knn_backends.md: no recall loss at a cost still small here (10k: 10.8 s exact vs 2.7 s IVF on
+#: the shared 2-core machine), but 409 s vs 35 s at 50k.
 DEFAULT_EXACT_THRESHOLD = 20_000
 
-#: "auto" above the exact threshold: FAISS IVF-Flat (recall@10 1.000 at 10k / 50k on the
-#: clustered benchmark, 3.5x faster than exact at 50k, no JIT). HNSW was 2x slower than IVF at
-#: the same recall; PCA-128 before IVF lost recall (0.95 at 50k) and saved no time.
+#: "auto" above the exact threshold: FAISS IVF-Flat (recall@10 1.000 at 10k-100k on the
+#: clustered benchmark, no JIT; its centroids are kept for adding items). HNSW was 2x slower
+#: than IVF at the same recall; PCA-128 before IVF lost recall (0.95 at 50k) and saved no time.
 DEFAULT_APPROX_METHOD = "ivf"
 
 #: "auto" switches to pynndescent (when installed: the ``ann`` extra) above this many items.
-#: Its numba JIT costs 46-120 s (measured), about half of it kept between processes in
-#: :func:`numba_cache_dir`, which only large sets earn back: 25 s vs 118 s for IVF at 50k
-#: (recall 0.982 vs 1.000); the brief's figures at 1M: 110 s (recall 0.982) vs ~585 s for IVF.
+#: Its build is faster from 50k on (100k latent: 17.8 s vs IVF 46.1 s), but each process first
+#: compiles it: 43.6 CPU-s with :func:`numba_cache_dir` filled. IVF's search grows with n^2
+#: (4.6x from 50k to 100k), NN-descent's about n log n, so with the compile counted IVF is
+#: cheaper at 100k on the latent data and NN-descent at 200k on both (extrapolated from the
+#: 100k rows: 200k was not measured; knn_backends.md's decision paragraph).
 NNDESCENT_MIN_N = 200_000
 
 
 #: A graph extended with added items (:func:`extend_knn_graph`) is rebuilt in full once more
-#: than this share of the items of its last full build were added since. Chosen by
-#: ``benchmarks/graph_update.py`` (results/graph_update.md): see the drift rows there.
-REBUILD_AFTER_ADDED = 0.3
+#: than this share of the items of its last full build were added since (new centroids, lists
+#: balanced again). benchmarks/results/graph_update.md, 5 % batches appended to 50k items:
+#: recall@10 stayed 0.9999-1.0 up to +80 % (batches from the same clusters) and +60 % (each
+#: batch from new clusters), the largest shares measured; 0.5 stays inside them, and the
+#: updates up to +50 % cost about as much CPU together as one rebuild at that size.
+REBUILD_AFTER_ADDED = 0.5
 
 
 def _n_threads() -> int:
@@ -232,13 +236,17 @@ def extend_knn_graph(
         X[lo : min(lo + 65_536, n_old)] = normalize_rows(X_old[lo : lo + 65_536])
     X[n_old:] = normalize_rows(X_new)
     new = X[n_old:]
-    # the new rows: k+1 nearest among every item, then self dropped; an IVF search reuses the
-    # coarse centroids of the last full build (k-means was most of its cost)
+    # the new rows: k+1 nearest among every item, then self dropped. An IVF search keeps the
+    # coarse centroids of the last full build (k-means on every item was most of its cost)
+    # plus centroids of the new items alone: with the old ones only, a batch from new clusters
+    # fell into arbitrary cells and recall@10 fell to 0.97 after one 5 % batch, 0.86 after six
+    # (benchmarks/results/graph_update.md)
     centroids = None
     if exact:
         idx_n, sim_n = _search_exact(new, X, k + 1)
     else:
-        centroids = graph.centroids if graph.centroids is not None else _ivf_centroids(X, seed=seed)
+        old_centroids = graph.centroids if graph.centroids is not None else _ivf_centroids(X[:n_old], seed=seed)
+        centroids = np.vstack([old_centroids, _ivf_centroids(new, seed=seed)])
         idx_n, sim_n = _search_ivf(X, k + 1, seed=seed, Q=new, centroids=centroids)
     idx_n, sim_n = _drop_self(idx_n, sim_n, k, self_ids=np.arange(n_old, n))
     # the old rows: their k nearest new items, merged where closer than their k-th neighbour
