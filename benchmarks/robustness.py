@@ -139,7 +139,7 @@ def main(argv=None):
     warnings.simplefilter("ignore")
     rows, certs, flags = [], [], []
     covers, widths = [], []
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()[0]
     for name, n, bb, f in pairs(args.only):
         yt = load_dataset(name, n=n, seed=0).labels
         X = np.load(f)
@@ -192,7 +192,8 @@ def main(argv=None):
                     "human_labels", "certified", "auto_coverage", "auto_precision", "random_checks")}})
                 print("  certify", certs[-1], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg": os.getloadavg(), "argv": sys.argv}
+    meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg_start": load0, "loadavg": os.getloadavg(),
+            "argv": sys.argv}
     (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows, "certify": certs,
                                                           "audit_clean": flags}, indent=1))
     below = {m: sum(r[f"acc_{m}"] < r["acc_labelspreading"] for r in rows) for m in ("labelloop", "labels", "estimated")}
@@ -235,7 +236,7 @@ def main(argv=None):
         for c in certs:
             lines.append(f"| {c['dataset']} | {c['backbone']} | {c['seed']} | {c['human_labels']} | {c['certified']} | "
                          f"{c['auto_coverage']:.3f} | {'–' if c['auto_precision'] is None else round(c['auto_precision'], 4)} |")
-    lines += ["", f"{meta['seconds']} s, load average {meta['loadavg'][0]:.1f} at the end."]
+    lines += ["", f"{meta['seconds']} s, load average {load0:.1f} at the start and {meta['loadavg'][0]:.1f} at the end."]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     return 0
 
