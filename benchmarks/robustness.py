@@ -4,11 +4,13 @@ its confidence calibrated, on every dataset and backbone we can load offline?
 Per (dataset, backbone) pair cached by ``benchmarks/robustness_data.py`` and per budget of
 random labels per class (1, 2, 5, 10, 20; ``--seeds`` seeds), on the unlabeled items:
 
-- labelloop: ``LabelPropagation()`` defaults (local scaling, class-mass normalisation, 100
-  steps), the classifier head averaged in where held-out labels show it helps (head_weight
-  auto) and calibrated out of fold, exactly as ``Project.refresh`` does
-  (``labelloop.loop.calibrated_predictions``);
-- estimated: the same with ``class_prior estimated`` (class shares estimated from the graph);
+- labelloop: ``LabelPropagation()`` defaults (local scaling, 100 steps), the classifier head
+  averaged in where held-out labels show it helps (head_weight auto) and calibrated out of
+  fold, exactly as ``Project.refresh`` does (``labelloop.loop.calibrated_predictions``),
+  with ``class_prior auto``: class-mass normalisation to the label shares or to the shares
+  estimated from the graph, whichever the held-out human labels support
+  (``labelloop.loop.choose_class_prior``);
+- class_prior labels (the default before ``auto``) and estimated: the same with that prior fixed;
 - paper: T = 0.01, 20 steps, clamped (Bai et al.; the defaults before this round);
 - LabelSpreading: scikit-learn ``LabelSpreading(kernel="knn", n_neighbors=10)``;
 - logreg: logistic regression on the labeled items only.
@@ -91,21 +93,25 @@ def methods(Xn, graph, S, y, C):
     from sklearn.linear_model import LogisticRegression
     from sklearn.semi_supervised import LabelSpreading
 
-    from labelloop.loop.predict import calibrated_predictions, embedding_head
+    from labelloop.loop.predict import AUTO_PRIOR_CANDIDATES, calibrated_predictions, embedding_head, prior_candidates
     from labelloop.propagate import LabelPropagation
 
     out = {}
     head = embedding_head(Xn, C)
     H = head(y, None)
-    lp = LabelPropagation().fit(S, y, n_classes=C)
-    pred, _ = calibrated_predictions(lp.predict_proba(), H, lp.reached_, y,
-                                     lambda yy: LabelPropagation().fit(S, yy, n_classes=C).predict_proba(), head)
+    # labelloop: class_prior "auto" (the default): "labels" or "estimated", chosen per run on the
+    # held-out human labels (loop.choose_class_prior), as Project.refresh does
+    lp = LabelPropagation(class_mass=False).fit(S, y, n_classes=C)
+    pred, _ = calibrated_predictions(prior_candidates(lp.Y_, y, C), H, lp.reached_, y, lambda yy: prior_candidates(
+        LabelPropagation(class_mass=False).fit(S, yy, n_classes=C).Y_, y, C), head)
     out["labelloop"] = pred.proba
     out["_heldout"] = (pred.heldout_rows, pred.heldout_proba)
-    # class_prior "estimated" (opt-in): the same, with the class shares pulled toward the graph's
-    lp = LabelPropagation(class_mass="estimated").fit(S, y, n_classes=C)
-    out["estimated"] = calibrated_predictions(lp.predict_proba(), H, lp.reached_, y, lambda yy: LabelPropagation(
-        class_mass="estimated").fit(S, yy, n_classes=C).predict_proba(), head)[0].proba
+    out["_prior"] = pred.class_prior
+    # each prior alone: "labels" (the default before "auto") and "estimated"
+    for prior in AUTO_PRIOR_CANDIDATES:
+        lp = LabelPropagation(class_mass=prior).fit(S, y, n_classes=C)
+        out[prior] = calibrated_predictions(lp.predict_proba(), H, lp.reached_, y, lambda yy: LabelPropagation(
+            class_mass=prior).fit(S, yy, n_classes=C).predict_proba(), head)[0].proba
     out["paper"] = LabelPropagation(temperature=0.01, n_iter=20, class_mass=False).fit(graph, y, n_classes=C).predict_proba()
     out["labelspreading"] = LabelSpreading(kernel="knn", n_neighbors=10).fit(Xn, y).label_distributions_
     lab = y >= 0
@@ -121,6 +127,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--out", default="robustness")
+    ap.add_argument("--accuracy-only", action="store_true", help="skip the audit and certify sections (quick runs)")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -132,7 +139,7 @@ def main(argv=None):
     warnings.simplefilter("ignore")
     rows, certs, flags = [], [], []
     covers, widths = [], []
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()[0]
     for name, n, bb, f in pairs(args.only):
         yt = load_dataset(name, n=n, seed=0).labels
         X = np.load(f)
@@ -141,7 +148,7 @@ def main(argv=None):
         graph = build_knn_graph(Xn, k=10)
         S = affinity_matrix(graph)
         for shots in SHOTS:
-            acc, cal = {}, {}
+            acc, cal, chosen = {}, {}, {}
             for seed in range(args.seeds):
                 rng = np.random.default_rng(seed)
                 lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), size=min(shots, int((yt == c).sum())),
@@ -152,6 +159,7 @@ def main(argv=None):
                 with threadpool_limits(1, user_api="blas"):
                     res = methods(Xn, graph, S, y, C)
                     held_rows, held_P = res.pop("_heldout")
+                    chosen.setdefault(shots, []).append(res.pop("_prior"))
                     for m, P in res.items():
                         acc.setdefault(m, []).append(float((P[u].argmax(1) == yt[u]).mean()))
                         cal.setdefault(m, []).append(float(ece(P[u], yt[u])))
@@ -161,11 +169,14 @@ def main(argv=None):
             row = {"dataset": name, "backbone": bb, "n": len(yt), "classes": C, "shots": shots,
                    "estimate_covers": float(np.mean(covers[-args.seeds:])),
                    "estimate_width": float(np.mean(widths[-args.seeds:])),
+                   "estimated_chosen": sum(c == "estimated" for c in chosen[shots]),
                    **{f"acc_{m}": float(np.mean(v)) for m, v in acc.items()},
                    **{f"ece_{m}": float(np.mean(v)) for m, v in cal.items()}}
             rows.append(row)
             print(f"{name:22s} {bb:28s} @{shots:<2d} " + " ".join(f"{m} {row['acc_' + m]:.3f}/{row['ece_' + m]:.2f}"
                                                         for m in acc), flush=True)
+        if args.accuracy_only:
+            continue
         with threadpool_limits(1, user_api="blas"):
             clean = [audit_flags(Xn, graph, yt, C, seed)[0] for seed in range(args.seeds)]
             noisy = np.array([audit_flags(Xn, graph, yt, C, seed, noise=0.1) for seed in range(args.seeds)])
@@ -181,21 +192,30 @@ def main(argv=None):
                     "human_labels", "certified", "auto_coverage", "auto_precision", "random_checks")}})
                 print("  certify", certs[-1], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg": os.getloadavg(), "argv": sys.argv}
+    meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg_start": load0, "loadavg": os.getloadavg(),
+            "argv": sys.argv}
     (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows, "certify": certs,
                                                           "audit_clean": flags}, indent=1))
+    below = {m: sum(r[f"acc_{m}"] < r["acc_labelspreading"] for r in rows) for m in ("labelloop", "labels", "estimated")}
     lines = [f"# Robustness suite ({args.seeds} seeds; `python benchmarks/robustness.py`)", "",
-             "Accuracy on the unlabeled items / ECE, random labels per class. "
-             "**bold**: labelloop below LabelSpreading.", "",
-             "| dataset | backbone | labels/class | labelloop | class_prior estimated | paper (T=0.01, 20 steps) | LabelSpreading | logreg |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Accuracy on the unlabeled items / ECE, random labels per class. labelloop: the default, "
+             "`class_prior auto` (\"labels\" or \"estimated\" chosen per run on held-out human labels, "
+             "`loop.choose_class_prior`); \"estimated chosen\": in how many of the seeds. The next two "
+             "columns fix the prior (\"labels\" was the default before `auto`). **bold**: below LabelSpreading.", "",
+             f"Cells below LabelSpreading: labelloop (auto) {below['labelloop']}, class_prior labels "
+             f"{below['labels']}, class_prior estimated {below['estimated']}, of {len(rows)}.", "",
+             "| dataset | backbone | labels/class | labelloop | estimated chosen | class_prior labels | class_prior estimated "
+             "| paper (T=0.01, 20 steps) | LabelSpreading | logreg |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(r, m):
+        v = f"{r[f'acc_{m}']:.3f} / {r[f'ece_{m}']:.2f}"
+        return f"**{v}**" if m in below and r[f"acc_{m}"] < r["acc_labelspreading"] else v
+
     for r in rows:
-        worse = r["acc_labelloop"] < r["acc_labelspreading"]
-        ll = f"{r['acc_labelloop']:.3f} / {r['ece_labelloop']:.2f}"
-        lines.append(f"| {r['dataset']} | {r['backbone']} | {r['shots']} | {'**' + ll + '**' if worse else ll} | "
-                     f"{r['acc_estimated']:.3f} / {r['ece_estimated']:.2f} | "
-                     f"{r['acc_paper']:.3f} / {r['ece_paper']:.2f} | {r['acc_labelspreading']:.3f} / "
-                     f"{r['ece_labelspreading']:.2f} | {r['acc_logreg']:.3f} / {r['ece_logreg']:.2f} |")
+        lines.append(f"| {r['dataset']} | {r['backbone']} | {r['shots']} | {cell(r, 'labelloop')} | "
+                     f"{r['estimated_chosen']}/{args.seeds} | {cell(r, 'labels')} | {cell(r, 'estimated')} | "
+                     f"{cell(r, 'paper')} | {cell(r, 'labelspreading')} | {cell(r, 'logreg')} |")
     cov = [r["estimate_covers"] for r in rows]
     lines += ["", "## Whole-dataset accuracy estimate (`status`): does its interval contain the truth?", "",
               f"In {100 * np.mean(cov):.1f} % of the {len(cov) * args.seeds} runs above (every dataset, budget and "
@@ -216,7 +236,7 @@ def main(argv=None):
         for c in certs:
             lines.append(f"| {c['dataset']} | {c['backbone']} | {c['seed']} | {c['human_labels']} | {c['certified']} | "
                          f"{c['auto_coverage']:.3f} | {'–' if c['auto_precision'] is None else round(c['auto_precision'], 4)} |")
-    lines += ["", f"{meta['seconds']} s, load average {meta['loadavg'][0]:.1f} at the end."]
+    lines += ["", f"{meta['seconds']} s, load average {load0:.1f} at the start and {meta['loadavg'][0]:.1f} at the end."]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -241,3 +241,98 @@ def test_certified_regions_meet_the_target_on_fresh_data_in_most_repetitions():
         else:
             met += 1  # accepting nothing never breaks the promise
     assert certified >= 95 and met >= 90, (certified, met)
+
+
+def imbalanced_blobs(seed: int, minority: float = 0.08):
+    """A majority blob and a minority blob (8 %), separable: with 5 labels per class the
+    label-frequency prior (50/50) hands the minority far too many items."""
+    rng = np.random.default_rng(seed)
+    m = int(1000 * minority)
+    X = np.vstack([rng.normal(size=(1000 - m, 16)), rng.normal(size=(m, 16)) + 3.6 * np.eye(16)[0]])
+    X += 4 / np.sqrt(16)  # away from the origin: cosine geometry
+    return normalize_rows(X.astype(np.float32)), np.r_[np.zeros(1000 - m, int), np.ones(m, int)]
+
+
+def _auto_prior_run(X, yt, seed, shots=5):
+    """(prior chosen, accuracy of the choice, {prior: accuracy}) of class_prior auto on the
+    unlabeled items, ``shots`` random labels per class, as Project.refresh computes it."""
+    from labelloop.loop.predict import calibrated_predictions, prior_candidates
+    from labelloop.propagate import affinity_matrix
+
+    S = affinity_matrix(build_knn_graph(X, k=10))
+    rng = np.random.default_rng(seed)
+    lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), shots, replace=False) for c in range(2)])
+    y = np.full(len(yt), -1)
+    y[lab] = yt[lab]
+    u = y < 0
+
+    def raw(yy):
+        return LabelPropagation(class_mass=False).fit(S, yy, n_classes=2).Y_
+
+    P = prior_candidates(raw(y), y, 2)
+    pred, _ = calibrated_predictions(P, None, np.ones(len(y), bool), y, lambda yy: prior_candidates(raw(yy), y, 2))
+    acc = {k: float((v[u].argmax(1) == yt[u]).mean()) for k, v in P.items()}
+    return pred.class_prior, float((pred.proba[u].argmax(1) == yt[u]).mean()), acc
+
+
+def test_heldout_choice_of_the_class_prior_fixes_an_imbalanced_set_and_refuses_the_hub_flip():
+    # imbalanced blobs: the label-frequency prior is wrong (measured: labels 0.73-0.80,
+    # estimated 0.95-0.96, chosen in 3 of 4 seeds)
+    runs = [_auto_prior_run(*imbalanced_blobs(seed), seed) for seed in range(4)]
+    assert sum(r[0] == "estimated" for r in runs) >= 2
+    assert np.mean([r[1] for r in runs]) >= np.mean([r[2]["labels"] for r in runs]) + 0.1
+    # the hub set: "estimated" hands the minority ~90 % of the items (0.13-0.15 accuracy against
+    # 0.42-0.47); the choice must keep the default (weighted by its own shares alone it did not)
+    for seed in range(3):
+        chosen, acc, accs = _auto_prior_run(*hub_imbalanced(seed), seed)
+        assert chosen == "labels" and acc == accs["labels"] > accs["estimated"] + 0.2
+    # balanced blobs: nothing to correct, the default stays
+    for seed in range(2):
+        assert _auto_prior_run(*imbalanced_blobs(seed, minority=0.5), seed)[0] == "labels"
+
+
+def test_choose_class_prior_needs_a_clear_gain_under_both_class_shares():
+    from labelloop.loop.predict import AUTO_PRIOR_MIN_GAIN, choose_class_prior
+
+    t = np.r_[np.zeros(6, int), np.ones(6, int)]
+    rows = np.arange(12)
+    # "labels": every minority label right, half the majority ones wrong; "estimated": all right
+    labels = np.where(np.arange(12)[:, None] % 2 == 0, [[0.2, 0.8]], [[0.8, 0.2]])
+    labels[t == 1] = [0.2, 0.8]
+    estimated = np.where(t[:, None] == 0, [[0.8, 0.2]], [[0.3, 0.7]])
+    pop = {"labels": np.r_[np.zeros(50, int), np.ones(50, int)], "estimated": np.r_[np.zeros(90, int), np.ones(10, int)]}
+    Q = {"labels": labels, "estimated": estimated}
+    assert choose_class_prior(t, rows, Q, pop) == "estimated"
+    # the same distributions as the default: no gain, the default stays
+    assert choose_class_prior(t, rows, {"labels": labels, "estimated": labels}, pop) == "labels"
+    # a higher bar than the gain: the default stays; no held-out labels: the default stays
+    assert choose_class_prior(t, rows, Q, pop, min_gain=10.0) == "labels"
+    assert choose_class_prior(t, rows[:0], {k: v[:0] for k, v in Q.items()}, pop) == "labels"
+    assert AUTO_PRIOR_MIN_GAIN > 0
+
+
+def test_refresh_chooses_the_class_prior_by_default_and_reports_it(project_factory, tmp_path):
+    p = project_factory("text")
+    rng = np.random.default_rng(0)
+    words = {"sport": "football goal match team player score league".split(),
+             "food": "pasta recipe cook tomato sauce garlic oven".split()}
+    lines, truth = ["id,text"], {}
+    for t, n in (("sport", 90), ("food", 10)):   # imbalanced: 90 / 10
+        for i in range(n):
+            lines.append(f"{t}{i},{' '.join(rng.choice(words[t], size=6))} {t[:2]}{i}")
+            truth[f"{t}{i}"] = t
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    p.import_(tmp_path / "t.csv")
+    p.embed("tfidf")
+    p.label([(f"sport{i}", "sport") for i in range(5)] + [(f"food{i}", "food") for i in range(5)], create_classes=True)
+    assert p.setting("class_prior") == "auto"
+    s = p.refresh()
+    assert s["class_prior_choice"] in ("labels", "estimated") and s["class_prior_source"] == "labels"
+    pred = p.predictions()
+    by_id = {it.id: it.external_id for it in p.store.items()}
+    acc = np.mean([p.classes[lab] == truth[by_id[int(i)]] for i, lab in zip(pred.item_ids, pred.label)])
+    assert acc > 0.9
+    p.set_setting("class_prior", "labels")   # a fixed prior: nothing chosen
+    assert p.refresh(full=True)["class_prior_choice"] is None
+    with pytest.raises(Exception, match="auto, labels, estimated or none"):
+        p.set_setting("class_prior", "uniform")

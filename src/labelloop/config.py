@@ -62,11 +62,12 @@ SETTINGS: dict[str, Setting] = {
                            "how rule votes are combined without ground truth: 'majority' (share of the "
                            "votes) or 'dawid-skene' (each rule an annotator, EM): majority was far more "
                            "accurate on keyword rules (benchmarks/results/rules.md)"),
-    "class_prior": Setting("labels", str, "class-mass normalisation of the propagated labels: 'labels' (class "
+    "class_prior": Setting("auto", str, "class-mass normalisation of the propagated labels: 'labels' (class "
                            "shares among 30+ labels drawn at random by `next`, else among the labels no "
                            "query strategy chose), 'estimated' (pulled toward the shares the graph "
-                           "predicts: much better on imbalanced texts, can flip on hub-like data), or "
-                           "'none' (benchmarks/results/robustness.md)"),
+                           "predicts: much better on imbalanced texts, can flip on hub-like data), 'auto' "
+                           "(whichever of the two held-out human labels support, per refresh; labels drawn "
+                           "at random still win) or 'none' (benchmarks/results/robustness.md)"),
     "target_precision": Setting(0.95, float, "precision auto-labeling must certify (DESIGN.md: e.g. 95 %); "
                                 "`labelloop autolabel --target-precision` overrides it once"),
     "human_label_accuracy": Setting(0.95, float,
@@ -107,8 +108,8 @@ def coerce(name: str, value: Any, *, source: str = "value") -> Any:
         raise ValidationError(f"{source} for {name!r} must be {kind}, got {value!r}") from None
     if isinstance(out, (int, float)) and out < 0:
         raise ValidationError(f"{source} for {name!r} must not be negative, got {value!r}")
-    if name == "class_prior" and out not in ("labels", "estimated", "none"):
-        raise ValidationError(f"{source} for 'class_prior' must be labels, estimated or none, got {value!r}")
+    if name == "class_prior" and out not in ("auto", "labels", "estimated", "none"):
+        raise ValidationError(f"{source} for 'class_prior' must be auto, labels, estimated or none, got {value!r}")
     if name == "human_label_accuracy" and not 0.5 <= out < 1:
         raise ValidationError(f"{source} for 'human_label_accuracy' must be in [0.5, 1), got {value!r}")
     if name == "target_precision" and not 0.5 <= out < 1:

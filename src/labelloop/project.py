@@ -651,8 +651,9 @@ class Project:
         # a second opinion from the embeddings alone (loop.choose_head_weight picks "auto")
         H = self._head_proba(fit_y, len(classes)) if hw_setting == "auto" or hw_setting > 0 else None
         # fit_y: the held-out propagations keep the seeds the refresh used (rule evidence too)
+        choose_prior = self.setting("class_prior") == "auto" and prior_source != "random"
         pred, head_weight = self._calibrate(P, H, reached, fit_y, y_h, weight, alpha, warm=warm,
-                                            head_weight=hw_setting)
+                                            head_weight=hw_setting, prior_shares=prior if choose_prior else False)
         reached = np.asarray(pred.reached, dtype=bool)  # the head, where averaged in, reaches every item
         P = pred.proba.astype(np.float32)   # (n, C) as stored and as every reader sees it
         s = prediction_summary(P)
@@ -676,7 +677,7 @@ class Project:
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        rule_seeded=int(((fit_y >= 0) & (y < 0)).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
-                       class_prior_source=prior_source,
+                       class_prior_source=prior_source, class_prior_choice=pred.class_prior,
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
                        changed=changed, warm=warm, warm_updates=int(getattr(self._lp, "n_updates_", 0)),
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
@@ -727,28 +728,39 @@ class Project:
     #: calibrate on the labels no query strategy chose once there are this many
     MIN_REPRESENTATIVE = 30
 
-    def _calibrate(self, P, H, reached, y, y_h, weight, alpha, *, warm: bool, head_weight):
+    def _calibrate(self, P, H, reached, y, y_h, weight, alpha, *, warm: bool, head_weight, prior_shares=False):
         """``(prediction, head_weight)``: propagation ``P`` (averaged with the head ``H`` where the
         ``head_weight`` setting, or its "auto" choice on held-out labels, says so), calibrated
         (:func:`labelloop.loop.predict`) on held-out propagation of the human labels with the
-        refresh's own settings."""
+        refresh's own settings. ``prior_shares`` other than False (the label shares, or None for
+        those of ``y``): the class prior is chosen on the held-out labels too
+        (``class_prior auto``, :func:`labelloop.loop.predict.choose_class_prior`)."""
         from .loop import Calibrator, mix_head, predict
-        from .loop.predict import calibrated_predictions
+        from .loop.predict import calibrated_predictions, prior_candidates
         from .propagate import LabelPropagation
 
         C = P.shape[1]
         hw_setting = head_weight
+        choose_prior = prior_shares is not False
+        shares = prior_shares if choose_prior else None
         if warm and len(y) > self.RECALIBRATE_MAX_ITEMS:
             last = self.predictions()
             cal = (last.calibration or {}) if last is not None else {}
+            prev = None
+            if choose_prior:   # the last full refresh's choice, like its calibration
+                prev = ((self.store.last_run("refresh") or {}).get("summary") or {}).get("class_prior_choice") \
+                    or "labels"
+                P = prior_candidates(self._lp.Y_, y, C, (prev,), shares=shares)[prev]
             if "beta" in cal:
                 d = self.store.run_dir(last.run_id)
                 held = (np.load(d / "heldout_rows.npy"), np.load(d / "heldout_proba.npy"))
                 hw = self._last_head_weight()
                 P_mix = mix_head(P, H, hw) if H is not None and hw > 0 else P
                 reached = np.ones_like(reached) if H is not None and hw > 0 else reached
-                return predict(P_mix, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
-                    "heldout_items", 0), cal.get("ece_heldout_before"), cal.get("ece_heldout"))), hw
+                pred = predict(P_mix, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
+                    "heldout_items", 0), cal.get("ece_heldout_before"), cal.get("ece_heldout")))
+                pred.class_prior = prev
+                return pred, hw
         S, n_iter, T = self._lp.S_, self.setting("n_iter"), self.setting("temperature")
 
         def propagate(y_hidden):
@@ -757,7 +769,8 @@ class Project:
             w = None if weight is None else np.where(hidden, 0.0, weight)
             lp = LabelPropagation(temperature=T, n_iter=n_iter, alpha=alpha, class_mass=self._class_mass(),
                                   class_prior=self._lp.class_prior).fit(S, yy, n_classes=C, sample_weight=w)
-            return lp.predict_proba()
+            # class_prior auto: every candidate, with the shares of all labels (not the fold's)
+            return prior_candidates(lp.Y_, y, C, shares=shares) if choose_prior else lp.predict_proba()
 
         head = None
         if H is not None:
@@ -770,6 +783,8 @@ class Project:
         rep = None if ids is None or len(ids) != len(y_h) else np.array([int(i) not in chosen for i in ids])
         if rep is not None and ((y_h >= 0) & rep).sum() < self.MIN_REPRESENTATIVE:
             rep = None
+        if choose_prior:
+            P = prior_candidates(self._lp.Y_, y, C, shares=shares)
         return calibrated_predictions(P, H, reached, y_h, propagate, head, head_weight=hw_setting, score=rep)
 
     def _last_head_weight(self) -> float:
@@ -778,8 +793,8 @@ class Project:
         return float(((last or {}).get("summary") or {}).get("head_weight") or 0.0)
 
     def _class_mass(self) -> bool | str:
-        prior = self.setting("class_prior")
-        return False if prior == "none" else prior
+        prior = self.setting("class_prior")  # "auto": the propagation's own normalisation is "labels"
+        return False if prior == "none" else "labels" if prior == "auto" else prior
 
     def _class_prior(self, ids: np.ndarray, n_classes: int) -> tuple[np.ndarray | None, str]:
         """The class shares for class-mass normalisation (:func:`labelloop.loop.class_prior`):

@@ -62,6 +62,7 @@ from labelloop.graph import KnnGraph
 __all__ = [
     "affinity_matrix",
     "auto_temperature",
+    "class_distributions",
     "class_mass_normalise",
     "CLASS_PRIORS",
     "LabelPropagation",
@@ -111,8 +112,8 @@ REFIT_EVERY = 5
 CLASS_PRIORS = ("labels", "estimated")
 
 
-def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray = "labels"
-                         ) -> np.ndarray:
+def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray = "labels",
+                         *, shares: np.ndarray | None = None) -> np.ndarray:
     """Column c of ``Y`` (n, C) rescaled to total mass q_c (Zhu, Ghahramani & Lafferty 2003).
 
     ``prior``: an (C,) array of class shares (e.g. from labels drawn at random), or
@@ -123,8 +124,11 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
     sets the estimate raised accuracy a lot (Rotten Tomatoes plot-vs-review, 8 %: 0.71 -> 0.94 at
     5 labels per class), but when a minority's labeled items are hubs it can flip to predicting
     the minority almost everywhere (measured on the hub set of tests/test_loop.py: 0.96 of the items
-    predicted minority at 5 labels per class, 2 of 3 seeds), so it is opt-in
-    (``labelloop config class_prior estimated``; benchmarks/results/robustness.md).
+    predicted minority at 5 labels per class, 2 of 3 seeds), so it is not fixed: the default
+    ``class_prior auto`` uses it only where held-out human labels support it
+    (``labelloop.loop.choose_class_prior``; benchmarks/results/robustness.md).
+    ``shares``: (C,) label shares to use instead of those of ``y`` (for "labels" and as the
+    starting point of "estimated").
     """
     C = n_classes
     Y = np.maximum(np.asarray(Y, dtype=np.float64), 0.0)
@@ -133,8 +137,11 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
     if not isinstance(prior, str):
         q = np.asarray(prior, dtype=np.float64)
         return (Y * (q / q.sum() / m)).astype(np.float32)
-    q = np.bincount(y[y >= 0], minlength=C)[:C].astype(np.float64) + 1.0
-    q /= q.sum()
+    if shares is None:
+        q = np.bincount(y[y >= 0], minlength=C)[:C].astype(np.float64) + 1.0
+    else:
+        q = np.asarray(shares, dtype=np.float64)
+    q = q / q.sum()
     if prior == "estimated":
         F = Y * (q / m)  # (n, C) rescaled to the label shares
         has = F.sum(axis=1) > 0
@@ -142,6 +149,27 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
         q = np.sqrt(q * q_terr / q_terr.sum())
         q /= q.sum()
     return (Y * (q / m)).astype(np.float32)
+
+
+def class_distributions(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray | None = "labels",
+                        *, shares: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, reached)``: the row-normalised (n, C) class distributions of a raw propagation ``Y``
+    (n, C), class-mass normalised first to ``prior`` (see :func:`class_mass_normalise`; None:
+    not normalised, the paper; ``shares`` as there), and the (n,) rows with any mass (the rest get the uniform
+    distribution). Cheap next to the propagation: ``loop.choose_class_prior`` compares several
+    priors on one propagation's ``Y_``."""
+    C = n_classes
+    Yr = np.maximum(np.asarray(Y, dtype=np.float32), 0.0)  # (n, C); the warm start may leave tiny negatives
+    total = Yr @ np.ones(C, Yr.dtype)  # (n,) row sums (a matvec: faster than sum(axis=1))
+    reached = total > 0
+    if prior is not None and reached.any():
+        Yr = class_mass_normalise(Yr, y, C, prior, shares=shares)
+        total = Yr @ np.ones(C, Yr.dtype)
+        reached = total > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        P = Yr / total[:, None]  # p_ic = y_ic / sum_c y_ic
+    P[~reached] = 1.0 / C
+    return P, reached
 
 
 def auto_temperature(graph: KnnGraph) -> float:
@@ -366,18 +394,11 @@ class LabelPropagation:
             rows = np.arange(n)   # nothing finished yet (after restore): every row
         if self.class_mass:
             rows = np.arange(n)
-        Yr = np.maximum(self.Y_[rows], 0.0)  # (r, C); the warm start may leave tiny negatives
-        total = Yr @ np.ones(C, Yr.dtype)  # (r,) row sums (a matvec: faster than sum(axis=1))
-        reached = total > 0
-        if self.class_mass and reached.any():
+        prior = None
+        if self.class_mass:
             prior = self.class_prior if self.class_prior is not None else (
                 "estimated" if self.class_mass == "estimated" else "labels")
-            Yr = class_mass_normalise(Yr, self.y_, C, prior)
-            total = Yr @ np.ones(C, Yr.dtype)
-            reached = total > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            P = Yr / total[:, None]  # p_ic = y_ic / sum_c y_ic
-        P[~reached] = 1.0 / C
+        P, reached = class_distributions(self.Y_[rows], self.y_, C, prior)
         self.label_distributions_[rows] = P
         self.transduction_[rows] = P.argmax(axis=1)
         self.reached_[rows] = reached
