@@ -101,8 +101,9 @@ TOL = 1e-6
 FOLDS = 5
 #: fewest held-out decisions to fit the calibration on; below it, the raw scores are used
 MIN_CALIBRATION_DECISIONS = 10
-#: ridge pull of the per-class intercepts toward 0, in units of log-likelihood per unit b_c^2:
-#: about two pseudo-decisions' worth, so a class with a handful of decisions stays near the shared map
+#: ridge pull of the per-class intercepts toward 0 (penalty INTERCEPT_RIDGE * b_c^2, curvature 2):
+#: as firm as about 8 decisions at p = 0.5 (curvature 0.25 each), so a class with a handful of
+#: decisions stays near the shared map
 INTERCEPT_RIDGE = 1.0
 #: prior probability that a person's decision is right (audit), as benchmarks/robustness.py's audit
 DEFAULT_LABEL_ACCURACY = 0.95
@@ -266,7 +267,7 @@ class MultiLabelPrediction:
     heldout_rows: np.ndarray    # (m,) item rows scored by a propagation that never saw their decisions
     heldout_scores: np.ndarray  # (m, C) float32 their calibrated held-out P(applies)
     heldout_decisions: np.ndarray  # (m, C) int8 the decisions of those rows when predicted
-    thresholds: np.ndarray = None  # (C,) per-class bar of the predicted label sets (share_thresholds)
+    thresholds: np.ndarray | None = None  # (C,) per-class bar of the predicted label sets (share_thresholds)
     head_weight: float = 0.0       # weight of the embedding head averaged into the propagation
 
     @property
