@@ -271,7 +271,7 @@ def write_markdown(r: dict, path: Path) -> None:
              f"Project build (not timed below): {json.dumps(r['build'])}.", "",
              f"CLI: `labelloop refresh{' --full' if '--full' in r['command'] else ''}` in a fresh process after 10 new human labels, median of "
              f"{len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + system "
-             "of the child process (from wait4), peak RSS its maximum resident set.", "",
+             "of the child process (from wait4), peak RSS the child's own VmHWM (read at its exit).", "",
              "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
              "|---|" + "---:|" * (len(names) + (len(names) > 1))]
 
