@@ -106,8 +106,21 @@ def _env(src: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(src)}
 
 
+#: run a module as ``python -m`` would, then print the process's own peak RSS (VmHWM) to stderr.
+#: The child's ru_maxrss from wait4 is not its own: Linux carries the forking parent's RSS into
+#: it at exec, so a benchmark process holding 1 GB reported 1 GB for every child.
+HWM = ("import atexit, runpy, sys\n"
+       "atexit.register(lambda: sys.stderr.write('\\n' + next(l for l in open('/proc/self/status') "
+       "if l.startswith('VmHWM'))))\n"
+       "sys.argv = sys.argv[1:]\n"
+       "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n")
+
+
 def run_child(cmd: list[str], env: dict) -> dict:
-    """Run ``cmd``; wall seconds, CPU seconds (user + system) and peak RSS (MB) of the child."""
+    """Run ``cmd``; wall seconds, CPU seconds (user + system) and peak RSS (MB: the child's own
+    VmHWM when ``cmd`` is ``python -m MODULE ...``, else wait4's ru_maxrss) of the child."""
+    if cmd[1] == "-m":
+        cmd = [cmd[0], "-c", HWM, *cmd[2:]]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(proc.pid, 0)
@@ -118,8 +131,9 @@ def run_child(cmd: list[str], env: dict) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{out}\n{err}")
+    hwm = [line.split()[1] for line in err.splitlines() if line.startswith("VmHWM:")]
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
-            "peak_rss_mb": ru.ru_maxrss / 1024, "stdout": out.strip()}
+            "peak_rss_mb": int(hwm[-1]) / 1024 if hwm else ru.ru_maxrss / 1024, "stdout": out.strip()}
 
 
 def measure_cli(path: Path, src: Path, runs: int, seed: int, full: bool = False) -> dict:
@@ -257,7 +271,7 @@ def write_markdown(r: dict, path: Path) -> None:
              f"Project build (not timed below): {json.dumps(r['build'])}.", "",
              f"CLI: `labelloop refresh{' --full' if '--full' in r['command'] else ''}` in a fresh process after 10 new human labels, median of "
              f"{len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + system "
-             "of the child process (from wait4), peak RSS its maximum resident set.", "",
+             "of the child process (from wait4), peak RSS the child's own VmHWM (read at its exit).", "",
              "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
              "|---|" + "---:|" * (len(names) + (len(names) > 1))]
 

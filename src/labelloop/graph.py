@@ -57,7 +57,7 @@ NNDESCENT_MIN_N = 200_000
 #: balanced again). benchmarks/results/graph_update.md, 5 % batches appended to 50k items:
 #: recall@10 stayed 0.9999-1.0 up to +80 % (batches from the same clusters) and +60 % (each
 #: batch from new clusters), the largest shares measured; 0.5 stays inside them, and the
-#: updates up to +50 % cost about as much CPU together as one rebuild at that size.
+#: updates up to +50 % cost about one rebuild's CPU together (54 vs 71-103 CPU-s).
 REBUILD_AFTER_ADDED = 0.5
 
 
