@@ -47,6 +47,74 @@ def _queue(url, h, n=50):
     return r.json()
 
 
+def _ranked(url, h, n=50):
+    """The queue once the ranker has ranked the last refresh's scores."""
+    deadline = time.monotonic() + 60
+    while True:
+        data = _queue(url, h, n)
+        snap = data["snapshot"]
+        if snap["run"] is not None and snap["strategy_run"] == snap["run"] or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)
+
+
+def test_the_queue_serves_the_items_labelloop_next_chooses(served):
+    """After a refresh the queue's order is Project.next's (most uncertain classes first, diverse),
+    each item saying which classes are uncertain; nothing is recorded until items are served."""
+    from labelloop.project import Project
+
+    url, path, ids, h = served
+    data = _ranked(url, h)
+    snap = data["snapshot"]
+    assert snap["strategy"] == "multilabel" and snap["strategy_run"] == snap["run"], snap
+    p = Project(path, readonly=True)
+    try:
+        want = p.next(40 - len(DECIDED), seed=snap["run"], record=False)   # every open item
+    finally:
+        p.close()
+    # the picks in the loop's order, its random share mixed in at the share it draws
+    assert [it["id"] for it in data["items"] if it["kind"] == "strategy"] == \
+        [o["item"] for o in want if o["kind"] == "strategy"]
+    assert {it["id"] for it in data["items"]} == {o["item"] for o in want}
+    reasons = {o["item"]: o["reason"] for o in want}
+    assert any(it["kind"] == "random" for it in data["items"][:10])
+    for it in data["items"]:
+        assert it["reason"] == reasons[it["id"]], it
+        if it["kind"] == "random":
+            assert it["reason"].startswith("random sample"), it
+            continue
+        assert it["reason"].startswith("most uncertain classes: "), it
+        named = dict(part.rsplit(" ", 1) for part in it["reason"].split(": ", 1)[1].split(", "))
+        assert named and all(abs(float(v) - it["scores"][c]) < 0.006 for c, v in named.items()), (named, it["scores"])
+    # served items are recorded as query runs, as `labelloop next` records its batch
+    runs = sql(path, "SELECT params FROM runs WHERE kind = 'query'")
+    assert runs and all('"multilabel"' in r[0] for r in runs)
+
+
+def test_before_a_refresh_the_queue_serves_the_cold_start_order(tmp_path, each_db):
+    from labelloop.project import Project
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, tags_project
+
+    p = tags_project(tmp_path / "t", refresh=False)
+    auth.add_user(p.store, "ann", "annotator", token=True)
+    token = auth.issue_token(p.store, "ann")
+    want = p.next(40 - len(DECIDED), seed=0, record=False)   # every open item
+    p.close()
+    h = {"Authorization": f"Bearer {token}"}
+    with ServerProcess(tmp_path / "t", "--no-refresh") as server:   # no refresh: no scores
+        deadline = time.monotonic() + 60
+        data = _queue(server.url, h)
+        while data["snapshot"]["ranked"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            data = _queue(server.url, h)
+    assert data["snapshot"]["run"] is None and data["snapshot"]["strategy"] == "auto (cold start)"
+    got = [it["id"] for it in data["items"]]
+    assert got[:len(want)] == [o["item"] for o in want]
+    assert not any(it["reason"].startswith("most uncertain") for it in data["items"])
+    assert all(it["scores"] == {} for it in data["items"])
+
+
 def test_the_queue_offers_open_items_with_per_class_suggestions(served):
     url, path, ids, h = served
     data = _queue(url, h)

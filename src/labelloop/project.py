@@ -3104,7 +3104,7 @@ class Project:
             rest = np.setdiff1d(np.flatnonzero(open_rows), picked)
             extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False) \
                 if n_random and len(rest) else np.zeros(0, np.int64)
-            reasons = ["most uncertain undecided classes"] * len(picked) + \
+            reasons = [_uncertain_classes(pred.scores[r], Y[r], self.classes) for r in picked] + \
                 ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
             kinds = ["strategy"] * len(picked) + ["random"] * len(extra)
             picked += extra.tolist()
@@ -3154,6 +3154,14 @@ class Project:
                    "estimated_noise_rate": round(float(flagged[:, 2].sum() / max(int((Y >= 0).sum()), 1)), 4)}
         self.store.finish_run(run, summary | {"items": [i["item"] for i in issues]})
         return summary | {"run": run, "issues": issues}
+
+
+def _uncertain_classes(scores: np.ndarray, decided: np.ndarray, classes: list[str], top: int = 3) -> str:
+    """Why ``next`` asks a multi-label item: its undecided classes whose score lies nearest 0.5
+    (``scores``, ``decided``: the item's (C,) scores and decision row, -1 undecided)."""
+    open_ = [j for j in range(len(classes)) if decided[j] < 0]
+    open_.sort(key=lambda j: abs(float(scores[j]) - 0.5))
+    return "most uncertain classes: " + ", ".join(f"{classes[j]} {float(scores[j]):.2f}" for j in open_[:top])
 
 
 @dataclass
