@@ -156,6 +156,47 @@ def test_a_set_of_classes_is_a_full_decision_and_the_item_leaves_the_queue(serve
     assert left["remaining"] == 40 - len(DECIDED) - 2
 
 
+def test_undo_gives_the_item_back_its_previous_decisions_append_only(tmp_path, each_db):
+    """U: the user's last decision in effect is undone by new rows: classes with an earlier human
+    decision get it back (under its annotator), the others are withdrawn, so the item is open
+    again; the next undo goes one decision further back, and with none left it says so."""
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, tags_project
+
+    p = tags_project(tmp_path / "u", refresh=False)
+    ids = {it.external_id: it.id for it in p.store.items()}
+    auth.add_user(p.store, "ann", "annotator", token=True)
+    token = auth.issue_token(p.store, "ann")
+    p.close()
+    h = {"Authorization": f"Bearer {token}"}
+    path = tmp_path / "u"
+    with ServerProcess(path, "--no-refresh") as server:
+        def post(url, body):
+            r = httpx.post(server.url + url, json=body, headers=h, timeout=30)
+            return r.status_code, r.json()
+
+        assert post("/api/decisions", {"item": ids["bug5"], "classes": ["bug"]})[0] == 200
+        # ann changes lead's decision of billing0 (billing, urgent) to billing only
+        assert post("/api/decisions", {"item": ids["billing0"], "classes": ["billing"]})[0] == 200
+        before = len(sql(path, DECISIONS))
+        status, out = post("/api/undo", {})
+        assert status == 200 and out["item"] == ids["billing0"] and out["classes"] == ["billing", "urgent"], out
+        assert out["item_data"]["id"] == ids["billing0"] and set(out["item_data"]["scores"]) == set()
+        assert sorted(sql(path, DECISIONS)[before:]) == [
+            (ids["billing0"], "billing", 1, "human", "lead"), (ids["billing0"], "bug", 0, "human", "lead"),
+            (ids["billing0"], "urgent", 1, "human", "lead")]
+        status, out = post("/api/undo", {})   # one further back: bug5 had no decision, so it is open again
+        assert status == 200 and out["item"] == ids["bug5"] and out["classes"] == [], out
+        assert out["withdrawn"] == ["billing", "bug", "urgent"]
+        assert [x for x in sql(path, DECISIONS) if x[0] == ids["bug5"]][-3:] == [
+            (ids["bug5"], c, None, "human", "ann") for c in ("billing", "bug", "urgent")]
+        assert ids["bug5"] in {it["id"] for it in _queue(server.url, h)["items"]}
+        before = sql(path, DECISIONS)
+        status, out = post("/api/undo", {})
+        assert status == 409 and "nothing to undo" in out["detail"], out
+        assert sql(path, DECISIONS) == before
+
+
 @pytest.mark.parametrize("body, status, words", [
     ({"item": "ITEM", "classes": ["bug", "horse"]}, 422, ["unknown class 'horse'", "billing, bug, urgent"]),
     ({"item": "ITEM", "classes": "bug"}, 422, ["classes"]),
