@@ -113,7 +113,7 @@ class Snapshot:
         rk = self.ranking
         # what actually orders the queue while the strategy has not ranked anything yet
         strategy = rk.strategy if rk is not None else \
-            ("lowest confidence" if self.run_id is not None else "item order")
+            ("lowest confidence" if len(self.order) else "item order")
         return {"run": self.run_id, "strategy": strategy, "strategy_run": None if rk is None else rk.run_id,
                 "predicted": int(len(self.item_ids)), "ranked": 0 if rk is None else len(rk),
                 "random_share": 0.0 if rk is None else rk.explore,
