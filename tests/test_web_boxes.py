@@ -215,3 +215,49 @@ def test_a_classification_project_has_no_box_editor(tmp_path, each_db):
         assert r.status_code == 409 and "detection projects" in r.json()["detail"]
         r = httpx.post(server.url + "/api/boxes/1", json={"boxes": []}, headers=h, timeout=30)
         assert r.status_code == 409
+
+
+@pytest.mark.slow   # trains a small detector (about 15 s on a loaded 2-core box)
+def test_after_a_prelabel_the_editor_offers_what_labelloop_next_chooses(tmp_path, each_db):
+    """Before a prelabel run: pre-labeled images first, then import order. After one: the images
+    Project.next picks (the least sure pre-labels, diverse), each with its reason, without a
+    query run recorded per page load; the rest follow in the plain order."""
+    torch = pytest.importorskip("torch")
+    from labelloop.project import Project
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, boxes_project
+
+    p, ids = boxes_project(tmp_path / "d", n=10)
+    p.embed("pixels")
+    for i in (2, 3, 4):   # a person boxed three images: the detector's training set
+        p.add_boxes(f"im{i}.png", [(20 + 10 * i, 30, 60, 40, "cat")], annotator="ann")
+    auth.add_user(p.store, "ann", "annotator", token=True)
+    token = auth.issue_token(p.store, "ann")
+    h = {"Authorization": f"Bearer {token}"}
+    queries = "SELECT COUNT(*) FROM runs WHERE kind = 'query'"
+    with ServerProcess(tmp_path / "d") as server:
+        def offered():
+            r = httpx.get(server.url + "/api/boxes?n=20", headers=h, timeout=30)
+            assert r.status_code == 200, r.text
+            return [(it["id"], it["reason"]) for it in r.json()["items"]]
+
+        before = offered()   # no prelabel run yet: the plain order
+        todo = [ids[f"im{i}.png"] for i in (0, 1, 5, 6, 7, 8, 9)]
+        assert [i for i, _ in before] == todo
+        assert [w for _, w in before[:2]] == ["pre-labeled: check the machine's boxes"] * 2
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            p.train_detector(device="cpu", epochs=1, image_size=32)
+        finally:
+            torch.set_num_threads(threads)
+        run = p.prelabel()["run"]
+        want = p.next(20, seed=run, record=False)
+        runs = sql(tmp_path / "d", queries)
+        after = offered()
+        assert after == [(o["item"], o["reason"]) for o in want][:len(after)]
+        assert all(w.startswith("least sure decision: image confidence") for _, w in after)
+        assert sorted(i for i, _ in after) == sorted(todo)
+        assert offered() == after and sql(tmp_path / "d", queries) == runs   # cached; nothing recorded
+    p.close()

@@ -109,7 +109,16 @@ def test_toggle_classes_with_keys_and_submit_sets_with_enter(browser, served):
     page.keyboard.press("Enter")
     assert _toggled(page) == before ^ {"urgent"}
     page.keyboard.press("Enter")
-    _wait_item_change(page, third)
+    fourth = _wait_item_change(page, third)
     assert _decided(path, third) == {c: int(c in before ^ {"urgent"}) for c in CLASSES}
+
+    # U undoes that decision (append-only: withdrawn, the item had none before) and shows it again
+    page.keyboard.press("u")
+    assert _wait_item_change(page, fourth) == third
+    deadline = time.monotonic() + 20
+    while _decision(path, third) != {c: None for c in CLASSES} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _decision(path, third) == {c: None for c in CLASSES}
+    assert _toggled(page) == _suggested(page)   # pre-set from the suggestions again
     assert not problems, problems
     ctx.close()

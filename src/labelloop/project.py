@@ -2763,6 +2763,35 @@ class Project:
         self.store.add_class_decisions(rows, source=source, annotator=annotator)
         return n
 
+    def undo_class_decision(self, annotator: str) -> dict:
+        """Undo ``annotator``'s most recent human decision still in effect in a multi-label
+        project (append-only): each class of that item gets back the human decision in effect
+        before it (re-sent under its own annotator), or is withdrawn where there was none, so
+        the item is open again. The next undo goes one decision further back. Returns the item
+        and the classes that apply now; NotReadyError when there is nothing to undo."""
+        self._require_multilabel("undo")
+        item = self.store.last_class_decision_in_effect(annotator)
+        if item is None:
+            raise NotReadyError(f"nothing to undo: {annotator} has no class decision in effect")
+        rows = [r for r in self.store.class_decision_rows(item) if r["source"] == "human"]
+        mine = [r for r in rows if r["annotator"] == annotator and r["value"] is not None]
+        batch = max(r["created"] for r in mine)   # one decision: its rows share their time
+        first = min(r["id"] for r in mine if r["created"] == batch)
+        class_ids = self.store.class_ids()
+        before: dict[str, dict] = {}
+        for r in rows:
+            if r["id"] < first:
+                before[r["class"]] = r
+        new, who = [], []
+        for name, cid in class_ids.items():
+            prev = before.get(name)
+            restore = prev is not None and prev["value"] is not None
+            new.append((item, cid, prev["value"] if restore else None))
+            who.append(prev["annotator"] if restore else annotator)
+        self.store.add_class_decisions(new, source="human", annotators=who)
+        return {"item": item, "classes": [name for (_, _, v), name in zip(new, class_ids) if v == 1],
+                "withdrawn": [name for (_, _, v), name in zip(new, class_ids) if v is None]}
+
     def label_classes_csv(self, path: str | Path, *, annotator: str | None = None,
                           source: str = "human") -> LabelReport:
         """Decisions from a CSV with columns ``item`` and ``labels`` (``a|b``, a JSON list, ``[]``
@@ -3127,7 +3156,7 @@ class Project:
             rest = np.setdiff1d(np.flatnonzero(open_rows), picked)
             extra = np.random.default_rng(seed).choice(rest, size=min(n_random, len(rest)), replace=False) \
                 if n_random and len(rest) else np.zeros(0, np.int64)
-            reasons = ["most uncertain undecided classes"] * len(picked) + \
+            reasons = [_uncertain_classes(pred.scores[r], Y[r], self.classes) for r in picked] + \
                 ["random sample: keeps the auto-label precision estimate unbiased"] * len(extra)
             kinds = ["strategy"] * len(picked) + ["random"] * len(extra)
             picked += extra.tolist()
@@ -3177,6 +3206,14 @@ class Project:
                    "estimated_noise_rate": round(float(flagged[:, 2].sum() / max(int((Y >= 0).sum()), 1)), 4)}
         self.store.finish_run(run, summary | {"items": [i["item"] for i in issues]})
         return summary | {"run": run, "issues": issues}
+
+
+def _uncertain_classes(scores: np.ndarray, decided: np.ndarray, classes: list[str], top: int = 3) -> str:
+    """Why ``next`` asks a multi-label item: its undecided classes whose score lies nearest 0.5
+    (``scores``, ``decided``: the item's (C,) scores and decision row, -1 undecided)."""
+    open_ = [j for j in range(len(classes)) if decided[j] < 0]
+    open_.sort(key=lambda j: abs(float(scores[j]) - 0.5))
+    return "most uncertain classes: " + ", ".join(f"{classes[j]} {float(scores[j]):.2f}" for j in open_[:top])
 
 
 @dataclass

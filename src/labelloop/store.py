@@ -1082,19 +1082,32 @@ class Store:
     # ------------------------------------------------- multi-label class decisions
     def add_class_decisions(self, rows: Sequence[tuple[int, int, int | None]], *, source: str,
                             annotator: str | None = None, run_id: int | None = None,
-                            confidences: Sequence[float | None] | None = None) -> int:
+                            confidences: Sequence[float | None] | None = None,
+                            annotators: Sequence[str | None] | None = None) -> int:
         """Append (item_id, class_id, value) decisions of a multi-label project in one
         transaction: value 1 the class applies, 0 it does not, None withdraws the source's
-        decision. The caller has checked items and classes. Returns the rows appended."""
+        decision. ``annotators``: one per row (an undo restoring others' decisions), else
+        ``annotator`` for all. The caller has checked items and classes. Returns the rows appended."""
         conf = _confidences(source, confidences, len(rows))
+        who = list(annotators) if annotators is not None else [annotator] * len(rows)
         now = _now()
         with self.transaction() as c:
             c.executemany(
                 "INSERT INTO class_decisions (item_id, class_id, value, source, annotator, run_id, confidence, "
                 "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(int(i), int(k), None if v is None else int(v), source, annotator, run_id,
-                  None if cf is None else float(cf), now) for (i, k, v), cf in zip(rows, conf)])
+                [(int(i), int(k), None if v is None else int(v), source, a, run_id,
+                  None if cf is None else float(cf), now) for (i, k, v), cf, a in zip(rows, conf, who)])
         return len(rows)
+
+    def last_class_decision_in_effect(self, annotator: str) -> int | None:
+        """The item of ``annotator``'s most recent human class decision still in effect (the
+        latest human row of its item and class, not a withdrawal), None if there is none."""
+        row = self.conn.execute(
+            "SELECT d.item_id FROM class_decisions d JOIN ("
+            "  SELECT item_id, class_id, MAX(id) AS last FROM class_decisions WHERE source = 'human'"
+            "  GROUP BY item_id, class_id) l ON d.id = l.last "
+            "WHERE d.annotator = ? AND d.value IS NOT NULL ORDER BY d.id DESC LIMIT 1", (annotator,)).fetchone()
+        return None if row is None else int(row[0])
 
     def class_decisions(self, *, sources: Sequence[str] = SOURCES, item_ids: Sequence[int] | None = None
                         ) -> list[tuple[int, int, int, str, float | None]]:

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ..errors import NotReadyError, UnknownClassError, UnknownItemError, ValidationError
+from ..errors import LabelloopError, NotReadyError, UnknownClassError, UnknownItemError, ValidationError
 from ..project import Project
 from ..store import Store
 from .auth import User
@@ -35,6 +35,7 @@ from .media import image_bytes
 __all__ = ["BoxQueue", "image_size", "image_json", "save_boxes", "require_detection", "MAX_BOXES", "TOLERANCE"]
 
 MAX_BOXES = 500          # boxes on one image in one save
+N_RANKED = 50            # images Project.next ranks per prelabel run for the editor
 TOLERANCE = 0.01         # pixels: a coordinate that moved less than this did not move
 
 
@@ -77,7 +78,12 @@ def image_json(project: Project, item_id: int, reason: str = "") -> dict:
 class BoxQueue:
     """Which images the editor offers: not yet done (``Project.done_images``), minus those a
     user skipped in this server session and those handed to another user in the last
-    :attr:`RESERVE` seconds (so two people do not box one image twice)."""
+    :attr:`RESERVE` seconds (so two people do not box one image twice).
+
+    Once a prelabel run exists (and the images are embedded), the first are the ones
+    ``labelloop next`` would ask for: :meth:`Project.next`'s detection order (the least sure
+    pre-labels, diverse), ranked once per prelabel run without recording a query run
+    (``record=False``) and ranked again when all of its :data:`N_RANKED` images are done."""
 
     RESERVE = 600.0   # seconds an image handed out stays with its user
 
@@ -85,6 +91,8 @@ class BoxQueue:
         self._lock = threading.Lock()
         self._skipped: dict[str, set[int]] = {}
         self._reserved: dict[int, tuple[str, float]] = {}   # item -> (user, until)
+        self._rank_lock = threading.Lock()   # one ranking at a time
+        self._ranking: tuple[int | None, list[tuple[int, str]]] = (None, [])   # (prelabel run, ranked)
 
     def saved(self, item_id: int) -> None:
         with self._lock:
@@ -112,16 +120,39 @@ class BoxQueue:
             self._skipped.setdefault(user, set()).add(int(item_id))
             self._reserved.pop(int(item_id), None)
 
+    def ranked(self, project: Project, done: set[int]) -> list[tuple[int, str]]:
+        """(item id, why) of :meth:`Project.next`'s detection choice for the last prelabel run
+        ([] before one, or when the images are not embedded), cached until the next prelabel
+        run or until every image of it is done."""
+        last = project.store.last_run_id("prelabel")
+        if last is None:
+            return []
+        with self._rank_lock:
+            key, ranked = self._ranking
+            if key == last and (not ranked or any(i not in done for i, _ in ranked)):
+                return ranked
+            try:
+                rows = project.next(N_RANKED, seed=int(last), record=False)
+            except LabelloopError:   # not embedded, or nothing left to ask: the plain order
+                rows = []
+            ranked = [(int(o["item"]), o["reason"]) for o in rows]
+            self._ranking = (last, ranked)
+            return ranked
+
     def pending(self, project: Project, user: str | None = None) -> list[tuple[int, str]]:
-        """(item id, why) of the images not yet reviewed, those with machine pre-labels first
-        (they are the quickest to confirm and teach the detector the most about its errors)."""
+        """(item id, why) of the images not yet reviewed: :meth:`ranked` first, then those with
+        machine pre-labels (they are the quickest to confirm and teach the detector the most
+        about its errors), then the rest in import order."""
         reviewed = project.done_images()
         prelabeled = {b["item_id"] for b in project.store.current_boxes(sources=("machine",))}
         with self._lock:
             skipped = set(self._skipped.get(user, ())) if user else set()
         ids = [int(i) for i in project.store.item_ids() if int(i) not in reviewed and int(i) not in skipped]
-        first = [(i, "pre-labeled: check the machine's boxes") for i in ids if i in prelabeled]
-        return first + [(i, "no boxes yet") for i in ids if i not in prelabeled]
+        todo = set(ids)
+        head = [(i, why) for i, why in self.ranked(project, reviewed) if i in todo]
+        taken = {i for i, _ in head}
+        first = [(i, "pre-labeled: check the machine's boxes") for i in ids if i in prelabeled and i not in taken]
+        return head + first + [(i, "no boxes yet") for i in ids if i not in prelabeled and i not in taken]
 
 
 # ---------------------------------------------------------------------------------- saving

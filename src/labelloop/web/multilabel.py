@@ -13,7 +13,7 @@ from ..project import LABEL_SOURCES, Project
 from ..store import Store
 from .auth import User
 
-__all__ = ["is_multilabel", "decided_among", "open_count", "suggestions", "decide", "SUGGEST_AT"]
+__all__ = ["is_multilabel", "decided_among", "open_count", "suggestions", "decide", "undo", "SUGGEST_AT"]
 
 SUGGEST_AT = 0.5   # a class is pre-set as a suggestion when its calibrated score reaches this
 
@@ -47,3 +47,10 @@ def decide(store: Store, user: User, item_id: int, classes: Sequence[str]) -> di
     ones that apply ([] = none does). Sending the same decision again changes nothing."""
     Project.on_store(store).label_classes(int(item_id), list(classes), annotator=user.name)
     return {"ok": True, "item": int(item_id), "classes": sorted(set(classes), key=store.classes().index)}
+
+
+def undo(store: Store, user: User) -> dict:
+    """Undo ``user``'s most recent decision in effect (:meth:`Project.undo_class_decision`):
+    the item gets back the decisions it had before, or is open again."""
+    out = Project.on_store(store).undo_class_decision(user.name)
+    return {"ok": True, "item": out["item"], "classes": out["classes"], "withdrawn": out["withdrawn"]}

@@ -14,6 +14,11 @@ Two orders are kept per refresh, so the queue is fresh at once and good soon aft
   (:meth:`Project.record_query`), so labels given here count exactly like ``labelloop next``
   + ``labelloop label`` for certification and ``diagnose``.
 
+A multi-label project ranks with the loop's own call: :func:`rank_multilabel` runs
+:meth:`Project.next` (``choose_multilabel``: the most uncertain undecided classes, diverse,
+plus its random share; before the first refresh its cold-start choice) without recording it,
+once per refresh on the ranker thread; what gets served is recorded as for single-label items.
+
 Serving a request (:class:`LabelQueue`) is cheap: walk the verify items, then the strategy's
 picks with a random item whenever the served share of random ones falls below the ranking's
 ``explore`` share, then ``order``; drop items labeled since, reserved for another annotator,
@@ -32,10 +37,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..store import Store
-from .multilabel import decided_among, is_multilabel
+from .multilabel import decided_among, is_multilabel, open_count
 
-__all__ = ["Snapshot", "Ranking", "RankInputs", "confidence_order", "rank", "LabelQueue", "QueueEntry",
-           "DEFAULT_STRATEGY"]
+__all__ = ["Snapshot", "Ranking", "RankInputs", "MultiLabelRank", "confidence_order", "rank", "rank_multilabel",
+           "LabelQueue", "QueueEntry", "DEFAULT_STRATEGY"]
 
 DEFAULT_STRATEGY = "auto"   # labelloop.select: typicality at the cold start, then margin + diversity
 N_TOP = 50                  # items the strategy ranks per refresh (the rest follow by confidence):
@@ -83,6 +88,7 @@ class Snapshot:
     applied_annotation_id: int = 0  # every annotation with an id <= this is in the predictions
     created: float = field(default_factory=time.time)
     summary: dict = field(default_factory=dict)
+    tail_reason: str = "item order (no prediction yet)"   # why items past the ranking and ``order`` come
 
     @classmethod
     def empty(cls, applied_annotation_id: int = 0) -> "Snapshot":
@@ -107,7 +113,7 @@ class Snapshot:
         rk = self.ranking
         # what actually orders the queue while the strategy has not ranked anything yet
         strategy = rk.strategy if rk is not None else \
-            ("lowest confidence" if self.run_id is not None else "item order")
+            ("lowest confidence" if len(self.order) else "item order")
         return {"run": self.run_id, "strategy": strategy, "strategy_run": None if rk is None else rk.run_id,
                 "predicted": int(len(self.item_ids)), "ranked": 0 if rk is None else len(rk),
                 "random_share": 0.0 if rk is None else rk.explore,
@@ -211,6 +217,40 @@ def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int =
     arr = {k: np.array(v, dtype=np.int64) for k, v in by_kind.items()}
     return Ranking(inp.run_id, choices[-1].strategy if choices else strategy, arr["strategy"], arr["random"],
                    arr["verify"], reasons, explore, chosen, inp.seed, int(len(lab_rows)), details)
+
+
+@dataclass(frozen=True)
+class MultiLabelRank:
+    """A ranking job of a multi-label project: the refresh whose scores :meth:`Project.next` ranks
+    (None: before the first) and its seed."""
+
+    run_id: int | None
+    seed: int = 0
+
+
+def rank_multilabel(project, job: MultiLabelRank, *, n_top: int = N_TOP) -> Ranking:
+    """What ``labelloop next`` would ask of a multi-label ``project`` (:meth:`Project.next`,
+    not recorded here: :meth:`Refresher.record_served` records what gets served), as a
+    :class:`Ranking`: its uncertainty picks, then its random share (served at the share
+    ``Project.next`` draws), with its reasons."""
+    from ..loop import default_explore
+
+    n = min(n_top, open_count(project.store))   # Project.next refuses to ask for more than are open
+    if n < 1:
+        return Ranking(job.run_id, "multilabel")
+    with _one_thread():
+        rows = project.next(n, seed=job.seed, record=False)
+    by_kind: dict[str, list[int]] = {"strategy": [], "random": []}
+    for o in rows:
+        by_kind["random" if o["kind"] == "random" else "strategy"].append(int(o["item"]))
+    chosen = {int(o["item"]): {"guess": o["guess"], "confidence": o["confidence"], "coverage": None,
+                               "kind": o["kind"], "region": None} for o in rows}
+    scored = job.run_id is not None
+    return Ranking(job.run_id, "multilabel" if scored else "auto (cold start)",
+                   np.array(by_kind["strategy"], dtype=np.int64), np.array(by_kind["random"], dtype=np.int64),
+                   reasons={int(o["item"]): o["reason"] for o in rows},
+                   explore=default_explore("auto") if scored and by_kind["random"] else 0.0,
+                   chosen=chosen, seed=job.seed)
 
 
 def _one_thread():
@@ -334,7 +374,7 @@ class LabelQueue:
                 ids = ids[predicted[pos] != ids]
             for i in ids.tolist():
                 if i not in seen:
-                    yield QueueEntry(i, "item order (no prediction yet)")
+                    yield QueueEntry(i, snapshot.tail_reason)
 
     def _general(self, store: Store, snapshot: Snapshot, user: str, n: int, exclude: set[int]) -> list[QueueEntry]:
         out: list[QueueEntry] = []

@@ -32,7 +32,8 @@ import numpy as np
 from ..errors import LabelloopError, NotReadyError
 from ..project import Project
 from ..store import Store
-from .queue import N_TOP, QueueEntry, RankInputs, Ranking, Snapshot, confidence_order, rank
+from .queue import (N_TOP, MultiLabelRank, QueueEntry, RankInputs, Ranking, Snapshot, confidence_order, rank,
+                    rank_multilabel)
 
 log = logging.getLogger("labelloop.web")
 
@@ -191,10 +192,11 @@ class Refresher:
         self.max_delay = max_delay    # ... but never longer than this after the first request
         self.n_top = n_top
         self.project: Project | None = None   # the refresher thread's (the ranker only records through it)
+        self._ranker_project: Project | None = None   # the ranker thread's own, read-only (multi-label)
         self._snapshot = Snapshot.empty()
         self._cond = threading.Condition()
         self._requested = False
-        self._rank_job: RankInputs | None = None
+        self._rank_job: RankInputs | MultiLabelRank | None = None
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.status: dict[str, Any] = {"state": "starting", "detail": None, "refreshes": 0,
@@ -337,6 +339,8 @@ class Refresher:
         """The latest stored predictions with a confidence order, and a ranking job for the
         strategy (queued here; its result lands in whichever snapshot is current then)."""
         p = self.project
+        if p.task == "multilabel":
+            return self._multilabel_snapshot(applied, summary)
         try:
             pred = p.predictions()
         except (LabelloopError, OSError) as exc:
@@ -386,6 +390,28 @@ class Refresher:
             self._submit_rank(job)
         return snap
 
+    def _multilabel_snapshot(self, applied: int, summary: dict | None) -> Snapshot:
+        """A multi-label project's snapshot: no single-label predictions; the ranker asks
+        :meth:`Project.next` (:func:`rank_multilabel`) for the last refresh's scores."""
+        p = self.project
+        try:
+            scores = p.multilabel_scores()
+        except (LabelloopError, OSError) as exc:
+            log.warning("cannot read the last scores: %s", exc)
+            scores = None
+        snap = Snapshot.empty(applied)
+        run_id = None if scores is None else int(scores.run_id)
+        if run_id is not None:
+            snap = replace(snap, run_id=run_id, summary=dict(summary or {}),
+                           tail_reason=f"item order (after the {self.n_top} the loop ranked at the last refresh)")
+        try:   # the ranker's Project.next reads them from memory (MEMO)
+            p.embeddings()
+            p.graph()
+        except LabelloopError:
+            return snap   # not embedded yet: item order
+        self._submit_rank(MultiLabelRank(run_id, seed=run_id or 0))
+        return snap
+
     # ------------------------------------------------------------------ ranker thread
     def _submit_rank(self, job: RankInputs) -> None:
         with self._cond:
@@ -398,6 +424,9 @@ class Refresher:
                 while self._rank_job is None and not self._stop:
                     self._cond.wait()
                 if self._stop:
+                    if self._ranker_project is not None:
+                        self._ranker_project.close()
+                        self._ranker_project = None
                     return
                 job, self._rank_job = self._rank_job, None
                 self.status["ranking"] = "running"
@@ -421,7 +450,11 @@ class Refresher:
                 if rest > 0:
                     self._cond.wait_for(lambda: self._stop, timeout=rest)
 
-    def _rank(self, job: RankInputs) -> Ranking:
+    def _rank(self, job: RankInputs | MultiLabelRank) -> Ranking:
+        if isinstance(job, MultiLabelRank):
+            if self._ranker_project is None:
+                self._ranker_project = Project(self.root, readonly=True)
+            return rank_multilabel(self._ranker_project, job, n_top=self.n_top)
         return rank(self.strategy, job, n_top=self.n_top)
 
     def record_served(self, annotator: str, entries: list[QueueEntry], ranking: Ranking | None) -> list[int]:

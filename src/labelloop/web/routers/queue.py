@@ -82,16 +82,24 @@ async def api_decide(body: ClassSetIn, p: Annotator, ctx: Ctx):
 
 @router.post("/api/undo")
 async def api_undo(p: Annotator, ctx: Ctx, body: UndoIn | None = None):
-    """Withdraw this user's most recent label in effect; returns that item to label again."""
+    """Withdraw this user's most recent label in effect; returns that item to label again.
+    Multi-label projects: the item gets back the decisions in effect before this user's last
+    one (withdrawn where there were none), so it is open again; ``key`` is not used there."""
     key = body.key if body else None
-    out = await ctx.write(lambda s: actions.undo_last(s, p.user, key))
+    if multilabel.is_multilabel(ctx.readers.store()):
+        out = await ctx.write(lambda s: multilabel.undo(s, p.user))
+    else:
+        out = await ctx.write(lambda s: actions.undo_last(s, p.user, key))
     ctx.queue.unskip(p.user.name, out["item"])
     ctx.refresher.request()
 
     def item():
         store = ctx.readers.store()
         it = store.items([out["item"]])[0]
-        return item_json(it, ctx.refresher.snapshot, QueueEntry(it.id, "undone"))
+        d = item_json(it, ctx.refresher.snapshot, QueueEntry(it.id, "undone"))
+        if multilabel.is_multilabel(store):   # the toggles are pre-set from the scores again
+            d["scores"] = multilabel.suggestions(ctx.readers.project(), [it.id]).get(it.id, {})
+        return d
 
     return out | {"item_data": await run_in_threadpool(item)}
 

@@ -352,14 +352,15 @@
     function undo() {
       enqueue(async () => {
         try {
-          const out = await send("POST", "/api/undo", { key: newKey() });
+          // multi-label undo is not idempotent (no key): sent once, never retried
+          const out = multi ? await api("POST", "/api/undo", {}) : await send("POST", "/api/undo", { key: newKey() });
           const item = out.item_data;
           S.done.delete(item.id);
           S.labeled = Math.max(0, S.labeled - 1);
           if (S.current && S.current.id !== item.id) S.buffer.unshift(S.current);
           S.buffer = S.buffer.filter((i) => i.id !== item.id);
           show(item);
-          toast(`Undone: ${item.name} was ${out.withdrawn}`);
+          toast(multi ? `Undone: ${item.name}` : `Undone: ${item.name} was ${out.withdrawn}`);
         } catch (err) {
           toast(err.message, true);
         }
@@ -380,7 +381,7 @@
         ev.preventDefault(); if (multi) submitSet(); else accept();
       } else if (k === "s" || k === "S") {
         ev.preventDefault(); skip();
-      } else if ((k === "u" || k === "U") && !multi) {
+      } else if (k === "u" || k === "U") {
         ev.preventDefault(); undo();
       }
     });
