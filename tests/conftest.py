@@ -14,6 +14,30 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _import_plugin_packages_now() -> None:
+    """Import every module of anyio here, in the main thread, before any test runs.
+
+    pytest rewrites the asserts of every module of a plugin's package when it is first imported
+    (anyio ships a pytest plugin), and anyio imports its modules lazily, so without this they
+    are parsed from the web server's threads while a test runs. CPython 3.11.7's AST builder
+    keeps its recursion depth in shared state: two threads parsing at once fail with
+    "SystemError: AST constructor recursion depth mismatch" -- a 500 from a static file in
+    test_web_api and, once, a pytest INTERNALERROR while formatting a failure."""
+    import importlib
+    import pkgutil
+
+    import anyio
+
+    for mod in pkgutil.walk_packages(anyio.__path__, "anyio."):
+        try:
+            importlib.import_module(mod.name)
+        except ImportError:   # optional backends (trio) that are not installed
+            pass
+
+
+_import_plugin_packages_now()
+
+
 def write_image(path: Path, mode: str = "RGB", size=(16, 12), seed: int = 0, fmt: str | None = None) -> Path:
     from PIL import Image
 
