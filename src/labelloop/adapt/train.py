@@ -21,6 +21,7 @@ stream, so an interrupted run ends with the weights an uninterrupted one would h
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -541,7 +542,7 @@ def train_ssl(images: "torch.Tensor", config: AdaptConfig | None = None, *,
     ``n_classes``: the number of classes, if known: sets SwAV's default number of prototypes
     (:func:`default_prototypes`) when ``config.prototypes`` is None.
     """
-    torch = _import_torch()
+    _import_torch()   # a clear error when torch is missing, before any work
     cfg = config or AdaptConfig()
     x_all = _as_uint8_images(images)
     n = x_all.shape[0]
@@ -557,18 +558,28 @@ def train_ssl(images: "torch.Tensor", config: AdaptConfig | None = None, *,
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start = time.perf_counter()
 
+    with seeded_threads(cfg.seed, cfg.num_threads):
+        if encoder is None:
+            encoder = efficientnet_encoder(trainable_blocks=cfg.trainable_blocks,
+                                           image_size=cfg.image_size)
+        return _train(x_all, cfg, aug_name, aug, encoder, device, ckdir, resume, progress,
+                      on_epoch_end, start, views, local_views)
+
+
+@contextlib.contextmanager
+def seeded_threads(seed: int, num_threads: int | None):
+    """Train inside this: torch's global RNG seeded with ``seed`` (the caller's RNG state is
+    restored after) and ``num_threads`` intra-op threads when given (the caller's count
+    restored after). Used by every training loop (adaptation, the detector)."""
+    torch = _import_torch()
+
     threads_before = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    if num_threads:
+        torch.set_num_threads(num_threads)
     try:
-        # the caller's global RNG is left as it was; ours is seeded and checkpointed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            if encoder is None:
-                encoder = efficientnet_encoder(trainable_blocks=cfg.trainable_blocks,
-                                               image_size=cfg.image_size)
-            return _train(x_all, cfg, aug_name, aug, encoder, device, ckdir, resume, progress,
-                          on_epoch_end, start, views, local_views)
+            torch.manual_seed(seed)
+            yield
     finally:
         torch.set_num_threads(threads_before)
 

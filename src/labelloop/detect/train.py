@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 # one home for the cosine schedule, atomic writes and the CUDA check
-from ..adapt.train import DictConfig, _atomic_save, _lr_at, _resolve_device
+from ..adapt.train import DictConfig, _atomic_save, _lr_at, _resolve_device, seeded_threads
 from ..errors import ValidationError
 from .boxes import ImageBoxes, xywh_to_xyxy
 from .model import (
@@ -268,16 +268,9 @@ def train_detector(images: Sequence, targets: Sequence[ImageBoxes], num_classes:
     cfg = (config or DetectConfig()).resolved(len(images))
     device = resolve_device(cfg.device)
     start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            return _train(images, targets, num_classes, cfg, device, class_names, checkpoint_dir, resume,
-                          on_epoch_end, start)
-    finally:
-        torch.set_num_threads(threads_before)
+    with seeded_threads(cfg.seed, cfg.num_threads):
+        return _train(images, targets, num_classes, cfg, device, class_names, checkpoint_dir, resume,
+                      on_epoch_end, start)
 
 
 def _train(images, targets, num_classes, cfg, device, class_names, checkpoint_dir, resume, on_epoch_end, start):
