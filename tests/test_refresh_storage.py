@@ -73,10 +73,10 @@ def test_stored_affinity_equals_the_graphs(labeled, tmp_path):
         ids, S = p.affinity()
         want = affinity_matrix(p.propagation_graph()[1], temperature=p.setting("temperature"))
         assert np.array_equal(ids, p.store.item_ids())
-        assert (S != want).nnz == 0 and S.shape == want.shape
+        assert (S.tocsr() != want).nnz == 0 and S.shape == want.shape
         p.set_setting("temperature", 0.05)   # another temperature: another stored matrix
         _, S2 = p.affinity()
-        assert (S2 != affinity_matrix(p.propagation_graph()[1], temperature=0.05)).nnz == 0
+        assert (S2.tocsr() != affinity_matrix(p.propagation_graph()[1], temperature=0.05)).nnz == 0
 
 
 def test_predictions_are_array_files_and_older_runs_read_reached_from_rows(labeled, tmp_path):
@@ -130,3 +130,88 @@ def test_numba_cache_dir_is_writable_and_follows_the_environment(tmp_path, monke
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert numba_cache_dir() == tmp_path / "x" / "labelloop" / "numba"
+
+
+#: run in a new process: a warm refresh after new labels, then which heavy modules it imported
+_FRESH_REFRESH = """
+import json, sys
+from labelloop import Project
+Project.RECALIBRATE_MAX_ITEMS = 100   # as above 50k items: the last calibration is reused
+with Project(sys.argv[1]) as p:
+    s = p.refresh()
+print(json.dumps({"warm": s["warm"], "drained": s["drain_steps"] > 0 or s["refit"],
+                  "scipy": "scipy.sparse" in sys.modules,
+                  "sklearn": "sklearn" in sys.modules, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_warm_refresh_in_a_new_process_imports_no_scipy(labeled, tmp_path, monkeypatch):
+    """A warm refresh in a new process gathers rows of the memory-mapped affinity with numpy
+    alone (labelloop.csr): importing scipy.sparse was 0.2 CPU-s of a 0.6 s refresh at 100k; only
+    full steps past the update's error bound load it. Its predictions equal those of the same
+    refresh in a process that has scipy loaded. (Both reuse the last calibration, as a warm
+    refresh does above RECALIBRATE_MAX_ITEMS items.) The numpy products themselves:
+    tests/test_propagate.py::test_row_products_without_scipy_equal_scipys."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from labelloop import Project
+    from labelloop.project import MEMO
+
+    root, _, by_class = labeled
+    monkeypatch.setattr(Project, "RECALIBRATE_MAX_ITEMS", 100)
+    got = {}
+    for name in ("fresh", "here"):
+        path = tmp_path / name
+        shutil.copytree(root, path)
+        with Project(path) as p:
+            _label_more(p, by_class)
+        if name == "fresh":
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            out = subprocess.run([sys.executable, "-c", _FRESH_REFRESH, str(path)], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            info = json.loads(out.strip().splitlines()[-1])
+            assert info["warm"]
+            # full steps past the warm update's error bound (a drain) are scipy products
+            assert info["scipy"] == info["drained"] and not (info["sklearn"] or info["torch"]), info
+        else:
+            import scipy.sparse  # noqa: F401  (loaded: the row products take scipy's path)
+
+            MEMO.clear()
+            with Project(path) as p:
+                assert p.refresh()["warm"]
+        MEMO.clear()
+        with Project(path) as p:
+            got[name] = p.predictions()
+    a, b = got["fresh"], got["here"]
+    assert np.array_equal(a.item_ids, b.item_ids) and np.array_equal(a.label, b.label)
+    np.testing.assert_allclose(a.proba, b.proba, atol=1e-5)
+
+
+def test_refresh_shows_its_predictions_before_storing_them(labeled, tmp_path):
+    """``refresh(on_predictions=...)`` (what a server publishes from): inside the callback the
+    Project's predictions are the new ones, the run is not finished yet; afterwards it is."""
+    from labelloop import Project
+    from labelloop.project import MEMO
+
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    MEMO.clear()
+    seen = []
+    with Project(path) as p:
+        before = p.store.last_run_id("refresh")
+        _label_more(p, by_class)
+
+        def shown(run_id):
+            pred = p.predictions()
+            seen.append((run_id, pred.run_id, p.store.last_run_id("refresh"), pred.label.copy()))
+
+        s = p.refresh(on_predictions=shown)
+        assert len(seen) == 1
+        run_id, pred_run, finished, label = seen[0]
+        assert run_id == pred_run == s["run"] and finished == before
+        assert p.store.last_run_id("refresh") == s["run"]
+        assert np.array_equal(label, p.predictions().label)

@@ -468,8 +468,7 @@ class Project:
         return ids, MEMO.get(self.root, "affinity", folder.name, lambda: self._load_affinity(folder, T))
 
     def _load_affinity(self, folder: Path, temperature):
-        import scipy.sparse as sp
-
+        from .csr import CsrArrays
         from .propagate import affinity_matrix
 
         parts = ("data", "indices", "indptr")
@@ -485,9 +484,9 @@ class Project:
                 shutil.rmtree(tmp, ignore_errors=True)
         data, indices, indptr = (np.asarray(np.load(folder / f"{a}.npy", mmap_mode="r")) for a in parts)
         n = len(indptr) - 1
-        S = sp.csr_matrix((data, indices, indptr), shape=(n, n), copy=False)
-        S.has_sorted_indices = True   # affinity_matrix sorts them
-        return S
+        # numpy arrays, no scipy: a warm refresh only gathers rows (labelloop.csr); a full
+        # propagation makes the scipy matrix over the same arrays on its first product
+        return CsrArrays(data, indices, indptr, (n, n))   # affinity_matrix sorted the indices
 
     def _graph_path(self, ids: np.ndarray) -> Path:
         return self.root / "arrays" / "graphs" / f"{self._graph_fingerprint(ids)}.npz"
@@ -588,10 +587,14 @@ class Project:
         return y
 
     # ------------------------------------------------------------------- refresh
-    def refresh(self, *, full: bool = False) -> dict:
+    def refresh(self, *, full: bool = False, on_predictions=None) -> dict:
         """kNN graph (reused) + label propagation -> predictions of every item. After new labels
         the propagation warm-starts from the previous result unless ``full``. A multi-label
-        project: :meth:`_refresh_multilabel`."""
+        project: :meth:`_refresh_multilabel`.
+
+        ``on_predictions(run_id)``: called as soon as :meth:`predictions` of this Project returns
+        the new predictions (and their held-out scores are stored), before the run's arrays are
+        written and the run is finished: a server shows them without waiting for the disk."""
         from .propagate import LabelPropagation, prediction_summary
 
         if self.task == "multilabel":
@@ -634,9 +637,12 @@ class Project:
         prior, prior_source = self._class_prior(ids, len(classes)) if self._class_mass() else (None, "none")
         if self._class_mass() == "estimated" and prior_source != "random":
             prior, prior_source = None, "estimated"  # the graph's estimate, until random draws measure it
+        refits = 0
         if warm:
             self._lp.class_prior = prior
+            refits = getattr(self._lp, "n_refits_", 0)
             self._lp.update(fit_y, n_iter=self.setting("warm_iter"), sample_weight=weight)
+            refits = getattr(self._lp, "n_refits_", 0) - refits
         else:
             self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
                                         alpha=alpha, class_mass=self._class_mass(), class_prior=prior)
@@ -663,23 +669,37 @@ class Project:
         if prev is not None and len(prev.item_ids) == len(ids) and np.array_equal(prev.item_ids, ids):
             changed = int((prev.label != s["label"]).sum())
         out_dir = self.store.run_dir(run)
-        # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`)
-        for name, a in (("proba", P), ("item_ids", ids), ("reached", reached), *s.items()):
-            np.save(out_dir / f"{name}.npy", a)
-        # the propagation state, so the next refresh (another process) can warm-start from it
-        np.save(out_dir / "state_Y.npy", self._lp.Y_)
-        np.save(out_dir / "state_y.npy", self._lp.y_)
-        np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
         # the human labels scored held out, calibrated: what autolabel / estimate / diagnose read
         np.save(out_dir / "heldout_rows.npy", pred.heldout_rows)
         np.save(out_dir / "heldout_proba.npy", pred.heldout_proba)
         np.save(out_dir / "heldout_labels.npy", y_h[pred.heldout_rows])
+        own_before = self._own_predictions
+        self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict(), s)
+        try:
+            if on_predictions is not None:
+                on_predictions(run)
+            # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`)
+            for name, a in (("proba", P), ("item_ids", ids), ("reached", reached), *s.items()):
+                np.save(out_dir / f"{name}.npy", a)
+            # the propagation state, so the next refresh (another process) can warm-start from it
+            np.save(out_dir / "state_Y.npy", self._lp.Y_)
+            np.save(out_dir / "state_y.npy", self._lp.y_)
+            np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
+        except BaseException:
+            self._own_predictions = own_before   # not stored: the previous run stays current
+            raise
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        rule_seeded=int(((fit_y >= 0) & (y < 0)).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
                        class_prior_source=prior_source, class_prior_choice=pred.class_prior,
                        unreached=int((~reached).sum()), mean_confidence=float(s["confidence"].mean()),
                        changed=changed, warm=warm, warm_updates=int(getattr(self._lp, "n_updates_", 0)),
+                       # the warm update's error bound (propagate.UPDATE_RESIDUAL_GROWTH): drain_steps
+                       # full steps ran because it was exceeded; refit: a full propagation ran
+                       # instead (a label removed, or the steps ran out)
+                       refit=refits > 0, drain_steps=int(getattr(self._lp, "drain_steps_", 0)) if warm else 0,
+                       residual=_round_or_none(getattr(self._lp, "residual_", None), 6),
+                       residual_fit=_round_or_none(getattr(self._lp, "residual_fit_", None), 6),
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
                        head_weight=head_weight,
                        ece_heldout=_nan_none(pred.heldout_ece(y_h)))
@@ -687,7 +707,6 @@ class Project:
         # dashboard's learning curve and its estimate card tell the same story
         summary["estimated_accuracy"] = self._estimate_from(P, pred, y >= 0, y_h)["accuracy"]
         self.store.finish_run(run, summary)
-        self._remember_predictions(run, ids, P, reached, classes, pred.calibrator.to_dict(), s)
         self.prune_runs()
         return summary | {"run": run}
 
@@ -750,7 +769,8 @@ class Project:
             if choose_prior:   # the last full refresh's choice, like its calibration
                 prev = ((self.store.last_run("refresh") or {}).get("summary") or {}).get("class_prior_choice") \
                     or "labels"
-                P = prior_candidates(self._lp.Y_, y, C, (prev,), shares=shares)[prev]
+                if prev != "labels":   # "labels" is what the propagation normalised P to already
+                    P = prior_candidates(self._lp.Y_, y, C, (prev,), shares=shares)[prev]
             if "beta" in cal:
                 d = self.store.run_dir(last.run_id)
                 held = (np.load(d / "heldout_rows.npy"), np.load(d / "heldout_proba.npy"))
@@ -838,7 +858,8 @@ class Project:
                               alpha=None if key[3] >= 1.0 and key[5] is None else SMOOTH_ALPHA,
                               class_mass=self._class_mass())
         lp.restore(S, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
-                   sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0))
+                   sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0),
+                   residual_fit=last["summary"].get("residual_fit"))
         self._lp, self._lp_key = lp, key
         return True
 
@@ -3320,6 +3341,10 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
         "p90": round(float(p90), 4),
         "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
     }
+
+
+def _round_or_none(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(float(x), digits)
 
 
 def _nan_none(x: float) -> float | None:

@@ -53,11 +53,16 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
-import scipy.sparse as sp
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from labelloop.csr import CsrArrays, row_gather, rows_dot, rows_dot_transposed
 from labelloop.errors import NotReadyError, ValidationError
 from labelloop.graph import KnnGraph
+
+if TYPE_CHECKING:   # scipy is imported where a full product or a new affinity needs it: a warm
+    import scipy.sparse as sp   # update in a new process runs on numpy alone (labelloop.csr)
 
 __all__ = [
     "affinity_matrix",
@@ -105,8 +110,24 @@ UPDATE_ROWS_PER_ITEM = 1.0
 #: of a full propagation's 100 every 5th (2.8 s at 100k; benchmarks/results/warm_drift.md).
 #: 5 steps: mean 0.953 / 0.936 at 2.5x the products.
 UPDATE_CORRECT_STEPS = 0
-#: every this many warm updates with a change, a full propagation instead (None: never)
-REFIT_EVERY = 5
+#: every this many warm updates with a change, a full propagation instead (None: never; the
+#: rule before UPDATE_RESIDUAL_GROWTH, kept as an option: benchmarks/results/warm_drift.md)
+REFIT_EVERY = None
+#: the warm update's error bound. After each update the relative residual of the fixed-point
+#: equation, ||F(Y) - Y||_1 / ||Y||_1 on RESIDUAL_SAMPLE rows (:meth:`LabelPropagation.residual`),
+#: is compared with the one the last full propagation left (a 100-step fit is not converged
+#: either: ~0.01 on the benchmark's graphs); above this many times that, full steps continue
+#: from the warm result until it is back within the bound (``residual_action="drain"``, at
+#: most ``n_iter`` steps), or a full propagation runs (``"refit"``). Measured against the old
+#: rule (a full propagation every 5th update) in benchmarks/results/warm_drift.md: at 100k
+#: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.946 vs 0.922 (worst
+#: 0.895 vs 0.831) for 1.76 vs 4.0 CPU-s in all, the slowest update 0.25 s instead of 1.9 s;
+#: at 10k, 0.947 vs 0.943 for 0.27 vs 0.37 CPU-s. 2x: 0.936 at 100k.
+UPDATE_RESIDUAL_GROWTH = 1.5
+#: residual exceeded: full steps from the warm result, this many between residual checks
+RESIDUAL_CHECK_STEPS = 5
+#: rows (at most) the residual is estimated on: a fixed random sample per graph, O(rows x k x C)
+RESIDUAL_SAMPLE = 4096
 
 #: how :func:`class_mass_normalise` estimates the class shares
 CLASS_PRIORS = ("labels", "estimated")
@@ -131,24 +152,24 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
     starting point of "estimated").
     """
     C = n_classes
-    Y = np.maximum(np.asarray(Y, dtype=np.float64), 0.0)
-    m = Y.sum(axis=0)  # (C,) column mass
+    Y = np.maximum(np.asarray(Y, dtype=np.float32), np.float32(0.0))  # (n, C)
+    m = np.add.reduce(Y, axis=0, dtype=np.float64)  # (C,) column mass, summed in float64
     m = np.where(m > 0, m, 1.0)
     if not isinstance(prior, str):
         q = np.asarray(prior, dtype=np.float64)
-        return (Y * (q / q.sum() / m)).astype(np.float32)
+        return Y * (q / q.sum() / m).astype(np.float32)
     if shares is None:
         q = np.bincount(y[y >= 0], minlength=C)[:C].astype(np.float64) + 1.0
     else:
         q = np.asarray(shares, dtype=np.float64)
     q = q / q.sum()
     if prior == "estimated":
-        F = Y * (q / m)  # (n, C) rescaled to the label shares
-        has = F.sum(axis=1) > 0
+        F = Y * (q / m).astype(np.float32)  # (n, C) rescaled to the label shares
+        has = F @ np.ones(C, np.float32) > 0
         q_terr = np.bincount(F[has].argmax(axis=1), minlength=C).astype(np.float64) + 1.0
         q = np.sqrt(q * q_terr / q_terr.sum())
         q /= q.sum()
-    return (Y * (q / m)).astype(np.float32)
+    return Y * (q / m).astype(np.float32)  # (n, C) float32: column c scaled to mass q_c
 
 
 def class_distributions(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray | None = "labels",
@@ -190,6 +211,8 @@ def affinity_matrix(graph: KnnGraph, *, temperature: float | str = "auto") -> sp
     T from :func:`auto_temperature`. Returns a symmetric (n, n) float32 CSR matrix; an item
     whose edges all underflow to 0 has an empty row.
     """
+    import scipy.sparse as sp
+
     if not isinstance(graph, KnnGraph):
         raise ValidationError(f"affinity_matrix needs a KnnGraph; got {type(graph).__name__}")
     sims = graph.similarities.astype(np.float64)  # (n, k)
@@ -244,6 +267,8 @@ class LabelPropagation:
         alpha: float | None = None,
         tol: float = 1e-6,
         refit_every: int | None = REFIT_EVERY,
+        residual_growth: float | None = UPDATE_RESIDUAL_GROWTH,
+        residual_action: str = "drain",
         correct_steps: int = UPDATE_CORRECT_STEPS,
         class_mass: bool | str = True,
         class_prior: np.ndarray | None = None,
@@ -260,7 +285,11 @@ class LabelPropagation:
         # update with that many full steps from its result instead: with 2 and no periodic fit
         # there is no 2-10 s pause (benchmarks/warm_drift.py), but `make demo` certified 574
         # machine labels instead of 968 and digits simulations needed more labels to 98 %.
+        # residual_growth (the default rule, see UPDATE_RESIDUAL_GROWTH): the warm update's
+        # error bound, and residual_action what happens when it is exceeded; None: no bound.
         self.refit_every = refit_every
+        self.residual_growth = residual_growth
+        self.residual_action = residual_action
         self.correct_steps = correct_steps
 
     # ------------------------------------------------------------------ validation
@@ -278,6 +307,11 @@ class LabelPropagation:
             raise ValidationError(f"alpha must be None (clamp labels) or in (0, 1); got {self.alpha!r}")
         if not (np.isfinite(self.tol) and self.tol >= 0):
             raise ValidationError(f"tol must be a non-negative number; got {self.tol!r}")
+        if self.residual_action not in ("drain", "refit"):
+            raise ValidationError(f'residual_action must be "drain" or "refit"; got {self.residual_action!r}')
+        g = self.residual_growth
+        if g is not None and not (isinstance(g, (int, float, np.floating)) and np.isfinite(g) and g >= 1.0):
+            raise ValidationError(f"residual_growth must be None or a number >= 1 (e.g. 1.5); got {g!r}")
 
     def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(y)
@@ -311,9 +345,13 @@ class LabelPropagation:
         symmetric normalised affinity S (from :func:`affinity_matrix`).
         ``sample_weight``: (n,) non-negative trust per item; Y0 row i = weight_i * one-hot.
         """
+        import scipy.sparse as sp
+
         self._check_params()
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
+        elif isinstance(graph, CsrArrays):
+            S = graph   # its full products go through scipy (CsrArrays.tocsr), its row products not
         elif sp.issparse(graph):
             if graph.ndim != 2 or graph.shape[0] != graph.shape[1]:
                 raise ValidationError(f"an affinity matrix must be square; got shape {graph.shape}")
@@ -341,6 +379,9 @@ class LabelPropagation:
         self.Y_, self.n_iter_ = self._iterate(Y0, Y0.copy(), y >= 0)
         self._finish(np.arange(n))
         self.n_updates_ = 0  # warm updates since the last full propagation
+        self.n_refits_ = 0   # full propagations update() ran instead of a warm update
+        self.__dict__.pop("_residual_rows", None)
+        self.residual_ = self.residual_fit_ = self.residual()
         return self
 
     def _seed(self, y: np.ndarray) -> np.ndarray:
@@ -443,14 +484,11 @@ class LabelPropagation:
         if changed.size == 0:
             return self
         self.n_updates_ = getattr(self, "n_updates_", 0) + 1
+        self.drain_steps_ = 0   # full steps this update ran past its error bound
         full = bool(self.refit_every) and self.n_updates_ >= self.refit_every
         if full or (self.alpha is None and (y_old[changed] >= 0).any()):
             # periodic full propagation, or a label removed, re-classed or re-weighted
-            Y0 = self._seed(y)
-            self.Y_, self.n_iter_ = self._iterate(Y0, Y0.copy(), y >= 0)
-            self._finish(np.arange(n))
-            self.n_updates_ = 0
-            return self
+            return self._refit()
         if max_rows is None:
             max_rows = max(UPDATE_MIN_ROWS, int(UPDATE_ROWS_PER_ITEM * n))
         if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
@@ -468,8 +506,73 @@ class LabelPropagation:
             Y0 = self._seed(y)
             self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=int(self.correct_steps))
             touched = np.arange(n)
+        if self.residual_growth is not None:
+            self.residual_ = self.residual()
+        if self._residual_exceeded():
+            if self.residual_action == "refit":
+                return self._refit()   # the error bound is exceeded: start again from the labels
+            touched = self._drain()
         self._finish(touched)
         return self
+
+    def _drain(self) -> np.ndarray:
+        """Full steps of the iteration from the warm result, RESIDUAL_CHECK_STEPS at a time,
+        until the residual is back within the bound (at most ``n_iter`` steps: a full fit's
+        work; counted in ``n_refits_`` when it runs out). Returns every row (all may change)."""
+        y, n_iter = self.y_, self.n_iter if self.n_iter is not None else MAX_ITER_TO_CONVERGE
+        Y0 = self._seed(y)
+        done = 0
+        while done < n_iter and self._residual_exceeded():
+            steps = min(RESIDUAL_CHECK_STEPS, n_iter - done)
+            self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps)
+            done += steps
+            self.residual_ = self.residual()
+        self.drain_steps_ = done
+        if self._residual_exceeded():   # a full fit's work done: its residual is the new baseline
+            self.n_refits_ = getattr(self, "n_refits_", 0) + 1
+            self.n_updates_ = 0
+            self.residual_fit_ = self.residual_
+        return np.arange(y.shape[0])
+
+    def _residual_exceeded(self) -> bool:
+        """The error bound: the residual the warm updates left is above ``residual_growth`` x
+        the one the last full propagation left."""
+        r, base = getattr(self, "residual_", None), getattr(self, "residual_fit_", None)
+        return self.residual_growth is not None and r is not None and base is not None \
+            and r > self.residual_growth * base
+
+    def _refit(self) -> LabelPropagation:
+        """A full propagation from the current labels and weights, reusing S."""
+        y = self.y_
+        Y0 = self._seed(y)
+        self.Y_, self.n_iter_ = self._iterate(Y0, Y0.copy(), y >= 0)
+        self._finish(np.arange(y.shape[0]))
+        self.n_updates_ = 0
+        self.n_refits_ = getattr(self, "n_refits_", 0) + 1
+        self.residual_ = self.residual_fit_ = self.residual()
+        return self
+
+    def residual(self) -> float:
+        """Relative residual of the fixed-point equation at the current ``Y_``:
+        sum_i ||F(Y)_i - Y_i||_1 / sum_i ||Y_i||_1 over a fixed random sample of at most
+        RESIDUAL_SAMPLE rows (F: one step of the iteration; clamped rows have none). 0 at a fixed
+        point; a full fit of ``n_iter`` steps leaves what it did not converge. Numpy only
+        (:func:`labelloop.csr.rows_dot`), O(sample x k x C)."""
+        S, Y, y = self.S_, self.Y_, self.y_
+        n = S.shape[0]
+        rows = getattr(self, "_residual_rows", None)
+        if rows is None or (rows.size and rows[-1] >= n):
+            m = min(n, RESIDUAL_SAMPLE)
+            rows = np.arange(n) if m == n else np.sort(np.random.default_rng(0).choice(n, m, replace=False))
+            self._residual_rows = rows
+        if self.alpha is None:
+            rows = rows[y[rows] < 0]  # F(Y)_i = Y0_i = Y_i on clamped rows
+            F = rows_dot(S, rows, Y)  # (m, C) (S Y)_i
+        else:  # F(Y) = alpha S Y + (1 - alpha) Y0
+            F = np.float32(self.alpha) * rows_dot(S, rows, Y) + np.float32(1.0 - self.alpha) * self._seed_rows(rows, y)
+        Yr = Y[rows]
+        mass = float(np.abs(Yr).sum())
+        return float(np.abs(F - Yr).sum()) / mass if mass > 0 else 0.0
 
     def _update_clamped(self, new: np.ndarray, steps: int, budget: int) -> np.ndarray:
         """Warm start for newly labeled rows ``new``; returns the rows whose Y changed."""
@@ -478,9 +581,9 @@ class LabelPropagation:
         Y[new] = self._seed_rows(new, y)  # Y(0): the previous Y with the new clamps applied
         # first increment delta(1) = F(Y(0)) - Y(0), computed exactly on the new rows'
         # neighbours; elsewhere Y(0) is the previous state, taken as a fixed point (delta = 0)
-        rows = np.unique(S[new].indices)
+        rows = np.unique(row_gather(S, new)[1])
         rows = rows[free[rows]]  # clamped rows: F(Y)_i = Y0_i = Y(0)_i, no increment
-        delta = S[rows] @ Y - Y[rows]  # (r, C) (S Y(0))_i - Y(0)_i
+        delta = rows_dot(S, rows, Y) - Y[rows]  # (r, C) (S Y(0))_i - Y(0)_i
         # Y(T) = Y(0) + sum_{t=1..T} delta(t),  delta(t+1) = P S delta(t)
         touched = _push(S, Y, rows, delta, steps, budget=budget, free=free)
         touched[new] = True
@@ -513,12 +616,21 @@ class LabelPropagation:
         return out
 
     def restore(self, graph: KnnGraph | sp.spmatrix, Y: np.ndarray, y: np.ndarray, *,
-                sample_weight: np.ndarray | None = None, n_updates: int = 0) -> LabelPropagation:
+                sample_weight: np.ndarray | None = None, n_updates: int = 0,
+                residual_fit: float | None = None) -> LabelPropagation:
         """Rebuild a fitted state saved from ``Y_``, ``y_`` and ``sample_weight_`` (another
-        process's last fit or update), so :meth:`update` can warm-start from it."""
+        process's last fit or update), so :meth:`update` can warm-start from it.
+        ``residual_fit``: ``residual_fit_`` of that state (the residual its last full
+        propagation left; default: the saved state's own, measured here)."""
         self._check_params()
-        S = affinity_matrix(graph, temperature=self.temperature) if isinstance(graph, KnnGraph) \
-            else sp.csr_matrix(graph, dtype=np.float32)
+        if isinstance(graph, KnnGraph):
+            S = affinity_matrix(graph, temperature=self.temperature)
+        elif isinstance(graph, CsrArrays):
+            S = graph   # stays scipy-free until a full propagation needs a full product
+        else:
+            import scipy.sparse as sp
+
+            S = sp.csr_matrix(graph, dtype=np.float32)
         Y = np.ascontiguousarray(Y, dtype=np.float32)
         n = S.shape[0]
         if Y.ndim != 2 or Y.shape[0] != n:
@@ -530,6 +642,10 @@ class LabelPropagation:
                                else self._check_weight(sample_weight, n))
         self.n_iter_ = 0
         self.n_updates_ = int(n_updates)
+        self.n_refits_ = 0
+        self.__dict__.pop("_residual_rows", None)
+        self.residual_ = None
+        self.residual_fit_ = self.residual() if residual_fit is None else float(residual_fit)
         for a in ("label_distributions_", "transduction_", "reached_"):   # finished on first use
             self.__dict__.pop(a, None)
         return self
@@ -544,7 +660,7 @@ class LabelPropagation:
 
 
 def _push(
-    S: sp.csr_matrix,
+    S: sp.csr_matrix | CsrArrays,
     Y: np.ndarray,
     rows: np.ndarray,
     v: np.ndarray,
@@ -563,7 +679,8 @@ def _push(
     also stops once ``budget`` rows have been gathered in total (the remaining steps' mass is
     then added in place).
     S is symmetric, so (S v)_j = sum_i S_ij v_i over the gathered rows i: a CSR row gather and
-    a product on the compacted columns, O(nnz of those rows) plus an O(n) bitmap scan per step.
+    a scatter-add on the compacted columns (:func:`labelloop.csr.rows_dot_transposed`), O(nnz of
+    those rows) plus an O(n) bitmap scan per step, numpy only.
     Returns an (n,) bool mask of the rows whose Y changed.
     """
     n = Y.shape[0]
@@ -595,19 +712,8 @@ def _push(
         rows, v = rows[keep], v[keep]
         if rows.size == 0:
             break
-        if rows.size * 4 > n:  # frontier covers much of the graph: one full product is cheaper
-            V = np.zeros(Y.shape, np.float32)  # (n, C)
-            V[rows] = v
-            out = np.arange(n)
-            v = S @ V  # (n, C)
-        else:
-            G = S[rows]  # (r, n) CSR row gather
-            seen[G.indices] = True
-            out = np.flatnonzero(seen)  # (r',) rows reached, sorted
-            seen[out] = False
-            pos[out] = np.arange(out.size)
-            Gc = sp.csr_matrix((G.data, pos[G.indices], G.indptr), shape=(rows.size, out.size))
-            v = np.asarray(Gc.T @ v, dtype=np.float32)  # (r', C) = (S v)[out]
+        # (S v)[out] over the rows reached, O(nnz of the frontier's rows) in numpy (labelloop.csr)
+        out, v = rows_dot_transposed(S, rows, v, seen, pos)  # (r',), (r', C)
         if alpha is None:
             keep = free[out]  # P: clamped rows take no increment
             rows, v = out[keep], v[keep]
@@ -618,17 +724,25 @@ def _push(
 
 def prediction_summary(P: np.ndarray) -> dict[str, np.ndarray]:
     """Per-row label (argmax), confidence (max prob), margin (top1 - top2), entropy (nats)."""
-    P = np.asarray(P, dtype=np.float64)
+    P = np.asarray(P)
     if P.ndim != 2 or P.shape[1] < 1:
         raise ValidationError(f"P must be a 2-D (n, n_classes) array; got shape {P.shape}")
-    top2 = -np.partition(-P, min(1, P.shape[1] - 1), axis=1)[:, :2]  # (n, 2) largest two, desc
-    margin = top2[:, 0] - top2[:, 1] if P.shape[1] > 1 else top2[:, 0]
+    # on the (C, n) transpose, in P's float type: numpy's axis-1 reductions over ~10 columns are
+    # 3x slower than these over n (a refresh summarises 1M x C)
+    PT = np.array(P.T, dtype=P.dtype if P.dtype in (np.float32, np.float64) else np.float64, order="C")
+    label = PT.argmax(axis=0)  # (n,)
+    top1 = PT.max(axis=0)  # (n,) largest
     # H = -sum_c p_c log p_c, with 0 log 0 = 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(P > 0, P * np.log(P), 0.0)
+        entropy = -np.where(PT > 0, PT * np.log(PT), 0.0).sum(axis=0)
+    if PT.shape[0] > 1:
+        PT[label, np.arange(PT.shape[1])] = -np.inf
+        margin = top1 - PT.max(axis=0)  # top1 - top2
+    else:
+        margin = top1
     return {
-        "label": P.argmax(axis=1).astype(np.int64),
-        "confidence": top2[:, 0].astype(np.float32),
+        "label": label.astype(np.int64),
+        "confidence": top1.astype(np.float32),
         "margin": margin.astype(np.float32),
-        "entropy": (-plogp.sum(axis=1)).astype(np.float32),
+        "entropy": entropy.astype(np.float32),
     }

@@ -188,7 +188,9 @@ class Refresher:
         self.rank_interval = rank_interval
         self.strategy = strategy
         self.enabled = enabled
-        self.debounce = debounce      # wait this long for more labels before refreshing (a burst)
+        # a label after a pause refreshes at once; labels during a refresh (a burst) are
+        # refreshed together once they pause this long ...
+        self.debounce = debounce
         self.max_delay = max_delay    # ... but never longer than this after the first request
         self.n_top = n_top
         self.project: Project | None = None   # the refresher thread's (the ranker only records through it)
@@ -271,6 +273,7 @@ class Refresher:
             return
         with self._cond:
             self._requested = True  # load the warm state and catch up with labels made offline
+        idle_since = 0.0   # when the last refresh ended
         while True:
             with self._cond:
                 while not self._requested and not self._stop:
@@ -278,9 +281,13 @@ class Refresher:
                 if self._stop:
                     return
             first = time.monotonic()
-            while True:  # coalesce a burst: wait until it pauses, at most max_delay
+            # a label after a pause refreshes at once; labels that came during the last refresh
+            # (a burst) are coalesced: wait until it pauses for debounce, at most max_delay
+            while True:
                 with self._cond:
                     self._requested = False
+                    if first - idle_since > self.debounce:
+                        break
                     self._cond.wait(self.debounce)
                     if self._stop:
                         return
@@ -288,6 +295,7 @@ class Refresher:
                         self._requested = False
                         break
             self._refresh_once()
+            idle_since = time.monotonic()
 
     def _set_status(self, state: str | None = None, detail: str | None = None, **extra) -> None:
         with self._cond:
@@ -304,8 +312,14 @@ class Refresher:
         applied = self._max_annotation()   # every annotation up to here is read by this refresh
         self._set_status("running")
         t0, c0 = time.perf_counter(), time.thread_time()
+        visible: list[float] = []
+
+        def publish(run_id: int) -> None:   # the new predictions, before the refresh stores them
+            self._publish(self._snapshot_of_last_predictions(applied))
+            visible.append(time.thread_time() - c0)   # this thread's CPU until they were visible
+
         try:
-            summary = p.refresh()
+            summary = p.refresh(on_predictions=publish)   # (a multi-label refresh does not call it)
         except NotReadyError as exc:
             self._publish(self._snapshot_of_last_predictions(applied))
             self._set_status("not_ready", str(exc))
@@ -314,9 +328,14 @@ class Refresher:
             log.error("refresh failed:\n%s", traceback.format_exc())
             self._set_status("error", f"{type(exc).__name__}: {exc}")
             return
-        snap = self._snapshot_of_last_predictions(applied, summary=summary)
-        self._publish(snap)
-        visible_cpu = time.thread_time() - c0   # this thread's CPU until the predictions were visible
+        if visible:   # shown already: the run's summary, now that it is done
+            with self._cond:
+                if self._snapshot.run_id == summary.get("run"):
+                    self._snapshot = replace(self._snapshot, summary=dict(summary))
+        else:
+            self._publish(self._snapshot_of_last_predictions(applied, summary=summary))
+            visible.append(time.thread_time() - c0)
+        visible_cpu = visible[0]
         try:   # precompute what /api/status and the dashboard read, memoised per set of items and
             p.status()   # per prediction run (item ids, the embedding check, confidence figures)
         except LabelloopError as exc:

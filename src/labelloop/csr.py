@@ -1,0 +1,118 @@
+"""A sparse matrix as its three CSR arrays, and the row products a warm update needs, in numpy
+alone.
+
+A refresh in a new process reads the stored affinity S memory-mapped and warm-starts from the
+last state; it needs only products over a few rows of S, so it never has to import
+``scipy.sparse`` (0.2 CPU-s of a fresh process, mostly numpy submodules scipy's array-API layer
+loads; benchmarks/results/e2e_latency_100000.md). :class:`CsrArrays` builds the scipy matrix
+on first use of a full product (a full propagation). The functions take either a
+:class:`CsrArrays` or a scipy CSR matrix: both have ``data``, ``indices`` and ``indptr``. Where
+scipy is loaded already (a server, after a full propagation) they use its compiled products,
+3-10x faster on large row sets than the numpy ones (same results up to float rounding).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+__all__ = ["CsrArrays", "row_gather", "rows_dot", "rows_dot_transposed"]
+
+
+class CsrArrays:
+    """An (n, m) CSR matrix held as ``data`` (nnz,), ``indices`` (nnz,) and ``indptr`` (n + 1,),
+    e.g. memory-mapped files; column indices sorted within each row. ``S @ Y`` (a full product)
+    converts it to a scipy matrix once (:meth:`tocsr`)."""
+
+    ndim = 2
+
+    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]):
+        self.data, self.indices, self.indptr = data, indices, indptr
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._csr = None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def tocsr(self):
+        """The scipy CSR matrix over the same arrays (no copy), built once."""
+        if self._csr is None:
+            import scipy.sparse as sp
+
+            S = sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape, copy=False)
+            S.has_sorted_indices = True
+            self._csr = S
+        return self._csr
+
+    def __matmul__(self, other):
+        return self.tocsr() @ other
+
+
+def _loaded_scipy(S):
+    """``S`` as a scipy CSR matrix when that costs no import (it is one, or scipy.sparse is
+    loaded already), else None."""
+    if not isinstance(S, CsrArrays):
+        return S
+    if S._csr is not None or "scipy.sparse" in sys.modules:
+        return S.tocsr()
+    return None
+
+
+def row_gather(S, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(seg, cols, vals, starts)`` of the rows ``rows`` of ``S``: entry e is
+    ``S[rows[seg[e]], cols[e]] = vals[e]``, in row order; ``starts`` (r,) where each row's entries
+    begin in them."""
+    indptr = S.indptr
+    rows = np.asarray(rows, dtype=np.int64)
+    begin = indptr[rows].astype(np.int64)                      # (r,)
+    lens = indptr[rows + 1].astype(np.int64) - begin           # (r,)
+    starts = np.cumsum(lens) - lens                            # (r,) offsets in the gathered entries
+    seg = np.repeat(np.arange(rows.size), lens)                # (m,)
+    # position in S of gathered entry e: begin[seg[e]] + (e - starts[seg[e]])
+    idx = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(begin - starts, lens)
+    return seg, S.indices[idx], S.data[idx], starts
+
+
+def rows_dot(S, rows: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """(r, C) ``S[rows] @ Y`` for a dense (n, C) ``Y``: O(nnz of those rows x C)."""
+    Ss = _loaded_scipy(S)
+    if Ss is not None:
+        return np.asarray(Ss[rows] @ Y, dtype=np.float32)
+    seg, cols, vals, starts = row_gather(S, rows)
+    out = np.zeros((len(rows), Y.shape[1]), np.float32)
+    if cols.size:
+        contrib = vals[:, None] * Y[cols]                       # (m, C) S_ij Y_j
+        nonempty = np.flatnonzero(np.diff(np.append(starts, cols.size)) > 0)
+        out[nonempty] = np.add.reduceat(contrib, starts[nonempty], axis=0)
+    return out
+
+
+def rows_dot_transposed(S, rows: np.ndarray, v: np.ndarray, seen: np.ndarray, pos: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(out, w)``: ``w = (S[rows]^T v)[out]`` for an (r, C) ``v`` on ``rows``, ``out`` the sorted
+    columns those rows reach (for a symmetric S, the rows of ``S @ V`` that V on ``rows``
+    changes). ``seen`` (n,) bool all False and ``pos`` (n,) int64 are scratch arrays."""
+    Ss = _loaded_scipy(S)
+    n = S.shape[0]
+    if Ss is not None and rows.size * 4 > n:   # much of the graph: one full product is cheaper
+        V = np.zeros((n, v.shape[1]), np.float32)   # (n, C)
+        V[rows] = v
+        return np.arange(n), np.asarray(Ss @ V, dtype=np.float32)
+    G = Ss[rows] if Ss is not None else None                    # (r, n) CSR row gather
+    seg, cols, vals, _ = row_gather(S, rows) if G is None else (None, G.indices, G.data, None)
+    seen[cols] = True
+    out = np.flatnonzero(seen)                                  # (r',) reached, sorted
+    seen[out] = False
+    pos[out] = np.arange(out.size)
+    if G is not None:
+        import scipy.sparse as sp
+
+        Gc = sp.csr_matrix((G.data, pos[G.indices], G.indptr), shape=(rows.size, out.size))
+        return out, np.asarray(Gc.T @ v, dtype=np.float32)    # (r', C)
+    at = pos[cols]                                              # (m,) compact column of each entry
+    vT = np.ascontiguousarray(v.T)                              # (C, r)
+    # scatter-add S_ij v_i by compact column, one bincount per class (np.add.at is ~10x slower)
+    w = [np.bincount(at, weights=vals * vT[c][seg], minlength=out.size) for c in range(v.shape[1])]
+    return out, (np.stack(w, axis=1) if w else np.zeros((out.size, 0))).astype(np.float32)
