@@ -142,6 +142,8 @@ def measure_cli(path: Path, src: Path, runs: int, seed: int, full: bool = False)
     # imports alone: the floor of any command in a fresh process
     floor = [run_child([sys.executable, "-c", "import labelloop.cli, labelloop.project, numpy, scipy.sparse"], env)
              for _ in range(3)]
+    floor_np = [run_child([sys.executable, "-c", "import labelloop.cli, labelloop.project, numpy"], env)
+                for _ in range(3)]
     # one untimed refresh first: whatever the variant stores once per graph (or per upgrade) is made
     add_labels(path, 10, rng, src)
     run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path)], env)
@@ -151,13 +153,25 @@ def measure_cli(path: Path, src: Path, runs: int, seed: int, full: bool = False)
         m = run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path), "--json"]
                       + (["--full"] if full else []), env)
         s = json.loads(m.pop("stdout"))
-        m.update(warm=s["warm"], warm_updates=s.get("warm_updates"), load=os.getloadavg()[0])
+        m.update(warm=s["warm"], warm_updates=s.get("warm_updates"), load=os.getloadavg()[0],
+                 refit=s.get("refit"), drain_steps=s.get("drain_steps"), residual=s.get("residual"))
         got.append(m)
         print(f"  cli run {r}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} CPU-s, {m['peak_rss_mb']:.0f} MB, "
               f"warm={m['warm']} load {m['load']:.1f}", flush=True)
     return {"runs": got, **{f"{k}_median": round(statistics.median(g[k] for g in got), 3)
                            for k in ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_mb")},
-            "import_floor_cpu_s": round(statistics.median(f["cpu_s"] for f in floor), 3)}
+            "cpu_s_mean": round(statistics.mean(g["cpu_s"] for g in got), 3),
+            "cpu_s_max": round(max(g["cpu_s"] for g in got), 3),
+            "import_floor_cpu_s": round(statistics.median(f["cpu_s"] for f in floor), 3),
+            "import_floor_numpy_only_cpu_s": round(statistics.median(f["cpu_s"] for f in floor_np), 3)}
+
+
+def compile_tree(src: Path) -> None:
+    """Byte-compile a source tree, as an installed package is: with PYTHONDONTWRITEBYTECODE set
+    (it is on the machines these run on) every child would otherwise compile labelloop's
+    modules from source, 0.1-0.2 CPU-s of every command."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src / "labelloop")], check=True,
+                   stdout=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
 
 def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: int) -> dict:
@@ -249,6 +263,7 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
         shutil.copytree(base, path)
         print(f"{name} ({src}):", flush=True)
+        compile_tree(Path(src))
         r = {"src": str(src), "cli": measure_cli(path, Path(src), args.runs, seed=1, full=args.full)}
         if args.server:
             r["server"] = measure_server(path, Path(src), args.refreshes, args.requests, seed=2)
@@ -284,10 +299,14 @@ def write_markdown(r: dict, path: Path) -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |" + ratio)
 
     row("refresh CPU s", lambda x: x["cli"]["cpu_s_median"])
+    row("refresh CPU s, mean (drains and full fits included)", lambda x: x["cli"].get("cpu_s_mean"))
+    row("refresh CPU s, max", lambda x: x["cli"].get("cpu_s_max"))
     row("refresh wall s", lambda x: x["cli"]["wall_s_median"])
     row("refresh peak RSS MB", lambda x: x["cli"]["peak_rss_mb_median"], "{:.0f}")
     row("import floor CPU s (python -c 'import labelloop.cli, labelloop.project, numpy, scipy.sparse')",
         lambda x: x["cli"]["import_floor_cpu_s"])
+    row("import floor without scipy CPU s (python -c 'import labelloop.cli, labelloop.project, numpy')",
+        lambda x: x["cli"].get("import_floor_numpy_only_cpu_s"))
     if "server" in v[names[0]]:
         row("server: label submit -> refreshed predictions visible, s",
             lambda x: x.get("server", {}).get("refresh_applied_s_median"))
@@ -297,11 +316,18 @@ def write_markdown(r: dict, path: Path) -> None:
             lambda x: x.get("server", {}).get("server_refresh_s_median"))
         row("server: GET /api/status after a refresh, s", lambda x: x.get("server", {}).get("status_s_median"))
         row("server: GET /api/dashboard after a refresh, s", lambda x: x.get("server", {}).get("dashboard_s_median"))
-    lines += ["", "Per-run CLI figures (CPU s / wall s / peak RSS MB, warm start?):", ""]
+    lines += ["", "Per-run CLI figures (CPU s / wall s / peak RSS MB; full: a cold refresh, refit: a full "
+              "propagation instead of the warm update, drain N: N full steps past the error bound):", ""]
+
+    def tags(g):
+        t = [] if g["warm"] else ["full"]
+        t += ["refit"] if g.get("refit") or (g["warm"] and g.get("warm_updates") == 0) else []
+        t += [f"drain {g['drain_steps']}"] if g.get("drain_steps") else []
+        return f" ({', '.join(t)})" if t else ""
+
     for n in names:
         lines.append(f"- {n} (`{v[n]['src']}`): " + "; ".join(
-            f"{g['cpu_s']:.2f} / {g['wall_s']:.2f} / {g['peak_rss_mb']:.0f}{'' if g['warm'] else ' (full)'}"
-            for g in v[n]["cli"]["runs"]))
+            f"{g['cpu_s']:.2f} / {g['wall_s']:.2f} / {g['peak_rss_mb']:.0f}{tags(g)}" for g in v[n]["cli"]["runs"]))
     lines += ["", "Ratio = baseline / this (how many times less this takes). Medians; the machine is "
               "shared with other jobs, so wall times vary with its load; CPU seconds much less."]
     path.write_text("\n".join(lines) + "\n")

@@ -181,6 +181,8 @@ def main() -> None:
                 assert m.n_updates_ == 1, "the timed update ran as a full propagation"
                 P = m.label_distributions_
                 return {
+                    # full steps past the warm update's error bound, inside the timed update
+                    "drain_steps": int(getattr(m, "drain_steps_", 0)),
                     "update_s": dt,
                     "update_cpu_s": cpu,
                     "cold_fit_s": dt_cold,

@@ -4,6 +4,7 @@ beside it, predictions as array files per run (older runs: rows in the predictio
 from __future__ import annotations
 
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -215,3 +216,39 @@ def test_refresh_shows_its_predictions_before_storing_them(labeled, tmp_path):
         assert run_id == pred_run == s["run"] and finished == before
         assert p.store.last_run_id("refresh") == s["run"]
         assert np.array_equal(label, p.predictions().label)
+
+
+def test_server_refreshes_a_label_after_a_pause_at_once(labeled, tmp_path):
+    """The server's refresher: a label after a pause is refreshed at once, not after the burst
+    debounce (here 60 s, longer than the wait allowed); the published snapshot covers it and
+    holds the run's summary once the run is done."""
+    from labelloop.store import Store
+    from labelloop.web.service import Refresher, Writer
+
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    writer = Writer(path)
+    writer.start()
+    r = Refresher(path, strategy="least-confidence", writer=writer, debounce=60.0, max_delay=120.0)
+    r.start()
+    try:
+        assert r.wait_ranked(120)
+        first = r.snapshot.run_id
+        with Store(path, readonly=True) as st:
+            cid = st.class_ids()
+        c, ids = next(iter(by_class.items()))
+        aid = writer.call(lambda s: s.add_annotations([(ids[5], cid[c])], source="human", annotator="t"))
+        with Store(path, readonly=True) as st:
+            aid = st.last_annotation_id()
+        r.request()
+        assert r.wait_applied(aid, timeout=45.0)   # well under the 60 s debounce
+        snap = r.snapshot
+        assert snap.run_id is not None and snap.run_id > first
+        deadline = time.monotonic() + 60
+        while r.status["state"] != "idle" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.snapshot.summary.get("run") == snap.run_id and r.status["last_visible_cpu_seconds"] > 0
+    finally:
+        r.stop()
+        writer.stop()

@@ -121,8 +121,8 @@ REFIT_EVERY = None
 #: most ``n_iter`` steps), or a full propagation runs (``"refit"``). Measured against the old
 #: rule (a full propagation every 5th update) in benchmarks/results/warm_drift.md: at 100k
 #: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.946 vs 0.922 (worst
-#: 0.895 vs 0.831) for 1.76 vs 4.0 CPU-s in all, the slowest update 0.25 s instead of 1.9 s;
-#: at 10k, 0.947 vs 0.943 for 0.27 vs 0.37 CPU-s. 2x: 0.936 at 100k.
+#: 0.895 vs 0.831) for 1.8 vs 4.0 CPU-s in all, the slowest update 0.26 s instead of 1.76 s;
+#: at 10k, 0.947 vs 0.943 for 0.28 vs 0.37 CPU-s. 2x: 0.936 at 100k.
 UPDATE_RESIDUAL_GROWTH = 1.5
 #: residual exceeded: full steps from the warm result, this many between residual checks
 RESIDUAL_CHECK_STEPS = 5
