@@ -51,6 +51,10 @@ def test_refresh_after_a_new_batch_extends_the_graph_then_rebuilds_past_the_boun
     p.refresh()   # the new items need a graph: the update path
     second = p.store.last_run("graph")
     assert second["inputs"]["extends"] == first["inputs"]["fingerprint"]
+    # the superseded graph and the affinity stored beside it are gone; the new graph's stays
+    stored = sorted(f.name for f in (p.root / "arrays" / "graphs").iterdir())
+    assert stored and all(f.startswith(second["inputs"]["fingerprint"]) for f in stored), stored
+    assert any("-S-" in f for f in stored)
     assert second["summary"].items() >= {"n": 240, "added": 40, "full_n": 200}.items()
     ids, g = p.graph()
     _, X = p.embeddings()

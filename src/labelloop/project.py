@@ -420,7 +420,26 @@ class Project:
         g.save(path)
         self.store.finish_run(run, {"n": g.n, "k": g.k, "method": g.method,
                                     "seconds": round(time.perf_counter() - t0, 3)} | extra)
+        self._prune_graphs(keep=path.stem)
         return ids, g
+
+    def _prune_graphs(self, *, keep: str) -> list[str]:
+        """Delete the stored graphs other than ``keep`` (a fingerprint) and the affinities stored
+        beside them: once a graph over the current items is stored (built, or extended from the
+        newest one) the older ones are never read again. A process still using one keeps its
+        memory map (the file goes when it is closed). Returns the names deleted."""
+        folder = self.root / "arrays" / "graphs"
+        removed = []
+        for f in sorted(folder.iterdir()):
+            fingerprint = f.name.split("-S-")[0].removesuffix(".npz")
+            stored = f.suffix == ".npz" or ("-S-" in f.name and not f.name.endswith(".tmp"))
+            if stored and fingerprint != keep:
+                if f.is_dir():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+                removed.append(f.name)
+        return removed
 
     def _graph_to_extend(self, ids: np.ndarray, k: int):
         """``(fingerprint, graph, items at its last full build)`` of the newest stored graph over
