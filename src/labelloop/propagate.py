@@ -126,7 +126,7 @@ REFIT_EVERY = None
 UPDATE_RESIDUAL_GROWTH = 1.5
 #: residual exceeded: full steps from the warm result, this many between residual checks
 RESIDUAL_CHECK_STEPS = 5
-#: rows (at most) the residual is estimated on: a fixed random sample per graph, O(rows x k x C)
+#: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
 RESIDUAL_SAMPLE = 4096
 
 #: how :func:`class_mass_normalise` estimates the class shares
@@ -554,7 +554,7 @@ class LabelPropagation:
 
     def residual(self) -> float:
         """Relative residual of the fixed-point equation at the current ``Y_``:
-        sum_i ||F(Y)_i - Y_i||_1 / sum_i ||Y_i||_1 over a fixed random sample of at most
+        sum_i ||F(Y)_i - Y_i||_1 / sum_i ||Y_i||_1 over a fixed sample of at most
         RESIDUAL_SAMPLE rows (F: one step of the iteration; clamped rows have none). 0 at a fixed
         point; a full fit of ``n_iter`` steps leaves what it did not converge. Numpy only
         (:func:`labelloop.csr.rows_dot`), O(sample x k x C)."""
@@ -563,7 +563,9 @@ class LabelPropagation:
         rows = getattr(self, "_residual_rows", None)
         if rows is None or (rows.size and rows[-1] >= n):
             m = min(n, RESIDUAL_SAMPLE)
-            rows = np.arange(n) if m == n else np.sort(np.random.default_rng(0).choice(n, m, replace=False))
+            # rows spread over the graph by a multiplicative hash (Knuth's constant): fixed, and
+            # no numpy.random import in a refresh's process
+            rows = np.arange(n) if m == n else np.unique(np.arange(m, dtype=np.int64) * 2654435761 % n)
             self._residual_rows = rows
         if self.alpha is None:
             rows = rows[y[rows] < 0]  # F(Y)_i = Y0_i = Y_i on clamped rows
