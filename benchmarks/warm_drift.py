@@ -1,8 +1,8 @@
 """Drift of repeated warm updates from a cold fit, and what keeps it bounded: the periodic full
 propagation (``refit_every=5``, the old default) against an error bound: when the relative
 residual an update leaves (``LabelPropagation.residual``) exceeds ``residual_growth`` x the last
-full fit's, either full steps from the warm result until it is back within the bound ("drain",
-the default at 1.5x) or a full propagation ("refit"); and neither.
+full fit's, either full steps from the warm result until it is back to the last full fit's
+("drain", the default at 1.5x) or a full propagation ("refit"); and neither.
 
     python benchmarks/warm_drift.py --sizes 10000 100000 --updates 15 10
 
@@ -38,9 +38,9 @@ VARIANTS = {   # name: LabelPropagation options
     "no correction": {"refit_every": None, "residual_growth": None},
     "residual > 2x the last full fit's: refit": {"refit_every": None, "residual_growth": 2.0,
                                                   "residual_action": "refit"},
-    "residual > 2x the last full fit's: drain": {"refit_every": None, "residual_growth": 2.0,
+    "residual > 2x the last full fit's: drain to 1x": {"refit_every": None, "residual_growth": 2.0,
                                                   "residual_action": "drain"},
-    "residual > 1.5x the last full fit's: drain (default)": {"refit_every": None, "residual_growth": 1.5,
+    "residual > 1.5x the last full fit's: drain to 1x (default)": {"refit_every": None, "residual_growth": 1.5,
                                                               "residual_action": "drain"},
 }
 

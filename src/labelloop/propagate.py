@@ -124,8 +124,11 @@ REFIT_EVERY = None
 #: 0.895 vs 0.831) for 1.8 vs 4.0 CPU-s in all, the slowest update 0.26 s instead of 1.76 s;
 #: at 10k, 0.947 vs 0.943 for 0.28 vs 0.37 CPU-s. 2x: 0.936 at 100k.
 UPDATE_RESIDUAL_GROWTH = 1.5
-#: residual exceeded: full steps from the warm result, this many between residual checks
+#: residual exceeded: full steps from the warm result, this many between residual checks ...
 RESIDUAL_CHECK_STEPS = 5
+#: ... until it is this many times the last full fit's (hysteresis: below the bound, so that
+#: the next updates warm-start without steps; a new process pays scipy's import for them)
+RESIDUAL_DRAIN_TO = 1.0
 #: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
 RESIDUAL_SAMPLE = 4096
 
@@ -517,18 +520,20 @@ class LabelPropagation:
 
     def _drain(self) -> np.ndarray:
         """Full steps of the iteration from the warm result, RESIDUAL_CHECK_STEPS at a time,
-        until the residual is back within the bound (at most ``n_iter`` steps: a full fit's
-        work; counted in ``n_refits_`` when it runs out). Returns every row (all may change)."""
+        until the residual is back to RESIDUAL_DRAIN_TO x the last full fit's, below the bound,
+        so the next few updates need none (at most ``n_iter`` steps: a full fit's work; counted
+        in ``n_refits_`` when it runs out). Returns every row (all may change)."""
         y, n_iter = self.y_, self.n_iter if self.n_iter is not None else MAX_ITER_TO_CONVERGE
         Y0 = self._seed(y)
         done = 0
-        while done < n_iter and self._residual_exceeded():
+        while done < n_iter and self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
             steps = min(RESIDUAL_CHECK_STEPS, n_iter - done)
             self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps)
             done += steps
             self.residual_ = self.residual()
         self.drain_steps_ = done
-        if self._residual_exceeded():   # a full fit's work done: its residual is the new baseline
+        if self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
+            # a full fit's work done without getting there: its residual is the new baseline
             self.n_refits_ = getattr(self, "n_refits_", 0) + 1
             self.n_updates_ = 0
             self.residual_fit_ = self.residual_
