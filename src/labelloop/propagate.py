@@ -41,12 +41,15 @@ max_rows rows (default: one full product's worth), adding the increments' remain
 place. Measured against a cold 20-step fit with the same labels (argmax agreement ~0.999 at
 4k-10k items, ~0.995 at 100k and 1M; tests/test_propagate.py, benchmarks/refresh_latency.md).
 Removed or re-classed labels re-run the clamped propagation (see ``update``); the spreading
-variant is linear in Y0, so its update is exact up to pruning. Every REFIT_EVERY-th update with a
-change is a full propagation, which bounds the drift from a cold fit. The clamped update can
-also end with UPDATE_CORRECT_STEPS full steps from its result (off by default: measured
-against the periodic full fit in benchmarks/results/warm_drift.md, they removed its pause but
-`make demo` certified 574 machine labels instead of 968 and digits simulations needed more
-labels to 98 %).
+variant is linear in Y0, so its update is exact up to pruning. The drift from a cold fit is
+bounded by measuring it: after an update the relative residual ||F(Y) - Y|| / ||Y|| on a
+sample of rows (:meth:`LabelPropagation.residual`) is compared with the one the last full
+propagation left; above UPDATE_RESIDUAL_GROWTH times that, full steps continue from the warm
+result until it is back to that level (or a full propagation runs, ``residual_action="refit"``).
+This replaced a full propagation every REFIT_EVERY-th update (now off; measured in
+benchmarks/results/warm_drift.md). The clamped update can also end with UPDATE_CORRECT_STEPS
+full steps from its result (off: with them and no periodic fit `make demo` certified 574
+machine labels instead of 968).
 """
 
 from __future__ import annotations
