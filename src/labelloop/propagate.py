@@ -159,7 +159,7 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
     """
     C = n_classes
     Y = np.maximum(np.asarray(Y, dtype=np.float32), np.float32(0.0))  # (n, C)
-    m = np.add.reduce(Y, axis=0, dtype=np.float64)  # (C,) column mass, summed in float64
+    m = np.einsum("ij->j", Y, dtype=np.float64, casting="safe")  # (C,) column mass, in float64
     m = np.where(m > 0, m, 1.0)
     if not isinstance(prior, str):
         q = np.asarray(prior, dtype=np.float64)
@@ -171,7 +171,7 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
     q = q / q.sum()
     if prior == "estimated":
         F = Y * (q / m).astype(np.float32)  # (n, C) rescaled to the label shares
-        has = F @ np.ones(C, np.float32) > 0
+        has = np.einsum("ij->i", F) > 0
         q_terr = np.bincount(F[has].argmax(axis=1), minlength=C).astype(np.float64) + 1.0
         q = np.sqrt(q * q_terr / q_terr.sum())
         q /= q.sum()
@@ -187,11 +187,13 @@ def class_distributions(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str
     priors on one propagation's ``Y_``."""
     C = n_classes
     Yr = np.maximum(np.asarray(Y, dtype=np.float32), 0.0)  # (n, C); the warm start may leave tiny negatives
-    total = Yr @ np.ones(C, Yr.dtype)  # (n,) row sums (a matvec: faster than sum(axis=1))
+    # (n,) row sums: einsum, 4x faster than sum(axis=1) on ~10 columns and, unlike a matvec, no
+    # BLAS threads (16x slower on a loaded machine: benchmarks/results/e2e_latency_100000.md)
+    total = np.einsum("ij->i", Yr)
     reached = total > 0
     if prior is not None and reached.any():
         Yr = class_mass_normalise(Yr, y, C, prior, shares=shares)
-        total = Yr @ np.ones(C, Yr.dtype)
+        total = np.einsum("ij->i", Yr)
         reached = total > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         P = Yr / total[:, None]  # p_ic = y_ic / sum_c y_ic
@@ -445,6 +447,10 @@ class LabelPropagation:
         if self.class_mass:
             prior = self.class_prior if self.class_prior is not None else (
                 "estimated" if self.class_mass == "estimated" else "labels")
+        if rows.size == n:   # every row: new arrays, no gather and scatter of (n, C)
+            P, reached = class_distributions(self.Y_, self.y_, C, prior)
+            self.label_distributions_, self.transduction_, self.reached_ = P, P.argmax(axis=1), reached
+            return
         P, reached = class_distributions(self.Y_[rows], self.y_, C, prior)
         self.label_distributions_[rows] = P
         self.transduction_[rows] = P.argmax(axis=1)
@@ -698,7 +704,6 @@ def _push(
     seen = np.zeros(n, bool)  # scratch: rows reached by this step's product
     pos = np.empty(n, np.int64)  # scratch: row id -> compact column
     coef = 1.0 if alpha is None else 1.0 - alpha
-    ones = np.ones(Y.shape[1], Y.dtype)
     for step in range(steps + (alpha is not None)):
         last = step == steps
         Yr = Y[rows]  # (r, C)
@@ -717,7 +722,7 @@ def _push(
             break
         # prune: ||v_i||_2 <= UPDATE_PRUNE * sum_c Y_ic cannot move row i's distribution much
         # (einsum / matvec: numpy's axis-1 reductions are slow on 10-column arrays)
-        mass = np.maximum(Yr @ ones, 0.0)  # (r,)
+        mass = np.maximum(np.einsum("ij->i", Yr), 0.0)  # (r,)
         keep = np.einsum("ij,ij->i", v, v) > (UPDATE_PRUNE * mass) ** 2
         rows, v = rows[keep], v[keep]
         if rows.size == 0:
