@@ -237,6 +237,15 @@ def backbones(modality):
         click.echo(b)
 
 
+def _refresh_kind(s: dict) -> str:
+    """How a refresh propagated: full, warm, or warm plus steps past its error bound."""
+    if not s["warm"]:
+        return "full"
+    if s.get("refit"):
+        return "warm start past its error bound: full propagation"
+    return f"warm start + {s['drain_steps']} steps to its error bound" if s.get("drain_steps") else "warm start"
+
+
 @cli.command()
 @project_option
 @click.option("--full", is_flag=True, help="Recompute from scratch instead of warm-starting.")
@@ -254,7 +263,7 @@ def refresh(project, full, as_json):
                    + (f"; {s['changed']} pairs changed side" if s.get('changed') is not None else ""))
     else:
         click.echo(f"refreshed {s['items']} items from {s['labeled']} labels "
-                   f"({'warm start' if s['warm'] else 'full'}, {s['seconds']:.2f} s); "
+                   f"({_refresh_kind(s)}, {s['seconds']:.2f} s); "
                    f"mean confidence {s['mean_confidence']:.3f}"
                    + (f"; {s['unreached']} items unreached by any label" if s['unreached'] else "")
                    + (f"; {s['changed']} predictions changed" if s.get('changed') is not None else ""))
