@@ -120,12 +120,12 @@ REFIT_EVERY = None
 #: equation, ||F(Y) - Y||_1 / ||Y||_1 on RESIDUAL_SAMPLE rows (:meth:`LabelPropagation.residual`),
 #: is compared with the one the last full propagation left (a 100-step fit is not converged
 #: either: ~0.01 on the benchmark's graphs); above this many times that, full steps continue
-#: from the warm result until it is back within the bound (``residual_action="drain"``, at
-#: most ``n_iter`` steps), or a full propagation runs (``"refit"``). Measured against the old
+#: from the warm result until it is back to RESIDUAL_DRAIN_TO x that (``residual_action=
+#: "drain"``, at most ``n_iter`` steps), or a full propagation runs (``"refit"``). Measured against the old
 #: rule (a full propagation every 5th update) in benchmarks/results/warm_drift.md: at 100k
-#: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.946 vs 0.922 (worst
-#: 0.895 vs 0.831) for 1.8 vs 4.0 CPU-s in all, the slowest update 0.26 s instead of 1.76 s;
-#: at 10k, 0.947 vs 0.943 for 0.28 vs 0.37 CPU-s. 2x: 0.936 at 100k.
+#: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.953 vs 0.922 (worst
+#: 0.920 vs 0.831) for 2.3 vs 3.7 CPU-s in all, the slowest update 0.54 s instead of 1.69 s;
+#: at 10k, 0.947 vs 0.943 for 0.23 vs 0.32 CPU-s. 2x: 0.950 at 100k, 0.932 at 10k.
 UPDATE_RESIDUAL_GROWTH = 1.5
 #: residual exceeded: full steps from the warm result, this many between residual checks ...
 RESIDUAL_CHECK_STEPS = 5
