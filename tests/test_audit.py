@@ -394,3 +394,22 @@ def test_planted_decoys_flag_real_errors_on_strong_features(digits):
     top = lab[np.argsort(-res.scores[lab])[:20]]
     assert np.isin(top, flip).mean() >= 0.6  # the most suspicious are mostly the planted errors
     assert res.scores[flip].mean() > 10 * res.scores[lab[20:]].mean()
+
+
+def test_decoys_are_planted_once_each_in_capped_rounds():
+    from labelloop.audit import decoy_scores_of
+
+    y = np.repeat(np.arange(4), 25)
+    seen, calls = [], []
+
+    def score(yy):  # the planted rows are the ones whose label changed; score = 1 there
+        calls.append(1)
+        seen.append(np.flatnonzero(yy != y))
+        return (yy != y).astype(float)
+
+    rows, s = decoy_scores_of(y, np.arange(100), 4, score, max_decoys=60)
+    assert len(calls) == 20 and rows.size == 60 and np.all(s == 1.0)  # 5 % of 60 = 3 per round
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.sort(rows))  # each planted exactly once
+    calls.clear()
+    decoy_scores_of(y, np.arange(100), 4, score, max_rounds=2)
+    assert len(calls) == 2

@@ -74,6 +74,9 @@ SMOOTH_ALPHA = 0.95
 DECOY_SHARE = 0.05
 MAX_DECOYS = 1000
 MIN_CALIBRATION_LABELS = 10
+#: items x rounds of the decoy audits (each round one more graph propagation): 20 rounds up to
+#: 100,000 items, 2 from 1M
+DECOY_ITEM_BUDGET = 2_000_000
 
 _FLOOR = 1e-4  # smallest probability kept after undoing the noise (then renormalised)
 
@@ -366,18 +369,21 @@ def noise_aware_posterior(
 
 
 def decoy_scores_of(labels: np.ndarray, rows: np.ndarray, n_classes: int, score: Callable[[np.ndarray], np.ndarray],
-                    *, seed: int = 0, share: float = DECOY_SHARE, max_decoys: int = MAX_DECOYS
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    *, seed: int = 0, share: float = DECOY_SHARE, max_decoys: int = MAX_DECOYS,
+                    max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores of planted wrong labels: ``(planted rows, their scores)``.
 
     In rounds, a share ``share`` of ``rows`` (at most ``max_decoys`` in all, each once) gets a
     uniformly drawn OTHER class and ``score(labels_with_decoys) -> (n,)`` is read at those rows.
-    A planted label passes through everything a real wrong label does (its echo in the graph,
+    ``max_rounds`` caps the number of ``score`` calls (larger rounds then). A planted label
+    passes through everything a real wrong label does (its echo in the graph,
     the confident joint, the calibrated sharpness), so its scores sample the score distribution
     of a wrong label on THIS dataset with THIS model."""
     rng = np.random.default_rng(seed)
     rows = rng.permutation(np.asarray(rows, dtype=np.int64))[:max_decoys]
     per_round = max(1, int(round(share * rows.size)))
+    if max_rounds is not None:
+        per_round = max(per_round, -(-rows.size // max(int(max_rounds), 1)))
     y = np.asarray(labels, dtype=np.int64)
     out = []
     for start in range(0, rows.size, per_round):
@@ -579,7 +585,8 @@ def audit_labels(
             pp = posterior(yy, QQ)[0]
             return 1.0 - pp[rows, np.maximum(yy, 0)]
 
-        planted, s0 = decoy_scores_of(y, np.flatnonzero(human), C, decoy_scores, seed=seed)
+        rounds = int(np.clip(DECOY_ITEM_BUDGET // n, 2, round(1 / DECOY_SHARE)))  # large graphs: fewer rounds
+        planted, s0 = decoy_scores_of(y, np.flatnonzero(human), C, decoy_scores, seed=seed, max_rounds=rounds)
         n_decoys = planted.size
         # never more certain than the model itself: on a strong model a lone correct label among
         # decoy-like scores would otherwise get the density ratio of one point
