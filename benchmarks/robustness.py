@@ -21,6 +21,8 @@ then the certify loop (``simulate.certify_loop``: 5 labels per class, then only 
 to 130 labels).
 
 Run:  python benchmarks/robustness.py [--seeds 3] [--only digits sms-spam]
+      python benchmarks/robustness.py --audit-estimate-only --out robustness_audit   (the estimate and audit
+      sections alone: labelloop's prediction only, no certify loop; results/robustness_audit.md)
 """
 
 from __future__ import annotations
