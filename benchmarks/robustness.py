@@ -21,6 +21,8 @@ then the certify loop (``simulate.certify_loop``: 5 labels per class, then only 
 to 130 labels).
 
 Run:  python benchmarks/robustness.py [--seeds 3] [--only digits sms-spam]
+      python benchmarks/robustness.py --audit-estimate-only --out robustness_audit   (the estimate and audit
+      sections alone: labelloop's prediction only, no certify loop; results/robustness_audit.md)
 """
 
 from __future__ import annotations
@@ -69,10 +71,12 @@ def estimate_covers(P, y, yt, held_rows, held_P, C):
     return est.lower <= truth <= est.upper, est.upper - est.lower
 
 
-def audit_flags(X, graph, yt, C, seed, *, noise: float = 0.0):
-    """The audit on 20 random human labels per class (prior accuracy 0.95), a share ``noise`` of
-    them flipped to another class: (share flagged at P(wrong) >= 0.9, precision of those flags,
-    recall of the flipped labels)."""
+def audit_flags(X, graph, yt, C, seed, *, noise: float = 0.0, prior: float = 0.95):
+    """The audit on 20 random human labels per class (prior accuracy ``prior``), a share ``noise``
+    of them flipped to another class: (share flagged at P(wrong) >= 0.9, precision of those flags,
+    recall of the flipped labels, average precision of the P(wrong) ranking)."""
+    from sklearn.metrics import average_precision_score
+
     from labelloop.audit import audit_labels
 
     rng = np.random.default_rng(seed)
@@ -82,31 +86,37 @@ def audit_flags(X, graph, yt, C, seed, *, noise: float = 0.0):
     y[lab] = yt[lab]
     flip = rng.choice(lab, int(round(noise * lab.size)), replace=False)
     y[flip] = (y[flip] + rng.integers(1, C, flip.size)) % C
-    res = audit_labels(X, graph, y, C, classifier="logreg", label_accuracy=np.where(y >= 0, 0.95, np.nan))
+    res = audit_labels(X, graph, y, C, classifier="logreg", label_accuracy=np.where(y >= 0, prior, np.nan))
     flagged = lab[res.scores[lab] >= 0.9]
     hit = np.isin(flagged, flip).sum()
+    ap = average_precision_score(np.isin(lab, flip), res.scores[lab]) if flip.size else float("nan")
     return (flagged.size / lab.size, hit / flagged.size if flagged.size else float("nan"),
-            hit / flip.size if flip.size else float("nan"))
+            hit / flip.size if flip.size else float("nan"), ap)
+
+
+def labelloop_prediction(Xn, S, y, C):
+    """labelloop: class_prior "auto" (the default): "labels" or "estimated", chosen per run on the
+    held-out human labels (loop.choose_class_prior), as Project.refresh does."""
+    from labelloop.loop.predict import calibrated_predictions, embedding_head, prior_candidates
+    from labelloop.propagate import LabelPropagation
+
+    head = embedding_head(Xn, C)
+    H = head(y, None)
+    lp = LabelPropagation(class_mass=False).fit(S, y, n_classes=C)
+    pred, _ = calibrated_predictions(prior_candidates(lp.Y_, y, C), H, lp.reached_, y, lambda yy: prior_candidates(
+        LabelPropagation(class_mass=False).fit(S, yy, n_classes=C).Y_, y, C), head)
+    return {"labelloop": pred.proba, "_heldout": (pred.heldout_rows, pred.heldout_proba), "_prior": pred.class_prior}, \
+        head, H
 
 
 def methods(Xn, graph, S, y, C):
     from sklearn.linear_model import LogisticRegression
     from sklearn.semi_supervised import LabelSpreading
 
-    from labelloop.loop.predict import AUTO_PRIOR_CANDIDATES, calibrated_predictions, embedding_head, prior_candidates
+    from labelloop.loop.predict import AUTO_PRIOR_CANDIDATES, calibrated_predictions
     from labelloop.propagate import LabelPropagation
 
-    out = {}
-    head = embedding_head(Xn, C)
-    H = head(y, None)
-    # labelloop: class_prior "auto" (the default): "labels" or "estimated", chosen per run on the
-    # held-out human labels (loop.choose_class_prior), as Project.refresh does
-    lp = LabelPropagation(class_mass=False).fit(S, y, n_classes=C)
-    pred, _ = calibrated_predictions(prior_candidates(lp.Y_, y, C), H, lp.reached_, y, lambda yy: prior_candidates(
-        LabelPropagation(class_mass=False).fit(S, yy, n_classes=C).Y_, y, C), head)
-    out["labelloop"] = pred.proba
-    out["_heldout"] = (pred.heldout_rows, pred.heldout_proba)
-    out["_prior"] = pred.class_prior
+    out, head, H = labelloop_prediction(Xn, S, y, C)
     # each prior alone: "labels" (the default before "auto") and "estimated"
     for prior in AUTO_PRIOR_CANDIDATES:
         lp = LabelPropagation(class_mass=prior).fit(S, y, n_classes=C)
@@ -128,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--out", default="robustness")
     ap.add_argument("--accuracy-only", action="store_true", help="skip the audit and certify sections (quick runs)")
+    ap.add_argument("--audit-estimate-only", action="store_true",
+                    help="only the estimate (labelloop's prediction alone) and audit sections; use with --out")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -157,7 +169,7 @@ def main(argv=None):
                 y[lab] = yt[lab]
                 u = y < 0
                 with threadpool_limits(1, user_api="blas"):
-                    res = methods(Xn, graph, S, y, C)
+                    res = labelloop_prediction(Xn, S, y, C)[0] if args.audit_estimate_only else methods(Xn, graph, S, y, C)
                     held_rows, held_P = res.pop("_heldout")
                     chosen.setdefault(shots, []).append(res.pop("_prior"))
                     for m, P in res.items():
@@ -181,10 +193,15 @@ def main(argv=None):
             clean = [audit_flags(Xn, graph, yt, C, seed)[0] for seed in range(args.seeds)]
             noisy = np.array([audit_flags(Xn, graph, yt, C, seed, noise=0.1) for seed in range(args.seeds)])
             flags.append({"dataset": name, "backbone": bb, "false_flag_rate": float(np.mean(clean)),
-                          "noisy_precision": float(np.nanmean(noisy[:, 1])), "noisy_recall": float(np.nanmean(noisy[:, 2]))})
+                          "noisy_precision": float(np.nanmean(noisy[:, 1])), "noisy_recall": float(np.nanmean(noisy[:, 2])),
+                          "noisy_ap": float(np.nanmean(noisy[:, 3]))})
+            if args.audit_estimate_only:  # the same 10 % flipped, the prior right about it (0.9)
+                matched = np.array([audit_flags(Xn, graph, yt, C, seed, noise=0.1, prior=0.9) for seed in range(args.seeds)])
+                flags[-1] |= {"matched_precision": float(np.nanmean(matched[:, 1])),
+                              "matched_recall": float(np.nanmean(matched[:, 2]))}
         print(f"  audit: clean labels {flags[-1]['false_flag_rate']:.4f} flagged at P(wrong) >= 0.9; 10 % flipped: "
               f"precision {flags[-1]['noisy_precision']:.3f} recall {flags[-1]['noisy_recall']:.3f}", flush=True)
-        if name in ("digits", "fashion-mnist", "sms-spam") and (C <= 10):
+        if name in ("digits", "fashion-mnist", "sms-spam") and (C <= 10) and not args.audit_estimate_only:
             data = SimulationData(name, X, yt, [str(c) for c in range(C)], bb)
             for seed in range(args.seeds):
                 r = certify_loop(data, seed=seed, stop_when_certified=False)[-1]
@@ -196,6 +213,9 @@ def main(argv=None):
             "argv": sys.argv}
     (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows, "certify": certs,
                                                           "audit_clean": flags}, indent=1))
+    if args.audit_estimate_only:
+        (RESULTS / f"{args.out}.md").write_text("\n".join(audit_estimate_report(rows, flags, args.seeds, meta)) + "\n")
+        return 0
     below = {m: sum(r[f"acc_{m}"] < r["acc_labelspreading"] for r in rows) for m in ("labelloop", "labels", "estimated")}
     lines = [f"# Robustness suite ({args.seeds} seeds; `python benchmarks/robustness.py`)", "",
              "Accuracy on the unlabeled items / ECE, random labels per class. labelloop: the default, "
@@ -239,6 +259,35 @@ def main(argv=None):
     lines += ["", f"{meta['seconds']} s, load average {load0:.1f} at the start and {meta['loadavg'][0]:.1f} at the end."]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     return 0
+
+
+def audit_estimate_report(rows, flags, seeds, meta):
+    """The --audit-estimate-only report: the estimate's coverage and width by budget, the audit."""
+    lines = [f"# Robustness suite: accuracy estimate and audit ({seeds} seeds; `python benchmarks/robustness.py "
+             "--audit-estimate-only`)", "",
+             "## Whole-dataset accuracy estimate (`status`, `diagnose`, dashboard): does its 95 % interval contain "
+             "the truth, and how wide is it?", "",
+             f"In {100 * np.mean([r['estimate_covers'] for r in rows]):.1f} % of the {len(rows) * seeds} runs (every "
+             f"dataset, budget and seed); mean interval width {np.mean([r['estimate_width'] for r in rows]):.3f}.", "",
+             "| labels per class | runs | share inside | mean width |", "|---|---|---|---|"]
+    for shots in SHOTS:
+        rs = [r for r in rows if r["shots"] == shots]
+        lines.append(f"| {shots} | {len(rs) * seeds} | {np.mean([r['estimate_covers'] for r in rs]):.3f} | "
+                     f"{np.mean([r['estimate_width'] for r in rs]):.3f} |")
+    lines += ["", "| dataset | backbone | share inside / mean width, by labels per class 1 / 2 / 5 / 10 / 20 |", "|---|---|---|"]
+    for key in dict.fromkeys((r["dataset"], r["backbone"]) for r in rows):
+        vals = [f"{r['estimate_covers']:.2f}/{r['estimate_width']:.2f}" for r in rows if (r["dataset"], r["backbone"]) == key]
+        lines.append(f"| {key[0]} | {key[1]} | {' · '.join(vals)} |")
+    lines += ["", "## Audit of human labels (20 random per class), flags at P(wrong) >= 0.9", "",
+              "Clean labels with prior accuracy 0.95; then 10 % of them flipped, with the prior 0.95 (too "
+              "trusting) and 0.9 (right); AP: average precision of the P(wrong) ranking against the flipped set.", "",
+              "| dataset | backbone | clean: share flagged | 10 % flipped, prior 0.95: precision / recall / AP "
+              "| prior 0.9: precision / recall |", "|---|---|---|---|---|"]
+    lines += [f"| {f['dataset']} | {f['backbone']} | {f['false_flag_rate']:.4f} | {f['noisy_precision']:.3f} / "
+              f"{f['noisy_recall']:.3f} / {f['noisy_ap']:.3f} | {f['matched_precision']:.3f} / {f['matched_recall']:.3f} |"
+              for f in flags]
+    return lines + ["", f"{meta['seconds']} s, load average {meta['loadavg_start']:.1f} at the start and "
+                        f"{meta['loadavg'][0]:.1f} at the end."]
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def test_public_surface():
         "AuditResult", "ConfidentJoint", "LabelAudit", "LabelIssue", "audit_labels",
         "confident_joint", "confident_learning_issues", "graph_label_distribution",
         "noise_aware_posterior", "out_of_fold_probabilities", "smooth_labels",
+        "decoy_scores_of", "two_groups_p_wrong",
         "Annotations", "AnnotatorStats", "Consensus", "DawidSkeneResult", "annotator_confusion",
         "annotator_report", "as_annotations", "cohen_kappa", "consensus_sample", "dawid_skene",
         "fleiss_kappa", "fleiss_kappa_from_annotations", "honeypot_schedule", "majority_vote",
@@ -341,3 +342,74 @@ def test_a_prior_that_people_are_usually_right_lowers_p_wrong():
     assert np.nanmean(trusted.scores) <= np.nanmean(doubted.scores)
     with pytest.raises(ValidationError, match="label_accuracy"):
         audit_labels(X, g, y, 2, classifier="none", label_accuracy=np.full(80, 1.5))
+
+
+def _weak_blobs(seed: int, *, C: int = 20, per: int = 60, dim: int = 16, sep: float = 0.4, labeled: int = 20):
+    """Overlapping Gaussian classes (a classifier is 30-60 % accurate) with clean labels on
+    ``labeled`` random items per class."""
+    rng = np.random.default_rng(seed)
+    yt = np.repeat(np.arange(C), per)
+    X = normalize_rows(rng.normal(size=(C, dim))[yt] * sep + rng.normal(size=(yt.size, dim)))
+    lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), labeled, replace=False) for c in range(C)])
+    y = np.full(yt.size, -1)
+    y[lab] = yt[lab]
+    return X, y, lab, C
+
+
+@pytest.mark.parametrize("sep", [0.4, 0.6])
+def test_clean_human_labels_on_weak_features_are_not_certain_errors(sep):
+    # before the decoy calibration 8-15 % of these correct labels scored P(wrong) >= 0.9 (a model
+    # 30-60 % accurate overturned a 0.95 prior on one disagreement)
+    X, y, lab, C = _weak_blobs(0, sep=sep)
+    res = audit_labels(X, build_knn_graph(X, k=10), y, C, label_accuracy=np.where(y >= 0, 0.95, np.nan))
+    assert (res.scores[lab] >= 0.9).mean() < 0.01
+    assert res.params["decoys"] == lab.size  # every human label carried a decoy once
+    np.testing.assert_allclose(res.posterior[lab, y[lab]], 1.0 - res.scores[lab])  # one probability
+    assert np.array_equal(res.flagged[lab], res.scores[lab] > 0.5)
+
+
+def test_two_groups_p_wrong_by_hand():
+    from labelloop.audit import two_groups_p_wrong
+
+    # decoys all score 0.9; observed: 8 low (0.1) and 2 at 0.9 -> f0/f at 0.9 = (10/10) / (2/10) = 5
+    obs = np.array([0.1] * 8 + [0.9] * 2)
+    p = two_groups_p_wrong(obs, np.full(10, 0.95), np.full(10, 0.9))
+    np.testing.assert_allclose(p, [0.0] * 8 + [0.05 * 5] * 2)
+    # a weak model: decoys and correct labels score alike -> nobody is likely wrong
+    rng = np.random.default_rng(0)
+    same = two_groups_p_wrong(rng.uniform(size=500), np.full(500, 0.95), rng.uniform(size=500))
+    assert same.max() < 0.5
+
+
+def test_planted_decoys_flag_real_errors_on_strong_features(digits):
+    X, y, graph = digits
+    rng = np.random.default_rng(1)
+    noisy = y.copy()
+    lab = rng.choice(len(y), 400, replace=False)
+    flip = lab[:20]
+    noisy[flip] = (y[flip] + 1 + rng.integers(0, C_DIGITS - 1, flip.size)) % C_DIGITS
+    labels = np.full(len(y), -1)
+    labels[lab] = noisy[lab]
+    res = audit_labels(X, graph, labels, C_DIGITS, classifier="none", label_accuracy=np.where(labels >= 0, 0.95, np.nan))
+    top = lab[np.argsort(-res.scores[lab])[:20]]
+    assert np.isin(top, flip).mean() >= 0.6  # the most suspicious are mostly the planted errors
+    assert res.scores[flip].mean() > 10 * res.scores[lab[20:]].mean()
+
+
+def test_decoys_are_planted_once_each_in_capped_rounds():
+    from labelloop.audit import decoy_scores_of
+
+    y = np.repeat(np.arange(4), 25)
+    seen, calls = [], []
+
+    def score(yy):  # the planted rows are the ones whose label changed; score = 1 there
+        calls.append(1)
+        seen.append(np.flatnonzero(yy != y))
+        return (yy != y).astype(float)
+
+    rows, s = decoy_scores_of(y, np.arange(100), 4, score, max_decoys=60)
+    assert len(calls) == 20 and rows.size == 60 and np.all(s == 1.0)  # 5 % of 60 = 3 per round
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.sort(rows))  # each planted exactly once
+    calls.clear()
+    decoy_scores_of(y, np.arange(100), 4, score, max_rounds=2)
+    assert len(calls) == 2

@@ -210,6 +210,7 @@ def test_batch_drift_numbers_by_hand():
 
 
 def test_project_drift_matches_the_estimate_of_each_batch(batched):
+    from labelloop.loop.calibrate import prediction_weights
     from labelloop.loop.estimate import estimate_dataset_accuracy
 
     p = batched
@@ -219,10 +220,12 @@ def test_project_drift_matches_the_estimate_of_each_batch(batched):
     assert (w1["items"], w1["human"], w2["items"], w2["human"]) == (40, 6, 35, 0)
     pred = p.predictions()
     rows = p.in_batch(pred.item_ids, "w2")
-    # no human label in w2: the estimate is the mean calibrated confidence of its items
-    assert w2["estimate"]["accuracy"] == round(float(pred.confidence[rows].mean()), 4)
-    conf, _, correct, _ = p._heldout(pred)
-    est = estimate_dataset_accuracy(pred.confidence[rows], np.zeros(rows.sum(), bool), conf, correct)
+    # no human label in w2: the estimate is its items' calibrated confidences, corrected by the
+    # held-out human labels (weighted to the batch's predicted class shares)
+    conf, _, correct, truth = p._heldout(pred)
+    w = prediction_weights(truth, pred.label[rows], len(pred.classes))
+    est = estimate_dataset_accuracy(pred.confidence[rows], np.zeros(rows.sum(), bool), conf, correct,
+                                    heldout_weights=w)
     assert w2["estimate"]["accuracy"] == round(est.accuracy, 4)
     shares = np.bincount(pred.label[rows], minlength=2) / rows.sum()
     assert w2["predicted_shares"] == {c: round(float(s), 4) for c, s in zip(pred.classes, shares)}

@@ -27,10 +27,12 @@ from labelloop.audit.label_errors import (
     audit_labels,
     confident_joint,
     confident_learning_issues,
+    decoy_scores_of,
     graph_label_distribution,
     noise_aware_posterior,
     out_of_fold_probabilities,
     smooth_labels,
+    two_groups_p_wrong,
 )
 
 __all__ = [
@@ -42,10 +44,12 @@ __all__ = [
     "audit_labels",
     "confident_joint",
     "confident_learning_issues",
+    "decoy_scores_of",
     "graph_label_distribution",
     "noise_aware_posterior",
     "out_of_fold_probabilities",
     "smooth_labels",
+    "two_groups_p_wrong",
     # annotators
     "Annotations",
     "AnnotatorStats",

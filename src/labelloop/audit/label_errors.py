@@ -27,7 +27,7 @@ every default here).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +47,8 @@ __all__ = [
     "audit_labels",
     "LabelAudit",
     "smooth_labels",
+    "decoy_scores_of",
+    "two_groups_p_wrong",
 ]
 
 #: graph signal defaults, benchmarks/label_noise.py (digits + Fashion-MNIST, 10-80 % noise):
@@ -66,6 +68,15 @@ CALIBRATION_BETAS = tuple(float(b) for b in 2.0 ** np.linspace(-2, 4, 25))
 #: (0.9 keeps more of the given labels at low noise but collapses at 80 %; 0.99 oversmooths
 #: at 10-50 % on Fashion-MNIST), benchmarks/results/label_noise.md.
 SMOOTH_ALPHA = 0.95
+
+#: human labels' P(wrong) is calibrated on planted decoy labels (``decoy_scores_of``): this
+#: share of them per round, at most MAX_DECOYS in all, from MIN_CALIBRATION_LABELS human labels on
+DECOY_SHARE = 0.05
+MAX_DECOYS = 1000
+MIN_CALIBRATION_LABELS = 10
+#: items x rounds of the decoy audits (each round one more graph propagation): 20 rounds up to
+#: 100,000 items, 2 from 1M
+DECOY_ITEM_BUDGET = 2_000_000
 
 _FLOOR = 1e-4  # smallest probability kept after undoing the noise (then renormalised)
 
@@ -354,6 +365,60 @@ def noise_aware_posterior(
     return post, beta
 
 
+# --------------------------------------------------------------------------- calibration
+
+
+def decoy_scores_of(labels: np.ndarray, rows: np.ndarray, n_classes: int, score: Callable[[np.ndarray], np.ndarray],
+                    *, seed: int = 0, share: float = DECOY_SHARE, max_decoys: int = MAX_DECOYS,
+                    max_rounds: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of planted wrong labels: ``(planted rows, their scores)``.
+
+    In rounds, a share ``share`` of ``rows`` (at most ``max_decoys`` in all, each once) gets a
+    uniformly drawn OTHER class and ``score(labels_with_decoys) -> (n,)`` is read at those rows.
+    ``max_rounds`` caps the number of ``score`` calls (larger rounds then). A planted label
+    passes through everything a real wrong label does (its echo in the graph,
+    the confident joint, the calibrated sharpness), so its scores sample the score distribution
+    of a wrong label on THIS dataset with THIS model."""
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(np.asarray(rows, dtype=np.int64))[:max_decoys]
+    per_round = max(1, int(round(share * rows.size)))
+    if max_rounds is not None:
+        per_round = max(per_round, -(-rows.size // max(int(max_rounds), 1)))
+    y = np.asarray(labels, dtype=np.int64)
+    out = []
+    for start in range(0, rows.size, per_round):
+        batch = rows[start:start + per_round]
+        yy = y.copy()
+        yy[batch] = (y[batch] + rng.integers(1, n_classes, batch.size)) % n_classes
+        out.append(np.asarray(score(yy))[batch])
+    return rows, (np.concatenate(out) if out else np.zeros(0))
+
+
+def two_groups_p_wrong(scores: np.ndarray, label_accuracy: np.ndarray, decoy_scores: np.ndarray) -> np.ndarray:
+    """(m,) P(label wrong | its score): the two-groups rule (Efron 2008, local false discovery
+    rate) with the wrong labels' score density f0 sampled by planted decoys.
+
+    The observed scores have density ``f = r f1 + (1 - r) f0``; an item's P(wrong) is
+    ``(1 - r_i) f0(s) / f(s)``, clipped to [0, 1]. The ratio f0 / f comes from a weighted
+    isotonic regression (non-decreasing in the score) of "is a decoy" on the pooled scores,
+    the decoys weighted to the same total as the observed labels: ``q = f0 / (f0 + f)``.
+    Where correct labels often score like wrong ones (a weak model), f is large wherever f0
+    is, and no label reaches a high P(wrong) on the model's say-so alone."""
+    from sklearn.isotonic import IsotonicRegression
+
+    s = np.asarray(scores, dtype=np.float64)
+    d = np.asarray(decoy_scores, dtype=np.float64)
+    r = np.asarray(label_accuracy, dtype=np.float64)
+    if s.size == 0 or d.size == 0:
+        return np.clip(s, 0.0, 1.0)
+    z = np.concatenate([s, d])
+    t = np.concatenate([np.zeros(s.size), np.ones(d.size)])
+    w = np.concatenate([np.ones(s.size), np.full(d.size, s.size / d.size)])
+    q = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, t, sample_weight=w).predict(s)
+    ratio = q / np.maximum(1.0 - q, 1e-12)  # f0(s) / f(s)
+    return np.clip((1.0 - r) * ratio, 0.0, 1.0)
+
+
 # --------------------------------------------------------------------------- result types
 
 
@@ -490,22 +555,52 @@ def audit_labels(
             )
     else:
         P_clf = _check_probs(classifier, n, C, "classifier probabilities")
-    # p = (q + p_clf) / 2: both estimate P(given label | x) without item i's own label
-    P = Q if P_clf is None else 0.5 * (Q + P_clf)  # (n, C)
-    cj = confident_joint(y, P)
-    N = shrinkage * cj.noise_matrix + (1.0 - shrinkage) * cj.symmetric_noise_matrix()  # (C, C)
     if label_accuracy is not None:
         label_accuracy = np.asarray(label_accuracy, dtype=np.float64)
         if label_accuracy.shape != (n,) or (np.isfinite(label_accuracy)
                                              & ((label_accuracy <= 0) | (label_accuracy >= 1))).any():
             raise ValidationError(f"label_accuracy must be ({n},) probabilities in (0, 1) or NaN")
-    post, beta = noise_aware_posterior(y, P, N, label_accuracy=label_accuracy)  # (n, C)
+
+    def posterior(yy: np.ndarray, QQ: np.ndarray):
+        # p = (q + p_clf) / 2: both estimate P(given label | x) without item i's own label
+        P = QQ if P_clf is None else 0.5 * (QQ + P_clf)  # (n, C)
+        cj = confident_joint(yy, P)
+        N = shrinkage * cj.noise_matrix + (1.0 - shrinkage) * cj.symmetric_noise_matrix()  # (C, C)
+        return (*noise_aware_posterior(yy, P, N, label_accuracy=label_accuracy), N, cj)  # (n, C), beta, ...
+
+    post, beta, N, cj = posterior(y, Q)
     lab = y >= 0
     rows = np.arange(n)
     g = np.maximum(y, 0)
     suggested = post.argmax(axis=1)
     scores = np.where(lab, 1.0 - post[rows, g], np.nan)
     flagged = lab & (suggested != y)
+    n_decoys = 0
+    human = lab & np.isfinite(label_accuracy) if label_accuracy is not None else np.zeros(n, bool)
+    if human.sum() >= MIN_CALIBRATION_LABELS:
+        # P(wrong) calibrated on decoys: the same audit with wrong labels planted among the human ones
+        def decoy_scores(yy: np.ndarray) -> np.ndarray:
+            QQ = graph_label_distribution(graph, yy, C, temperature=temperature, alpha=alpha, n_iter=n_iter,
+                                          sample_weight=sample_weight, k=None)
+            pp = posterior(yy, QQ)[0]
+            return 1.0 - pp[rows, np.maximum(yy, 0)]
+
+        rounds = int(np.clip(DECOY_ITEM_BUDGET // n, 2, round(1 / DECOY_SHARE)))  # large graphs: fewer rounds
+        planted, s0 = decoy_scores_of(y, np.flatnonzero(human), C, decoy_scores, seed=seed, max_rounds=rounds)
+        n_decoys = planted.size
+        # never more certain than the model itself: on a strong model a lone correct label among
+        # decoy-like scores would otherwise get the density ratio of one point
+        p_wrong = np.minimum(two_groups_p_wrong(scores[human], label_accuracy[human], s0), scores[human])  # (m,)
+        h = np.flatnonzero(human)
+        # the posterior rescaled to the calibrated P(wrong), the other classes in their proportions
+        rest = post[h].copy()
+        rest[np.arange(h.size), y[h]] = 0.0
+        post[h] = _normalise_rows(rest) * p_wrong[:, None]
+        post[h, y[h]] = 1.0 - p_wrong
+        rest[np.arange(h.size), y[h]] = -1.0
+        suggested[h] = np.where(p_wrong > 0.5, rest.argmax(axis=1), post[h].argmax(axis=1))
+        scores[h] = p_wrong
+        flagged[h] = p_wrong > 0.5
     graph_score = 1.0 - Q[rows, g]
     clf_score = 1.0 - P_clf[rows, g] if P_clf is not None else np.full(n, np.nan)
     order = np.flatnonzero(flagged)
@@ -549,6 +644,7 @@ def audit_labels(
             "n_folds": n_folds,
             "seed": seed,
             "k": graph.k,
+            "decoys": n_decoys,
         },
     )
 
