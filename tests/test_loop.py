@@ -101,17 +101,19 @@ def test_folds_never_hide_the_last_label_of_a_class():
 def test_certification_is_the_clopper_pearson_arithmetic():
     n = min_verified_count(0.95)  # 59: 0.05 ** (1 / 59) >= 0.95
     cov = np.linspace(0.01, 0.6, n)  # checks drawn from the 60 % most confident items
-    ok = certify(cov, np.zeros(n, int), np.ones(n, bool), n_classes=2, candidate=0.6)
+    top = dict(candidate=0.6, check_region=np.full(n, 0.6))
+    ok = certify(cov, np.zeros(n, int), np.ones(n, bool), n_classes=2, **top)
     assert ok.certified and ok.coverage[0] == pytest.approx(0.6)
     assert ok.accepts(np.array([0.5, 0.7]), np.array([0, 0])).tolist() == [True, False]
-    short = certify(cov[1:], np.zeros(n - 1, int), np.ones(n - 1, bool), n_classes=2, candidate=0.6)
+    short = certify(cov[1:], np.zeros(n - 1, int), np.ones(n - 1, bool), n_classes=2, candidate=0.6,
+                    check_region=np.full(n - 1, 0.6))
     assert not short.certified and short.more_needed == 1 and short.coverage.max() == 0
     assert "labelloop next --strategy verify --n 1" in short.reason
     # an error among the less confident checks only shrinks the certified region
     wrong = np.ones(n + 5, bool)
     wrong[-1] = False
     cov2 = np.linspace(0.01, 0.6, n + 5)
-    part = certify(cov2, np.zeros(n + 5, int), wrong, n_classes=2, candidate=0.6)
+    part = certify(cov2, np.zeros(n + 5, int), wrong, n_classes=2, candidate=0.6, check_region=np.full(n + 5, 0.6))
     assert part.certified and part.coverage[0] < 0.6
     assert more_needed(0, 0) == n
 
