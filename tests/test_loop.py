@@ -351,7 +351,12 @@ def test_class_prior_hedges_when_heldout_labels_are_too_few():
     few = np.arange(MIN_HELDOUT_FOR_PRIOR - 1)
     Q = {"labels": wrong, "estimated": right, HEDGE_PRIOR: wrong}
     assert choose_class_prior(t, few, {k: v[few] for k, v in Q.items()}, pop) == HEDGE_PRIOR
+    assert choose_class_prior(t, few, {"labels": wrong[few], "estimated": right[few], HEDGE_PRIOR: right[few]},
+                              pop) == HEDGE_PRIOR
     assert choose_class_prior(t, few[:0], {k: v[:0] for k, v in Q.items()}, pop) == HEDGE_PRIOR
+    # ... unless the hedge gets fewer of those few right than the default (a minority flip)
+    assert choose_class_prior(t, few, {"labels": right[few], "estimated": right[few], HEDGE_PRIOR: wrong[few]},
+                              pop) == "labels"
     # enough: the held-out likelihood decides between "labels" and "estimated", never the hedge
     rows = np.arange(12)
     assert choose_class_prior(t, rows, Q, pop) == "estimated"
