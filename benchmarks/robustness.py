@@ -137,6 +137,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--out", default="robustness")
+    ap.add_argument("--shots", type=int, nargs="*", default=list(SHOTS), help="labels per class (quick runs)")
     ap.add_argument("--accuracy-only", action="store_true", help="skip the audit and certify sections (quick runs)")
     ap.add_argument("--audit-estimate-only", action="store_true",
                     help="only the estimate (labelloop's prediction alone) and audit sections; use with --out")
@@ -160,8 +161,8 @@ def main(argv=None):
         C = int(yt.max()) + 1
         graph = build_knn_graph(Xn, k=10)
         S = affinity_matrix(graph)
-        for shots in () if args.certify_only else SHOTS:
-            acc, cal, chosen = {}, {}, {}
+        for shots in () if args.certify_only else args.shots:
+            acc, cal, chosen, gap, ls_chance = {}, {}, {}, {}, []
             for seed in range(args.seeds):
                 rng = np.random.default_rng(seed)
                 lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), size=min(shots, int((yt == c).sum())),
@@ -176,6 +177,14 @@ def main(argv=None):
                     for m, P in res.items():
                         acc.setdefault(m, []).append(float((P[u].argmax(1) == yt[u]).mean()))
                         cal.setdefault(m, []).append(float(ece(P[u], yt[u])))
+                        gap.setdefault(m, []).append(abs(float(P[u].max(1).mean()) - acc[m][-1]))
+                    # LabelSpreading stops at tol after ~5 steps at alpha 0.2: items no label reached
+                    # keep an all-zero row, whose argmax is class 0 (the majority class of the
+                    # imbalanced sets here). The same with those items guessed at chance:
+                    if "labelspreading" in res:
+                        zero = res["labelspreading"][u].sum(1) == 0
+                        hit = (res["labelspreading"][u].argmax(1) == yt[u]) & ~zero
+                        ls_chance.append(float((hit.sum() + zero.sum() / C) / u.sum()))
                     inside, width = estimate_covers(res["labelloop"], y, yt, held_rows, held_P, C)
                     covers.append(inside)
                     widths.append(width)
@@ -183,8 +192,11 @@ def main(argv=None):
                    "estimate_covers": float(np.mean(covers[-args.seeds:])),
                    "estimate_width": float(np.mean(widths[-args.seeds:])),
                    "estimated_chosen": sum(c == "estimated" for c in chosen[shots]),
+                   "mixed_chosen": sum(c == "mixed" for c in chosen[shots]),
                    **{f"acc_{m}": float(np.mean(v)) for m, v in acc.items()},
-                   **{f"ece_{m}": float(np.mean(v)) for m, v in cal.items()}}
+                   **{f"ece_{m}": float(np.mean(v)) for m, v in cal.items()},
+                   **{f"gap_{m}": float(np.mean(v)) for m, v in gap.items()},
+                   **({"acc_ls_chance": float(np.mean(ls_chance))} if ls_chance else {})}
             rows.append(row)
             print(f"{name:22s} {bb:28s} @{shots:<2d} " + " ".join(f"{m} {row['acc_' + m]:.3f}/{row['ece_' + m]:.2f}"
                                                         for m in acc), flush=True)
@@ -219,16 +231,25 @@ def main(argv=None):
         (RESULTS / f"{args.out}.md").write_text("\n".join(audit_estimate_report(rows, flags, args.seeds, meta)) + "\n")
         return 0
     below = {m: sum(r[f"acc_{m}"] < r["acc_labelspreading"] for r in rows) for m in ("labelloop", "labels", "estimated")}
+    below_chance = sum(r["acc_labelloop"] < r["acc_ls_chance"] for r in rows)
     lines = [f"# Robustness suite ({args.seeds} seeds; `python benchmarks/robustness.py`)", "",
              "Accuracy on the unlabeled items / ECE, random labels per class. labelloop: the default, "
              "`class_prior auto` (\"labels\" or \"estimated\" chosen per run on held-out human labels, "
-             "`loop.choose_class_prior`); \"estimated chosen\": in how many of the seeds. The next two "
-             "columns fix the prior (\"labels\" was the default before `auto`). **bold**: below LabelSpreading.", "",
+             "`loop.choose_class_prior`; with fewer than 10 held-out labels the mean of the two, \"mixed\"); "
+             "\"estimated / mixed chosen\": in how many of the seeds. The next two "
+             "columns fix the prior (\"labels\" was the default before `auto`). **bold**: below LabelSpreading. "
+             "\"LS, unreached at chance\": LabelSpreading stops after ~5 steps (tol) and leaves the items no label "
+             "reached with an all-zero row, whose argmax is class 0 (the majority class of the imbalanced sets "
+             "here); this column guesses those at chance instead.", "",
              f"Cells below LabelSpreading: labelloop (auto) {below['labelloop']}, class_prior labels "
-             f"{below['labels']}, class_prior estimated {below['estimated']}, of {len(rows)}.", "",
-             "| dataset | backbone | labels/class | labelloop | estimated chosen | class_prior labels | class_prior estimated "
-             "| paper (T=0.01, 20 steps) | LabelSpreading | logreg |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{below['labels']}, class_prior estimated {below['estimated']}, of {len(rows)}; labelloop below "
+             f"LabelSpreading with unreached items at chance: {below_chance}.", "",
+             f"labelloop (auto) on the unlabeled items, mean over cells: ECE {np.mean([r['ece_labelloop'] for r in rows]):.3f}, "
+             f"|mean confidence - accuracy| {np.mean([r['gap_labelloop'] for r in rows]):.3f} "
+             f"(cells with |gap| <= 0.05: {sum(r['gap_labelloop'] <= 0.05 for r in rows)} of {len(rows)}).", "",
+             "| dataset | backbone | labels/class | labelloop | estimated / mixed chosen | class_prior labels | "
+             "class_prior estimated | paper (T=0.01, 20 steps) | LabelSpreading | LS, unreached at chance | logreg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r, m):
         v = f"{r[f'acc_{m}']:.3f} / {r[f'ece_{m}']:.2f}"
@@ -236,8 +257,9 @@ def main(argv=None):
 
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['backbone']} | {r['shots']} | {cell(r, 'labelloop')} | "
-                     f"{r['estimated_chosen']}/{args.seeds} | {cell(r, 'labels')} | {cell(r, 'estimated')} | "
-                     f"{cell(r, 'paper')} | {cell(r, 'labelspreading')} | {cell(r, 'logreg')} |")
+                     f"{r['estimated_chosen']} / {r['mixed_chosen']} of {args.seeds} | {cell(r, 'labels')} | "
+                     f"{cell(r, 'estimated')} | {cell(r, 'paper')} | {cell(r, 'labelspreading')} | "
+                     f"{r['acc_ls_chance']:.3f} | {cell(r, 'logreg')} |")
     cov = [r["estimate_covers"] for r in rows]
     lines += ["", "## Whole-dataset accuracy estimate (`status`): does its interval contain the truth?", "",
               f"In {100 * np.mean(cov):.1f} % of the {len(cov) * args.seeds} runs above (every dataset, budget and "
@@ -268,7 +290,8 @@ def main(argv=None):
             lines.append(f"| {key[0]} | {key[1]} | {len(cs)} | {np.mean(cov):.3f} | {min(cov):.3f} | "
                          f"{sum(v >= 0.8 for v in cov)} | {sum(c['certified'] for c in cs)} | "
                          f"{'–' if not prec else round(min(prec), 4)} |")
-    lines += ["", f"{meta['seconds']} s, load average {load0:.1f} at the start and {meta['loadavg'][0]:.1f} at the end."]
+    lines += ["", f"Command: `PYTHONPATH=src python {' '.join(sys.argv)}`; "
+              f"{meta['seconds']} s, load average {load0:.1f} at the start and {meta['loadavg'][0]:.1f} at the end."]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -83,7 +83,9 @@ def test_calibration_does_not_claim_certainty_from_a_few_correct_items():
     P = np.tile([[0.7, 0.2, 0.1]], (40, 1))
     cal = fit_calibrator(P, np.zeros(40, int))  # 40 of 40 right
     assert cal(P).max() < 0.995  # about (m + 1) / (m + 2), not 1.0
-    assert fit_calibrator(P[:5], np.zeros(5, int)).beta == 1.0  # too few to fit
+    assert fit_calibrator(P[:3], np.zeros(3, int)).beta == 1.0  # too few to fit
+    few = fit_calibrator(P[:4], np.zeros(4, int))  # 4 of 4 right: sharpened, toward about 5 / 6 only
+    assert few.beta > 1.0 and 0.7 < few(P[:4]).max() < 0.9
 
 
 def test_folds_never_hide_the_last_label_of_a_class():
@@ -338,3 +340,43 @@ def test_refresh_chooses_the_class_prior_by_default_and_reports_it(project_facto
     assert p.refresh(full=True)["class_prior_choice"] is None
     with pytest.raises(Exception, match="auto, labels, estimated or none"):
         p.set_setting("class_prior", "uniform")
+
+
+def test_class_prior_hedges_when_heldout_labels_are_too_few():
+    from labelloop.loop.predict import HEDGE_PRIOR, MIN_HELDOUT_FOR_PRIOR, choose_class_prior, prior_candidates
+
+    t = np.r_[np.zeros(6, int), np.ones(6, int)]
+    right = np.where(t[:, None] == 0, [[0.9, 0.1]], [[0.1, 0.9]])
+    wrong = right[:, ::-1]
+    pop = {k: np.r_[np.zeros(50, int), np.ones(50, int)] for k in ("labels", "estimated", HEDGE_PRIOR)}
+    # too few held-out labels to tell the priors apart (1-2 labels per class): the hedge, whatever they say
+    few = np.arange(MIN_HELDOUT_FOR_PRIOR - 1)
+    Q = {"labels": wrong, "estimated": right, HEDGE_PRIOR: wrong}
+    assert choose_class_prior(t, few, {k: v[few] for k, v in Q.items()}, pop) == HEDGE_PRIOR
+    assert choose_class_prior(t, few, {"labels": wrong[few], "estimated": right[few], HEDGE_PRIOR: right[few]},
+                              pop) == HEDGE_PRIOR
+    assert choose_class_prior(t, few[:0], {k: v[:0] for k, v in Q.items()}, pop) == HEDGE_PRIOR
+    # ... unless the hedge gets fewer of those few right than the default (a minority flip)
+    assert choose_class_prior(t, few, {"labels": right[few], "estimated": right[few], HEDGE_PRIOR: wrong[few]},
+                              pop) == "labels"
+    # enough: the held-out likelihood decides between "labels" and "estimated", never the hedge
+    rows = np.arange(12)
+    assert choose_class_prior(t, rows, Q, pop) == "estimated"
+    assert choose_class_prior(t, rows, {"labels": wrong, "estimated": wrong, HEDGE_PRIOR: right}, pop) == "labels"
+    # the hedge is the mean of the two distributions, and can be asked for alone (a warm refresh)
+    Y = np.random.default_rng(0).random((40, 2)).astype(np.float32)
+    y = np.full(40, -1)
+    y[:3] = [0, 0, 1]
+    D = prior_candidates(Y, y, 2)
+    assert list(D) == ["labels", "estimated", HEDGE_PRIOR]
+    assert np.allclose(D[HEDGE_PRIOR], (D["labels"] + D["estimated"]) / 2)
+    assert np.allclose(prior_candidates(Y, y, 2, (HEDGE_PRIOR,))[HEDGE_PRIOR], D[HEDGE_PRIOR])
+
+
+def test_one_label_per_class_on_an_imbalanced_set_hedges_the_class_prior():
+    # 1 label per class on the 8 % minority blobs: no held-out label, so no evidence for either
+    # prior; the hedge must beat the label shares (50/50) that were the default before
+    runs = [_auto_prior_run(*imbalanced_blobs(seed), seed, shots=1) for seed in range(4)]
+    print(runs)
+    assert all(r[0] == "mixed" for r in runs)
+    assert np.mean([r[1] for r in runs]) >= np.mean([r[2]["labels"] for r in runs])

@@ -66,8 +66,10 @@ SETTINGS: dict[str, Setting] = {
                            "shares among 30+ labels drawn at random by `next`, else among the labels no "
                            "query strategy chose), 'estimated' (pulled toward the shares the graph "
                            "predicts: much better on imbalanced texts, can flip on hub-like data), 'auto' "
-                           "(whichever of the two held-out human labels support, per refresh; labels drawn "
-                           "at random still win) or 'none' (benchmarks/results/robustness.md)"),
+                           "(whichever of the two held-out human labels support, per refresh; with fewer than 10 "
+                           "held-out labels the mean of the two unless they favour 'labels'; labels drawn at random "
+                           "still win) or 'none' "
+                           "(benchmarks/results/robustness.md)"),
     "target_precision": Setting(0.95, float, "precision auto-labeling must certify (DESIGN.md: e.g. 95 %); "
                                 "`labelloop autolabel --target-precision` overrides it once"),
     "human_label_accuracy": Setting(0.95, float,

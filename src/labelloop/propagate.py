@@ -153,7 +153,8 @@ def class_mass_normalise(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: st
     the minority almost everywhere (measured on the hub set of tests/test_loop.py: 0.96 of the items
     predicted minority at 5 labels per class, 2 of 3 seeds), so it is not fixed: the default
     ``class_prior auto`` uses it only where held-out human labels support it
-    (``labelloop.loop.choose_class_prior``; benchmarks/results/robustness.md).
+    (``labelloop.loop.choose_class_prior``, which hedges with the mean of the two where too few
+    labels are held out; benchmarks/results/robustness.md).
     ``shares``: (C,) label shares to use instead of those of ``y`` (for "labels" and as the
     starting point of "estimated").
     """

@@ -125,12 +125,18 @@ def _logreg_heldout(X: np.ndarray, labeled: np.ndarray, y: np.ndarray, n_classes
     return out
 
 
-def _propagator(S, n_classes: int, *, temperature, n_iter: int | None, prior=None):
+def _propagator(S, n_classes: int, *, temperature, n_iter: int | None, prior=None, candidates_of=None):
+    """``propagate(y_hidden)`` for :func:`labelloop.loop.predict.calibrated_predictions`.
+    ``candidates_of``: the full label vector; then it returns the class-prior candidates
+    (``class_prior auto``, as ``Project.refresh``), normalised to ``prior`` as the label shares."""
+    from .loop.predict import prior_candidates
     from .propagate import LabelPropagation
 
-    def propagate(y: np.ndarray) -> np.ndarray:
-        return LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(
-            S, y, n_classes=n_classes).predict_proba()
+    def propagate(y: np.ndarray):
+        lp = LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(S, y, n_classes=n_classes)
+        if candidates_of is not None:
+            return prior_candidates(lp.Y_, candidates_of, n_classes, shares=prior)
+        return lp.predict_proba()
 
     return propagate
 
@@ -198,7 +204,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     held-out labels and auto-labels certified by the random checks, as ``Project`` does."""
     from .graph import build_knn_graph, normalize_rows
     from .loop import choose, class_prior, predict
-    from .loop.predict import calibrated_predictions, embedding_head
+    from .loop.predict import calibrated_predictions, embedding_head, prior_candidates
     from .propagate import LabelPropagation, affinity_matrix
 
     X = normalize_rows(data.embeddings)
@@ -240,16 +246,20 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             # as Project.refresh: the class shares of the randomly drawn labels, once there are enough
             drawn_mask = np.zeros(n, bool)
             drawn_mask[drawn] = True
-            prior, _ = class_prior(y, C, drawn=drawn_mask, chosen=chosen)
+            prior, source = class_prior(y, C, drawn=drawn_mask, chosen=chosen)
+            # class_prior auto, as Project.refresh: until random draws measure the shares, the
+            # prior is chosen on held-out labels (loop.predict.choose_class_prior)
+            choose_prior = source != "random"
             if lp is None:
                 lp = LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(S, y, n_classes=C)
             else:
                 lp.class_prior = prior
                 lp.update(y)
-            P_raw, reached = lp.predict_proba(), lp.reached_
+            P_raw = prior_candidates(lp.Y_, y, C, shares=prior) if choose_prior else lp.predict_proba()
             rep = ~chosen if ((y >= 0) & ~chosen).sum() >= 30 else None
-            P = calibrated_predictions(P_raw, head(y, None), reached, y, _propagator(
-                S, C, temperature=temperature, n_iter=n_iter, prior=prior), head, score=rep, seed=seed)[0].proba
+            P = calibrated_predictions(P_raw, head(y, None), lp.reached_, y, _propagator(
+                S, C, temperature=temperature, n_iter=n_iter, prior=prior, candidates_of=y if choose_prior else None),
+                head, score=rep, seed=seed)[0].proba
         seconds = time.perf_counter() - t0
         certified = records[-1]["certified_coverage"] if records else 0.0
         records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
