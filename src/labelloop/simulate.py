@@ -194,6 +194,30 @@ def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks
                 more_needed=cert.more_needed)
 
 
+def _refresh_proba(S, y, C: int, head, prior, source: str, chosen: np.ndarray, *, lp=None, temperature,
+                   n_iter: int | None, seed: int):
+    """Calibrated predictions as ``Project.refresh`` makes them: propagation normalised to
+    ``prior``; while no random draws measure the class shares (``source`` not "random") the
+    prior is chosen on held-out labels (``class_prior auto``, loop.predict.choose_class_prior);
+    calibrated on the labels no strategy ``chosen`` once there are 30. ``lp``: a fitted model
+    to warm-update. Returns ``(P, lp)``."""
+    from .loop.predict import calibrated_predictions, prior_candidates
+    from .propagate import LabelPropagation
+
+    choose_prior = source != "random"
+    if lp is None:
+        lp = LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(S, y, n_classes=C)
+    else:
+        lp.class_prior = prior
+        lp.update(y)
+    P_raw = prior_candidates(lp.Y_, y, C, shares=prior) if choose_prior else lp.predict_proba()
+    rep = ~chosen if ((y >= 0) & ~chosen).sum() >= 30 else None
+    P = calibrated_predictions(P_raw, head(y, None), lp.reached_, y, _propagator(
+        S, C, temperature=temperature, n_iter=n_iter, prior=prior, candidates_of=y if choose_prior else None),
+        head, score=rep, seed=seed)[0].proba
+    return P, lp
+
+
 def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed: int,
             model: str = "propagation", target_precision: float = DEFAULT_TARGET, k: int = DEFAULT_K,
             temperature: float | str = "auto", n_iter: int | None = 100, graph=None,
@@ -204,8 +228,8 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     held-out labels and auto-labels certified by the random checks, as ``Project`` does."""
     from .graph import build_knn_graph, normalize_rows
     from .loop import choose, class_prior, predict
-    from .loop.predict import calibrated_predictions, embedding_head, prior_candidates
-    from .propagate import LabelPropagation, affinity_matrix
+    from .loop.predict import embedding_head
+    from .propagate import affinity_matrix
 
     X = normalize_rows(data.embeddings)
     y_true = data.labels
@@ -249,17 +273,8 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             prior, source = class_prior(y, C, drawn=drawn_mask, chosen=chosen)
             # class_prior auto, as Project.refresh: until random draws measure the shares, the
             # prior is chosen on held-out labels (loop.predict.choose_class_prior)
-            choose_prior = source != "random"
-            if lp is None:
-                lp = LabelPropagation(temperature=temperature, n_iter=n_iter, class_prior=prior).fit(S, y, n_classes=C)
-            else:
-                lp.class_prior = prior
-                lp.update(y)
-            P_raw = prior_candidates(lp.Y_, y, C, shares=prior) if choose_prior else lp.predict_proba()
-            rep = ~chosen if ((y >= 0) & ~chosen).sum() >= 30 else None
-            P = calibrated_predictions(P_raw, head(y, None), lp.reached_, y, _propagator(
-                S, C, temperature=temperature, n_iter=n_iter, prior=prior, candidates_of=y if choose_prior else None),
-                head, score=rep, seed=seed)[0].proba
+            P, lp = _refresh_proba(S, y, C, head, prior, source, chosen, lp=lp, temperature=temperature,
+                                   n_iter=n_iter, seed=seed)
         seconds = time.perf_counter() - t0
         certified = records[-1]["certified_coverage"] if records else 0.0
         records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
@@ -277,9 +292,9 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
     only ``next --strategy verify`` batches answered by the oracle until ``budget`` human
     labels; after each batch, what ``autolabel`` would accept and how precise it truly is."""
     from .graph import build_knn_graph, normalize_rows
-    from .loop import choose, pending_region
-    from .loop.predict import calibrated_predictions, embedding_head
-    from .propagate import LabelPropagation, affinity_matrix
+    from .loop import choose, class_prior, pending_region
+    from .loop.predict import embedding_head
+    from .propagate import affinity_matrix
 
     X = normalize_rows(data.embeddings)
     y_true = data.labels
@@ -287,7 +302,6 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
     head = embedding_head(X, C)  # head_weight "auto", as Project.refresh
     graph = build_knn_graph(X, k=k)
     S = affinity_matrix(graph, temperature=temperature)
-    propagate = _propagator(S, C, temperature=temperature, n_iter=n_iter)
     rng = np.random.default_rng(seed)
     labeled = np.concatenate([rng.choice(np.flatnonzero(y_true == c), size=min(start_per_class, int((y_true == c).sum())),
                                          replace=False) for c in range(C) if (y_true == c).any()])
@@ -297,9 +311,11 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
     while True:
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
-        lp = LabelPropagation(temperature=temperature, n_iter=n_iter).fit(S, y, n_classes=C)
-        P = calibrated_predictions(lp.predict_proba(), head(y, None), lp.reached_, y, propagate, head,
-                                   seed=seed)[0].proba
+        # as Project.refresh: verify checks are neither actively chosen nor uniform draws over
+        # every item, so the prior comes from the shares of all labels and is chosen on held-out ones
+        prior, source = class_prior(y, C, drawn=np.zeros(n, bool), chosen=np.zeros(n, bool))
+        P, _ = _refresh_proba(S, y, C, head, prior, source, np.zeros(n, bool), temperature=temperature,
+                              n_iter=n_iter, seed=seed)
         certified = records[-1]["certified_coverage"] if records else 0.0
         rec = dict(seed=seed, human_labels=int(len(labeled)),
                    **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision,
