@@ -171,7 +171,7 @@ def build_knn_graph(
         # rows are normalised block by block as the search reads them (their inverse norms
         # computed once): no normalised copy of X, which may be a read-only memory map
         inv = _inverse_norms(X)
-        centroids = _ivf_centroids(X, seed=seed, inv=inv)
+        centroids = _ivf_centroids(X, seed=seed, inv=inv, per_list=IVF_BLAS_KMEANS[0], niter=IVF_BLAS_KMEANS[1])
         idx, sim = _search_ivf_blas(X, inv, k + 1, centroids)
         Xn = None
     elif method == "nndescent":
@@ -302,7 +302,8 @@ IVF_PROBE_FRACTION = 0.05
 IVF_MIN_NPROBE = 8
 
 
-def _ivf_centroids(X: np.ndarray, *, seed: int, inv: np.ndarray | None = None) -> np.ndarray:
+def _ivf_centroids(X: np.ndarray, *, seed: int, inv: np.ndarray | None = None,
+                   per_list: int = 64, niter: int = 25) -> np.ndarray:
     """(nlist, d) IVF coarse centroids of the rows of ``X``: spherical k-means (FAISS). ``inv``:
     the rows' inverse norms when ``X`` is not normalised (:func:`_inverse_norms`)."""
     faiss = _import_faiss()
@@ -310,10 +311,10 @@ def _ivf_centroids(X: np.ndarray, *, seed: int, inv: np.ndarray | None = None) -
     nlist = max(1, min(int(IVF_NLIST_PER_SQRT_N * np.sqrt(n)), n // 39))
     # k-means on a sample of 64 points per list (FAISS warns below 39, gains little above 256)
     rng = np.random.default_rng(seed)
-    n_train = min(n, 64 * nlist)
+    n_train = min(n, per_list * nlist)
     rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
     train = _unit_rows(X, inv, rows) if inv is not None else X[rows]
-    km = faiss.Kmeans(d, nlist, niter=25, seed=int(seed), spherical=True, min_points_per_centroid=1)
+    km = faiss.Kmeans(d, nlist, niter=niter, seed=int(seed), spherical=True, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(train, dtype=np.float32))
     return km.centroids.astype(np.float32, copy=False)
 
@@ -344,8 +345,10 @@ def _search_ivf(X: np.ndarray, kk: int, *, seed: int, Q: np.ndarray | None = Non
 #: only scores above each item's current k-th best are kept (:func:`_search_ivf_blas`).
 #: Measured in benchmarks/results/knn_backends.md.
 IVF_BLAS_NPROBE = 8
-#: at most this many scores (rows x members) in one block's product: 64 MB of float32
-_BLOCK_SCORES = 1 << 24
+#: its k-means: (training points per list, iterations); FAISS IVF's (64, 25) cost 40 s at 1M
+IVF_BLAS_KMEANS = (32, 10)
+#: at most this many scores (rows x members) in one block's product: 16 MB of float32
+_BLOCK_SCORES = 1 << 22
 
 
 def _inverse_norms(X: np.ndarray) -> np.ndarray:
@@ -367,29 +370,38 @@ def _unit_rows(X: np.ndarray, inv: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _topk_rows(S: np.ndarray, kk: int, floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``kk`` largest entries of each row of ``S`` (m, M): (columns (m, kk) int64,
-    values (m, kk) float32), descending; slots with nothing at least ``floor`` (m,) are -1 /
-    -inf. Cheaper than a partition of every row: the kk-th largest of ``4 kk`` column-group
-    maxima is a lower bound for a row's kk-th largest entry, and only entries above it
-    (and ``floor``) are sorted."""
+    values (m, kk) float32), descending; slots with nothing (fewer than kk columns, or nothing
+    at least ``floor`` (m,)) are -1 / -inf. With a floor (a row's current k-th best, tight
+    after its first list) only rows whose maximum reaches it are looked at, and in them only
+    the entries that reach it: far cheaper than a partition of every row."""
     m, M = S.shape
-    g = min(M, 4 * kk)  # column groups
-    w = M // g
-    maxima = S[:, : g * w].reshape(m, g, w).max(axis=2)  # (m, g)
-    kk_g = min(kk, g)
-    t = np.partition(maxima, g - kk_g, axis=1)[:, g - kk_g] if kk_g == kk else np.full(m, -np.inf, S.dtype)
-    if floor is not None:
-        t = np.maximum(t, floor)
-    r, c = np.nonzero(S >= t[:, None])
-    start = np.searchsorted(r, np.arange(m))
-    count = np.diff(np.append(start, r.size))
-    width = max(kk, int(count.max()) if m else 0)
+    cols = np.full((m, kk), -1, np.int64)
+    vals = np.full((m, kk), -np.inf, np.float32)
+    if floor is None:
+        if M > kk:
+            top = np.argpartition(S, M - kk, axis=1)[:, M - kk :]  # (m, kk), unordered
+        else:
+            top = np.broadcast_to(np.arange(M), (m, M))
+        v = np.take_along_axis(S, top, 1)
+        order = np.argsort(-v, axis=1, kind="stable")
+        cols[:, : top.shape[1]] = np.take_along_axis(top, order, 1)
+        vals[:, : top.shape[1]] = np.take_along_axis(v, order, 1)
+        return cols, vals
+    live = np.flatnonzero(S.max(axis=1) >= floor)
+    if live.size == 0:
+        return cols, vals
+    r, c = np.nonzero(S[live] >= floor[live, None])
+    start = np.searchsorted(r, np.arange(live.size))
+    width = max(kk, int(np.diff(np.append(start, r.size)).max()))
     pos = np.arange(r.size) - start[r]
-    cols = np.full((m, width), -1, np.int64)
-    vals = np.full((m, width), -np.inf, np.float32)
-    cols[r, pos] = c
-    vals[r, pos] = S[r, c]
-    order = np.argsort(-vals, axis=1, kind="stable")[:, :kk]
-    return np.take_along_axis(cols, order, 1), np.take_along_axis(vals, order, 1)
+    wc = np.full((live.size, width), -1, np.int64)
+    wv = np.full((live.size, width), -np.inf, np.float32)
+    wc[r, pos] = c
+    wv[r, pos] = S[live[r], c]
+    order = np.argsort(-wv, axis=1, kind="stable")[:, :kk]
+    cols[live] = np.take_along_axis(wc, order, 1)
+    vals[live] = np.take_along_axis(wv, order, 1)
+    return cols, vals
 
 
 def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndarray
@@ -400,6 +412,7 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
     each list against the block of rows that probe it, keeping scores above a row's current
     k-th best. BLAS runs single-threaded in one worker thread per core (a multi-threaded BLAS
     spins on small products and bills the CPU for it)."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
@@ -457,8 +470,13 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
                     for rows in blocks(queries[qb[L] : qb[L + 1]], mem.size):
                         yield rows, mem, M, step == 1
 
-            for result in pool.map(score, tasks()):
-                merge(result)
+            pending: deque = deque()   # a few blocks in flight: Executor.map would take them all
+            for task in tasks():
+                pending.append(pool.submit(score, task))
+                if len(pending) > 2 * workers:
+                    merge(pending.popleft().result())
+            while pending:
+                merge(pending.popleft().result())
     return idx, sim
 
 
@@ -472,7 +490,9 @@ def _reverse_merge(idx: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.nda
     s = sim.ravel()
     ok = dst >= 0
     src, dst, s = src[ok], dst[ok], s[ok]
-    ok = (s > sim[dst, -1]) & ~(idx[dst] == src[:, None]).any(axis=1)
+    ok = s > sim[dst, -1]
+    src, dst, s = src[ok], dst[ok], s[ok]
+    ok = ~(idx[dst] == src[:, None]).any(axis=1)
     src, dst, s = src[ok], dst[ok], s[ok]
     if dst.size == 0:
         return idx, sim
