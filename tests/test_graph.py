@@ -163,17 +163,6 @@ def test_property_exact_graph_invariants(data, n, d):
     np.testing.assert_allclose(g.similarities, bf_sim, atol=1e-5)
 
 
-def test_auto_uses_nndescent_only_for_large_sets_when_installed():
-    import importlib.util
-
-    from labelloop.graph import NNDESCENT_MIN_N, choose_method
-
-    assert choose_method(100, 20_000) == "exact"
-    assert choose_method(50_000, 20_000) == "ivf"
-    has = importlib.util.find_spec("pynndescent") is not None
-    assert choose_method(NNDESCENT_MIN_N + 1, 20_000) == ("nndescent" if has else "ivf")
-
-
 # ---------------------------------------------------------------- adding items (extend_knn_graph)
 
 

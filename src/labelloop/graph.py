@@ -26,30 +26,22 @@ __all__ = [
     "KNN_METHODS",
     "DEFAULT_APPROX_METHOD",
     "DEFAULT_EXACT_THRESHOLD",
-    "NNDESCENT_MIN_N",
     "numba_cache_dir",
 ]
 
 #: every accepted ``method``; "auto" picks by size (see :func:`build_knn_graph`).
-KNN_METHODS = ("auto", "exact", "ivf", "hnsw", "nndescent")
+KNN_METHODS = ("auto", "exact", "ivf-blas", "ivf", "hnsw", "nndescent")
 
 #: "auto" searches exactly up to this many items (:func:`choose_method`). benchmarks/results/
 #: knn_backends.md: no recall loss at a cost still small here (10k: 10.8 s exact vs 2.7 s IVF on
 #: the shared 2-core machine), but 409 s vs 35 s at 50k.
 DEFAULT_EXACT_THRESHOLD = 20_000
 
-#: "auto" above the exact threshold: FAISS IVF-Flat (recall@10 1.000 at 10k-100k on the
-#: clustered benchmark, no JIT; its centroids are kept for adding items). HNSW was 2x slower
-#: than IVF at the same recall; PCA-128 before IVF lost recall (0.95 at 50k) and saved no time.
-DEFAULT_APPROX_METHOD = "ivf"
-
-#: "auto" switches to pynndescent (when installed: the ``ann`` extra) above this many items.
-#: Its build is faster from 50k on (100k latent: 17.8 s vs IVF 46.1 s), but each process first
-#: compiles it: 43.6 CPU-s with :func:`numba_cache_dir` filled. IVF's search grows with n^2
-#: (4.6x from 50k to 100k), NN-descent's about n log n, so with the compile counted IVF is
-#: cheaper at 100k on the latent data and NN-descent at 200k on both (extrapolated from the
-#: 100k rows: 200k was not measured; knn_backends.md's decision paragraph).
-NNDESCENT_MIN_N = 200_000
+#: "auto" above the exact threshold: IVF lists searched block by block with BLAS
+#: (:func:`_search_ivf_blas`; no JIT, centroids kept for adding items). knn_backends.md: 100k
+#: in 6.4-6.5 CPU-s (recall@10 1.000 clustered, 0.965 latent; FAISS IVF 46-163 s, NN-descent
+#: 18-33 s + its compile); 1M latent 144 CPU-s, recall 0.877 (short of the 0.95 goal).
+DEFAULT_APPROX_METHOD = "ivf-blas"
 
 
 #: A graph extended with added items (:func:`extend_knn_graph`) is rebuilt in full once more
@@ -154,10 +146,9 @@ def build_knn_graph(
 ) -> KnnGraph:
     """Cosine kNN graph of the rows of ``X`` (any scale; rows are L2-normalised here).
 
-    ``method``: "exact" (FAISS flat inner product), "ivf" (FAISS IVF-Flat), "hnsw" (FAISS
-    HNSW-Flat), "nndescent" (pynndescent, the ``ann`` extra), or "auto": exact when
-    ``n <= exact_threshold``, else "ivf", or "nndescent" above :data:`NNDESCENT_MIN_N` items
-    when pynndescent is installed. Self is never its own neighbour; zero rows get similarity 0
+    ``method``: "exact" (FAISS flat inner product), "ivf-blas" (IVF lists searched block by
+    block with BLAS, :func:`_search_ivf_blas`), "ivf" (FAISS IVF-Flat), "hnsw" (FAISS
+    HNSW-Flat), "nndescent" (pynndescent, the ``ann`` extra), or "auto": :func:`choose_method`. Self is never its own neighbour; zero rows get similarity 0
     to everything; identical rows are fine. FAISS uses every core this process may use.
     """
     X = np.asarray(X)
@@ -177,7 +168,15 @@ def build_knn_graph(
     k = int(k)
     if method == "auto":
         method = choose_method(n, exact_threshold)
-    if method == "nndescent":
+    centroids = None
+    if method == "ivf-blas":
+        # rows are normalised block by block as the search reads them (their inverse norms
+        # computed once): no normalised copy of X, which may be a read-only memory map
+        inv = _inverse_norms(X)
+        centroids = _ivf_centroids(X, seed=seed, inv=inv, per_list=IVF_BLAS_KMEANS[0], niter=IVF_BLAS_KMEANS[1])
+        idx, sim = _search_ivf_blas(X, inv, k + 1, centroids)
+        Xn = None
+    elif method == "nndescent":
         # pynndescent normalises its own copy of the rows (cosine): not normalised twice here
         # (at 1M x 384 a second pass cost 10 s and 1.5 GB); rows are normalised below only if
         # some need an exact repair
@@ -194,7 +193,9 @@ def build_knn_graph(
             idx, sim = _search_hnsw(Xn, k + 1, seed=seed)
     idx, sim = _drop_self(idx, sim, k)
     idx, sim = _repair_missing(X if Xn is None else Xn, idx, sim, normalised=Xn is not None)
-    return KnnGraph(idx, sim, method, centroids if method == "ivf" else None)
+    if method == "ivf-blas":
+        idx, sim = _reverse_merge(idx, sim)
+    return KnnGraph(idx, sim, method, centroids)
 
 
 def extend_knn_graph(
@@ -270,23 +271,16 @@ def extend_knn_graph(
     indices[n_old:], sims[n_old:] = idx_n, sim_n
     indices, sims = _repair_missing(X, indices, sims)
     # an approximate update keeps the name of the approximate method the graph was built with
-    label = "exact" if exact else (graph.method if graph.method != "exact" else DEFAULT_APPROX_METHOD)
+    label = "exact" if exact else (graph.method if graph.method != "exact" else "ivf")
     return KnnGraph(indices, sims, label, centroids), int(rows.size)
 
 
 def choose_method(n: int, exact_threshold: int = DEFAULT_EXACT_THRESHOLD) -> str:
     """The search method "auto" uses for ``n`` items -- the one place the choice is made:
-    "exact" up to ``exact_threshold`` (:data:`DEFAULT_EXACT_THRESHOLD`), pynndescent above
-    :data:`NNDESCENT_MIN_N` when it is installed, else :data:`DEFAULT_APPROX_METHOD` (FAISS IVF).
-    Thresholds measured in ``benchmarks/results/knn_backends.md`` (its decision paragraph)."""
-    if n <= exact_threshold:
-        return "exact"
-    if n > NNDESCENT_MIN_N:
-        import importlib.util
-
-        if importlib.util.find_spec("pynndescent") is not None:
-            return "nndescent"
-    return DEFAULT_APPROX_METHOD
+    "exact" up to ``exact_threshold`` (:data:`DEFAULT_EXACT_THRESHOLD`), else
+    :data:`DEFAULT_APPROX_METHOD`. Measured in ``benchmarks/results/knn_backends.md`` (its
+    decision paragraph)."""
+    return "exact" if n <= exact_threshold else DEFAULT_APPROX_METHOD
 
 
 # --------------------------------------------------------------------------- backends
@@ -310,16 +304,19 @@ IVF_PROBE_FRACTION = 0.05
 IVF_MIN_NPROBE = 8
 
 
-def _ivf_centroids(X: np.ndarray, *, seed: int) -> np.ndarray:
-    """(nlist, d) IVF coarse centroids of the rows of ``X``: spherical k-means (FAISS)."""
+def _ivf_centroids(X: np.ndarray, *, seed: int, inv: np.ndarray | None = None,
+                   per_list: int = 64, niter: int = 25) -> np.ndarray:
+    """(nlist, d) IVF coarse centroids of the rows of ``X``: spherical k-means (FAISS). ``inv``:
+    the rows' inverse norms when ``X`` is not normalised (:func:`_inverse_norms`)."""
     faiss = _import_faiss()
     n, d = X.shape
     nlist = max(1, min(int(IVF_NLIST_PER_SQRT_N * np.sqrt(n)), n // 39))
     # k-means on a sample of 64 points per list (FAISS warns below 39, gains little above 256)
     rng = np.random.default_rng(seed)
-    n_train = min(n, 64 * nlist)
-    train = X[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else X
-    km = faiss.Kmeans(d, nlist, niter=25, seed=int(seed), spherical=True, min_points_per_centroid=1)
+    n_train = min(n, per_list * nlist)
+    rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
+    train = _unit_rows(X, inv, rows) if inv is not None else X[rows]
+    km = faiss.Kmeans(d, nlist, niter=niter, seed=int(seed), spherical=True, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(train, dtype=np.float32))
     return km.centroids.astype(np.float32, copy=False)
 
@@ -341,6 +338,183 @@ def _search_ivf(X: np.ndarray, kk: int, *, seed: int, Q: np.ndarray | None = Non
     index.nprobe = min(nlist, max(IVF_MIN_NPROBE, int(np.ceil(IVF_PROBE_FRACTION * nlist))))
     sim, idx = index.search(X if Q is None else Q, min(kk, n))
     return idx.astype(np.int64, copy=False), sim.astype(np.float32, copy=False)
+
+
+#: "ivf-blas" (the default above the exact threshold): the IVF lists of FAISS k-means
+#: (nlist = sqrt(n), :func:`_ivf_centroids`), every item probing its IVF_BLAS_NPROBE nearest
+#: lists -- a fixed number, not a share of n -- but searched list by list: the items probing a
+#: list are one block, scored against the list's members with one BLAS matrix product, and
+#: only scores above each item's current k-th best are kept (:func:`_search_ivf_blas`).
+#: Measured in benchmarks/results/knn_backends.md.
+IVF_BLAS_NPROBE = 8
+#: its k-means: (training points per list, iterations); FAISS IVF's (64, 25) cost 40 s at 1M
+IVF_BLAS_KMEANS = (32, 10)
+#: at most this many scores (rows x members) in one block's product: 16 MB of float32
+_BLOCK_SCORES = 1 << 22
+
+
+def _inverse_norms(X: np.ndarray) -> np.ndarray:
+    """(n,) float32 1 / ||x|| per row (0 for all-zero rows); norms in float64, in chunks."""
+    inv = np.zeros(X.shape[0], np.float32)
+    for i in range(0, X.shape[0], 65_536):
+        norms = np.linalg.norm(np.asarray(X[i : i + 65_536], dtype=np.float64), axis=1)
+        inv[i : i + 65_536] = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return inv
+
+
+def _unit_rows(X: np.ndarray, inv: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows ``rows`` of ``X`` as a new float32 array, normalised (``inv``: inverse norms)."""
+    B = np.asarray(X)[rows]  # a memory map as a plain array: the fancy index copies once
+    B = B.astype(np.float32, copy=False)
+    B *= inv[rows, None]
+    return B
+
+
+def _topk_rows(S: np.ndarray, kk: int, floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kk`` largest entries of each row of ``S`` (m, M): (columns (m, kk) int64,
+    values (m, kk) float32), descending; slots with nothing (fewer than kk columns, or nothing
+    at least ``floor`` (m,)) are -1 / -inf. With a floor (a row's current k-th best, tight
+    after its first list) only rows whose maximum reaches it are looked at, and in them only
+    the entries that reach it: far cheaper than a partition of every row."""
+    m, M = S.shape
+    cols = np.full((m, kk), -1, np.int64)
+    vals = np.full((m, kk), -np.inf, np.float32)
+    if floor is None:
+        if M > kk:
+            top = np.argpartition(S, M - kk, axis=1)[:, M - kk :]  # (m, kk), unordered
+        else:
+            top = np.broadcast_to(np.arange(M), (m, M))
+        v = np.take_along_axis(S, top, 1)
+        order = np.argsort(-v, axis=1, kind="stable")
+        cols[:, : top.shape[1]] = np.take_along_axis(top, order, 1)
+        vals[:, : top.shape[1]] = np.take_along_axis(v, order, 1)
+        return cols, vals
+    live = np.flatnonzero(S.max(axis=1) >= floor)
+    if live.size == 0:
+        return cols, vals
+    r, c = np.nonzero(S[live] >= floor[live, None])
+    start = np.searchsorted(r, np.arange(live.size))
+    width = max(kk, int(np.diff(np.append(start, r.size)).max()))
+    pos = np.arange(r.size) - start[r]
+    wc = np.full((live.size, width), -1, np.int64)
+    wv = np.full((live.size, width), -np.inf, np.float32)
+    wc[r, pos] = c
+    wv[r, pos] = S[live[r], c]
+    order = np.argsort(-wv, axis=1, kind="stable")[:, :kk]
+    cols[live] = np.take_along_axis(wc, order, 1)
+    vals[live] = np.take_along_axis(wv, order, 1)
+    return cols, vals
+
+
+def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kk`` nearest rows of ``X`` (normalised by ``inv`` as read) to each row, each row
+    searching the members of its ``IVF_BLAS_NPROBE`` nearest ``centroids`` (an IVF search),
+    computed list by list: first every list against itself (each row's nearest list), then
+    each list against the block of rows that probe it, keeping scores above a row's current
+    k-th best. BLAS runs single-threaded in one worker thread per core (a multi-threaded BLAS
+    spins on small products and bills the CPU for it)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    n = X.shape[0]
+    C = np.ascontiguousarray(centroids, dtype=np.float32)
+    nlist = C.shape[0]
+    nprobe = min(IVF_BLAS_NPROBE, nlist)
+    idx = np.full((n, kk), -1, np.int64)
+    sim = np.full((n, kk), -np.inf, np.float32)
+
+    def blocks(rows: np.ndarray, width: int):
+        step = max(1, _BLOCK_SCORES // max(width, 1))
+        return [rows[i : i + step] for i in range(0, rows.size, step)]
+
+    def probe(rows: np.ndarray) -> np.ndarray:
+        return _topk_rows(_unit_rows(X, inv, rows) @ C.T, nprobe)[0].astype(np.int32)
+
+    def score(task):  # (rows, list members, members' unit rows) -> rows, ids, sims
+        rows, members, M, use_floor = task
+        floor = sim[rows, -1] if use_floor else None
+        cols, vals = _topk_rows(_unit_rows(X, inv, rows) @ M.T, min(kk, members.size), floor)
+        return rows, np.where(cols < 0, -1, members[np.maximum(cols, 0)]), vals
+
+    def merge(result) -> None:
+        rows, ids, vals = result
+        better = vals[:, 0] > sim[rows, -1]
+        rows, ids, vals = rows[better], ids[better], vals[better]
+        cand_i = np.concatenate([idx[rows], ids], axis=1)
+        cand_s = np.concatenate([sim[rows], vals], axis=1)
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :kk]  # kept ones first on ties
+        idx[rows] = np.take_along_axis(cand_i, order, 1)
+        sim[rows] = np.take_along_axis(cand_s, order, 1)
+
+    def lists(assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(assign, kind="stable")
+        return order, np.searchsorted(assign[order], np.arange(nlist + 1))
+
+    workers = _n_threads()
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        probes = np.concatenate(list(pool.map(probe, blocks(np.arange(n), nlist))))  # (n, nprobe)
+        members, mb = lists(probes[:, 0])
+        for step, (queries, qb) in enumerate([(members, mb), lists(probes[:, 1:].ravel())]):
+            if step == 1:
+                queries = queries // (nprobe - 1) if nprobe > 1 else queries[:0]
+                if queries.size == 0:
+                    break
+
+            def tasks(queries=queries, qb=qb, step=step):
+                for L in range(nlist):
+                    mem = members[mb[L] : mb[L + 1]]
+                    if mem.size == 0:
+                        continue
+                    M = _unit_rows(X, inv, mem)
+                    for rows in blocks(queries[qb[L] : qb[L + 1]], mem.size):
+                        yield rows, mem, M, step == 1
+
+            pending: deque = deque()   # a few blocks in flight: Executor.map would take them all
+            for task in tasks():
+                pending.append(pool.submit(score, task))
+                if len(pending) > 2 * workers:
+                    merge(pending.popleft().result())
+            while pending:
+                merge(pending.popleft().result())
+    return idx, sim
+
+
+def _reverse_merge(idx: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One reverse-neighbour pass: i enters j's list when j is in i's list and i is closer to
+    j than j's current last neighbour (cosine is symmetric). Lifts an approximate graph's
+    recall for the price of a sort of the few edges that qualify."""
+    n, k = idx.shape
+    src = np.repeat(np.arange(n), k)
+    dst = idx.ravel()
+    s = sim.ravel()
+    ok = dst >= 0
+    src, dst, s = src[ok], dst[ok], s[ok]
+    ok = s > sim[dst, -1]
+    src, dst, s = src[ok], dst[ok], s[ok]
+    ok = ~(idx[dst] == src[:, None]).any(axis=1)
+    src, dst, s = src[ok], dst[ok], s[ok]
+    if dst.size == 0:
+        return idx, sim
+    order = np.lexsort((-s, dst))
+    src, dst, s = src[order], dst[order], s[order]
+    rows, start = np.unique(dst, return_index=True)
+    pos = np.arange(dst.size) - np.repeat(start, np.diff(np.append(start, dst.size)))
+    keep = pos < k
+    slot = np.searchsorted(rows, dst[keep])
+    add_i = np.full((rows.size, k), -1, np.int64)
+    add_s = np.full((rows.size, k), -np.inf, np.float32)
+    add_i[slot, pos[keep]] = src[keep]
+    add_s[slot, pos[keep]] = s[keep]
+    cand_i = np.concatenate([idx[rows], add_i], axis=1)
+    cand_s = np.concatenate([sim[rows], add_s], axis=1)
+    order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+    idx, sim = idx.copy(), sim.copy()
+    idx[rows] = np.take_along_axis(cand_i, order, 1)
+    sim[rows] = np.take_along_axis(cand_s, order, 1)
+    return idx, sim
 
 
 #: HNSW parameters (FAISS defaults for good recall: M = 32, efConstruction 200, efSearch 128).

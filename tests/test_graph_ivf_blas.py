@@ -1,0 +1,79 @@
+"""labelloop.graph's "ivf-blas" search (IVF lists scored block by block with BLAS), its
+top-k selection and the reverse-neighbour pass, checked against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelloop.graph import _reverse_merge, _topk_rows, build_knn_graph, choose_method
+from test_graph import brute_force, check_invariants, clustered
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)]))
+
+
+def test_topk_rows_equals_a_full_sort_with_ties_floors_and_short_rows():
+    rng = np.random.default_rng(0)
+    S = rng.standard_normal((50, 300)).astype(np.float32)
+    S[3] = 0.5                      # a row of ties
+    S[4, :20] = 9.0                 # more equal maxima than k
+    cols, vals = _topk_rows(S, 11)
+    np.testing.assert_array_equal(vals, -np.sort(-S, axis=1)[:, :11])
+    np.testing.assert_array_equal(np.take_along_axis(S, cols, 1), vals)
+    assert all(len(set(r)) == 11 for r in cols.tolist())
+    # a floor leaves the slots below it empty (-1 / -inf)
+    floor = np.full(50, 2.0, np.float32)
+    cols, vals = _topk_rows(S, 11, floor)
+    assert ((vals >= 2.0) | (cols == -1)).all() and (np.isinf(vals) == (cols == -1)).all()
+    # fewer columns than k
+    cols, vals = _topk_rows(S[:, :5], 11)
+    assert (cols[:, 5:] == -1).all() and (cols[:, :5] >= 0).all()
+
+
+def test_ivf_blas_recall_and_invariants_against_brute_force():
+    X = clustered(4000, dim=32, n_clusters=40, seed=7)
+    g = build_knn_graph(X, 10, method="ivf-blas")
+    assert g.method == "ivf-blas" and g.centroids is not None
+    check_invariants(X, g, 10)
+    assert recall(g.indices, brute_force(X, 10)[0]) >= 0.95
+
+
+def test_ivf_blas_is_deterministic_for_a_seed_and_reads_a_read_only_memory_map(tmp_path):
+    X = clustered(3000, dim=24, seed=8) * 3.0       # not normalised: normalised as read
+    np.save(tmp_path / "x.npy", X)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a = build_knn_graph(X, 8, method="ivf-blas", seed=1)
+    b = build_knn_graph(mapped, 8, method="ivf-blas", seed=1)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.similarities, b.similarities)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
+def test_ivf_blas_duplicates_and_zero_rows():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((500, 8)).astype(np.float32)
+    X[:30] = X[0]        # 30 identical rows
+    X[40:45] = 0.0       # zero rows: similarity 0 to everything
+    g = build_knn_graph(X, 5, method="ivf-blas")
+    check_invariants(X, g, 5)
+    np.testing.assert_allclose(g.similarities[:30], 1.0, atol=1e-6)
+    assert (g.indices[:30] < 30).all()
+
+
+def test_reverse_merge_adds_a_missing_reverse_edge():
+    # 0's list holds 1 at 0.9; 1's list lacks 0 although 0 beats 1's last neighbour
+    idx = np.array([[1, 2], [2, 3], [1, 0], [0, 2]])
+    sim = np.array([[0.9, 0.5], [0.8, 0.1], [0.8, 0.5], [0.2, 0.1]], np.float32)
+    i2, s2 = _reverse_merge(idx, sim)
+    assert i2[1].tolist() == [0, 2] and s2[1].tolist() == pytest.approx([0.9, 0.8])
+    assert i2[0].tolist() == [1, 2]                # rows already complete stay as they were
+    assert (np.diff(s2, axis=1) <= 0).all()
+
+
+def test_choose_method_thresholds():
+    assert choose_method(20_000, 20_000) == "exact"
+    assert choose_method(20_001, 20_000) == "ivf-blas"
+    assert choose_method(1_000_000, 20_000) == "ivf-blas"
