@@ -131,8 +131,9 @@ def build_one(npy: str, method: str, k: str, queries: str) -> None:
         import pynndescent
 
         pynndescent.NNDescent(np.random.default_rng(0).standard_normal((500, 8)), metric="cosine", n_neighbors=5)
-    if method.startswith("ivf-blas-p"):  # another fixed number of probed lists
-        graph_mod.IVF_BLAS_NPROBE = int(method.removeprefix("ivf-blas-p"))
+    if method.startswith("ivf-blas-"):  # -pN: N probed lists; -rN: N refinement passes
+        for part in method.removeprefix("ivf-blas-").split("-"):
+            setattr(graph_mod, {"p": "IVF_BLAS_NPROBE", "r": "IVF_BLAS_REFINE_PASSES"}[part[0]], int(part[1:]))
         method = "ivf-blas"
     ru = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
@@ -286,7 +287,8 @@ def write_markdown(report: dict, path: Path) -> None:
         f"| data | n | method | median build s | CPU s | peak RSS MB | runs | recall@{k} | speed-up vs exact | load |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = ["exact", "ivf-blas", "ivf-blas-p4", "ivf-blas-p16", "ivf", "hnsw", "nndescent", "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
+    order = ["exact", "ivf-blas", "ivf-blas-p4", "ivf-blas-p16", "ivf-blas-r0", "ivf-blas-r1", "ivf-blas-p4-r1",
+             "ivf-blas-p6-r1", "ivf", "hnsw", "nndescent", "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
     rows = sorted(report["rows"], key=lambda r: (r.get("data", "clustered") != "clustered", r["n"],
                                                  order.index(r["method"]) if r["method"] in order else 99))
     for r in rows:
