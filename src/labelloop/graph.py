@@ -487,7 +487,8 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
 
 #: neighbour-of-neighbour passes after the "ivf-blas" search (:func:`_refine_neighbours`).
 #: Off: on 200k `latent` one pass cost more than the search (15.6 -> 33.9 CPU-s) for recall
-#: 0.950 -> 0.964, where 16 probes reach 0.982 in 22 CPU-s (benchmarks/results/knn_backends.md)
+#: 0.950 -> 0.964, where 16 probes reach 0.982 in 22 CPU-s; 1M `latent`: 144 -> 259 CPU-s for
+#: 0.877 -> 0.931 (benchmarks/results/knn_backends.md)
 IVF_BLAS_REFINE_PASSES = 0
 #: rows per chunk of a refinement pass, each scored against every neighbour of the chunk's
 #: neighbours (about 64 x 70 of them); larger chunks find more but cost more per row
