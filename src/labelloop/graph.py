@@ -408,6 +408,18 @@ def _topk_rows(S: np.ndarray, kk: int, floor: np.ndarray | None = None) -> tuple
     return cols, vals
 
 
+def _merge_into(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, ids: np.ndarray, vals: np.ndarray) -> None:
+    """Rows ``rows`` of ``idx`` / ``sim`` (descending lists) keep their best of their list and
+    the candidates ``ids`` / ``vals`` (one row each, ids not already listed), in place."""
+    better = vals.max(axis=1, initial=-np.inf) > sim[rows, -1]
+    rows, ids, vals = rows[better], ids[better], vals[better]
+    cand_i = np.concatenate([idx[rows], ids], axis=1)
+    cand_s = np.concatenate([sim[rows], vals], axis=1)
+    top = np.argsort(-cand_s, axis=1, kind="stable")[:, : idx.shape[1]]  # kept ones first on ties
+    idx[rows] = np.take_along_axis(cand_i, top, 1)
+    sim[rows] = np.take_along_axis(cand_s, top, 1)
+
+
 def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``kk`` nearest rows of ``X`` (normalised by ``inv`` as read) to each row, each row
@@ -443,14 +455,7 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
         return rows, np.where(cols < 0, -1, members[np.maximum(cols, 0)]), vals
 
     def merge(result) -> None:
-        rows, ids, vals = result
-        better = vals[:, 0] > sim[rows, -1]
-        rows, ids, vals = rows[better], ids[better], vals[better]
-        cand_i = np.concatenate([idx[rows], ids], axis=1)
-        cand_s = np.concatenate([sim[rows], vals], axis=1)
-        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :kk]  # kept ones first on ties
-        idx[rows] = np.take_along_axis(cand_i, order, 1)
-        sim[rows] = np.take_along_axis(cand_s, order, 1)
+        _merge_into(idx, sim, *result)
 
     def lists(assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(assign, kind="stable")
@@ -526,23 +531,14 @@ def _refine_neighbours(X: np.ndarray, inv: np.ndarray, idx: np.ndarray, sim: np.
         cs[(ci[:, :, None] == own[:, None, :]).any(axis=2)] = -np.inf   # already listed
         return rows, ci, cs
 
-    def merge(result) -> None:
-        rows, ci, cs = result
-        better = cs.max(axis=1) > sim[rows, -1]
-        rows, ci, cs = rows[better], ci[better], cs[better]
-        cand_i = np.concatenate([idx[rows], ci], axis=1)
-        cand_s = np.concatenate([sim[rows], cs], axis=1)
-        top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]  # kept ones first on ties
-        idx[rows] = np.take_along_axis(cand_i, top, 1)
-        sim[rows] = np.minimum(np.take_along_axis(cand_s, top, 1), 1.0)
-
     idx, sim = idx.copy(), sim.copy()
     workers = _n_threads()
     chunks = [rows_all[i : i + _REFINE_ROWS] for i in range(0, n, _REFINE_ROWS)]
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         for i in range(0, len(chunks), workers):
             for result in pool.map(chunk, chunks[i : i + workers]):
-                merge(result)
+                _merge_into(idx, sim, *result)
+    np.minimum(sim, 1.0, out=sim)   # float32 products of unit rows may pass 1 by a rounding
     return idx, sim
 
 
