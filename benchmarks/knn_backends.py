@@ -131,8 +131,9 @@ def build_one(npy: str, method: str, k: str, queries: str) -> None:
         import pynndescent
 
         pynndescent.NNDescent(np.random.default_rng(0).standard_normal((500, 8)), metric="cosine", n_neighbors=5)
-    if method.startswith("ivf-blas-p"):  # another fixed number of probed lists
-        graph_mod.IVF_BLAS_NPROBE = int(method.removeprefix("ivf-blas-p"))
+    if method.startswith("ivf-blas-"):  # -pN: N probed lists; -rN: N refinement passes
+        for part in method.removeprefix("ivf-blas-").split("-"):
+            setattr(graph_mod, {"p": "IVF_BLAS_NPROBE", "r": "IVF_BLAS_REFINE_PASSES"}[part[0]], int(part[1:]))
         method = "ivf-blas"
     ru = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
@@ -286,7 +287,8 @@ def write_markdown(report: dict, path: Path) -> None:
         f"| data | n | method | median build s | CPU s | peak RSS MB | runs | recall@{k} | speed-up vs exact | load |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = ["exact", "ivf-blas", "ivf-blas-p4", "ivf-blas-p16", "ivf", "hnsw", "nndescent", "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
+    order = ["exact", "ivf-blas", "ivf-blas-p4", "ivf-blas-p16", "ivf-blas-r0", "ivf-blas-r1", "ivf-blas-p4-r1",
+             "ivf-blas-p6-r1", "ivf", "hnsw", "nndescent", "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
     rows = sorted(report["rows"], key=lambda r: (r.get("data", "clustered") != "clustered", r["n"],
                                                  order.index(r["method"]) if r["method"] in order else 99))
     for r in rows:
@@ -300,12 +302,15 @@ def write_markdown(report: dict, path: Path) -> None:
     if "nndescent_jit_cache" in report:
         lines += ["", report["nndescent_jit_cache"]]
     from labelloop.graph import (DEFAULT_APPROX_METHOD, DEFAULT_EXACT_THRESHOLD, IVF_BLAS_KMEANS, IVF_BLAS_NPROBE,
-                                 IVF_MIN_NPROBE, IVF_PROBE_FRACTION, NNDESCENT_N_NEIGHBORS)
+                                 IVF_BLAS_REFINE_PASSES, IVF_MIN_NPROBE, IVF_PROBE_FRACTION,
+                                 NNDESCENT_N_NEIGHBORS)
 
     lines += [
         "",
         "`ivf-blas` rows: one `--isolate` run each, at load 10-12 (four other jobs on the 2 cores); "
-        "`ivf-blas-pN`: N probed lists instead of `graph.IVF_BLAS_NPROBE`. "
+        "`ivf-blas-pN`: N probed lists instead of `graph.IVF_BLAS_NPROBE`; "
+        "`-rN`: N neighbour-of-neighbour refinement passes (`graph._refine_neighbours`) instead of "
+        "`graph.IVF_BLAS_REFINE_PASSES`. "
         "Runs: 3 per method at 10k; 1 at 50k and above (an exact build took ~7 min at 50k on the "
         "shared machine); HNSW and PCA were dropped at 100k after losing at 10k and 50k. "
         "`pca128-ivf` (benchmark only): IVF on a 128-d PCA projection for 3k candidates, "
@@ -340,6 +345,19 @@ def write_markdown(report: dict, path: Path) -> None:
         "CPU-s and 4.4-6.1 GB there (issue 11, not re-run here). The recall loss from 200k to 1M on "
         "`latent` (32-d overlapping Gaussians: a 1M-point 10-NN ball is nearly as wide as a list) "
         "needs more probes; 16 probes cost 1.5x at 200k. The 1M `clustered` row was not run (time). "
+        f"Refinement ({IVF_BLAS_REFINE_PASSES} passes by default): after the search and the reverse "
+        "pass, rows in IVF-list order, 64 at a time, are scored with one BLAS product against every "
+        "neighbour of their neighbours and keep their k best (never worse). It lifts a weak graph a lot "
+        "(200k `latent`, 4 probes: 0.83 after the reverse pass -> 0.93, timed by stage in a scratch "
+        "script) but costs more than more probes: 200k `latent` "
+        "15.6 -> 33.9 CPU-s for 0.950 -> 0.964 (16 probes: 22.2 CPU-s, 0.982); 4 probes + 1 pass "
+        "33.3 CPU-s, 0.926; 100k `clustered` 6.0 -> 9.4 CPU-s at recall 1.000 either way. At 1M "
+        "`latent` (8 probes + 1 pass) it took 259 CPU-s, recall 0.931, peak RSS 2,200 MB (one run, "
+        "load ~10): the pass cost ~115 CPU-s on top of the search for +0.054 recall, so it does not "
+        "bring the 1M goal within reach either; it is off by default and kept for the "
+        "`ivf-blas-rN` measurements. "
+        "Its cost is the random reads of the candidate rows, not the products (200k: gathering "
+        "25,600 random rows took 21 ms, their dot products 2.5 ms). "
         "No numba, so no compile in any process. The centroids are kept for adding items "
         "(`extend_knn_graph`, which still searches with FAISS `ivf`; benchmarks/results/graph_update.md). "
         "PCA before the search is not used: it lost recall (0.95 at 50k) for little or no time saved.",

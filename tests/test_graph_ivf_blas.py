@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelloop.graph import _reverse_merge, _topk_rows, build_knn_graph, choose_method
+import labelloop.graph as graph_mod
+from labelloop.graph import (_inverse_norms, _refine_neighbours, _reverse_merge, _topk_rows, build_knn_graph,
+                             choose_method)
 from test_graph import brute_force, check_invariants, clustered
 
 
@@ -71,6 +73,25 @@ def test_reverse_merge_adds_a_missing_reverse_edge():
     assert i2[1].tolist() == [0, 2] and s2[1].tolist() == pytest.approx([0.9, 0.8])
     assert i2[0].tolist() == [1, 2]                # rows already complete stay as they were
     assert (np.diff(s2, axis=1) <= 0).all()
+
+
+def test_refinement_never_lowers_a_row_and_lifts_a_one_probe_graph(monkeypatch):
+    X = clustered(3000, dim=32, n_clusters=30, seed=3) * 2.0     # not normalised: normalised as read
+    monkeypatch.setattr(graph_mod, "IVF_BLAS_NPROBE", 1)
+    monkeypatch.setattr(graph_mod, "IVF_BLAS_REFINE_PASSES", 0)
+    weak = build_knn_graph(X, 10, method="ivf-blas")
+    idx, sim = _refine_neighbours(X, _inverse_norms(X), weak.indices, weak.similarities)
+    refined = graph_mod.KnnGraph(idx, sim, "ivf-blas")
+    check_invariants(X, refined, 10)
+    # each row keeps the k best of its old list and its new candidates: no slot gets worse
+    assert (sim >= weak.similarities - 1e-6).all()
+    truth = brute_force(X, 10)[0]
+    before, after = recall(weak.indices, truth), recall(idx, truth)
+    assert before < 0.9 and after >= before + 0.05, (before, after)
+    # an exact graph is a fixed point
+    exact = build_knn_graph(X, 10, method="exact")
+    i2, s2 = _refine_neighbours(X, _inverse_norms(X), exact.indices, exact.similarities)
+    np.testing.assert_allclose(s2, exact.similarities, atol=1e-5)
 
 
 def test_choose_method_thresholds():

@@ -174,7 +174,7 @@ def build_knn_graph(
         # computed once): no normalised copy of X, which may be a read-only memory map
         inv = _inverse_norms(X)
         centroids = _ivf_centroids(X, seed=seed, inv=inv, per_list=IVF_BLAS_KMEANS[0], niter=IVF_BLAS_KMEANS[1])
-        idx, sim = _search_ivf_blas(X, inv, k + 1, centroids)
+        idx, sim, order = _search_ivf_blas(X, inv, k + 1, centroids)
         Xn = None
     elif method == "nndescent":
         # pynndescent normalises its own copy of the rows (cosine): not normalised twice here
@@ -195,6 +195,8 @@ def build_knn_graph(
     idx, sim = _repair_missing(X if Xn is None else Xn, idx, sim, normalised=Xn is not None)
     if method == "ivf-blas":
         idx, sim = _reverse_merge(idx, sim)
+        for _ in range(IVF_BLAS_REFINE_PASSES):
+            idx, sim = _refine_neighbours(X, inv, idx, sim, order)
     return KnnGraph(idx, sim, method, centroids)
 
 
@@ -406,14 +408,27 @@ def _topk_rows(S: np.ndarray, kk: int, floor: np.ndarray | None = None) -> tuple
     return cols, vals
 
 
+def _merge_into(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, ids: np.ndarray, vals: np.ndarray) -> None:
+    """Rows ``rows`` of ``idx`` / ``sim`` (descending lists) keep their best of their list and
+    the candidates ``ids`` / ``vals`` (one row each, ids not already listed), in place."""
+    better = vals.max(axis=1, initial=-np.inf) > sim[rows, -1]
+    rows, ids, vals = rows[better], ids[better], vals[better]
+    cand_i = np.concatenate([idx[rows], ids], axis=1)
+    cand_s = np.concatenate([sim[rows], vals], axis=1)
+    top = np.argsort(-cand_s, axis=1, kind="stable")[:, : idx.shape[1]]  # kept ones first on ties
+    idx[rows] = np.take_along_axis(cand_i, top, 1)
+    sim[rows] = np.take_along_axis(cand_s, top, 1)
+
+
 def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``kk`` nearest rows of ``X`` (normalised by ``inv`` as read) to each row, each row
     searching the members of its ``IVF_BLAS_NPROBE`` nearest ``centroids`` (an IVF search),
     computed list by list: first every list against itself (each row's nearest list), then
     each list against the block of rows that probe it, keeping scores above a row's current
     k-th best. BLAS runs single-threaded in one worker thread per core (a multi-threaded BLAS
-    spins on small products and bills the CPU for it)."""
+    spins on small products and bills the CPU for it). Returns (ids, sims, the rows ordered by
+    their nearest list)."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -440,14 +455,7 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
         return rows, np.where(cols < 0, -1, members[np.maximum(cols, 0)]), vals
 
     def merge(result) -> None:
-        rows, ids, vals = result
-        better = vals[:, 0] > sim[rows, -1]
-        rows, ids, vals = rows[better], ids[better], vals[better]
-        cand_i = np.concatenate([idx[rows], ids], axis=1)
-        cand_s = np.concatenate([sim[rows], vals], axis=1)
-        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :kk]  # kept ones first on ties
-        idx[rows] = np.take_along_axis(cand_i, order, 1)
-        sim[rows] = np.take_along_axis(cand_s, order, 1)
+        _merge_into(idx, sim, *result)
 
     def lists(assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(assign, kind="stable")
@@ -479,6 +487,58 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
                     merge(pending.popleft().result())
             while pending:
                 merge(pending.popleft().result())
+    return idx, sim, members
+
+
+#: neighbour-of-neighbour passes after the "ivf-blas" search (:func:`_refine_neighbours`).
+#: Off: on 200k `latent` one pass cost more than the search (15.6 -> 33.9 CPU-s) for recall
+#: 0.950 -> 0.964, where 16 probes reach 0.982 in 22 CPU-s; 1M `latent`: 144 -> 259 CPU-s for
+#: 0.877 -> 0.931 (benchmarks/results/knn_backends.md)
+IVF_BLAS_REFINE_PASSES = 0
+#: rows per chunk of a refinement pass, each scored against every neighbour of the chunk's
+#: neighbours (about 64 x 70 of them); larger chunks find more but cost more per row
+#: (200k latent, 3 probes: 0.75 -> 0.93 with 256 rows for 25 CPU-s, 64 rows 11 CPU-s)
+_REFINE_ROWS = 64
+
+
+def _refine_neighbours(X: np.ndarray, inv: np.ndarray, idx: np.ndarray, sim: np.ndarray,
+                       order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One neighbour-of-neighbour pass (after NN-descent's local join), later chunks seeing the
+    lists that earlier ones improved: rows are taken in ``order`` (rows of one IVF list together) in chunks of
+    :data:`_REFINE_ROWS`; a chunk is scored with one BLAS product against every neighbour of
+    its rows' neighbours (rows of ``X`` normalised by ``inv`` as read), and each row keeps the
+    k best of its list and those candidates, so no row's list gets worse. One chunk per core
+    at a time, BLAS single-threaded in each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    n, k = idx.shape
+    rows_all = np.arange(n) if order is None else np.asarray(order)
+
+    def chunk(rows: np.ndarray):
+        own = idx[rows]                                              # (b, k)
+        U = np.unique(idx[own[own >= 0]])                            # every neighbour's neighbours
+        U = U[U >= 0]
+        if U.size == 0:
+            return rows[:0], own[:0], sim[rows[:0]]
+        S = _unit_rows(X, inv, rows) @ _unit_rows(X, inv, U).T       # (b, |U|)
+        at = np.searchsorted(U, rows)
+        hit = np.flatnonzero((at < U.size) & (U[np.minimum(at, U.size - 1)] == rows))
+        S[hit, at[hit]] = -np.inf                                    # self
+        cols, cs = _topk_rows(S, k, sim[rows, -1])
+        ci = np.where(cols < 0, -1, U[np.maximum(cols, 0)])
+        cs[(ci[:, :, None] == own[:, None, :]).any(axis=2)] = -np.inf   # already listed
+        return rows, ci, cs
+
+    idx, sim = idx.copy(), sim.copy()
+    workers = _n_threads()
+    chunks = [rows_all[i : i + _REFINE_ROWS] for i in range(0, n, _REFINE_ROWS)]
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        for i in range(0, len(chunks), workers):
+            for result in pool.map(chunk, chunks[i : i + workers]):
+                _merge_into(idx, sim, *result)
+    np.minimum(sim, 1.0, out=sim)   # float32 products of unit rows may pass 1 by a rounding
     return idx, sim
 
 
