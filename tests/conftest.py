@@ -231,3 +231,28 @@ def sql(project: Path, q: str, *args) -> list[tuple]:
     with Store(project) as s, s.transaction() as c:
         cur = c.execute(q, args)
         return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+
+@contextlib.contextmanager
+def serve_with_annotators(path: Path, module_db, build, *, reviewer: bool = False):
+    """Build a project at ``path`` with ``build(path) -> (project, extra)``, add the annotators
+    the web tests log in as ("ann" with a token, "bea" with a password; "rita", a reviewer with
+    a token, when ``reviewer``), and serve it for real. Yields ``(url, extra, tokens)``, tokens
+    by user name; after the server stops, no traceback may be in its output."""
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess
+
+    tokens = {}
+    with pytest.MonkeyPatch.context() as mp, module_db.create():
+        mp.setattr(auth, "SCRYPT_N", 2**10)
+        p, extra = build(path)
+        auth.add_user(p.store, "ann", "annotator", token=True)
+        tokens["ann"] = auth.issue_token(p.store, "ann")
+        auth.add_user(p.store, "bea", "annotator", password="bea-password-1")
+        if reviewer:
+            auth.add_user(p.store, "rita", "reviewer", token=True)
+            tokens["rita"] = auth.issue_token(p.store, "rita")
+        p.close()
+    with ServerProcess(path) as server:
+        yield server.url, extra, tokens
+    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])

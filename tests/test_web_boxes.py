@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import sql
+from conftest import serve_with_annotators, sql
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -21,24 +21,13 @@ BOX_ROWS = "SELECT id, item_id, x, y, w, h, class_id, source, annotator, score, 
 def served(tmp_path_factory, module_db):
     """Six 200x150 images (two with machine pre-labels), an annotator with a token and one
     with a password; a live server on it."""
-    from labelloop.web import auth
-    from labelloop.web.testing import ServerProcess, boxes_project
+    from labelloop.web.testing import boxes_project
 
     root = tmp_path_factory.mktemp("boxes")
-    with pytest.MonkeyPatch.context() as mp, module_db.create():
-        mp.setattr(auth, "SCRYPT_N", 2**10)
-        p, ids = boxes_project(root / "proj")
-        auth.add_user(p.store, "ann", "annotator", token=True)
-        token = auth.issue_token(p.store, "ann")
-        auth.add_user(p.store, "bea", "annotator", password="bea-password-1")
-        auth.add_user(p.store, "rita", "reviewer", token=True)
-        reviewer = auth.issue_token(p.store, "rita")
-        p.close()
-    with ServerProcess(root / "proj") as server:
-        s = Served(server.url, root / "proj", ids, {"Authorization": f"Bearer {token}"})
-        s.reviewer = {"Authorization": f"Bearer {reviewer}"}
+    with serve_with_annotators(root / "proj", module_db, boxes_project, reviewer=True) as (url, ids, tokens):
+        s = Served(url, root / "proj", ids, {"Authorization": f"Bearer {tokens['ann']}"})
+        s.reviewer = {"Authorization": f"Bearer {tokens['rita']}"}
         yield s
-    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
 
 
 class Served:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import sql
+from conftest import serve_with_annotators, sql
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -24,21 +24,15 @@ DECIDED = {"billing0", "billing1", "billing2", "bug0", "bug1", "bug2"}
 def served(tmp_path_factory, module_db):
     """The tags project (40 texts, six decided, refreshed), an annotator with a token and one
     with a password; a live server on it."""
-    from labelloop.web import auth
-    from labelloop.web.testing import ServerProcess, tags_project
+    from labelloop.web.testing import tags_project
+
+    def build(path):
+        p = tags_project(path)
+        return p, {it.external_id: it.id for it in p.store.items()}
 
     root = tmp_path_factory.mktemp("tags")
-    with pytest.MonkeyPatch.context() as mp, module_db.create():
-        mp.setattr(auth, "SCRYPT_N", 2**10)
-        p = tags_project(root / "proj")
-        ids = {it.external_id: it.id for it in p.store.items()}
-        auth.add_user(p.store, "ann", "annotator", token=True)
-        token = auth.issue_token(p.store, "ann")
-        auth.add_user(p.store, "bea", "annotator", password="bea-password-1")
-        p.close()
-    with ServerProcess(root / "proj") as server:
-        yield server.url, root / "proj", ids, {"Authorization": f"Bearer {token}"}
-    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
+    with serve_with_annotators(root / "proj", module_db, build) as (url, ids, tokens):
+        yield url, root / "proj", ids, {"Authorization": f"Bearer {tokens['ann']}"}
 
 
 def _queue(url, h, n=50):
