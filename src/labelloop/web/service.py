@@ -18,7 +18,9 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import os
 import queue as _queue
+import sys
 import threading
 import time
 import traceback
@@ -36,6 +38,22 @@ from .queue import (N_TOP, MultiLabelRank, QueueEntry, RankInputs, Ranking, Snap
                     rank_multilabel)
 
 log = logging.getLogger("labelloop.web")
+
+#: how much nicer than the rest of the server the ranker thread runs (Linux): a ranking that is
+#: under way when a label arrives yields the CPU to the refresh of that label
+RANKER_NICE = 10
+
+
+def lower_thread_priority(by: int) -> None:
+    """Make the calling thread ``by`` nicer (Linux only: there a thread has a nice value of its
+    own, set through its thread id; elsewhere that id would name another process)."""
+    if sys.platform != "linux" or by <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except OSError as exc:   # e.g. a sandbox without setpriority: run at the server's priority
+        log.debug("cannot lower the ranker's priority: %s", exc)
 
 
 __all__ = ["Writer", "Readers", "Refresher", "writer_project"]
@@ -198,6 +216,8 @@ class Refresher:
         self._snapshot = Snapshot.empty()
         self._cond = threading.Condition()
         self._requested = False
+        self._requests = 0   # request() calls since the current (or last) refresh began
+        self._waiters: list[tuple[int, concurrent.futures.Future]] = []   # (annotation id, until published)
         self._rank_job: RankInputs | MultiLabelRank | None = None
         self._stop = False
         self._threads: list[threading.Thread] = []
@@ -223,7 +243,23 @@ class Refresher:
         """Ask for a refresh; returns at once."""
         with self._cond:
             self._requested = True
+            self._requests += 1
             self._cond.notify_all()
+
+    def when_applied(self, annotation_id: int) -> concurrent.futures.Future:
+        """A future that turns True as soon as a published snapshot includes ``annotation_id``
+        (at once if the current one does; False when the refresher stops first). A request
+        awaits it instead of polling: nothing runs until the refresher publishes. Cancel it
+        when giving up."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._snapshot.applied_annotation_id >= annotation_id:
+                fut.set_result(True)
+            elif self._stop:
+                fut.set_result(False)
+            else:
+                self._waiters = [w for w in self._waiters if not w[1].done()] + [(annotation_id, fut)]
+        return fut
 
     def wait_applied(self, annotation_id: int, timeout: float = 30.0) -> bool:
         """Block until the published snapshot includes ``annotation_id`` (tests, benchmarks)."""
@@ -252,7 +288,11 @@ class Refresher:
     def stop(self) -> None:
         with self._cond:
             self._stop = True
+            waiters, self._waiters = self._waiters, []
             self._cond.notify_all()
+        for _, fut in waiters:
+            if fut.set_running_or_notify_cancel():
+                fut.set_result(False)
         for t in self._threads:
             t.join(timeout=60)
         self._threads = []
@@ -281,19 +321,24 @@ class Refresher:
                 if self._stop:
                     return
             first = time.monotonic()
-            # a label after a pause refreshes at once; labels that came during the last refresh
-            # (a burst) are coalesced: wait until it pauses for debounce, at most max_delay
+            # a label after a pause refreshes at once, and so does the one label that came
+            # during the last refresh; several that came during it (a burst) are coalesced: wait
+            # until it pauses for debounce, at most max_delay
             while True:
                 with self._cond:
                     self._requested = False
-                    if first - idle_since > self.debounce:
+                    if first - idle_since > self.debounce or self._requests <= 1:
                         break
-                    self._cond.wait(self.debounce)
+                    quiet_until = time.monotonic() + self.debounce   # (other notifications do not end it)
+                    while not self._requested and not self._stop and (left := quiet_until - time.monotonic()) > 0:
+                        self._cond.wait(left)
                     if self._stop:
                         return
                     if not self._requested or time.monotonic() - first >= self.max_delay:
                         self._requested = False
                         break
+            with self._cond:
+                self._requests = 0   # every request so far is read by this refresh
             self._refresh_once()
             idle_since = time.monotonic()
 
@@ -336,10 +381,11 @@ class Refresher:
             self._publish(self._snapshot_of_last_predictions(applied, summary=summary))
             visible.append(time.thread_time() - c0)
         visible_cpu = visible[0]
-        try:   # precompute what /api/status and the dashboard read, memoised per set of items and
-            p.status()   # per prediction run (item ids, the embedding check, confidence figures)
-        except LabelloopError as exc:
-            log.warning("cannot precompute the status: %s", exc)
+        if not self._requested:   # (labels waiting: they refresh first, the status after them)
+            try:   # precompute what /api/status and the dashboard read, memoised per set of items and
+                p.status()   # per prediction run (item ids, the embedding check, confidence figures)
+            except LabelloopError as exc:
+                log.warning("cannot precompute the status: %s", exc)
         self._set_status("idle", None, refreshes=self.status["refreshes"] + 1,
                          last_seconds=round(time.perf_counter() - t0, 4),
                          last_visible_cpu_seconds=round(visible_cpu, 4))
@@ -352,7 +398,12 @@ class Refresher:
             snap = snap.with_ranking(cur.ranking)
             snap.applied_annotation_id = max(snap.applied_annotation_id, cur.applied_annotation_id)
             self._snapshot = snap
+            done = [f for a, f in self._waiters if a <= snap.applied_annotation_id]
+            self._waiters = [(a, f) for a, f in self._waiters if a > snap.applied_annotation_id and not f.done()]
             self._cond.notify_all()
+        for fut in done:   # (outside the lock: a waiter's callbacks run here)
+            if fut.set_running_or_notify_cancel():
+                fut.set_result(True)
 
     def _snapshot_of_last_predictions(self, applied: int, *, summary: dict | None = None) -> Snapshot:
         """The latest stored predictions with a confidence order, and a ranking job for the
@@ -437,11 +488,19 @@ class Refresher:
             self._rank_job = job    # a newer job replaces one not yet started
             self._cond.notify_all()
 
+    def _refresh_due(self) -> bool:
+        """A refresh is asked for or running (under ``_cond``)."""
+        return self._requested or self.status["state"] == "running"
+
     def _rank_loop(self) -> None:
+        lower_thread_priority(RANKER_NICE)
         while True:
             with self._cond:
                 while self._rank_job is None and not self._stop:
                     self._cond.wait()
+                # a refresh is due or running: it would wait for the CPU (and the GIL) this
+                # ranking takes, and publishes a newer job; so wait for it, at most rank_interval
+                self._cond.wait_for(lambda: self._stop or not self._refresh_due(), timeout=self.rank_interval)
                 if self._stop:
                     if self._ranker_project is not None:
                         self._ranker_project.close()

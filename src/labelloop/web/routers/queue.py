@@ -3,6 +3,7 @@ classes per item), undo, skip, classes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated
 
@@ -17,6 +18,9 @@ from ..context import Annotator, Ctx, Principal, WebContext, item_json, parse_id
 from ..queue import QueueEntry
 from ..render import page
 from ..schemas import ID_LIST_PATTERN, ClassIn, ClassSetIn, LabelIn, SkipIn, UndoIn
+
+#: the longest ``/api/queue?wait=`` a client may ask for, seconds
+MAX_WAIT = 30.0
 
 router = APIRouter(tags=["queue"])
 
@@ -54,10 +58,23 @@ def queue_page(p: Annotator, ctx: Ctx):
 
 @router.get("/api/queue")
 async def api_queue(p: Annotator, ctx: Ctx, n: Annotated[int, Query(ge=1, le=50)] = 5,
-                    exclude: Annotated[str, Query(max_length=10_000, pattern=ID_LIST_PATTERN)] = ""):
+                    exclude: Annotated[str, Query(max_length=10_000, pattern=ID_LIST_PATTERN)] = "",
+                    after: Annotated[int | None, Query(ge=0)] = None,
+                    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0):
     """The next ``n`` items for this user (reserved for them a few minutes), with the
-    machine's guess; ``exclude``: comma-separated ids the client already holds."""
+    machine's guess; ``exclude``: comma-separated ids the client already holds. With
+    ``after`` (an annotation id, e.g. the label just posted) and ``wait`` (seconds): answer as
+    soon as predictions refreshed with that label are served, or after ``wait`` seconds
+    (``snapshot.applied_annotation_id`` tells which) instead of polling."""
     ids = parse_ids(exclude, "exclude")
+    if after is not None and wait > 0:
+        applied = ctx.refresher.when_applied(after)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(applied), wait)
+        except asyncio.TimeoutError:
+            pass   # answered with what is served now
+        finally:
+            applied.cancel()
     return await run_in_threadpool(_queue_payload, ctx, p, n, ids)   # it waits for the writer
 
 

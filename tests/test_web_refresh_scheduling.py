@@ -1,0 +1,124 @@
+"""When the server refreshes after labels, and how a client learns that it did.
+
+- ``GET /api/queue?after=<annotation>&wait=<s>`` answers as soon as predictions refreshed with
+  that label are served (a real ``labelloop serve``), or after ``wait`` with what is served;
+  a burst of labels is coalesced and none is lost.
+- The refresher starts the next refresh at once for the one label that came during a refresh
+  (the debounce is for bursts), and a waiter learns of it without polling.
+
+Truths are independent of the server: annotation ids the label requests returned, the refresh
+runs read back through Project, labels written on a connection of the test's own."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from labelloop import Project  # noqa: E402
+from labelloop.store import Store  # noqa: E402
+from labelloop.web import auth  # noqa: E402
+from labelloop.web.service import Refresher, Writer  # noqa: E402
+from labelloop.web.testing import ServerProcess, topics_project  # noqa: E402
+
+
+def _until(cond, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def topics(tmp_path, monkeypatch):
+    monkeypatch.setattr(auth, "SCRYPT_N", 2**10)
+    p = topics_project(tmp_path / "proj", rules=False)
+    p.refresh()
+    auth.add_user(p.store, "ann", "annotator", token=True)
+    token = auth.issue_token(p.store, "ann")
+    ids = {it.external_id: it.id for it in p.store.items()}
+    p.close()
+    return tmp_path / "proj", ids, token
+
+
+def test_a_client_waits_for_its_label_in_one_request_and_a_burst_loses_none(topics):
+    path, ids, token = topics
+    with ServerProcess(path) as server, httpx.Client(base_url=server.url, timeout=60,
+                                                     headers={"Authorization": f"Bearer {token}"}) as c:
+        _until(lambda: c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] == "idle",
+               what="the server's first refresh")
+        aid = c.post("/api/labels", json={"item": ids["bug3"], "label": "bug"}).json()["annotation"]
+        r = c.get("/api/queue", params={"n": 1, "after": aid, "wait": 30})
+        assert r.status_code == 200, r.text
+        assert r.json()["snapshot"]["applied_annotation_id"] >= aid   # answered once it was served
+
+        # nothing newer will come: answered after `wait` with what is served, not an error
+        r = c.get("/api/queue", params={"n": 1, "after": aid + 1000, "wait": 0.2})
+        assert r.status_code == 200 and r.json()["snapshot"]["applied_annotation_id"] < aid + 1000
+        assert c.get("/api/queue", params={"n": 1, "after": aid, "wait": 1e6}).status_code == 422
+
+        # a burst from several clients at once: every label is in the predictions served after it
+        names = [f"billing{i}" for i in range(1, 9)] + [f"bug{i}" for i in range(4, 12)]
+        got: list[int] = []
+
+        def label(name):
+            got.append(c.post("/api/labels", json={"item": ids[name], "label": name.rstrip("0123456789")})
+                       .json()["annotation"])
+
+        threads = [threading.Thread(target=label, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(got) == len(names)
+        r = c.get("/api/queue", params={"n": 1, "after": max(got), "wait": 30}).json()
+        assert r["snapshot"]["applied_annotation_id"] >= max(got)
+        refreshes = r["refresh"]["refreshes"]
+        _until(lambda: c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] == "idle", what="idle")
+        with Project(path, readonly=True) as p:
+            last = p.store.last_run("refresh")
+            human = int((p.label_vector(p.item_ids(), sources=("human",)) >= 0).sum())
+    # 1 + 1 + 16 human labels, all in the last refresh; the burst took fewer refreshes than labels
+    assert human == 18 and last["summary"]["human"] == 18
+    assert refreshes < 1 + 1 + len(names)
+
+
+def test_one_label_during_a_refresh_refreshes_next_without_the_debounce(topics):
+    """The writer is held busy so the refresh is caught running (its run record waits for the
+    writer); a label arrives then. With a debounce of 60 s, it is served well before that."""
+    path, ids, _ = topics
+    writer = Writer(path)
+    writer.start()
+    ref = Refresher(path, strategy="least_confidence", writer=writer, debounce=60.0, max_delay=120.0)
+    ref.start()
+    try:
+        _until(lambda: ref.status["state"] == "idle", what="the first refresh")
+        gate = threading.Event()
+        writer.submit(lambda s: gate.wait(60))   # the writer is busy until the gate opens
+        with Store(path) as st:
+            cid = st.class_ids()
+            st.add_annotations([(ids["bug3"], cid["bug"])], source="human", annotator="t")
+            first = st.last_annotation_id()
+        ref.request()
+        _until(lambda: ref.status["state"] == "running", what="the refresh to start")
+        with Store(path) as st:
+            st.add_annotations([(ids["bug4"], cid["bug"])], source="human", annotator="t")
+            second = st.last_annotation_id()
+        ref.request()   # the one request during the refresh
+        served = ref.when_applied(second)
+        assert not served.done()
+        gate.set()
+        assert served.result(timeout=30) is True   # without the debounce's 60 s
+        assert ref.snapshot.applied_annotation_id >= second > first
+        assert ref.wait_ranked(timeout=30)   # the ranker, held back while refreshes ran, ranked
+    finally:
+        gate.set()
+        ref.stop()
+        writer.stop()
+    assert served.done() and ref.when_applied(second + 100).result(timeout=1) is False   # stopped: no wait
