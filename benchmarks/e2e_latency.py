@@ -18,10 +18,13 @@ Measured per variant, ``--runs`` times each (medians reported):
   ``python -m labelloop.cli refresh -p DIR`` as a child process: wall time, CPU seconds (user +
   system of the child, from wait4) and the child's peak RSS; with ``--full`` the timed command
   is ``refresh --full`` (a full propagation whose classifier head reads every vector);
-- server (``--server``): a real ``labelloop serve`` subprocess; POST /api/labels, then poll
-  GET /api/queue?n=1 every 10 ms until its snapshot's ``applied_annotation_id`` covers the
-  label (refreshed predictions visible); labels 0.3 s apart so each is its own refresh. Then
-  GET /api/status and GET /api/dashboard right after a label.
+- server (``--server``): a real ``labelloop serve`` subprocess; POST /api/labels, then
+  GET /api/queue?n=1 until its snapshot's ``applied_annotation_id`` covers the label (refreshed
+  predictions visible): ``--refreshes`` labels with ``after=<label>&wait=30`` (the server
+  answers once they are served; a server without those parameters answers at once and the
+  client polls every 10 ms), then as many polling every 10 ms (each poll is a request the
+  server's CPU and GIL also serve while it refreshes); labels 0.3 s apart so each is its own
+  refresh. Then GET /api/status and GET /api/dashboard right after a label.
 
 Writes benchmarks/results/e2e_latency_<n>.json and .md.
 """
@@ -198,19 +201,24 @@ def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: i
                 break
             time.sleep(0.2)
         time.sleep(1.0)
-        held = c.get("/api/queue", params={"n": refreshes + 5}).json()["items"]
-        applied, server_refresh, server_cpu, status, dashboard = [], [], [], [], []
-        for _ in range(refreshes):
+        held = c.get("/api/queue", params={"n": 2 * refreshes + 5}).json()["items"]
+        applied, polled, server_refresh, server_cpu, status, dashboard = [], [], [], [], [], []
+        for r in range(2 * refreshes):
+            # the first half waits for the refreshed predictions in one request (after/wait: the
+            # server answers when they are served; code without it answers at once and the client
+            # polls), the second half polls every 10 ms as a client without it would
+            long_poll = r < refreshes
             item = held.pop(0)
             t0 = time.perf_counter()
             a = c.post("/api/labels", json={"item": item["id"], "label": f"c{truth[int(item['name'])]}"})
             a.raise_for_status()
             aid = a.json()["annotation"]
             while True:
-                s = c.get("/api/queue", params={"n": 1, "exclude": ",".join(str(i["id"]) for i in held)}).json()
+                q = {"n": 1, "exclude": ",".join(str(i["id"]) for i in held)}
+                s = c.get("/api/queue", params=q | ({"after": aid, "wait": 30} if long_poll else {})).json()
                 now = time.perf_counter()
                 if s["snapshot"]["applied_annotation_id"] >= aid:
-                    applied.append(now - t0)
+                    (applied if long_poll else polled).append(now - t0)
                     break
                 if now - t0 > 300:
                     raise RuntimeError(f"refresh not applied after 300 s: {s['refresh']}")
@@ -226,7 +234,7 @@ def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: i
                 t0 = time.perf_counter()
                 rev.get(url).raise_for_status()
                 acc.append(time.perf_counter() - t0)
-        out = {"refresh_applied_s": applied, "server_refresh_s": server_refresh, "server_visible_cpu_s": server_cpu,
+        out = {"refresh_applied_s": applied, "refresh_applied_polled_s": polled, "server_refresh_s": server_refresh, "server_visible_cpu_s": server_cpu,
                "status_s": status, "dashboard_s": dashboard}
     return out | {f"{k}_median": round(statistics.median(got), 4) if (got := [x for x in v if x is not None]) else None
                   for k, v in out.items()}
@@ -308,8 +316,10 @@ def write_markdown(r: dict, path: Path) -> None:
     row("import floor without scipy CPU s (python -c 'import labelloop.cli, labelloop.project, numpy')",
         lambda x: x["cli"].get("import_floor_numpy_only_cpu_s"))
     if "server" in v[names[0]]:
-        row("server: label submit -> refreshed predictions visible, s",
+        row("server: label submit -> refreshed predictions visible, s (client waits: after/wait, else polls)",
             lambda x: x.get("server", {}).get("refresh_applied_s_median"))
+        row("server: label submit -> refreshed predictions visible, s (client polls every 10 ms)",
+            lambda x: x.get("server", {}).get("refresh_applied_polled_s_median"))
         row("server: refresher's CPU s until visible (refresh + snapshot, its thread)",
             lambda x: x.get("server", {}).get("server_visible_cpu_s_median"))
         row("server: refresher's wall s incl. the status precompute after it",

@@ -52,6 +52,14 @@ DEFAULT_APPROX_METHOD = "ivf-blas"
 #: updates up to +50 % cost about one rebuild's CPU together (54 vs 71-103 CPU-s).
 REBUILD_AFTER_ADDED = 0.5
 
+#: neighbours the shared graph's consumers read besides the propagation's own ``k``
+#: (:meth:`labelloop.Project.graph_k` builds it with the largest): the label audit's graph signal
+#: (:mod:`labelloop.audit.label_errors`, k = 10 as Bai et al.) and TypiClust's typicality
+#: (:mod:`labelloop.select.coverage`, 20 as Hacohen et al. 2022). Set here, with the graph, so
+#: sizing it does not import either package.
+GRAPH_K = 10
+TYPICALITY_NEIGHBOURS = 20
+
 
 def _n_threads() -> int:
     """CPU cores this process may use (respects affinity masks / container limits)."""

@@ -17,12 +17,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ValidationError
-from .formats.imagefolder import IMAGE_EXTENSIONS
-from .formats.match import match_paths
-from .formats.model import Collection
 from .store import Store, full_decision, validate_class_name
+
+if TYPE_CHECKING:   # the formats load when an import reads files (not for every command)
+    from .formats.model import Collection
 TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 MAX_IMAGE_PIXELS = 200_000_000  # Pillow refuses larger as a decompression bomb
 
@@ -193,6 +194,8 @@ def import_images(store: Store, folder: str | Path, *, labels_from_folders: bool
     from the file ``annotations_name`` by :mod:`labelloop.formats`) a record's one class is the
     (import) label of the image it names (:func:`labelloop.formats.match_paths`); ``multilabel``:
     its classes are the image's import decision (a folder: that one class applies)."""
+    from .formats.imagefolder import IMAGE_EXTENSIONS
+
     if labels_from_folders and annotations is not None:
         raise ValidationError("give one source of labels: --labels-from-folders or an annotation file")
     root = Path(folder).expanduser()
@@ -268,6 +271,8 @@ def _annotation_labels(coll: Collection, name: str, files: list[Path], root: Pat
                        report: ImportReport, multilabel: bool = False) -> dict[str, str | list[str]]:
     """relative path -> class of the image records that name one file under ``root``; what
     cannot become a label is in ``report`` (skipped records, warnings, notes)."""
+    from .formats.match import match_paths
+
     texts = sum(r.path is None for r in coll.records)
     if texts:
         raise ValidationError(f"{name} holds {texts} text tasks; this is an image project: import them into a "

@@ -465,8 +465,7 @@ class Project:
     def graph_k(self) -> int:
         """The k the shared graph is built at: the largest any consumer asks for -- propagation
         (the ``k`` setting), typicality (TypiClust's 20 neighbours), the audit's graph signal."""
-        from .audit.label_errors import GRAPH_K
-        from .select.coverage import TYPICALITY_NEIGHBOURS
+        from .graph import GRAPH_K, TYPICALITY_NEIGHBOURS
 
         return max(self.setting("k"), TYPICALITY_NEIGHBOURS, GRAPH_K)
 

@@ -697,8 +697,10 @@ class Store:
         return d
 
     def last_run(self, kind: str) -> dict | None:
-        runs = self.runs(kind)
-        return runs[-1] if runs else None
+        """The newest finished run of ``kind`` (one row parsed, not every run's JSON)."""
+        row = self.conn.execute("SELECT * FROM runs WHERE kind = ? AND status = 'done' ORDER BY id DESC LIMIT 1",
+                                (kind,)).fetchone()
+        return None if row is None else self._run(row)
 
     def run_dir(self, run_id: int) -> Path:
         d = self.root / "arrays" / "runs" / str(run_id)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from labelloop.errors import ValidationError
-from labelloop.graph import KnnGraph
+from labelloop.graph import GRAPH_K, KnnGraph
 
 __all__ = [
     "LabelIssue",
@@ -54,7 +54,8 @@ __all__ = [
 #: graph signal defaults, benchmarks/label_noise.py (digits + Fashion-MNIST, 10-80 % noise):
 #: k = 10 as Bai et al.; T = 0.05 is smoother than the paper's 0.01-0.02 (better with noisy seeds); alpha = 0.9 keeps
 #: the neighbourhood local; 20 steps as Bai et al.
-GRAPH_K = 10  # neighbours used (the shared graph is truncated to this if it is larger)
+# GRAPH_K = 10 neighbours used (the shared graph is truncated to this if it is larger): set in
+# labelloop.graph, which sizes the shared graph by it
 GRAPH_TEMPERATURE = 0.05
 GRAPH_ALPHA = 0.9
 GRAPH_STEPS = 20

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
+from ..graph import TYPICALITY_NEIGHBOURS
 from .base import (
     CHUNK_BYTES,
     Selection,
@@ -37,9 +38,9 @@ __all__ = [
     "Typicality",
 ]
 
-# TypiClust (Hacohen et al. 2022): typicality = 1 / mean distance to the 20 nearest neighbours,
-# at most 500 clusters (beyond that k-means costs more than it helps at a cold start).
-TYPICALITY_NEIGHBOURS = 20
+# TypiClust (Hacohen et al. 2022): typicality = 1 / mean distance to the 20 nearest neighbours
+# (TYPICALITY_NEIGHBOURS, set in labelloop.graph, which sizes the shared graph by it), at most
+# 500 clusters (beyond that k-means costs more than it helps at a cold start).
 MAX_CLUSTERS = 500
 # k-means for typicality is fitted on a subsample of max(10_000, 50 * clusters) items: enough
 # points per centre, and a bounded cost at 100k+ items (measured in the helper's report).

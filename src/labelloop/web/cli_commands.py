@@ -7,7 +7,6 @@ Thin shells: ``serve`` builds :func:`labelloop.web.app.create_app` and runs it o
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -62,6 +61,8 @@ def serve(project, host, port, strategy, no_refresh, secure_cookies, log_level):
     app = create_app(project, strategy=strategy, refresh=not no_refresh, secure_cookies=secure_cookies)
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets; without it every
     # response waits ~40 ms for the client's delayed ACK (Nagle)
+    import socket
+
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
