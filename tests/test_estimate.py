@@ -65,3 +65,16 @@ def test_t_quantile_matches_tables():
     for df, t in ((3, 3.1824), (5, 2.5706), (10, 2.2281), (30, 2.0423)):
         assert _t_quantile(0.975, df) == pytest.approx(t, rel=0.01)
     assert _t_quantile(0.975, float("inf")) == pytest.approx(1.95996, rel=1e-4)
+
+
+def test_normal_quantile_equals_the_standard_librarys():
+    """The estimate's normal quantile (Newton on math.erf, so no command imports statistics)
+    equals statistics.NormalDist's where the intervals use it."""
+    from statistics import NormalDist
+
+    from labelloop.loop.estimate import _normal_quantile
+
+    for p in (0.5, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999, 0.025, 0.001):
+        assert abs(_normal_quantile(p) - NormalDist().inv_cdf(p)) < 1e-12, p
+    with pytest.raises(ValueError):
+        _normal_quantile(1.0)
