@@ -10,7 +10,9 @@ Project: n text items with synthetic 384-d embeddings (10 classes x 5 Gaussian c
 32-d latent space mapped to 384-d plus noise; benchmarks/refresh_latency.py's generator) stored
 as the active backbone; the kNN graph is built once (``Project.graph``, not timed) and one
 full refresh is run with 3 human labels per class. Each variant (this checkout, and with
-``--baseline`` another source tree, e.g. main's) works on its own copy of that project.
+``--baseline`` another source tree, e.g. main's) works on its own copy of that project; the
+variants are measured in turn, run by run and label by label (their servers run side by side),
+so a change in the shared machine's load hits each alike.
 
 Measured per variant, ``--runs`` times each (medians reported):
 
@@ -139,34 +141,42 @@ def run_child(cmd: list[str], env: dict) -> dict:
             "peak_rss_mb": int(hwm[-1]) / 1024 if hwm else ru.ru_maxrss / 1024, "stdout": out.strip()}
 
 
-def measure_cli(path: Path, src: Path, runs: int, seed: int, full: bool = False) -> dict:
-    rng = np.random.default_rng(seed)
-    env = _env(src)
-    # imports alone: the floor of any command in a fresh process
-    floor = [run_child([sys.executable, "-c", "import labelloop.cli, labelloop.project, numpy, scipy.sparse"], env)
-             for _ in range(3)]
-    floor_np = [run_child([sys.executable, "-c", "import labelloop.cli, labelloop.project, numpy"], env)
-                for _ in range(3)]
+def measure_cli(variants: dict[str, tuple[Path, Path]], runs: int, seed: int, full: bool = False) -> dict:
+    """``variants``: name -> (its project copy, its source tree). Interleaved run by run (this,
+    baseline, this, ...) so a change in the machine's load hits every variant alike."""
+    rng = {name: np.random.default_rng(seed) for name in variants}   # the same labels for each
+    env = {name: _env(src) for name, (_, src) in variants.items()}
+    floor: dict = {name: [] for name in variants}
+    floor_np: dict = {name: [] for name in variants}
+    got: dict = {name: [] for name in variants}
+    for _ in range(3):   # imports alone: the floor of any command in a fresh process
+        for name in variants:
+            floor[name].append(run_child([sys.executable, "-c", "import labelloop.cli, labelloop.project, numpy, "
+                                          "scipy.sparse"], env[name]))
+            floor_np[name].append(run_child([sys.executable, "-c", "import labelloop.cli, labelloop.project, numpy"],
+                                            env[name]))
     # one untimed refresh first: whatever the variant stores once per graph (or per upgrade) is made
-    add_labels(path, 10, rng, src)
-    run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path)], env)
-    got = []
+    for name, (path, src) in variants.items():
+        add_labels(path, 10, rng[name], src)
+        run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path)], env[name])
     for r in range(runs):
-        add_labels(path, 10, rng, src)
-        m = run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path), "--json"]
-                      + (["--full"] if full else []), env)
-        s = json.loads(m.pop("stdout"))
-        m.update(warm=s["warm"], warm_updates=s.get("warm_updates"), load=os.getloadavg()[0],
-                 refit=s.get("refit"), drain_steps=s.get("drain_steps"), residual=s.get("residual"))
-        got.append(m)
-        print(f"  cli run {r}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} CPU-s, {m['peak_rss_mb']:.0f} MB, "
-              f"warm={m['warm']} load {m['load']:.1f}", flush=True)
-    return {"runs": got, **{f"{k}_median": round(statistics.median(g[k] for g in got), 3)
-                           for k in ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_mb")},
-            "cpu_s_mean": round(statistics.mean(g["cpu_s"] for g in got), 3),
-            "cpu_s_max": round(max(g["cpu_s"] for g in got), 3),
-            "import_floor_cpu_s": round(statistics.median(f["cpu_s"] for f in floor), 3),
-            "import_floor_numpy_only_cpu_s": round(statistics.median(f["cpu_s"] for f in floor_np), 3)}
+        for name, (path, src) in variants.items():
+            add_labels(path, 10, rng[name], src)
+            m = run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path), "--json"]
+                          + (["--full"] if full else []), env[name])
+            s = json.loads(m.pop("stdout"))
+            m.update(warm=s["warm"], warm_updates=s.get("warm_updates"), load=os.getloadavg()[0],
+                     refit=s.get("refit"), drain_steps=s.get("drain_steps"), residual=s.get("residual"))
+            got[name].append(m)
+            print(f"  cli run {r} {name}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} CPU-s, "
+                  f"{m['peak_rss_mb']:.0f} MB, warm={m['warm']} load {m['load']:.1f}", flush=True)
+    return {name: {"runs": g, **{f"{k}_median": round(statistics.median(x[k] for x in g), 3)
+                                 for k in ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_mb")},
+                   "cpu_s_mean": round(statistics.mean(x["cpu_s"] for x in g), 3),
+                   "cpu_s_max": round(max(x["cpu_s"] for x in g), 3),
+                   "import_floor_cpu_s": round(statistics.median(f["cpu_s"] for f in floor[name]), 3),
+                   "import_floor_numpy_only_cpu_s": round(statistics.median(f["cpu_s"] for f in floor_np[name]), 3)}
+            for name, g in got.items()}
 
 
 def compile_tree(src: Path) -> None:
@@ -177,67 +187,81 @@ def compile_tree(src: Path) -> None:
                    stdout=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
 
-def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: int) -> dict:
-    import httpx
+def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, requests: int) -> dict:
+    """A real ``labelloop serve`` per variant, all started at once (an idle server costs
+    nothing) and labeled in turn, label by label, so load changes hit every variant alike."""
+    import contextlib
 
-    from labelloop.web.testing import ServerProcess
+    import httpx
 
     from labelloop.store import Store
     from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess
 
-    token = (path / "bench_token.txt").read_text().strip()
-    with Store(path) as st:   # status and the dashboard are a reviewer's pages
-        auth.add_user(st, "bench-reviewer", "reviewer", token=True)
-        reviewer = auth.issue_token(st, "bench-reviewer")
-    truth = np.load(path / "truth.npy")
     out: dict = {}
-    with ServerProcess(path, env=_env(src), timeout=900) as server, \
-            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c, \
-            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {reviewer}"}, timeout=120) as rev:
-        deadline = time.monotonic() + 900   # the server starts warm: wait for its first refresh and ranking
-        while time.monotonic() < deadline:
-            s = c.get("/api/queue", params={"n": 1}).json()
-            if s["refresh"]["state"] == "idle" and s["refresh"]["ranking"] == "idle":
-                break
-            time.sleep(0.2)
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for name, (path, src) in variants.items():
+            token = (path / "bench_token.txt").read_text().strip()
+            with Store(path) as st:   # status and the dashboard are a reviewer's pages
+                auth.add_user(st, "bench-reviewer", "reviewer", token=True)
+                reviewer = auth.issue_token(st, "bench-reviewer")
+            server = stack.enter_context(ServerProcess(path, env=_env(src), timeout=900))
+            clients[name] = (
+                stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
+                                                 timeout=120)),
+                stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {reviewer}"},
+                                                 timeout=120)),
+                np.load(path / "truth.npy"))
+        for c, _, _ in clients.values():
+            deadline = time.monotonic() + 900   # the server starts warm: wait for its first refresh and ranking
+            while time.monotonic() < deadline:
+                s = c.get("/api/queue", params={"n": 1}).json()
+                if s["refresh"]["state"] == "idle" and s["refresh"]["ranking"] == "idle":
+                    break
+                time.sleep(0.2)
         time.sleep(1.0)
-        held = c.get("/api/queue", params={"n": 2 * refreshes + 5}).json()["items"]
-        applied, polled, server_refresh, server_cpu, status, dashboard = [], [], [], [], [], []
+        held = {name: c.get("/api/queue", params={"n": 2 * refreshes + 5}).json()["items"]
+                for name, (c, _, _) in clients.items()}
+        keys = ("refresh_applied_s", "refresh_applied_polled_s", "server_refresh_s", "server_visible_cpu_s",
+                "status_s", "dashboard_s")
+        out = {name: {k: [] for k in keys} for name in variants}
         for r in range(2 * refreshes):
             # the first half waits for the refreshed predictions in one request (after/wait: the
             # server answers when they are served; code without it answers at once and the client
             # polls), the second half polls every 10 ms as a client without it would
             long_poll = r < refreshes
-            item = held.pop(0)
-            t0 = time.perf_counter()
-            a = c.post("/api/labels", json={"item": item["id"], "label": f"c{truth[int(item['name'])]}"})
-            a.raise_for_status()
-            aid = a.json()["annotation"]
-            while True:
-                q = {"n": 1, "exclude": ",".join(str(i["id"]) for i in held)}
-                s = c.get("/api/queue", params=q | ({"after": aid, "wait": 30} if long_poll else {})).json()
-                now = time.perf_counter()
-                if s["snapshot"]["applied_annotation_id"] >= aid:
-                    (applied if long_poll else polled).append(now - t0)
-                    break
-                if now - t0 > 300:
-                    raise RuntimeError(f"refresh not applied after 300 s: {s['refresh']}")
-                time.sleep(0.01)
-            while c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] != "idle":
-                time.sleep(0.01)   # the refresher's own follow-up work (status precompute) done
-            st = c.get("/api/queue", params={"n": 1}).json()["refresh"]
-            server_refresh.append(st.get("last_seconds"))
-            server_cpu.append(st.get("last_visible_cpu_seconds"))   # None on code without it
-            time.sleep(0.3)
-        for _ in range(requests):   # status and dashboard on an idle server, after a refresh
-            for url, acc in (("/api/status", status), ("/api/dashboard", dashboard)):
+            for name, (c, _, truth) in clients.items():
+                o = out[name]
+                item = held[name].pop(0)
                 t0 = time.perf_counter()
-                rev.get(url).raise_for_status()
-                acc.append(time.perf_counter() - t0)
-        out = {"refresh_applied_s": applied, "refresh_applied_polled_s": polled, "server_refresh_s": server_refresh, "server_visible_cpu_s": server_cpu,
-               "status_s": status, "dashboard_s": dashboard}
-    return out | {f"{k}_median": round(statistics.median(got), 4) if (got := [x for x in v if x is not None]) else None
-                  for k, v in out.items()}
+                a = c.post("/api/labels", json={"item": item["id"], "label": f"c{truth[int(item['name'])]}"})
+                a.raise_for_status()
+                aid = a.json()["annotation"]
+                while True:
+                    q = {"n": 1, "exclude": ",".join(str(i["id"]) for i in held[name])}
+                    s = c.get("/api/queue", params=q | ({"after": aid, "wait": 30} if long_poll else {})).json()
+                    now = time.perf_counter()
+                    if s["snapshot"]["applied_annotation_id"] >= aid:
+                        o["refresh_applied_s" if long_poll else "refresh_applied_polled_s"].append(now - t0)
+                        break
+                    if now - t0 > 300:
+                        raise RuntimeError(f"refresh not applied after 300 s: {s['refresh']}")
+                    time.sleep(0.01)
+                while c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] != "idle":
+                    time.sleep(0.01)   # the refresher's own follow-up work (status precompute) done
+                st = c.get("/api/queue", params={"n": 1}).json()["refresh"]
+                o["server_refresh_s"].append(st.get("last_seconds"))
+                o["server_visible_cpu_s"].append(st.get("last_visible_cpu_seconds"))   # None on code without it
+                time.sleep(0.3)
+        for _ in range(requests):   # status and dashboard on an idle server, after a refresh
+            for name, (_, rev, _) in clients.items():
+                for url, key in (("/api/status", "status_s"), ("/api/dashboard", "dashboard_s")):
+                    t0 = time.perf_counter()
+                    rev.get(url).raise_for_status()
+                    out[name][key].append(time.perf_counter() - t0)
+    return {name: o | {f"{k}_median": round(statistics.median(got), 4) if (got := [x for x in v if x is not None])
+                       else None for k, v in o.items()} for name, o in out.items()}
 
 
 def main() -> None:
@@ -266,17 +290,22 @@ def main() -> None:
     result = {"n": args.n, "build": built, "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
               "command": "python benchmarks/e2e_latency.py " + " ".join(sys.argv[1:]), "load_average_before": list(os.getloadavg()),
               "variants": {}}
+    copies = {}
     for name, src in variants.items():   # each variant on its own copy of the built project
         path = args.dir / f"{base.name}-{name}"
         shutil.rmtree(path, ignore_errors=True)
         shutil.copytree(base, path)
-        print(f"{name} ({src}):", flush=True)
         compile_tree(Path(src))
-        r = {"src": str(src), "cli": measure_cli(path, Path(src), args.runs, seed=1, full=args.full)}
-        if args.server:
-            r["server"] = measure_server(path, Path(src), args.refreshes, args.requests, seed=2)
-            print("  server:", {k: v for k, v in r["server"].items() if k.endswith("median")}, flush=True)
-        result["variants"][name] = r
+        copies[name] = (path, Path(src))
+        result["variants"][name] = {"src": str(src)}
+    print("cli, variants in turn:", ", ".join(f"{n} ({s})" for n, (_, s) in copies.items()), flush=True)
+    for name, r in measure_cli(copies, args.runs, seed=1, full=args.full).items():
+        result["variants"][name]["cli"] = r
+    if args.server:
+        for name, r in measure_server(copies, args.refreshes, args.requests).items():
+            result["variants"][name]["server"] = r
+            print(f"  server {name}:", {k: v for k, v in r.items() if k.endswith("median")}, flush=True)
+    for path, _ in copies.values():
         shutil.rmtree(path, ignore_errors=True)
     result["load_average_after"] = list(os.getloadavg())
     out = RESULTS / f"e2e_latency_{args.n}{'_full' if args.full else ''}"
