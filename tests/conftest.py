@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -222,6 +223,16 @@ class _ModuleDb:
         if self.server is not None:
             url = (src / "database").read_text().strip()
             (dst / "database").write_text(self.server.new_database(template=url.rpartition("/")[2]) + "\n")
+
+
+def wait_until(cond, timeout: float = 60.0, what: str = "condition", every: float = 0.05) -> None:
+    """Return once ``cond()`` is true, checking every ``every`` seconds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sql(project: Path, q: str, *args) -> list[tuple]:

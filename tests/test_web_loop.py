@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from conftest import wait_until  # noqa: E402
 from labelloop import Project  # noqa: E402
 from labelloop.web import auth  # noqa: E402
 from labelloop.web.app import create_app  # noqa: E402
@@ -61,15 +62,6 @@ def _copy(digits, tmp_path) -> Path:
     return path
 
 
-def _wait(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_the_queue_serves_the_strategy_with_its_random_share_and_records_it(digits, tmp_path):
     path = _copy(digits, tmp_path)
     truth, token = digits[1], digits[2]
@@ -77,7 +69,7 @@ def test_the_queue_serves_the_strategy_with_its_random_share_and_records_it(digi
     app = create_app(path, debounce=0.01, strategy="auto")
     with TestClient(app) as client:
         ref = app.state.web.refresher
-        _wait(lambda: ref.wait_ranked(timeout=0.5), what="the first ranking")
+        wait_until(lambda: ref.wait_ranked(timeout=0.5), what="the first ranking")
         served = []
         for _ in range(4):
             r = client.get("/api/queue?n=5", headers=bearer)

@@ -12,27 +12,18 @@ runs read back through Project, labels written on a connection of the test's own
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from conftest import wait_until  # noqa: E402
 from labelloop import Project  # noqa: E402
 from labelloop.store import Store  # noqa: E402
 from labelloop.web import auth  # noqa: E402
 from labelloop.web.service import Refresher, Writer  # noqa: E402
 from labelloop.web.testing import ServerProcess, topics_project  # noqa: E402
-
-
-def _until(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -51,7 +42,7 @@ def test_a_client_waits_for_its_label_in_one_request_and_a_burst_loses_none(topi
     path, ids, token = topics
     with ServerProcess(path) as server, httpx.Client(base_url=server.url, timeout=60,
                                                      headers={"Authorization": f"Bearer {token}"}) as c:
-        _until(lambda: c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] == "idle",
+        wait_until(lambda: c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] == "idle",
                what="the server's first refresh")
         aid = c.post("/api/labels", json={"item": ids["bug3"], "label": "bug"}).json()["annotation"]
         r = c.get("/api/queue", params={"n": 1, "after": aid, "wait": 30})
@@ -80,7 +71,7 @@ def test_a_client_waits_for_its_label_in_one_request_and_a_burst_loses_none(topi
         r = c.get("/api/queue", params={"n": 1, "after": max(got), "wait": 30}).json()
         assert r["snapshot"]["applied_annotation_id"] >= max(got)
         refreshes = r["refresh"]["refreshes"]
-        _until(lambda: c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] == "idle", what="idle")
+        wait_until(lambda: c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] == "idle", what="idle")
         with Project(path, readonly=True) as p:
             last = p.store.last_run("refresh")
             human = int((p.label_vector(p.item_ids(), sources=("human",)) >= 0).sum())
@@ -98,7 +89,7 @@ def test_one_label_during_a_refresh_refreshes_next_without_the_debounce(topics):
     ref = Refresher(path, strategy="least_confidence", writer=writer, debounce=60.0, max_delay=120.0)
     ref.start()
     try:
-        _until(lambda: ref.status["state"] == "idle", what="the first refresh")
+        wait_until(lambda: ref.status["state"] == "idle", what="the first refresh")
         gate = threading.Event()
         writer.submit(lambda s: gate.wait(60))   # the writer is busy until the gate opens
         with Store(path) as st:
@@ -106,7 +97,7 @@ def test_one_label_during_a_refresh_refreshes_next_without_the_debounce(topics):
             st.add_annotations([(ids["bug3"], cid["bug"])], source="human", annotator="t")
             first = st.last_annotation_id()
         ref.request()
-        _until(lambda: ref.status["state"] == "running", what="the refresh to start")
+        wait_until(lambda: ref.status["state"] == "running", what="the refresh to start")
         with Store(path) as st:
             st.add_annotations([(ids["bug4"], cid["bug"])], source="human", annotator="t")
             second = st.last_annotation_id()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from conftest import wait_until  # noqa: E402
 from labelloop import Project  # noqa: E402
 from labelloop.errors import ValidationError  # noqa: E402
 from labelloop.web import auth  # noqa: E402
@@ -62,13 +62,8 @@ def _login(http: httpx.Client, name: str) -> str:
     return r.json()["csrf"]
 
 
-def _wait(cond, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def _wait(cond, what="condition"):
+    wait_until(cond, timeout=90.0, what=what, every=0.1)
 
 
 HTML = {"Accept": "text/html"}

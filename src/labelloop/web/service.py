@@ -489,8 +489,8 @@ class Refresher:
             self._cond.notify_all()
 
     def _refresh_due(self) -> bool:
-        """A refresh is asked for or running (under ``_cond``)."""
-        return self._requested or self.status["state"] == "running"
+        """A refresh is asked for or running (under ``_cond``; never with refresh off)."""
+        return self.enabled and (self._requested or self.status["state"] == "running")
 
     def _rank_loop(self) -> None:
         lower_thread_priority(RANKER_NICE)
