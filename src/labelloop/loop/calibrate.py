@@ -72,7 +72,7 @@ class Calibrator:
 
     def to_dict(self) -> dict:
         r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
-        return {"beta": round(self.beta, 4), "top_slope": round(self.top[0], 4), "top_intercept": round(self.top[1], 4),
+        return {"beta": round(self.beta, 4), "top_slope": round(self.top[0], 6), "top_intercept": round(self.top[1], 6),
                 "heldout_items": self.n, "ece_heldout_before": r(self.ece_before), "ece_heldout": r(self.ece_after)}
 
     @classmethod
