@@ -75,7 +75,7 @@ def main(argv=None):
     from labelloop.loop.calibrate import (DEFAULT_BETA, MIN_CALIBRATION_ITEMS, Calibrator, apply_power,
                                           expected_calibration_error, fit_calibrator, fit_top_label, prediction_weights)
     from labelloop.propagate import affinity_matrix
-    from robustness import SHOTS, pairs
+    from robustness import SHOTS, pairs, random_labels
 
     warnings.simplefilter("ignore")
     t0, load0 = time.time(), os.getloadavg()[0]
@@ -87,11 +87,7 @@ def main(argv=None):
         S = affinity_matrix(build_knn_graph(Xn, k=10))
         for shots in SHOTS:
             for seed in range(args.seeds):
-                rng = np.random.default_rng(seed)
-                lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), size=min(shots, int((yt == c).sum())),
-                                                 replace=False) for c in range(C)])
-                y = np.full(len(yt), -1)
-                y[lab] = yt[lab]
+                y = random_labels(yt, C, shots, seed)
                 with threadpool_limits(1, user_api="blas"):
                     P, rows, Q = raw_prediction(Xn, S, y, C)
                 runs.append({"dataset": name, "backbone": bb, "shots": shots, "seed": seed, "P": P, "rows": rows,
