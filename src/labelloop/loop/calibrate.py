@@ -36,7 +36,7 @@ __all__ = ["Calibrator", "fit_calibrator", "apply_power", "apply_top_label", "fi
 
 #: powers tried: 2^-3 .. 2^6 (flatten 8x .. sharpen 64x)
 BETA_GRID = tuple(float(b) for b in 2.0 ** np.linspace(-3, 6, 37))
-#: fewest held-out items to fit beta on; below it, beta stays 1 (no calibration claimed). The
+#: fewest held-out items to fit beta on; below it, beta is DEFAULT_BETA (nothing fitted). The
 #: add-one smoothed targets keep a fit on a few items modest (4 of 4 right: about 0.83, not 1.0);
 #: 4 rather than the earlier 10 lets a binary project with 2 labels per class be calibrated, where
 #: the raw propagation is far too flat (benchmarks/robustness.py at 2 labels per class, binary
