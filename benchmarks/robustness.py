@@ -53,6 +53,16 @@ def pairs(only):
         yield m.group(1), int(m.group(2)), m.group(3), f
 
 
+def random_labels(yt, C, shots, seed):
+    """(n,) ``shots`` random labels per class of the truth ``yt`` (the others -1), as every cell draws them."""
+    rng = np.random.default_rng(seed)
+    lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), size=min(shots, int((yt == c).sum())), replace=False)
+                          for c in range(C)])
+    y = np.full(len(yt), -1)
+    y[lab] = yt[lab]
+    return y
+
+
 def ece(P, y):
     from labelloop.loop import expected_calibration_error
 
@@ -164,11 +174,7 @@ def main(argv=None):
         for shots in () if args.certify_only else args.shots:
             acc, cal, chosen, gap, ls_chance = {}, {}, {}, {}, []
             for seed in range(args.seeds):
-                rng = np.random.default_rng(seed)
-                lab = np.concatenate([rng.choice(np.flatnonzero(yt == c), size=min(shots, int((yt == c).sum())),
-                                                 replace=False) for c in range(C)])
-                y = np.full(len(yt), -1)
-                y[lab] = yt[lab]
+                y = random_labels(yt, C, shots, seed)
                 u = y < 0
                 with threadpool_limits(1, user_api="blas"):
                     res = labelloop_prediction(Xn, S, y, C)[0] if args.audit_estimate_only else methods(Xn, graph, S, y, C)

@@ -48,7 +48,7 @@ def test_diagnose_scores_the_labels_active_learning_did_not_choose(digits_projec
 def test_head_weight_averages_a_classifier_head_into_the_predictions(digits_project):
     from labelloop.adapt.finetune import fit_head
     from labelloop.graph import normalize_rows
-    from labelloop.loop import apply_power, mix_head
+    from labelloop.loop import Calibrator, mix_head
     from labelloop.propagate import LabelPropagation
 
     p = digits_project
@@ -62,8 +62,9 @@ def test_head_weight_averages_a_classifier_head_into_the_predictions(digits_proj
     P_lp = LabelPropagation().fit(graph, y, n_classes=len(p.classes)).predict_proba()
     head = fit_head(normalize_rows(X), y, n_classes=len(p.classes)).predict_proba(normalize_rows(X))
     pred = p.predictions()
-    # the predictions are the calibrated mixture: one power map over 0.5 propagation + 0.5 head
-    np.testing.assert_allclose(pred.proba, apply_power(mix_head(P_lp, head, 0.5), pred.calibration["beta"]),
+    # the predictions are the calibrated mixture: the stored calibrator (a power, then the
+    # top-label map) over 0.5 propagation + 0.5 head
+    np.testing.assert_allclose(pred.proba, Calibrator.from_dict(pred.calibration)(mix_head(P_lp, head, 0.5)),
                                atol=1e-4)
     # calibration scored the same mixture held out: autolabel and status run on it
     assert pred.calibration["heldout_items"] > 0

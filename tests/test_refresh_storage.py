@@ -252,3 +252,27 @@ def test_server_refreshes_a_label_after_a_pause_at_once(labeled, tmp_path):
     finally:
         r.stop()
         writer.stop()
+
+
+def test_warm_refresh_reuses_the_calibration_without_mapping_held_out_scores_twice(labeled, tmp_path, monkeypatch):
+    """Above RECALIBRATE_MAX_ITEMS a warm refresh reuses the last calibrator. The held-out
+    distributions it stores were calibrated already: mapped again they sharpened with every warm
+    refresh (a power of beta^k after k of them), and the accuracy estimate and autolabel read them."""
+    from labelloop import Project
+    from labelloop.loop.calibrate import Calibrator
+
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    monkeypatch.setattr(Project, "RECALIBRATE_MAX_ITEMS", 100)
+    with Project(path) as p:
+        first = p.predictions()
+        d0 = p.store.run_dir(first.run_id)
+        Q0, cal0 = np.load(d0 / "heldout_proba.npy"), Calibrator.from_dict(first.calibration)
+        assert len(Q0) and cal0.beta != 1.0
+        for _ in range(2):
+            _label_more(p, by_class)
+            assert p.refresh()["warm"]
+            pred = p.predictions()
+            assert Calibrator.from_dict(pred.calibration) == cal0
+            np.testing.assert_allclose(np.load(p.store.run_dir(pred.run_id) / "heldout_proba.npy"), Q0, atol=1e-6)

@@ -796,8 +796,7 @@ class Project:
                 hw = self._last_head_weight()
                 P_mix = mix_head(P, H, hw) if H is not None and hw > 0 else P
                 reached = np.ones_like(reached) if H is not None and hw > 0 else reached
-                pred = predict(P_mix, reached, y_h, held, calibrator=Calibrator(cal["beta"], cal.get(
-                    "heldout_items", 0), cal.get("ece_heldout_before"), cal.get("ece_heldout")))
+                pred = predict(P_mix, reached, y_h, held, calibrator=Calibrator.from_dict(cal), heldout_calibrated=True)
                 pred.class_prior = prev
                 return pred, hw
         S, n_iter, T = self._lp.S_, self.setting("n_iter"), self.setting("temperature")

@@ -231,14 +231,18 @@ def choose_class_prior(y_human: np.ndarray, rows: np.ndarray, Q: dict[str, np.nd
 
 
 def predict(P_raw: np.ndarray, reached: np.ndarray, y_human: np.ndarray, heldout: tuple[np.ndarray, np.ndarray],
-            *, calibrator: Calibrator | None = None) -> Prediction:
-    """Calibrate ``P_raw`` (n, C) with a power map fitted on ``heldout`` = (rows, (m, C)) of the
-    human labels ``y_human``, or with the given ``calibrator`` (a warm refresh reuses the last)."""
+            *, calibrator: Calibrator | None = None, heldout_calibrated: bool = False) -> Prediction:
+    """Calibrate ``P_raw`` (n, C) with a power map and a top-label map fitted on ``heldout`` =
+    (rows, (m, C)) of the human labels ``y_human``, or with the given ``calibrator`` (a warm
+    refresh reuses the last; ``heldout_calibrated``: its held-out distributions, stored
+    calibrated, are not mapped a second time)."""
     rows, Q = heldout
     C = P_raw.shape[1]
     if calibrator is None:
         w = prediction_weights(y_human[rows], P_raw.argmax(1), C) if len(rows) else None
-        calibrator = fit_calibrator(Q, y_human[rows], weights=w)
+        calibrator = fit_calibrator(Q, y_human[rows], weights=w, top_label=True)
+    elif heldout_calibrated:
+        return Prediction(calibrator(P_raw), np.asarray(reached, bool), calibrator, rows, np.asarray(Q, np.float32))
     return Prediction(calibrator(P_raw), np.asarray(reached, bool), calibrator, rows,
                       calibrator(Q) if len(rows) else np.zeros((0, C), np.float32))
 
@@ -292,7 +296,7 @@ def calibrated_predictions(P: np.ndarray | dict[str, np.ndarray], H: np.ndarray 
                            y_human: np.ndarray, propagate: Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]],
                            head: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, *,
                            head_weight: float | str = "auto", score: np.ndarray | None = None,
-                           seed: int = 0) -> tuple[Prediction, float]:
+                           seed: int = 0, calibrator: Calibrator | None = None) -> tuple[Prediction, float]:
     """The refresh's predictions from propagation ``P`` (n, C): the classifier head's ``H``
     (n, C) averaged in at ``head_weight`` (``"auto"``: :func:`choose_head_weight` on the held-out
     human labels ``y_human``), then calibrated on the same held-out labels.
@@ -301,7 +305,8 @@ def calibrated_predictions(P: np.ndarray | dict[str, np.ndarray], H: np.ndarray 
     ``P`` may be a dict {class prior: (n, C)} of one propagation under several class priors
     (``propagate.class_distributions``, the default first), ``propagate`` then returning the
     same dict: the prior is chosen on the held-out labels (:func:`choose_class_prior`) and
-    recorded in ``prediction.class_prior``.
+    recorded in ``prediction.class_prior``. ``calibrator``: apply this one instead of fitting one
+    (``Calibrator(1.0, 0, None, None)``: the uncalibrated distributions, benchmarks/calibration.py).
     Returns ``(prediction, the head weight used)``. ``Project.refresh``, ``simulate`` and the
     benchmarks all come through here."""
     from .calibrate import prediction_weights
@@ -340,6 +345,6 @@ def calibrated_predictions(P: np.ndarray | dict[str, np.ndarray], H: np.ndarray 
     Q, P = mix(Q_prop, Q_head), mix(P, H)
     if hw > 0:
         reached = np.ones(len(P), bool)  # the head reaches every item
-    pred = predict(P, reached, y_human, (rows, Q))
+    pred = predict(P, reached, y_human, (rows, Q), calibrator=calibrator)
     pred.class_prior = chosen
     return pred, hw
