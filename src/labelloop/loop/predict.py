@@ -369,6 +369,14 @@ def calibrated_predictions(P: np.ndarray | dict[str, np.ndarray], H: np.ndarray 
         # prior by its own predicted class shares let a skewed prior talk the head out of the mix)
         chosen = choose_class_prior(y_human, rows, {k: mix(Qs[k], Q_head) for k in names},
                                     {k: mix(Ps[k], H).argmax(1) for k in names})
+        if chosen == names[0] and hw > 0 and head_weight == "auto":
+            # a head weight chosen on a poor default prior (the label shares on an 8 % minority)
+            # can make the priors indistinguishable (at weight 1 they all give the head): the
+            # prior on propagation alone, then the head weight on that prior, same held-out weights
+            hw_default = hw
+            hw = 0.0
+            chosen = choose_class_prior(y_human, rows, Qs, {k: Ps[k].argmax(1) for k in names})
+            hw = hw_default if chosen == names[0] else choose_head_weight(y_human, rows, Qs[chosen], Q_head, weights=w)
         P, Q_prop = Ps[chosen], Qs[chosen]
     Q, P = mix(Q_prop, Q_head), mix(P, H)
     if hw > 0:
