@@ -79,8 +79,9 @@ SETTINGS: dict[str, Setting] = {
     "head_weight": Setting("auto", "weight",
                            "weight of a classifier head on the embeddings (prototypes up to 5 labels "
                            "per class, then logistic regression) averaged into the propagated predictions: 'auto' "
-                           "= 0.5 where that gets clearly more held-out human labels right at refresh, "
-                           "else 0; a number in [0, 1] fixes it (it helped on weak text features and "
+                           "= the weight of 0, 0.25, 0.5, 0.75, 1 that the held-out human labels find likeliest "
+                           "at refresh, taken only where it clearly beats propagation alone and gets more of "
+                           "them right, else 0; a number in [0, 1] fixes it (it helped on weak text features and "
                            "EfficientNet features from 5-10 labels per class, not on digits pixels: "
                            "benchmarks/results/robustness.md, label_efficiency.md)"),
 }
