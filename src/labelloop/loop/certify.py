@@ -15,11 +15,12 @@ that region holds, checked by people (DESIGN.md, "Certification"; docs/certifica
    certified, the next verify batches keep drawing from it (:func:`pending_region`).
 3. :func:`certify` pools the checked items (the machine's guess *when it was drawn* against the
    person's label, never the clamped prediction after it) and runs a fixed-sequence test
-   (:func:`_largest_region`): regions from the most confident outwards, each on the checks
-   drawn from a region at least that large and lying in it, each against the one-sided
-   Clopper-Pearson bound at the full level (:mod:`labelloop.autolabel`), stopping at the first
-   that fails. Testing many regions this way costs no labels and no level. It also says how
-   many more all-correct checks would certify the planned region.
+   (:func:`_anytime_region`): regions of a fixed grid from a start outwards, each on the checks
+   drawn from a region at least that large and lying in it, each judged by an anytime-valid
+   e-process at the full level (:func:`labelloop.autolabel.anytime_passes`), stopping at the
+   first that fails. Testing many regions this way costs no labels and no level, and looking
+   again after every batch costs none either (Ville's inequality). It also says how many more
+   all-correct checks would certify the planned region.
 
 Regions are measured in **coverage**, the share of the eligible items at least as confident as
 an item (:func:`coverage_of`), not in raw confidence: the calibration is refitted at every
@@ -34,9 +35,11 @@ labels a project starts with, whose predictions are clamped to them.
 
 Pooling checks drawn under earlier predictions is an approximation: each was a uniform draw
 from its region at the time, and later predictions (with more labels) are usually at least as
-accurate, so the pooled estimate tends to be conservative. Each certificate is a statement at
-the moment it is made; keeping the first that passes over many looks is a sequential test
-(tests/test_certify.py and docs/certification.md give the measured rates).
+accurate, so the pooled estimate tends to be conservative. The guarantee (a region below the
+target is certified at *any* look with chance <= 1 - level) and its assumptions are in
+docs/certification.md; tests/test_certify.py and benchmarks/certify_looks.py measure it.
+``anytime=False`` (:func:`_largest_region`, :func:`more_needed`) is the one-look
+Clopper-Pearson test that the multi-label bars and the detection accept bar still use.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ PLAN_HEDGE = 0.8
 #: every look; verify draws from regions on this grid (PLAN_GRID, EXPAND)
 REGION_STEPS = 100
 
-#: the fixed-sequence test starts at the first region holding this share of all checks (and at
+#: the one-look fixed-sequence test (_largest_region without anytime) starts at the first region holding this share of all checks (and at
 #: least the fewest that can pass): with 2,000 random checks the first test then tolerates a few
 #: errors instead of hinging on the ~60 checks of the most confident 3 %
 START_SHARE = 0.1
@@ -314,7 +317,8 @@ def _largest_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *,
     that with thousands of checks it does not hinge on the few of the most confident items);
     smaller regions are skipped. That depends only on where the checks were drawn, never on
     whether they were right. Returns ``(rho, k, m, lower bound)``;
-    rho = 0 when none passes."""
+    rho = 0 when none passes. This one-look test (Clopper-Pearson) is what multi-label bars use;
+    ``anytime``: the test valid at every look that :func:`certify` runs (:func:`_anytime_region`)."""
     if cov.size == 0:
         return 0.0, 0, 0, 0.0
     if anytime:
@@ -327,7 +331,7 @@ def _largest_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *,
         pool = (cov[None, :] <= rho[s:s + 512, None] + 1e-12) & (region[None, :] >= rho[s:s + 512, None] - 1e-12)
         m[s:s + 512] = pool.sum(axis=1)
         k[s:s + 512] = (pool & correct[None, :]).sum(axis=1)
-    tested = m >= max(min_count, _min_count(target, level, anytime), math.ceil(START_SHARE * cov.size))
+    tested = m >= max(min_count, math.ceil(START_SHARE * cov.size))
     fails = np.flatnonzero(tested & ~_passes(k, m, target=target, level=level, anytime=anytime))
     stop = int(fails[0]) if fails.size else rho.size  # the sequence ends at its first failure
     ok = np.flatnonzero(tested[:stop])
