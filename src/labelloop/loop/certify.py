@@ -89,9 +89,10 @@ PLAN_HEDGE = 0.8
 #: every look; verify draws from regions on this grid (PLAN_GRID, EXPAND)
 REGION_STEPS = 100
 
-#: the one-look fixed-sequence test (_largest_region without anytime) starts at the first region holding this share of all checks (and at
-#: least the fewest that can pass): with 2,000 random checks the first test then tolerates a few
-#: errors instead of hinging on the ~60 checks of the most confident 3 %
+#: the one-look fixed-sequence test (_largest_region without anytime) starts at the first region
+#: holding this share of all checks (and at least the fewest that can pass): with 2,000 random
+#: checks the first test then tolerates a few errors instead of hinging on the ~60 checks of the
+#: most confident 3 %
 START_SHARE = 0.1
 
 
