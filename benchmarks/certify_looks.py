@@ -81,7 +81,8 @@ def main(argv=None):
     lines += ["", "Pools: flat94 = every item right with probability 0.94; flat95 = 0.9499 (the worst case: just "
               "below the target); slope = 0.995 at the top falling as the square of the coverage (regions up to "
               "about 55 % are above 95 %).", "",
-              f"Command: `PYTHONPATH=src python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`; "
+              f"Command: `PYTHONPATH=src python benchmarks/{Path(__file__).name} "
+              f"{' '.join(sys.argv[1:])}`; "
               f"{time.time() - t0:.0f} s, load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end."]
     out = HERE / "results" / "certify_looks.md"
     out.write_text("\n".join(lines) + "\n")
