@@ -23,6 +23,7 @@ from labelloop.loop import (
     verify_sample,
 )
 from labelloop.loop.calibrate import DEFAULT_BETA, Calibrator, apply_top_label, fit_top_label
+from labelloop.loop.certify import planned_checks
 from labelloop.propagate import LabelPropagation
 
 
@@ -140,8 +141,8 @@ def test_folds_never_hide_the_last_label_of_a_class():
     assert (fold_ids(labels, 3) >= 0).all()
 
 
-def test_certification_is_the_clopper_pearson_arithmetic():
-    n = min_verified_count(0.95)  # 59: 0.05 ** (1 / 59) >= 0.95
+def test_certification_is_the_anytime_arithmetic():
+    n = planned_checks(0.95)  # 78: the start of the sequence is set once the plan's sample is in
     cov = np.linspace(0.01, 0.6, n)  # checks drawn from the 60 % most confident items
     top = dict(candidate=0.6, check_region=np.full(n, 0.6))
     ok = certify(cov, np.zeros(n, int), np.ones(n, bool), n_classes=2, **top)
@@ -157,7 +158,8 @@ def test_certification_is_the_clopper_pearson_arithmetic():
     cov2 = np.linspace(0.01, 0.6, n + 5)
     part = certify(cov2, np.zeros(n + 5, int), wrong, n_classes=2, candidate=0.6, check_region=np.full(n + 5, 0.6))
     assert part.certified and part.coverage[0] < 0.6
-    assert more_needed(0, 0) == n
+    assert more_needed(0, 0) == min_verified_count(0.95) == 59  # the one-look Clopper-Pearson count
+    assert more_needed(0, 0, anytime=True) == 62
 
 
 def test_coverage_is_the_share_at_least_as_confident():
@@ -292,14 +294,14 @@ def test_head_weight_auto_takes_the_head_where_the_graph_is_weak():
 
 
 def test_checks_count_only_for_regions_no_larger_than_they_were_drawn_from():
-    n = min_verified_count(0.95)
+    n = planned_checks(0.95)
     top_half = np.linspace(0.01, 0.5, n)  # all drawn from the most confident half
     later = np.array([0.9])               # one check drawn from the 90 % region
     cov = np.r_[top_half, later]
     region = np.r_[np.full(n, 0.5), [0.9]]
     cert = certify(cov, np.zeros(n + 1, int), np.ones(n + 1, bool), n_classes=2, candidate=0.9,
                    check_region=region)
-    # 59 correct checks of the top half certify the top half, not the top 90 %
+    # 78 correct checks of the top half certify the top half, not the top 90 %
     assert cert.coverage[0] == pytest.approx(0.5)
     assert cert.more_needed is not None and cert.more_needed > 50
 
@@ -324,7 +326,11 @@ def test_certified_regions_meet_the_target_on_fresh_data_in_most_repetitions():
             met += Y[acc].mean() >= target
         else:
             met += 1  # accepting nothing never breaks the promise
-    assert certified >= 95 and met >= 90, (certified, met)
+    # the promise holds; power does not: the anytime test's start is set at the 78th check (about
+    # the 80 % most confident, mean score ~0.88 here) and cannot shrink past a failed check, so
+    # 2,000 checks drawn from all items certify nothing in this pool (the one-look test: >= 95 of
+    # 100). docs/certification.md, "The sequence of regions".
+    assert met >= 90 and certified == 0, (certified, met)
 
 
 def imbalanced_blobs(seed: int, minority: float = 0.08):
