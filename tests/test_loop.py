@@ -142,7 +142,7 @@ def test_folds_never_hide_the_last_label_of_a_class():
 
 
 def test_certification_is_the_anytime_arithmetic():
-    n = planned_checks(0.95)  # 78: the start of the sequence is set once the plan's sample is in
+    n = planned_checks(0.95)  # 80: the start of the sequence is set once the plan's sample is in
     cov = np.linspace(0.01, 0.6, n)  # checks drawn from the 60 % most confident items
     top = dict(candidate=0.6, check_region=np.full(n, 0.6))
     ok = certify(cov, np.zeros(n, int), np.ones(n, bool), n_classes=2, **top)
@@ -159,7 +159,7 @@ def test_certification_is_the_anytime_arithmetic():
     part = certify(cov2, np.zeros(n + 5, int), wrong, n_classes=2, candidate=0.6, check_region=np.full(n + 5, 0.6))
     assert part.certified and part.coverage[0] < 0.6
     assert more_needed(0, 0) == min_verified_count(0.95) == 59  # the one-look Clopper-Pearson count
-    assert more_needed(0, 0, anytime=True) == 62
+    assert more_needed(0, 0, anytime=True) == 62  # at the level given (certify gives each round its own)
 
 
 def test_coverage_is_the_share_at_least_as_confident():
@@ -301,7 +301,7 @@ def test_checks_count_only_for_regions_no_larger_than_they_were_drawn_from():
     region = np.r_[np.full(n, 0.5), [0.9]]
     cert = certify(cov, np.zeros(n + 1, int), np.ones(n + 1, bool), n_classes=2, candidate=0.9,
                    check_region=region)
-    # 78 correct checks of the top half certify the top half, not the top 90 %
+    # 80 correct checks of the top half certify the top half, not the top 90 %
     assert cert.coverage[0] == pytest.approx(0.5)
     assert cert.more_needed is not None and cert.more_needed > 50
 
@@ -326,11 +326,12 @@ def test_certified_regions_meet_the_target_on_fresh_data_in_most_repetitions():
             met += Y[acc].mean() >= target
         else:
             met += 1  # accepting nothing never breaks the promise
-    # the promise holds; power does not: the anytime test's start is set at the 78th check (about
-    # the 80 % most confident, mean score ~0.88 here) and cannot shrink past a failed check, so
-    # 2,000 checks drawn from all items certify nothing in this pool (the one-look test: >= 95 of
-    # 100). docs/certification.md, "The sequence of regions".
-    assert met >= 90 and certified == 0, (certified, met)
+    # the promise holds; power is low: the anytime test's first start is set at the 80th check
+    # (about the 80 % most confident, mean score ~0.88 here) and cannot shrink past a failed
+    # check; only a later round (certify.ROUND_LENGTH), on fresh checks and at a stricter level,
+    # starts in a smaller region: 4 of 100 repetitions certify (the one-look test: >= 95 of 100;
+    # with no later rounds: 0). docs/certification.md, "Rounds".
+    assert met >= 90 and certified >= 2, (certified, met)
 
 
 def imbalanced_blobs(seed: int, minority: float = 0.08):

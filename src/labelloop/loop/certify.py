@@ -89,6 +89,16 @@ PLAN_HEDGE = 0.8
 #: every look; verify draws from regions on this grid (PLAN_GRID, EXPAND)
 REGION_STEPS = 100
 
+#: rounds of the anytime test (:func:`_anytime_region`). The first round is tested at this share
+#: of the error level 1 - level. A round whose start has not passed after ROUND_LENGTH times the
+#: checks its start was set on ends, and the next round starts afresh on the checks after it
+#: (earlier ones no longer count) at half the level left, setting its start on twice as many
+#: checks: the rounds' levels sum to the whole level (a union bound over rounds), and a project
+#: whose first start failed is not stuck for good; with random checks a later round can start
+#: in a smaller, surer region.
+FIRST_ROUND_SHARE = 0.9
+ROUND_LENGTH = 2
+
 #: the one-look fixed-sequence test (_largest_region without anytime) starts at the first region
 #: holding this share of all checks (and at least the fewest that can pass): with 2,000 random
 #: checks the first test then tolerates a few errors instead of hinging on the ~60 checks of the
@@ -138,7 +148,7 @@ def pending_region(check_coverage: np.ndarray, check_region: np.ndarray, check_c
     pool = (cov <= last_region + 1e-12) & (np.asarray(check_region, dtype=np.float64) >= last_region - 1e-12)
     corr = np.asarray(check_correct, dtype=bool)
     need = more_needed(int(corr[pool].sum()), int(pool.sum()), target_precision=target_precision,
-                       confidence_level=confidence_level, cap=200, anytime=True)
+                       confidence_level=round_level(confidence_level, 0), cap=200, anytime=True)
     return float(last_region) if need is not None else 0.0
 
 
@@ -169,6 +179,7 @@ def expected_certified(confidence: np.ndarray, regions: np.ndarray, n_checks: in
     where to draw; only the people's answers certify."""
     conf = np.sort(np.asarray(confidence, dtype=np.float64))[::-1]  # (N,) most confident first
     regions = np.asarray(regions, dtype=np.float64)
+    confidence_level = round_level(confidence_level, 0)  # a plan counts on the first round
     need_n = anytime_min_count(target_precision, confidence_level)
     out = np.zeros(regions.size)
     if conf.size == 0 or n_checks < need_n:
@@ -221,7 +232,13 @@ def planned_checks(target_precision: float = DEFAULT_TARGET, confidence_level: f
     """The sample a plan counts on: PLAN_SLACK times the fewest checks that can certify
     (78 at 95 % / 95 %), so one wrong check among the least confident ones shrinks the
     certified region instead of voiding it."""
-    return int(math.ceil(PLAN_SLACK * anytime_min_count(target_precision, confidence_level)))
+    return int(math.ceil(PLAN_SLACK * anytime_min_count(target_precision, round_level(confidence_level, 0))))
+
+
+def round_level(level: float, j: int) -> float:
+    """The confidence level round ``j`` of the anytime test is held to (FIRST_ROUND_SHARE)."""
+    alpha = 1.0 - level
+    return 1.0 - (alpha * FIRST_ROUND_SHARE if j == 0 else alpha * (1.0 - FIRST_ROUND_SHARE) * 0.5 ** j)
 
 
 def verify_sample(confidence: np.ndarray, eligible: np.ndarray, n: int, *, threshold: float,
@@ -323,7 +340,7 @@ def _largest_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *,
     if cov.size == 0:
         return 0.0, 0, 0, 0.0
     if anytime:
-        return _anytime_region(cov, region, correct, target=target, level=level)
+        return _anytime_region(cov, region, correct, target=target, level=level)[:4]
     rho = np.unique(np.r_[cov, region])  # (R,) regions tested, ascending
     rho = rho[rho > 0]
     k = np.zeros(rho.size, np.int64)
@@ -344,46 +361,91 @@ def _largest_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *,
     return float(rho[i]), int(k[i]), int(m[i]), float(lb)
 
 
-def _anytime_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *, target: float,
-                    level: float) -> tuple[float, int, int, float]:
-    """:func:`_largest_region` valid at every look: ``(rho, k, m, lower bound)``.
+@dataclass(frozen=True)
+class _Round:
+    index: int     # 0 for the first round
+    first: int     # the index of its first check
+    level: float   # the confidence level it is held to (round_level)
+    start_after: int  # checks of the round in before its start is set
 
-    The checks arrive in the order given (the order they were drawn). The regions tested are a
-    fixed grid (k / REGION_STEPS), each judged by its anytime-valid e-process
-    (:func:`labelloop.autolabel.anytime_passes`) on the checks that count for it (drawn from a
-    region at least that large and lying in it). The fixed sequence starts at a region *s* and
-    goes outwards, stopping at the first region that does not pass (too few checks or too many
-    wrong). *s* is set by replaying the checks in order: once :func:`planned_checks` checks are
-    in (78 at 95 % / 95 %: the sample a plan counts on), *s* is the smallest region holding
-    enough checks to pass (62), so a wrong check among the less confident ones only ends the
-    sequence there; later *s* moves inwards (to the smallest
-    region holding enough checks) only at a check after which *s* itself passes. A start that
-    fails therefore stays where it is: letting it shrink past a wrong check would give every
-    shrink a fresh chance to pass by luck (measured: a flat 94 %-precise pool was then wrongly
-    certified in 11 % of runs looked at every 10 checks, against 5 % allowed). The rule depends
-    on the checks only, never on when anyone looks, so every look sees the same sequence."""
+
+def _rounds(target: float, level: float):
+    """The anytime test's rounds, in order (FIRST_ROUND_SHARE, ROUND_LENGTH): round j is held to
+    :func:`round_level` and sets its start once 2^j x PLAN_SLACK x its fewest passing checks are in."""
+    first, j = 0, 0
+    while True:
+        lv = round_level(level, j)
+        after = 2 ** j * int(math.ceil(PLAN_SLACK * anytime_min_count(target, lv)))
+        yield _Round(j, first, lv, after)
+        first += ROUND_LENGTH * after
+        j += 1
+
+
+def _anytime_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *, target: float,
+                    level: float) -> tuple[float, int, int, float, _Round]:
+    """:func:`_largest_region` valid at every look: ``(rho, k, m, lower bound, round)``.
+
+    The checks arrive in the order given (the order they were drawn) and are cut into rounds
+    (:func:`_rounds`): a round that has not certified after ROUND_LENGTH x the checks it set its
+    start on ends, and only the checks after it count for the next, which is held to a stricter
+    level; the levels of all rounds sum to ``level``'s error, so the guarantee holds over every
+    round and every look (a union bound), and a failed start is not final. Within a round
+    (:func:`_round_region`) the regions tested are a fixed grid from a start outwards."""
+    for rnd in _rounds(target, level):
+        end = rnd.first + ROUND_LENGTH * rnd.start_after
+        res, passed_at = _round_region(cov[rnd.first:], region[rnd.first:], correct[rnd.first:], target=target,
+                                       level=rnd.level, start_after=rnd.start_after)
+        if cov.size <= end or (passed_at is not None and passed_at < end - rnd.first):
+            return (*res, rnd)
+    raise AssertionError("unreachable: rounds grow without bound")
+
+
+def _round_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *, target: float, level: float,
+                  start_after: int) -> tuple[tuple[float, int, int, float], int | None]:
+    """One round of :func:`_anytime_region`: ``((rho, k, m, lower bound), the index of the check
+    at which its start first passed, or None)``.
+
+    The regions tested are a fixed grid (k / REGION_STEPS), each judged by its anytime-valid
+    e-process (:func:`labelloop.autolabel.anytime_passes`) on the checks that count for it
+    (drawn from a region at least that large and lying in it). The fixed sequence starts at a
+    region *s* and goes outwards, stopping at the first region that does not pass (too few
+    checks or too many wrong). *s* is set by replaying the checks in order: once
+    ``start_after`` checks are in (80 at 95 % / 95 % in the first round: the sample a plan
+    counts on, :func:`planned_checks`), *s* is the smallest region holding enough checks to pass
+    (64), so a wrong check among the less confident ones only ends the sequence there; later *s*
+    moves inwards (to the smallest region holding enough checks) only at a check after which
+    *s* itself passes. A start that fails stays where it is for the rest of the round: letting
+    it shrink past a wrong check would give every shrink a fresh chance to pass by luck
+    (measured: a flat 94 %-precise pool was then wrongly certified in 11 % of runs looked at
+    every 10 checks, against 5 % allowed). The rule depends on the checks only, never on when
+    anyone looks, so every look sees the same sequence."""
     rho = np.arange(1, REGION_STEPS + 1) / REGION_STEPS  # (G,)
+    none = (0.0, 0, 0, 0.0)
+    if cov.size == 0:
+        return none, None
     need = anytime_min_count(target, level)
     inside = (cov[:, None] <= rho[None, :] + 1e-9) & (region[:, None] >= rho[None, :] - 1e-9)  # (m, G)
     m_run = np.cumsum(inside, axis=0)  # (m, G) checks counting for each region after each check
     k_run = np.cumsum(inside & correct[:, None], axis=0)
     enough = m_run >= need
     first = np.where(enough.any(axis=1), enough.argmax(axis=1), -1)  # (m,) smallest region holding enough
-    first[:planned_checks(target, level) - 1] = -1  # no start before the plan's sample is in
+    first[:start_after - 1] = -1  # no start before the round's sample is in
     passes = anytime_passes(k_run, m_run, target_precision=target, confidence_level=level)  # (m, G)
-    start = -1
+    start, passed_at = -1, None
     for j in np.flatnonzero(first >= 0):
         if start < 0 or passes[j, start]:
             start = min(int(first[j]), start) if start >= 0 else int(first[j])
+        if passed_at is None and passes[j, start]:
+            passed_at = int(j)
     if start < 0:
-        return 0.0, 0, 0, 0.0
+        return none, passed_at
     k, m, ok = k_run[-1, start:], m_run[-1, start:], passes[-1, start:]  # (G - start,)
     stop = int(np.argmin(ok)) if not ok.all() else ok.size  # the sequence ends at its first failure
     if stop == 0:
-        return 0.0, 0, 0, 0.0
+        return none, passed_at
     i = stop - 1
     lb = float(anytime_lower_bound(k[i], m[i], confidence_level=level))
-    return float(rho[start + i]), int(k[i]), int(m[i]), lb
+    return (float(rho[start + i]), int(k[i]), int(m[i]), lb), passed_at
 
 
 def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_correct: np.ndarray, *,
@@ -401,9 +463,13 @@ def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_corre
     region = np.ones_like(cov) if check_region is None else np.asarray(check_region, dtype=np.float64)
     pred = np.asarray(check_predicted, dtype=np.int64)
     corr = np.asarray(check_correct, dtype=bool)
-    need_n = _min_count(target_precision, confidence_level, anytime)
-    rho, k, m, lower = _largest_region(cov, region, corr, target=target_precision, level=confidence_level,
-                                       min_count=need_n, anytime=anytime)
+    need_n = _min_count(target_precision, round_level(confidence_level, 0) if anytime else confidence_level, anytime)
+    if anytime:
+        rho, k, m, lower, rnd = _anytime_region(cov, region, corr, target=target_precision, level=confidence_level)
+    else:
+        rho, k, m, lower = _largest_region(cov, region, corr, target=target_precision, level=confidence_level,
+                                           min_count=need_n)
+        rnd = _Round(0, 0, confidence_level, 0)
     coverage = np.full(n_classes, rho)
     if per_class:
         for c in range(n_classes):
@@ -412,12 +478,15 @@ def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_corre
                 coverage[c] = _largest_region(cov[own], region[own], corr[own], target=target_precision,
                                               level=confidence_level, min_count=need_n, anytime=anytime)[0]
     certified = bool((coverage > 0).any())
-    in_cand = (cov <= candidate + 1e-12) & (region >= candidate - 1e-12)
+    counts = np.arange(cov.size) >= rnd.first  # the checks of the current round
+    in_cand = (cov <= candidate + 1e-12) & (region >= candidate - 1e-12) & counts
     kc, mc = int(corr[in_cand].sum()), int(in_cand.sum())
-    need = more_needed(kc, mc, target_precision=target_precision, confidence_level=confidence_level,
+    need = more_needed(kc, mc, target_precision=target_precision, confidence_level=rnd.level,
                        anytime=anytime) if candidate > 0 else None
-    if need is not None and anytime:  # the sequence starts once the plan's sample is in (_anytime_region)
-        need = max(need, planned_checks(target_precision, confidence_level) - int(cov.size))
+    if need is not None and anytime:  # the sequence starts once the round's sample is in (_anytime_region)
+        need = max(need, rnd.start_after - int(counts.sum()))
+    earlier = (f" (round {rnd.index + 1} of checks: the first {rnd.first} did not certify and no longer "
+               f"count; this round is held to {rnd.level:.2%} confidence)") if rnd.first else ""
     if certified:
         reason = (f"certified: the {coverage.max():.0%} most confident machine labels; {m} random checks drawn "
                   f"from there, {k} correct: precision >= {lower:.3f} at {confidence_level:.0%} confidence")
@@ -434,6 +503,7 @@ def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_corre
         reason = (f"{mc} random checks of the {candidate:.0%} most confident machine labels, {kc} correct; "
                   f"{need} more correct checks would certify {target_precision:.0%} precision: "
                   f"run `labelloop next --strategy verify --n {need}`")
+    reason += earlier
     return Certificate(coverage=coverage, certified=certified, checked=int(cov.size), correct=int(corr.sum()),
                        precision_estimate=k / m if m else float("nan"), precision_lower=lower, reason=reason,
                        candidate=float(candidate), checked_in_candidate=mc, correct_in_candidate=kc,
