@@ -199,7 +199,7 @@ def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: i
             time.sleep(0.2)
         time.sleep(1.0)
         held = c.get("/api/queue", params={"n": refreshes + 5}).json()["items"]
-        applied, server_refresh, server_cpu, status, dashboard = [], [], [], [], []
+        applied, server_refresh, server_cpu, status, dashboard, drains = [], [], [], [], [], []
         for _ in range(refreshes):
             item = held.pop(0)
             t0 = time.perf_counter()
@@ -220,6 +220,7 @@ def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: i
             st = c.get("/api/queue", params={"n": 1}).json()["refresh"]
             server_refresh.append(st.get("last_seconds"))
             server_cpu.append(st.get("last_visible_cpu_seconds"))   # None on code without it
+            drains.append(st.get("last_drain_steps"))   # the previous refresh's, run after it was shown
             time.sleep(0.3)
         for _ in range(requests):   # status and dashboard on an idle server, after a refresh
             for url, acc in (("/api/status", status), ("/api/dashboard", dashboard)):
@@ -227,7 +228,7 @@ def measure_server(path: Path, src: Path, refreshes: int, requests: int, seed: i
                 rev.get(url).raise_for_status()
                 acc.append(time.perf_counter() - t0)
         out = {"refresh_applied_s": applied, "server_refresh_s": server_refresh, "server_visible_cpu_s": server_cpu,
-               "status_s": status, "dashboard_s": dashboard}
+               "status_s": status, "dashboard_s": dashboard, "drain_steps_after_visible": drains}
     return out | {f"{k}_median": round(statistics.median(got), 4) if (got := [x for x in v if x is not None]) else None
                   for k, v in out.items()}
 
@@ -314,6 +315,8 @@ def write_markdown(r: dict, path: Path) -> None:
             lambda x: x.get("server", {}).get("server_visible_cpu_s_median"))
         row("server: refresher's wall s incl. the status precompute after it",
             lambda x: x.get("server", {}).get("server_refresh_s_median"))
+        row("server: full steps drained after the predictions were shown (median per refresh)",
+            lambda x: x.get("server", {}).get("drain_steps_after_visible_median"), "{:.0f}")
         row("server: GET /api/status after a refresh, s", lambda x: x.get("server", {}).get("status_s_median"))
         row("server: GET /api/dashboard after a refresh, s", lambda x: x.get("server", {}).get("dashboard_s_median"))
     lines += ["", "Per-run CLI figures (CPU s / wall s / peak RSS MB; full: a cold refresh, refit: a full "

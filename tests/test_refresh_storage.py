@@ -252,3 +252,34 @@ def test_server_refreshes_a_label_after_a_pause_at_once(labeled, tmp_path):
     finally:
         r.stop()
         writer.stop()
+
+
+def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path):
+    """``refresh(drain=False)`` (a server's) runs no full steps past the warm update's error
+    bound; :meth:`Project.drain` runs them afterwards (at most the propagation's ``drain_steps``,
+    none once ``stop()`` says so) and the next warm refresh starts from the drained state."""
+    from labelloop import Project
+    from labelloop.project import MEMO
+
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    MEMO.clear()
+    with Project(path) as p:
+        p.refresh()   # warm: this process holds the propagation state
+        assert p.drain() == 0   # within its bound: nothing to drain
+        p._lp.residual_fit_ /= 100   # as if the last full fit had converged 100x further: past the bound
+        _label_more(p, by_class)
+        s = p.refresh(drain=False)
+        assert s["warm"] and s["drain_steps"] == 0 and s["residual"] > 1.5 * s["residual_fit"]
+        assert p.drain(stop=lambda: True) == 0
+        Y = p._lp.Y_.copy()
+        assert p.drain(max_steps=3) == 3 and not np.array_equal(p._lp.Y_, Y)
+        assert p._lp.residual_ < s["residual"]
+        p.store.add_annotations([(by_class[c][4], p.store.class_ids()[c]) for c in list(by_class)[:2]],
+                                source="human", annotator="t")
+        s2 = p.refresh(drain=False)   # warm from the drained state; the steps since the fit counted
+        assert s2["warm"] and s2["drained"] == 3
+        # then up to a full fit's work (n_iter steps in all): the bound is met, or that level
+        # becomes the new baseline
+        assert 0 < p.drain() <= p.setting("n_iter") - 3 and not p._lp.residual_exceeded()
