@@ -1,10 +1,11 @@
 """Drift of repeated warm updates from a cold fit, and what keeps it bounded: the periodic full
 propagation (``refit_every=5``, the old default) against an error bound: when the relative
 residual an update leaves (``LabelPropagation.residual``) exceeds ``residual_growth`` x the last
-full fit's, either full steps from the warm result until it is back to the last full fit's
-("drain", the default at 1.5x) or a full propagation ("refit"); and neither.
+full fit's, either full steps from the warm result towards the last full fit's ("drain", the
+default at 1.5x, at most ``drain_steps`` per update) or a full propagation ("refit"); and neither.
 
     python benchmarks/warm_drift.py --sizes 10000 100000 --updates 15 10
+    python benchmarks/warm_drift.py --project /tmp/million/base1m --updates 5 --variants none drain drain10 drain5
 
 Data and graph as benchmarks/refresh_latency.py (synthetic 384-d, 10 overlapping classes,
 k = 10; the graph from ``build_knn_graph``, or ``--cache-dir`` holding refresh_latency's).
@@ -12,7 +13,10 @@ Start: a cold fit with 3 labels per class; then ``--updates`` rounds of 10 new l
 unlabeled items, true class). After every round each variant updates warm, and its argmax is
 compared with a cold fit on the same labels (agreement = share of items with the same
 prediction). CPU seconds per update (this process, single-threaded products). Writes
-benchmarks/results/warm_drift.json and .md.
+benchmarks/results/warm_drift.json and .md. ``--project DIR``: instead, the stored affinity,
+first refresh (3 labels per class) and true classes of a project benchmarks/e2e_latency.py
+built (read only; e.g. 1M items, where each cold fit for the comparison is ~50 CPU-s);
+writes warm_drift_<n>.json and .md.
 """
 
 from __future__ import annotations
@@ -135,7 +139,8 @@ def main() -> None:
         rows = [run(n, u, args.cache_dir, args.variants) for n, u in zip(args.sizes, args.updates)]
     report = {"command": "python benchmarks/warm_drift.py " + " ".join(sys.argv[1:]), "rows": rows,
               "cores": os.cpu_count()}
-    (RESULTS / "warm_drift.json").write_text(json.dumps(report, indent=2))
+    out = RESULTS / ("warm_drift" if args.project is None else f"warm_drift_{rows[0]['n']}")   # e.g. _1000000
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Warm-update drift: periodic full propagation vs an error bound", "",
              f"Command: `{report['command']}`; {report['cores']} cores shared with other jobs (load average "
              "per size below). Agreement = share of items whose warm-updated argmax equals a cold fit's on "
@@ -155,7 +160,7 @@ def main() -> None:
         lines += ["", "Residual each update left, per variant (a refit's own where it triggered one):", ""]
         lines += [f"- {k}: {' '.join(f'{x:.4f}' for x in v['residual'])}" for k, v in r["variants"].items()]
         lines.append("")
-    (RESULTS / "warm_drift.md").write_text("\n".join(lines))
+    out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

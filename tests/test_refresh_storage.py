@@ -283,3 +283,30 @@ def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path):
         # then up to a full fit's work (n_iter steps in all): the bound is met, or that level
         # becomes the new baseline
         assert 0 < p.drain() <= p.setting("n_iter") - 3 and not p._lp.residual_exceeded()
+
+
+def test_server_refresher_drains_after_showing_and_a_new_label_stops_it(labeled, tmp_path):
+    """The refresher publishes a warm refresh's predictions before any drain past the error
+    bound, then drains (``last_drain_steps``) unless a refresh is already asked for again."""
+    from labelloop import Project
+    from labelloop.web.service import Refresher
+
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    r = Refresher(path, strategy="least-confidence")   # its refresh steps run here, no threads
+    r.project = Project(path)
+    try:
+        r._refresh_once()   # warm state loaded, within its bound
+        assert r.status["last_drain_steps"] == 0
+        cid = r.project.store.class_ids()
+        for k, more in enumerate((True, False)):
+            r.project._lp.residual_fit_ /= 100   # as if the last full fit had converged further
+            r.project.store.add_annotations([(ids[4 + k], cid[c]) for c, ids in by_class.items()],
+                                            source="human", annotator="t")
+            r._requested = more   # another label came while this refresh ran
+            r._refresh_once()
+            assert r.snapshot.summary["drain_steps"] == 0 and r.snapshot.summary["warm"]
+            assert (r.status["last_drain_steps"] == 0) == more
+    finally:
+        r.project.close()

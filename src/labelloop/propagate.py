@@ -45,11 +45,15 @@ variant is linear in Y0, so its update is exact up to pruning. The drift from a 
 bounded by measuring it: after an update the relative residual ||F(Y) - Y|| / ||Y|| on a
 sample of rows (:meth:`LabelPropagation.residual`) is compared with the one the last full
 propagation left; above UPDATE_RESIDUAL_GROWTH times that, full steps continue from the warm
-result until it is back to that level (or a full propagation runs, ``residual_action="refit"``).
-This replaced a full propagation every REFIT_EVERY-th update (now off; measured in
-benchmarks/results/warm_drift.md). The clamped update can also end with UPDATE_CORRECT_STEPS
-full steps from its result (off: with them and no periodic fit `make demo` certified 574
-machine labels instead of 968).
+result towards that level (a drain, :meth:`LabelPropagation.drain`; or a full propagation runs,
+``residual_action="refit"``), at most RESIDUAL_DRAIN_MAX_STEPS per update: what is left stays in
+Y and the next update's residual measures it again, so a refresh's cost is bounded; after a full
+fit's work (``n_iter`` drain steps) without getting there, that level is the new baseline.
+``update(drain=False)`` leaves the steps to a later ``drain()`` (a server runs them after the
+predictions are shown, stopped by the next label). This replaced a full propagation every
+REFIT_EVERY-th update (now off; measured in benchmarks/results/warm_drift.md). The clamped
+update can also end with UPDATE_CORRECT_STEPS full steps from its result (off: with them and no
+periodic fit `make demo` certified 574 machine labels instead of 968).
 """
 
 from __future__ import annotations
@@ -120,12 +124,13 @@ REFIT_EVERY = None
 #: equation, ||F(Y) - Y||_1 / ||Y||_1 on RESIDUAL_SAMPLE rows (:meth:`LabelPropagation.residual`),
 #: is compared with the one the last full propagation left (a 100-step fit is not converged
 #: either: ~0.01 on the benchmark's graphs); above this many times that, full steps continue
-#: from the warm result until it is back to RESIDUAL_DRAIN_TO x that (``residual_action=
-#: "drain"``, at most ``n_iter`` steps), or a full propagation runs (``"refit"``). Measured against the old
-#: rule (a full propagation every 5th update) in benchmarks/results/warm_drift.md: at 100k
-#: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.953 vs 0.922 (worst
-#: 0.920 vs 0.831) for 2.3 vs 3.7 CPU-s in all, the slowest update 0.54 s instead of 1.69 s;
-#: at 10k, 0.947 vs 0.943 for 0.23 vs 0.32 CPU-s. 2x: 0.950 at 100k, 0.932 at 10k.
+#: from the warm result towards RESIDUAL_DRAIN_TO x that (``residual_action="drain"``, at most
+#: RESIDUAL_DRAIN_MAX_STEPS per update), or a full propagation runs (``"refit"``). Measured against
+#: the old rule (a full propagation every 5th update) in benchmarks/results/warm_drift.md: at 100k
+#: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.936 vs 0.922 for 2.1
+#: vs 5.2 CPU-s in all (uncapped drains: 0.953 for 3.1); at 10k 0.947 vs 0.943; at 1M
+#: (warm_drift_1000000.md) 0.927 vs 0.947 uncapped and 0.887 without drains, the slowest update
+#: 4.3 instead of 8.3 CPU-s.
 UPDATE_RESIDUAL_GROWTH = 1.5
 #: residual exceeded: full steps from the warm result, this many between residual checks ...
 RESIDUAL_CHECK_STEPS = 5
@@ -134,9 +139,9 @@ RESIDUAL_CHECK_STEPS = 5
 RESIDUAL_DRAIN_TO = 1.0
 #: ... but at most this many per update (``drain_steps``; None: up to ``n_iter``): what is left
 #: stays in Y, where the next update's residual measures it again (carried forward). At 1M items
-#: one update of 10 labels left 6-17x the full fit's residual; full steps took it to 2x in 5-6
-#: and to 1.2x in ~10, then the full fit's own slow modes made each further step worth little
-#: (1.0x took 20-40 steps, 0.5 CPU-s each; benchmarks/results/warm_drift.md).
+#: one update of 10 labels left 6x the full fit's residual; 5 full steps (0.5 CPU-s each) took
+#: it to 1.2-1.4x, 10 to 1x; one `labelloop refresh` had drained 40 steps (21 CPU-s) before
+#: this cap (benchmarks/results/warm_drift.md, warm_drift_1000000.md, e2e_latency_1000000.md).
 RESIDUAL_DRAIN_MAX_STEPS = 5
 #: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
 RESIDUAL_SAMPLE = 4096
