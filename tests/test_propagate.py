@@ -364,11 +364,14 @@ def test_drain_is_capped_per_update_and_what_is_left_carries_forward(overlapping
 
 
 def test_a_deferred_drain_stops_when_asked_and_a_step_cut_short_is_dropped(overlapping, monkeypatch):
-    """``update(drain=False)`` leaves the steps to :meth:`drain`; with ``stop`` a step runs in row
-    blocks (the same result as one product) and a step stopped inside leaves Y as it was."""
+    """``update(drain=False)`` leaves the steps to :meth:`drain` (unless the residual is past
+    DEFERRED_DRAIN_LIMIT x the bound); with ``stop`` a step runs in row blocks (the same result as
+    one product) and a step stopped inside leaves Y as it was."""
     import labelloop.propagate as propagate
 
     monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)   # 4 blocks per step
+    limit = propagate.DEFERRED_DRAIN_LIMIT
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # this tight work cap leaves ~10x
     m, y2 = _past_the_bound(overlapping, drain_steps=None)
     m.update(y2, max_rows=50, drain=False)
     assert m.drain_steps_ == 0 and m.residual_exceeded()
@@ -383,6 +386,20 @@ def test_a_deferred_drain_stops_when_asked_and_a_step_cut_short_is_dropped(overl
     np.testing.assert_allclose(m.Y_, whole.Y_, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(m.transduction_, whole.transduction_)
     assert not m.residual_exceeded()
+    m, y2 = _past_the_bound(overlapping, drain_steps=None)
+    m.update(y2, max_rows=50, drain=False)
+    asked.clear()   # stopped inside the second step: one step kept, its distributions made on use
+    assert m.drain(stop=lambda: asked.append(1) or len(asked) > 6) == 1
+    assert not hasattr(m, "label_distributions_")
+    one, _ = _past_the_bound(overlapping, drain_steps=None)
+    one.update(y2, max_rows=50, drain=False)
+    assert one.drain(1) == 1
+    np.testing.assert_array_equal(m.predict_proba(), one.predict_proba())
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", limit)
+    far, y2 = _past_the_bound(overlapping, drain_steps=3)
+    far.residual_fit_ /= 100   # far past the bound: drained now (capped), deferred or not
+    far.update(y2, max_rows=50, drain=False)
+    assert far.drain_steps_ == 3
 
 
 def test_without_an_error_bound_the_warm_update_never_refits(overlapping):

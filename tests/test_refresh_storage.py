@@ -194,9 +194,11 @@ def test_warm_refresh_in_a_new_process_imports_no_scipy(labeled, tmp_path, monke
 def test_refresh_shows_its_predictions_before_storing_them(labeled, tmp_path):
     """``refresh(on_predictions=...)`` (what a server publishes from): inside the callback the
     Project's predictions are the new ones, the run is not finished yet; afterwards it is."""
+    import labelloop.propagate as propagate
     from labelloop import Project
     from labelloop.project import MEMO
 
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # the residual forced below is far past it
     root, _, by_class = labeled
     path = tmp_path / "p"
     shutil.copytree(root, path)
@@ -254,13 +256,15 @@ def test_server_refreshes_a_label_after_a_pause_at_once(labeled, tmp_path):
         writer.stop()
 
 
-def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path):
+def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path, monkeypatch):
     """``refresh(drain=False)`` (a server's) runs no full steps past the warm update's error
     bound; :meth:`Project.drain` runs them afterwards (at most the propagation's ``drain_steps``,
     none once ``stop()`` says so) and the next warm refresh starts from the drained state."""
+    import labelloop.propagate as propagate
     from labelloop import Project
     from labelloop.project import MEMO
 
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # the residual forced below is far past it
     root, _, by_class = labeled
     path = tmp_path / "p"
     shutil.copytree(root, path)
@@ -285,12 +289,14 @@ def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path):
         assert 0 < p.drain() <= p.setting("n_iter") - 3 and not p._lp.residual_exceeded()
 
 
-def test_server_refresher_drains_after_showing_and_a_new_label_stops_it(labeled, tmp_path):
+def test_server_refresher_drains_after_showing_and_a_new_label_stops_it(labeled, tmp_path, monkeypatch):
     """The refresher publishes a warm refresh's predictions before any drain past the error
     bound, then drains (``last_drain_steps``) unless a refresh is already asked for again."""
+    import labelloop.propagate as propagate
     from labelloop import Project
     from labelloop.web.service import Refresher
 
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # the residual forced below is far past it
     root, _, by_class = labeled
     path = tmp_path / "p"
     shutil.copytree(root, path)

@@ -143,6 +143,11 @@ RESIDUAL_DRAIN_TO = 1.0
 #: it to 1.2-1.4x, 10 to 1x; one `labelloop refresh` had drained 40 steps (21 CPU-s) before
 #: this cap (benchmarks/results/warm_drift.md, warm_drift_1000000.md, e2e_latency_1000000.md).
 RESIDUAL_DRAIN_MAX_STEPS = 5
+#: ``update(drain=False)`` (a server, which drains after showing the predictions, stopped by the
+#: next label) still drains now, at most ``drain_steps``, once the residual is past this many
+#: times the bound: labels that keep coming faster than a drain step (0.5 CPU-s at 1M) would
+#: otherwise never let it run
+DEFERRED_DRAIN_LIMIT = 4.0
 #: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
 RESIDUAL_SAMPLE = 4096
 
@@ -504,7 +509,8 @@ class LabelPropagation:
         max(UPDATE_MIN_ROWS, UPDATE_ROWS_PER_ITEM * n): every step on graphs up to ~5k items,
         a bounded local update on large ones; benchmarks/refresh_latency.py measures both).
         ``drain``: past the error bound, run the drain's full steps now (default); False leaves
-        them to a later :meth:`drain` (a server calls it once the predictions are shown).
+        them to a later :meth:`drain` (a server calls it once the predictions are shown) unless
+        the residual is past DEFERRED_DRAIN_LIMIT x the bound.
 
         Clamped variant: added labels are warm-started (see the module docstring). A removed or
         re-classed label leaves mass in the previous Y that the clamped map cannot drain in a
@@ -555,7 +561,8 @@ class LabelPropagation:
         if self.residual_exceeded():
             if self.residual_action == "refit":
                 return self._refit()   # the error bound is exceeded: start again from the labels
-            if drain and self._drain(None, None):
+            if (drain or self.residual_ > DEFERRED_DRAIN_LIMIT * self.residual_growth * self.residual_fit_) \
+                    and self._drain(None, None):
                 touched = np.arange(n)   # every row may have changed
         self._finish(touched)
         return self
@@ -568,11 +575,17 @@ class LabelPropagation:
         ``stop()``: asked before every step; True ends the drain there (a new label waiting).
         Steps a drain leaves undone stay in Y: the next update measures them again. Each step
         moves Y towards the fixed point (never away from a cold fit's result), so a drain cut
-        short is still progress. Adds to ``drain_steps_``; returns the steps run."""
+        short is still progress (when it stops after a step, ``label_distributions_`` and
+        the argmax are made again only on the next :meth:`predict_proba` or update). Adds to
+        ``drain_steps_``; returns the steps run."""
         if not hasattr(self, "Y_"):
             raise NotReadyError("drain() needs a fitted LabelPropagation: call fit() first")
         done = self._drain(max_steps, stop)
-        if done:
+        if done and stop is not None and stop():
+            # stopped for an update, which finishes every row then: not twice (0.1-0.2 s at 1M)
+            for a in ("label_distributions_", "transduction_", "reached_"):
+                self.__dict__.pop(a, None)
+        elif done:
             self._finish(np.arange(self.Y_.shape[0]))   # every row may have changed
         return done
 
