@@ -572,12 +572,11 @@ class LabelPropagation:
         bound's target, RESIDUAL_DRAIN_TO x the last full fit's (below the bound, so the next
         few updates need none); at most ``max_steps`` (default ``drain_steps``, None: ``n_iter``,
         a full fit's work, counted in ``n_refits_`` when it runs out without getting there).
-        ``stop()``: asked before every step; True ends the drain there (a new label waiting).
-        Steps a drain leaves undone stay in Y: the next update measures them again. Each step
-        moves Y towards the fixed point (never away from a cold fit's result), so a drain cut
-        short is still progress (when it stops after a step, ``label_distributions_`` and
-        the argmax are made again only on the next :meth:`predict_proba` or update). Adds to
-        ``drain_steps_``; returns the steps run."""
+        ``stop()``: asked before every block of DRAIN_BLOCK_ROWS rows of a step; True ends the
+        drain there (a new label waiting) and drops the step it cut. Steps a drain leaves undone
+        stay in Y: the next update measures them again; the steps it ran are kept (when it
+        stopped after one, ``label_distributions_`` and the argmax are made again only on the
+        next :meth:`predict_proba` or update). Adds to ``drain_steps_``; returns the steps run."""
         if not hasattr(self, "Y_"):
             raise NotReadyError("drain() needs a fitted LabelPropagation: call fit() first")
         done = self._drain(max_steps, stop)
