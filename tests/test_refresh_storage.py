@@ -194,11 +194,9 @@ def test_warm_refresh_in_a_new_process_imports_no_scipy(labeled, tmp_path, monke
 def test_refresh_shows_its_predictions_before_storing_them(labeled, tmp_path):
     """``refresh(on_predictions=...)`` (what a server publishes from): inside the callback the
     Project's predictions are the new ones, the run is not finished yet; afterwards it is."""
-    import labelloop.propagate as propagate
     from labelloop import Project
     from labelloop.project import MEMO
 
-    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # the residual forced below is far past it
     root, _, by_class = labeled
     path = tmp_path / "p"
     shutil.copytree(root, path)
