@@ -224,7 +224,7 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
         held = {name: c.get("/api/queue", params={"n": 2 * refreshes + 5}).json()["items"]
                 for name, (c, _, _) in clients.items()}
         keys = ("refresh_applied_s", "refresh_applied_polled_s", "server_refresh_s", "server_visible_cpu_s",
-                "status_s", "dashboard_s")
+                "status_s", "dashboard_s", "drain_steps_after_visible")
         out = {name: {k: [] for k in keys} for name in variants}
         for r in range(2 * refreshes):
             # the first half waits for the refreshed predictions in one request (after/wait: the
@@ -253,6 +253,7 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
                 st = c.get("/api/queue", params={"n": 1}).json()["refresh"]
                 o["server_refresh_s"].append(st.get("last_seconds"))
                 o["server_visible_cpu_s"].append(st.get("last_visible_cpu_seconds"))   # None on code without it
+                o["drain_steps_after_visible"].append(st.get("last_drain_steps"))   # the previous refresh's, run after it was shown
                 time.sleep(0.3)
         for _ in range(requests):   # status and dashboard on an idle server, after a refresh
             for name, (_, rev, _) in clients.items():
@@ -353,6 +354,8 @@ def write_markdown(r: dict, path: Path) -> None:
             lambda x: x.get("server", {}).get("server_visible_cpu_s_median"))
         row("server: refresher's wall s incl. the status precompute after it",
             lambda x: x.get("server", {}).get("server_refresh_s_median"))
+        row("server: full steps drained after the predictions were shown (median per refresh)",
+            lambda x: x.get("server", {}).get("drain_steps_after_visible_median"), "{:.0f}")
         row("server: GET /api/status after a refresh, s", lambda x: x.get("server", {}).get("status_s_median"))
         row("server: GET /api/dashboard after a refresh, s", lambda x: x.get("server", {}).get("dashboard_s_median"))
     lines += ["", "Per-run CLI figures (CPU s / wall s / peak RSS MB; full: a cold refresh, refit: a full "

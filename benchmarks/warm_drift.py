@@ -1,10 +1,11 @@
 """Drift of repeated warm updates from a cold fit, and what keeps it bounded: the periodic full
 propagation (``refit_every=5``, the old default) against an error bound: when the relative
 residual an update leaves (``LabelPropagation.residual``) exceeds ``residual_growth`` x the last
-full fit's, either full steps from the warm result until it is back to the last full fit's
-("drain", the default at 1.5x) or a full propagation ("refit"); and neither.
+full fit's, either full steps from the warm result towards the last full fit's ("drain", the
+default at 1.5x, at most ``drain_steps`` per update) or a full propagation ("refit"); and neither.
 
     python benchmarks/warm_drift.py --sizes 10000 100000 --updates 15 10
+    python benchmarks/warm_drift.py --project /tmp/million/base1m --updates 5 --variants none drain drain10 drain5
 
 Data and graph as benchmarks/refresh_latency.py (synthetic 384-d, 10 overlapping classes,
 k = 10; the graph from ``build_knn_graph``, or ``--cache-dir`` holding refresh_latency's).
@@ -12,7 +13,10 @@ Start: a cold fit with 3 labels per class; then ``--updates`` rounds of 10 new l
 unlabeled items, true class). After every round each variant updates warm, and its argmax is
 compared with a cold fit on the same labels (agreement = share of items with the same
 prediction). CPU seconds per update (this process, single-threaded products). Writes
-benchmarks/results/warm_drift.json and .md.
+benchmarks/results/warm_drift.json and .md. ``--project DIR``: instead, the stored affinity,
+first refresh (3 labels per class) and true classes of a project benchmarks/e2e_latency.py
+built (read only; e.g. 1M items, where each cold fit for the comparison is ~50 CPU-s);
+writes warm_drift_<n>.json and .md.
 """
 
 from __future__ import annotations
@@ -33,41 +37,67 @@ from labelloop.graph import KnnGraph, build_knn_graph  # noqa: E402
 from labelloop.propagate import LabelPropagation, affinity_matrix  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = {   # name: LabelPropagation options
-    "refit every 5th (old default)": {"refit_every": 5, "residual_growth": None},
-    "no correction": {"refit_every": None, "residual_growth": None},
-    "residual > 2x the last full fit's: refit": {"refit_every": None, "residual_growth": 2.0,
-                                                  "residual_action": "refit"},
-    "residual > 2x the last full fit's: drain to 1x": {"refit_every": None, "residual_growth": 2.0,
-                                                  "residual_action": "drain"},
-    "residual > 1.5x the last full fit's: drain to 1x (default)": {"refit_every": None, "residual_growth": 1.5,
-                                                              "residual_action": "drain"},
+VARIANTS = {   # short key: (name, LabelPropagation options)
+    "refit5": ("refit every 5th (old default)", {"refit_every": 5, "residual_growth": None}),
+    "none": ("no correction", {"refit_every": None, "residual_growth": None}),
+    "refit2x": ("residual > 2x the last full fit's: refit", {"refit_every": None, "residual_growth": 2.0,
+                                                             "residual_action": "refit"}),
+    "drain2x": ("residual > 2x the last full fit's: drain to 1x", {
+        "refit_every": None, "residual_growth": 2.0, "residual_action": "drain", "drain_steps": None}),
+    "drain": ("residual > 1.5x the last full fit's: drain to 1x (the rule before)", {
+        "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": None}),
+    "drain10": ("residual > 1.5x: drain to 1x, at most 10 steps per update", {
+        "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 10}),
+    "drain5": ("residual > 1.5x: drain to 1x, at most 5 steps per update (default)", {
+        "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 5}),
+    "drain2": ("residual > 1.5x: drain to 1x, at most 2 steps per update", {
+        "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 2}),
 }
 
 
-def run(n: int, updates: int, cache: Path | None) -> dict:
-    X, _, yt = make_latent_embeddings(n)
-    path = cache / f"graph-n{n}-k10.npz" if cache else None
-    if path is not None and path.exists():
-        g = KnnGraph.load(path)
-    else:
-        g = build_knn_graph(X, 10)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            g.save(path)
-    del X
-    S = affinity_matrix(g)
+def project_state(root: Path) -> tuple:
+    """``(S, y, truth, Y)`` from a project e2e_latency.py built (read only): its stored affinity,
+    the first refresh's labels and propagation state, and the items' true classes."""
+    from labelloop.csr import CsrArrays
+
+    folder = next((root / "arrays" / "graphs").glob("*-S-k*-T*"))
+    data, indices, indptr = (np.load(folder / f"{a}.npy") for a in ("data", "indices", "indptr"))
+    n = len(indptr) - 1
+    run = min((d for d in (root / "arrays" / "runs").iterdir() if (d / "state_Y.npy").exists()),
+              key=lambda d: int(d.name))
+    return (CsrArrays(data, indices, indptr, (n, n)), np.load(run / "state_y.npy"), np.load(root / "truth.npy"),
+            np.load(run / "state_Y.npy"))
+
+
+def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path | None = None) -> dict:
     rng = np.random.default_rng(0)
-    y = np.full(n, -1)
-    for c in range(10):
-        y[rng.choice(np.flatnonzero(yt == c), 3, replace=False)] = c
-    models = {k: LabelPropagation(**v).fit(S, y, n_classes=10) for k, v in VARIANTS.items()}
-    agree = {k: [] for k in VARIANTS}
-    cpu = {k: [] for k in VARIANTS}
-    resid = {k: [] for k in VARIANTS}
-    drained = {k: 0 for k in VARIANTS}   # full steps the drain variants ran   # the residual each update left (before a refit it triggered)
-    refits = {k: 0 for k in VARIANTS}
-    fit_residual = round(float(models["no correction"].residual()), 5)
+    variants = {VARIANTS[k][0]: VARIANTS[k][1] for k in keys}
+    if project is not None:   # its stored graph and first refresh (a cold fit of 3 labels per class)
+        S, y, yt, Y = project_state(project)
+        n = S.shape[0]
+        models = {k: LabelPropagation(**v).restore(S, Y.copy(), y.copy()) for k, v in variants.items()}
+    else:
+        X, _, yt = make_latent_embeddings(n)
+        path = cache / f"graph-n{n}-k10.npz" if cache else None
+        if path is not None and path.exists():
+            g = KnnGraph.load(path)
+        else:
+            g = build_knn_graph(X, 10)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                g.save(path)
+        del X
+        S = affinity_matrix(g)
+        y = np.full(n, -1)
+        for c in range(10):
+            y[rng.choice(np.flatnonzero(yt == c), 3, replace=False)] = c
+        models = {k: LabelPropagation(**v).fit(S, y, n_classes=10) for k, v in variants.items()}
+    agree = {k: [] for k in variants}
+    cpu = {k: [] for k in variants}
+    resid = {k: [] for k in variants}   # the residual each update left (before a refit it triggered)
+    drained = {k: 0 for k in variants}   # full steps the drain variants ran
+    refits = {k: 0 for k in variants}
+    fit_residual = round(float(next(iter(models.values())).residual()), 5)
     loads = []
     for t in range(updates):
         new = rng.choice(np.flatnonzero(y < 0), 10, replace=False)
@@ -84,13 +114,14 @@ def run(n: int, updates: int, cache: Path | None) -> dict:
             m.drain_steps_ = 0
             resid[k].append(round(float(m.residual()), 5))
             agree[k].append(float((m.transduction_ == cold).mean()))
-        print(f"n={n} update {t}: " + ", ".join(f"{k} {agree[k][-1]:.4f}" for k in VARIANTS), flush=True)
+        print(f"n={n} update {t}: " + ", ".join(f"{k} {agree[k][-1]:.4f} ({cpu[k][-1]:.2f} s)" for k in variants),
+              flush=True)
     return {"n": n, "updates": updates, "load_median": round(float(np.median(loads)), 1),
             "residual_after_full_fit": fit_residual, "variants": {
         k: {"full_fits": refits[k], "drain_steps": drained[k], "residual": resid[k], "agreement": [round(a, 4) for a in agree[k]], "agreement_mean": round(float(np.mean(agree[k])), 4),
             "agreement_min": round(min(agree[k]), 4), "cpu_ms_median": round(1e3 * float(np.median(cpu[k])), 1),
             "cpu_ms_mean": round(1e3 * float(np.mean(cpu[k])), 1), "cpu_ms_max": round(1e3 * max(cpu[k]), 1)}
-        for k in VARIANTS}}
+        for k in variants}}
 
 
 def main() -> None:
@@ -98,11 +129,18 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--updates", type=int, nargs="+", default=[15, 10], help="rounds per size")
     ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--project", type=Path, default=None,
+                    help="instead of --sizes: a project benchmarks/e2e_latency.py built (e.g. 1M items), read only")
     args = ap.parse_args()
-    rows = [run(n, u, args.cache_dir) for n, u in zip(args.sizes, args.updates)]
+    if args.project is not None:
+        rows = [run(0, args.updates[0], None, args.variants, args.project)]
+    else:
+        rows = [run(n, u, args.cache_dir, args.variants) for n, u in zip(args.sizes, args.updates)]
     report = {"command": "python benchmarks/warm_drift.py " + " ".join(sys.argv[1:]), "rows": rows,
               "cores": os.cpu_count()}
-    (RESULTS / "warm_drift.json").write_text(json.dumps(report, indent=2))
+    out = RESULTS / ("warm_drift" if args.project is None else f"warm_drift_{rows[0]['n']}")   # e.g. _1000000
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Warm-update drift: periodic full propagation vs an error bound", "",
              f"Command: `{report['command']}`; {report['cores']} cores shared with other jobs (load average "
              "per size below). Agreement = share of items whose warm-updated argmax equals a cold fit's on "
@@ -122,7 +160,7 @@ def main() -> None:
         lines += ["", "Residual each update left, per variant (a refit's own where it triggered one):", ""]
         lines += [f"- {k}: {' '.join(f'{x:.4f}' for x in v['residual'])}" for k, v in r["variants"].items()]
         lines.append("")
-    (RESULTS / "warm_drift.md").write_text("\n".join(lines))
+    out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -317,7 +317,7 @@ def test_warm_update_past_its_error_bound_drains_or_refits(overlapping, action):
     ("refit": the cold fit's result exactly)."""
     S, yt = overlapping
     y = sample_labels(yt, 3, seed=5)
-    m = LabelPropagation(n_iter=20, residual_growth=1.05, residual_action=action).fit(S, y)
+    m = LabelPropagation(n_iter=20, residual_growth=1.05, residual_action=action, drain_steps=None).fit(S, y)
     y2 = y.copy()
     new = np.random.default_rng(1).choice(np.flatnonzero(y < 0), 10, replace=False)
     y2[new] = yt[new]
@@ -335,6 +335,73 @@ def test_warm_update_past_its_error_bound_drains_or_refits(overlapping, action):
     np.testing.assert_allclose(m.predict_proba().sum(1), 1.0, atol=1e-5)
 
 
+def _past_the_bound(overlapping, **kw) -> tuple[LabelPropagation, np.ndarray]:
+    """A fit, then an update with a tight work cap that leaves its residual past the bound."""
+    S, yt = overlapping
+    y = sample_labels(yt, 3, seed=5)
+    m = LabelPropagation(n_iter=20, residual_growth=1.05, **kw).fit(S, y)
+    y2 = y.copy()
+    y2[np.random.default_rng(1).choice(np.flatnonzero(y < 0), 10, replace=False)] = 1
+    return m, y2
+
+
+def test_drain_is_capped_per_update_and_what_is_left_carries_forward(overlapping):
+    """``drain_steps``: at most that many full steps per update; the rest stays in Y, where the
+    next drain (or update) measures it again and continues."""
+    m, y2 = _past_the_bound(overlapping, drain_steps=2)
+    m.update(y2, max_rows=50)
+    assert m.drain_steps_ == 2 and m.residual_exceeded()   # capped, still past the bound
+    left = m.residual_
+    assert m.drain() == 2 and m.drain_steps_ == 4 and m.residual_ < left
+    while m.drain():
+        pass
+    assert not m.residual_exceeded()   # back to the full fit's level, or n_iter steps: a new one
+    assert m.drain() == 0   # nothing left to drain
+    uncapped, _ = _past_the_bound(overlapping, drain_steps=None)
+    uncapped.update(y2, max_rows=50)   # the same steps in one go: the same result
+    assert uncapped.drain_steps_ == m.drain_steps_ <= 20 and uncapped.residual_fit_ == m.residual_fit_
+    np.testing.assert_allclose(m.Y_, uncapped.Y_, rtol=1e-5, atol=1e-6)
+
+
+def test_a_deferred_drain_stops_when_asked_and_a_step_cut_short_is_dropped(overlapping, monkeypatch):
+    """``update(drain=False)`` leaves the steps to :meth:`drain` (unless the residual is past
+    DEFERRED_DRAIN_LIMIT x the bound); with ``stop`` a step runs in row blocks (the same result as
+    one product) and a step stopped inside leaves Y as it was."""
+    import labelloop.propagate as propagate
+
+    monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)   # 4 blocks per step
+    limit = propagate.DEFERRED_DRAIN_LIMIT
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # this tight work cap leaves ~10x
+    m, y2 = _past_the_bound(overlapping, drain_steps=None)
+    m.update(y2, max_rows=50, drain=False)
+    assert m.drain_steps_ == 0 and m.residual_exceeded()
+    Y = m.Y_.copy()
+    asked = []
+    assert m.drain(stop=lambda: asked.append(1) or len(asked) > 2) == 0   # stopped in the first step
+    np.testing.assert_array_equal(m.Y_, Y)
+    assert m.drain_steps_ == 0 and m.residual_exceeded()
+    whole, _ = _past_the_bound(overlapping, drain_steps=None)
+    whole.update(y2, max_rows=50, drain=False)
+    assert m.drain(stop=lambda: False) == whole.drain() > 0   # blocked steps: one product's result
+    np.testing.assert_allclose(m.Y_, whole.Y_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(m.transduction_, whole.transduction_)
+    assert not m.residual_exceeded()
+    m, y2 = _past_the_bound(overlapping, drain_steps=None)
+    m.update(y2, max_rows=50, drain=False)
+    asked.clear()   # stopped inside the second step: one step kept, its distributions made on use
+    assert m.drain(stop=lambda: asked.append(1) or len(asked) > 6) == 1
+    assert not hasattr(m, "label_distributions_")
+    one, _ = _past_the_bound(overlapping, drain_steps=None)
+    one.update(y2, max_rows=50, drain=False)
+    assert one.drain(1) == 1
+    np.testing.assert_array_equal(m.predict_proba(), one.predict_proba())
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", limit)
+    far, y2 = _past_the_bound(overlapping, drain_steps=3)
+    far.residual_fit_ /= 100   # far past the bound: drained now (capped), deferred or not
+    far.update(y2, max_rows=50, drain=False)
+    assert far.drain_steps_ == 3
+
+
 def test_without_an_error_bound_the_warm_update_never_refits(overlapping):
     S, yt = overlapping
     y = sample_labels(yt, 3, seed=6)
@@ -349,7 +416,7 @@ def test_without_an_error_bound_the_warm_update_never_refits(overlapping):
 
 
 @pytest.mark.parametrize("bad", [{"residual_growth": 0.5}, {"residual_growth": float("nan")},
-                                 {"residual_action": "restart"}])
+                                 {"residual_action": "restart"}, {"drain_steps": 0}, {"drain_steps": 2.5}])
 def test_error_bound_parameters_are_validated(overlapping, bad):
     S, yt = overlapping
     with pytest.raises(ValidationError):

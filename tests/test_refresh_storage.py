@@ -276,3 +276,65 @@ def test_warm_refresh_reuses_the_calibration_without_mapping_held_out_scores_twi
             pred = p.predictions()
             assert Calibrator.from_dict(pred.calibration) == cal0
             np.testing.assert_allclose(np.load(p.store.run_dir(pred.run_id) / "heldout_proba.npy"), Q0, atol=1e-6)
+
+
+def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path, monkeypatch):
+    """``refresh(drain=False)`` (a server's) runs no full steps past the warm update's error
+    bound; :meth:`Project.drain` runs them afterwards (at most the propagation's ``drain_steps``,
+    none once ``stop()`` says so) and the next warm refresh starts from the drained state."""
+    import labelloop.propagate as propagate
+    from labelloop import Project
+    from labelloop.project import MEMO
+
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # the residual forced below is far past it
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    MEMO.clear()
+    with Project(path) as p:
+        p.refresh()   # warm: this process holds the propagation state
+        assert p.drain() == 0   # within its bound: nothing to drain
+        p._lp.residual_fit_ /= 100   # as if the last full fit had converged 100x further: past the bound
+        _label_more(p, by_class)
+        s = p.refresh(drain=False)
+        assert s["warm"] and s["drain_steps"] == 0 and s["residual"] > 1.5 * s["residual_fit"]
+        assert p.drain(stop=lambda: True) == 0
+        Y = p._lp.Y_.copy()
+        assert p.drain(max_steps=3) == 3 and not np.array_equal(p._lp.Y_, Y)
+        assert p._lp.residual_ < s["residual"]
+        p.store.add_annotations([(by_class[c][4], p.store.class_ids()[c]) for c in list(by_class)[:2]],
+                                source="human", annotator="t")
+        s2 = p.refresh(drain=False)   # warm from the drained state; the steps since the fit counted
+        assert s2["warm"] and s2["drained"] == 3
+        # then up to a full fit's work (n_iter steps in all): the bound is met, or that level
+        # becomes the new baseline
+        assert 0 < p.drain() <= p.setting("n_iter") - 3 and not p._lp.residual_exceeded()
+
+
+def test_server_refresher_drains_after_showing_and_a_new_label_stops_it(labeled, tmp_path, monkeypatch):
+    """The refresher publishes a warm refresh's predictions before any drain past the error
+    bound, then drains (``last_drain_steps``) unless a refresh is already asked for again."""
+    import labelloop.propagate as propagate
+    from labelloop import Project
+    from labelloop.web.service import Refresher
+
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)   # the residual forced below is far past it
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    r = Refresher(path, strategy="least-confidence")   # its refresh steps run here, no threads
+    r.project = Project(path)
+    try:
+        r._refresh_once()   # warm state loaded, within its bound
+        assert r.status["last_drain_steps"] == 0
+        cid = r.project.store.class_ids()
+        for k, more in enumerate((True, False)):
+            r.project._lp.residual_fit_ /= 100   # as if the last full fit had converged further
+            r.project.store.add_annotations([(ids[4 + k], cid[c]) for c, ids in by_class.items()],
+                                            source="human", annotator="t")
+            r._requested = more   # another label came while this refresh ran
+            r._refresh_once()
+            assert r.snapshot.summary["drain_steps"] == 0 and r.snapshot.summary["warm"]
+            assert (r.status["last_drain_steps"] == 0) == more
+    finally:
+        r.project.close()

@@ -45,11 +45,15 @@ variant is linear in Y0, so its update is exact up to pruning. The drift from a 
 bounded by measuring it: after an update the relative residual ||F(Y) - Y|| / ||Y|| on a
 sample of rows (:meth:`LabelPropagation.residual`) is compared with the one the last full
 propagation left; above UPDATE_RESIDUAL_GROWTH times that, full steps continue from the warm
-result until it is back to that level (or a full propagation runs, ``residual_action="refit"``).
-This replaced a full propagation every REFIT_EVERY-th update (now off; measured in
-benchmarks/results/warm_drift.md). The clamped update can also end with UPDATE_CORRECT_STEPS
-full steps from its result (off: with them and no periodic fit `make demo` certified 574
-machine labels instead of 968).
+result towards that level (a drain, :meth:`LabelPropagation.drain`; or a full propagation runs,
+``residual_action="refit"``), at most RESIDUAL_DRAIN_MAX_STEPS per update: what is left stays in
+Y and the next update's residual measures it again, so a refresh's cost is bounded; after a full
+fit's work (``n_iter`` drain steps) without getting there, that level is the new baseline.
+``update(drain=False)`` leaves the steps to a later ``drain()`` (a server runs them after the
+predictions are shown, stopped by the next label). This replaced a full propagation every
+REFIT_EVERY-th update (now off; measured in benchmarks/results/warm_drift.md). The clamped
+update can also end with UPDATE_CORRECT_STEPS full steps from its result (off: with them and no
+periodic fit `make demo` certified 574 machine labels instead of 968).
 """
 
 from __future__ import annotations
@@ -120,18 +124,30 @@ REFIT_EVERY = None
 #: equation, ||F(Y) - Y||_1 / ||Y||_1 on RESIDUAL_SAMPLE rows (:meth:`LabelPropagation.residual`),
 #: is compared with the one the last full propagation left (a 100-step fit is not converged
 #: either: ~0.01 on the benchmark's graphs); above this many times that, full steps continue
-#: from the warm result until it is back to RESIDUAL_DRAIN_TO x that (``residual_action=
-#: "drain"``, at most ``n_iter`` steps), or a full propagation runs (``"refit"``). Measured against the old
-#: rule (a full propagation every 5th update) in benchmarks/results/warm_drift.md: at 100k
-#: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.953 vs 0.922 (worst
-#: 0.920 vs 0.831) for 2.3 vs 3.7 CPU-s in all, the slowest update 0.54 s instead of 1.69 s;
-#: at 10k, 0.947 vs 0.943 for 0.23 vs 0.32 CPU-s. 2x: 0.950 at 100k, 0.932 at 10k.
+#: from the warm result towards RESIDUAL_DRAIN_TO x that (``residual_action="drain"``, at most
+#: RESIDUAL_DRAIN_MAX_STEPS per update), or a full propagation runs (``"refit"``). Measured against
+#: the old rule (a full propagation every 5th update) in benchmarks/results/warm_drift.md: at 100k
+#: items, 10 updates of 10 labels, argmax agreement with a cold fit mean 0.936 vs 0.922 for 2.1
+#: vs 5.2 CPU-s in all (uncapped drains: 0.953 for 3.1); at 10k 0.947 vs 0.943; at 1M
+#: (warm_drift_1000000.md) 0.927 vs 0.947 uncapped and 0.887 without drains, the slowest update
+#: 4.3 instead of 8.3 CPU-s.
 UPDATE_RESIDUAL_GROWTH = 1.5
 #: residual exceeded: full steps from the warm result, this many between residual checks ...
 RESIDUAL_CHECK_STEPS = 5
 #: ... until it is this many times the last full fit's (hysteresis: below the bound, so that
-#: the next updates warm-start without steps; a new process pays scipy's import for them)
+#: the next updates warm-start without steps; a new process pays scipy's import for them) ...
 RESIDUAL_DRAIN_TO = 1.0
+#: ... but at most this many per update (``drain_steps``; None: up to ``n_iter``): what is left
+#: stays in Y, where the next update's residual measures it again (carried forward). At 1M items
+#: one update of 10 labels left 6x the full fit's residual; 5 full steps (0.5 CPU-s each) took
+#: it to 1.2-1.4x, 10 to 1x; one `labelloop refresh` had drained 40 steps (21 CPU-s) before
+#: this cap (benchmarks/results/warm_drift.md, warm_drift_1000000.md, e2e_latency_1000000.md).
+RESIDUAL_DRAIN_MAX_STEPS = 5
+#: ``update(drain=False)`` (a server, which drains after showing the predictions, stopped by the
+#: next label) still drains now, at most ``drain_steps``, once the residual is past this many
+#: times the bound: labels that keep coming faster than a drain step (0.5 CPU-s at 1M) would
+#: otherwise never let it run
+DEFERRED_DRAIN_LIMIT = 4.0
 #: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
 RESIDUAL_SAMPLE = 4096
 
@@ -286,6 +302,7 @@ class LabelPropagation:
         refit_every: int | None = REFIT_EVERY,
         residual_growth: float | None = UPDATE_RESIDUAL_GROWTH,
         residual_action: str = "drain",
+        drain_steps: int | None = RESIDUAL_DRAIN_MAX_STEPS,
         correct_steps: int = UPDATE_CORRECT_STEPS,
         class_mass: bool | str = True,
         class_prior: np.ndarray | None = None,
@@ -307,6 +324,7 @@ class LabelPropagation:
         self.refit_every = refit_every
         self.residual_growth = residual_growth
         self.residual_action = residual_action
+        self.drain_steps = drain_steps   # at most this many full steps per drain (None: n_iter)
         self.correct_steps = correct_steps
 
     # ------------------------------------------------------------------ validation
@@ -329,6 +347,9 @@ class LabelPropagation:
         g = self.residual_growth
         if g is not None and not (isinstance(g, (int, float, np.floating)) and np.isfinite(g) and g >= 1.0):
             raise ValidationError(f"residual_growth must be None or a number >= 1 (e.g. 1.5); got {g!r}")
+        d = self.drain_steps
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
+            raise ValidationError(f"drain_steps must be None or a positive integer (e.g. 5); got {d!r}")
 
     def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(y)
@@ -397,6 +418,7 @@ class LabelPropagation:
         self._finish(np.arange(n))
         self.n_updates_ = 0  # warm updates since the last full propagation
         self.n_refits_ = 0   # full propagations update() ran instead of a warm update
+        self.drained_ = 0    # drain steps since then
         self.__dict__.pop("_residual_rows", None)
         self.residual_ = self.residual_fit_ = self.residual()
         return self
@@ -476,6 +498,7 @@ class LabelPropagation:
         n_iter: int | None = None,
         sample_weight: np.ndarray | None = None,
         max_rows: int | None = None,
+        drain: bool = True,
     ) -> LabelPropagation:
         """Warm start after labels changed: ``y`` is the full new label vector (-1 unlabeled).
 
@@ -485,6 +508,9 @@ class LabelPropagation:
         ``max_rows``: work cap, rows of S gathered in total over the steps (default
         max(UPDATE_MIN_ROWS, UPDATE_ROWS_PER_ITEM * n): every step on graphs up to ~5k items,
         a bounded local update on large ones; benchmarks/refresh_latency.py measures both).
+        ``drain``: past the error bound, run the drain's full steps now (default); False leaves
+        them to a later :meth:`drain` (a server calls it once the predictions are shown) unless
+        the residual is past DEFERRED_DRAIN_LIMIT x the bound.
 
         Clamped variant: added labels are warm-started (see the module docstring). A removed or
         re-classed label leaves mass in the previous Y that the clamped map cannot drain in a
@@ -532,35 +558,80 @@ class LabelPropagation:
             touched = np.arange(n)
         if self.residual_growth is not None:
             self.residual_ = self.residual()
-        if self._residual_exceeded():
+        if self.residual_exceeded():
             if self.residual_action == "refit":
                 return self._refit()   # the error bound is exceeded: start again from the labels
-            touched = self._drain()
+            if (drain or self.residual_ > DEFERRED_DRAIN_LIMIT * self.residual_growth * self.residual_fit_) \
+                    and self._drain(None, None):
+                touched = np.arange(n)   # every row may have changed
         self._finish(touched)
         return self
 
-    def _drain(self) -> np.ndarray:
-        """Full steps of the iteration from the warm result, RESIDUAL_CHECK_STEPS at a time,
-        until the residual is back to RESIDUAL_DRAIN_TO x the last full fit's, below the bound,
-        so the next few updates need none (at most ``n_iter`` steps: a full fit's work; counted
-        in ``n_refits_`` when it runs out). Returns every row (all may change)."""
+    def drain(self, max_steps: int | None = None, *, stop=None) -> int:
+        """Full steps of the iteration from the current Y while its residual is above the error
+        bound's target, RESIDUAL_DRAIN_TO x the last full fit's (below the bound, so the next
+        few updates need none); at most ``max_steps`` (default ``drain_steps``, None: ``n_iter``,
+        a full fit's work, counted in ``n_refits_`` when it runs out without getting there).
+        ``stop()``: asked before every block of DRAIN_BLOCK_ROWS rows of a step; True ends the
+        drain there (a new label waiting) and drops the step it cut. Steps a drain leaves undone
+        stay in Y: the next update measures them again; the steps it ran are kept (when it
+        stopped after one, ``label_distributions_`` and the argmax are made again only on the
+        next :meth:`predict_proba` or update). Adds to ``drain_steps_``; returns the steps run."""
+        if not hasattr(self, "Y_"):
+            raise NotReadyError("drain() needs a fitted LabelPropagation: call fit() first")
+        done = self._drain(max_steps, stop)
+        if done and stop is not None and stop():
+            # stopped for an update, which finishes every row then: not twice (0.1-0.2 s at 1M)
+            for a in ("label_distributions_", "transduction_", "reached_"):
+                self.__dict__.pop(a, None)
+        elif done:
+            self._finish(np.arange(self.Y_.shape[0]))   # every row may have changed
+        return done
+
+    def _drain(self, max_steps: int | None, stop) -> int:
+        """:meth:`drain`'s steps, without refreshing the distributions."""
         y, n_iter = self.y_, self.n_iter if self.n_iter is not None else MAX_ITER_TO_CONVERGE
-        Y0 = self._seed(y)
-        done = 0
-        while done < n_iter and self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
-            steps = min(RESIDUAL_CHECK_STEPS, n_iter - done)
-            self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps)
-            done += steps
+        cap = n_iter if self.drain_steps is None else int(self.drain_steps)
+        cap = min(cap if max_steps is None else int(max_steps),   # and a full fit's work since the last
+                  max(n_iter - getattr(self, "drained_", 0), 0))  # one (or new baseline) in all
+        if getattr(self, "residual_", None) is None:
             self.residual_ = self.residual()
-        self.drain_steps_ = done
-        if self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
+        if getattr(self, "residual_fit_", None) is None:
+            return 0
+        Y0 = None
+        done = 0
+        while done < cap and self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
+            if stop is not None and stop():
+                break
+            if Y0 is None:
+                Y0 = self._seed(y)
+            if stop is None:
+                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=1)
+            else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
+                SY = _blocked_product(self.S_, self.Y_, stop)
+                if SY is None:
+                    break
+                if self.alpha is None:
+                    SY[y >= 0] = Y0[y >= 0]
+                else:
+                    SY *= np.float32(self.alpha)
+                    SY += np.float32(1.0 - self.alpha) * Y0
+                self.Y_ = SY
+            done += 1
+            if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
+                self.residual_ = self.residual()
+        if done % RESIDUAL_CHECK_STEPS and done != cap:
+            self.residual_ = self.residual()   # stopped between checks
+        self.drain_steps_ = getattr(self, "drain_steps_", 0) + done
+        self.drained_ = getattr(self, "drained_", 0) + done   # since the last full fit (or new baseline)
+        if self.drained_ >= n_iter and self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
             # a full fit's work done without getting there: its residual is the new baseline
             self.n_refits_ = getattr(self, "n_refits_", 0) + 1
-            self.n_updates_ = 0
+            self.n_updates_ = self.drained_ = 0
             self.residual_fit_ = self.residual_
-        return np.arange(y.shape[0])
+        return done
 
-    def _residual_exceeded(self) -> bool:
+    def residual_exceeded(self) -> bool:
         """The error bound: the residual the warm updates left is above ``residual_growth`` x
         the one the last full propagation left."""
         r, base = getattr(self, "residual_", None), getattr(self, "residual_fit_", None)
@@ -573,7 +644,7 @@ class LabelPropagation:
         Y0 = self._seed(y)
         self.Y_, self.n_iter_ = self._iterate(Y0, Y0.copy(), y >= 0)
         self._finish(np.arange(y.shape[0]))
-        self.n_updates_ = 0
+        self.n_updates_ = self.drained_ = 0
         self.n_refits_ = getattr(self, "n_refits_", 0) + 1
         self.residual_ = self.residual_fit_ = self.residual()
         return self
@@ -645,11 +716,12 @@ class LabelPropagation:
 
     def restore(self, graph: KnnGraph | sp.spmatrix, Y: np.ndarray, y: np.ndarray, *,
                 sample_weight: np.ndarray | None = None, n_updates: int = 0,
-                residual_fit: float | None = None) -> LabelPropagation:
+                residual_fit: float | None = None, drained: int = 0) -> LabelPropagation:
         """Rebuild a fitted state saved from ``Y_``, ``y_`` and ``sample_weight_`` (another
         process's last fit or update), so :meth:`update` can warm-start from it.
         ``residual_fit``: ``residual_fit_`` of that state (the residual its last full
-        propagation left; default: the saved state's own, measured here)."""
+        propagation left; default: the saved state's own, measured here); ``drained``: its
+        ``drained_``, the drain steps run since then."""
         self._check_params()
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
@@ -671,6 +743,7 @@ class LabelPropagation:
         self.n_iter_ = 0
         self.n_updates_ = int(n_updates)
         self.n_refits_ = 0
+        self.drained_ = int(drained)
         self.__dict__.pop("_residual_rows", None)
         self.residual_ = None
         self.residual_fit_ = self.residual() if residual_fit is None else float(residual_fit)
@@ -747,6 +820,29 @@ def _push(
         else:
             rows, v = out, v * np.float32(alpha)
     return touched
+
+
+#: :meth:`LabelPropagation.drain` with ``stop``: rows of S per block of a full step (~30 ms of
+#: CPU at k = 10; scipy's product holds the GIL: a server's request threads wait at most one block)
+DRAIN_BLOCK_ROWS = 100_000
+
+
+def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.ndarray | None:
+    """``S @ Y`` ((n, C) float32) a block of DRAIN_BLOCK_ROWS rows at a time (scipy CSR views on
+    slices of S's arrays), asking ``stop()`` before each block; None when it said stop."""
+    import scipy.sparse as sp
+
+    n = S.shape[0]
+    out = np.empty(Y.shape, np.float32)
+    for a in range(0, n, DRAIN_BLOCK_ROWS):
+        if stop():
+            return None
+        b = min(n, a + DRAIN_BLOCK_ROWS)
+        p0, p1 = int(S.indptr[a]), int(S.indptr[b])
+        block = sp.csr_matrix((S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0),
+                              shape=(b - a, S.shape[1]), copy=False)
+        out[a:b] = block @ Y
+    return out
 
 
 def prediction_summary(P: np.ndarray) -> dict[str, np.ndarray]:

@@ -222,7 +222,7 @@ class Refresher:
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.status: dict[str, Any] = {"state": "starting", "detail": None, "refreshes": 0,
-                                       "last_seconds": None, "last_visible_cpu_seconds": None,
+                                       "last_seconds": None, "last_visible_cpu_seconds": None, "last_drain_steps": None,
                                        "ranking": "idle", "rank_detail": None,
                                        "last_rank_seconds": None}
 
@@ -364,7 +364,8 @@ class Refresher:
             visible.append(time.thread_time() - c0)   # this thread's CPU until they were visible
 
         try:
-            summary = p.refresh(on_predictions=publish)   # (a multi-label refresh does not call it)
+            # a warm update's drain past its error bound waits until the predictions are shown
+            summary = p.refresh(on_predictions=publish, drain=False)   # (a multi-label refresh does not call it)
         except NotReadyError as exc:
             self._publish(self._snapshot_of_last_predictions(applied))
             self._set_status("not_ready", str(exc))
@@ -389,6 +390,12 @@ class Refresher:
         self._set_status("idle", None, refreshes=self.status["refreshes"] + 1,
                          last_seconds=round(time.perf_counter() - t0, 4),
                          last_visible_cpu_seconds=round(visible_cpu, 4))
+        try:   # then the drain, until the next label asks for a refresh (it starts from the drained state)
+            drained = p.drain(stop=lambda: self._requested or self._stop)
+        except Exception:  # noqa: BLE001 - the next refresh starts from the undrained state
+            log.error("drain failed:\n%s", traceback.format_exc())
+            drained = 0
+        self._set_status(last_drain_steps=drained)
 
     def _publish(self, snap: Snapshot) -> None:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being
