@@ -67,6 +67,7 @@ def main(argv=None):
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--checks", type=int, default=200)
     ap.add_argument("--shapes", nargs="*", default=["flat94", "flat95", "slope"])
+    ap.add_argument("--out", default="certify_looks", help="results/OUT.md")
     args = ap.parse_args(argv)
     t0, load0 = time.time(), os.getloadavg()[0]
     rows = [run(s, args.runs, args.every, args.checks) for s in args.shapes]
@@ -84,7 +85,7 @@ def main(argv=None):
               f"Command: `PYTHONPATH=src python benchmarks/{Path(__file__).name} "
               f"{' '.join(sys.argv[1:])}`; "
               f"{time.time() - t0:.0f} s, load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end."]
-    out = HERE / "results" / "certify_looks.md"
+    out = HERE / "results" / f"{args.out}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
