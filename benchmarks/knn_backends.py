@@ -131,9 +131,17 @@ def build_one(npy: str, method: str, k: str, queries: str) -> None:
         import pynndescent
 
         pynndescent.NNDescent(np.random.default_rng(0).standard_normal((500, 8)), metric="cosine", n_neighbors=5)
-    if method.startswith("ivf-blas-"):  # -pN: N probed lists; -rN: N refinement passes
+    if method.startswith("ivf-blas-"):
+        # -pN: N probed lists (both spaces); -rN: N refinement passes; -cN: N candidates per item
+        # scored exactly after a reduced-space search; -full: always the full space
         for part in method.removeprefix("ivf-blas-").split("-"):
-            setattr(graph_mod, {"p": "IVF_BLAS_NPROBE", "r": "IVF_BLAS_REFINE_PASSES"}[part[0]], int(part[1:]))
+            if part == "full":
+                graph_mod.IVF_BLAS_REDUCED_MAX_DIM = 0
+                continue
+            names = {"p": ["IVF_BLAS_NPROBE", "IVF_BLAS_REDUCED_NPROBE"], "r": ["IVF_BLAS_REFINE_PASSES"],
+                     "c": ["IVF_BLAS_RERANK"]}[part[0]]
+            for name in names:
+                setattr(graph_mod, name, int(part[1:]))
         method = "ivf-blas"
     ru = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
