@@ -133,10 +133,11 @@ def build_one(npy: str, method: str, k: str, queries: str) -> None:
         pynndescent.NNDescent(np.random.default_rng(0).standard_normal((500, 8)), metric="cosine", n_neighbors=5)
     if method.startswith("ivf-blas-"):
         # -pN: N probed lists (both spaces); -rN: N refinement passes; -cN: N candidates per item
-        # scored exactly after a reduced-space search; -full: always the full space
+        # scored exactly after a reduced-space search; -full / -reduced: the full space / the
+        # reduced space (where the rows allow it) at every size
         for part in method.removeprefix("ivf-blas-").split("-"):
-            if part == "full":
-                graph_mod.IVF_BLAS_REDUCED_MAX_DIM = 0
+            if part in ("full", "reduced"):
+                setattr(graph_mod, {"full": "IVF_BLAS_REDUCED_MAX_DIM", "reduced": "IVF_BLAS_REDUCED_MIN_N"}[part], 0)
                 continue
             names = {"p": ["IVF_BLAS_NPROBE", "IVF_BLAS_REDUCED_NPROBE"], "r": ["IVF_BLAS_REFINE_PASSES"],
                      "c": ["IVF_BLAS_RERANK"]}[part[0]]

@@ -118,6 +118,7 @@ def test_reduced_space_only_for_nearly_low_rank_rows():
 
 def test_reduced_space_search_scores_exactly_and_finds_the_neighbours(monkeypatch, tmp_path):
     monkeypatch.setattr(graph_mod, "_PCA_SAMPLE", 500)         # the reduced path from 500 rows on
+    monkeypatch.setattr(graph_mod, "IVF_BLAS_REDUCED_MIN_N", 500)
     X = low_rank(3000, seed=4) * 3.0                           # not normalised: normalised as read
     np.save(tmp_path / "x.npy", X)
     g = build_knn_graph(np.load(tmp_path / "x.npy", mmap_mode="r"), 10, method="ivf-blas")

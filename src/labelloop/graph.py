@@ -232,30 +232,41 @@ def extend_knn_graph(
         return graph, 0
     n = n_old + m
     exact = (choose_method(n, exact_threshold) if method == "auto" else method) == "exact"
-    X = np.empty((n, X_old.shape[1]), np.float32)  # (n, d) every row, normalised
-    for lo in range(0, n_old, 65_536):
-        X[lo : min(lo + 65_536, n_old)] = normalize_rows(X_old[lo : lo + 65_536])
-    X[n_old:] = normalize_rows(X_new)
-    new = X[n_old:]
+    new = normalize_rows(X_new)  # (m, d)
     # the new rows: k+1 nearest among every item, then self dropped. An IVF search keeps the
     # coarse centroids of the last full build (k-means on every item was most of its cost)
     # plus centroids of the new items alone: with the old ones only, a batch from new clusters
     # fell into arbitrary cells and recall@10 fell to 0.97 after one 5 % batch, 0.86 after six
-    # (benchmarks/results/graph_update.md)
+    # (benchmarks/results/graph_update.md). The old rows are normalised chunk by chunk as they
+    # are added or searched: no normalised copy of every row (1.5 GB at 1M x 384)
     centroids = None
     if exact:
+        X = np.empty((n, X_old.shape[1]), np.float32)  # (n, d) every row, normalised
+        for lo in range(0, n_old, _CHUNK):
+            X[lo : min(lo + _CHUNK, n_old)] = normalize_rows(X_old[lo : lo + _CHUNK])
+        X[n_old:] = new
         idx_n, sim_n = _search_exact(new, X, k + 1)
     else:
-        old_centroids = graph.centroids if graph.centroids is not None else _ivf_centroids(X[:n_old], seed=seed)
+        old_centroids = graph.centroids
+        if old_centroids is None:
+            old_centroids = _ivf_centroids(X_old, seed=seed, inv=_inverse_norms(X_old))
         centroids = np.vstack([old_centroids, _ivf_centroids(new, seed=seed)])
-        idx_n, sim_n = _search_ivf(X, k + 1, seed=seed, Q=new, centroids=centroids)
+        index = _ivf_flat_index(centroids)
+        for lo in range(0, n_old, _CHUNK):
+            index.add(normalize_rows(X_old[lo : lo + _CHUNK]))
+        index.add(new)
+        idx_n, sim_n = _ivf_search(index, new, k + 1)
+        del index
     idx_n, sim_n = _drop_self(idx_n, sim_n, k, self_ids=np.arange(n_old, n))
     # the old rows: their k nearest new items, merged where closer than their k-th neighbour
     kr = min(k, m)
     if exact:
         idx_r, sim_r = _search_exact(X[:n_old], new, kr)
     else:
-        idx_r, sim_r = _search_ivf(new, kr, seed=seed, Q=X[:n_old])
+        index = _ivf_flat_index(_ivf_centroids(new, seed=seed))
+        index.add(new)
+        found = [_ivf_search(index, normalize_rows(X_old[lo : lo + _CHUNK]), kr) for lo in range(0, n_old, _CHUNK)]
+        idx_r, sim_r = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
     sim_r = np.where(idx_r < 0, -np.inf, sim_r)
     idx_r = np.where(idx_r < 0, -1, idx_r + n_old)
     closer = sim_r[:, 0] > graph.similarities[:, -1]  # (n_old,) rows that change
@@ -269,7 +280,11 @@ def extend_knn_graph(
     indices[rows] = np.take_along_axis(cand_i, order, 1)
     sims[rows] = np.clip(np.take_along_axis(cand_s, order, 1), -1.0, 1.0)
     indices[n_old:], sims[n_old:] = idx_n, sim_n
-    indices, sims = _repair_missing(X, indices, sims)
+    if not exact and (indices < 0).any():  # rare: every row normalised for an exact repair
+        X = np.vstack([normalize_rows(X_old), new])
+        indices, sims = _repair_missing(X, indices, sims)
+    elif exact:
+        indices, sims = _repair_missing(X, indices, sims)
     # an approximate update keeps the name of the approximate method the graph was built with
     label = "exact" if exact else (graph.method if graph.method != "exact" else "ivf")
     return KnnGraph(indices, sims, label, centroids), int(rows.size)
@@ -325,18 +340,33 @@ def _search_ivf(X: np.ndarray, kk: int, *, seed: int, Q: np.ndarray | None = Non
                 centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``kk`` nearest rows of ``X`` to each row of ``Q`` (``X`` itself when None), by an
     IVF-Flat index over ``centroids`` (trained here when None)."""
-    faiss = _import_faiss()
-    n, d = X.shape
     if centroids is None:
         centroids = _ivf_centroids(X, seed=seed)
-    nlist = centroids.shape[0]
+    index = _ivf_flat_index(centroids)
+    index.add(X)
+    return _ivf_search(index, X if Q is None else Q, kk)
+
+
+#: rows normalised at a time where a normalised copy of every row is avoided
+_CHUNK = 65_536
+
+
+def _ivf_flat_index(centroids: np.ndarray):
+    """An empty FAISS IVF-Flat inner-product index over ``centroids`` (nlist, d), probing 5 % of
+    its lists (at least IVF_MIN_NPROBE)."""
+    faiss = _import_faiss()
+    nlist, d = centroids.shape
     quantizer = faiss.IndexFlatIP(d)
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.is_trained = True
-    index.add(X)
     index.nprobe = min(nlist, max(IVF_MIN_NPROBE, int(np.ceil(IVF_PROBE_FRACTION * nlist))))
-    sim, idx = index.search(X if Q is None else Q, min(kk, n))
+    return index
+
+
+def _ivf_search(index, Q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kk`` nearest indexed rows to each row of ``Q`` (at most as many as are indexed)."""
+    sim, idx = index.search(np.ascontiguousarray(Q, dtype=np.float32), min(kk, index.ntotal))
     return idx.astype(np.int64, copy=False), sim.astype(np.float32, copy=False)
 
 
@@ -363,6 +393,10 @@ IVF_BLAS_REDUCED_MAX_DIM = 128
 #: probed lists and candidates per item (scored exactly) of a reduced-space search
 IVF_BLAS_REDUCED_NPROBE = 12
 IVF_BLAS_RERANK = 11
+#: ... used from this many items on. Below it the full-space search with IVF_BLAS_NPROBE probes
+#: reaches the recall for less (100k `latent`: 9.6-11.1 CPU-s at recall 0.965 against 16.1 at
+#: 0.985 reduced); at 1M `latent` the full space needs far more probes (8: recall 0.877)
+IVF_BLAS_REDUCED_MIN_N = 500_000
 #: rows sampled for the principal directions
 _PCA_SAMPLE = 20_000
 
@@ -420,7 +454,7 @@ def _build_ivf_blas(X: np.ndarray, kk: int, *, seed: int):
     for :data:`IVF_BLAS_RERANK` candidates each, then scored exactly (:func:`_rerank_exact`);
     others in the full space."""
     per_list, niter = IVF_BLAS_KMEANS
-    V = _reduced_basis(X, seed=seed) if X.shape[0] > _PCA_SAMPLE else None
+    V = _reduced_basis(X, seed=seed) if X.shape[0] >= max(IVF_BLAS_REDUCED_MIN_N, _PCA_SAMPLE) else None
     if V is None:
         inv = _inverse_norms(X)
         centroids = _ivf_centroids(X, seed=seed, inv=inv, per_list=per_list, niter=niter)
@@ -430,8 +464,13 @@ def _build_ivf_blas(X: np.ndarray, kk: int, *, seed: int):
     cy = _ivf_centroids(Y, seed=seed, per_list=per_list, niter=niter)
     cand, _, order = _search_ivf_blas(Y, None, max(kk, IVF_BLAS_RERANK), cy, IVF_BLAS_REDUCED_NPROBE)
     del Y
+    cand = cand.astype(np.int32)  # less to hold while the rows are read
     idx, sim = _rerank_exact(X, inv, cand, kk, order)
     return idx, sim, order, normalize_rows(cy @ V.T), inv
+
+
+#: chunks of 256 rows between two releases of a memory map's pages in :func:`_rerank_exact`
+_RELEASE_CHUNKS = 16
 
 
 def _rerank_exact(X: np.ndarray, inv: np.ndarray, cand: np.ndarray, kk: int, order: np.ndarray
@@ -462,8 +501,11 @@ def _rerank_exact(X: np.ndarray, inv: np.ndarray, cand: np.ndarray, kk: int, ord
     step, workers = 256, _n_threads()
     chunks = [order[i : i + step] for i in range(0, n, step)]
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        list(pool.map(chunk, chunks))
-    _release_pages(X)
+        # the rows read at random would map the whole file (1.5 GB at 1M x 384, the goal is
+        # 2 GB in all): released every _RELEASE_CHUNKS chunks, read again from the page cache
+        for i in range(0, len(chunks), _RELEASE_CHUNKS):
+            list(pool.map(chunk, chunks[i : i + _RELEASE_CHUNKS]))
+            _release_pages(X)
     np.minimum(sim, 1.0, out=sim)
     return idx, sim
 
