@@ -391,7 +391,7 @@ _BLOCK_SCORES = 1 << 22
 IVF_BLAS_REDUCED_ENERGY = 0.95
 IVF_BLAS_REDUCED_MAX_DIM = 128
 #: probed lists and candidates per item (scored exactly) of a reduced-space search
-IVF_BLAS_REDUCED_NPROBE = 12
+IVF_BLAS_REDUCED_NPROBE = 14
 IVF_BLAS_RERANK = 11
 #: ... used from this many items on. Below it the full-space search with IVF_BLAS_NPROBE probes
 #: reaches the recall for less (100k `latent`: 9.6-11.1 CPU-s at recall 0.965 against 16.1 at
@@ -407,9 +407,10 @@ def _release_pages(X: np.ndarray) -> None:
     1M x 384 file would otherwise add 1.5 GB to the peak RSS. A no-op for other arrays."""
     import mmap
 
-    mm = getattr(X, "_mmap", None)
-    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)
+    while X is not None and not isinstance(getattr(X, "_mmap", None), mmap.mmap):
+        X = getattr(X, "base", None)   # np.asarray(memmap) is a plain view of it
+    if X is not None and hasattr(mmap, "MADV_DONTNEED"):
+        X._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 def _reduced_basis(X: np.ndarray, *, seed: int) -> np.ndarray | None:
