@@ -393,9 +393,10 @@ IVF_BLAS_REDUCED_MAX_DIM = 128
 #: probed lists and candidates per item (scored exactly) of a reduced-space search
 IVF_BLAS_REDUCED_NPROBE = 14
 IVF_BLAS_RERANK = 11
-#: ... used from this many items on. Below it the full-space search with IVF_BLAS_NPROBE probes
-#: reaches the recall for less (100k `latent`: 9.6-11.1 CPU-s at recall 0.965 against 16.1 at
-#: 0.985 reduced); at 1M `latent` the full space needs far more probes (8: recall 0.877)
+#: ... used from this many items on. Below it the full space, as measured before: at 100k
+#: `latent` the two were close (full 7.8-11.6 CPU-s at recall 0.965; reduced with 16 probes and
+#: 16 candidates 16.1 CPU-s at 0.985, with 12 and 11 7.2 CPU-s at 0.968; single runs at load
+#: 13-16). At 1M `latent` the full space needs far more probes (8: recall 0.877 in 144 CPU-s)
 IVF_BLAS_REDUCED_MIN_N = 500_000
 #: rows sampled for the principal directions
 _PCA_SAMPLE = 20_000
