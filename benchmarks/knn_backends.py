@@ -131,9 +131,18 @@ def build_one(npy: str, method: str, k: str, queries: str) -> None:
         import pynndescent
 
         pynndescent.NNDescent(np.random.default_rng(0).standard_normal((500, 8)), metric="cosine", n_neighbors=5)
-    if method.startswith("ivf-blas-"):  # -pN: N probed lists; -rN: N refinement passes
+    if method.startswith("ivf-blas-"):
+        # -pN: N probed lists (both spaces); -rN: N refinement passes; -cN: N candidates per item
+        # scored exactly after a reduced-space search; -full / -reduced: the full space / the
+        # reduced space (where the rows allow it) at every size
         for part in method.removeprefix("ivf-blas-").split("-"):
-            setattr(graph_mod, {"p": "IVF_BLAS_NPROBE", "r": "IVF_BLAS_REFINE_PASSES"}[part[0]], int(part[1:]))
+            if part in ("full", "reduced"):
+                setattr(graph_mod, {"full": "IVF_BLAS_REDUCED_MAX_DIM", "reduced": "IVF_BLAS_REDUCED_MIN_N"}[part], 0)
+                continue
+            names = {"p": ["IVF_BLAS_NPROBE", "IVF_BLAS_REDUCED_NPROBE"], "r": ["IVF_BLAS_REFINE_PASSES"],
+                     "c": ["IVF_BLAS_RERANK"]}[part[0]]
+            for name in names:
+                setattr(graph_mod, name, int(part[1:]))
         method = "ivf-blas"
     ru = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
@@ -287,8 +296,9 @@ def write_markdown(report: dict, path: Path) -> None:
         f"| data | n | method | median build s | CPU s | peak RSS MB | runs | recall@{k} | speed-up vs exact | load |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = ["exact", "ivf-blas", "ivf-blas-p4", "ivf-blas-p16", "ivf-blas-r0", "ivf-blas-r1", "ivf-blas-p4-r1",
-             "ivf-blas-p6-r1", "ivf", "hnsw", "nndescent", "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
+    order = ["exact", "ivf-blas", "ivf-blas-full", "ivf-blas-p12", "ivf-blas-p14", "ivf-blas-p4", "ivf-blas-p16",
+             "ivf-blas-r0", "ivf-blas-r1", "ivf-blas-p4-r1", "ivf-blas-p6-r1", "ivf", "hnsw", "nndescent",
+             "nndescent-nn11", "nndescent-nn20", "pca128-ivf"]
     rows = sorted(report["rows"], key=lambda r: (r.get("data", "clustered") != "clustered", r["n"],
                                                  order.index(r["method"]) if r["method"] in order else 99))
     for r in rows:
@@ -302,13 +312,17 @@ def write_markdown(report: dict, path: Path) -> None:
     if "nndescent_jit_cache" in report:
         lines += ["", report["nndescent_jit_cache"]]
     from labelloop.graph import (DEFAULT_APPROX_METHOD, DEFAULT_EXACT_THRESHOLD, IVF_BLAS_KMEANS, IVF_BLAS_NPROBE,
-                                 IVF_BLAS_REFINE_PASSES, IVF_MIN_NPROBE, IVF_PROBE_FRACTION,
+                                 IVF_BLAS_REDUCED_ENERGY, IVF_BLAS_REDUCED_MAX_DIM, IVF_BLAS_REDUCED_NPROBE,
+                                 IVF_BLAS_REFINE_PASSES, IVF_BLAS_RERANK, IVF_MIN_NPROBE, IVF_PROBE_FRACTION,
                                  NNDESCENT_N_NEIGHBORS)
 
     lines += [
         "",
-        "`ivf-blas` rows: one `--isolate` run each, at load 10-12 (four other jobs on the 2 cores); "
-        "`ivf-blas-pN`: N probed lists instead of `graph.IVF_BLAS_NPROBE`; "
+        "`ivf-blas` rows: one `--isolate` run each, at load 10-12 (four other jobs on the 2 cores; "
+        "the 1M rows of the reduced-space search and the 1M `clustered` row at load 13-17); "
+        "`ivf-blas-pN`: N probed lists instead of `graph.IVF_BLAS_NPROBE` (and "
+        "`graph.IVF_BLAS_REDUCED_NPROBE`); `-full`: the full-space search at every size (the 1M "
+        "`latent` `ivf-blas-full` row is main's `ivf-blas` at 0515eda, 8 full-space probes); "
         "`-rN`: N neighbour-of-neighbour refinement passes (`graph._refine_neighbours`) instead of "
         "`graph.IVF_BLAS_REFINE_PASSES`. "
         "Runs: 3 per method at 10k; 1 at 50k and above (an exact build took ~7 min at 50k on the "
@@ -339,12 +353,33 @@ def write_markdown(report: dict, path: Path) -> None:
         "6.4-6.5 CPU-s (recall 1.000 `clustered`, 0.965 `latent`), where FAISS `ivf` took 46-163 s "
         "wall (earlier runs, table; 85.6 CPU-s in issue 11) and pynndescent 18-33 s wall plus a "
         "44-121 s compile per process; at 200k `latent` 15.1 CPU-s "
-        f"(recall 0.950; with 16 probes 22.2 CPU-s, 0.982). At 1M `latent` it took 144 CPU-s at "
-        "load 11.5, recall 0.877, peak RSS 2,185 MB: the issue's goal (recall >= 0.95 in <= 120 "
-        "CPU-s and <= 2 GB) is NOT met on `latent` data at 1M; pynndescent was measured at 273-319 "
-        "CPU-s and 4.4-6.1 GB there (issue 11, not re-run here). The recall loss from 200k to 1M on "
-        "`latent` (32-d overlapping Gaussians: a 1M-point 10-NN ball is nearly as wide as a list) "
-        "needs more probes; 16 probes cost 1.5x at 200k. The 1M `clustered` row was not run (time). "
+                f"(recall 0.950; with 16 probes 22.2 CPU-s, 0.982). At 1M `latent` the full-space search "
+        "(main at 0515eda, row `ivf-blas-full`) took 144 CPU-s at load 11.5, recall 0.877, peak RSS "
+        "2,185 MB: 32-d overlapping Gaussians, where a 1M-point 10-NN ball is nearly as wide as a "
+        "list, need more probes. From `graph.IVF_BLAS_REDUCED_MIN_N` items (500k) rows whose sample "
+        f"holds {IVF_BLAS_REDUCED_ENERGY:.0%} of its energy in at most {IVF_BLAS_REDUCED_MAX_DIM} principal "
+        "directions (`latent`: 32; `clustered`: more, so it stays in the full space) are projected "
+        "there in one pass over the file, searched the same way in the reduced space with "
+        f"{IVF_BLAS_REDUCED_NPROBE} probes for {IVF_BLAS_RERANK} candidates each, and the candidates "
+        "are scored exactly (rows in list order, 256 at a time, each candidate row read once per "
+        "chunk). 1M `latent`: 12 probes 100.1 CPU-s, recall 0.934; 14 probes 116.5 CPU-s, recall "
+        "0.948 (both at load 13-14, peak RSS 2,233 / 2,297 MB: the mapped pages were not yet "
+        "released, see below); 16 probes and 16 candidates reached 0.971 in a scratch run (238 "
+        "CPU-s on the earlier, slower block code). So the issue's goal (recall >= 0.95 in <= 120 "
+        "CPU-s and <= 2 GB) is NOT met: 14 probes are 0.002 short on recall at 116 CPU-s. "
+        "The row `ivf-blas` at 1M `latent` is the default (14 probes) with the memory-map pages "
+        "released after the projection and every 4,096 re-scored rows (`graph._release_pages`): "
+        "126.3 CPU-s, recall 0.948, peak RSS 1,862 MB (load 5.9): RSS within the goal, CPU 5 % over "
+        "it (the released pages are read again: +10 CPU-s against the 14-probe row before), recall "
+        "0.002 short. Below 500k the full-space search is unchanged (same graphs) on faster block "
+        "code (FAISS top-k for the probes and each row's first list, one flat scan for the floors): "
+        "200k `latent` 19.3 CPU-s against 25.7 for main's code in the same session (load 6-7), "
+        "recall 0.9495 both; 100k `latent` `ivf-blas-full` 7.8 CPU-s (main 9.6 / 11.1 in the same "
+        "session, recall 0.9649 all). `ivf-blas-reduced-p12` at 100k: the reduced space (12 probes, "
+        "11 candidates) below the 500k threshold, 7.2 CPU-s, recall 0.968. "
+        "1M `clustered` (full space, 8 probes): 130.6 CPU-s, recall 0.9966, peak RSS 2,504 MB at "
+        "load 13 (the full-space search does not release pages). "
+
         f"Refinement ({IVF_BLAS_REFINE_PASSES} passes by default): after the search and the reverse "
         "pass, rows in IVF-list order, 64 at a time, are scored with one BLAS product against every "
         "neighbour of their neighbours and keep their k best (never worse). It lifts a weak graph a lot "
@@ -359,8 +394,11 @@ def write_markdown(report: dict, path: Path) -> None:
         "Its cost is the random reads of the candidate rows, not the products (200k: gathering "
         "25,600 random rows took 21 ms, their dot products 2.5 ms). "
         "No numba, so no compile in any process. The centroids are kept for adding items "
-        "(`extend_knn_graph`, which still searches with FAISS `ivf`; benchmarks/results/graph_update.md). "
-        "PCA before the search is not used: it lost recall (0.95 at 50k) for little or no time saved.",
+        "(`extend_knn_graph`, which still searches with FAISS `ivf`, normalising the old rows chunk by "
+        "chunk as they are added or searched, no normalised copy of them all; benchmarks/results/graph_update.md). "
+        "`pca128-ivf` (FAISS IVF on 128-d PCA, 3k candidates re-ranked) lost recall (0.95 at 50k "
+        "`clustered`) for little or no time saved; the reduced space above is chosen by the rows' "
+        "energy instead (the `clustered` rows spread theirs, so they stay in the full space).",
     ]
     path.write_text("\n".join(lines) + "\n")
 

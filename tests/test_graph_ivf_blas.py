@@ -98,3 +98,30 @@ def test_choose_method_thresholds():
     assert choose_method(20_000, 20_000) == "exact"
     assert choose_method(20_001, 20_000) == "ivf-blas"
     assert choose_method(1_000_000, 20_000) == "ivf-blas"
+
+
+def low_rank(n: int, dim: int = 64, rank: int = 8, seed: int = 0) -> np.ndarray:
+    """Rows near a ``rank``-dimensional subspace (Gaussian clusters there) plus a little noise."""
+    rng = np.random.default_rng(seed)
+    Z = 2.0 * rng.standard_normal((20, rank))[rng.integers(0, 20, n)] + rng.standard_normal((n, rank))
+    R = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T
+    return (Z @ R + 0.05 * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def test_reduced_space_only_for_nearly_low_rank_rows():
+    V = graph_mod._reduced_basis(low_rank(2000), seed=0)
+    assert V.shape == (64, 16)                                # 8 directions, rounded up to 16
+    np.testing.assert_allclose(V.T @ V, np.eye(16), atol=1e-4)
+    full = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
+    assert graph_mod._reduced_basis(full, seed=0) is None      # energy spread: the full space
+
+
+def test_reduced_space_search_scores_exactly_and_finds_the_neighbours(monkeypatch, tmp_path):
+    monkeypatch.setattr(graph_mod, "_PCA_SAMPLE", 500)         # the reduced path from 500 rows on
+    monkeypatch.setattr(graph_mod, "IVF_BLAS_REDUCED_MIN_N", 500)
+    X = low_rank(3000, seed=4) * 3.0                           # not normalised: normalised as read
+    np.save(tmp_path / "x.npy", X)
+    g = build_knn_graph(np.load(tmp_path / "x.npy", mmap_mode="r"), 10, method="ivf-blas")
+    assert g.method == "ivf-blas" and g.centroids.shape[1] == 64
+    check_invariants(X, g, 10)                                 # similarities are the exact cosines
+    assert recall(g.indices, brute_force(X, 10)[0]) >= 0.95

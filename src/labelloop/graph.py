@@ -40,7 +40,8 @@ DEFAULT_EXACT_THRESHOLD = 20_000
 #: "auto" above the exact threshold: IVF lists searched block by block with BLAS
 #: (:func:`_search_ivf_blas`; no JIT, centroids kept for adding items). knn_backends.md: 100k
 #: in 6.4-6.5 CPU-s (recall@10 1.000 clustered, 0.965 latent; FAISS IVF 46-163 s, NN-descent
-#: 18-33 s + its compile); 1M latent 144 CPU-s, recall 0.877 (short of the 0.95 goal).
+#: 18-33 s + its compile); 1M latent (searched in its 32-d principal subspace, :func:`_build_ivf_blas`)
+#: 126 CPU-s, recall 0.948, peak RSS 1.86 GB (goal: 0.95 in 120 CPU-s and 2 GB; full space 144 / 0.877).
 DEFAULT_APPROX_METHOD = "ivf-blas"
 
 
@@ -178,11 +179,9 @@ def build_knn_graph(
         method = choose_method(n, exact_threshold)
     centroids = None
     if method == "ivf-blas":
-        # rows are normalised block by block as the search reads them (their inverse norms
-        # computed once): no normalised copy of X, which may be a read-only memory map
-        inv = _inverse_norms(X)
-        centroids = _ivf_centroids(X, seed=seed, inv=inv, per_list=IVF_BLAS_KMEANS[0], niter=IVF_BLAS_KMEANS[1])
-        idx, sim, order = _search_ivf_blas(X, inv, k + 1, centroids)
+        # rows are normalised block by block as they are read (their inverse norms computed
+        # once): no normalised copy of X, which may be a read-only memory map
+        idx, sim, order, centroids, inv = _build_ivf_blas(X, k + 1, seed=seed)
         Xn = None
     elif method == "nndescent":
         # pynndescent normalises its own copy of the rows (cosine): not normalised twice here
@@ -242,30 +241,41 @@ def extend_knn_graph(
         return graph, 0
     n = n_old + m
     exact = (choose_method(n, exact_threshold) if method == "auto" else method) == "exact"
-    X = np.empty((n, X_old.shape[1]), np.float32)  # (n, d) every row, normalised
-    for lo in range(0, n_old, 65_536):
-        X[lo : min(lo + 65_536, n_old)] = normalize_rows(X_old[lo : lo + 65_536])
-    X[n_old:] = normalize_rows(X_new)
-    new = X[n_old:]
+    new = normalize_rows(X_new)  # (m, d)
     # the new rows: k+1 nearest among every item, then self dropped. An IVF search keeps the
     # coarse centroids of the last full build (k-means on every item was most of its cost)
     # plus centroids of the new items alone: with the old ones only, a batch from new clusters
     # fell into arbitrary cells and recall@10 fell to 0.97 after one 5 % batch, 0.86 after six
-    # (benchmarks/results/graph_update.md)
+    # (benchmarks/results/graph_update.md). The old rows are normalised chunk by chunk as they
+    # are added or searched: no normalised copy of every row (1.5 GB at 1M x 384)
     centroids = None
     if exact:
+        X = np.empty((n, X_old.shape[1]), np.float32)  # (n, d) every row, normalised
+        for lo in range(0, n_old, _CHUNK):
+            X[lo : min(lo + _CHUNK, n_old)] = normalize_rows(X_old[lo : lo + _CHUNK])
+        X[n_old:] = new
         idx_n, sim_n = _search_exact(new, X, k + 1)
     else:
-        old_centroids = graph.centroids if graph.centroids is not None else _ivf_centroids(X[:n_old], seed=seed)
+        old_centroids = graph.centroids
+        if old_centroids is None:
+            old_centroids = _ivf_centroids(X_old, seed=seed, inv=_inverse_norms(X_old))
         centroids = np.vstack([old_centroids, _ivf_centroids(new, seed=seed)])
-        idx_n, sim_n = _search_ivf(X, k + 1, seed=seed, Q=new, centroids=centroids)
+        index = _ivf_flat_index(centroids)
+        for lo in range(0, n_old, _CHUNK):
+            index.add(normalize_rows(X_old[lo : lo + _CHUNK]))
+        index.add(new)
+        idx_n, sim_n = _ivf_search(index, new, k + 1)
+        del index
     idx_n, sim_n = _drop_self(idx_n, sim_n, k, self_ids=np.arange(n_old, n))
     # the old rows: their k nearest new items, merged where closer than their k-th neighbour
     kr = min(k, m)
     if exact:
         idx_r, sim_r = _search_exact(X[:n_old], new, kr)
     else:
-        idx_r, sim_r = _search_ivf(new, kr, seed=seed, Q=X[:n_old])
+        index = _ivf_flat_index(_ivf_centroids(new, seed=seed))
+        index.add(new)
+        found = [_ivf_search(index, normalize_rows(X_old[lo : lo + _CHUNK]), kr) for lo in range(0, n_old, _CHUNK)]
+        idx_r, sim_r = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
     sim_r = np.where(idx_r < 0, -np.inf, sim_r)
     idx_r = np.where(idx_r < 0, -1, idx_r + n_old)
     closer = sim_r[:, 0] > graph.similarities[:, -1]  # (n_old,) rows that change
@@ -279,7 +289,11 @@ def extend_knn_graph(
     indices[rows] = np.take_along_axis(cand_i, order, 1)
     sims[rows] = np.clip(np.take_along_axis(cand_s, order, 1), -1.0, 1.0)
     indices[n_old:], sims[n_old:] = idx_n, sim_n
-    indices, sims = _repair_missing(X, indices, sims)
+    if not exact and (indices < 0).any():  # rare: every row normalised for an exact repair
+        X = np.vstack([normalize_rows(X_old), new])
+        indices, sims = _repair_missing(X, indices, sims)
+    elif exact:
+        indices, sims = _repair_missing(X, indices, sims)
     # an approximate update keeps the name of the approximate method the graph was built with
     label = "exact" if exact else (graph.method if graph.method != "exact" else "ivf")
     return KnnGraph(indices, sims, label, centroids), int(rows.size)
@@ -335,18 +349,33 @@ def _search_ivf(X: np.ndarray, kk: int, *, seed: int, Q: np.ndarray | None = Non
                 centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``kk`` nearest rows of ``X`` to each row of ``Q`` (``X`` itself when None), by an
     IVF-Flat index over ``centroids`` (trained here when None)."""
-    faiss = _import_faiss()
-    n, d = X.shape
     if centroids is None:
         centroids = _ivf_centroids(X, seed=seed)
-    nlist = centroids.shape[0]
+    index = _ivf_flat_index(centroids)
+    index.add(X)
+    return _ivf_search(index, X if Q is None else Q, kk)
+
+
+#: rows normalised at a time where a normalised copy of every row is avoided
+_CHUNK = 65_536
+
+
+def _ivf_flat_index(centroids: np.ndarray):
+    """An empty FAISS IVF-Flat inner-product index over ``centroids`` (nlist, d), probing 5 % of
+    its lists (at least IVF_MIN_NPROBE)."""
+    faiss = _import_faiss()
+    nlist, d = centroids.shape
     quantizer = faiss.IndexFlatIP(d)
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.is_trained = True
-    index.add(X)
     index.nprobe = min(nlist, max(IVF_MIN_NPROBE, int(np.ceil(IVF_PROBE_FRACTION * nlist))))
-    sim, idx = index.search(X if Q is None else Q, min(kk, n))
+    return index
+
+
+def _ivf_search(index, Q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kk`` nearest indexed rows to each row of ``Q`` (at most as many as are indexed)."""
+    sim, idx = index.search(np.ascontiguousarray(Q, dtype=np.float32), min(kk, index.ntotal))
     return idx.astype(np.int64, copy=False), sim.astype(np.float32, copy=False)
 
 
@@ -363,6 +392,135 @@ IVF_BLAS_KMEANS = (32, 10)
 _BLOCK_SCORES = 1 << 22
 
 
+#: "ivf-blas" searches in a reduced space when the rows are nearly low-rank: the top principal
+#: directions (of the unit rows, uncentred: inner products are kept) holding this share of a
+#: sample's energy, if they are at most IVF_BLAS_REDUCED_MAX_DIM; the candidates found there
+#: are then scored exactly in the full space (:func:`_build_ivf_blas`). Rows of sentence
+#: embeddings spread their energy wider and are searched in the full space.
+IVF_BLAS_REDUCED_ENERGY = 0.95
+IVF_BLAS_REDUCED_MAX_DIM = 128
+#: probed lists and candidates per item (scored exactly) of a reduced-space search
+IVF_BLAS_REDUCED_NPROBE = 14
+IVF_BLAS_RERANK = 11
+#: ... used from this many items on. Below it the full space, as measured before: at 100k
+#: `latent` the two were close (full 7.8-11.6 CPU-s at recall 0.965; reduced with 16 probes and
+#: 16 candidates 16.1 CPU-s at 0.985, with 12 and 11 7.2 CPU-s at 0.968; single runs at load
+#: 13-16). At 1M `latent` the full space needs far more probes (8: recall 0.877 in 144 CPU-s)
+IVF_BLAS_REDUCED_MIN_N = 500_000
+#: rows sampled for the principal directions
+_PCA_SAMPLE = 20_000
+
+
+def _release_pages(X: np.ndarray) -> None:
+    """Let a memory-mapped ``X`` drop the pages this process has read from its resident set
+    (they stay in the page cache; a later read maps them again): reading every row of a
+    1M x 384 file would otherwise add 1.5 GB to the peak RSS. A no-op for other arrays."""
+    import mmap
+
+    while X is not None and not isinstance(getattr(X, "_mmap", None), mmap.mmap):
+        X = getattr(X, "base", None)   # np.asarray(memmap) is a plain view of it
+    if X is not None and hasattr(mmap, "MADV_DONTNEED"):
+        X._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+def _reduced_basis(X: np.ndarray, *, seed: int) -> np.ndarray | None:
+    """(d, r) orthonormal principal directions of a sample of unit rows holding
+    :data:`IVF_BLAS_REDUCED_ENERGY` of its energy, r a multiple of 16; None when that takes
+    more than :data:`IVF_BLAS_REDUCED_MAX_DIM` (or half of d) directions."""
+    from threadpoolctl import threadpool_limits
+
+    n, d = X.shape
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, _PCA_SAMPLE), replace=False))
+    S = normalize_rows(X[rows]).astype(np.float64)
+    with threadpool_limits(1, user_api="blas"):  # a small product: threads only spin
+        w, vecs = np.linalg.eigh(S.T @ S)  # ascending
+    energy = np.cumsum(w[::-1])
+    r = int(np.searchsorted(energy, IVF_BLAS_REDUCED_ENERGY * energy[-1])) + 1
+    r = -(-r // 16) * 16
+    if r > min(IVF_BLAS_REDUCED_MAX_DIM, d // 2):
+        return None
+    return np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
+
+
+def _project_rows(X: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over ``X`` in row order: (inverse norms (n,), unit rows projected on ``V`` (n, r))."""
+    n = X.shape[0]
+    inv = np.zeros(n, np.float32)
+    Y = np.empty((n, V.shape[1]), np.float32)
+    step = 32_768
+    for i in range(0, n, step):
+        B = np.asarray(X[i : i + step], dtype=np.float32)
+        norms = np.linalg.norm(B.astype(np.float64), axis=1)
+        inv[i : i + step] = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        Y[i : i + step] = (B * inv[i : i + step, None]) @ V
+        if (i // step) % 8 == 7:
+            _release_pages(X)
+    _release_pages(X)
+    return inv, Y
+
+
+def _build_ivf_blas(X: np.ndarray, kk: int, *, seed: int):
+    """The "ivf-blas" search: (ids (n, kk), sims, rows in list order, centroids (nlist, d),
+    inverse norms). Low-rank rows (:func:`_reduced_basis`) are searched in the reduced space
+    for :data:`IVF_BLAS_RERANK` candidates each, then scored exactly (:func:`_rerank_exact`);
+    others in the full space."""
+    per_list, niter = IVF_BLAS_KMEANS
+    V = _reduced_basis(X, seed=seed) if X.shape[0] >= max(IVF_BLAS_REDUCED_MIN_N, _PCA_SAMPLE) else None
+    if V is None:
+        inv = _inverse_norms(X)
+        centroids = _ivf_centroids(X, seed=seed, inv=inv, per_list=per_list, niter=niter)
+        idx, sim, order = _search_ivf_blas(X, inv, kk, centroids, IVF_BLAS_NPROBE)
+        return idx, sim, order, centroids, inv
+    inv, Y = _project_rows(X, V)
+    cy = _ivf_centroids(Y, seed=seed, per_list=per_list, niter=niter)
+    cand, _, order = _search_ivf_blas(Y, None, max(kk, IVF_BLAS_RERANK), cy, IVF_BLAS_REDUCED_NPROBE)
+    del Y
+    cand = cand.astype(np.int32)  # less to hold while the rows are read
+    idx, sim = _rerank_exact(X, inv, cand, kk, order)
+    return idx, sim, order, normalize_rows(cy @ V.T), inv
+
+
+#: chunks of 256 rows between two releases of a memory map's pages in :func:`_rerank_exact`
+_RELEASE_CHUNKS = 16
+
+
+def _rerank_exact(X: np.ndarray, inv: np.ndarray, cand: np.ndarray, kk: int, order: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``kk`` best of its candidates ``cand`` (-1: none) by exact cosine (rows of
+    ``X`` normalised by ``inv`` as read), rows taken in ``order`` in chunks, one per core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    n, r = cand.shape
+    idx = np.full((n, kk), -1, np.int64)
+    sim = np.full((n, kk), -np.inf, np.float32)
+
+    def chunk(rows: np.ndarray) -> None:
+        c = cand[rows]                                                  # (b, r)
+        Q = _unit_rows(X, inv, rows)                                    # (b, d)
+        # rows of one list share most candidates: each read once, in file order (a random
+        # read of a mapped row cost ~3 us, a read from this small copy far less)
+        U, at = np.unique(np.maximum(c, 0), return_inverse=True)
+        M = _unit_rows(X, inv, U)[at.reshape(c.shape)]                  # (b, r, d)
+        s = np.einsum("bd,brd->br", Q, M)
+        s[c < 0] = -np.inf
+        top = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+        idx[rows] = np.where(np.take_along_axis(s, top, 1) > -np.inf, np.take_along_axis(c, top, 1), -1)
+        sim[rows] = np.take_along_axis(s, top, 1)
+
+    step, workers = 256, _n_threads()
+    chunks = [order[i : i + step] for i in range(0, n, step)]
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        # the rows read at random would map the whole file (1.5 GB at 1M x 384, the goal is
+        # 2 GB in all): released every _RELEASE_CHUNKS chunks, read again from the page cache
+        for i in range(0, len(chunks), _RELEASE_CHUNKS):
+            list(pool.map(chunk, chunks[i : i + _RELEASE_CHUNKS]))
+            _release_pages(X)
+    np.minimum(sim, 1.0, out=sim)
+    return idx, sim
+
+
 def _inverse_norms(X: np.ndarray) -> np.ndarray:
     """(n,) float32 1 / ||x|| per row (0 for all-zero rows); norms in float64, in chunks."""
     inv = np.zeros(X.shape[0], np.float32)
@@ -372,11 +530,13 @@ def _inverse_norms(X: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _unit_rows(X: np.ndarray, inv: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The rows ``rows`` of ``X`` as a new float32 array, normalised (``inv``: inverse norms)."""
+def _unit_rows(X: np.ndarray, inv: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """The rows ``rows`` of ``X`` as a new float32 array, normalised (``inv``: inverse norms;
+    None: taken as they are)."""
     B = np.asarray(X)[rows]  # a memory map as a plain array: the fancy index copies once
     B = B.astype(np.float32, copy=False)
-    B *= inv[rows, None]
+    if inv is not None:
+        B *= inv[rows, None]
     return B
 
 
@@ -399,17 +559,18 @@ def _topk_rows(S: np.ndarray, kk: int, floor: np.ndarray | None = None) -> tuple
         cols[:, : top.shape[1]] = np.take_along_axis(top, order, 1)
         vals[:, : top.shape[1]] = np.take_along_axis(v, order, 1)
         return cols, vals
-    live = np.flatnonzero(S.max(axis=1) >= floor)
-    if live.size == 0:
+    # one comparison pass and a flat scan (a 2-D np.nonzero of the same mask took 10x longer)
+    hits = np.flatnonzero(S >= floor[:, None])
+    if hits.size == 0:
         return cols, vals
-    r, c = np.nonzero(S[live] >= floor[live, None])
-    start = np.searchsorted(r, np.arange(live.size))
-    width = max(kk, int(np.diff(np.append(start, r.size)).max()))
-    pos = np.arange(r.size) - start[r]
+    rr, c = np.divmod(hits, M)
+    live, start, r = np.unique(rr, return_index=True, return_inverse=True)
+    width = max(kk, int(np.diff(np.append(start, rr.size)).max()))
+    pos = np.arange(rr.size) - start[r]
     wc = np.full((live.size, width), -1, np.int64)
     wv = np.full((live.size, width), -np.inf, np.float32)
     wc[r, pos] = c
-    wv[r, pos] = S[live[r], c]
+    wv[r, pos] = S.ravel()[hits]
     order = np.argsort(-wv, axis=1, kind="stable")[:, :kk]
     cols[live] = np.take_along_axis(wc, order, 1)
     vals[live] = np.take_along_axis(wv, order, 1)
@@ -428,8 +589,8 @@ def _merge_into(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, ids: np.ndar
     sim[rows] = np.take_along_axis(cand_s, top, 1)
 
 
-def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _search_ivf_blas(X: np.ndarray, inv: np.ndarray | None, kk: int, centroids: np.ndarray,
+                     nprobe: int = IVF_BLAS_NPROBE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``kk`` nearest rows of ``X`` (normalised by ``inv`` as read) to each row, each row
     searching the members of its ``IVF_BLAS_NPROBE`` nearest ``centroids`` (an IVF search),
     computed list by list: first every list against itself (each row's nearest list), then
@@ -445,7 +606,7 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
     n = X.shape[0]
     C = np.ascontiguousarray(centroids, dtype=np.float32)
     nlist = C.shape[0]
-    nprobe = min(IVF_BLAS_NPROBE, nlist)
+    nprobe = min(nprobe, nlist)
     idx = np.full((n, kk), -1, np.int64)
     sim = np.full((n, kk), -np.inf, np.float32)
 
@@ -454,12 +615,16 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
         return [rows[i : i + step] for i in range(0, rows.size, step)]
 
     def probe(rows: np.ndarray) -> np.ndarray:
-        return _topk_rows(_unit_rows(X, inv, rows) @ C.T, nprobe)[0].astype(np.int32)
+        return faiss.knn(_unit_rows(X, inv, rows), C, nprobe, faiss.METRIC_INNER_PRODUCT)[1].astype(np.int32)
 
     def score(task):  # (rows, list members, members' unit rows) -> rows, ids, sims
         rows, members, M, use_floor = task
-        floor = sim[rows, -1] if use_floor else None
-        cols, vals = _topk_rows(_unit_rows(X, inv, rows) @ M.T, min(kk, members.size), floor)
+        Q = _unit_rows(X, inv, rows)
+        if use_floor:
+            cols, vals = _topk_rows(Q @ M.T, min(kk, members.size), sim[rows, -1])
+        else:  # a row's first list: FAISS's product + heap beats a partition of each row
+            vals, cols = faiss.knn(Q, M, min(kk, members.size), faiss.METRIC_INNER_PRODUCT)
+            vals = np.where(cols < 0, -np.inf, vals).astype(np.float32, copy=False)
         return rows, np.where(cols < 0, -1, members[np.maximum(cols, 0)]), vals
 
     def merge(result) -> None:
@@ -470,6 +635,8 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
         return order, np.searchsorted(assign[order], np.arange(nlist + 1))
 
     workers = _n_threads()
+    faiss = _import_faiss()
+    faiss.omp_set_num_threads(1)  # one single-threaded FAISS call per worker thread
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
         probes = np.concatenate(list(pool.map(probe, blocks(np.arange(n), nlist))))  # (n, nprobe)
         members, mb = lists(probes[:, 0])
@@ -495,6 +662,7 @@ def _search_ivf_blas(X: np.ndarray, inv: np.ndarray, kk: int, centroids: np.ndar
                     merge(pending.popleft().result())
             while pending:
                 merge(pending.popleft().result())
+    faiss.omp_set_num_threads(workers)
     return idx, sim, members
 
 
