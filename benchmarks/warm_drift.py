@@ -48,7 +48,9 @@ VARIANTS = {   # short key: (name, LabelPropagation options)
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": None}),
     "drain10": ("residual > 1.5x: drain to 1x, at most 10 steps per update", {
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 10}),
-    "drain5": ("residual > 1.5x: drain to 1x, at most 5 steps per update (default)", {
+    "drainauto": ("residual > 1.5x: drain to 1x, at most 5M row-steps per update (default: 5 steps at 1M, 50 at 100k)", {
+        "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": "auto"}),
+    "drain5": ("residual > 1.5x: drain to 1x, at most 5 steps per update", {
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 5}),
     "drain2": ("residual > 1.5x: drain to 1x, at most 2 steps per update", {
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 2}),

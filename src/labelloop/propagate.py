@@ -137,12 +137,18 @@ RESIDUAL_CHECK_STEPS = 5
 #: ... until it is this many times the last full fit's (hysteresis: below the bound, so that
 #: the next updates warm-start without steps; a new process pays scipy's import for them) ...
 RESIDUAL_DRAIN_TO = 1.0
-#: ... but at most this many per update (``drain_steps``; None: up to ``n_iter``): what is left
-#: stays in Y, where the next update's residual measures it again (carried forward). At 1M items
-#: one update of 10 labels left 6x the full fit's residual; 5 full steps (0.5 CPU-s each) took
-#: it to 1.2-1.4x, 10 to 1x; one `labelloop refresh` had drained 40 steps (21 CPU-s) before
-#: this cap (benchmarks/results/warm_drift.md, warm_drift_1000000.md, e2e_latency_1000000.md).
-RESIDUAL_DRAIN_MAX_STEPS = 5
+#: ... but at most this much work per update, counted in rows x steps (``drain_steps="auto"``:
+#: DRAIN_MAX_ROW_STEPS // n steps; an integer: that many; None: up to ``n_iter``): what is left
+#: stays in Y, where the next update's residual measures it again (carried forward). The cap is
+#: in work, not steps, so that it bounds a refresh's CPU at every size without costing small
+#: projects accuracy. At 1M items (5 steps) one update of 10 labels left 6x the full fit's
+#: residual; 5 full steps (0.5 CPU-s each) took it to 1.2-1.4x, 10 to 1x; one `labelloop
+#: refresh` had drained 40 steps (21 CPU-s) before a cap (warm_drift_1000000.md,
+#: e2e_latency_1000000.md). At 100k (50 steps: a whole drain, as before the cap) a cap of 5
+#: steps cost agreement with a cold fit (0.936 vs 0.953, warm_drift.md) and made most CLI
+#: refreshes drain (median 0.61 vs 0.39 CPU-s, e2e_latency_100000.md).
+DRAIN_MAX_ROW_STEPS = 5_000_000
+RESIDUAL_DRAIN_MAX_STEPS = "auto"
 #: ``update(drain=False)`` (a server, which drains after showing the predictions, stopped by the
 #: next label) still drains now, at most ``drain_steps``, once the residual is past this many
 #: times the bound: labels that keep coming faster than a drain step (0.5 CPU-s at 1M) would
@@ -302,7 +308,7 @@ class LabelPropagation:
         refit_every: int | None = REFIT_EVERY,
         residual_growth: float | None = UPDATE_RESIDUAL_GROWTH,
         residual_action: str = "drain",
-        drain_steps: int | None = RESIDUAL_DRAIN_MAX_STEPS,
+        drain_steps: int | str | None = RESIDUAL_DRAIN_MAX_STEPS,
         correct_steps: int = UPDATE_CORRECT_STEPS,
         class_mass: bool | str = True,
         class_prior: np.ndarray | None = None,
@@ -324,7 +330,7 @@ class LabelPropagation:
         self.refit_every = refit_every
         self.residual_growth = residual_growth
         self.residual_action = residual_action
-        self.drain_steps = drain_steps   # at most this many full steps per drain (None: n_iter)
+        self.drain_steps = drain_steps   # at most this many full steps per drain ("auto": by size; None: n_iter)
         self.correct_steps = correct_steps
 
     # ------------------------------------------------------------------ validation
@@ -348,8 +354,8 @@ class LabelPropagation:
         if g is not None and not (isinstance(g, (int, float, np.floating)) and np.isfinite(g) and g >= 1.0):
             raise ValidationError(f"residual_growth must be None or a number >= 1 (e.g. 1.5); got {g!r}")
         d = self.drain_steps
-        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
-            raise ValidationError(f"drain_steps must be None or a positive integer (e.g. 5); got {d!r}")
+        if d is not None and d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
+            raise ValidationError(f'drain_steps must be "auto", None or a positive integer (e.g. 5); got {d!r}')
 
     def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(y)
@@ -591,7 +597,10 @@ class LabelPropagation:
     def _drain(self, max_steps: int | None, stop) -> int:
         """:meth:`drain`'s steps, without refreshing the distributions."""
         y, n_iter = self.y_, self.n_iter if self.n_iter is not None else MAX_ITER_TO_CONVERGE
-        cap = n_iter if self.drain_steps is None else int(self.drain_steps)
+        d = self.drain_steps
+        if d == "auto":   # a bounded amount of work per update (DRAIN_MAX_ROW_STEPS)
+            d = max(1, DRAIN_MAX_ROW_STEPS // max(int(self.Y_.shape[0]), 1))
+        cap = n_iter if d is None else int(d)
         cap = min(cap if max_steps is None else int(max_steps),   # and a full fit's work since the last
                   max(n_iter - getattr(self, "drained_", 0), 0))  # one (or new baseline) in all
         if getattr(self, "residual_", None) is None:
