@@ -285,8 +285,7 @@ def more_needed(correct: int, checked: int, *, target_precision: float = DEFAULT
         ok = _passes(correct + xs, checked + xs, target=target_precision, level=confidence_level, anytime=anytime)
         if ok.any():
             return int(xs[np.argmax(ok)])
-        x = int(xs[-1]) + (1 if xs[-1] < 100 else max(1, int(xs[-1]) // 20))
-        x += 1 if x < 100 else max(1, x // 20)
+        x = int(xs[-1]) + (1 if xs[-1] < 100 else max(1, int(xs[-1]) // 20))   # the block's next step
     return None
 
 
