@@ -396,10 +396,37 @@ def test_choose_class_prior_needs_a_clear_gain_under_both_class_shares():
     assert choose_class_prior(t, rows, Q, pop) == "estimated"
     # the same distributions as the default: no gain, the default stays
     assert choose_class_prior(t, rows, {"labels": labels, "estimated": labels}, pop) == "labels"
-    # a higher bar than the gain: the default stays; no held-out labels: the default stays
-    assert choose_class_prior(t, rows, Q, pop, min_gain=10.0) == "labels"
+    # higher bars than the gain: the default stays; no held-out labels: the default stays
+    assert choose_class_prior(t, rows, Q, pop, min_gain=10.0, min_z=np.inf) == "labels"
     assert choose_class_prior(t, rows[:0], {k: v[:0] for k, v in Q.items()}, pop) == "labels"
     assert AUTO_PRIOR_MIN_GAIN > 0
+
+
+def test_choose_class_prior_takes_a_small_gain_many_heldout_labels_show_clearly():
+    from labelloop.loop.predict import AUTO_PRIOR_MIN_Z, choose_class_prior
+
+    def case(m, better):
+        # m held-out labels, 70 % right under "labels"; "estimated" also gets ``better`` of the wrong right
+        t = np.arange(m) % 2
+        p = np.where(np.random.default_rng(0).random(m) < 0.7, 0.8, 0.35)
+        q = p.copy()
+        q[np.flatnonzero(p < 0.5)[:better]] = 0.55
+        rows = np.arange(m)
+
+        def dist(pt):  # (m, 2) with probability pt on the true class
+            D = np.empty((m, 2))
+            D[rows, t], D[rows, 1 - t] = pt, 1 - pt
+            return D
+
+        pop = {k: np.r_[np.zeros(50, int), np.ones(50, int)] for k in ("labels", "estimated")}
+        return t, rows, {"labels": dist(p), "estimated": dist(q)}, pop
+
+    # 200 held-out labels, 20 more right: under 0.1 nats per label, but many standard errors
+    assert choose_class_prior(*case(200, 20)) == "estimated"
+    assert choose_class_prior(*case(200, 20), min_z=np.inf) == "labels"   # the nats bar alone refuses it
+    # one more right of 12: no clear evidence either way, the default stays
+    assert choose_class_prior(*case(12, 1)) == "labels"
+    assert AUTO_PRIOR_MIN_Z > 0
 
 
 def test_refresh_chooses_the_class_prior_by_default_and_reports_it(project_factory, tmp_path):
