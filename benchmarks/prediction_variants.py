@@ -1,0 +1,250 @@
+"""Variants of labelloop's prediction decisions on the robustness suite's cells (issue 10), fast.
+
+Every (dataset, backbone) pair ``benchmarks/robustness.py`` reads, every budget of random labels
+per class (1, 2, 5, 10, 20) and seed: labelloop's default prediction (``calibrated_predictions``,
+class_prior and head weight auto, as ``robustness.py``'s "labelloop" column), then the same with
+one decision changed. The propagations and head fits are memoised on disk by the label vector
+they were given (``--memo``), so a variant that only changes a choice or the calibration reruns
+the whole table in seconds; a variant that hides other labels (10 folds) computes its new
+propagations once. LabelSpreading's accuracy is read from ``results/robustness_accuracy.json``
+(the same cells, the same labels).
+
+Variants:
+
+- ``default``: as shipped;
+- ``prior: nats bar only``: ``choose_class_prior`` without its z rule (``min_z`` infinite);
+- ``10 folds``: the held-out labels from 10 folds instead of 5;
+- ``calibrate on one-step LOO``: the calibration fitted on each human label's own row one
+  propagation step from its neighbours (its clamp dropped, ``S Y``) instead of the folds;
+- ``calibrate on folds + LOO``: on both;
+- ``weights: none`` / ``weights: sqrt``: the held-out labels unweighted, or weighted by the
+  square root of the label-shift weights (``prediction_weights``);
+- ``weights: confusion-corrected``: the class shares of the weights from the population's
+  predicted shares corrected by the held-out confusion (non-negative least squares, smoothed).
+
+Run:  python benchmarks/prediction_variants.py [--seeds 3] [--only rotten-tomatoes] [--variants default "10 folds"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import importlib
+import json
+import os
+import pickle
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _key(a) -> str:
+    return "none" if a is None else hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def _raw(ctx):
+    """labelloop's default choices with the calibration left out: (prediction, head weight)."""
+    from labelloop.loop.calibrate import Calibrator
+    from labelloop.loop.predict import calibrated_predictions, prior_candidates
+
+    y, C = ctx["y"], ctx["C"]
+    Y, reached = ctx["rawY"](y)
+    return calibrated_predictions(prior_candidates(Y, y, C), ctx["head"](y, None), reached, y,
+                                  lambda yy: prior_candidates(ctx["rawY"](yy)[0], y, C), ctx["head"],
+                                  calibrator=Calibrator(1.0, 0, None, None))
+
+
+def _one_step_loo(ctx, prior, hw):
+    """(L, C) each human label's row one step from its neighbours (own clamp dropped), under ``prior``."""
+    from labelloop.loop.predict import HEDGE_PRIOR, mix_head
+    from labelloop.propagate import _class_mass_scale
+
+    y, C = ctx["y"], ctx["C"]
+    Y = np.maximum(ctx["rawY"](y)[0], 0)
+    lab = np.flatnonzero(y >= 0)
+    Yl = np.maximum(np.asarray(ctx["S"]() [lab] @ Y), 0)
+    parts = []
+    for k in (("labels", "estimated") if prior == HEDGE_PRIOR else (prior,)):
+        Z = Yl * _class_mass_scale(Y, y, C, k)
+        parts.append(Z / np.maximum(Z.sum(1, keepdims=True), 1e-12))
+    Q = np.mean(parts, axis=0)
+    return lab, (mix_head(Q, ctx["head"](y, None)[lab], hw) if hw > 0 else Q)
+
+
+def _confusion_weights(t, q_pred, P, C):
+    from scipy.optimize import nnls
+
+    M = np.zeros((C, C))
+    np.add.at(M, (q_pred, t), 1.0)
+    M = M + np.eye(C) + 1.0 / C
+    M /= M.sum(0, keepdims=True)
+    q, _ = nnls(M, np.bincount(P.argmax(1), minlength=C) / len(P))
+    q = np.maximum(q, 1e-3)
+    q /= q.sum()
+    held = np.bincount(t, minlength=C) / len(t)
+    w = q[t] / np.maximum(held[t], 1e-12)
+    return w / w.mean()
+
+
+def _recalibrated(evidence="folds", weighting="shift"):
+    """A variant: the default choices, the calibration fitted on other evidence or weights."""
+    def run(ctx):
+        from labelloop.loop.calibrate import fit_calibrator, prediction_weights
+
+        pred, hw = _raw(ctx)
+        y, C, P = ctx["y"], ctx["C"], pred.proba
+        rows, Q = pred.heldout_rows, pred.heldout_proba
+        if evidence != "folds":
+            lab, Ql = _one_step_loo(ctx, pred.class_prior, hw)
+            rows, Q = (lab, Ql) if evidence == "loo" else (np.r_[rows, lab], np.concatenate([Q, Ql]))
+        t = y[rows]
+        w = None
+        if len(rows):
+            w = prediction_weights(t, P.argmax(1), C)
+            if weighting == "none":
+                w = np.ones(len(t))
+            elif weighting == "sqrt":
+                w = np.sqrt(w) / np.sqrt(w).mean()
+            elif weighting == "confusion":
+                w = _confusion_weights(t, Q.argmax(1), P, C)
+        return fit_calibrator(Q, t, weights=w, top_label=True)(P)
+    return run
+
+
+def _default(ctx):
+    from labelloop.loop.predict import calibrated_predictions, prior_candidates
+
+    y, C = ctx["y"], ctx["C"]
+    Y, reached = ctx["rawY"](y)
+    return calibrated_predictions(prior_candidates(Y, y, C), ctx["head"](y, None), reached, y,
+                                  lambda yy: prior_candidates(ctx["rawY"](yy)[0], y, C), ctx["head"])[0].proba
+
+
+def _patched(**attrs):
+    """A variant: the default with attributes of labelloop.loop.predict replaced while it runs."""
+    def run(ctx):
+        mod = importlib.import_module("labelloop.loop.predict")
+        old = {k: getattr(mod, k) for k in attrs}
+        try:
+            for k, v in attrs.items():
+                setattr(mod, k, v(old[k]))
+            return _default(ctx)
+        finally:
+            for k, v in old.items():
+                setattr(mod, k, v)
+    return run
+
+
+VARIANTS = {
+    "default": _default,
+    "prior: nats bar only": _patched(choose_class_prior=lambda f: functools.partial(f, min_z=np.inf)),
+    "10 folds": _patched(heldout_proba=lambda f: functools.partial(f, folds=10)),
+    "calibrate on one-step LOO": _recalibrated("loo"),
+    "calibrate on folds + LOO": _recalibrated("both"),
+    "weights: none": _recalibrated(weighting="none"),
+    "weights: sqrt": _recalibrated(weighting="sqrt"),
+    "weights: confusion-corrected": _recalibrated(weighting="confusion"),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--memo", default=str(HERE / ".cache" / "prediction_variants"))
+    ap.add_argument("--out", default="prediction_variants")
+    args = ap.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    from labelloop.datasets import load_dataset
+    from labelloop.graph import build_knn_graph, normalize_rows
+    from labelloop.loop.predict import embedding_head
+    from labelloop.propagate import LabelPropagation, affinity_matrix
+    from robustness import SHOTS, ece, pairs, random_labels
+
+    warnings.simplefilter("ignore")
+    ls = {(r["dataset"], r["backbone"], r["shots"]): r["acc_labelspreading"]
+          for r in json.loads((HERE / "results" / "robustness_accuracy.json").read_text())["rows"]}
+    Path(args.memo).mkdir(parents=True, exist_ok=True)
+    t0, load0 = time.time(), os.getloadavg()[0]
+    cells: dict = defaultdict(lambda: defaultdict(list))  # variant -> cell -> [(acc, |gap|, ece)]
+    for name, n, bb, f in pairs(args.only):
+        memo_file = Path(args.memo) / f"{name}-{bb}.pkl"
+        memo = pickle.loads(memo_file.read_bytes()) if memo_file.exists() else {}
+        size = len(memo)
+        yt = load_dataset(name, n=n, seed=0).labels
+        Xn = normalize_rows(np.load(f))
+        C = int(yt.max()) + 1
+        S: list = []
+        head0 = embedding_head(Xn, C)
+
+        def graph_S():
+            if not S:
+                S.append(affinity_matrix(build_knn_graph(Xn, k=10)))
+            return S[0]
+
+        def rawY(yy):
+            k = ("p", _key(yy))
+            if k not in memo:
+                lp = LabelPropagation(class_mass=False).fit(graph_S(), yy, n_classes=C)
+                memo[k] = (np.asarray(lp.Y_, np.float32), np.asarray(lp.reached_))
+            return memo[k]
+
+        def head(yy, rows=None):
+            k = ("h", _key(yy), _key(rows))
+            if k not in memo:
+                memo[k] = head0(yy, rows)
+            return memo[k]
+
+        for shots in SHOTS:
+            for seed in range(args.seeds):
+                y = random_labels(yt, C, shots, seed)
+                u = y < 0
+                ctx = {"y": y, "C": C, "rawY": rawY, "head": head, "S": graph_S}
+                for v in args.variants:
+                    with threadpool_limits(1, user_api="blas"):
+                        P = VARIANTS[v](ctx)
+                    acc = float((P[u].argmax(1) == yt[u]).mean())
+                    cells[v][(name, bb, shots)].append((acc, abs(float(P[u].max(1).mean()) - acc), float(ece(P[u], yt[u]))))
+        if len(memo) > size:
+            memo_file.write_bytes(pickle.dumps(memo))
+        print(name, bb, flush=True)
+    lines = [f"# Prediction variants on the robustness suite ({args.seeds} seeds; `python benchmarks/prediction_variants.py`)",
+             "", "Each variant changes one decision of labelloop's default prediction (see the script's docstring); "
+             "on the unlabeled items, per cell (dataset x backbone x labels per class) the mean over seeds. Below LS: "
+             "cells whose accuracy is below LabelSpreading's (results/robustness_accuracy.json); within 0.05: cells "
+             "whose mean |mean confidence - accuracy| is at most 0.05.", "",
+             "| variant | cells below LS | within 0.05 | within 0.05 at >= 2 labels/class | mean ECE | mean accuracy |",
+             "|---|---|---|---|---|---|"]
+    summary = {}
+    for v in args.variants:
+        m = {k: np.mean(r, axis=0) for k, r in cells[v].items()}
+        s = summary[v] = {"below": int(sum(a[0] < ls[k] for k, a in m.items())),
+                          "within": int(sum(a[1] <= 0.05 for a in m.values())),
+                          "within_2plus": int(sum(a[1] <= 0.05 for k, a in m.items() if k[2] > 1)),
+                          "ece": float(np.mean([a[2] for a in m.values()])), "acc": float(np.mean([a[0] for a in m.values()])),
+                          "cells": len(m)}
+        lines.append(f"| {v} | {s['below']} of {s['cells']} | {s['within']} | {s['within_2plus']} | {s['ece']:.4f} | {s['acc']:.4f} |")
+    meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg_start": load0, "loadavg": os.getloadavg(),
+            "argv": sys.argv}
+    lines += ["", f"Command: `PYTHONPATH=src python {' '.join(sys.argv)}`; {meta['seconds']} s (with the memo of an "
+              f"earlier run where present), load average {load0:.1f} at the start and {meta['loadavg'][0]:.1f} at the end."]
+    (HERE / "results" / f"{args.out}.json").write_text(json.dumps({"meta": meta, "summary": summary,
+        "cells": {v: {f"{k[0]}|{k[1]}|{k[2]}": list(map(float, np.mean(r, axis=0))) for k, r in c.items()}
+                  for v, c in cells.items()}}, indent=1))
+    (HERE / "results" / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
