@@ -14,6 +14,8 @@ Variants:
 - ``default``: as shipped;
 - ``prior: nats bar only``: ``choose_class_prior`` without its z rule (``min_z`` infinite);
 - ``10 folds``: the held-out labels from 10 folds instead of 5;
+- ``stratified folds``: fold f hides the f-th label of every class (each fold model is weaker in
+  every class alike) instead of dealing the classes' labels round-robin across the folds;
 - ``calibrate on one-step LOO``: the calibration fitted on each human label's own row one
   propagation step from its neighbours (its clamp dropped, ``S Y``) instead of the folds;
 - ``calibrate on folds + LOO``: on both;
@@ -128,10 +130,26 @@ def _default(ctx):
                                   lambda yy: prior_candidates(ctx["rawY"](yy)[0], y, C), ctx["head"])[0].proba
 
 
-def _patched(**attrs):
-    """A variant: the default with attributes of labelloop.loop.predict replaced while it runs."""
+def _stratified_fold_ids(labels, n_folds=5, *, seed=0, keep_one_per_class=False):
+    """heldout.fold_ids with every class's labels dealt from fold 0."""
+    from labelloop.loop.heldout import fold_ids
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if not keep_one_per_class:
+        return fold_ids(labels, n_folds, seed=seed)
+    order = np.random.default_rng(seed).permutation(labels.size)
+    out = np.full(labels.size, -1, dtype=np.int64)
+    for c in np.unique(labels):
+        members = order[labels[order] == c]
+        if members.size >= 2:
+            out[members] = np.arange(members.size) % n_folds
+    return out
+
+
+def _patched(module="labelloop.loop.predict", **attrs):
+    """A variant: the default with attributes of ``module`` replaced while it runs."""
     def run(ctx):
-        mod = importlib.import_module("labelloop.loop.predict")
+        mod = importlib.import_module(module)
         old = {k: getattr(mod, k) for k in attrs}
         try:
             for k, v in attrs.items():
@@ -147,6 +165,7 @@ VARIANTS = {
     "default": _default,
     "prior: nats bar only": _patched(choose_class_prior=lambda f: functools.partial(f, min_z=np.inf)),
     "10 folds": _patched(heldout_proba=lambda f: functools.partial(f, folds=10)),
+    "stratified folds": _patched("labelloop.loop.heldout", fold_ids=lambda f: _stratified_fold_ids),
     "calibrate on one-step LOO": _recalibrated("loo"),
     "calibrate on folds + LOO": _recalibrated("both"),
     "weights: none": _recalibrated(weighting="none"),
