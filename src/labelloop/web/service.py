@@ -307,7 +307,7 @@ class Refresher:
         except LabelloopError as exc:
             self._set_status("error", str(exc))
             return
-        self._publish(self._snapshot_of_last_predictions(self._max_annotation()))
+        self._publish_last(self._max_annotation())
         if not self.enabled:
             self._set_status("disabled", "started with refresh off")
             return
@@ -358,16 +358,19 @@ class Refresher:
         self._set_status("running")
         t0, c0 = time.perf_counter(), time.thread_time()
         visible: list[float] = []
+        rank_jobs: list[Callable[[], None]] = []
 
         def publish(run_id: int) -> None:   # the new predictions, before the refresh stores them
-            self._publish(self._snapshot_of_last_predictions(applied))
+            snap, rank_job = self._snapshot_of_last_predictions(applied)
+            self._publish(snap)
             visible.append(time.thread_time() - c0)   # this thread's CPU until they were visible
+            rank_jobs.append(rank_job)   # (the ranker waits for this refresh anyway)
 
         try:
             # a warm update's drain past its error bound waits until the predictions are shown
             summary = p.refresh(on_predictions=publish, drain=False)   # (a multi-label refresh does not call it)
         except NotReadyError as exc:
-            self._publish(self._snapshot_of_last_predictions(applied))
+            self._publish_last(applied)
             self._set_status("not_ready", str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a failed refresh must not kill the server
@@ -378,8 +381,10 @@ class Refresher:
             with self._cond:
                 if self._snapshot.run_id == summary.get("run"):
                     self._snapshot = replace(self._snapshot, summary=dict(summary))
+            for rank_job in rank_jobs:
+                rank_job()
         else:
-            self._publish(self._snapshot_of_last_predictions(applied, summary=summary))
+            self._publish_last(applied, summary=summary)
             visible.append(time.thread_time() - c0)
         visible_cpu = visible[0]
         if not self._requested:   # (labels waiting: they refresh first, the status after them)
@@ -412,9 +417,19 @@ class Refresher:
             if fut.set_running_or_notify_cancel():
                 fut.set_result(True)
 
-    def _snapshot_of_last_predictions(self, applied: int, *, summary: dict | None = None) -> Snapshot:
-        """The latest stored predictions with a confidence order, and a ranking job for the
-        strategy (queued here; its result lands in whichever snapshot is current then)."""
+    def _publish_last(self, applied: int, *, summary: dict | None = None) -> None:
+        """Publish the latest stored predictions and queue their ranking job."""
+        snap, rank_job = self._snapshot_of_last_predictions(applied, summary=summary)
+        self._publish(snap)
+        rank_job()
+
+    def _snapshot_of_last_predictions(self, applied: int, *,
+                                      summary: dict | None = None) -> tuple[Snapshot, Callable[[], None]]:
+        """The latest stored predictions with a confidence order, and a function that queues
+        the ranking job for the strategy (its result lands in whichever snapshot is current
+        then). Only the snapshot stands between a label and its predictions being shown: what
+        the ranking alone needs (embeddings, graph, the dashboard's map, checks, rules) is
+        gathered by that function, called after the publish."""
         p = self.project
         if p.task == "multilabel":
             return self._multilabel_snapshot(applied, summary)
@@ -423,27 +438,40 @@ class Refresher:
         except (LabelloopError, OSError) as exc:
             log.warning("cannot read the last predictions: %s", exc)
             pred = None
-        emb = graph = None
-        try:
-            emb_ids, emb = p.embeddings()
-            graph = p.graph()[1]
-            p.embedding_map()   # the dashboard's map, computed here rather than on a page load
-        except LabelloopError:
-            emb_ids = None
-        ids = pred.item_ids if pred is not None else emb_ids
-        if ids is None:
-            return Snapshot.empty(applied)
+        if pred is not None:
+            ids = pred.item_ids
+        else:   # no predictions yet: the ranking's cold start (typicality) over the embedded items
+            try:
+                ids = p.embeddings()[0]
+            except LabelloopError:
+                return Snapshot.empty(applied), lambda: None
         y = p.label_vector(ids, sources=("human", "import", "machine"))   # (n,) -1: nobody labeled it
         gold = p.store.gold_item_ids()
         labeled = y >= 0
         pool = ~labeled & ~np.isin(ids, gold)
-        job = RankInputs(None, ids, pool, labeled, None, None, None, [], emb, graph, seed=0)
         if pred is None:
             snap = Snapshot.empty(applied)
         else:
             snap = Snapshot(int(pred.run_id), ids, list(pred.classes), pred.label, pred.confidence,
                             confidence_order(ids, pred.confidence, pool), applied_annotation_id=applied,
                             summary=dict(summary or {}))
+        return snap, lambda: self._queue_rank_job(snap, pred, ids, y, pool)
+
+    def _queue_rank_job(self, snap: Snapshot, pred, ids: np.ndarray, y: np.ndarray, pool: np.ndarray) -> None:
+        """Gather what the strategy needs for ``pred`` (None: before the first refresh) and hand
+        it to the ranker thread."""
+        p = self.project
+        try:
+            emb = p.embeddings()[1]
+            graph = p.graph()[1]
+            p.embedding_map()   # the dashboard's map, computed here rather than on a page load
+        except LabelloopError:
+            return   # not embedded yet: the confidence order serves
+        if len(emb) != len(ids):
+            return   # items added since the predictions: the next refresh ranks them
+        labeled = y >= 0
+        job = RankInputs(None, ids, pool, labeled, None, None, None, [], emb, graph, seed=0)
+        if pred is not None:
             labels = y[labeled]
             if labels.size and labels.max() >= pred.proba.shape[1]:
                 labels = None   # a class added after the last refresh
@@ -463,11 +491,9 @@ class Refresher:
                           classes=list(pred.classes), seed=int(snap.run_id), reached=pred.reached,
                           eligible=p.autolabel_eligible(pred), checks=checks,
                           **dict(zip(("rule_votes", "rule_proba"), rules or (None, None))))
-        if emb is not None and (pred is None or len(emb) == len(ids)):
-            self._submit_rank(job)
-        return snap
+        self._submit_rank(job)
 
-    def _multilabel_snapshot(self, applied: int, summary: dict | None) -> Snapshot:
+    def _multilabel_snapshot(self, applied: int, summary: dict | None) -> tuple[Snapshot, Callable[[], None]]:
         """A multi-label project's snapshot: no single-label predictions; the ranker asks
         :meth:`Project.next` (:func:`rank_multilabel`) for the last refresh's scores."""
         p = self.project
@@ -481,13 +507,15 @@ class Refresher:
         if run_id is not None:
             snap = replace(snap, run_id=run_id, summary=dict(summary or {}),
                            tail_reason=f"item order (after the {self.n_top} the loop ranked at the last refresh)")
-        try:   # the ranker's Project.next reads them from memory (MEMO)
-            p.embeddings()
-            p.graph()
-        except LabelloopError:
-            return snap   # not embedded yet: item order
-        self._submit_rank(MultiLabelRank(run_id, seed=run_id or 0))
-        return snap
+
+        def rank_job() -> None:
+            try:   # the ranker's Project.next reads them from memory (MEMO)
+                p.embeddings()
+                p.graph()
+            except LabelloopError:
+                return   # not embedded yet: item order
+            self._submit_rank(MultiLabelRank(run_id, seed=run_id or 0))
+        return snap, rank_job
 
     # ------------------------------------------------------------------ ranker thread
     def _submit_rank(self, job: RankInputs) -> None:
