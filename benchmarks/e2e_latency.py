@@ -187,6 +187,12 @@ def compile_tree(src: Path) -> None:
                    stdout=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
 
+#: the refresher's account of a label's wait until visible (its status ``last_visible``)
+VISIBLE_PARTS = {"queued_s": "queued before the refresh started", "refresh_s": "refresh start -> visible (wall)",
+                 "on_cpu_s": "of which on a CPU", "runqueue_s": "of which runnable, waiting for a core",
+                 "blocked_s": "of which blocked (GIL, locks, writer, disk)"}
+
+
 def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, requests: int) -> dict:
     """A real ``labelloop serve`` per variant, all started at once (an idle server costs
     nothing) and labeled in turn, label by label, so load changes hit every variant alike."""
@@ -224,7 +230,8 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
         held = {name: c.get("/api/queue", params={"n": 2 * refreshes + 5}).json()["items"]
                 for name, (c, _, _) in clients.items()}
         keys = ("refresh_applied_s", "refresh_applied_polled_s", "server_refresh_s", "server_visible_cpu_s",
-                "status_s", "dashboard_s", "drain_steps_after_visible", "load")
+                "status_s", "dashboard_s", "drain_steps_after_visible", "load",
+                *(f"visible_{part}" for part in VISIBLE_PARTS))
         out = {name: {k: [] for k in keys} for name in variants}
         for r in range(2 * refreshes):
             # the first half waits for the refreshed predictions in one request (after/wait: the
@@ -255,6 +262,8 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
                 o["server_visible_cpu_s"].append(st.get("last_visible_cpu_seconds"))   # None on code without it
                 o["drain_steps_after_visible"].append(st.get("last_drain_steps"))   # the previous refresh's, run after it was shown
                 o["load"].append(os.getloadavg()[0])
+                for part in VISIBLE_PARTS:   # the refresher's own account of the wait (None on code without it)
+                    o[f"visible_{part}"].append((st.get("last_visible") or {}).get(part))
                 time.sleep(0.3)
         for _ in range(requests):   # status and dashboard on an idle server, after a refresh
             for name, (_, rev, _) in clients.items():
@@ -328,6 +337,8 @@ def server_rows(row) -> None:
         lambda x: x.get("server", {}).get("server_visible_cpu_s_median"))
     row("server: refresher's wall s incl. the status precompute after it",
         lambda x: x.get("server", {}).get("server_refresh_s_median"))
+    for part, what in VISIBLE_PARTS.items():
+        row(f"server: refresher until visible: {what}, s", lambda x, k=f"visible_{part}_median": x.get("server", {}).get(k))
     row("server: full steps drained after the predictions were shown (median per refresh)",
         lambda x: x.get("server", {}).get("drain_steps_after_visible_median"), "{:.0f}")
     row("server: GET /api/status after a refresh, s", lambda x: x.get("server", {}).get("status_s_median"))

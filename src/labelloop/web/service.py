@@ -56,6 +56,18 @@ def lower_thread_priority(by: int) -> None:
         log.debug("cannot lower the ranker's priority: %s", exc)
 
 
+def thread_schedstat() -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of the calling thread so far
+    (Linux's schedstat; None elsewhere). Wall time past both was spent blocked: on the GIL, a
+    lock, the writer, the disk."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            run_ns, wait_ns = f.read().split()[:2]
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 __all__ = ["Writer", "Readers", "Refresher", "writer_project"]
 
 
@@ -217,12 +229,14 @@ class Refresher:
         self._cond = threading.Condition()
         self._requested = False
         self._requests = 0   # request() calls since the current (or last) refresh began
+        self._first_request: float | None = None   # monotonic time of the first of them
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []   # (annotation id, until published)
         self._rank_job: RankInputs | MultiLabelRank | None = None
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.status: dict[str, Any] = {"state": "starting", "detail": None, "refreshes": 0,
                                        "last_seconds": None, "last_visible_cpu_seconds": None, "last_drain_steps": None,
+                                       "last_visible": None,
                                        "ranking": "idle", "rank_detail": None,
                                        "last_rank_seconds": None}
 
@@ -244,6 +258,8 @@ class Refresher:
         with self._cond:
             self._requested = True
             self._requests += 1
+            if self._first_request is None:
+                self._first_request = time.monotonic()
             self._cond.notify_all()
 
     def when_applied(self, annotation_id: int) -> concurrent.futures.Future:
@@ -339,7 +355,8 @@ class Refresher:
                         break
             with self._cond:
                 self._requests = 0   # every request so far is read by this refresh
-            self._refresh_once()
+                asked, self._first_request = self._first_request, None
+            self._refresh_once(asked)
             idle_since = time.monotonic()
 
     def _set_status(self, state: str | None = None, detail: str | None = None, **extra) -> None:
@@ -352,11 +369,13 @@ class Refresher:
     def _max_annotation(self) -> int:
         return self.project.store.last_annotation_id()
 
-    def _refresh_once(self) -> None:
+    def _refresh_once(self, asked: float | None = None) -> None:
+        """One refresh; ``asked``: when the first label it reads asked for it (monotonic)."""
         p = self.project
+        started = time.monotonic()
         applied = self._max_annotation()   # every annotation up to here is read by this refresh
         self._set_status("running")
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0, s0 = time.perf_counter(), time.thread_time(), thread_schedstat()
         visible: list[float] = []
         rank_jobs: list[Callable[[], None]] = []
 
@@ -364,6 +383,7 @@ class Refresher:
             snap, rank_job = self._snapshot_of_last_predictions(applied)
             self._publish(snap)
             visible.append(time.thread_time() - c0)   # this thread's CPU until they were visible
+            self._note_visible(asked, started, t0, s0)
             rank_jobs.append(rank_job)   # (the ranker waits for this refresh anyway)
 
         try:
@@ -386,6 +406,7 @@ class Refresher:
         else:
             self._publish_last(applied, summary=summary)
             visible.append(time.thread_time() - c0)
+            self._note_visible(asked, started, t0, s0)
         visible_cpu = visible[0]
         if not self._requested:   # (labels waiting: they refresh first, the status after them)
             try:   # precompute what /api/status and the dashboard read, memoised per set of items and
@@ -401,6 +422,22 @@ class Refresher:
             log.error("drain failed:\n%s", traceback.format_exc())
             drained = 0
         self._set_status(last_drain_steps=drained)
+
+    def _note_visible(self, asked: float | None, started: float, t0: float,
+                      s0: tuple[float, float] | None) -> None:
+        """Where the time from a label's request to its predictions being shown went (status
+        ``last_visible``): ``queued_s`` before the refresh started (a refresh or drain under way,
+        the debounce), then the refresh's wall ``refresh_s``: ``on_cpu_s`` running,
+        ``runqueue_s`` runnable but waiting for a core (the machine's load), ``blocked_s`` the
+        rest (the GIL, a lock, the writer, the disk). Linux; elsewhere only the walls."""
+        wall = time.perf_counter() - t0
+        got = {"queued_s": None if asked is None else round(started - asked, 4), "refresh_s": round(wall, 4)}
+        s1 = thread_schedstat()
+        if s0 is not None and s1 is not None:
+            on_cpu, runq = s1[0] - s0[0], s1[1] - s0[1]
+            got |= {"on_cpu_s": round(on_cpu, 4), "runqueue_s": round(runq, 4),
+                    "blocked_s": round(max(0.0, wall - on_cpu - runq), 4)}
+        self._set_status(last_visible=got)
 
     def _publish(self, snap: Snapshot) -> None:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being
