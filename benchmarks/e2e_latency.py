@@ -187,6 +187,12 @@ def compile_tree(src: Path) -> None:
                    stdout=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
 
+def _tell_if_failed(name: str, server) -> None:
+    """A server that stopped (e.g. killed for memory): its last words, before the error it caused."""
+    if server.proc is not None and server.proc.poll() is not None:
+        print(f"server {name} exited with {server.proc.returncode}:\n" + "\n".join(server.output[-30:]), flush=True)
+
+
 #: the refresher's account of a label's wait until visible (its status ``last_visible``)
 VISIBLE_PARTS = {"queued_s": "queued before the refresh started", "refresh_s": "refresh start -> visible (wall)",
                  "on_cpu_s": "of which on a CPU", "runqueue_s": "of which runnable, waiting for a core",
@@ -213,11 +219,16 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
                 auth.add_user(st, "bench-reviewer", "reviewer", token=True)
                 reviewer = auth.issue_token(st, "bench-reviewer")
             server = stack.enter_context(ServerProcess(path, env=_env(src), timeout=900))
+            stack.callback(_tell_if_failed, name, server)
+            # idle connections dropped after 2 s, before the server's keep-alive (5 s) closes them:
+            # a POST sent on a connection the server is closing is reset (at 1M items a label of
+            # the other variant can take that long)
+            limits = httpx.Limits(keepalive_expiry=2.0)
             clients[name] = (
                 stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                                                 timeout=120)),
+                                                 timeout=120, limits=limits)),
                 stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {reviewer}"},
-                                                 timeout=120)),
+                                                 timeout=120, limits=limits)),
                 np.load(path / "truth.npy"))
         for c, _, _ in clients.values():
             deadline = time.monotonic() + 900   # the server starts warm: wait for its first refresh and ranking
