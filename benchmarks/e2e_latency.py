@@ -26,7 +26,10 @@ Measured per variant, ``--runs`` times each (medians reported):
   answers once they are served; a server without those parameters answers at once and the
   client polls every 10 ms), then as many polling every 10 ms (each poll is a request the
   server's CPU and GIL also serve while it refreshes); labels 0.3 s apart so each is its own
-  refresh. Then GET /api/status and GET /api/dashboard right after a label.
+  refresh. Then GET /api/status and GET /api/dashboard right after a label. Per label, the
+  refresher's own account of the wait (status ``last_visible``: queued before the refresh, then
+  on a CPU, runnable waiting for a core, blocked). ``--server-only`` skips the CLI part
+  (results in e2e_latency_<n>_server.*).
 
 Writes benchmarks/results/e2e_latency_<n>.json and .md.
 """
