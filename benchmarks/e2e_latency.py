@@ -26,7 +26,10 @@ Measured per variant, ``--runs`` times each (medians reported):
   answers once they are served; a server without those parameters answers at once and the
   client polls every 10 ms), then as many polling every 10 ms (each poll is a request the
   server's CPU and GIL also serve while it refreshes); labels 0.3 s apart so each is its own
-  refresh. Then GET /api/status and GET /api/dashboard right after a label.
+  refresh. Then GET /api/status and GET /api/dashboard right after a label. Per label, the
+  refresher's own account of the wait (status ``last_visible``: queued before the refresh, then
+  on a CPU, runnable waiting for a core, blocked). ``--server-only`` skips the CLI part
+  (results in e2e_latency_<n>_server.*).
 
 Writes benchmarks/results/e2e_latency_<n>.json and .md.
 """
@@ -187,6 +190,18 @@ def compile_tree(src: Path) -> None:
                    stdout=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
 
 
+def _tell_if_failed(name: str, server) -> None:
+    """A server that stopped (e.g. killed for memory): its last words, before the error it caused."""
+    if server.proc is not None and server.proc.poll() is not None:
+        print(f"server {name} exited with {server.proc.returncode}:\n" + "\n".join(server.output[-30:]), flush=True)
+
+
+#: the refresher's account of a label's wait until visible (its status ``last_visible``)
+VISIBLE_PARTS = {"queued_s": "queued before the refresh started", "refresh_s": "refresh start -> visible (wall)",
+                 "on_cpu_s": "of which on a CPU", "runqueue_s": "of which runnable, waiting for a core",
+                 "blocked_s": "of which blocked (GIL, locks, writer, disk)"}
+
+
 def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, requests: int) -> dict:
     """A real ``labelloop serve`` per variant, all started at once (an idle server costs
     nothing) and labeled in turn, label by label, so load changes hit every variant alike."""
@@ -207,11 +222,16 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
                 auth.add_user(st, "bench-reviewer", "reviewer", token=True)
                 reviewer = auth.issue_token(st, "bench-reviewer")
             server = stack.enter_context(ServerProcess(path, env=_env(src), timeout=900))
+            stack.callback(_tell_if_failed, name, server)
+            # idle connections dropped after 2 s, before the server's keep-alive (5 s) closes them:
+            # a POST sent on a connection the server is closing is reset (at 1M items a label of
+            # the other variant can take that long)
+            limits = httpx.Limits(keepalive_expiry=2.0)
             clients[name] = (
                 stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
-                                                 timeout=120)),
+                                                 timeout=120, limits=limits)),
                 stack.enter_context(httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {reviewer}"},
-                                                 timeout=120)),
+                                                 timeout=120, limits=limits)),
                 np.load(path / "truth.npy"))
         for c, _, _ in clients.values():
             deadline = time.monotonic() + 900   # the server starts warm: wait for its first refresh and ranking
@@ -224,7 +244,8 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
         held = {name: c.get("/api/queue", params={"n": 2 * refreshes + 5}).json()["items"]
                 for name, (c, _, _) in clients.items()}
         keys = ("refresh_applied_s", "refresh_applied_polled_s", "server_refresh_s", "server_visible_cpu_s",
-                "status_s", "dashboard_s", "drain_steps_after_visible")
+                "status_s", "dashboard_s", "drain_steps_after_visible", "load",
+                *(f"visible_{part}" for part in VISIBLE_PARTS))
         out = {name: {k: [] for k in keys} for name in variants}
         for r in range(2 * refreshes):
             # the first half waits for the refreshed predictions in one request (after/wait: the
@@ -254,6 +275,9 @@ def measure_server(variants: dict[str, tuple[Path, Path]], refreshes: int, reque
                 o["server_refresh_s"].append(st.get("last_seconds"))
                 o["server_visible_cpu_s"].append(st.get("last_visible_cpu_seconds"))   # None on code without it
                 o["drain_steps_after_visible"].append(st.get("last_drain_steps"))   # the previous refresh's, run after it was shown
+                o["load"].append(os.getloadavg()[0])
+                for part in VISIBLE_PARTS:   # the refresher's own account of the wait (None on code without it)
+                    o[f"visible_{part}"].append((st.get("last_visible") or {}).get(part))
                 time.sleep(0.3)
         for _ in range(requests):   # status and dashboard on an idle server, after a refresh
             for name, (_, rev, _) in clients.items():
@@ -276,6 +300,8 @@ def main() -> None:
     ap.add_argument("--src", type=Path, default=SRC, help="this code's source tree (default: this checkout's)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/labelloop-e2e"))
     ap.add_argument("--base", type=Path, default=None, help="a project built before (default DIR/nN)")
+    ap.add_argument("--server-only", action="store_true",
+                    help="measure only the server (no CLI refreshes); writes e2e_latency_<n>_server.{json,md}")
     ap.add_argument("--full", action="store_true",
                     help="time `refresh --full` (full propagation; the classifier head reads the vectors)")
     args = ap.parse_args()
@@ -300,19 +326,67 @@ def main() -> None:
         copies[name] = (path, Path(src))
         result["variants"][name] = {"src": str(src)}
     print("cli, variants in turn:", ", ".join(f"{n} ({s})" for n, (_, s) in copies.items()), flush=True)
-    for name, r in measure_cli(copies, args.runs, seed=1, full=args.full).items():
+    for name, r in ({} if args.server_only else measure_cli(copies, args.runs, seed=1, full=args.full)).items():
         result["variants"][name]["cli"] = r
-    if args.server:
+    if args.server or args.server_only:
         for name, r in measure_server(copies, args.refreshes, args.requests).items():
             result["variants"][name]["server"] = r
             print(f"  server {name}:", {k: v for k, v in r.items() if k.endswith("median")}, flush=True)
     for path, _ in copies.values():
         shutil.rmtree(path, ignore_errors=True)
     result["load_average_after"] = list(os.getloadavg())
-    out = RESULTS / f"e2e_latency_{args.n}{'_full' if args.full else ''}"
+    out = RESULTS / f"e2e_latency_{args.n}{'_server' if args.server_only else '_full' if args.full else ''}"
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    write_markdown(result, out.with_suffix(".md"))
+    (write_server_markdown if args.server_only else write_markdown)(result, out.with_suffix(".md"))
     print(out.with_suffix(".md").read_text())
+
+
+def server_rows(row) -> None:
+    """The server's rows of the table (``row(label, get, fmt)``)."""
+    row("server: label submit -> refreshed predictions visible, s (client waits: after/wait, else polls)",
+        lambda x: x.get("server", {}).get("refresh_applied_s_median"))
+    row("server: label submit -> refreshed predictions visible, s (client polls every 10 ms)",
+        lambda x: x.get("server", {}).get("refresh_applied_polled_s_median"))
+    row("server: refresher's CPU s until visible (refresh + snapshot, its thread)",
+        lambda x: x.get("server", {}).get("server_visible_cpu_s_median"))
+    row("server: refresher's wall s incl. the status precompute after it",
+        lambda x: x.get("server", {}).get("server_refresh_s_median"))
+    for part, what in VISIBLE_PARTS.items():
+        row(f"server: refresher until visible: {what}, s", lambda x, k=f"visible_{part}_median": x.get("server", {}).get(k))
+    row("server: full steps drained after the predictions were shown (median per refresh)",
+        lambda x: x.get("server", {}).get("drain_steps_after_visible_median"), "{:.0f}")
+    row("server: GET /api/status after a refresh, s", lambda x: x.get("server", {}).get("status_s_median"))
+    row("server: GET /api/dashboard after a refresh, s", lambda x: x.get("server", {}).get("dashboard_s_median"))
+
+
+def write_server_markdown(r: dict, path: Path) -> None:
+    """The table of a ``--server-only`` run."""
+    v = r["variants"]
+    names = list(v)
+    lines = [f"# Server latency, {r['n']:,} items (synthetic 384-d)", "",
+             f"Command: `{r['command']}` on {r['machine']}. Load average (1/5/15 min) before "
+             f"{[round(x, 2) for x in r['load_average_before']]}, after {[round(x, 2) for x in r['load_average_after']]}. "
+             f"Project build (not timed below): {json.dumps(r['build'])}.", "",
+             "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
+             "|---|" + "---:|" * (len(names) + (len(names) > 1))]
+
+    def row(label, get, fmt="{:.3f}"):
+        vals = [get(v[n]) for n in names]
+        cells = [fmt.format(x) if x is not None else "-" for x in vals]
+        ratio = (f" {vals[1] / vals[0]:.1f}x |" if vals[0] and vals[1] else " - |") if len(names) > 1 else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + " |" + ratio)
+
+    server_rows(row)
+    for n in names:
+        srv = v[n]["server"]
+        lines.append("")
+        lines.append(f"- {n} (`{v[n]['src']}`), submit -> visible per label, s (waiting client; polling client): "
+                     + ", ".join(f"{x:.3f}" for x in srv["refresh_applied_s"]) + "; "
+                     + ", ".join(f"{x:.3f}" for x in srv["refresh_applied_polled_s"])
+                     + "; load average (1 min) per label: " + ", ".join(f"{x:.1f}" for x in srv["load"]))
+    lines += ["", "Ratio = baseline / this (how many times less this takes). Medians; the machine is "
+              "shared with other jobs, so wall times vary with its load."]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write_markdown(r: dict, path: Path) -> None:
@@ -346,18 +420,7 @@ def write_markdown(r: dict, path: Path) -> None:
     row("import floor without scipy CPU s (python -c 'import labelloop.cli, labelloop.project, numpy')",
         lambda x: x["cli"].get("import_floor_numpy_only_cpu_s"))
     if "server" in v[names[0]]:
-        row("server: label submit -> refreshed predictions visible, s (client waits: after/wait, else polls)",
-            lambda x: x.get("server", {}).get("refresh_applied_s_median"))
-        row("server: label submit -> refreshed predictions visible, s (client polls every 10 ms)",
-            lambda x: x.get("server", {}).get("refresh_applied_polled_s_median"))
-        row("server: refresher's CPU s until visible (refresh + snapshot, its thread)",
-            lambda x: x.get("server", {}).get("server_visible_cpu_s_median"))
-        row("server: refresher's wall s incl. the status precompute after it",
-            lambda x: x.get("server", {}).get("server_refresh_s_median"))
-        row("server: full steps drained after the predictions were shown (median per refresh)",
-            lambda x: x.get("server", {}).get("drain_steps_after_visible_median"), "{:.0f}")
-        row("server: GET /api/status after a refresh, s", lambda x: x.get("server", {}).get("status_s_median"))
-        row("server: GET /api/dashboard after a refresh, s", lambda x: x.get("server", {}).get("dashboard_s_median"))
+        server_rows(row)
     lines += ["", "Per-run CLI figures (CPU s / wall s / peak RSS MB; full: a cold refresh, refit: a full "
               "propagation instead of the warm update, drain N: N full steps past the error bound):", ""]
 

@@ -412,3 +412,60 @@ def test_admin_switches_a_rule_off_on_the_rules_page(browser, tmp_path):
     assert _sql(tmp_path / "proj", "SELECT active, changed_by FROM rules WHERE name = 'zzz'") == [(0, "boss")]
     assert not problems, problems
     assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
+
+
+def test_the_queue_waits_for_refreshed_predictions_instead_of_polling(browser, tmp_path):
+    """After a label the page sends one GET /api/queue?after=<label>&wait=; the server answers
+    it once predictions refreshed with that label are served, and the items the page had
+    prefetched are replaced by the queue those predictions order (their guesses with them)."""
+    from labelloop.web import auth
+    from labelloop.web.testing import ServerProcess, digits_project
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "SCRYPT_N", 2**12)
+        p, _, truth = digits_project(tmp_path / "proj", n=300)
+        auth.add_user(p.store, "ann", "annotator", password="ann-password-1")
+    ids = p.store.class_ids()
+    seeds = [next(i for i in sorted(truth) if truth[i] == c) for c in sorted(set(truth.values()))]
+    p.store.add_annotations([(i, ids[truth[i]]) for i in seeds], source="human", annotator="seed")
+    p.close()
+    with ServerProcess(tmp_path / "proj") as server:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = ctx.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        _login(page, server.url, "ann", "ann-password-1", "/queue")
+        # the first refresh (the seed labels) is served: the page opens with its guesses
+        assert _wait_until(lambda: page.evaluate(
+            "fetch('/api/queue?n=1').then(r => r.json()).then(d => d.snapshot.run !== null "
+            "&& d.refresh.state === 'idle')"), timeout=60)
+        page.reload()
+        page.wait_for_selector("#guess b", timeout=20000)
+        first_run = page.evaluate("JSON.parse(document.getElementById('initial').textContent).snapshot.run")
+
+        queue_gets: list[str] = []
+        page.on("request", lambda r: queue_gets.append(r.url) if "/api/queue" in r.url else None)
+        item = _current(page)
+        with page.expect_response(lambda r: "after=" in r.url, timeout=60000) as answer:
+            page.keyboard.press(truth[item])
+            shown = _wait_item_change(page, item)
+        data = answer.value.json()
+        (aid,) = _sql(tmp_path / "proj", "SELECT MAX(id) FROM annotations WHERE annotator = 'ann'")[0]
+        assert f"after={aid}" in answer.value.url and "wait=" in answer.value.url
+        assert data["snapshot"]["applied_annotation_id"] >= aid and data["snapshot"]["run"] > first_run
+        page.wait_for_function("aid => Number(document.body.dataset.applied) >= aid", arg=aid, timeout=5000)
+        waiting = [u for u in queue_gets if "after=" in u]
+        assert len(waiting) == 1 and len(queue_gets) <= 2, queue_gets   # one waiting request, no polling
+
+        # the next item is the refreshed queue's first, with the refreshed guess
+        fresh = [d for d in data["items"] if d["id"] != shown]
+        page.keyboard.press(truth[shown])
+        nxt = _wait_item_change(page, shown)
+        assert nxt == fresh[0]["id"]
+        if fresh[0]["guess"] is not None:
+            assert page.inner_text("#guess b") == fresh[0]["guess"]["label"]
+        page.screenshot(path=ARTIFACTS / "queue-refreshed.png")
+        assert not problems, problems
+        ctx.close()
+    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])

@@ -11,7 +11,9 @@ runs read back through Project, labels written on a connection of the test's own
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 
 import pytest
 
@@ -113,3 +115,35 @@ def test_one_label_during_a_refresh_refreshes_next_without_the_debounce(topics):
         ref.stop()
         writer.stop()
     assert served.done() and ref.when_applied(second + 100).result(timeout=1) is False   # stopped: no wait
+
+
+def test_the_refresher_accounts_for_where_a_labels_wait_went(topics):
+    """The status ``last_visible`` splits a label's wait until its predictions are shown; a
+    refresh held up by a busy writer (its run record waits for it) shows as blocked time."""
+    path, ids, _ = topics
+    writer = Writer(path)
+    writer.start()
+    ref = Refresher(path, strategy="least_confidence", writer=writer)
+    ref.start()
+    gate = threading.Event()
+    try:
+        wait_until(lambda: ref.status["state"] == "idle", what="the first refresh")
+        writer.submit(lambda s: gate.wait(60))   # the writer is busy until the gate opens
+        with Store(path) as st:
+            st.add_annotations([(ids["bug3"], st.class_ids()["bug"])], source="human", annotator="t")
+            aid = st.last_annotation_id()
+        ref.request()
+        wait_until(lambda: ref.status["state"] == "running", what="the refresh to start")
+        time.sleep(0.5)
+        gate.set()
+        assert ref.when_applied(aid).result(timeout=30) is True
+        wait_until(lambda: ref.status["last_visible"] is not None and ref.status["state"] != "running", what="idle")
+        got = ref.status["last_visible"]
+    finally:
+        gate.set()
+        ref.stop()
+        writer.stop()
+    assert got["queued_s"] >= 0 and got["refresh_s"] >= 0.5
+    if sys.platform == "linux":   # from the thread's schedstat
+        assert got["blocked_s"] >= 0.4 and got["on_cpu_s"] > 0
+        assert abs(got["on_cpu_s"] + got["runqueue_s"] + got["blocked_s"] - got["refresh_s"]) < 0.01

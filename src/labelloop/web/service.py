@@ -56,6 +56,18 @@ def lower_thread_priority(by: int) -> None:
         log.debug("cannot lower the ranker's priority: %s", exc)
 
 
+def thread_schedstat() -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of the calling thread so far
+    (Linux's schedstat; None elsewhere). Wall time past both was spent blocked: on the GIL, a
+    lock, the writer, the disk."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            run_ns, wait_ns = f.read().split()[:2]
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 __all__ = ["Writer", "Readers", "Refresher", "writer_project"]
 
 
@@ -217,12 +229,14 @@ class Refresher:
         self._cond = threading.Condition()
         self._requested = False
         self._requests = 0   # request() calls since the current (or last) refresh began
+        self._first_request: float | None = None   # monotonic time of the first of them
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []   # (annotation id, until published)
         self._rank_job: RankInputs | MultiLabelRank | None = None
         self._stop = False
         self._threads: list[threading.Thread] = []
         self.status: dict[str, Any] = {"state": "starting", "detail": None, "refreshes": 0,
                                        "last_seconds": None, "last_visible_cpu_seconds": None, "last_drain_steps": None,
+                                       "last_visible": None,
                                        "ranking": "idle", "rank_detail": None,
                                        "last_rank_seconds": None}
 
@@ -244,6 +258,8 @@ class Refresher:
         with self._cond:
             self._requested = True
             self._requests += 1
+            if self._first_request is None:
+                self._first_request = time.monotonic()
             self._cond.notify_all()
 
     def when_applied(self, annotation_id: int) -> concurrent.futures.Future:
@@ -307,7 +323,7 @@ class Refresher:
         except LabelloopError as exc:
             self._set_status("error", str(exc))
             return
-        self._publish(self._snapshot_of_last_predictions(self._max_annotation()))
+        self._publish_last(self._max_annotation())
         if not self.enabled:
             self._set_status("disabled", "started with refresh off")
             return
@@ -339,7 +355,8 @@ class Refresher:
                         break
             with self._cond:
                 self._requests = 0   # every request so far is read by this refresh
-            self._refresh_once()
+                asked, self._first_request = self._first_request, None
+            self._refresh_once(asked)
             idle_since = time.monotonic()
 
     def _set_status(self, state: str | None = None, detail: str | None = None, **extra) -> None:
@@ -352,22 +369,28 @@ class Refresher:
     def _max_annotation(self) -> int:
         return self.project.store.last_annotation_id()
 
-    def _refresh_once(self) -> None:
+    def _refresh_once(self, asked: float | None = None) -> None:
+        """One refresh; ``asked``: when the first label it reads asked for it (monotonic)."""
         p = self.project
+        started = time.monotonic()
         applied = self._max_annotation()   # every annotation up to here is read by this refresh
         self._set_status("running")
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0, s0 = time.perf_counter(), time.thread_time(), thread_schedstat()
         visible: list[float] = []
+        rank_jobs: list[Callable[[], None]] = []
 
         def publish(run_id: int) -> None:   # the new predictions, before the refresh stores them
-            self._publish(self._snapshot_of_last_predictions(applied))
+            snap, rank_job = self._snapshot_of_last_predictions(applied)
+            self._publish(snap)
             visible.append(time.thread_time() - c0)   # this thread's CPU until they were visible
+            self._note_visible(asked, started, t0, s0)
+            rank_jobs.append(rank_job)   # (the ranker waits for this refresh anyway)
 
         try:
             # a warm update's drain past its error bound waits until the predictions are shown
             summary = p.refresh(on_predictions=publish, drain=False)   # (a multi-label refresh does not call it)
         except NotReadyError as exc:
-            self._publish(self._snapshot_of_last_predictions(applied))
+            self._publish_last(applied)
             self._set_status("not_ready", str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a failed refresh must not kill the server
@@ -378,9 +401,12 @@ class Refresher:
             with self._cond:
                 if self._snapshot.run_id == summary.get("run"):
                     self._snapshot = replace(self._snapshot, summary=dict(summary))
+            for rank_job in rank_jobs:
+                rank_job()
         else:
-            self._publish(self._snapshot_of_last_predictions(applied, summary=summary))
+            self._publish_last(applied, summary=summary)
             visible.append(time.thread_time() - c0)
+            self._note_visible(asked, started, t0, s0)
         visible_cpu = visible[0]
         if not self._requested:   # (labels waiting: they refresh first, the status after them)
             try:   # precompute what /api/status and the dashboard read, memoised per set of items and
@@ -397,6 +423,22 @@ class Refresher:
             drained = 0
         self._set_status(last_drain_steps=drained)
 
+    def _note_visible(self, asked: float | None, started: float, t0: float,
+                      s0: tuple[float, float] | None) -> None:
+        """Where the time from a label's request to its predictions being shown went (status
+        ``last_visible``): ``queued_s`` before the refresh started (a refresh or drain under way,
+        the debounce), then the refresh's wall ``refresh_s``: ``on_cpu_s`` running,
+        ``runqueue_s`` runnable but waiting for a core (the machine's load), ``blocked_s`` the
+        rest (the GIL, a lock, the writer, the disk). Linux; elsewhere only the walls."""
+        wall = time.perf_counter() - t0
+        got = {"queued_s": None if asked is None else round(started - asked, 4), "refresh_s": round(wall, 4)}
+        s1 = thread_schedstat()
+        if s0 is not None and s1 is not None:
+            on_cpu, runq = s1[0] - s0[0], s1[1] - s0[1]
+            got |= {"on_cpu_s": round(on_cpu, 4), "runqueue_s": round(runq, 4),
+                    "blocked_s": round(max(0.0, wall - on_cpu - runq), 4)}
+        self._set_status(last_visible=got)
+
     def _publish(self, snap: Snapshot) -> None:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being
         replaced (the ranker may have updated it while these predictions were made)."""
@@ -412,9 +454,19 @@ class Refresher:
             if fut.set_running_or_notify_cancel():
                 fut.set_result(True)
 
-    def _snapshot_of_last_predictions(self, applied: int, *, summary: dict | None = None) -> Snapshot:
-        """The latest stored predictions with a confidence order, and a ranking job for the
-        strategy (queued here; its result lands in whichever snapshot is current then)."""
+    def _publish_last(self, applied: int, *, summary: dict | None = None) -> None:
+        """Publish the latest stored predictions and queue their ranking job."""
+        snap, rank_job = self._snapshot_of_last_predictions(applied, summary=summary)
+        self._publish(snap)
+        rank_job()
+
+    def _snapshot_of_last_predictions(self, applied: int, *,
+                                      summary: dict | None = None) -> tuple[Snapshot, Callable[[], None]]:
+        """The latest stored predictions with a confidence order, and a function that queues
+        the ranking job for the strategy (its result lands in whichever snapshot is current
+        then). Only the snapshot stands between a label and its predictions being shown: what
+        the ranking alone needs (embeddings, graph, the dashboard's map, checks, rules) is
+        gathered by that function, called after the publish."""
         p = self.project
         if p.task == "multilabel":
             return self._multilabel_snapshot(applied, summary)
@@ -423,27 +475,40 @@ class Refresher:
         except (LabelloopError, OSError) as exc:
             log.warning("cannot read the last predictions: %s", exc)
             pred = None
-        emb = graph = None
-        try:
-            emb_ids, emb = p.embeddings()
-            graph = p.graph()[1]
-            p.embedding_map()   # the dashboard's map, computed here rather than on a page load
-        except LabelloopError:
-            emb_ids = None
-        ids = pred.item_ids if pred is not None else emb_ids
-        if ids is None:
-            return Snapshot.empty(applied)
+        if pred is not None:
+            ids = pred.item_ids
+        else:   # no predictions yet: the ranking's cold start (typicality) over the embedded items
+            try:
+                ids = p.embeddings()[0]
+            except LabelloopError:
+                return Snapshot.empty(applied), lambda: None
         y = p.label_vector(ids, sources=("human", "import", "machine"))   # (n,) -1: nobody labeled it
         gold = p.store.gold_item_ids()
         labeled = y >= 0
         pool = ~labeled & ~np.isin(ids, gold)
-        job = RankInputs(None, ids, pool, labeled, None, None, None, [], emb, graph, seed=0)
         if pred is None:
             snap = Snapshot.empty(applied)
         else:
             snap = Snapshot(int(pred.run_id), ids, list(pred.classes), pred.label, pred.confidence,
                             confidence_order(ids, pred.confidence, pool), applied_annotation_id=applied,
                             summary=dict(summary or {}))
+        return snap, lambda: self._queue_rank_job(snap, pred, ids, y, pool)
+
+    def _queue_rank_job(self, snap: Snapshot, pred, ids: np.ndarray, y: np.ndarray, pool: np.ndarray) -> None:
+        """Gather what the strategy needs for ``pred`` (None: before the first refresh) and hand
+        it to the ranker thread."""
+        p = self.project
+        try:
+            emb = p.embeddings()[1]
+            graph = p.graph()[1]
+            p.embedding_map()   # the dashboard's map, computed here rather than on a page load
+        except LabelloopError:
+            return   # not embedded yet: the confidence order serves
+        if len(emb) != len(ids):
+            return   # items added since the predictions: the next refresh ranks them
+        labeled = y >= 0
+        job = RankInputs(None, ids, pool, labeled, None, None, None, [], emb, graph, seed=0)
+        if pred is not None:
             labels = y[labeled]
             if labels.size and labels.max() >= pred.proba.shape[1]:
                 labels = None   # a class added after the last refresh
@@ -463,11 +528,9 @@ class Refresher:
                           classes=list(pred.classes), seed=int(snap.run_id), reached=pred.reached,
                           eligible=p.autolabel_eligible(pred), checks=checks,
                           **dict(zip(("rule_votes", "rule_proba"), rules or (None, None))))
-        if emb is not None and (pred is None or len(emb) == len(ids)):
-            self._submit_rank(job)
-        return snap
+        self._submit_rank(job)
 
-    def _multilabel_snapshot(self, applied: int, summary: dict | None) -> Snapshot:
+    def _multilabel_snapshot(self, applied: int, summary: dict | None) -> tuple[Snapshot, Callable[[], None]]:
         """A multi-label project's snapshot: no single-label predictions; the ranker asks
         :meth:`Project.next` (:func:`rank_multilabel`) for the last refresh's scores."""
         p = self.project
@@ -481,13 +544,15 @@ class Refresher:
         if run_id is not None:
             snap = replace(snap, run_id=run_id, summary=dict(summary or {}),
                            tail_reason=f"item order (after the {self.n_top} the loop ranked at the last refresh)")
-        try:   # the ranker's Project.next reads them from memory (MEMO)
-            p.embeddings()
-            p.graph()
-        except LabelloopError:
-            return snap   # not embedded yet: item order
-        self._submit_rank(MultiLabelRank(run_id, seed=run_id or 0))
-        return snap
+
+        def rank_job() -> None:
+            try:   # the ranker's Project.next reads them from memory (MEMO)
+                p.embeddings()
+                p.graph()
+            except LabelloopError:
+                return   # not embedded yet: item order
+            self._submit_rank(MultiLabelRank(run_id, seed=run_id or 0))
+        return snap, rank_job
 
     # ------------------------------------------------------------------ ranker thread
     def _submit_rank(self, job: RankInputs) -> None:

@@ -146,6 +146,11 @@
       labeled: 0,
       remaining: initial.remaining,
       fetching: false,
+      // the newest label whose refreshed predictions the page waits for, and the newest the
+      // served predictions include (GET /api/queue?after=&wait=: the server answers once they do)
+      wantApplied: 0,
+      applied: (initial.snapshot || {}).applied_annotation_id || 0,
+      waiting: false,
       chain: Promise.resolve(),  // writes run one after another, in key order
       on: new Set(),       // multi-label: the classes toggled on for the item shown
       suggested: new Set(),
@@ -273,11 +278,7 @@
         const ex = S.buffer.map((i) => i.id);
         if (S.current) ex.push(S.current.id);
         const out = await api("GET", `/api/queue?n=6&exclude=${ex.join(",")}`);
-        S.remaining = out.remaining;
-        if (JSON.stringify(out.classes) !== JSON.stringify(S.classes)) {
-          S.classes = out.classes;
-          renderClasses();
-        }
+        served(out);
         take(out.items);
         if (!S.current && S.buffer.length) advance();
         updateProgress();
@@ -288,6 +289,57 @@
         S.fetching = false;
       }
       if (!S.current && !S.buffer.length) setTimeout(refill, 5000);
+    }
+
+    function served(out) {   // what every queue answer tells besides its items
+      S.remaining = out.remaining;
+      if (JSON.stringify(out.classes) !== JSON.stringify(S.classes)) {
+        S.classes = out.classes;
+        renderClasses();
+      }
+      const applied = out.snapshot ? out.snapshot.applied_annotation_id : 0;
+      if (applied > S.applied) {
+        S.applied = applied;
+        document.body.dataset.applied = String(applied);
+      }
+    }
+
+    // after a label: one request waits until predictions refreshed with it are served (the
+    // server answers the moment they are, no polling); then the prefetched items are replaced
+    // by the queue those predictions order, with their refreshed guesses. A label posted while
+    // it waits is waited for next; an answer without it (the refresh took longer than WAIT s,
+    // or refreshing is off) ends the wait until the next label.
+    const WAIT = 30;
+    async function awaitRefresh(annotation) {
+      S.wantApplied = Math.max(S.wantApplied, annotation);
+      if (S.waiting) return;
+      S.waiting = true;
+      try {
+        while (S.applied < S.wantApplied) {
+          const after = S.wantApplied;
+          const ex = S.current ? [S.current.id] : [];
+          const out = await api("GET", `/api/queue?n=6&exclude=${ex.join(",")}&after=${after}&wait=${WAIT}`);
+          served(out);
+          if (S.applied >= after) replaceBuffer(out.items);   // (ordered by predictions with that label)
+          if (S.applied < after) break;
+        }
+      } catch (err) {
+        if (err.status === 401) { location.href = "/login?next=/queue"; return; }
+        // the prefetched items still serve; the next label waits again
+      } finally {
+        S.waiting = false;
+      }
+    }
+
+    function replaceBuffer(items) {
+      const keep = S.current ? S.current.id : null;
+      S.buffer = [];
+      take(items);
+      const held = new Set(S.buffer.map((i) => i.id));
+      for (const id of [...S.images.keys()]) if (id !== keep && !held.has(id)) S.images.delete(id);
+      if (!S.current && S.buffer.length) advance();
+      else if (S.buffer.length < 4) refill();
+      updateProgress();
     }
 
     // every write is queued behind the previous one, so an undo never overtakes its label
@@ -324,7 +376,8 @@
       advance();
       enqueue(async () => {
         try {
-          await send("POST", url, { item: item.id, ...fields });
+          const out = await send("POST", url, { item: item.id, ...fields });
+          if (out && out.annotation) awaitRefresh(out.annotation);   // (not awaited: the next write goes on)
         } catch (err) {
           S.labeled--;
           S.done.delete(item.id);
