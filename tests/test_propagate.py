@@ -519,3 +519,40 @@ def test_prediction_summary_by_hand():
 def test_sparse_input_must_be_square():
     with pytest.raises(ValidationError, match="square"):
         LabelPropagation().fit(sp.csr_matrix(np.ones((3, 4))), np.array([0, -1, -1]))
+
+
+def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_path, monkeypatch):
+    """From LOCALITY_MIN_ROWS rows a full propagation and a drain run on S in reverse
+    Cuthill-McKee order (labelloop.csr.CsrArrays.ordered), stored beside S and read back by the
+    next process: the results are those of the items' order up to float rounding."""
+    import labelloop.csr as csr
+    from labelloop.csr import CsrArrays
+
+    S, yt = overlapping
+    monkeypatch.setattr(csr, "LOCALITY_MIN_ROWS", 100)
+    y = sample_labels(yt, 3, seed=5)
+
+    def arrays(order_dir):
+        return CsrArrays(S.data.copy(), S.indices.copy(), S.indptr.copy(), S.shape, order_dir=order_dir)
+
+    for alpha in (None, 0.9):
+        plain = LabelPropagation(n_iter=20, alpha=alpha).fit(S, y)
+        A = arrays(tmp_path / f"order-{alpha}")
+        ordered = LabelPropagation(n_iter=20, alpha=alpha).fit(A, y)
+        perm, Sp = A.ordered()
+        assert sorted(perm.tolist()) == list(range(S.shape[0])) and (tmp_path / f"order-{alpha}" / "perm.npy").exists()
+        np.testing.assert_allclose((Sp @ np.eye(S.shape[0], 3, dtype=np.float32)[perm]),
+                                   (S @ np.eye(S.shape[0], 3, dtype=np.float32))[perm], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(ordered.Y_, plain.Y_, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(ordered.transduction_, plain.transduction_)
+        again = arrays(tmp_path / f"order-{alpha}")   # another process: reads the stored order
+        np.testing.assert_array_equal(again.ordered()[0], perm)
+    # a capped drain: the same steps and residual as in the items' order
+    m1, y2 = _past_the_bound(overlapping, drain_steps=3)
+    m1.update(y2, max_rows=50)
+    A = arrays(None)
+    m2 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, sample_labels(yt, 3, seed=5))
+    m2.update(y2, max_rows=50)
+    assert m2.drain_steps_ == m1.drain_steps_ == 3
+    np.testing.assert_allclose(m2.Y_, m1.Y_, rtol=1e-4, atol=1e-6)
+    assert m2.residual_ == pytest.approx(m1.residual_, rel=1e-3)

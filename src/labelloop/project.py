@@ -504,7 +504,8 @@ class Project:
         n = len(indptr) - 1
         # numpy arrays, no scipy: a warm refresh only gathers rows (labelloop.csr); a full
         # propagation makes the scipy matrix over the same arrays on its first product
-        return CsrArrays(data, indices, indptr, (n, n))   # affinity_matrix sorted the indices
+        # affinity_matrix sorted the indices; its locality order (full products) is stored in "order"
+        return CsrArrays(data, indices, indptr, (n, n), order_dir=folder / "order")
 
     def _graph_path(self, ids: np.ndarray) -> Path:
         return self.root / "arrays" / "graphs" / f"{self._graph_fingerprint(ids)}.npz"

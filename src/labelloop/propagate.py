@@ -440,18 +440,26 @@ class LabelPropagation:
     def _iterate(self, Y: np.ndarray, Y0: np.ndarray, labeled: np.ndarray, *, steps: int | None = None
                  ) -> tuple[np.ndarray, int]:
         S, alpha = self.S_, self.alpha
-        lab = np.flatnonzero(labeled)
         converge = self.n_iter is None and steps is None
         if steps is None:
             steps = MAX_ITER_TO_CONVERGE if converge else int(self.n_iter)
-        if alpha is not None:
+        order = S.ordered() if isinstance(S, CsrArrays) and steps > 0 else None
+        if order is not None:   # the steps on S in locality order (labelloop.csr): 2.5x faster at 1M
+            perm, S = order
+            Y, labeled = Y[perm], labeled[perm]   # (n, C), (n,) in that order
+        lab = np.flatnonzero(labeled)
+        if alpha is None:
+            Y0_lab = Y0[perm[lab]] if order is not None else Y0[lab]   # (l, C) the clamped rows
+        else:
+            if order is not None:
+                Y0 = Y0[perm]
             base = (1.0 - alpha) * Y0  # (n, C) the (1 - alpha) Y0 term
         done = 0
         diff = None   # (n, C) scratch for the step's change: no two new (n, C) arrays per step
         for _ in range(steps):
             if alpha is None:
                 Y_new = S @ Y  # Y(t+1) = S Y(t) ...
-                Y_new[lab] = Y0[lab]  # ... labeled rows reset to their labels
+                Y_new[lab] = Y0_lab  # ... labeled rows reset to their labels
             else:
                 Y_new = alpha * (S @ Y)  # Y(t+1) = alpha S Y(t) + (1 - alpha) Y0
                 Y_new += base
@@ -470,6 +478,10 @@ class LabelPropagation:
                     PropagationConvergenceWarning,
                     stacklevel=3,
                 )
+        if order is not None:   # back to the items' order
+            out = np.empty(Y.shape, np.float32)
+            out[perm] = Y
+            return out, done
         return np.ascontiguousarray(Y, dtype=np.float32), done
 
     def _finish(self, rows: np.ndarray) -> None:
@@ -614,8 +626,15 @@ class LabelPropagation:
                 break
             if Y0 is None:
                 Y0 = self._seed(y)
-            if stop is None:
-                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=1)
+            if stop is None:   # the steps up to the next residual check at once (one reordering)
+                want = min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
+                self.Y_, ran = self._iterate(self.Y_, Y0, y >= 0, steps=want)
+                done += ran
+                if ran < want:   # converged to tol (the residual is measured below)
+                    break
+                if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
+                    self.residual_ = self.residual()
+                continue
             else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
                 SY = _blocked_product(self.S_, self.Y_, stop)
                 if SY is None:
