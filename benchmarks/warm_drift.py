@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--project", type=Path, default=None,
                     help="instead of --sizes: a project benchmarks/e2e_latency.py built (e.g. 1M items), read only")
+    ap.add_argument("--out", default=None, help="results file name in benchmarks/results (default warm_drift[_<n>])")
     args = ap.parse_args()
     if args.project is not None:
         rows = [run(0, args.updates[0], None, args.variants, args.project)]
@@ -141,7 +142,7 @@ def main() -> None:
         rows = [run(n, u, args.cache_dir, args.variants) for n, u in zip(args.sizes, args.updates)]
     report = {"command": "python benchmarks/warm_drift.py " + " ".join(sys.argv[1:]), "rows": rows,
               "cores": os.cpu_count()}
-    out = RESULTS / ("warm_drift" if args.project is None else f"warm_drift_{rows[0]['n']}")   # e.g. _1000000
+    out = RESULTS / (args.out or ("warm_drift" if args.project is None else f"warm_drift_{rows[0]['n']}"))  # e.g. _1000000
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Warm-update drift: periodic full propagation vs an error bound", "",
              f"Command: `{report['command']}`; {report['cores']} cores shared with other jobs (load average "

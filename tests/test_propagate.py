@@ -516,6 +516,24 @@ def test_prediction_summary_by_hand():
         prediction_summary(np.ones(3))
 
 
+def test_prediction_summary_in_blocks_equals_one_block(monkeypatch):
+    """prediction_summary works on SUMMARY_BLOCK_ROWS rows at a time: the same as one block,
+    including a last short block, ties (the first largest) and a NaN row's block."""
+    import labelloop.propagate as propagate
+
+    rng = np.random.default_rng(0)
+    P = rng.random((50, 4)).astype(np.float32)
+    P[3] = [0.25, 0.25, 0.25, 0.25]
+    P[40, 2] = np.nan
+    whole = prediction_summary(P)
+    monkeypatch.setattr(propagate, "SUMMARY_BLOCK_ROWS", 7)
+    blocks = prediction_summary(P)
+    for k in ("label", "confidence", "margin", "entropy"):
+        assert blocks[k].dtype == whole[k].dtype
+        np.testing.assert_array_equal(blocks[k], whole[k])
+    assert whole["label"][3] == 0 and prediction_summary(np.zeros((0, 3)))["label"].shape == (0,)
+
+
 def test_sparse_input_must_be_square():
     with pytest.raises(ValidationError, match="square"):
         LabelPropagation().fit(sp.csr_matrix(np.ones((3, 4))), np.array([0, -1, -1]))
