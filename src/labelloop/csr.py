@@ -7,8 +7,10 @@ last state; it needs only products over a few rows of S, so it never has to impo
 loads; benchmarks/results/e2e_latency_100000.md). :class:`CsrArrays` builds the scipy matrix
 on first use of a full product (a full propagation). The functions take either a
 :class:`CsrArrays` or a scipy CSR matrix: both have ``data``, ``indices`` and ``indptr``. Where
-scipy is loaded already (a server, after a full propagation) they use its compiled products,
-3-10x faster on large row sets than the numpy ones (same results up to float rounding).
+scipy is loaded already (a server, after a full propagation), or S has SCIPY_MIN_ROWS rows or
+more, they use its compiled products, 3-10x faster on large row sets than the numpy ones (same
+results up to float rounding). Full products on large graphs run on a copy of S in locality
+order (:meth:`CsrArrays.ordered`).
 """
 
 from __future__ import annotations
