@@ -557,7 +557,8 @@ def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_pat
         plain = LabelPropagation(n_iter=20, alpha=alpha).fit(S, y)
         A = arrays(tmp_path / f"order-{alpha}")
         ordered = LabelPropagation(n_iter=20, alpha=alpha).fit(A, y)
-        perm, Sp = A.ordered()
+        perm, inverse, Sp = A.ordered()
+        np.testing.assert_array_equal(perm[inverse], np.arange(S.shape[0]))
         assert sorted(perm.tolist()) == list(range(S.shape[0])) and (tmp_path / f"order-{alpha}" / "perm.npy").exists()
         np.testing.assert_allclose((Sp @ np.eye(S.shape[0], 3, dtype=np.float32)[perm]),
                                    (S @ np.eye(S.shape[0], 3, dtype=np.float32))[perm], rtol=1e-6, atol=1e-7)
@@ -574,3 +575,12 @@ def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_pat
     assert m2.drain_steps_ == m1.drain_steps_ == 3
     np.testing.assert_allclose(m2.Y_, m1.Y_, rtol=1e-4, atol=1e-6)
     assert m2.residual_ == pytest.approx(m1.residual_, rel=1e-3)
+    # a drain that can be stopped (a server's): its row blocks on the ordered S, the same steps
+    import labelloop.propagate as propagate
+
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
+    monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)
+    m3 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(arrays(None), sample_labels(yt, 3, seed=5))
+    m3.update(y2, max_rows=50, drain=False)
+    assert m3.drain_steps_ == 0 and m3.drain(stop=lambda: False) == 3
+    np.testing.assert_allclose(m3.Y_, m1.Y_, rtol=1e-4, atol=1e-6)

@@ -100,7 +100,7 @@ def test_locality_order_is_stored_with_the_affinity_and_a_full_refresh_is_unchan
             order = next((path / "arrays" / "graphs").glob("*-S-k*")) / "order"
             assert order.exists() == (name == "ordered")
             if name == "ordered":
-                perm, Sp = S.ordered()
+                perm, inverse, Sp = S.ordered()
                 MEMO.clear()
                 again = p.affinity()[1].ordered()   # read back, not made again
                 np.testing.assert_array_equal(again[0], perm)

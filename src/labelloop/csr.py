@@ -67,9 +67,10 @@ class CsrArrays:
         return self.tocsr() @ other
 
     def ordered(self):
-        """``(perm, Sp)`` for a symmetric S of at least LOCALITY_MIN_ROWS rows, else None: ``perm``
-        (n,) the reverse Cuthill-McKee order of S's rows and ``Sp = S[perm][:, perm]`` (scipy CSR),
-        so ``(S @ Y)[perm] == Sp @ Y[perm]``. Read memory-mapped from ``order_dir`` when stored
+        """``(perm, inverse, Sp)`` for a symmetric S of at least LOCALITY_MIN_ROWS rows, else None:
+        ``perm`` (n,) the reverse Cuthill-McKee order of S's rows, ``inverse`` its inverse
+        (``perm[inverse] == arange(n)``) and ``Sp = S[perm][:, perm]`` (scipy CSR), so
+        ``(S @ Y)[perm] == Sp @ Y[perm]``. Read memory-mapped from ``order_dir`` when stored
         there, else computed once (and stored there: written whole under another name, then
         renamed)."""
         if self._ordered is not None or self.shape[0] < LOCALITY_MIN_ROWS or self.shape[0] != self.shape[1]:
@@ -99,7 +100,9 @@ class CsrArrays:
             arrays = {a: np.asarray(np.load(d / f"{a}.npy", mmap_mode="r")) for a in parts}
         Sp = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=self.shape, copy=False)
         Sp.has_sorted_indices = True
-        self._ordered = (arrays["perm"], Sp)
+        inverse = np.empty(self.shape[0], np.int64)
+        inverse[arrays["perm"]] = np.arange(self.shape[0])
+        self._ordered = (arrays["perm"], inverse, Sp)
         return self._ordered
 
 

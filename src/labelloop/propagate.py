@@ -448,14 +448,15 @@ class LabelPropagation:
             steps = MAX_ITER_TO_CONVERGE if converge else int(self.n_iter)
         order = S.ordered() if isinstance(S, CsrArrays) and steps > 0 else None
         if order is not None:   # the steps on S in locality order (labelloop.csr): 2.5x faster at 1M
-            perm, S = order
-            Y, labeled = Y[perm], labeled[perm]   # (n, C), (n,) in that order
+            perm, inverse, S = order
+            # (n, C), (n,) in that order (np.take: 2.4x faster than Y[perm] on 10 columns)
+            Y, labeled = np.take(Y, perm, axis=0), labeled[perm]
         lab = np.flatnonzero(labeled)
         if alpha is None:
             Y0_lab = Y0[perm[lab]] if order is not None else Y0[lab]   # (l, C) the clamped rows
         else:
             if order is not None:
-                Y0 = Y0[perm]
+                Y0 = np.take(Y0, perm, axis=0)
             base = (1.0 - alpha) * Y0  # (n, C) the (1 - alpha) Y0 term
         done = 0
         diff = None   # (n, C) scratch for the step's change: no two new (n, C) arrays per step
@@ -484,10 +485,8 @@ class LabelPropagation:
                     PropagationConvergenceWarning,
                     stacklevel=3,
                 )
-        if order is not None:   # back to the items' order
-            out = np.empty(Y.shape, np.float32)
-            out[perm] = Y
-            return out, done
+        if order is not None:   # back to the items' order (a gather: faster than out[perm] = Y)
+            return np.take(np.asarray(Y, dtype=np.float32), inverse, axis=0), done
         return np.ascontiguousarray(Y, dtype=np.float32), done
 
     def _finish(self, rows: np.ndarray) -> None:
@@ -865,6 +864,10 @@ def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.nd
     import scipy.sparse as sp
 
     n = S.shape[0]
+    order = S.ordered() if isinstance(S, CsrArrays) else None
+    if order is not None:   # on S in locality order, as _iterate
+        perm, inverse, S = order
+        Y = np.take(Y, perm, axis=0)
     out = np.empty(Y.shape, np.float32)
     for a in range(0, n, DRAIN_BLOCK_ROWS):
         if stop():
@@ -874,7 +877,7 @@ def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.nd
         block = sp.csr_matrix((S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0),
                               shape=(b - a, S.shape[1]), copy=False)
         out[a:b] = block @ Y
-    return out
+    return out if order is None else np.take(out, inverse, axis=0)
 
 
 #: :func:`prediction_summary` works on blocks of this many rows: its temporaries stay in cache
