@@ -142,8 +142,9 @@ RESIDUAL_DRAIN_TO = 1.0
 #: stays in Y, where the next update's residual measures it again (carried forward). The cap is
 #: in work, not steps, so that it bounds a refresh's CPU at every size without costing small
 #: projects accuracy. At 1M items (5 steps) one update of 10 labels left 6x the full fit's
-#: residual; 5 full steps (0.5 CPU-s each) took it to 1.2-1.4x, 10 to 1x; one `labelloop
-#: refresh` had drained 40 steps (21 CPU-s) before a cap (warm_drift_1000000.md,
+#: residual; 5 full steps (0.5 CPU-s each then; 0.16 on S in locality order, labelloop.csr) took
+#: it to 1.2-1.4x, 10 to 1x; one `labelloop refresh` had drained 40 steps (21 CPU-s) before a
+#: cap (warm_drift_1000000.md,
 #: e2e_latency_1000000.md). At 100k (50 steps: a whole drain, as before the cap) a cap of 5
 #: steps cost agreement with a cold fit (0.936 vs 0.953, warm_drift.md) and made most CLI
 #: refreshes drain (median 0.61 vs 0.39 CPU-s, e2e_latency_100000.md).
@@ -151,7 +152,7 @@ DRAIN_MAX_ROW_STEPS = 5_000_000
 RESIDUAL_DRAIN_MAX_STEPS = "auto"
 #: ``update(drain=False)`` (a server, which drains after showing the predictions, stopped by the
 #: next label) still drains now, at most ``drain_steps``, once the residual is past this many
-#: times the bound: labels that keep coming faster than a drain step (0.5 CPU-s at 1M) would
+#: times the bound: labels that keep coming faster than a drain step (0.16-0.5 CPU-s at 1M) would
 #: otherwise never let it run
 DEFERRED_DRAIN_LIMIT = 4.0
 #: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
