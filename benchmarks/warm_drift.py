@@ -50,6 +50,14 @@ VARIANTS = {   # short key: (name, LabelPropagation options)
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 10}),
     "drainauto": ("residual > 1.5x: drain to 1x, at most 5M row-steps per update (default: 5 steps at 1M, 50 at 100k)", {
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": "auto"}),
+    "cli": ("as `labelloop refresh`: 5 push steps (warm_iter), residual > 1.5x: full steps to 1x, "
+            "at most 5M row-steps per update", {"update": {"n_iter": 5}}),
+    "push20": ("20 push steps on up to 3n rows, then as `labelloop refresh`", {
+        "update": {"n_iter": 20, "max_rows": "3n"}}),
+    "push20d2": ("20 push steps on up to 3n rows, at most 2 full steps per update", {
+        "drain_steps": 2, "update": {"n_iter": 20, "max_rows": "3n"}}),
+    "push10d2": ("10 push steps on up to 2n rows, at most 2 full steps per update", {
+        "drain_steps": 2, "update": {"n_iter": 10, "max_rows": "2n"}}),
     "drain5": ("residual > 1.5x: drain to 1x, at most 5 steps per update", {
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 5}),
     "drain2": ("residual > 1.5x: drain to 1x, at most 2 steps per update", {
@@ -71,13 +79,18 @@ def project_state(root: Path) -> tuple:
             np.load(run / "state_Y.npy"))
 
 
+def _options(v: dict) -> dict:
+    """A variant's LabelPropagation options (its "update" entry: the arguments of each update)."""
+    return {k: x for k, x in v.items() if k != "update"}
+
+
 def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path | None = None) -> dict:
     rng = np.random.default_rng(0)
     variants = {VARIANTS[k][0]: VARIANTS[k][1] for k in keys}
     if project is not None:   # its stored graph and first refresh (a cold fit of 3 labels per class)
         S, y, yt, Y = project_state(project)
         n = S.shape[0]
-        models = {k: LabelPropagation(**v).restore(S, Y.copy(), y.copy()) for k, v in variants.items()}
+        models = {k: LabelPropagation(**_options(v)).restore(S, Y.copy(), y.copy()) for k, v in variants.items()}
     else:
         X, _, yt = make_latent_embeddings(n)
         path = cache / f"graph-n{n}-k10.npz" if cache else None
@@ -93,7 +106,7 @@ def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path
         y = np.full(n, -1)
         for c in range(10):
             y[rng.choice(np.flatnonzero(yt == c), 3, replace=False)] = c
-        models = {k: LabelPropagation(**v).fit(S, y, n_classes=10) for k, v in variants.items()}
+        models = {k: LabelPropagation(**_options(v)).fit(S, y, n_classes=10) for k, v in variants.items()}
     agree = {k: [] for k in variants}
     cpu = {k: [] for k in variants}
     resid = {k: [] for k in variants}   # the residual each update left (before a refit it triggered)
@@ -109,7 +122,8 @@ def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path
         for k, m in models.items():
             c0 = time.process_time()
             before = (m.n_refits_,)
-            m.update(y)
+            m.update(y, **{a: (int(x[:-1]) * n if isinstance(x, str) else x)   # "3n": 3 x the items
+                           for a, x in variants[k].get("update", {}).items()})
             cpu[k].append(time.process_time() - c0)
             refits[k] += int(m.n_refits_ > before[0])
             drained[k] += getattr(m, "drain_steps_", 0)
@@ -134,6 +148,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--project", type=Path, default=None,
                     help="instead of --sizes: a project benchmarks/e2e_latency.py built (e.g. 1M items), read only")
+    ap.add_argument("--out", default=None, help="results file name in benchmarks/results (default warm_drift[_<n>])")
     args = ap.parse_args()
     if args.project is not None:
         rows = [run(0, args.updates[0], None, args.variants, args.project)]
@@ -141,7 +156,7 @@ def main() -> None:
         rows = [run(n, u, args.cache_dir, args.variants) for n, u in zip(args.sizes, args.updates)]
     report = {"command": "python benchmarks/warm_drift.py " + " ".join(sys.argv[1:]), "rows": rows,
               "cores": os.cpu_count()}
-    out = RESULTS / ("warm_drift" if args.project is None else f"warm_drift_{rows[0]['n']}")   # e.g. _1000000
+    out = RESULTS / (args.out or ("warm_drift" if args.project is None else f"warm_drift_{rows[0]['n']}"))  # e.g. _1000000
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Warm-update drift: periodic full propagation vs an error bound", "",
              f"Command: `{report['command']}`; {report['cores']} cores shared with other jobs (load average "

@@ -516,6 +516,71 @@ def test_prediction_summary_by_hand():
         prediction_summary(np.ones(3))
 
 
+def test_prediction_summary_in_blocks_equals_one_block(monkeypatch):
+    """prediction_summary works on SUMMARY_BLOCK_ROWS rows at a time: the same as one block,
+    including a last short block, ties (the first largest) and a NaN row's block."""
+    import labelloop.propagate as propagate
+
+    rng = np.random.default_rng(0)
+    P = rng.random((50, 4)).astype(np.float32)
+    P[3] = [0.25, 0.25, 0.25, 0.25]
+    P[40, 2] = np.nan
+    whole = prediction_summary(P)
+    monkeypatch.setattr(propagate, "SUMMARY_BLOCK_ROWS", 7)
+    blocks = prediction_summary(P)
+    for k in ("label", "confidence", "margin", "entropy"):
+        assert blocks[k].dtype == whole[k].dtype
+        np.testing.assert_array_equal(blocks[k], whole[k])
+    assert whole["label"][3] == 0 and prediction_summary(np.zeros((0, 3)))["label"].shape == (0,)
+
+
 def test_sparse_input_must_be_square():
     with pytest.raises(ValidationError, match="square"):
         LabelPropagation().fit(sp.csr_matrix(np.ones((3, 4))), np.array([0, -1, -1]))
+
+
+def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_path, monkeypatch):
+    """From LOCALITY_MIN_ROWS rows a full propagation and a drain run on S in reverse
+    Cuthill-McKee order (labelloop.csr.CsrArrays.ordered), stored beside S and read back by the
+    next process: the results are those of the items' order up to float rounding."""
+    import labelloop.csr as csr
+    from labelloop.csr import CsrArrays
+
+    S, yt = overlapping
+    monkeypatch.setattr(csr, "LOCALITY_MIN_ROWS", 100)
+    y = sample_labels(yt, 3, seed=5)
+
+    def arrays(order_dir):
+        return CsrArrays(S.data.copy(), S.indices.copy(), S.indptr.copy(), S.shape, order_dir=order_dir)
+
+    for alpha in (None, 0.9):
+        plain = LabelPropagation(n_iter=20, alpha=alpha).fit(S, y)
+        A = arrays(tmp_path / f"order-{alpha}")
+        ordered = LabelPropagation(n_iter=20, alpha=alpha).fit(A, y)
+        perm, inverse, Sp = A.ordered()
+        np.testing.assert_array_equal(perm[inverse], np.arange(S.shape[0]))
+        assert sorted(perm.tolist()) == list(range(S.shape[0])) and (tmp_path / f"order-{alpha}" / "perm.npy").exists()
+        np.testing.assert_allclose((Sp @ np.eye(S.shape[0], 3, dtype=np.float32)[perm]),
+                                   (S @ np.eye(S.shape[0], 3, dtype=np.float32))[perm], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(ordered.Y_, plain.Y_, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(ordered.transduction_, plain.transduction_)
+        again = arrays(tmp_path / f"order-{alpha}")   # another process: reads the stored order
+        np.testing.assert_array_equal(again.ordered()[0], perm)
+    # a capped drain: the same steps and residual as in the items' order
+    m1, y2 = _past_the_bound(overlapping, drain_steps=3)
+    m1.update(y2, max_rows=50)
+    A = arrays(None)
+    m2 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, sample_labels(yt, 3, seed=5))
+    m2.update(y2, max_rows=50)
+    assert m2.drain_steps_ == m1.drain_steps_ == 3
+    np.testing.assert_allclose(m2.Y_, m1.Y_, rtol=1e-4, atol=1e-6)
+    assert m2.residual_ == pytest.approx(m1.residual_, rel=1e-3)
+    # a drain that can be stopped (a server's): its row blocks on the ordered S, the same steps
+    import labelloop.propagate as propagate
+
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
+    monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)
+    m3 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(arrays(None), sample_labels(yt, 3, seed=5))
+    m3.update(y2, max_rows=50, drain=False)
+    assert m3.drain_steps_ == 0 and m3.drain(stop=lambda: False) == 3
+    np.testing.assert_allclose(m3.Y_, m1.Y_, rtol=1e-4, atol=1e-6)

@@ -80,6 +80,39 @@ def test_stored_affinity_equals_the_graphs(labeled, tmp_path):
         assert (S2.tocsr() != affinity_matrix(p.propagation_graph()[1], temperature=0.05)).nnz == 0
 
 
+def test_locality_order_is_stored_with_the_affinity_and_a_full_refresh_is_unchanged(labeled, tmp_path, monkeypatch):
+    """From LOCALITY_MIN_ROWS rows the affinity's reverse Cuthill-McKee order is stored beside it
+    on its first load (also for an affinity stored before), the next process reads it, and a
+    full refresh on it gives the predictions of one without it."""
+    import labelloop.csr as csr
+    from labelloop import Project
+    from labelloop.project import MEMO
+
+    root, _, by_class = labeled
+    got = {}
+    for name, rows in (("plain", 10**9), ("ordered", 100)):
+        monkeypatch.setattr(csr, "LOCALITY_MIN_ROWS", rows)
+        path = tmp_path / name
+        shutil.copytree(root, path)
+        MEMO.clear()   # as a new process
+        with Project(path) as p:
+            _, S = p.affinity()
+            order = next((path / "arrays" / "graphs").glob("*-S-k*")) / "order"
+            assert order.exists() == (name == "ordered")
+            if name == "ordered":
+                perm, inverse, Sp = S.ordered()
+                MEMO.clear()
+                again = p.affinity()[1].ordered()   # read back, not made again
+                np.testing.assert_array_equal(again[0], perm)
+                assert isinstance(again[0], np.memmap) or isinstance(again[0].base, np.memmap)
+            _label_more(p, by_class)
+            p.refresh(full=True)
+            got[name] = p.predictions()
+    a, b = got["plain"], got["ordered"]
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_allclose(a.proba, b.proba, rtol=1e-4, atol=1e-6)
+
+
 def test_predictions_are_array_files_and_older_runs_read_reached_from_rows(labeled, tmp_path):
     """A refresh writes no prediction row; a run stored before the arrays existed (its
     reached flags in the predictions table) still reads back, summary recomputed."""

@@ -486,7 +486,7 @@ class Project:
         return ids, MEMO.get(self.root, "affinity", folder.name, lambda: self._load_affinity(folder, T))
 
     def _load_affinity(self, folder: Path, temperature):
-        from .csr import CsrArrays
+        from .csr import LOCALITY_MIN_ROWS, CsrArrays
         from .propagate import affinity_matrix
 
         parts = ("data", "indices", "indptr")
@@ -504,7 +504,13 @@ class Project:
         n = len(indptr) - 1
         # numpy arrays, no scipy: a warm refresh only gathers rows (labelloop.csr); a full
         # propagation makes the scipy matrix over the same arrays on its first product
-        return CsrArrays(data, indices, indptr, (n, n))   # affinity_matrix sorted the indices
+        # affinity_matrix sorted the indices; its locality order for full products
+        # (CsrArrays.ordered) is stored beside it once, made here (an affinity stored before
+        # there was one gets it on its next load) so that no later refresh or drain pays for it
+        S = CsrArrays(data, indices, indptr, (n, n), order_dir=folder / "order")
+        if n >= LOCALITY_MIN_ROWS and not (folder / "order").exists():
+            S.ordered()
+        return S
 
     def _graph_path(self, ids: np.ndarray) -> Path:
         return self.root / "arrays" / "graphs" / f"{self._graph_fingerprint(ids)}.npz"

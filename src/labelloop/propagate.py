@@ -142,8 +142,9 @@ RESIDUAL_DRAIN_TO = 1.0
 #: stays in Y, where the next update's residual measures it again (carried forward). The cap is
 #: in work, not steps, so that it bounds a refresh's CPU at every size without costing small
 #: projects accuracy. At 1M items (5 steps) one update of 10 labels left 6x the full fit's
-#: residual; 5 full steps (0.5 CPU-s each) took it to 1.2-1.4x, 10 to 1x; one `labelloop
-#: refresh` had drained 40 steps (21 CPU-s) before a cap (warm_drift_1000000.md,
+#: residual; 5 full steps (0.5 CPU-s each then; 0.16 on S in locality order, labelloop.csr) took
+#: it to 1.2-1.4x, 10 to 1x; one `labelloop refresh` had drained 40 steps (21 CPU-s) before a
+#: cap (warm_drift_1000000.md,
 #: e2e_latency_1000000.md). At 100k (50 steps: a whole drain, as before the cap) a cap of 5
 #: steps cost agreement with a cold fit (0.936 vs 0.953, warm_drift.md) and made most CLI
 #: refreshes drain (median 0.61 vs 0.39 CPU-s, e2e_latency_100000.md).
@@ -151,7 +152,7 @@ DRAIN_MAX_ROW_STEPS = 5_000_000
 RESIDUAL_DRAIN_MAX_STEPS = "auto"
 #: ``update(drain=False)`` (a server, which drains after showing the predictions, stopped by the
 #: next label) still drains now, at most ``drain_steps``, once the residual is past this many
-#: times the bound: labels that keep coming faster than a drain step (0.5 CPU-s at 1M) would
+#: times the bound: labels that keep coming faster than a drain step (0.16-0.5 CPU-s at 1M) would
 #: otherwise never let it run
 DEFERRED_DRAIN_LIMIT = 4.0
 #: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
@@ -437,25 +438,40 @@ class LabelPropagation:
         Y0[lab, y[lab]] = self.sample_weight_[lab]
         return Y0
 
-    def _iterate(self, Y: np.ndarray, Y0: np.ndarray, labeled: np.ndarray, *, steps: int | None = None
-                 ) -> tuple[np.ndarray, int]:
+    def _iterate(self, Y: np.ndarray, Y0: np.ndarray, labeled: np.ndarray, *, steps: int | None = None,
+                 tol_stop: bool = True) -> tuple[np.ndarray, int]:
+        """``(Y(t), t)``: ``steps`` (default ``n_iter``) steps of the iteration from ``Y``,
+        fewer once no entry changes by more than ``tol`` (``tol_stop``; a drain's few steps
+        between residual checks skip that test: 3 passes over (n, C) per step)."""
         S, alpha = self.S_, self.alpha
-        lab = np.flatnonzero(labeled)
         converge = self.n_iter is None and steps is None
         if steps is None:
             steps = MAX_ITER_TO_CONVERGE if converge else int(self.n_iter)
-        if alpha is not None:
+        order = S.ordered() if isinstance(S, CsrArrays) and steps > 0 else None
+        if order is not None:   # the steps on S in locality order (labelloop.csr): 2.5x faster at 1M
+            perm, inverse, S = order
+            # (n, C), (n,) in that order (np.take: 2.4x faster than Y[perm] on 10 columns)
+            Y, labeled = np.take(Y, perm, axis=0), labeled[perm]
+        lab = np.flatnonzero(labeled)
+        if alpha is None:
+            Y0_lab = Y0[perm[lab]] if order is not None else Y0[lab]   # (l, C) the clamped rows
+        else:
+            if order is not None:
+                Y0 = np.take(Y0, perm, axis=0)
             base = (1.0 - alpha) * Y0  # (n, C) the (1 - alpha) Y0 term
         done = 0
         diff = None   # (n, C) scratch for the step's change: no two new (n, C) arrays per step
         for _ in range(steps):
             if alpha is None:
                 Y_new = S @ Y  # Y(t+1) = S Y(t) ...
-                Y_new[lab] = Y0[lab]  # ... labeled rows reset to their labels
+                Y_new[lab] = Y0_lab  # ... labeled rows reset to their labels
             else:
                 Y_new = alpha * (S @ Y)  # Y(t+1) = alpha S Y(t) + (1 - alpha) Y0
                 Y_new += base
             done += 1
+            if not tol_stop:
+                Y = Y_new
+                continue
             if diff is None or diff.dtype != np.result_type(Y_new, Y):
                 diff = np.empty(Y.shape, np.result_type(Y_new, Y))
             change = float(np.abs(np.subtract(Y_new, Y, out=diff), out=diff).max()) if Y.size else 0.0
@@ -470,6 +486,8 @@ class LabelPropagation:
                     PropagationConvergenceWarning,
                     stacklevel=3,
                 )
+        if order is not None:   # back to the items' order (a gather: faster than out[perm] = Y)
+            return np.take(np.asarray(Y, dtype=np.float32), inverse, axis=0), done
         return np.ascontiguousarray(Y, dtype=np.float32), done
 
     def _finish(self, rows: np.ndarray) -> None:
@@ -614,8 +632,13 @@ class LabelPropagation:
                 break
             if Y0 is None:
                 Y0 = self._seed(y)
-            if stop is None:
-                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=1)
+            if stop is None:   # the steps up to the next residual check at once (one reordering)
+                want = min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
+                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=want, tol_stop=False)
+                done += want
+                if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
+                    self.residual_ = self.residual()
+                continue
             else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
                 SY = _blocked_product(self.S_, self.Y_, stop)
                 if SY is None:
@@ -842,6 +865,10 @@ def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.nd
     import scipy.sparse as sp
 
     n = S.shape[0]
+    order = S.ordered() if isinstance(S, CsrArrays) else None
+    if order is not None:   # on S in locality order, as _iterate
+        perm, inverse, S = order
+        Y = np.take(Y, perm, axis=0)
     out = np.empty(Y.shape, np.float32)
     for a in range(0, n, DRAIN_BLOCK_ROWS):
         if stop():
@@ -851,7 +878,13 @@ def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.nd
         block = sp.csr_matrix((S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0),
                               shape=(b - a, S.shape[1]), copy=False)
         out[a:b] = block @ Y
-    return out
+    return out if order is None else np.take(out, inverse, axis=0)
+
+
+#: :func:`prediction_summary` works on blocks of this many rows: its temporaries stay in cache
+#: and are reused, where whole (C, n) ones were new 40 MB arrays at 1M items, page-faulted
+#: afresh in every process (0.28 -> 0.1 CPU-s of a 1M refresh)
+SUMMARY_BLOCK_ROWS = 32_768
 
 
 def prediction_summary(P: np.ndarray) -> dict[str, np.ndarray]:
@@ -859,33 +892,40 @@ def prediction_summary(P: np.ndarray) -> dict[str, np.ndarray]:
     P = np.asarray(P)
     if P.ndim != 2 or P.shape[1] < 1:
         raise ValidationError(f"P must be a 2-D (n, n_classes) array; got shape {P.shape}")
-    # on the (C, n) transpose, in P's float type: numpy's axis-1 reductions over ~10 columns are
-    # 3x slower than these over n (a refresh summarises 1M x C)
-    PT = np.array(P.T, dtype=P.dtype if P.dtype in (np.float32, np.float64) else np.float64, order="C")
-    top1 = PT.max(axis=0)  # (n,) largest
-    if PT.shape[1] and not np.isnan(top1).any():
+    n = P.shape[0]
+    dtype = P.dtype if P.dtype in (np.float32, np.float64) else np.float64
+    out = {"label": np.empty(n, np.int64), "confidence": np.empty(n, np.float32),
+           "margin": np.empty(n, np.float32), "entropy": np.empty(n, np.float32)}
+    for a in range(0, n, SUMMARY_BLOCK_ROWS):
+        b = min(n, a + SUMMARY_BLOCK_ROWS)
+        _summarise_block(np.array(P[a:b].T, dtype=dtype, order="C"),
+                         *(out[k][a:b] for k in ("label", "confidence", "margin", "entropy")))
+    return out
+
+
+def _summarise_block(PT: np.ndarray, label: np.ndarray, confidence: np.ndarray, margin: np.ndarray,
+                     entropy: np.ndarray) -> None:
+    """:func:`prediction_summary` of the (C, b) transpose ``PT`` of b rows, into the (b,) outputs
+    (PT is overwritten). On the transpose: numpy's axis-1 reductions over ~10 columns are 3x
+    slower than these over the rows."""
+    top1 = PT.max(axis=0)  # (b,) largest
+    if not np.isnan(top1).any():
         # argmax over the ~10 rows, the first largest as argmax picks it: one pass per class
         # (numpy's argmax over axis 0 copies the array to reduce over its last axis: 3x slower)
-        label = np.zeros(PT.shape[1], np.int64)
+        label[:] = 0
         for c in range(PT.shape[0] - 1, 0, -1):
             label[PT[c] == top1] = c
         label[PT[0] == top1] = 0
     else:
-        label = PT.argmax(axis=0)  # (n,)
-    # H = -sum_c p_c log p_c, with 0 log 0 = 0 (log computed where p > 0 only, in place)
+        label[:] = PT.argmax(axis=0)
+    # H = -sum_c p_c log p_c, with 0 log 0 = 0 (log computed where p > 0 only)
     H = np.zeros_like(PT)
     np.log(PT, out=H, where=PT > 0)
     H *= PT
-    entropy = -H.sum(axis=0)
-    del H
+    np.negative(H.sum(axis=0), out=entropy, casting="same_kind")
+    confidence[:] = top1
     if PT.shape[0] > 1:
         PT[label, np.arange(PT.shape[1])] = -np.inf
-        margin = top1 - PT.max(axis=0)  # top1 - top2
+        np.subtract(top1, PT.max(axis=0), out=margin, casting="same_kind")  # top1 - top2
     else:
-        margin = top1
-    return {
-        "label": label.astype(np.int64),
-        "confidence": top1.astype(np.float32),
-        "margin": margin.astype(np.float32),
-        "entropy": entropy.astype(np.float32),
-    }
+        margin[:] = top1
