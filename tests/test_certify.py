@@ -23,6 +23,7 @@ from labelloop.loop.certify import (
     PLAN_GRID,
     PLAN_HEDGE,
     PLAN_SLACK,
+    SHRINK_FLOOR,
     ROUND_LENGTH,
     expected_certified,
     plan_coverage,
@@ -75,6 +76,28 @@ def test_the_plan_draws_from_the_region_checks_are_expected_to_certify():
     assert (gains[grid > plan] < PLAN_HEDGE * gains.max()).all()
     assert plan_coverage(np.full(1000, 0.7), eligible) == 0.0  # nothing can reach 95 %
     assert expected_certified(conf, np.array([0.7]), 30)[0] == 0.0  # fewer than 64 checks never certify
+
+
+def test_after_a_wrong_check_verify_draws_just_inside_it_when_too_few_would_land_there():
+    """40 checks drawn from the 90 % most confident. All right: the region stays. One wrong at
+    coverage 0.6: the plan's other 40 checks from the 90 % would leave about 53 below it, fewer
+    than the 64 it takes to pass, so the next come from the 59 % (the 26 right ones below it
+    still count there). Wrong at 0.8: about 71 would land below it anyway, and those beyond it
+    cannot break the certificate, so the region stays. Wrong among the most confident (below
+    SHRINK_FLOOR of the region): the region stays too (135 checks can still pass it)."""
+    assert planned_checks(0.95) == 80 and anytime_min_count(0.95, round_level(0.95, 0)) == 64
+    cov = (np.arange(40) + 0.5) / 40 * 0.9
+    region = np.full(40, 0.9)
+    right = np.ones(40, bool)
+    assert pending_region(cov, region, right, 0.9) == 0.9
+    for at, expected in ((0.6, 0.59), (0.8, 0.9), (0.02, 0.9)):
+        c, wrong = cov.copy(), right.copy()
+        i = int(np.argmin(abs(cov - at)))
+        c[i], wrong[i] = at, False
+        assert pending_region(c, region, wrong, 0.9) == expected, at
+    assert 0.02 < SHRINK_FLOOR * 0.9
+    # checks drawn from a smaller region do not count for a larger one: nothing moves
+    assert pending_region(c, np.full(40, 0.5), wrong, 0.9) == 0.9
 
 
 def _verify_until_certified(conf, correct, *, seed, budget=120, batch=10, target=0.95):

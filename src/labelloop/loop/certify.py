@@ -12,7 +12,8 @@ that region holds, checked by people (DESIGN.md, "Certification"; docs/certifica
    stratified by confidence (the region split into ``n`` equal slices by confidence, one item
    drawn from each), so every item of the region has the same chance ``n / |region|`` of being
    drawn and the sample spans the whole confidence range. While the region can still be
-   certified, the next verify batches keep drawing from it (:func:`pending_region`).
+   certified, the next verify batches keep drawing from it; after a wrong check, from the region
+   just inside it (:func:`pending_region`).
 3. :func:`certify` pools the checked items (the machine's guess *when it was drawn* against the
    person's label, never the clamped prediction after it) and runs a fixed-sequence test
    (:func:`_anytime_region`): regions of a fixed grid from a start outwards, each on the checks
@@ -71,6 +72,11 @@ CANDIDATE_SAFETY = 2.0
 #: region this much larger (in coverage), so certification can still grow (a check counts only
 #: for regions no larger than the one it was drawn from)
 EXPAND = 0.15
+
+#: pending_region: after a wrong check, verify draws from the grid region just inside the most
+#: confident wrong one when the plan's sample would otherwise leave too few checks there, if that
+#: region is at least this share of the one drawn from before
+SHRINK_FLOOR = 0.5
 
 #: regions (coverages) a verify plan chooses among, the Monte-Carlo draws per region, the plan's
 #: sample as a multiple of the fewest checks that can certify (see planned_checks), and the hedge:
@@ -140,16 +146,44 @@ def verify_coverage(confidence: np.ndarray, eligible: np.ndarray, *, target_prec
 def pending_region(check_coverage: np.ndarray, check_region: np.ndarray, check_correct: np.ndarray,
                    last_region: float, *, target_precision: float = DEFAULT_TARGET,
                    confidence_level: float = DEFAULT_LEVEL) -> float:
-    """``last_region`` (where the last verify checks were drawn) if more correct checks could
-    still certify it, else 0 (its checks already show too many errors: start afresh)."""
+    """Where the next verify checks are drawn while the region of the last ones (``last_region``)
+    is not certified yet: that region while more correct checks could still certify it, else 0
+    (start afresh) -- except after a wrong check, when the rest of the plan's sample
+    (:func:`planned_checks`) drawn from ``last_region`` would leave fewer checks below the most
+    confident wrong one than it takes to pass: then the grid region just inside that check, if it
+    is at least SHRINK_FLOOR of ``last_region`` and the plan's sample can still fill it.
+
+    Every region holding a wrong check needs about twice the checks to pass (135 instead of 64
+    at 95 % / 95 %), and the fixed sequence certifies up to the region just inside it when enough
+    checks lie there; the checks drawn so far below it still count for the smaller region (each
+    was drawn from a region containing it). Where enough will lie there anyway, the region stays:
+    checks that land beyond the wrong one cannot break the certificate. Which region is drawn
+    from may depend on earlier answers (docs/certification.md)."""
     if last_region <= 0:
         return 0.0
     cov = np.asarray(check_coverage, dtype=np.float64)
-    pool = (cov <= last_region + 1e-12) & (np.asarray(check_region, dtype=np.float64) >= last_region - 1e-12)
+    region = np.asarray(check_region, dtype=np.float64)
     corr = np.asarray(check_correct, dtype=bool)
-    need = more_needed(int(corr[pool].sum()), int(pool.sum()), target_precision=target_precision,
-                       confidence_level=round_level(confidence_level, 0), cap=200, anytime=True)
-    return float(last_region) if need is not None else 0.0
+    level = round_level(confidence_level, 0)
+
+    def counting(rho: float) -> np.ndarray:
+        return (cov <= rho + 1e-12) & (region >= rho - 1e-12)
+
+    def can_pass(rho: float) -> bool:
+        pool = counting(rho)
+        return more_needed(int(corr[pool].sum()), int(pool.sum()), target_precision=target_precision,
+                           confidence_level=level, cap=200, anytime=True) is not None
+
+    wrong = counting(last_region) & ~corr
+    if wrong.any():
+        inner = math.ceil(float(cov[wrong].min()) * REGION_STEPS - 1e-9) / REGION_STEPS - 1.0 / REGION_STEPS
+        need = anytime_min_count(target_precision, level)
+        left = max(0, planned_checks(target_precision, confidence_level) - int(counting(last_region).sum()))
+        below = int(counting(inner).sum()) if inner > 0 else 0
+        if (below + left * inner / last_region < need <= below + left and inner >= SHRINK_FLOOR * last_region
+                and can_pass(inner)):
+            return float(round(inner, 6))
+    return float(last_region) if can_pass(last_region) else 0.0
 
 
 def candidate_threshold(confidence: np.ndarray, *, target_precision: float = DEFAULT_TARGET,
