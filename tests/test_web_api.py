@@ -304,6 +304,23 @@ def test_items_handed_out_are_reserved_per_annotator(env):
     assert not set(more) & set(a) and not set(more) & set(b)
 
 
+def test_items_a_page_hands_back_go_to_the_others_at_once(env):
+    a = [it["id"] for it in env.client.get("/api/queue?n=4", headers=env.bearer("ann")).json()["items"]]
+    # bob cannot release ann's items: they stay hers
+    r = env.client.post("/api/release", json={"items": a}, headers=env.bearer("bob"))
+    assert r.status_code == 200 and r.json()["released"] == 0
+    b = [it["id"] for it in env.client.get("/api/queue?n=4", headers=env.bearer("bob")).json()["items"]]
+    assert not set(a) & set(b)
+    # ann's page replaced its prefetched items: handed back, bob gets them with his next request
+    r = env.client.post("/api/release", json={"items": a[1:]}, headers=env.bearer("ann"))
+    assert r.json() == {"ok": True, "released": 3}
+    more = [it["id"] for it in env.client.get(f"/api/queue?n=10&exclude={','.join(map(str, b))}",
+                                              headers=env.bearer("bob")).json()["items"]]
+    assert set(a[1:]) <= set(more) and a[0] not in more
+    r = env.client.post("/api/release", json={"items": ["x"]}, headers=env.bearer("ann"))
+    assert r.status_code == 422 and r.json()["error"] == "validation"
+
+
 def test_bad_labels_get_clear_4xx_and_change_nothing(env):
     h = env.bearer("ann")
     before = env.annotations()

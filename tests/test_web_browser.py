@@ -446,6 +446,9 @@ def test_the_queue_waits_for_refreshed_predictions_instead_of_polling(browser, t
 
         queue_gets: list[str] = []
         page.on("request", lambda r: queue_gets.append(r.url) if "/api/queue" in r.url else None)
+        released: list[int] = []   # prefetched items the page dropped, handed back to the others
+        page.on("request", lambda r: released.extend(r.post_data_json["items"]) if "/api/release" in r.url else None)
+        prefetched = set(page.evaluate("fetch('/api/queue?n=6').then(r => r.json()).then(d => d.items.map(i => i.id))"))
         item = _current(page)
         with page.expect_response(lambda r: "after=" in r.url, timeout=60000) as answer:
             page.keyboard.press(truth[item])
@@ -456,7 +459,9 @@ def test_the_queue_waits_for_refreshed_predictions_instead_of_polling(browser, t
         assert data["snapshot"]["applied_annotation_id"] >= aid and data["snapshot"]["run"] > first_run
         page.wait_for_function("aid => Number(document.body.dataset.applied) >= aid", arg=aid, timeout=5000)
         waiting = [u for u in queue_gets if "after=" in u]
-        assert len(waiting) == 1 and len(queue_gets) <= 2, queue_gets   # one waiting request, no polling
+        assert len(waiting) == 1 and len(queue_gets) <= 3, queue_gets   # one waiting request, no polling
+        kept = {d["id"] for d in data["items"]}
+        assert set(released) <= prefetched - kept - {shown}, (released, prefetched, kept, shown)
 
         # the next item is the refreshed queue's first, with the refreshed guess
         fresh = [d for d in data["items"] if d["id"] != shown]

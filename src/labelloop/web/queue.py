@@ -348,6 +348,15 @@ class LabelQueue:
         with self._lock:
             self._reserved.pop(int(item_id), None)
 
+    def release_held(self, user: str, item_ids: Iterable[int]) -> int:
+        """Free the items ``user`` holds among ``item_ids`` for everyone (a page that replaced
+        its prefetched items); another annotator's reservations stay. How many were freed."""
+        with self._lock:
+            mine = [int(i) for i in item_ids if self._reserved.get(int(i), ("",))[0] == user]
+            for i in mine:
+                self._reserved.pop(i, None)
+        return len(mine)
+
     def skip(self, user: str, item_id: int) -> None:
         with self._lock:
             self._skipped.setdefault(user, set()).add(int(item_id))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from ..store import class_name_pattern
 from .actions import MAX_GUIDELINES
 
-__all__ = ["ErrorOut", "ERROR_RESPONSES", "ItemId", "ClassName", "USER_NAME_PATTERN", "ID_LIST_PATTERN", "MAX_ITEM_ID", "LoginIn", "LabelIn", "UndoIn", "SkipIn",
+__all__ = ["ErrorOut", "ERROR_RESPONSES", "ItemId", "ClassName", "USER_NAME_PATTERN", "ID_LIST_PATTERN", "MAX_ITEM_ID", "LoginIn", "LabelIn", "UndoIn", "SkipIn", "ReleaseIn",
            "ClassIn", "Decision", "ReviewIn", "AuditIn", "UserIn", "UserChange", "GuidelinesIn", "GuidelinesOut", "RuleSwitchIn",
            "NovelFindIn", "NovelClassIn", "BoxIn", "BoxesIn", "ClassSetIn"]
 
@@ -95,6 +95,10 @@ class UndoIn(_Body):
 
 class SkipIn(_Body):
     item: ItemId
+
+
+class ReleaseIn(_Body):
+    items: list[ItemId] = Field(max_length=50, description="items the page held and no longer shows")
 
 
 class ClassIn(_Body):

@@ -17,7 +17,7 @@ from ..markup import render_markdown
 from ..context import Annotator, Ctx, Principal, WebContext, item_json, parse_ids
 from ..queue import QueueEntry
 from ..render import page
-from ..schemas import ID_LIST_PATTERN, ClassIn, ClassSetIn, LabelIn, SkipIn, UndoIn
+from ..schemas import ID_LIST_PATTERN, ClassIn, ClassSetIn, LabelIn, ReleaseIn, SkipIn, UndoIn
 
 #: the longest ``/api/queue?wait=`` a client may ask for, seconds
 MAX_WAIT = 30.0
@@ -127,6 +127,14 @@ async def api_skip(body: SkipIn, p: Annotator, ctx: Ctx):
     actions.item_exists(ctx.readers.store(), body.item)
     ctx.queue.skip(p.user.name, body.item)
     return {"ok": True, "item": body.item}
+
+
+@router.post("/api/release")
+async def api_release(body: ReleaseIn, p: Annotator, ctx: Ctx):
+    """Hand back items this user was served and will not label now (the page replaced its
+    prefetched items with a refreshed queue): other annotators can get them at once instead
+    of after the reservation's few minutes. Writes nothing."""
+    return {"ok": True, "released": ctx.queue.release_held(p.user.name, body.items)}
 
 
 @router.get("/api/classes")

@@ -333,9 +333,13 @@
 
     function replaceBuffer(items) {
       const keep = S.current ? S.current.id : null;
+      const before = S.buffer.map((i) => i.id);
       S.buffer = [];
       take(items);
       const held = new Set(S.buffer.map((i) => i.id));
+      // what was prefetched and is no longer shown goes back to the others at once
+      const dropped = before.filter((id) => id !== keep && !held.has(id));
+      if (dropped.length) api("POST", "/api/release", { items: dropped }).catch(() => {});
       for (const id of [...S.images.keys()]) if (id !== keep && !held.has(id)) S.images.delete(id);
       if (!S.current && S.buffer.length) advance();
       else if (S.buffer.length < 4) refill();
