@@ -247,3 +247,25 @@ def test_a_failed_first_round_is_not_final_and_its_checks_no_longer_count():
                    check_region=np.full(n1 + after, 0.5))
     assert done.certified and done.coverage[0] == pytest.approx(0.5)
     assert "the first 160 did not certify" in done.reason
+
+
+def test_a_region_certified_at_a_batch_end_stays_certified_when_later_checks_land_wrong_inside_it():
+    """Ville's inequality bounds the chance that the e-process *ever* crosses its bar, so what a
+    look at the end of a batch certified is kept (``batch_ends``); without the batch ends the
+    same checks, read at the last look only, certify nothing."""
+    rng = np.random.default_rng(0)
+    cov = np.r_[np.linspace(0.005, 0.8, 80), rng.uniform(0, 1, 40)]   # 80 checks of the top 80 %, then 40 of all
+    region = np.r_[np.full(80, 0.8), np.ones(40)]
+    correct = np.ones(120, bool)
+    wrong = [85, 95, 105, 115]
+    correct[wrong], cov[wrong] = False, 0.3                          # 4 wrong, inside the certified 80 %
+    pred = np.zeros(120, np.int64)
+    args = dict(n_classes=2, candidate=1.0, check_region=region, per_class=False)
+    first = certify(cov[:80], pred[:80], correct[:80], **{**args, "check_region": region[:80]})
+    assert first.coverage.max() == pytest.approx(0.8)
+    assert certify(cov, pred, correct, **args).coverage.max() == 0.0
+    kept = certify(cov, pred, correct, **args, batch_ends=list(range(10, 120, 10)))
+    assert kept.certified and kept.coverage.max() == pytest.approx(0.8)
+    assert kept.checked == 120 and "once the first 80 checks were in" in kept.reason
+    # a look inside a batch is not one of them: cut before the 80th check, nothing was certified yet
+    assert certify(cov, pred, correct, **args, batch_ends=[75, 100]).coverage.max() == 0.0

@@ -1080,22 +1080,30 @@ class Project:
         """Every randomly drawn item (verify checks, the random share of `next`) a person has
         labeled since: (its coverage then, the guessed class name then, whether the person
         agreed, the coverage of the region it was drawn from). See :mod:`labelloop.loop.certify`."""
+        return self._random_checks()[:4]
+
+    def _random_checks(self) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, list[int]]:
+        """:meth:`random_checks` and the batch ends among them: after how many checks each
+        `next` run's draws are all in (the looks a certificate keeps, :func:`loop.certify`)."""
         name_of = {v: k for k, v in self.store.class_ids().items()}
         human = self.store.latest_labels("human")
-        latest: dict[int, dict] = {}
-        for run in self.store.runs("query"):
+        latest: dict[int, tuple[int, dict]] = {}
+        for b, run in enumerate(self.store.runs("query")):
             for c in run["summary"].get("checks", []):
                 if c.get("coverage") is not None and c.get("region") is not None:
-                    latest[c["item"]] = c  # the latest draw of an item counts
-        cov, guess, correct, region = [], [], [], []
-        for item, c in latest.items():
+                    latest.pop(c["item"], None)
+                    latest[c["item"]] = (b, c)  # the latest draw of an item counts, in its place
+        cov, guess, correct, region, batch = [], [], [], [], []
+        for item, (b, c) in latest.items():
             if item in human and c["guess"] is not None:
                 cov.append(float(c["coverage"]))
                 guess.append(c["guess"])
                 correct.append(name_of.get(human[item]) == c["guess"])
                 region.append(float(c["region"]))
+                batch.append(b)
+        ends = [i + 1 for i in range(len(batch) - 1) if batch[i + 1] != batch[i]]
         return (np.array(cov, dtype=np.float64), guess, np.array(correct, dtype=bool),
-                np.array(region, dtype=np.float64))
+                np.array(region, dtype=np.float64), ends)
 
     def _eligible(self, ids: np.ndarray, pred: Predictions) -> np.ndarray:
         """(n,) items auto-labeling may label: no human or imported label, reached by propagation."""
@@ -1128,9 +1136,10 @@ class Project:
         """What the random checks certify for the current predictions (:func:`loop.certify`)."""
         from .loop import certify, verify_coverage
 
-        cov, guess, correct, region = self.random_checks()
+        cov, guess, correct, region, ends = self._random_checks()
         col = {c: j for j, c in enumerate(pred.classes)}
         keep = np.array([g in col for g in guess], dtype=bool)
+        ends = np.cumsum(keep)[np.asarray(ends, dtype=np.int64) - 1].tolist() if ends else []
         cpred = np.array([col[g] for g, k in zip(guess, keep) if k], dtype=np.int64)
         eligible = self._eligible(pred.item_ids, pred)
         certified, pending = self._verify_state()
@@ -1138,7 +1147,7 @@ class Project:
                                certified_coverage=certified, pending=pending)
         return certify(cov[keep], cpred, correct[keep], n_classes=len(pred.classes), candidate=cand,
                        check_region=region[keep], target_precision=target_precision,
-                       confidence_level=confidence_level, per_class=per_class)
+                       confidence_level=confidence_level, per_class=per_class, batch_ends=ends)
 
     def autolabel(self, *, target_precision: float | None = None, per_class: bool = True,
                   confidence_level: float = 0.95) -> dict:

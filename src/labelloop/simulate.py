@@ -162,7 +162,7 @@ def _draws(P: np.ndarray, labeled: np.ndarray, choice) -> list[tuple[int, float,
 
 
 def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks, *, target_precision: float,
-                  per_class: bool = True, certified_coverage: float = 0.0) -> dict:
+                  per_class: bool = True, certified_coverage: float = 0.0, batch_ends: list[int] = ()) -> dict:
     """What the loop would do and how right it is, given calibrated predictions ``P``: accuracy,
     calibration error on the unlabeled items, and auto-labels certified by the random checks
     (the same :func:`labelloop.loop.certify` that ``Project.autolabel`` runs)."""
@@ -178,7 +178,7 @@ def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks
     cand = verify_coverage(conf, mask_u, target_precision=target_precision, certified_coverage=certified_coverage)
     c_cov, c_guess, c_corr, c_region = _checks_arrays(checks, y_true)
     cert = certify(c_cov, c_guess, c_corr, n_classes=C, candidate=cand, check_region=c_region,
-                   target_precision=target_precision, per_class=per_class)
+                   target_precision=target_precision, per_class=per_class, batch_ends=batch_ends)
     accept = mask_u & cert.accepts(coverage_of(conf, mask_u), pred)
     n_acc = int(accept.sum())
     rest = int(mask_u.sum()) - n_acc
@@ -241,6 +241,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
     labeled = np.zeros(0, dtype=np.int64)
     chosen = np.zeros(n, bool)  # picked by a query strategy: never calibrated or certified on
     checks: list[tuple[int, float, int]] = []  # (item, coverage, guess) of random draws
+    batch_ends: list[int] = []  # len(checks) after each step's draws (the looks a certificate keeps)
     drawn: list[int] = []  # rows drawn uniformly at random (the class prior's sample)
     P: np.ndarray | None = None
     lp = None
@@ -259,6 +260,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             drawn += [int(r) for r, kind in zip(ch.rows, ch.kinds) if kind == "random"]
             if P is not None:
                 checks += _draws(P, labeled, ch)
+                batch_ends.append(len(checks))
         labeled = np.concatenate([labeled, pick])
         y = np.full(n, -1, dtype=np.int64)
         y[labeled] = y_true[labeled]
@@ -280,7 +282,7 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
         records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
                             refresh_seconds=seconds,
                             **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision,
-                                            certified_coverage=certified)))
+                                            certified_coverage=certified, batch_ends=batch_ends)))
     return records
 
 
@@ -306,6 +308,7 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
     labeled = np.concatenate([rng.choice(np.flatnonzero(y_true == c), size=min(start_per_class, int((y_true == c).sum())),
                                          replace=False) for c in range(C) if (y_true == c).any()])
     checks: list[tuple[int, float, int]] = []
+    batch_ends: list[int] = []  # len(checks) after each verify batch
     records = []
     last_region = 0.0
     while True:
@@ -319,7 +322,7 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
         certified = records[-1]["certified_coverage"] if records else 0.0
         rec = dict(seed=seed, human_labels=int(len(labeled)),
                    **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision,
-                                   certified_coverage=certified))
+                                   certified_coverage=certified, batch_ends=batch_ends))
         records.append(rec)
         if (rec["certified"] and stop_when_certified) or len(labeled) >= budget:
             break
@@ -334,6 +337,7 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
         if len(ch.rows) == 0:
             break
         checks += _draws(P, labeled, ch)
+        batch_ends.append(len(checks))
         labeled = np.concatenate([labeled, ch.rows])
     return records
 

@@ -46,6 +46,7 @@ Clopper-Pearson test that the multi-label bars and the detection accept bar stil
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -484,32 +485,36 @@ def _round_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *, t
 def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_correct: np.ndarray, *,
             n_classes: int, candidate: float, check_region: np.ndarray | None = None,
             target_precision: float = DEFAULT_TARGET, confidence_level: float = DEFAULT_LEVEL,
-            per_class: bool = True, anytime: bool = True) -> Certificate:
+            per_class: bool = True, anytime: bool = True, batch_ends: Sequence[int] = ()) -> Certificate:
     """The largest regions random checks certify: (m,) coverage and predicted class of each
     checked item when it was drawn, whether the person's label agreed, and ``check_region``:
     the coverage of the region it was drawn from (1 for the random share of `next`, which draws
     from all items; default 1). A check only counts for regions no larger than the one it was
     drawn from: 50 checks of the most confident half say nothing about the rest. ``candidate``:
     the coverage verify draws from now. Per predicted class where a class has enough checks of
-    its own, else one region for all."""
+    its own, else one region for all.
+
+    ``batch_ends``: the numbers of checks (in the order given) after which a batch of draws was
+    complete. With the anytime test a region certified at any of these looks stays certified
+    (the largest such, per class): the test's e-processes cross their bar at some look with
+    probability at most the error level whenever a region's precision is below the target
+    (Ville's inequality), so keeping what a look certified costs no validity, while later
+    checks drawn further out no longer take it back by landing wrong inside it."""
     cov = np.asarray(check_coverage, dtype=np.float64)
     region = np.ones_like(cov) if check_region is None else np.asarray(check_region, dtype=np.float64)
     pred = np.asarray(check_predicted, dtype=np.int64)
     corr = np.asarray(check_correct, dtype=bool)
     need_n = _min_count(target_precision, round_level(confidence_level, 0) if anytime else confidence_level, anytime)
-    if anytime:
-        rho, k, m, lower, rnd = _anytime_region(cov, region, corr, target=target_precision, level=confidence_level)
-    else:
-        rho, k, m, lower = _largest_region(cov, region, corr, target=target_precision, level=confidence_level,
-                                           min_count=need_n)
-        rnd = _Round(0, 0, confidence_level, 0)
-    coverage = np.full(n_classes, rho)
-    if per_class:
-        for c in range(n_classes):
-            own = pred == c
-            if own.sum() >= need_n:  # the class's own evidence, even when it says "nothing"
-                coverage[c] = _largest_region(cov[own], region[own], corr[own], target=target_precision,
-                                              level=confidence_level, min_count=need_n, anytime=anytime)[0]
+    rho, k, m, lower, rnd, coverage = _certified_at(cov, region, pred, corr, n_classes=n_classes,
+                                                    target=target_precision, level=confidence_level,
+                                                    per_class=per_class, anytime=anytime, need_n=need_n)
+    kept_at = None
+    for e in sorted({int(e) for e in batch_ends if 0 < int(e) < cov.size}) if anytime else ():
+        r = _certified_at(cov[:e], region[:e], pred[:e], corr[:e], n_classes=n_classes, target=target_precision,
+                          level=confidence_level, per_class=per_class, anytime=anytime, need_n=need_n)
+        if r[5].max() > coverage.max() + 1e-12:
+            rho, k, m, lower, kept_at = *r[:4], e
+        coverage = np.maximum(coverage, r[5])
     certified = bool((coverage > 0).any())
     counts = np.arange(cov.size) >= rnd.first  # the checks of the current round
     in_cand = (cov <= candidate + 1e-12) & (region >= candidate - 1e-12) & counts
@@ -518,11 +523,14 @@ def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_corre
                        anytime=anytime) if candidate > 0 else None
     if need is not None and anytime:  # the sequence starts once the round's sample is in (_anytime_region)
         need = max(need, rnd.start_after - int(counts.sum()))
-    earlier = (f" (round {rnd.index + 1} of checks: the first {rnd.first} did not certify and no longer "
+    earlier = "" if kept_at is not None else (f" (round {rnd.index + 1} of checks: the first {rnd.first} did not certify and no longer "
                f"count; this round is held to {rnd.level:.2%} confidence)") if rnd.first else ""
     if certified:
         reason = (f"certified: the {coverage.max():.0%} most confident machine labels; {m} random checks drawn "
                   f"from there, {k} correct: precision >= {lower:.3f} at {confidence_level:.0%} confidence")
+        if kept_at is not None:
+            reason += (f" (certified once the first {kept_at} checks were in; a certificate valid at every "
+                       "look is kept)")
         if need and candidate > coverage.max():
             reason += (f"; {need} more correct checks would certify the {candidate:.0%} most confident "
                        f"(`labelloop next --strategy verify --n {need}`)")
@@ -541,3 +549,21 @@ def certify(check_coverage: np.ndarray, check_predicted: np.ndarray, check_corre
                        precision_estimate=k / m if m else float("nan"), precision_lower=lower, reason=reason,
                        candidate=float(candidate), checked_in_candidate=mc, correct_in_candidate=kc,
                        more_needed=need if not certified or candidate > coverage.max() else None)
+
+
+def _certified_at(cov: np.ndarray, region: np.ndarray, pred: np.ndarray, corr: np.ndarray, *, n_classes: int,
+                  target: float, level: float, per_class: bool, anytime: bool, need_n: int):
+    """What :func:`certify` finds on these checks alone: ``(rho, k, m, lower, round, (C,) coverage)``."""
+    if anytime:
+        rho, k, m, lower, rnd = _anytime_region(cov, region, corr, target=target, level=level)
+    else:
+        rho, k, m, lower = _largest_region(cov, region, corr, target=target, level=level, min_count=need_n)
+        rnd = _Round(0, 0, level, 0)
+    coverage = np.full(n_classes, rho)
+    if per_class:
+        for c in range(n_classes):
+            own = pred == c
+            if own.sum() >= need_n:  # the class's own evidence, even when it says "nothing"
+                coverage[c] = _largest_region(cov[own], region[own], corr[own], target=target,
+                                              level=level, min_count=need_n, anytime=anytime)[0]
+    return rho, k, m, lower, rnd, coverage
