@@ -42,8 +42,8 @@ DEFAULT_EXACT_THRESHOLD = 20_000
 #: in 6.4-6.5 CPU-s (recall@10 1.000 clustered, 0.965 latent; FAISS IVF 46-163 s, NN-descent
 #: 18-33 s + its compile); 1M (goal: recall 0.95 in 120 CPU-s and 2 GB), read into a float16
 #: copy (:func:`_read_rows`): latent (searched in its 32-d principal subspace,
-#: :func:`_build_ivf_blas`) 85 CPU-s, recall 0.958, peak RSS 1.86 GB; clustered (full space)
-#: CLU_FIGURES.
+#: :func:`_build_ivf_blas`) 88 CPU-s, recall 0.958, peak RSS 1.62 GB; clustered (full space)
+#: 103 CPU-s, recall 0.996, 1.31 GB.
 DEFAULT_APPROX_METHOD = "ivf-blas"
 
 
