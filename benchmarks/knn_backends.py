@@ -311,10 +311,10 @@ def write_markdown(report: dict, path: Path) -> None:
         lines += ["", f"pynndescent numba JIT, fresh process: {report['nndescent_jit']} (not in the build times)."]
     if "nndescent_jit_cache" in report:
         lines += ["", report["nndescent_jit_cache"]]
-    from labelloop.graph import (DEFAULT_APPROX_METHOD, DEFAULT_EXACT_THRESHOLD, IVF_BLAS_KMEANS, IVF_BLAS_NPROBE,
-                                 IVF_BLAS_REDUCED_ENERGY, IVF_BLAS_REDUCED_MAX_DIM, IVF_BLAS_REDUCED_NPROBE,
-                                 IVF_BLAS_REFINE_PASSES, IVF_BLAS_RERANK, IVF_MIN_NPROBE, IVF_PROBE_FRACTION,
-                                 NNDESCENT_N_NEIGHBORS)
+    from labelloop.graph import (DEFAULT_APPROX_METHOD, DEFAULT_EXACT_THRESHOLD, IVF_BLAS_HALF_MIN_N,
+                                 IVF_BLAS_KMEANS, IVF_BLAS_NPROBE, IVF_BLAS_REDUCED_ENERGY, IVF_BLAS_REDUCED_MAX_DIM,
+                                 IVF_BLAS_REDUCED_NPROBE, IVF_BLAS_REFINE_PASSES, IVF_BLAS_RERANK, IVF_MIN_NPROBE,
+                                 IVF_PROBE_FRACTION, NNDESCENT_N_NEIGHBORS)
 
     lines += [
         "",
@@ -349,36 +349,52 @@ def write_markdown(report: dict, path: Path) -> None:
         "copy, the memory-mapped vectors are read in place), then one reverse-neighbour pass. "
         "Measured with `--isolate` (a child process per build on the memory-mapped vectors, as "
         "`Project.graph` reads them; CPU = user + system of every thread; peak RSS = the child's "
-        "VmHWM, including the ~1.5 GB of mapped vectors it touched at 1M): at 100k it took "
+        "VmHWM, including the mapped vectors it touched: ~1.5 GB at 1M before the float16 copy below): at 100k it took "
         "6.4-6.5 CPU-s (recall 1.000 `clustered`, 0.965 `latent`), where FAISS `ivf` took 46-163 s "
         "wall (earlier runs, table; 85.6 CPU-s in issue 11) and pynndescent 18-33 s wall plus a "
         "44-121 s compile per process; at 200k `latent` 15.1 CPU-s "
                 f"(recall 0.950; with 16 probes 22.2 CPU-s, 0.982). At 1M `latent` the full-space search "
         "(main at 0515eda, row `ivf-blas-full`) took 144 CPU-s at load 11.5, recall 0.877, peak RSS "
         "2,185 MB: 32-d overlapping Gaussians, where a 1M-point 10-NN ball is nearly as wide as a "
-        "list, need more probes. From `graph.IVF_BLAS_REDUCED_MIN_N` items (500k) rows whose sample "
+        "list, need more probes. From `graph.IVF_BLAS_HALF_MIN_N` items "
+        f"({IVF_BLAS_HALF_MIN_N // 1000}k) one pass reads the rows in file order into a float16 copy "
+        "of the unit rows (768 MB at 1M x 384, `graph._read_rows`), releasing the memory map's pages "
+        "every 32k rows, and everything after reads that copy (cosines move by ~1e-4), not the map: "
+        "before, the released pages were faulted in again at random, and the full-space search kept "
+        "the whole file mapped. From `graph.IVF_BLAS_REDUCED_MIN_N` items (500k) rows whose sample "
         f"holds {IVF_BLAS_REDUCED_ENERGY:.0%} of its energy in at most {IVF_BLAS_REDUCED_MAX_DIM} principal "
         "directions (`latent`: 32; `clustered`: more, so it stays in the full space) are projected "
-        "there in one pass over the file, searched the same way in the reduced space with "
+        "in the same pass, searched the same way in the reduced space with "
         f"{IVF_BLAS_REDUCED_NPROBE} probes for {IVF_BLAS_RERANK} candidates each, and the candidates "
-        "are scored exactly (rows in list order, 256 at a time, each candidate row read once per "
-        "chunk). 1M `latent`: 12 probes 100.1 CPU-s, recall 0.934; 14 probes 116.5 CPU-s, recall "
-        "0.948 (both at load 13-14, peak RSS 2,233 / 2,297 MB: the mapped pages were not yet "
-        "released, see below); 16 probes and 16 candidates reached 0.971 in a scratch run (238 "
-        "CPU-s on the earlier, slower block code). So the issue's goal (recall >= 0.95 in <= 120 "
-        "CPU-s and <= 2 GB) is NOT met: 14 probes are 0.002 short on recall at 116 CPU-s. "
-        "The row `ivf-blas` at 1M `latent` is the default (14 probes) with the memory-map pages "
-        "released after the projection and every 4,096 re-scored rows (`graph._release_pages`): "
-        "126.3 CPU-s, recall 0.948, peak RSS 1,862 MB (load 5.9): RSS within the goal, CPU 5 % over "
-        "it (the released pages are read again: +10 CPU-s against the 14-probe row before), recall "
-        "0.002 short. Below 500k the full-space search is unchanged (same graphs) on faster block "
+        "are scored in the full space (rows in list order, 256 at a time, each candidate row "
+        "converted once per chunk). Where the CPU went at 1M `latent` (CPU per function, a scratch "
+        "script wrapping graph's functions, load 4-8): before, search 44, scoring 11 candidates from the memory map "
+        "26 (page faults of released pages), projection 4, the rest ~2 CPU-s; in the 32-d space the "
+        "exact top 11 hold recall 0.978 of the true top 10 and the exact top 16 all of it, so the "
+        "recall was lost in the search's 11 candidates; on the float16 copy scoring 16 candidates "
+        "took 15 CPU-s. The finiteness check of the input (`graph._all_finite`) now reads 65k rows "
+        "at a time and releases their pages: `np.isfinite(X).all()` built a 384 MB mask and mapped "
+        "the whole file, which was the 1,862 MB peak of every 1M build before. The two 1M "
+        "`ivf-blas` rows are the default now, two `--isolate` runs each: `latent` 88.1 / 88.3 "
+        "CPU-s, recall 0.958, peak RSS 1,622 MB (load 8-11; the previous default, 11 candidates "
+        "re-read from the map, took 95.1 CPU-s, recall 0.948, 1,862 MB in the same session at "
+        "load 6-7, and 126.3 CPU-s at load 5.9 before); `clustered` (full space, 8 probes) "
+        "102.4 / 103.5 CPU-s, recall 0.996, 1,306 MB (load 8-11, the fast test suite running "
+        "beside it; before 130.6 CPU-s, 0.997, 2,504 MB at load 13). So the issue's goal (recall "
+        ">= 0.95 in <= 120 CPU-s and <= 2 GB) is met on both synthetic sets (the same build's "
+        "CPU-s moved by up to 1.3x between sessions with the load: 77-95 CPU-s for the previous "
+        "`latent` default this session). 100k is on the unchanged path (same graphs): `latent` "
+        "5.5 CPU-s, `clustered` 5.5, recall 0.965 / 1.000, 523 / 525 MB (load 6-7; 6.5 / 6.4 "
+        "CPU-s and 561 / 562 MB before, the difference being the finiteness check's mask). The other 1M rows were measured on the earlier code (no "
+        "float16 copy, 11 candidates): `latent` 12 probes 100.1 CPU-s, recall 0.934; 14 probes "
+        "116.5 CPU-s, 0.948 (load 13-14, pages not released: 2,233 / 2,297 MB); 16 probes and 16 "
+        "candidates reached 0.971 in a scratch run (238 CPU-s on the earlier, slower block code). "
+        "Below 500k the full-space search is unchanged (same graphs) on faster block "
         "code (FAISS top-k for the probes and each row's first list, one flat scan for the floors): "
         "200k `latent` 19.3 CPU-s against 25.7 for main's code in the same session (load 6-7), "
         "recall 0.9495 both; 100k `latent` `ivf-blas-full` 7.8 CPU-s (main 9.6 / 11.1 in the same "
         "session, recall 0.9649 all). `ivf-blas-reduced-p12` at 100k: the reduced space (12 probes, "
         "11 candidates) below the 500k threshold, 7.2 CPU-s, recall 0.968. "
-        "1M `clustered` (full space, 8 probes): 130.6 CPU-s, recall 0.9966, peak RSS 2,504 MB at "
-        "load 13 (the full-space search does not release pages). "
 
         f"Refinement ({IVF_BLAS_REFINE_PASSES} passes by default): after the search and the reverse "
         "pass, rows in IVF-list order, 64 at a time, are scored with one BLAS product against every "

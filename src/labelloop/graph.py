@@ -40,8 +40,10 @@ DEFAULT_EXACT_THRESHOLD = 20_000
 #: "auto" above the exact threshold: IVF lists searched block by block with BLAS
 #: (:func:`_search_ivf_blas`; no JIT, centroids kept for adding items). knn_backends.md: 100k
 #: in 6.4-6.5 CPU-s (recall@10 1.000 clustered, 0.965 latent; FAISS IVF 46-163 s, NN-descent
-#: 18-33 s + its compile); 1M latent (searched in its 32-d principal subspace, :func:`_build_ivf_blas`)
-#: 126 CPU-s, recall 0.948, peak RSS 1.86 GB (goal: 0.95 in 120 CPU-s and 2 GB; full space 144 / 0.877).
+#: 18-33 s + its compile); 1M (goal: recall 0.95 in 120 CPU-s and 2 GB), read into a float16
+#: copy (:func:`_read_rows`): latent (searched in its 32-d principal subspace,
+#: :func:`_build_ivf_blas`) 88 CPU-s, recall 0.958, peak RSS 1.62 GB; clustered (full space)
+#: 103 CPU-s, recall 0.996, 1.31 GB.
 DEFAULT_APPROX_METHOD = "ivf-blas"
 
 
@@ -172,7 +174,7 @@ def build_knn_graph(
         )
     if method not in KNN_METHODS:
         raise ValidationError(f"unknown kNN method {method!r}; choose one of {', '.join(KNN_METHODS)}")
-    if not np.isfinite(X).all():
+    if not _all_finite(X):
         raise ValidationError("embeddings contain NaN or infinite values; fix or drop those rows")
     k = int(k)
     if method == "auto":
@@ -395,18 +397,25 @@ _BLOCK_SCORES = 1 << 22
 #: "ivf-blas" searches in a reduced space when the rows are nearly low-rank: the top principal
 #: directions (of the unit rows, uncentred: inner products are kept) holding this share of a
 #: sample's energy, if they are at most IVF_BLAS_REDUCED_MAX_DIM; the candidates found there
-#: are then scored exactly in the full space (:func:`_build_ivf_blas`). Rows of sentence
+#: are then scored in the full space (:func:`_build_ivf_blas`). Rows of sentence
 #: embeddings spread their energy wider and are searched in the full space.
 IVF_BLAS_REDUCED_ENERGY = 0.95
 IVF_BLAS_REDUCED_MAX_DIM = 128
-#: probed lists and candidates per item (scored exactly) of a reduced-space search
+#: probed lists and candidates per item (scored in the full space) of a reduced-space search.
+#: 1M `latent`: in its 32-d space the exact top 11 held recall 0.978 of the true top 10, the
+#: exact top 16 all of it; the search's 11 candidates gave 0.948 (14 probes), 16 gave 0.958,
+#: their scoring being cheap once it reads the float16 copy (26 -> 15 CPU-s for 11 -> 16)
 IVF_BLAS_REDUCED_NPROBE = 14
-IVF_BLAS_RERANK = 11
+IVF_BLAS_RERANK = 16
 #: ... used from this many items on. Below it the full space, as measured before: at 100k
 #: `latent` the two were close (full 7.8-11.6 CPU-s at recall 0.965; reduced with 16 probes and
 #: 16 candidates 16.1 CPU-s at 0.985, with 12 and 11 7.2 CPU-s at 0.968; single runs at load
 #: 13-16). At 1M `latent` the full space needs far more probes (8: recall 0.877 in 144 CPU-s)
 IVF_BLAS_REDUCED_MIN_N = 500_000
+#: from this many items "ivf-blas" reads the rows once into a float16 copy of the unit rows
+#: and searches / scores that copy (:func:`_read_rows`); below it the rows are read in place
+#: (same graphs as before at 100k-200k)
+IVF_BLAS_HALF_MIN_N = 500_000
 #: rows sampled for the principal directions
 _PCA_SAMPLE = 20_000
 
@@ -442,52 +451,65 @@ def _reduced_basis(X: np.ndarray, *, seed: int) -> np.ndarray | None:
     return np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
 
 
-def _project_rows(X: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One pass over ``X`` in row order: (inverse norms (n,), unit rows projected on ``V`` (n, r))."""
+def _read_rows(X: np.ndarray, V: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """One pass over ``X`` in row order: (inverse norms (n,), unit rows projected on ``V``
+    (n, r) or None without ``V``, the unit rows as float16 (n, d)). The float16 copy is what
+    the search and the scoring read afterwards: half the bytes of the rows, in memory, so the
+    memory map's pages are released as the pass goes (:func:`_release_pages`) and never mapped
+    again (re-reading released pages at random cost page faults and put the whole file in the
+    peak RSS). Its rounding (2^-11 relative) moves a cosine by ~1e-4."""
     n = X.shape[0]
     inv = np.zeros(n, np.float32)
-    Y = np.empty((n, V.shape[1]), np.float32)
+    Y = None if V is None else np.empty((n, V.shape[1]), np.float32)
+    H = np.empty(X.shape, np.float16)
     step = 32_768
     for i in range(0, n, step):
         B = np.asarray(X[i : i + step], dtype=np.float32)
         norms = np.linalg.norm(B.astype(np.float64), axis=1)
         inv[i : i + step] = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        Y[i : i + step] = (B * inv[i : i + step, None]) @ V
-        if (i // step) % 8 == 7:
-            _release_pages(X)
-    _release_pages(X)
-    return inv, Y
+        B = B * inv[i : i + step, None]
+        H[i : i + step] = B
+        if Y is not None:
+            Y[i : i + step] = B @ V
+        _release_pages(X)   # every 32k rows: 50 MB of mapped pages at a time
+    return inv, Y, H
 
 
 def _build_ivf_blas(X: np.ndarray, kk: int, *, seed: int):
     """The "ivf-blas" search: (ids (n, kk), sims, rows in list order, centroids (nlist, d),
-    inverse norms). Low-rank rows (:func:`_reduced_basis`) are searched in the reduced space
-    for :data:`IVF_BLAS_RERANK` candidates each, then scored exactly (:func:`_rerank_exact`);
-    others in the full space."""
+    inverse norms). From :data:`IVF_BLAS_HALF_MIN_N` items the rows are read once into a
+    float16 copy of the unit rows (:func:`_read_rows`) and everything after reads that copy.
+    Low-rank rows (:func:`_reduced_basis`, from :data:`IVF_BLAS_REDUCED_MIN_N` items) are
+    searched in the reduced space for :data:`IVF_BLAS_RERANK` candidates each, then scored in
+    the full space (:func:`_rerank_exact`); others in the full space."""
     per_list, niter = IVF_BLAS_KMEANS
-    V = _reduced_basis(X, seed=seed) if X.shape[0] >= max(IVF_BLAS_REDUCED_MIN_N, _PCA_SAMPLE) else None
+    n = X.shape[0]
+    V = _reduced_basis(X, seed=seed) if n >= max(IVF_BLAS_REDUCED_MIN_N, _PCA_SAMPLE) else None
     if V is None:
-        inv = _inverse_norms(X)
-        centroids = _ivf_centroids(X, seed=seed, inv=inv, per_list=per_list, niter=niter)
-        idx, sim, order = _search_ivf_blas(X, inv, kk, centroids, IVF_BLAS_NPROBE)
+        if n >= IVF_BLAS_HALF_MIN_N:
+            inv, _, H = _read_rows(X)
+            src, src_inv = H, None
+        else:
+            inv = _inverse_norms(X)
+            src, src_inv = X, inv
+        centroids = _ivf_centroids(src, seed=seed, inv=src_inv, per_list=per_list, niter=niter)
+        idx, sim, order = _search_ivf_blas(src, src_inv, kk, centroids, IVF_BLAS_NPROBE)
         return idx, sim, order, centroids, inv
-    inv, Y = _project_rows(X, V)
+    inv, Y, H = _read_rows(X, V)
     cy = _ivf_centroids(Y, seed=seed, per_list=per_list, niter=niter)
-    cand, _, order = _search_ivf_blas(Y, None, max(kk, IVF_BLAS_RERANK), cy, IVF_BLAS_REDUCED_NPROBE)
+    cand, order = _search_ivf_blas(Y, None, max(kk, IVF_BLAS_RERANK), cy, IVF_BLAS_REDUCED_NPROBE)[::2]
     del Y
-    cand = cand.astype(np.int32)  # less to hold while the rows are read
-    idx, sim = _rerank_exact(X, inv, cand, kk, order)
+    cand = cand.astype(np.int32)  # less to hold while the rows are scored
+    idx, sim = _rerank_exact(H, None, cand, kk, order)
     return idx, sim, order, normalize_rows(cy @ V.T), inv
-
-
-#: chunks of 256 rows between two releases of a memory map's pages in :func:`_rerank_exact`
-_RELEASE_CHUNKS = 16
 
 
 def _rerank_exact(X: np.ndarray, inv: np.ndarray, cand: np.ndarray, kk: int, order: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``kk`` best of its candidates ``cand`` (-1: none) by exact cosine (rows of
-    ``X`` normalised by ``inv`` as read), rows taken in ``order`` in chunks, one per core."""
+    """Each row's ``kk`` best of its candidates ``cand`` (-1: none) by their cosine in the
+    full space (rows of ``X`` -- the float16 unit rows of :func:`_read_rows` -- normalised by
+    ``inv`` as read), rows taken in ``order`` in chunks, one per core."""
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
@@ -499,8 +521,7 @@ def _rerank_exact(X: np.ndarray, inv: np.ndarray, cand: np.ndarray, kk: int, ord
     def chunk(rows: np.ndarray) -> None:
         c = cand[rows]                                                  # (b, r)
         Q = _unit_rows(X, inv, rows)                                    # (b, d)
-        # rows of one list share most candidates: each read once, in file order (a random
-        # read of a mapped row cost ~3 us, a read from this small copy far less)
+        # rows of one list share most candidates: each read and converted once
         U, at = np.unique(np.maximum(c, 0), return_inverse=True)
         M = _unit_rows(X, inv, U)[at.reshape(c.shape)]                  # (b, r, d)
         s = np.einsum("bd,brd->br", Q, M)
@@ -512,13 +533,20 @@ def _rerank_exact(X: np.ndarray, inv: np.ndarray, cand: np.ndarray, kk: int, ord
     step, workers = 256, _n_threads()
     chunks = [order[i : i + step] for i in range(0, n, step)]
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        # the rows read at random would map the whole file (1.5 GB at 1M x 384, the goal is
-        # 2 GB in all): released every _RELEASE_CHUNKS chunks, read again from the page cache
-        for i in range(0, len(chunks), _RELEASE_CHUNKS):
-            list(pool.map(chunk, chunks[i : i + _RELEASE_CHUNKS]))
-            _release_pages(X)
+        list(pool.map(chunk, chunks))
     np.minimum(sim, 1.0, out=sim)
     return idx, sim
+
+
+def _all_finite(X: np.ndarray) -> bool:
+    """No NaN or infinity in ``X``, checked :data:`_CHUNK` rows at a time with a memory map's
+    pages released after each: ``np.isfinite(X).all()`` at 1M x 384 built a 384 MB mask and
+    kept the whole 1.5 GB file mapped, 1,862 MB of peak RSS before any search began."""
+    for i in range(0, X.shape[0], _CHUNK):
+        if not np.isfinite(X[i : i + _CHUNK]).all():
+            return False
+        _release_pages(X)
+    return True
 
 
 def _inverse_norms(X: np.ndarray) -> np.ndarray:
@@ -730,7 +758,10 @@ def _reverse_merge(idx: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.nda
     src, dst, s = src[ok], dst[ok], s[ok]
     ok = s > sim[dst, -1]
     src, dst, s = src[ok], dst[ok], s[ok]
-    ok = ~(idx[dst] == src[:, None]).any(axis=1)
+    # i already in j's list: checked 1M edges at a time (idx[dst] is 88 bytes per edge)
+    step = 1 << 20
+    ok = np.concatenate([~(idx[dst[i : i + step]] == src[i : i + step, None]).any(axis=1)
+                         for i in range(0, dst.size, step)] or [np.zeros(0, bool)])
     src, dst, s = src[ok], dst[ok], s[ok]
     if dst.size == 0:
         return idx, sim
