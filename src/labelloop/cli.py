@@ -7,6 +7,7 @@ Every user mistake is a :class:`labelloop.errors.LabelloopError`, printed as one
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -246,12 +247,23 @@ def _refresh_kind(s: dict) -> str:
     return f"warm start + {s['drain_steps']} steps to its error bound" if s.get("drain_steps") else "warm start"
 
 
+def _one_blas_thread() -> None:
+    """A warm refresh does almost no dense linear algebra, yet OpenBLAS's worker threads spin
+    after each small call it makes: one thread took a 100k refresh from 0.37 to 0.29 CPU-s
+    (wall 0.27 -> 0.29 s; benchmarks/results/e2e_latency_100000.md). Read once, when numpy is
+    loaded, so only before that; a value the user set is kept."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 @cli.command()
 @project_option
 @click.option("--full", is_flag=True, help="Recompute from scratch instead of warm-starting.")
 @json_option
 def refresh(project, full, as_json):
     """Build (or reuse) the kNN graph and propagate the labels to every item."""
+    if not full:
+        _one_blas_thread()
     with _open(project) as p:
         s = p.refresh(full=full)
     if as_json:
