@@ -359,14 +359,14 @@ def server_rows(row) -> None:
     row("server: GET /api/dashboard after a refresh, s", lambda x: x.get("server", {}).get("dashboard_s_median"))
 
 
-def write_server_markdown(r: dict, path: Path) -> None:
-    """The table of a ``--server-only`` run."""
-    v = r["variants"]
-    names = list(v)
-    lines = [f"# Server latency, {r['n']:,} items (synthetic 384-d)", "",
+def _table(r: dict, title: str, intro: list[str] = ()):
+    """(lines, row): a result page's head, intro and table header, and ``row(label, get, fmt)``,
+    which appends one measure per variant (and the ratio baseline / this when there are two)."""
+    v, names = r["variants"], list(r["variants"])
+    lines = [title, "",
              f"Command: `{r['command']}` on {r['machine']}. Load average (1/5/15 min) before "
              f"{[round(x, 2) for x in r['load_average_before']]}, after {[round(x, 2) for x in r['load_average_after']]}. "
-             f"Project build (not timed below): {json.dumps(r['build'])}.", "",
+             f"Project build (not timed below): {json.dumps(r['build'])}.", "", *intro,
              "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
              "|---|" + "---:|" * (len(names) + (len(names) > 1))]
 
@@ -376,6 +376,13 @@ def write_server_markdown(r: dict, path: Path) -> None:
         ratio = (f" {vals[1] / vals[0]:.1f}x |" if vals[0] and vals[1] else " - |") if len(names) > 1 else ""
         lines.append(f"| {label} | " + " | ".join(cells) + " |" + ratio)
 
+    return lines, row
+
+
+def write_server_markdown(r: dict, path: Path) -> None:
+    """The table of a ``--server-only`` run."""
+    v, names = r["variants"], list(r["variants"])
+    lines, row = _table(r, f"# Server latency, {r['n']:,} items (synthetic 384-d)")
     server_rows(row)
     for n in names:
         srv = v[n]["server"]
@@ -390,26 +397,11 @@ def write_server_markdown(r: dict, path: Path) -> None:
 
 
 def write_markdown(r: dict, path: Path) -> None:
-    v = r["variants"]
-    names = list(v)
-    lines = [f"# End-to-end latency, {r['n']:,} items (synthetic 384-d)", "",
-             f"Command: `{r['command']}` on {r['machine']}. Load average (1/5/15 min) before "
-             f"{[round(x, 2) for x in r['load_average_before']]}, after {[round(x, 2) for x in r['load_average_after']]}. "
-             f"Project build (not timed below): {json.dumps(r['build'])}.", "",
-             f"CLI: `labelloop refresh{' --full' if '--full' in r['command'] else ''}` in a fresh process after 10 new human labels, median of "
-             f"{len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + system "
-             "of the child process (from wait4), peak RSS the child's own VmHWM (read at its exit).", "",
-             "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
-             "|---|" + "---:|" * (len(names) + (len(names) > 1))]
-
-    def row(label, get, fmt="{:.3f}"):
-        vals = [get(v[n]) for n in names]
-        cells = [fmt.format(x) if x is not None else "-" for x in vals]
-        ratio = ""
-        if len(names) > 1:
-            ratio = f" {vals[1] / vals[0]:.1f}x |" if vals[0] and vals[1] else " - |"
-        lines.append(f"| {label} | " + " | ".join(cells) + " |" + ratio)
-
+    v, names = r["variants"], list(r["variants"])
+    lines, row = _table(r, f"# End-to-end latency, {r['n']:,} items (synthetic 384-d)", [
+        f"CLI: `labelloop refresh{' --full' if '--full' in r['command'] else ''}` in a fresh process after 10 new "
+        f"human labels, median of {len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + "
+        "system of the child process (from wait4), peak RSS the child's own VmHWM (read at its exit).", ""])
     row("refresh CPU s", lambda x: x["cli"]["cpu_s_median"])
     row("refresh CPU s, mean (drains and full fits included)", lambda x: x["cli"].get("cpu_s_mean"))
     row("refresh CPU s, max", lambda x: x["cli"].get("cpu_s_max"))

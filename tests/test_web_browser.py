@@ -89,6 +89,14 @@ def _stat(page, key: str) -> str:
     return page.inner_text(f"#stat-{key} b").strip()
 
 
+def _watch(page) -> list[str]:
+    """A list to which the page's script errors and every HTTP answer >= 400 are added."""
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    return problems
+
+
 def _wait_until(fn, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -264,11 +272,9 @@ def _visible_classes(page, root: str = "#classes") -> list[str]:
 def test_fifteen_classes_by_keyboard_guidelines_and_review_keys(browser, served15):
     server, path, truth, machine = served15
     url = server.url
-    problems: list[str] = []
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    problems = _watch(page)
 
     # the admin writes guidelines; raw HTML in them shows as text
     _login(page, url, "boss", "boss-password-1", "/dashboard")
@@ -391,9 +397,7 @@ def test_admin_switches_a_rule_off_on_the_rules_page(browser, tmp_path):
     with ServerProcess(tmp_path / "proj") as server:
         ctx = browser.new_context(viewport={"width": 1400, "height": 900})
         page = ctx.new_page()
-        problems: list[str] = []
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        problems = _watch(page)
         _login(page, server.url, "boss", "boss-password-1", "/dashboard")
         page.click("nav >> text=Rules")
         page.wait_for_url(server.url + "/rules")
@@ -432,9 +436,7 @@ def test_the_queue_waits_for_refreshed_predictions_instead_of_polling(browser, t
     with ServerProcess(tmp_path / "proj") as server:
         ctx = browser.new_context(viewport={"width": 1280, "height": 800})
         page = ctx.new_page()
-        problems: list[str] = []
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        problems = _watch(page)
         _login(page, server.url, "ann", "ann-password-1", "/queue")
         # the first refresh (the seed labels) is served: the page opens with its guesses
         assert _wait_until(lambda: page.evaluate(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_web_browser import ARTIFACTS, _login, browser, pytestmark  # noqa: F401 (the fixture, the marks)
+from test_web_browser import ARTIFACTS, _login, _watch, browser, pytestmark  # noqa: F401 (the fixture, the marks)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,7 @@ def test_draw_resize_reclass_delete_and_save_with_mouse_and_keys(browser, served
     server, path, ids = served
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     page = ctx.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    problems = _watch(page)
 
     # an annotator lands on /queue, which on a detection project is the box editor
     _login(page, server.url, "ann", "ann-password-1", "/boxes")

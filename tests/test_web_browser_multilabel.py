@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_web_browser import (ARTIFACTS, _current, _login, _wait_item_change, browser,  # noqa: F401
+from test_web_browser import (ARTIFACTS, _current, _login, _watch, _wait_item_change, browser,  # noqa: F401
                               pytestmark)   # the fixture and the marks
 
 
@@ -71,9 +71,7 @@ def test_toggle_classes_with_keys_and_submit_sets_with_enter(browser, served):
     server, path = served
     ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     page = ctx.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    problems = _watch(page)
     _login(page, server.url, "ann", "ann-password-1", "/queue")
     page.wait_for_function("() => document.getElementById('item-view').dataset.itemId")
     initial = json.loads(page.inner_text("#initial"))
