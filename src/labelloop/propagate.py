@@ -633,12 +633,8 @@ class LabelPropagation:
             if Y0 is None:
                 Y0 = self._seed(y)
             if stop is None:   # the steps up to the next residual check at once (one reordering)
-                want = min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
-                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=want, tol_stop=False)
-                done += want
-                if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
-                    self.residual_ = self.residual()
-                continue
+                steps = min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
+                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps, tol_stop=False)
             else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
                 SY = _blocked_product(self.S_, self.Y_, stop)
                 if SY is None:
@@ -649,7 +645,8 @@ class LabelPropagation:
                     SY *= np.float32(self.alpha)
                     SY += np.float32(1.0 - self.alpha) * Y0
                 self.Y_ = SY
-            done += 1
+                steps = 1
+            done += steps
             if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
                 self.residual_ = self.residual()
         if done % RESIDUAL_CHECK_STEPS and done != cap:

@@ -159,9 +159,7 @@ def choose_head_weight(y_human: np.ndarray, rows: np.ndarray, Q_prop: np.ndarray
         if wt <= 0:
             continue
         ll, right = scored(wt)
-        d = ll - ll0
-        gain = float((w * d).sum())
-        se = float(np.sqrt((w ** 2 * (d - gain) ** 2).sum()))
+        gain, se = paired_gain(ll - ll0, w)
         if gain > min_z * se and right >= right0 + min_right and best_ll < float((w * ll).sum()):
             best, best_ll = float(wt), float((w * ll).sum())
     return best
@@ -217,6 +215,14 @@ def prior_candidates(Y: np.ndarray, y: np.ndarray, n_classes: int, names=(*AUTO_
     return {k: out[k] for k in names}
 
 
+def paired_gain(d: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """``(gain, standard error)`` of the (m,) paired per-label differences ``d`` (e.g. in
+    log-likelihood) under weights ``w`` summing to 1: the evidence rule of the head weight and
+    the class prior (a gain counts when it is ``min_z`` standard errors clear)."""
+    gain = float((w * d).sum())
+    return gain, float(np.sqrt((w ** 2 * (d - gain) ** 2).sum()))
+
+
 def choose_class_prior(y_human: np.ndarray, rows: np.ndarray, Q: dict[str, np.ndarray],
                        population: dict[str, np.ndarray], *, min_gain: float = AUTO_PRIOR_MIN_GAIN,
                        min_z: float = AUTO_PRIOR_MIN_Z) -> str:
@@ -267,11 +273,9 @@ def choose_class_prior(y_human: np.ndarray, rows: np.ndarray, Q: dict[str, np.nd
         # from 5 held-out labels per class.
         gains, clear = [], []
         for w in (prediction_weights(t, population[k], C) for k in (name, default)):
-            wn = w / w.sum()
-            d = loglik(Q[name], w) - loglik(Q[default], w)  # (m,) paired per-label differences
-            g = float((wn * d).sum())
+            g, se = paired_gain(loglik(Q[name], w) - loglik(Q[default], w), w / w.sum())
             gains.append(g)
-            clear.append(g > 0 and g >= min_z * float(np.sqrt((wn ** 2 * (d - g) ** 2).sum())))
+            clear.append(g > 0 and g >= min_z * se)
         # a large gain, or a smaller one the held-out labels show clearly (many labels agreeing)
         if (min(gains) >= min_gain or all(clear)) and min(gains) > best_gain:
             best, best_gain = name, min(gains)
