@@ -7,13 +7,22 @@ its cross-fitted held-out distributions; then each calibration map is fitted on 
 human labels and scored on the unlabeled items (ECE, |mean confidence - accuracy|). The
 predicted labels are the same under every map.
 
-- ``power, beta 1 below 4``: the power map alone, no calibration below 4 held-out labels (before);
-- ``power``: the same with ``DEFAULT_BETA`` below 4 held-out labels;
-- ``power + top-label (prior k)``: then the top-label logistic map, its prior worth k items
-  (``TOP_PRIOR_ITEMS`` is the default);
-- ``power + top-label, LODO default``: the power below 4 held-out labels fitted on the other data
-  sets' cells at one label per class (the maximum pooled likelihood of their unlabeled items),
-  scored on the left-out data set: what ``DEFAULT_BETA`` does on data it was not fitted on.
+- ``power, beta 1 below 4``: the power map alone, no calibration below 4 held-out labels;
+- ``power, beta 1.68 below 4`` / ``power``: the same with the earlier default power (the pooled
+  likelihood's) or ``DEFAULT_BETA`` below 4 held-out labels;
+- ``power + top-label slope and intercept (prior k), beta 1.68 below 4 (before)``: then the
+  two-parameter top-label logistic map on every run, its prior worth k items (5 was the default);
+- ``power + top-label slope`` / ``... slope and intercept``: the top-label map with one or two
+  parameters on every run; ``... intercept by BIC (shipped)``: ``choose_top_label``;
+- ``shipped, LODO default``: the power below 4 held-out labels fitted on the other data sets'
+  cells at one label per class (the power at which their mean gap is zero), scored on the
+  left-out data set: what ``DEFAULT_BETA`` does on data it was not fitted on;
+- ``oracle: ...``: the shipped map fitted on evidence a project does not have (held-out labels
+  weighted to the true class shares; the final model's predictions of unlabeled items instead
+  of the fold models' predictions of the held-out labels; 50 or 500 random unlabeled items),
+  to tell which of the three limits the calibration: class weights, fold models, or sample size.
+
+The uncalibrated runs are memoised (``--memo``): a second run only refits the maps (seconds).
 
 Run:  python benchmarks/calibration.py [--seeds 3] [--only digits sms-spam]
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -47,19 +57,44 @@ def raw_prediction(Xn, S, y, C):
     return pred.proba, pred.heldout_rows, pred.heldout_proba
 
 
-def pooled_beta(runs) -> float:
-    """The grid power maximising the mean (per run) log-likelihood of the unlabeled items' labels."""
-    from labelloop.loop.calibrate import BETA_GRID, apply_power
+def mean_gap_beta(runs) -> float:
+    """The power (a fine grid, 2^-1 .. 2^3) at which the mean over (data set, backbone) pairs of
+    (mean confidence - accuracy) of the unlabeled items is closest to zero: right on average."""
+    from labelloop.loop.calibrate import apply_power
 
-    def ll(beta):
-        out = []
+    grid = 2.0 ** np.linspace(-1, 3, 81)
+
+    def gap(beta):
+        pairs_: dict = {}
         for r in runs:
-            u = np.flatnonzero(r["y"] < 0)
+            u = r["y"] < 0
             Pc = apply_power(r["P"][u], beta)
-            out.append(np.log(np.maximum(Pc[np.arange(u.size), r["yt"][u]], 1e-6)).mean())
-        return float(np.mean(out))
+            pairs_.setdefault((r["dataset"], r["backbone"]), []).append(Pc.max(1).mean() - (Pc.argmax(1) == r["yt"][u]).mean())
+        return float(np.mean([np.mean(v) for v in pairs_.values()]))
 
-    return max(BETA_GRID, key=ll)
+    return float(min(grid, key=lambda b: abs(gap(b))))
+
+
+def true_share_weights(r, t):
+    """(m,) weights of held-out labels ``t`` to the unlabeled items' TRUE class shares (an oracle)."""
+    C = r["P"].shape[1]
+    u = r["y"] < 0
+    pop = np.bincount(r["yt"][u], minlength=C) / u.sum()
+    held = np.bincount(t, minlength=C) / len(t)
+    w = pop[t] / np.maximum(held[t], 1e-12)
+    return w / w.mean()
+
+
+def population_sample(r, size=None):
+    """Rows of unlabeled items (an oracle's evidence): as many per class as the held-out labels
+    have (``size`` None), or ``size`` drawn uniformly."""
+    rng = np.random.default_rng(1)
+    u = np.flatnonzero(r["y"] < 0)
+    if size is not None:
+        return rng.choice(u, min(size, u.size), replace=False)
+    cnt = np.bincount(r["y"][r["rows"]], minlength=r["P"].shape[1])
+    return np.concatenate([rng.choice(u[r["yt"][u] == c], min(cnt[c], int((r["yt"][u] == c).sum())), replace=False)
+                           for c in range(len(cnt))])
 
 
 def main(argv=None):
@@ -67,20 +102,29 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--out", default="calibration")
+    ap.add_argument("--memo", default=str(HERE / ".cache" / "calibration_runs"),
+                    help="folder of the uncalibrated runs, reused when the same cells are asked again")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
     from labelloop.datasets import load_dataset
     from labelloop.graph import build_knn_graph, normalize_rows
-    from labelloop.loop.calibrate import (DEFAULT_BETA, MIN_CALIBRATION_ITEMS, Calibrator, apply_power,
-                                          expected_calibration_error, fit_calibrator, fit_top_label, prediction_weights)
+    from labelloop.loop.calibrate import (DEFAULT_BETA, MIN_CALIBRATION_ITEMS, TOP_PRIOR_ITEMS, Calibrator, apply_power,
+                                          choose_top_label, expected_calibration_error, fit_calibrator, fit_top_label,
+                                          prediction_weights)
     from labelloop.propagate import affinity_matrix
     from robustness import SHOTS, pairs, random_labels
 
     warnings.simplefilter("ignore")
     t0, load0 = time.time(), os.getloadavg()[0]
     runs = []
+    Path(args.memo).mkdir(parents=True, exist_ok=True)
     for name, n, bb, f in pairs(args.only):
+        memo = Path(args.memo) / f"{name}-{bb}-s{args.seeds}.pkl"
+        if memo.exists():
+            runs += pickle.loads(memo.read_bytes())
+            continue
+        first = len(runs)
         yt = load_dataset(name, n=n, seed=0).labels
         Xn = normalize_rows(np.load(f))
         C = int(yt.max()) + 1
@@ -93,26 +137,50 @@ def main(argv=None):
                 runs.append({"dataset": name, "backbone": bb, "shots": shots, "seed": seed, "P": P, "rows": rows,
                              "Q": Q, "y": y, "yt": yt})
             print(name, bb, shots, flush=True)
+        memo.write_bytes(pickle.dumps(runs[first:]))
     datasets = sorted({r["dataset"] for r in runs})
-    lodo = {d: pooled_beta([r for r in runs if r["shots"] == 1 and r["dataset"] != d]) for d in datasets}
+    lodo = {d: mean_gap_beta([r for r in runs if r["shots"] == 1 and r["dataset"] != d]) for d in datasets}
+    OLD_BETA = 2.0 ** 0.75  # DEFAULT_BETA before (the pooled likelihood's power)
 
-    def fitted(r, *, top_prior=None, default=DEFAULT_BETA):
-        t = r["y"][r["rows"]]
-        if len(t) < MIN_CALIBRATION_ITEMS:
+    def fitted(r, *, top="shipped", default=DEFAULT_BETA, prior=TOP_PRIOR_ITEMS, weights="predicted", evidence=None):
+        """The power, then the top-label map: "shipped" (choose_top_label), "both" (slope and
+        intercept on every run), "slope", or None; ``weights``/``evidence``: oracles."""
+        if evidence is not None:
+            s = population_sample(r, None if evidence == "same" else evidence)
+            Q, t = r["P"][s], r["yt"][s]
+        else:
+            Q, t = r["Q"], r["y"][r["rows"]]
+        if len(r["rows"]) < MIN_CALIBRATION_ITEMS and evidence in (None, "same"):
             return Calibrator(default, len(t), None, None)
-        w = prediction_weights(t, r["P"].argmax(1), r["P"].shape[1])
-        cal = fit_calibrator(r["Q"], t, weights=w)
-        if top_prior is None:
+        w = true_share_weights(r, t) if weights == "true" else prediction_weights(t, r["P"].argmax(1), r["P"].shape[1])
+        if evidence not in (None, "same"):
+            w = None  # a uniform sample of the unlabeled items: no class weights
+        cal = fit_calibrator(Q, t, weights=w)
+        if top is None:
             return cal
-        Qb = apply_power(r["Q"], cal.beta)
-        top = fit_top_label(Qb.max(1), Qb.argmax(1) == t, weights=w, prior_items=top_prior)
-        return Calibrator(cal.beta, len(t), None, None, top)
+        Qb = apply_power(Q, cal.beta)
+        if top == "shipped":
+            ab = choose_top_label(Qb.max(1), Qb.argmax(1) == t, weights=w)
+        else:
+            ab = fit_top_label(Qb.max(1), Qb.argmax(1) == t, weights=w, prior_items=prior, intercept=top == "both")
+        return Calibrator(cal.beta, len(t), None, None, ab)
 
     maps = {"uncalibrated": lambda r: Calibrator(1.0, 0, None, None),
-            "power, beta 1 below 4": lambda r: fitted(r, default=1.0),
-            "power": lambda r: fitted(r),
-            **{f"power + top-label (prior {k:g})": (lambda k: lambda r: fitted(r, top_prior=k))(k) for k in (1.0, 5.0, 20.0)},
-            "power + top-label, LODO default": lambda r: fitted(r, top_prior=5.0, default=lodo[r["dataset"]])}
+            "power, beta 1 below 4": lambda r: fitted(r, top=None, default=1.0),
+            f"power, beta {OLD_BETA:.2f} below 4": lambda r: fitted(r, top=None, default=OLD_BETA),
+            "power": lambda r: fitted(r, top=None),
+            **{f"power + top-label slope and intercept (prior {k:g}), beta {OLD_BETA:.2f} below 4 (before)":
+               (lambda k: lambda r: fitted(r, top="both", prior=k, default=OLD_BETA))(k) for k in (1.0, 5.0, 20.0)},
+            "power + top-label slope and intercept": lambda r: fitted(r, top="both"),
+            "power + top-label slope": lambda r: fitted(r, top="slope"),
+            "power + top-label slope, intercept by BIC (shipped)": lambda r: fitted(r),
+            "shipped, LODO default": lambda r: fitted(r, default=lodo[r["dataset"]]),
+            "oracle: weights to the true class shares": lambda r: fitted(r, weights="true"),
+            "oracle: the final model's predictions of unlabeled items, as many per class as held out":
+                lambda r: fitted(r, evidence="same"),
+            "oracle: ... and weights to the true class shares": lambda r: fitted(r, evidence="same", weights="true"),
+            "oracle: 50 unlabeled items drawn at random": lambda r: fitted(r, evidence=50),
+            "oracle: 500 unlabeled items drawn at random": lambda r: fitted(r, evidence=500)}
     cells: dict = {}
     for r in runs:
         u = r["y"] < 0
@@ -121,17 +189,21 @@ def main(argv=None):
             Pc = fit(r)(r["P"][u])
             assert (Pc.argmax(1) == r["P"][u].argmax(1)).all()
             conf = Pc.max(1)
-            c = cells.setdefault((r["dataset"], r["backbone"], r["shots"]), {}).setdefault(m, [[], []])
+            c = cells.setdefault((r["dataset"], r["backbone"], r["shots"]), {}).setdefault(m, [[], [], []])
             c[0].append(expected_calibration_error(conf, correct))
             c[1].append(abs(float(conf.mean() - correct.mean())))
+            c[2].append(float(conf.mean() - correct.mean()))
     lines = [f"# Calibration maps on the robustness suite ({args.seeds} seeds; `python benchmarks/calibration.py`)", "",
              "labelloop's default prediction (class_prior and head weight auto), calibrated by each map fitted on the "
              "cross-fitted held-out human labels; on the unlabeled items, mean over cells (dataset x backbone x labels "
              "per class 1, 2, 5, 10, 20) of the ECE (10 bins) and of |mean confidence - accuracy| (each the mean over "
              "seeds); within 0.05: cells whose mean |gap| is at most 0.05. Predicted labels are the same under every "
-             "map. LODO: the power used below 4 held-out labels fitted on the other data sets (one label per class), "
-             "scored on the left-out one: " + ", ".join(f"{d} {b:.2f}" for d, b in lodo.items()) +
-             f"; `DEFAULT_BETA` = {DEFAULT_BETA:.2f} (fitted on all).", "",
+             "map. LODO: the power used below 4 held-out labels fitted on the other data sets (one label per class, "
+             "the power whose mean gap over their (data set, backbone) pairs is zero), scored on the left-out one: " +
+             ", ".join(f"{d} {b:.2f}" for d, b in lodo.items()) + f"; `DEFAULT_BETA` = {DEFAULT_BETA:.2f} (fitted on all). "
+             "Oracles (not possible in a project, they read the truth of unlabeled items) locate the error: the "
+             "held-out labels' class weights, the fold models being weaker than the final one, or the number of "
+             "labels.", "",
              "| map | mean ECE | ECE at 1 label/class | ECE at >= 2 | mean abs(gap) | cells within 0.05 | at >= 2 labels/class |",
              "|---|---|---|---|---|---|---|"]
     summary = {}
@@ -146,6 +218,18 @@ def main(argv=None):
                           "cells": len(g), "cells_2plus": len(more)}
         lines.append(f"| {m} | {s['ece']:.3f} | {s['ece_1']:.3f} | {s['ece_2plus']:.3f} | {s['gap']:.3f} | "
                      f"{s['within']} of {s['cells']} | {s['within_2plus']} of {s['cells_2plus']} |")
+    shipped, before = "power + top-label slope, intercept by BIC (shipped)", [m for m in maps if m.endswith("(before)")][1]
+    lines += ["", f"Per cell: the shipped map and the one before ({before}); accuracy on the unlabeled items, mean "
+              "confidence - accuracy per seed, held-out labels per seed (m).", "",
+              "| dataset | backbone | labels/class | accuracy | m | gap before | gap shipped | mean abs(gap) before / shipped |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k, v in cells.items():
+        m_held = sorted({len(r["rows"]) for r in runs if (r["dataset"], r["backbone"], r["shots"]) == k})
+        acc = np.mean([float((r["P"][r["y"] < 0].argmax(1) == r["yt"][r["y"] < 0]).mean()) for r in runs
+                       if (r["dataset"], r["backbone"], r["shots"]) == k])
+        sg = {x: " ".join(f"{g:+.3f}" for g in v[x][2]) for x in (before, shipped)}
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {acc:.3f} | {'/'.join(map(str, m_held))} | {sg[before]} | {sg[shipped]} | "
+                     f"{np.mean(v[before][1]):.3f} / {np.mean(v[shipped][1]):.3f} |")
     meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg_start": load0, "loadavg": os.getloadavg(),
             "argv": sys.argv, "lodo_beta": lodo}
     lines += ["", f"Command: `PYTHONPATH=src python {' '.join(sys.argv)}`; {meta['seconds']} s, load average "

@@ -22,7 +22,7 @@ from labelloop.loop import (
     more_needed,
     verify_sample,
 )
-from labelloop.loop.calibrate import DEFAULT_BETA, Calibrator, apply_top_label, fit_top_label
+from labelloop.loop.calibrate import DEFAULT_BETA, Calibrator, apply_top_label, choose_top_label, fit_top_label
 from labelloop.loop.certify import planned_checks
 from labelloop.propagate import LabelPropagation
 
@@ -111,11 +111,28 @@ def test_top_label_map_fixes_top_and_bottom_where_a_power_cannot():
     np.testing.assert_allclose(Q[:, 1] / Q[:, 2], 1.5, rtol=1e-4)  # the others keep their proportions
     power = fit_calibrator(P[:2000], y[:2000])
     both = fit_calibrator(P[:2000], y[:2000], top_label=True)
-    assert both.top[1] < -0.2  # after the power: the intercept a power cannot give
+    assert both.top[1] < -0.2  # after the power: the intercept a power cannot give (2000 items support it)
     ece = {name: expected_calibration_error(R.max(1), y[2000:] == 0)
            for name, R in (("power", power(P[2000:])), ("both", both(P[2000:])))}
     assert ece["both"] < 0.045 and ece["both"] < ece["power"] - 0.03
     assert Calibrator.from_dict(both.to_dict()).top == pytest.approx(both.top, abs=1e-4)
+
+
+def test_top_label_intercept_only_where_the_heldout_items_support_it():
+    """A handful of held-out items with an unlucky share right must not shift every item's
+    confidence (an intercept fitted on 10 items moved the mean confidence of the robustness
+    suite's unlabeled items by their noise); the slope alone is fitted then. Many items showing
+    a shift the slope cannot give (right with probability sigmoid(logit(conf) - 1)) get it."""
+    rng = np.random.default_rng(4)
+    conf = rng.uniform(0.55, 0.95, 3000)
+    z = np.log(conf / (1 - conf))
+    right = rng.random(conf.size) < 1 / (1 + np.exp(-(z - 1.0)))
+    few = choose_top_label(conf[:10], right[:10])
+    assert few[1] == 0.0 and few == fit_top_label(conf[:10], right[:10], intercept=False)
+    a, b = choose_top_label(conf, right)
+    assert abs(a - 1.0) < 0.25 and abs(b + 1.0) < 0.3
+    slope = fit_top_label(conf, right, intercept=False)
+    assert slope[1] == 0.0 and slope[0] < a  # the slope alone can only flatten toward 0.5
 
 
 def test_top_label_map_never_changes_the_predicted_label():
