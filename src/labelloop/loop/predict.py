@@ -241,6 +241,18 @@ def choose_class_prior(y_human: np.ndarray, rows: np.ndarray, Q: dict[str, np.nd
     it gains at least ``min_gain`` nats per label under both its own and the default's class
     shares, or a positive gain of at least ``min_z`` standard errors of the paired per-label
     difference under both (:data:`AUTO_PRIOR_MIN_Z`).
+
+    Why both (benchmarks/results/prediction_variants_priors.md): at 5 labels per class the
+    plot-vs-review MiniLM set (8 % minority; "estimated" 0.94 accurate, "labels" 0.72) and the
+    hub set of tests/test_loop.py ("estimated" 0.14, "labels" 0.45) give the held-out labels the
+    same evidence: a gain of 0.2-0.5 nats per label under the challenger's shares (plot 0.47-0.50
+    in 2 of 3 seeds, hub 0.21-0.43 in 3 of 4) and one within a standard error of 0 under the
+    default's (plot +0.05 to +0.08, hub -0.02 to +0.01), and the classifier head's predicted
+    shares lean the challenger's way in both. Weighting by the
+    challenger's shares alone took the hub flip in 3 of 4 seeds (plot set at 5 per class 0.761 ->
+    0.837). Also measured there and worse: the "estimated" shares from EM prior adjustment
+    (Saerens et al. 2002; 8 cells below LabelSpreading instead of 5), class-mass normalisation
+    softened to the power 0.5 (11); no normalisation as a third candidate changed nothing (5).
     """
     names = list(Q)
     if len(rows) < MIN_HELDOUT_FOR_PRIOR:
