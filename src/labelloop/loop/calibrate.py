@@ -138,6 +138,16 @@ def apply_top_label(P: np.ndarray, a: float, b: float) -> np.ndarray:
     return P
 
 
+def _top_label_terms(conf: np.ndarray, correct: np.ndarray, weights: np.ndarray | None):
+    """``(z, r, w)``: the logit of the top-label confidence, the add-one smoothed targets (as
+    :func:`fit_calibrator`) and the weights (ones where None, not normalised)."""
+    z = _logit(conf)
+    m = z.size
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    eps = 1.0 / (m + 2)
+    return z, np.asarray(correct, dtype=np.float64) * (1.0 - eps) + eps / 2, w
+
+
 def _top_label_nll(z: np.ndarray, r: np.ndarray, w: np.ndarray, a: float, b: float) -> float:
     """sum_i w_i * cross-entropy of the targets ``r`` under ``sigmoid(a z + b)`` (no prior)."""
     s = a * z + b
@@ -152,12 +162,9 @@ def fit_top_label(conf: np.ndarray, correct: np.ndarray, *, weights: np.ndarray 
     targets (as :func:`fit_calibrator`), with a Gaussian prior pulling (a, b) toward (1, 0)
     worth ``prior_items`` items. ``intercept=False``: b = 0, the slope alone (a temperature of
     the top label's logit). Newton's method (the objective is strictly convex)."""
-    z = _logit(conf)
-    m = z.size
-    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    z, r, w = _top_label_terms(conf, correct, weights)
     w = w / w.sum()
-    eps = 1.0 / (m + 2)
-    r = np.asarray(correct, dtype=np.float64) * (1.0 - eps) + eps / 2
+    m = z.size
     lam = prior_items / m
     X = np.stack([z, np.ones(m)], axis=1) if intercept else z[:, None]  # (m, k)
     centre = np.array([1.0, 0.0][:X.shape[1]])
@@ -197,11 +204,9 @@ def choose_top_label(conf: np.ndarray, correct: np.ndarray, *, weights: np.ndarr
     slope cannot give (tests/test_loop.py), the rule takes it."""
     slope = fit_top_label(conf, correct, weights=weights, intercept=False)
     both = fit_top_label(conf, correct, weights=weights)
-    z, m = _logit(conf), len(conf)
-    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    z, r, w = _top_label_terms(conf, correct, weights)
+    m = z.size
     w = w * (m / w.sum())  # m items in all: the criterion counts items
-    eps = 1.0 / (m + 2)
-    r = np.asarray(correct, dtype=np.float64) * (1.0 - eps) + eps / 2
     gain = _top_label_nll(z, r, w, *slope) - _top_label_nll(z, r, w, *both)
     return both if gain > 0.5 * np.log(max(m, 1)) else slope
 
