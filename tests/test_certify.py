@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 import math
+import sys
 
 import pytest
 
@@ -23,8 +24,11 @@ from labelloop.loop.certify import (
     PLAN_GRID,
     PLAN_HEDGE,
     PLAN_SLACK,
+    REGION_STEPS,
     SHRINK_FLOOR,
+    PLAN_PRIOR_ERRORS,
     ROUND_LENGTH,
+    error_scale,
     expected_certified,
     plan_coverage,
     planned_checks,
@@ -42,12 +46,13 @@ def test_the_fixed_sequence_stops_at_the_first_region_that_fails():
     cert = certify(cov, np.zeros(200, int), right, n_classes=1, candidate=1.0)
     assert not cert.certified and cert.coverage[0] == 0
     # 100 checks, two errors among the least confident: the regions below the first pass, the
-    # one holding it (81 checks, 1 wrong: 135 would be needed) ends the sequence
+    # one holding it (81 checks, 1 wrong: 135 would be needed) ends the sequence, which certifies
+    # up to the grid region just inside the wrong check (1 / REGION_STEPS finer than the checks)
     cov = np.linspace(0.01, 1.0, 100)
     late = np.ones(100, bool)
     late[[80, 90]] = False
     cert = certify(cov, np.zeros(100, int), late, n_classes=1, candidate=1.0)
-    assert cert.certified and cert.coverage[0] == cov[79]
+    assert cert.certified and cert.coverage[0] == pytest.approx(cov[80] - 1 / REGION_STEPS)
 
 
 def test_a_region_checks_were_drawn_from_is_certified_whole():
@@ -81,7 +86,7 @@ def test_the_plan_draws_from_the_region_checks_are_expected_to_certify():
 def test_after_a_wrong_check_verify_draws_just_inside_it_when_too_few_would_land_there():
     """40 checks drawn from the 90 % most confident. All right: the region stays. One wrong at
     coverage 0.6: the plan's other 40 checks from the 90 % would leave about 53 below it, fewer
-    than the 64 it takes to pass, so the next come from the 59 % (the 26 right ones below it
+    than the 64 it takes to pass, so the next come from the 59.9 % (the 26 right ones below it
     still count there). Wrong at 0.8: about 71 would land below it anyway, and those beyond it
     cannot break the certificate, so the region stays. Wrong among the most confident (below
     SHRINK_FLOOR of the region): the region stays too (135 checks can still pass it)."""
@@ -90,7 +95,7 @@ def test_after_a_wrong_check_verify_draws_just_inside_it_when_too_few_would_land
     region = np.full(40, 0.9)
     right = np.ones(40, bool)
     assert pending_region(cov, region, right, 0.9) == 0.9
-    for at, expected in ((0.6, 0.59), (0.8, 0.9), (0.02, 0.9)):
+    for at, expected in ((0.6, 0.599), (0.8, 0.9), (0.02, 0.9)):
         c, wrong = cov.copy(), right.copy()
         i = int(np.argmin(abs(cov - at)))
         c[i], wrong[i] = at, False
@@ -98,6 +103,51 @@ def test_after_a_wrong_check_verify_draws_just_inside_it_when_too_few_would_land
     assert 0.02 < SHRINK_FLOOR * 0.9
     # checks drawn from a smaller region do not count for a larger one: nothing moves
     assert pending_region(c, np.full(40, 0.5), wrong, 0.9) == 0.9
+
+
+def test_the_held_out_labels_correct_the_plan_where_the_calibration_understates_the_top():
+    """Calibrated confidences from 0.999 down to 0.9, as a calibration fitted on all labels at
+    once may say where the items are more often right: 80 checks from the whole are expected to
+    meet a wrong one among the less confident, so the plan stops short of it. 50 held-out labels
+    spread over the same confidences, all right, say the errors are rarer: the plan draws from
+    all items. A quarter of them wrong moves it the other way; without held-out labels nothing
+    changes."""
+    conf = np.linspace(0.999, 0.9, 1000)
+    eligible = np.ones(1000, bool)
+    grid = np.array([0.5, 1.0])
+    assert (error_scale(conf, None, grid) == 1).all()
+    held = conf[::20]
+    right = (held, np.ones(held.size, bool))
+    scale = error_scale(conf, right, grid)  # (0 wrong + prior) / (expected + prior)
+    assert scale[1] == pytest.approx(PLAN_PRIOR_ERRORS / ((1 - held).sum() + PLAN_PRIOR_ERRORS))
+    assert scale[1] < scale[0] < 1  # fewer held-out labels in the top half: less evidence
+    plain = plan_coverage(conf, eligible)
+    assert plain < 1.0 and plan_coverage(conf, eligible, heldout=right) == 1.0
+    wrong = (held, np.arange(held.size) % 4 > 0)  # every fourth wrong
+    assert (error_scale(conf, wrong, grid) > 1).all()
+    assert plan_coverage(conf, eligible, heldout=wrong) < plain
+
+
+def test_the_compressed_region_grid_certifies_what_the_whole_grid_does():
+    """_round_region tests only the grid regions where which checks count can change (and their
+    neighbours): on random pools of checks, drawn from several regions, the anytime test ends
+    at the same region, count and bound as on every k / REGION_STEPS."""
+    cert_mod = sys.modules["labelloop.loop.certify"]
+    rng = np.random.default_rng(3)
+    full = lambda cov, region: np.arange(1, REGION_STEPS + 1) / REGION_STEPS  # noqa: E731
+    certified = 0
+    for t in range(12):
+        m = int(rng.integers(70, 160))
+        region = rng.choice([0.5, 0.77, 0.9, 1.0], size=m)
+        cov = region * rng.random(m)
+        correct = rng.random(m) < [0.97, 0.99, 1.0][t % 3]
+        fine = cert_mod._anytime_region(cov, region, correct, target=0.95, level=0.95)[:4]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cert_mod, "_region_grid", full)
+            whole = cert_mod._anytime_region(cov, region, correct, target=0.95, level=0.95)[:4]
+        assert fine == whole
+        certified += fine[0] > 0
+    assert certified >= 3  # the comparison covers certificates, not only "nothing"
 
 
 def _verify_until_certified(conf, correct, *, seed, budget=120, batch=10, target=0.95):

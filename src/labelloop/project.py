@@ -1014,6 +1014,7 @@ class Project:
                     labels=y[labeled] if len(labeled) else None, class_names=self.classes, seed=seed,
                     explore=explore, target_precision=target_precision or self._target(),
                     verify_eligible=eligible, within=None if batch is None else self.in_batch(ids, batch),
+                    verify_heldout=self._plan_heldout(pred) if strategy == "verify" and pred is not None else None,
                     **dict(zip(("certified_coverage", "pending_coverage"), self._verify_state())),
                     **(dict(zip(("rule_votes", "rule_proba"), rules)) if rules is not None and pred is not None else {}))
         picked = ch.rows.tolist()
@@ -1075,6 +1076,12 @@ class Project:
             return z, z.astype(np.int64), z.astype(bool), z.astype(np.int64)
         Q, t = np.load(d / "heldout_proba.npy"), np.load(d / "heldout_labels.npy")
         return Q.max(1), Q.argmax(1), Q.argmax(1) == t, t
+
+    def _plan_heldout(self, pred: Predictions) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence, correct) of the held-out human labels: where verify draws corrects its
+        plan by them (:func:`labelloop.loop.certify.error_scale`)."""
+        conf, _, correct, _ = self._heldout(pred)
+        return conf, correct
 
     def random_checks(self) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
         """Every randomly drawn item (verify checks, the random share of `next`) a person has
@@ -1144,7 +1151,7 @@ class Project:
         eligible = self._eligible(pred.item_ids, pred)
         certified, pending = self._verify_state()
         cand = verify_coverage(pred.confidence, eligible, target_precision=target_precision,
-                               certified_coverage=certified, pending=pending)
+                               certified_coverage=certified, pending=pending, heldout=self._plan_heldout(pred))
         return certify(cov[keep], cpred, correct[keep], n_classes=len(pred.classes), candidate=cand,
                        check_region=region[keep], target_precision=target_precision,
                        confidence_level=confidence_level, per_class=per_class, batch_ends=ends)
@@ -2590,7 +2597,8 @@ class Project:
                                 confidence_level=params.get("confidence_level", 0.95))
         certified, pending = self._verify_state()
         return {"more_needed": int(cert.more_needed or 0), "target_precision": target,
-                "certified_coverage": certified, "pending_coverage": pending, "reason": cert.reason}
+                "certified_coverage": certified, "pending_coverage": pending, "reason": cert.reason,
+                "heldout": self._plan_heldout(pred)}
 
     def autolabel_eligible(self, pred: Predictions) -> np.ndarray:
         """(n,) over ``pred``'s items: the ones auto-labeling may label (no human or imported

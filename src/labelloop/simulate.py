@@ -162,7 +162,8 @@ def _draws(P: np.ndarray, labeled: np.ndarray, choice) -> list[tuple[int, float,
 
 
 def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks, *, target_precision: float,
-                  per_class: bool = True, certified_coverage: float = 0.0, batch_ends: list[int] = ()) -> dict:
+                  per_class: bool = True, certified_coverage: float = 0.0, batch_ends: list[int] = (),
+                  heldout=None) -> dict:
     """What the loop would do and how right it is, given calibrated predictions ``P``: accuracy,
     calibration error on the unlabeled items, and auto-labels certified by the random checks
     (the same :func:`labelloop.loop.certify` that ``Project.autolabel`` runs)."""
@@ -175,7 +176,8 @@ def _step_metrics(P: np.ndarray, y_true: np.ndarray, labeled: np.ndarray, checks
     mask_u = np.ones(n, dtype=bool)
     mask_u[labeled] = False
     correct_pred = pred == y_true
-    cand = verify_coverage(conf, mask_u, target_precision=target_precision, certified_coverage=certified_coverage)
+    cand = verify_coverage(conf, mask_u, target_precision=target_precision, certified_coverage=certified_coverage,
+                           heldout=heldout)
     c_cov, c_guess, c_corr, c_region = _checks_arrays(checks, y_true)
     cert = certify(c_cov, c_guess, c_corr, n_classes=C, candidate=cand, check_region=c_region,
                    target_precision=target_precision, per_class=per_class, batch_ends=batch_ends)
@@ -200,7 +202,7 @@ def _refresh_proba(S, y, C: int, head, prior, source: str, chosen: np.ndarray, *
     ``prior``; while no random draws measure the class shares (``source`` not "random") the
     prior is chosen on held-out labels (``class_prior auto``, loop.predict.choose_class_prior);
     calibrated on the labels no strategy ``chosen`` once there are 30. ``lp``: a fitted model
-    to warm-update. Returns ``(P, lp)``."""
+    to warm-update. Returns ``(P, lp, (confidence, correct) of the held-out human labels)``."""
     from .loop.predict import calibrated_predictions, prior_candidates
     from .propagate import LabelPropagation
 
@@ -214,8 +216,8 @@ def _refresh_proba(S, y, C: int, head, prior, source: str, chosen: np.ndarray, *
     rep = ~chosen if ((y >= 0) & ~chosen).sum() >= 30 else None
     P = calibrated_predictions(P_raw, head(y, None), lp.reached_, y, _propagator(
         S, C, temperature=temperature, n_iter=n_iter, prior=prior, candidates_of=y if choose_prior else None),
-        head, score=rep, seed=seed)[0].proba
-    return P, lp
+        head, score=rep, seed=seed)[0]
+    return P.proba, lp, (P.heldout_proba.max(1), P.heldout_proba.argmax(1) == y[P.heldout_rows])
 
 
 def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed: int,
@@ -275,8 +277,8 @@ def run_one(data: SimulationData, strategy: str, *, budget: int, step: int, seed
             prior, source = class_prior(y, C, drawn=drawn_mask, chosen=chosen)
             # class_prior auto, as Project.refresh: until random draws measure the shares, the
             # prior is chosen on held-out labels (loop.predict.choose_class_prior)
-            P, lp = _refresh_proba(S, y, C, head, prior, source, chosen, lp=lp, temperature=temperature,
-                                   n_iter=n_iter, seed=seed)
+            P, lp, _ = _refresh_proba(S, y, C, head, prior, source, chosen, lp=lp, temperature=temperature,
+                                      n_iter=n_iter, seed=seed)
         seconds = time.perf_counter() - t0
         certified = records[-1]["certified_coverage"] if records else 0.0
         records.append(dict(strategy=strategy, model=model, seed=seed, human_labels=int(len(labeled)),
@@ -317,12 +319,12 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
         # as Project.refresh: verify checks are neither actively chosen nor uniform draws over
         # every item, so the prior comes from the shares of all labels and is chosen on held-out ones
         prior, source = class_prior(y, C, drawn=np.zeros(n, bool), chosen=np.zeros(n, bool))
-        P, _ = _refresh_proba(S, y, C, head, prior, source, np.zeros(n, bool), temperature=temperature,
-                              n_iter=n_iter, seed=seed)
+        P, _, heldout = _refresh_proba(S, y, C, head, prior, source, np.zeros(n, bool), temperature=temperature,
+                                       n_iter=n_iter, seed=seed)
         certified = records[-1]["certified_coverage"] if records else 0.0
         rec = dict(seed=seed, human_labels=int(len(labeled)),
                    **_step_metrics(P, y_true, labeled, checks, target_precision=target_precision,
-                                   certified_coverage=certified, batch_ends=batch_ends))
+                                   certified_coverage=certified, batch_ends=batch_ends, heldout=heldout))
         records.append(rec)
         if (rec["certified"] and stop_when_certified) or len(labeled) >= budget:
             break
@@ -332,7 +334,7 @@ def certify_loop(data: SimulationData, *, start_per_class: int = 5, batch: int =
             if last_region > rec["certified_coverage"] else 0.0
         ch = choose("verify", min(batch, budget - len(labeled)), labeled=labeled, unlabeled=unl, probabilities=P,
                     seed=seed + len(labeled), target_precision=target_precision,
-                    certified_coverage=rec["certified_coverage"], pending_coverage=pending)
+                    certified_coverage=rec["certified_coverage"], pending_coverage=pending, verify_heldout=heldout)
         last_region = float(ch.details.get("coverage", 0.0))
         if len(ch.rows) == 0:
             break

@@ -60,6 +60,7 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
            explore: float | None = None, target_precision: float = DEFAULT_TARGET,
            verify_eligible: np.ndarray | None = None, certified_coverage: float = 0.0,
            candidates: np.ndarray | None = None, pending_coverage: float = 0.0,
+           verify_heldout: tuple[np.ndarray, np.ndarray] | None = None,
            rule_votes: np.ndarray | None = None, rule_proba: np.ndarray | None = None,
            within: np.ndarray | None = None) -> Choice:
     """Choose ``n`` rows to label. ``labeled`` / ``unlabeled``: row indices; ``probabilities``:
@@ -68,7 +69,9 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
     (default: the unlabeled rows); ``certified_coverage``: the share auto-labeling has certified
     so far (verify then draws from a region :data:`~labelloop.loop.certify.EXPAND` larger);
     ``pending_coverage``: the region the last checks came from, kept until it is certified
-    (:func:`~labelloop.loop.certify.verify_coverage`).
+    (:func:`~labelloop.loop.certify.verify_coverage`); ``verify_heldout``: (calibrated confidence,
+    correct) of the held-out human labels, which correct the verify plan where the calibration
+    understates the top (:func:`~labelloop.loop.certify.error_scale`).
     ``candidates``: the rows of ``unlabeled`` the strategy ranks (a bounded sample keeps a
     long-running server's ranking fast); the random share is still drawn from all of
     ``unlabeled``, so it stays an unbiased sample. ``rule_votes`` / ``rule_proba``: (n_items, C)
@@ -99,7 +102,7 @@ def choose(strategy: str, n: int, *, labeled: np.ndarray, unlabeled: np.ndarray,
             verify_eligible = np.zeros(len(conf), bool)
             verify_eligible[unlabeled] = True
         cov = verify_coverage(conf, verify_eligible, target_precision=target_precision,
-                              certified_coverage=certified_coverage, pending=pending_coverage)
+                              certified_coverage=certified_coverage, pending=pending_coverage, heldout=verify_heldout)
         reason = "random check of the {share:.0%} most confident machine labels: certifies auto-labeling"
         if cov <= 0 and verify_eligible.any():
             # no region is expected to reach the target yet: check the most confident quarter,

@@ -245,7 +245,7 @@ def rank(strategy: str, inp: RankInputs, *, n_top: int = N_TOP, pool_size: int =
         ver = choose("verify", min(int(checks["more_needed"]), n_top), labeled=lab_rows, unlabeled=unl,
                      probabilities=inp.proba, seed=inp.seed, target_precision=checks["target_precision"],
                      verify_eligible=inp.eligible, certified_coverage=checks.get("certified_coverage", 0.0),
-                     pending_coverage=checks.get("pending_coverage", 0.0))
+                     pending_coverage=checks.get("pending_coverage", 0.0), verify_heldout=checks.get("heldout"))
         choices.append(ver)
         details["verify"] = ver.details
         unl, cand = np.setdiff1d(unl, ver.rows), np.setdiff1d(cand, ver.rows)   # asked once
