@@ -424,8 +424,9 @@ def test_error_bound_parameters_are_validated(overlapping, bad):
 
 
 def test_row_products_without_scipy_equal_scipys(overlapping):
-    """labelloop.csr's numpy row products (what a new process uses before scipy is loaded) give
-    scipy's results; run where scipy.sparse is not imported, so its numpy path is the one taken."""
+    """labelloop.csr's products (scipy's compiled kernels loaded without importing scipy.sparse,
+    as in a new refresh process) give scipy's results; run where scipy.sparse is not imported.
+    A later ``import scipy.sparse`` in that process works and gives the same products."""
     import json
     import os
     import subprocess
@@ -438,15 +439,21 @@ def test_row_products_without_scipy_equal_scipys(overlapping):
     v = rng.random((rows.size, 5), dtype=np.float32)
     code = (
         "import json, sys, numpy as np\n"
-        "from labelloop.csr import CsrArrays, rows_dot, rows_dot_transposed\n"
+        "from labelloop.csr import CsrArrays, matmul, rows_dot, rows_dot_transposed\n"
         "a = json.load(sys.stdin)\n"
         "S = CsrArrays(np.array(a['data'], np.float32), np.array(a['indices'], np.int32), "
         "np.array(a['indptr'], np.int32), (a['n'], a['n']))\n"
         "rows, Y, v = np.array(a['rows']), np.array(a['Y'], np.float32), np.array(a['v'], np.float32)\n"
         "n = a['n']\n"
         "out, w = rows_dot_transposed(S, rows, v, np.zeros(n, bool), np.empty(n, np.int64))\n"
+        "full, into = S @ Y, np.full(Y.shape, 7.0, np.float32)\n"
+        "matmul(S, Y, out=into)\n"
+        "scipy = 'scipy.sparse' in sys.modules\n"
+        "import scipy.sparse as sp\n"
+        "again = sp.csr_matrix((S.data, S.indices, S.indptr), shape=S.shape) @ Y\n"
         "print(json.dumps({'dot': rows_dot(S, rows, Y).tolist(), 'out': out.tolist(), 'w': w.tolist(),\n"
-        "                  'scipy': 'scipy.sparse' in sys.modules}))\n")
+        "                  'full': full.tolist(), 'into': into.tolist(), 'vec': (S @ Y[:, 0]).tolist(),\n"
+        "                  'again': again.tolist(), 'scipy': scipy}))\n")
     payload = json.dumps({"data": S.data.tolist(), "indices": S.indices.tolist(), "indptr": S.indptr.tolist(),
                           "n": S.shape[0], "rows": rows.tolist(), "Y": Y.tolist(), "v": v.tolist()})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -454,6 +461,9 @@ def test_row_products_without_scipy_equal_scipys(overlapping):
                                     capture_output=True, text=True).stdout)
     assert not got["scipy"]
     np.testing.assert_allclose(got["dot"], S[rows] @ Y, rtol=1e-5, atol=1e-6)
+    for key in ("full", "into", "again"):   # the same kernel as scipy's: the same floats
+        np.testing.assert_array_equal(np.array(got[key], np.float32), S @ Y)
+    np.testing.assert_array_equal(np.array(got["vec"], np.float32), S @ Y[:, 0])
     G = S[rows]   # (S[rows]^T v) on the columns those rows reach
     want = np.asarray(G.T @ v)
     out = np.unique(G.indices)

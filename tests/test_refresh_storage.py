@@ -180,11 +180,11 @@ print(json.dumps({"warm": s["warm"], "drained": s["drain_steps"] > 0 or s["refit
 
 
 def test_warm_refresh_in_a_new_process_imports_no_scipy(labeled, tmp_path, monkeypatch):
-    """A warm refresh in a new process gathers rows of the memory-mapped affinity with numpy
-    alone (labelloop.csr): importing scipy.sparse was 0.2 CPU-s of a 0.6 s refresh at 100k; only
-    full steps past the update's error bound load it. Its predictions equal those of the same
-    refresh in a process that has scipy loaded. (Both reuse the last calibration, as a warm
-    refresh does above RECALIBRATE_MAX_ITEMS items.) The numpy products themselves:
+    """A warm refresh in a new process, its drain's full steps included, never imports
+    scipy.sparse (0.15-0.25 CPU-s of a refresh): its products run scipy's compiled kernels loaded
+    alone (labelloop.csr.kernels). Its predictions equal those of the same refresh in a process
+    that has scipy loaded. (Both reuse the last calibration, as a warm refresh does above
+    RECALIBRATE_MAX_ITEMS items.) The products themselves:
     tests/test_propagate.py::test_row_products_without_scipy_equal_scipys."""
     import json
     import os
@@ -208,10 +208,10 @@ def test_warm_refresh_in_a_new_process_imports_no_scipy(labeled, tmp_path, monke
                                  capture_output=True, text=True).stdout
             info = json.loads(out.strip().splitlines()[-1])
             assert info["warm"]
-            # full steps past the warm update's error bound (a drain) are scipy products
-            assert info["scipy"] == info["drained"] and not (info["sklearn"] or info["torch"]), info
+            assert info["drained"], info   # full steps past the warm update's error bound too
+            assert not (info["scipy"] or info["sklearn"] or info["torch"]), info
         else:
-            import scipy.sparse  # noqa: F401  (loaded: the row products take scipy's path)
+            import scipy.sparse  # noqa: F401  (loaded: the kernels come from its usual import)
 
             MEMO.clear()
             with Project(path) as p:

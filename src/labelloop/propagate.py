@@ -64,12 +64,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelloop.csr import CsrArrays, row_gather, rows_dot, rows_dot_transposed
+from labelloop.csr import CsrArrays, matmul, row_gather, rows_dot, rows_dot_transposed
 from labelloop.errors import NotReadyError, ValidationError
 from labelloop.graph import KnnGraph
 
-if TYPE_CHECKING:   # scipy is imported where a full product or a new affinity needs it: a warm
-    import scipy.sparse as sp   # update in a new process runs on numpy alone (labelloop.csr)
+if TYPE_CHECKING:   # scipy.sparse is imported where a new affinity or a scipy matrix needs it: the
+    import scipy.sparse as sp   # products on a stored one need only its kernels (labelloop.csr)
 
 __all__ = [
     "affinity_matrix",
@@ -135,7 +135,7 @@ UPDATE_RESIDUAL_GROWTH = 1.5
 #: residual exceeded: full steps from the warm result, this many between residual checks ...
 RESIDUAL_CHECK_STEPS = 5
 #: ... until it is this many times the last full fit's (hysteresis: below the bound, so that
-#: the next updates warm-start without steps; a new process pays scipy's import for them) ...
+#: the next updates warm-start without steps) ...
 RESIDUAL_DRAIN_TO = 1.0
 #: ... but at most this much work per update, counted in rows x steps (``drain_steps="auto"``:
 #: DRAIN_MAX_ROW_STEPS // n steps; an integer: that many; None: up to ``n_iter``): what is left
@@ -390,22 +390,21 @@ class LabelPropagation:
         symmetric normalised affinity S (from :func:`affinity_matrix`).
         ``sample_weight``: (n,) non-negative trust per item; Y0 row i = weight_i * one-hot.
         """
-        import scipy.sparse as sp
-
         self._check_params()
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
         elif isinstance(graph, CsrArrays):
-            S = graph   # its full products go through scipy (CsrArrays.tocsr), its row products not
-        elif sp.issparse(graph):
+            S = graph   # its products run scipy's compiled kernels without importing scipy.sparse
+        else:
+            import scipy.sparse as sp
+
+            if not sp.issparse(graph):
+                raise ValidationError(
+                    f"graph must be a KnnGraph or a scipy sparse affinity matrix; got {type(graph).__name__}")
             if graph.ndim != 2 or graph.shape[0] != graph.shape[1]:
                 raise ValidationError(f"an affinity matrix must be square; got shape {graph.shape}")
             S = sp.csr_matrix(graph, dtype=np.float32)
             S.sort_indices()
-        else:
-            raise ValidationError(
-                f"graph must be a KnnGraph or a scipy sparse affinity matrix; got {type(graph).__name__}"
-            )
         n = S.shape[0]
         y_arr = np.asarray(y)
         if n_classes is None:
@@ -755,7 +754,7 @@ class LabelPropagation:
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
         elif isinstance(graph, CsrArrays):
-            S = graph   # stays scipy-free until a full propagation needs a full product
+            S = graph   # no scipy.sparse import (labelloop.csr)
         else:
             import scipy.sparse as sp
 
@@ -857,10 +856,8 @@ DRAIN_BLOCK_ROWS = 100_000
 
 
 def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.ndarray | None:
-    """``S @ Y`` ((n, C) float32) a block of DRAIN_BLOCK_ROWS rows at a time (scipy CSR views on
+    """``S @ Y`` ((n, C) float32) a block of DRAIN_BLOCK_ROWS rows at a time (CSR views on
     slices of S's arrays), asking ``stop()`` before each block; None when it said stop."""
-    import scipy.sparse as sp
-
     n = S.shape[0]
     order = S.ordered() if isinstance(S, CsrArrays) else None
     if order is not None:   # on S in locality order, as _iterate
@@ -872,9 +869,8 @@ def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.nd
             return None
         b = min(n, a + DRAIN_BLOCK_ROWS)
         p0, p1 = int(S.indptr[a]), int(S.indptr[b])
-        block = sp.csr_matrix((S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0),
-                              shape=(b - a, S.shape[1]), copy=False)
-        out[a:b] = block @ Y
+        block = CsrArrays(S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0, (b - a, S.shape[1]))
+        out[a:b] = matmul(block, Y)
     return out if order is None else np.take(out, inverse, axis=0)
 
 
