@@ -365,8 +365,8 @@ def test_drain_is_capped_per_update_and_what_is_left_carries_forward(overlapping
 
 def test_a_deferred_drain_stops_when_asked_and_a_step_cut_short_is_dropped(overlapping, monkeypatch):
     """``update(drain=False)`` leaves the steps to :meth:`drain` (unless the residual is past
-    DEFERRED_DRAIN_LIMIT x the bound); with ``stop`` a step runs in row blocks (the same result as
-    one product) and a step stopped inside leaves Y as it was."""
+    DEFERRED_DRAIN_LIMIT x the bound); with ``stop`` (asked every DRAIN_BLOCK_ROWS rows) a step
+    gives the result it gives without, and a step stopped inside leaves Y as it was."""
     import labelloop.propagate as propagate
 
     monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)   # 4 blocks per step
@@ -576,11 +576,13 @@ def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_pat
         np.testing.assert_array_equal(ordered.transduction_, plain.transduction_)
         again = arrays(tmp_path / f"order-{alpha}")   # another process: reads the stored order
         np.testing.assert_array_equal(again.ordered()[0], perm)
-    # a capped drain: the same steps and residual as in the items' order
-    m1, y2 = _past_the_bound(overlapping, drain_steps=3)
+    # a capped drain of full (Jacobi) steps: the same steps and residual as in the items' order
+    # (Gauss-Seidel sweeps, the default, go through the rows in the locality order by design)
+    m1, y2 = _past_the_bound(overlapping, drain_steps=3, drain_sweep="jacobi")
     m1.update(y2, max_rows=50)
     A = arrays(None)
-    m2 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, sample_labels(yt, 3, seed=5))
+    m2 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3, drain_sweep="jacobi").fit(
+        A, sample_labels(yt, 3, seed=5))
     m2.update(y2, max_rows=50)
     assert m2.drain_steps_ == m1.drain_steps_ == 3
     np.testing.assert_allclose(m2.Y_, m1.Y_, rtol=1e-4, atol=1e-6)
@@ -590,7 +592,41 @@ def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_pat
 
     monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
     monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)
-    m3 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(arrays(None), sample_labels(yt, 3, seed=5))
+    m3 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3, drain_sweep="jacobi").fit(
+        arrays(None), sample_labels(yt, 3, seed=5))
     m3.update(y2, max_rows=50, drain=False)
     assert m3.drain_steps_ == 0 and m3.drain(stop=lambda: False) == 3
     np.testing.assert_allclose(m3.Y_, m1.Y_, rtol=1e-4, atol=1e-6)
+
+
+def test_a_drain_sweeps_the_rows_in_blocks_gauss_seidel(overlapping, monkeypatch):
+    """A drain's step (``drain_sweep="gauss-seidel"``, the default) updates the rows block by
+    block, each block's product reading the rows before it as this sweep left them (labeled rows
+    reset to their labels); with one block for all rows it is a full (Jacobi) step."""
+    import labelloop.propagate as propagate
+
+    S, yt = overlapping
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
+    monkeypatch.setattr(propagate, "DRAIN_SWEEP_BLOCK_ROWS", 1000)
+    m, y2 = _past_the_bound(overlapping, drain_steps=None)
+    m.update(y2, max_rows=50, drain=False)
+    Y = m.Y_.copy()
+    assert m.drain(2) == 2
+    want, lab = Y.copy(), np.flatnonzero(y2 >= 0)
+    Y0 = m._seed(y2)
+    for _ in range(2):
+        for a in range(0, S.shape[0], 1000):
+            want[a:a + 1000] = S[a:a + 1000] @ want
+            fixed = lab[(lab >= a) & (lab < a + 1000)]
+            want[fixed] = Y0[fixed]
+    np.testing.assert_allclose(m.Y_, want, rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(propagate, "DRAIN_SWEEP_BLOCK_ROWS", 10**9)   # one block: full steps
+    steps = {}
+    for sweep in propagate.DRAIN_SWEEPS:
+        m, y2 = _past_the_bound(overlapping, drain_steps=None, drain_sweep=sweep)
+        m.update(y2, max_rows=50, drain=False)
+        steps[sweep] = (m.drain(3), m.Y_)
+    assert steps["jacobi"][0] == steps["gauss-seidel"][0] == 3
+    np.testing.assert_allclose(steps["gauss-seidel"][1], steps["jacobi"][1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValidationError):
+        LabelPropagation(drain_sweep="sor").fit(S, y2)

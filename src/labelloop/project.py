@@ -700,7 +700,7 @@ class Project:
         pred, head_weight = self._calibrate(P, H, reached, fit_y, y_h, weight, alpha, warm=warm,
                                             head_weight=hw_setting, prior_shares=prior if choose_prior else False)
         reached = np.asarray(pred.reached, dtype=bool)  # the head, where averaged in, reaches every item
-        P = pred.proba.astype(np.float32)   # (n, C) as stored and as every reader sees it
+        P = pred.proba.astype(np.float32, copy=False)   # (n, C) as stored and as every reader sees it
         s = prediction_summary(P)
         seconds = time.perf_counter() - t0
         prev = self.predictions()
@@ -717,12 +717,16 @@ class Project:
         try:
             if on_predictions is not None:
                 on_predictions(run)
-            # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`)
-            for name, a in (("proba", P), ("item_ids", ids), ("reached", reached), *s.items()):
+            # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`);
+            # the item ids, when those of the last predictions, a link to their file (8 MB at 1M)
+            if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
+                np.save(out_dir / "item_ids.npy", ids)
+            for name, a in (("proba", P), ("reached", reached), *s.items()):
                 np.save(out_dir / f"{name}.npy", a)
-            # the propagation state, so the next refresh (another process) can warm-start from it
+            # the propagation state, so the next refresh (another process) can warm-start from it;
+            # the labels in the smallest integer type that holds the class ids (read back as int64)
             np.save(out_dir / "state_Y.npy", self._lp.Y_)
-            np.save(out_dir / "state_y.npy", self._lp.y_)
+            np.save(out_dir / "state_y.npy", self._lp.y_.astype(np.int8 if len(classes) <= 127 else np.int32))
             np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
         except BaseException:
             self._own_predictions = own_before   # not stored: the previous run stays current
@@ -918,8 +922,10 @@ class Project:
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
                               alpha=None if key[3] >= 1.0 and key[5] is None else SMOOTH_ALPHA,
                               class_mass=self._class_mass())
-        lp.restore(S, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
-                   sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0),
+        # memory-mapped copy-on-write: the page cache's pages, not a copy of 40 MB at 1M items
+        # that a drain replaces anyway; the rows a warm update writes are copied on write
+        state = {a: np.load(d / f"state_{a}.npy", mmap_mode="c") for a in ("Y", "y", "w")}
+        lp.restore(S, state["Y"], state["y"], sample_weight=state["w"], n_updates=last["summary"].get("warm_updates", 0),
                    residual_fit=last["summary"].get("residual_fit"), drained=last["summary"].get("drained", 0))
         self._lp, self._lp_key = lp, key
         return True
@@ -3421,6 +3427,16 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
         "p90": round(float(p90), 4),
         "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
     }
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``target`` to ``source`` (a run's array file another run stores unchanged);
+    False where that fails (no such file, a file system without links)."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError:
+        return False
 
 
 def _round_or_none(x: float | None, digits: int) -> float | None:
