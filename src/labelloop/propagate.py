@@ -643,16 +643,20 @@ class LabelPropagation:
         while done < cap and self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
             if stop is not None and stop():
                 break
-            if Y0 is None:
-                Y0 = self._seed(y)
             # the steps up to the next residual check at once (one reordering), or with stop() one
             steps = 1 if stop is not None else min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
             if self.drain_sweep == "gauss-seidel":
-                Y = self._sweeps(self.Y_, Y0, y >= 0, steps, stop)
+                Y = self._sweeps(self.Y_, y, steps, stop)
                 if Y is None:
                     break
                 self.Y_ = Y
-            elif stop is None:
+                done += steps
+                if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
+                    self.residual_ = self.residual()
+                continue
+            if Y0 is None:
+                Y0 = self._seed(y)
+            if stop is None:
                 self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps, tol_stop=False)
             else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
                 SY = _blocked_product(self.S_, self.Y_, stop)
@@ -678,26 +682,31 @@ class LabelPropagation:
             self.residual_fit_ = self.residual_
         return done
 
-    def _sweeps(self, Y: np.ndarray, Y0: np.ndarray, labeled: np.ndarray, steps: int, stop=None
-                ) -> np.ndarray | None:
-        """``steps`` Gauss-Seidel sweeps of the iteration from ``Y`` (a new array; None when
-        ``stop()``, asked every DRAIN_BLOCK_ROWS rows, said stop: the sweep it cut is dropped).
+    def _sweeps(self, Y: np.ndarray, y: np.ndarray, steps: int, stop=None) -> np.ndarray | None:
+        """``steps`` Gauss-Seidel sweeps of the iteration from ``Y`` under the labels ``y``: the
+        result, in ``Y``'s own memory where S has a locality order (as the warm update's push,
+        which writes into Y: no new (n, C) array at 1M items), else in a new array; None when
+        ``stop()``, asked every DRAIN_BLOCK_ROWS rows, said stop: the sweep it cut is dropped
+        and ``Y`` is as it was.
         The rows go in blocks of DRAIN_SWEEP_BLOCK_ROWS, in S's locality order where it has one
         (labelloop.csr): a block's new rows are ``(S Y)`` on them (clamped rows reset to their
         labels; spreading: ``alpha (S Y) + (1 - alpha) Y0``) with the blocks before it already
         updated in this sweep, so a sweep moves Y further towards the fixed point than a step
         that reads only the last one (at 1M items 3 sweeps agreed with a cold fit as 5 steps)."""
         S, alpha = self.S_, self.alpha
+        given = Y
         order = S.ordered() if isinstance(S, CsrArrays) else None
         if order is not None:
             perm, _, S = order
-            Y, labeled = np.take(Y, perm, axis=0), labeled[perm]   # (n, C) a new array
-            Y0 = Y0 if alpha is None else np.take(Y0, perm, axis=0)
+            Y, labeled = np.take(Y, perm, axis=0), (y >= 0)[perm]   # (n, C) a new array, swept in place
         else:
-            perm, Y = None, np.array(Y, dtype=np.float32)   # swept in place: a copy
+            perm, Y, labeled = np.arange(Y.shape[0]), np.array(Y, dtype=np.float32), y >= 0   # a copy
         n = Y.shape[0]
-        fixed = np.flatnonzero(labeled)   # clamped rows (sorted), their labels' rows of Y0
-        fixed_Y0 = Y0[fixed if perm is None else perm[fixed]] if alpha is None else None
+        fixed = np.flatnonzero(labeled)   # clamped rows (sorted) and their seed rows
+        if alpha is None:
+            fixed_Y0 = self._seed_rows(perm[fixed], y)
+        else:
+            Y0 = self._seed(y)[perm]   # (n, C) in the sweep's order
         ask = DRAIN_BLOCK_ROWS   # stop() every this many rows; the blocks the same with it or without
         block_rows = min(DRAIN_SWEEP_BLOCK_ROWS, ask)
         for _ in range(steps):
@@ -715,7 +724,11 @@ class LabelPropagation:
                     new *= np.float32(alpha)
                     new += np.float32(1.0 - alpha) * Y0[a:b]
                 Y[a:b] = new
-        return Y if perm is None else np.take(Y, order[1], axis=0)
+        if order is None:
+            return Y
+        if given.dtype == np.float32 and given.flags.c_contiguous and given.flags.writeable:
+            return np.take(Y, order[1], axis=0, out=given)   # back to the items' order, in place
+        return np.take(Y, order[1], axis=0)
 
     def residual_exceeded(self) -> bool:
         """The error bound: the residual the warm updates left is above ``residual_growth`` x
