@@ -224,7 +224,7 @@ def rows_dot_transposed(S, rows: np.ndarray, v: np.ndarray, seen: np.ndarray, po
                         ) -> tuple[np.ndarray, np.ndarray]:
     """``(out, w)``: ``w = (S[rows]^T v)[out]`` for an (r, C) ``v`` on ``rows``, ``out`` the sorted
     columns those rows reach (for a symmetric S, the rows of ``S @ V`` that V on ``rows``
-    changes). ``seen`` (n,) bool all False and ``pos`` (n,) int64 are scratch arrays."""
+    changes). ``seen`` (n,) bool all False and ``pos`` (n,) int32 or int64 are scratch arrays."""
     n = S.shape[0]
     typed = _kernel_types(S, v)
     if typed is None:
@@ -242,7 +242,7 @@ def rows_dot_transposed(S, rows: np.ndarray, v: np.ndarray, seen: np.ndarray, po
     out = np.flatnonzero(seen)                                  # (r',) reached, sorted
     seen[out] = False
     pos[out] = np.arange(out.size)
-    at = pos[indices].astype(indptr.dtype)                      # compact column of each entry
+    at = pos[indices].astype(indptr.dtype, copy=False)          # compact column of each entry
     if typed is None:
         import scipy.sparse as sp
 

@@ -886,7 +886,7 @@ def _push(
     n = Y.shape[0]
     touched = np.zeros(n, bool)
     seen = np.zeros(n, bool)  # scratch: rows reached by this step's product
-    pos = np.empty(n, np.int64)  # scratch: row id -> compact column
+    pos = np.empty(n, np.int32 if n < 2**31 else np.int64)  # scratch: row id -> compact column
     coef = 1.0 if alpha is None else 1.0 - alpha
     for step in range(steps + (alpha is not None)):
         last = step == steps
