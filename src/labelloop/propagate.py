@@ -647,27 +647,22 @@ class LabelPropagation:
             steps = 1 if stop is not None else min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
             if self.drain_sweep == "gauss-seidel":
                 Y = self._sweeps(self.Y_, y, steps, stop)
-                if Y is None:
-                    break
-                self.Y_ = Y
-                done += steps
-                if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
-                    self.residual_ = self.residual()
-                continue
-            if Y0 is None:
-                Y0 = self._seed(y)
-            if stop is None:
-                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps, tol_stop=False)
-            else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
-                SY = _blocked_product(self.S_, self.Y_, stop)
-                if SY is None:
-                    break
-                if self.alpha is None:
-                    SY[y >= 0] = Y0[y >= 0]
-                else:
-                    SY *= np.float32(self.alpha)
-                    SY += np.float32(1.0 - self.alpha) * Y0
-                self.Y_ = SY
+            else:
+                if Y0 is None:
+                    Y0 = self._seed(y)
+                if stop is None:
+                    Y, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps, tol_stop=False)
+                else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
+                    Y = _blocked_product(self.S_, self.Y_, stop)
+                    if Y is not None:
+                        if self.alpha is None:
+                            Y[y >= 0] = Y0[y >= 0]
+                        else:
+                            Y *= np.float32(self.alpha)
+                            Y += np.float32(1.0 - self.alpha) * Y0
+            if Y is None:
+                break
+            self.Y_ = Y
             done += steps
             if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
                 self.residual_ = self.residual()
