@@ -523,7 +523,7 @@ class Project:
         h = hashlib.sha256()
         h.update(str(meta.get("cache_id")).encode())
         h.update(f"k={self.graph_k()};exact<={self.setting('exact_threshold')}".encode())
-        h.update(np.ascontiguousarray(ids).tobytes())
+        h.update(np.ascontiguousarray(ids))   # its buffer: no 8 MB copy at 1M items
         return h.hexdigest()[:20]
 
     # -------------------------------------------------------------------- labels
@@ -749,7 +749,7 @@ class Project:
                        drained=int(getattr(self._lp, "drained_", 0)),   # drain steps since then
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
                        head_weight=head_weight,
-                       ece_heldout=_nan_none(pred.heldout_ece(y_h)))
+                       ece_heldout=_nan_none(pred.heldout_ece(y_h, s["label"])))
         # the whole-dataset estimate as `status` computes it for these predictions, so the
         # dashboard's learning curve and its estimate card tell the same story
         summary["estimated_accuracy"] = self._estimate_from(s["label"], s["confidence"], len(classes), pred, y >= 0,

@@ -79,13 +79,15 @@ class Prediction:
     heldout_proba: np.ndarray   # (m, C) their calibrated held-out distributions
     class_prior: str | None = None  # the class prior chosen on held-out labels (None: not chosen)
 
-    def heldout_ece(self, y: np.ndarray) -> float | None:
-        """Calibrated held-out ECE, weighted like the calibration (None without held-out items)."""
+    def heldout_ece(self, y: np.ndarray, label: np.ndarray | None = None) -> float | None:
+        """Calibrated held-out ECE, weighted like the calibration (None without held-out items).
+        ``label``: the (n,) argmax of ``proba`` where the caller has it already (a refresh's
+        prediction summary; at 1M items the argmax over (n, C) is 0.05-0.2 CPU-s)."""
         if len(self.heldout_rows) < 1:
             return None
         t = y[self.heldout_rows]
         pred = self.heldout_proba.argmax(1)
-        w = prediction_weights(t, self.proba.argmax(1), self.proba.shape[1])
+        w = prediction_weights(t, self.proba.argmax(1) if label is None else label, self.proba.shape[1])
         return expected_calibration_error(self.heldout_proba.max(1), pred == t, weights=w)
 
 
