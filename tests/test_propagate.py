@@ -630,3 +630,42 @@ def test_a_drain_sweeps_the_rows_in_blocks_gauss_seidel(overlapping, monkeypatch
     np.testing.assert_allclose(steps["gauss-seidel"][1], steps["jacobi"][1], rtol=1e-5, atol=1e-7)
     with pytest.raises(ValidationError):
         LabelPropagation(drain_sweep="sor").fit(S, y2)
+
+
+def test_a_state_held_in_the_locality_order_gives_the_results_of_the_items_order(overlapping, monkeypatch, tmp_path):
+    """After a drain's Gauss-Seidel sweeps on S in locality order the state stays in that order
+    (no reorder back): the next update's push, its residual, its drain and the distributions
+    work on it there, and a state saved that way (:meth:`LabelPropagation.state`) restores in
+    another process; every result is the one of a state put back in the items' order after
+    each step, up to float rounding."""
+    import labelloop.csr as csr
+    import labelloop.propagate as propagate
+    from labelloop.csr import CsrArrays
+
+    S, yt = overlapping
+    monkeypatch.setattr(csr, "LOCALITY_MIN_ROWS", 100)
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
+    y = sample_labels(yt, 3, seed=5)
+    A = CsrArrays(S.data.copy(), S.indices.copy(), S.indptr.copy(), S.shape, order_dir=tmp_path / "order")
+    held = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, y)
+    items = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, y)
+    rng = np.random.default_rng(3)
+    for r in range(3):
+        y = y.copy()
+        y[rng.choice(np.flatnonzero(y < 0), 10, replace=False)] = rng.integers(0, 5, 10)
+        for m in (held, items):
+            m.update(y, max_rows=50)
+        assert held.drain_steps_ == items.drain_steps_ == 3   # each update drained
+        assert held.state()[1] and items.state()[1]
+        items.Y_   # back in the items' order: the next update starts from there
+        assert not items.state()[1]
+        np.testing.assert_allclose(held.predict_proba(), items.predict_proba(), rtol=1e-4, atol=1e-6)
+        assert held.residual_ == pytest.approx(items.residual_, rel=1e-4)
+    Y, ordered = held.state()
+    again = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).restore(
+        CsrArrays(S.data.copy(), S.indices.copy(), S.indptr.copy(), S.shape, order_dir=tmp_path / "order"),
+        Y.copy(), held.y_, residual_fit=held.residual_fit_, ordered=ordered)
+    np.testing.assert_allclose(again.predict_proba(), items.predict_proba(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(again.Y_, items.Y_, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValidationError):
+        LabelPropagation().restore(S, Y, held.y_, ordered=True)   # a graph without a locality order

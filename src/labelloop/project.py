@@ -31,6 +31,10 @@ TRAINED_ITEMS = "trained_items.npy"      # run folder of a train-detector run: t
 PRELABELED_ITEMS = "prelabeled_items.npy"   # run folder of a prelabel run: the images it pre-labeled
 AUTOLABEL_ANNOTATOR = "autolabel"       # who auto-accepted boxes and images are attributed to
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
+#: a refresh run's propagation state Y, by whether its rows are in the items' order (False) or
+#: in the graph's locality order (True: as a drain's sweeps leave it, LabelPropagation.state);
+#: code from before the second name finds no state there and fits cold
+STATE_Y_FILES = {False: "state_Y.npy", True: "state_Y_ordered.npy"}
 EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
 DATASET_FORMATS = ("coco", "labelstudio", "imagefolder", "hf")   # labelloop.formats
 ANNOTATION_FORMATS = ("coco", "labelstudio", "yolo", "voc")   # annotation files `import` reads labels / boxes from
@@ -726,9 +730,12 @@ class Project:
                 np.save(out_dir / "item_ids.npy", ids)
             for name, a in (("proba", P), ("reached", reached), *s.items()):
                 np.save(out_dir / f"{name}.npy", a)
-            # the propagation state, so the next refresh (another process) can warm-start from it;
-            # the labels in the smallest integer type that holds the class ids (read back as int64)
-            np.save(out_dir / "state_Y.npy", self._lp.Y_)
+            # the propagation state, so the next refresh (another process) can warm-start from it,
+            # in the row order it is held in (after a drain: the graph's locality order, not
+            # reordered: LabelPropagation.state); the labels in the smallest integer type that
+            # holds the class ids (read back as int64)
+            Y, ordered = self._lp.state()
+            np.save(out_dir / STATE_Y_FILES[ordered], Y)
             np.save(out_dir / "state_y.npy", self._lp.y_.astype(np.int8 if len(classes) <= 127 else np.int32))
             np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
         except BaseException:
@@ -770,7 +777,7 @@ class Project:
         from .propagate import MAX_ITER_TO_CONVERGE
 
         lp = self._lp
-        if lp is None or not hasattr(lp, "Y_") or not lp.residual_exceeded():
+        if lp is None or not lp.fitted or not lp.residual_exceeded():
             return 0
         if max_steps is None:
             max_steps = MAX_ITER_TO_CONVERGE if lp.n_iter is None else lp.n_iter
@@ -920,14 +927,18 @@ class Project:
                 p.get("class_prior", "labels"), p.get("rules")) != key[1:]:
             return False
         d = self.store.run_dir(last["id"])
-        if not all((d / f).exists() for f in ("state_Y.npy", "state_y.npy", "state_w.npy")):
+        ordered = (d / STATE_Y_FILES[True]).exists()
+        if not all((d / f).exists() for f in (STATE_Y_FILES[ordered], "state_y.npy", "state_w.npy")):
             return False
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
                               alpha=None if key[3] >= 1.0 and key[5] is None else SMOOTH_ALPHA,
                               class_mass=self._class_mass())
-        lp.restore(S, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
+        if ordered and S.ordered() is None:
+            return False
+        lp.restore(S, np.load(d / STATE_Y_FILES[ordered]), np.load(d / "state_y.npy"),
                    sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0),
-                   residual_fit=last["summary"].get("residual_fit"), drained=last["summary"].get("drained", 0))
+                   residual_fit=last["summary"].get("residual_fit"), drained=last["summary"].get("drained", 0),
+                   ordered=ordered)
         self._lp, self._lp_key = lp, key
         return True
 

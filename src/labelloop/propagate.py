@@ -220,15 +220,21 @@ def _class_mass_scale(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str |
 
 
 def class_distributions(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray | None = "labels",
-                        *, shares: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        *, shares: np.ndarray | None = None, order: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """``(P, reached)``: the row-normalised (n, C) class distributions of a raw propagation ``Y``
     (n, C), class-mass normalised first to ``prior`` (see :func:`class_mass_normalise`; None:
     not normalised, the paper; ``shares`` as there), and the (n,) rows with any mass (the rest get the uniform
     distribution). Cheap next to the propagation: ``loop.choose_class_prior`` compares several
-    priors on one propagation's ``Y_``."""
+    priors on one propagation's ``Y_``. ``order``: (n,) ``Y``'s rows in the items' order are
+    ``Y[order]`` (a state held in S's locality order): P comes in the items' order."""
     C = n_classes
     # (n, C) a new array, scaled and normalised in place below (1M x C: each copy saved is ~0.03 s)
-    P = np.maximum(np.asarray(Y, dtype=np.float32), np.float32(0.0))  # the warm start may leave tiny negatives
+    if order is None:
+        P = np.maximum(np.asarray(Y, dtype=np.float32), np.float32(0.0))  # the warm start may leave tiny negatives
+    else:   # the reorder is the copy
+        P = np.take(np.asarray(Y, dtype=np.float32), order, axis=0)
+        np.maximum(P, np.float32(0.0), out=P)
     # (n,) row sums: einsum, 4x faster than sum(axis=1) on ~10 columns and, unlike a matvec, no
     # BLAS threads (16x slower on a loaded machine: benchmarks/results/e2e_latency_100000.md)
     total = np.einsum("ij->i", P)
@@ -345,6 +351,43 @@ class LabelPropagation:
         self.drain_steps = drain_steps   # at most this many full steps per drain ("auto": by size; None: n_iter)
         self.drain_sweep = drain_sweep   # what one of them is (DRAIN_SWEEPS)
         self.correct_steps = correct_steps
+
+    # ------------------------------------------------------------------ the state Y
+    # Y is held in the items' order, or, after a drain's Gauss-Seidel sweeps (and from a stored
+    # state written then), in the rows' order of S's locality order (``_Y_ordered``): the
+    # sweeps, the warm update's push, the residual and the distributions work on either, so a
+    # warm refresh at 1M items does not reorder (n, C) twice per drain (2 x 40 MB gathers and
+    # a new array's first touch); ``Y_`` gives the items' order (reordered once when asked).
+    @property
+    def Y_(self) -> np.ndarray:
+        """(n, C) float32 the raw propagation state, rows in the items' order."""
+        try:
+            Y = self.__dict__["_Y"]
+        except KeyError:
+            raise AttributeError("Y_: the LabelPropagation is not fitted") from None
+        if self.__dict__.get("_Y_ordered"):
+            Y = np.take(Y, self.S_.ordered()[1], axis=0)
+            self._Y, self._Y_ordered = Y, False
+        return Y
+
+    @Y_.setter
+    def Y_(self, Y: np.ndarray) -> None:
+        self._Y, self._Y_ordered = Y, False
+
+    @property
+    def fitted(self) -> bool:
+        """Whether there is a state Y (fitted or restored); asks without reordering it."""
+        return "_Y" in self.__dict__
+
+    def state(self) -> tuple[np.ndarray, bool]:
+        """``(Y, ordered)``: the state as held, without reordering it: ``ordered`` True when its
+        rows are in S's locality order (``S_.ordered()``), else the items' order (as ``Y_``).
+        ``restore(..., ordered=...)`` takes it back."""
+        return self.__dict__["_Y"], bool(self.__dict__.get("_Y_ordered"))
+
+    def _order(self):
+        """``(perm, inverse, Sp)`` of S's locality order when Y is held in it, else None."""
+        return self.S_.ordered() if self.__dict__.get("_Y_ordered") else None
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
@@ -508,7 +551,8 @@ class LabelPropagation:
         with class-mass normalisation: a column's scale depends on all of them); their argmax,
         ``transduction_``, is taken when asked for (a refresh reads the labels of its
         prediction summary instead: an argmax over (n, C) is 0.03-0.05 CPU-s at 1M items)."""
-        n, C = self.Y_.shape
+        n, C = self._Y.shape
+        order = self._order()
         if not hasattr(self, "label_distributions_"):
             self.label_distributions_ = np.empty((n, C), np.float32)
             self.reached_ = np.empty(n, bool)
@@ -520,10 +564,10 @@ class LabelPropagation:
             prior = self.class_prior if self.class_prior is not None else (
                 "estimated" if self.class_mass == "estimated" else "labels")
         if rows.size == n:   # every row: new arrays, no gather and scatter of (n, C)
-            P, reached = class_distributions(self.Y_, self.y_, C, prior)
+            P, reached = class_distributions(self._Y, self.y_, C, prior, order=None if order is None else order[1])
             self.label_distributions_, self.reached_ = P, reached
             return
-        P, reached = class_distributions(self.Y_[rows], self.y_, C, prior)
+        P, reached = class_distributions(self._Y[rows if order is None else order[1][rows]], self.y_, C, prior)
         self.label_distributions_[rows] = P
         self.reached_[rows] = reached
 
@@ -556,7 +600,7 @@ class LabelPropagation:
         Spreading variant: the T-step result is linear in Y0, so any change is exact:
         Y_T += v_T + (1 - alpha) sum_{t<T} v_t with v_t = (alpha S)^t (Y0_new - Y0_old).
         """
-        if not hasattr(self, "Y_"):
+        if not self.fitted:
             raise NotReadyError("update() needs a fitted LabelPropagation: call fit() first")
         n = self.S_.shape[0]
         y = self._check_y(y, n)
@@ -614,7 +658,7 @@ class LabelPropagation:
         stay in Y: the next update measures them again; the steps it ran are kept (when it
         stopped after one, ``label_distributions_`` and the argmax are made again only on the
         next :meth:`predict_proba` or update). Adds to ``drain_steps_``; returns the steps run."""
-        if not hasattr(self, "Y_"):
+        if not self.fitted:
             raise NotReadyError("drain() needs a fitted LabelPropagation: call fit() first")
         done = self._drain(max_steps, stop)
         if done and stop is not None and stop():
@@ -622,7 +666,7 @@ class LabelPropagation:
             for a in ("label_distributions_", "reached_"):
                 self.__dict__.pop(a, None)
         elif done:
-            self._finish(np.arange(self.Y_.shape[0]))   # every row may have changed
+            self._finish(np.arange(self.S_.shape[0]))   # every row may have changed
         return done
 
     def _drain(self, max_steps: int | None, stop) -> int:
@@ -630,7 +674,7 @@ class LabelPropagation:
         y, n_iter = self.y_, self.n_iter if self.n_iter is not None else MAX_ITER_TO_CONVERGE
         d = self.drain_steps
         if d == "auto":   # a bounded amount of work per update (DRAIN_MAX_ROW_STEPS)
-            d = max(1, DRAIN_MAX_ROW_STEPS // max(int(self.Y_.shape[0]), 1))
+            d = max(1, DRAIN_MAX_ROW_STEPS // max(int(self.S_.shape[0]), 1))
         cap = n_iter if d is None else int(d)
         cap = min(cap if max_steps is None else int(max_steps),   # and a full fit's work since the last
                   max(n_iter - getattr(self, "drained_", 0), 0))  # one (or new baseline) in all
@@ -645,8 +689,9 @@ class LabelPropagation:
                 break
             # the steps up to the next residual check at once (one reordering), or with stop() one
             steps = 1 if stop is not None else min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
+            ordered = False
             if self.drain_sweep == "gauss-seidel":
-                Y = self._sweeps(self.Y_, y, steps, stop)
+                Y, ordered = self._sweeps(y, steps, stop)
             else:
                 if Y0 is None:
                     Y0 = self._seed(y)
@@ -662,7 +707,7 @@ class LabelPropagation:
                             Y += np.float32(1.0 - self.alpha) * Y0
             if Y is None:
                 break
-            self.Y_ = Y
+            self._Y, self._Y_ordered = Y, ordered
             done += steps
             if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
                 self.residual_ = self.residual()
@@ -677,25 +722,29 @@ class LabelPropagation:
             self.residual_fit_ = self.residual_
         return done
 
-    def _sweeps(self, Y: np.ndarray, y: np.ndarray, steps: int, stop=None) -> np.ndarray | None:
-        """``steps`` Gauss-Seidel sweeps of the iteration from ``Y`` under the labels ``y``: the
-        result, in ``Y``'s own memory where S has a locality order (as the warm update's push,
-        which writes into Y: no new (n, C) array at 1M items), else in a new array; None when
+    def _sweeps(self, y: np.ndarray, steps: int, stop=None) -> tuple[np.ndarray | None, bool]:
+        """``(Y, ordered)``: ``steps`` Gauss-Seidel sweeps of the iteration from the state Y under
+        the labels ``y``. Where S has a locality order the result's rows are in it (``ordered``),
+        in the state's own memory when it is held in that order already (no new (n, C) array
+        and no reorder at 1M items; with ``stop`` a copy), else in a new array; None when
         ``stop()``, asked every DRAIN_BLOCK_ROWS rows, said stop: the sweep it cut is dropped
-        and ``Y`` is as it was.
+        and the state is as it was.
         The rows go in blocks of DRAIN_SWEEP_BLOCK_ROWS, in S's locality order where it has one
         (labelloop.csr): a block's new rows are ``(S Y)`` on them (clamped rows reset to their
         labels; spreading: ``alpha (S Y) + (1 - alpha) Y0``) with the blocks before it already
         updated in this sweep, so a sweep moves Y further towards the fixed point than a step
         that reads only the last one (at 1M items 3 sweeps agreed with a cold fit as 5 steps)."""
-        S, alpha = self.S_, self.alpha
-        given = Y
+        S, alpha, Y = self.S_, self.alpha, self._Y
         order = S.ordered() if isinstance(S, CsrArrays) else None
         if order is not None:
             perm, _, S = order
-            Y, labeled = np.take(Y, perm, axis=0), (y >= 0)[perm]   # (n, C) a new array, swept in place
+            labeled = (y >= 0)[perm]
+            if not self._Y_ordered:
+                Y = np.take(Y, perm, axis=0)   # (n, C) a new array, swept in place
+            elif stop is not None or Y.dtype != np.float32 or not (Y.flags.c_contiguous and Y.flags.writeable):
+                Y = np.array(Y, dtype=np.float32)   # a sweep cut short leaves the state as it was
         else:
-            perm, Y, labeled = np.arange(Y.shape[0]), np.array(Y, dtype=np.float32), y >= 0   # a copy
+            perm, Y, labeled = np.arange(Y.shape[0]), np.array(self.Y_, dtype=np.float32), y >= 0   # a copy
         n = Y.shape[0]
         fixed = np.flatnonzero(labeled)   # clamped rows (sorted) and their seed rows
         if alpha is None:
@@ -707,7 +756,7 @@ class LabelPropagation:
         for _ in range(steps):
             for a in range(0, n, block_rows):
                 if stop is not None and a % ask < block_rows and stop():
-                    return None
+                    return None, False
                 b = min(n, a + block_rows)
                 p0, p1 = int(S.indptr[a]), int(S.indptr[b])
                 new = matmul(CsrArrays(S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0,
@@ -719,11 +768,7 @@ class LabelPropagation:
                     new *= np.float32(alpha)
                     new += np.float32(1.0 - alpha) * Y0[a:b]
                 Y[a:b] = new
-        if order is None:
-            return Y
-        if given.dtype == np.float32 and given.flags.c_contiguous and given.flags.writeable:
-            return np.take(Y, order[1], axis=0, out=given)   # back to the items' order, in place
-        return np.take(Y, order[1], axis=0)
+        return Y, order is not None
 
     def residual_exceeded(self) -> bool:
         """The error bound: the residual the warm updates left is above ``residual_growth`` x
@@ -749,7 +794,7 @@ class LabelPropagation:
         RESIDUAL_SAMPLE rows (F: one step of the iteration; clamped rows have none). 0 at a fixed
         point; a full fit of ``n_iter`` steps leaves what it did not converge. Numpy only
         (:func:`labelloop.csr.rows_dot`), O(sample x k x C)."""
-        S, Y, y = self.S_, self.Y_, self.y_
+        S, Y, y = self.S_, self._Y, self.y_
         n = S.shape[0]
         rows = getattr(self, "_residual_rows", None)
         if rows is None or (rows.size and rows[-1] >= n):
@@ -760,27 +805,36 @@ class LabelPropagation:
             self._residual_rows = rows
         if self.alpha is None:
             rows = rows[y[rows] < 0]  # F(Y)_i = Y0_i = Y_i on clamped rows
-            F = rows_dot(S, rows, Y)  # (m, C) (S Y)_i
+        at, order = rows, self._order()
+        if order is not None:   # Y held in S's locality order: the same rows there
+            at, S = order[1][rows], order[2]
+        if self.alpha is None:
+            F = rows_dot(S, at, Y)  # (m, C) (S Y)_i
         else:  # F(Y) = alpha S Y + (1 - alpha) Y0
-            F = np.float32(self.alpha) * rows_dot(S, rows, Y) + np.float32(1.0 - self.alpha) * self._seed_rows(rows, y)
-        Yr = Y[rows]
+            F = np.float32(self.alpha) * rows_dot(S, at, Y) + np.float32(1.0 - self.alpha) * self._seed_rows(rows, y)
+        Yr = Y[at]
         mass = float(np.abs(Yr).sum())
         return float(np.abs(F - Yr).sum()) / mass if mass > 0 else 0.0
 
     def _update_clamped(self, new: np.ndarray, steps: int, budget: int) -> np.ndarray:
-        """Warm start for newly labeled rows ``new``; returns the rows whose Y changed."""
-        S, Y, y = self.S_, self.Y_, self.y_
+        """Warm start for newly labeled rows ``new``; returns the rows whose Y changed (sorted).
+        On S in locality order when Y is held in it (the rows mapped there and back)."""
+        S, Y, y = self.S_, self._Y, self.y_
         free = y < 0  # rows the map does not clamp
-        Y[new] = self._seed_rows(new, y)  # Y(0): the previous Y with the new clamps applied
+        order, at = self._order(), new
+        if order is not None:
+            perm, inverse, S = order
+            free, at = free[perm], inverse[new]
+        Y[at] = self._seed_rows(new, y)  # Y(0): the previous Y with the new clamps applied
         # first increment delta(1) = F(Y(0)) - Y(0), computed exactly on the new rows'
         # neighbours; elsewhere Y(0) is the previous state, taken as a fixed point (delta = 0)
-        rows = np.unique(row_gather(S, new)[1])
+        rows = np.unique(row_gather(S, at)[1])
         rows = rows[free[rows]]  # clamped rows: F(Y)_i = Y0_i = Y(0)_i, no increment
         delta = rows_dot(S, rows, Y) - Y[rows]  # (r, C) (S Y(0))_i - Y(0)_i
         # Y(T) = Y(0) + sum_{t=1..T} delta(t),  delta(t+1) = P S delta(t)
         touched = _push(S, Y, rows, delta, steps, budget=budget, free=free)
-        touched[new] = True
-        return np.flatnonzero(touched)
+        touched[at] = True
+        return np.flatnonzero(touched) if order is None else np.sort(order[0][touched])
 
     def _update_spreading(
         self, changed: np.ndarray, y_old: np.ndarray, w_old: np.ndarray, steps: int, budget: int
@@ -810,12 +864,13 @@ class LabelPropagation:
 
     def restore(self, graph: KnnGraph | sp.spmatrix, Y: np.ndarray, y: np.ndarray, *,
                 sample_weight: np.ndarray | None = None, n_updates: int = 0,
-                residual_fit: float | None = None, drained: int = 0) -> LabelPropagation:
-        """Rebuild a fitted state saved from ``Y_``, ``y_`` and ``sample_weight_`` (another
-        process's last fit or update), so :meth:`update` can warm-start from it.
-        ``residual_fit``: ``residual_fit_`` of that state (the residual its last full
-        propagation left; default: the saved state's own, measured here); ``drained``: its
-        ``drained_``, the drain steps run since then."""
+                residual_fit: float | None = None, drained: int = 0, ordered: bool = False) -> LabelPropagation:
+        """Rebuild a fitted state saved from ``Y_`` (or :meth:`state`), ``y_`` and
+        ``sample_weight_`` (another process's last fit or update), so :meth:`update` can
+        warm-start from it. ``residual_fit``: ``residual_fit_`` of that state (the residual its
+        last full propagation left; default: the saved state's own, measured here); ``drained``:
+        its ``drained_``, the drain steps run since then; ``ordered``: ``Y``'s rows are in the
+        graph's locality order (:meth:`state`; the graph a :class:`labelloop.csr.CsrArrays`)."""
         self._check_params()
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
@@ -829,8 +884,10 @@ class LabelPropagation:
         n = S.shape[0]
         if Y.ndim != 2 or Y.shape[0] != n:
             raise ValidationError(f"saved state has {Y.shape[0]} rows but the graph has {n} nodes")
+        if ordered and not (isinstance(S, CsrArrays) and S.ordered() is not None):
+            raise ValidationError("a state in the graph's locality order needs a graph that has one")
         self.n_classes_ = Y.shape[1]
-        self.S_, self.Y_ = S, Y
+        self.S_, self._Y, self._Y_ordered = S, Y, bool(ordered)
         self.y_ = self._check_y(y, n)
         self.sample_weight_ = (np.ones(n, np.float32) if sample_weight is None
                                else self._check_weight(sample_weight, n))
@@ -854,7 +911,7 @@ class LabelPropagation:
 
     def predict_proba(self) -> np.ndarray:
         """(n, C) class distributions of the graph's items (rows sum to 1)."""
-        if not hasattr(self, "Y_"):
+        if not self.fitted:
             raise NotReadyError("predict_proba() needs a fitted LabelPropagation: call fit() first")
         if not hasattr(self, "label_distributions_"):   # restored, not updated since
             self._finish(np.arange(self.Y_.shape[0]))
