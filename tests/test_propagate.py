@@ -669,3 +669,23 @@ def test_a_state_held_in_the_locality_order_gives_the_results_of_the_items_order
     np.testing.assert_allclose(again.Y_, items.Y_, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValidationError):
         LabelPropagation().restore(S, Y, held.y_, ordered=True)   # a graph without a locality order
+
+
+def test_released_distributions_are_made_again_on_the_next_use(overlapping):
+    """``release_distributions(P)``: the caller may overwrite P; the estimator makes its
+    distributions again, the same, when next asked (and after a warm update)."""
+    S, yt = overlapping
+    y = sample_labels(yt, 3, seed=5)
+    m = LabelPropagation(n_iter=20, class_mass=False).fit(S, y)
+    P = m.predict_proba()
+    want = P.copy()
+    m.release_distributions(P)
+    P[:] = -1.0
+    np.testing.assert_array_equal(m.predict_proba(), want)
+    m.release_distributions(m.predict_proba())
+    y2 = y.copy()
+    y2[np.flatnonzero(y < 0)[:5]] = 0
+    m.update(y2)   # a partial finish without them: every row made again
+    cold = LabelPropagation(n_iter=20, class_mass=False).fit(S, y)
+    cold.update(y2)
+    np.testing.assert_array_equal(m.predict_proba(), cold.predict_proba())

@@ -853,7 +853,9 @@ class Project:
                 hw = self._last_head_weight()
                 P_mix = mix_head(P, H, hw) if H is not None and hw > 0 else P
                 reached = np.ones_like(reached) if H is not None and hw > 0 else reached
-                pred = predict(P_mix, reached, y_h, held, calibrator=Calibrator.from_dict(cal), heldout_calibrated=True)
+                self._lp.release_distributions(P_mix)   # calibrated in its memory: no new (n, C) array
+                pred = predict(P_mix, reached, y_h, held, calibrator=Calibrator.from_dict(cal), heldout_calibrated=True,
+                               overwrite=True)
                 pred.class_prior = prev
                 return pred, hw
         S, n_iter, T = self._lp.S_, self.setting("n_iter"), self.setting("temperature")

@@ -909,6 +909,12 @@ class LabelPropagation:
             raise AttributeError("transduction_: the LabelPropagation is not fitted, or not finished since restore()")
         return self.label_distributions_.argmax(axis=1)
 
+    def release_distributions(self, P: np.ndarray) -> None:
+        """The caller takes ``P``, the array :meth:`predict_proba` returned, to overwrite it (a
+        warm refresh calibrates in its memory): forgotten here, made again on the next use."""
+        if self.__dict__.get("label_distributions_") is P:
+            del self.label_distributions_
+
     def predict_proba(self) -> np.ndarray:
         """(n, C) class distributions of the graph's items (rows sum to 1)."""
         if not self.fitted:

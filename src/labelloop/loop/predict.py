@@ -285,19 +285,22 @@ def choose_class_prior(y_human: np.ndarray, rows: np.ndarray, Q: dict[str, np.nd
 
 
 def predict(P_raw: np.ndarray, reached: np.ndarray, y_human: np.ndarray, heldout: tuple[np.ndarray, np.ndarray],
-            *, calibrator: Calibrator | None = None, heldout_calibrated: bool = False) -> Prediction:
+            *, calibrator: Calibrator | None = None, heldout_calibrated: bool = False,
+            overwrite: bool = False) -> Prediction:
     """Calibrate ``P_raw`` (n, C) with a power map and a top-label map fitted on ``heldout`` =
     (rows, (m, C)) of the human labels ``y_human``, or with the given ``calibrator`` (a warm
     refresh reuses the last; ``heldout_calibrated``: its held-out distributions, stored
-    calibrated, are not mapped a second time)."""
+    calibrated, are not mapped a second time). ``overwrite``: ``P_raw``'s memory may hold the
+    calibrated result (the caller no longer needs it: no new (n, C) array, 40 MB at 1M items)."""
     rows, Q = heldout
     C = P_raw.shape[1]
     if calibrator is None:
         w = prediction_weights(y_human[rows], P_raw.argmax(1), C) if len(rows) else None
         calibrator = fit_calibrator(Q, y_human[rows], weights=w, top_label=True)
     elif heldout_calibrated:
-        return Prediction(calibrator(P_raw), np.asarray(reached, bool), calibrator, rows, np.asarray(Q, np.float32))
-    return Prediction(calibrator(P_raw), np.asarray(reached, bool), calibrator, rows,
+        return Prediction(calibrator(P_raw, overwrite=overwrite), np.asarray(reached, bool), calibrator, rows,
+                          np.asarray(Q, np.float32))
+    return Prediction(calibrator(P_raw, overwrite=overwrite), np.asarray(reached, bool), calibrator, rows,
                       calibrator(Q) if len(rows) else np.zeros((0, C), np.float32))
 
 
