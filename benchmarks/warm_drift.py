@@ -6,6 +6,7 @@ default at 1.5x, at most ``drain_steps`` per update) or a full propagation ("ref
 
     python benchmarks/warm_drift.py --sizes 10000 100000 --updates 15 10
     python benchmarks/warm_drift.py --project /tmp/million/base1m --updates 5 --variants none drain drain10 drain5
+    python benchmarks/warm_drift.py --project /tmp/million/base1m --updates 5 --variants cli clijacobi cligs5 --out warm_drift_gs_1000000
 
 Data and graph as benchmarks/refresh_latency.py (synthetic 384-d, 10 overlapping classes,
 k = 10; the graph from ``build_knn_graph``, or ``--cache-dir`` holding refresh_latency's).
@@ -50,8 +51,13 @@ VARIANTS = {   # short key: (name, LabelPropagation options)
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": 10}),
     "drainauto": ("residual > 1.5x: drain to 1x, at most 5M row-steps per update (default: 5 steps at 1M, 50 at 100k)", {
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": "auto"}),
-    "cli": ("as `labelloop refresh`: 5 push steps (warm_iter), residual > 1.5x: full steps to 1x, "
-            "at most 5M row-steps per update", {"update": {"n_iter": 5}}),
+    "cli": ("as `labelloop refresh`: 5 push steps (warm_iter), residual > 1.5x: Gauss-Seidel sweeps to 1x, "
+            "at most 3M row-steps per update", {"update": {"n_iter": 5}}),
+    "clijacobi": ("as `labelloop refresh` before: 5 push steps, residual > 1.5x: full (Jacobi) steps to 1x, "
+                  "at most 5M row-steps per update", {"drain_sweep": "jacobi", "drain_steps": lambda n: max(1, 5_000_000 // n),
+                                                      "update": {"n_iter": 5}}),
+    "cligs5": ("as `labelloop refresh`, at most 5M row-steps of Gauss-Seidel sweeps per update", {
+        "drain_steps": lambda n: max(1, 5_000_000 // n), "update": {"n_iter": 5}}),
     "push20": ("20 push steps on up to 3n rows, then as `labelloop refresh`", {
         "update": {"n_iter": 20, "max_rows": "3n"}}),
     "push20d2": ("20 push steps on up to 3n rows, at most 2 full steps per update", {
@@ -75,13 +81,16 @@ def project_state(root: Path) -> tuple:
     n = len(indptr) - 1
     run = min((d for d in (root / "arrays" / "runs").iterdir() if (d / "state_Y.npy").exists()),
               key=lambda d: int(d.name))
-    return (CsrArrays(data, indices, indptr, (n, n)), np.load(run / "state_y.npy"), np.load(root / "truth.npy"),
+    order = folder / "order"   # its locality order where stored (read only), else made in memory
+    return (CsrArrays(data, indices, indptr, (n, n), order_dir=order if order.exists() else None),
+            np.load(run / "state_y.npy").astype(np.int64), np.load(root / "truth.npy"),
             np.load(run / "state_Y.npy"))
 
 
-def _options(v: dict) -> dict:
-    """A variant's LabelPropagation options (its "update" entry: the arguments of each update)."""
-    return {k: x for k, x in v.items() if k != "update"}
+def _options(v: dict, n: int) -> dict:
+    """A variant's LabelPropagation options on n items (its "update" entry: the arguments of each
+    update; a function of n: its value for n)."""
+    return {k: x(n) if callable(x) else x for k, x in v.items() if k != "update"}
 
 
 def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path | None = None) -> dict:
@@ -90,7 +99,7 @@ def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path
     if project is not None:   # its stored graph and first refresh (a cold fit of 3 labels per class)
         S, y, yt, Y = project_state(project)
         n = S.shape[0]
-        models = {k: LabelPropagation(**_options(v)).restore(S, Y.copy(), y.copy()) for k, v in variants.items()}
+        models = {k: LabelPropagation(**_options(v, n)).restore(S, Y.copy(), y.copy()) for k, v in variants.items()}
     else:
         X, _, yt = make_latent_embeddings(n)
         path = cache / f"graph-n{n}-k10.npz" if cache else None
@@ -106,7 +115,7 @@ def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path
         y = np.full(n, -1)
         for c in range(10):
             y[rng.choice(np.flatnonzero(yt == c), 3, replace=False)] = c
-        models = {k: LabelPropagation(**_options(v)).fit(S, y, n_classes=10) for k, v in variants.items()}
+        models = {k: LabelPropagation(**_options(v, n)).fit(S, y, n_classes=10) for k, v in variants.items()}
     agree = {k: [] for k in variants}
     cpu = {k: [] for k in variants}
     resid = {k: [] for k in variants}   # the residual each update left (before a refit it triggered)

@@ -511,3 +511,24 @@ def test_one_label_per_class_on_an_imbalanced_set_hedges_the_class_prior():
     print(runs)
     assert all(r[0] == "mixed" for r in runs)
     assert np.mean([r[1] for r in runs]) >= np.mean([r[2]["labels"] for r in runs])
+
+
+def test_calibrating_in_the_input_memory_gives_the_same_distributions():
+    """``Calibrator(P, overwrite=True)`` / ``apply_power(out=)``: the same floats in P's own
+    memory (a warm refresh at 1M items: no new (n, C) array); P left alone when it is not a
+    writeable float32 array."""
+    from labelloop.loop import Calibrator
+
+    P = np.random.default_rng(0).dirichlet(np.ones(5), 200).astype(np.float32)
+    for beta in (1.0, 0.7, 2.0):
+        cal = Calibrator(beta, 10, None, None)
+        want = cal(P)
+        mine = P.copy()
+        got = cal(mine, overwrite=True)
+        assert got is mine
+        np.testing.assert_array_equal(got, want)
+        P64 = P.astype(np.float64)
+        got = cal(P64, overwrite=True)   # not float32: a new array, P64 as it was
+        assert got is not P64 and got.dtype == np.float32
+        np.testing.assert_array_equal(P64, P.astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=1e-6)

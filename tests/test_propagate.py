@@ -365,8 +365,8 @@ def test_drain_is_capped_per_update_and_what_is_left_carries_forward(overlapping
 
 def test_a_deferred_drain_stops_when_asked_and_a_step_cut_short_is_dropped(overlapping, monkeypatch):
     """``update(drain=False)`` leaves the steps to :meth:`drain` (unless the residual is past
-    DEFERRED_DRAIN_LIMIT x the bound); with ``stop`` a step runs in row blocks (the same result as
-    one product) and a step stopped inside leaves Y as it was."""
+    DEFERRED_DRAIN_LIMIT x the bound); with ``stop`` (asked every DRAIN_BLOCK_ROWS rows) a step
+    gives the result it gives without, and a step stopped inside leaves Y as it was."""
     import labelloop.propagate as propagate
 
     monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)   # 4 blocks per step
@@ -424,8 +424,9 @@ def test_error_bound_parameters_are_validated(overlapping, bad):
 
 
 def test_row_products_without_scipy_equal_scipys(overlapping):
-    """labelloop.csr's numpy row products (what a new process uses before scipy is loaded) give
-    scipy's results; run where scipy.sparse is not imported, so its numpy path is the one taken."""
+    """labelloop.csr's products (scipy's compiled kernels loaded without importing scipy.sparse,
+    as in a new refresh process) give scipy's results; run where scipy.sparse is not imported.
+    A later ``import scipy.sparse`` in that process works and gives the same products."""
     import json
     import os
     import subprocess
@@ -438,15 +439,21 @@ def test_row_products_without_scipy_equal_scipys(overlapping):
     v = rng.random((rows.size, 5), dtype=np.float32)
     code = (
         "import json, sys, numpy as np\n"
-        "from labelloop.csr import CsrArrays, rows_dot, rows_dot_transposed\n"
+        "from labelloop.csr import CsrArrays, matmul, rows_dot, rows_dot_transposed\n"
         "a = json.load(sys.stdin)\n"
         "S = CsrArrays(np.array(a['data'], np.float32), np.array(a['indices'], np.int32), "
         "np.array(a['indptr'], np.int32), (a['n'], a['n']))\n"
         "rows, Y, v = np.array(a['rows']), np.array(a['Y'], np.float32), np.array(a['v'], np.float32)\n"
         "n = a['n']\n"
         "out, w = rows_dot_transposed(S, rows, v, np.zeros(n, bool), np.empty(n, np.int64))\n"
+        "full, into = S @ Y, np.full(Y.shape, 7.0, np.float32)\n"
+        "matmul(S, Y, out=into)\n"
+        "scipy = 'scipy.sparse' in sys.modules\n"
+        "import scipy.sparse as sp\n"
+        "again = sp.csr_matrix((S.data, S.indices, S.indptr), shape=S.shape) @ Y\n"
         "print(json.dumps({'dot': rows_dot(S, rows, Y).tolist(), 'out': out.tolist(), 'w': w.tolist(),\n"
-        "                  'scipy': 'scipy.sparse' in sys.modules}))\n")
+        "                  'full': full.tolist(), 'into': into.tolist(), 'vec': (S @ Y[:, 0]).tolist(),\n"
+        "                  'again': again.tolist(), 'scipy': scipy}))\n")
     payload = json.dumps({"data": S.data.tolist(), "indices": S.indices.tolist(), "indptr": S.indptr.tolist(),
                           "n": S.shape[0], "rows": rows.tolist(), "Y": Y.tolist(), "v": v.tolist()})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -454,6 +461,9 @@ def test_row_products_without_scipy_equal_scipys(overlapping):
                                     capture_output=True, text=True).stdout)
     assert not got["scipy"]
     np.testing.assert_allclose(got["dot"], S[rows] @ Y, rtol=1e-5, atol=1e-6)
+    for key in ("full", "into", "again"):   # the same kernel as scipy's: the same floats
+        np.testing.assert_array_equal(np.array(got[key], np.float32), S @ Y)
+    np.testing.assert_array_equal(np.array(got["vec"], np.float32), S @ Y[:, 0])
     G = S[rows]   # (S[rows]^T v) on the columns those rows reach
     want = np.asarray(G.T @ v)
     out = np.unique(G.indices)
@@ -566,11 +576,13 @@ def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_pat
         np.testing.assert_array_equal(ordered.transduction_, plain.transduction_)
         again = arrays(tmp_path / f"order-{alpha}")   # another process: reads the stored order
         np.testing.assert_array_equal(again.ordered()[0], perm)
-    # a capped drain: the same steps and residual as in the items' order
-    m1, y2 = _past_the_bound(overlapping, drain_steps=3)
+    # a capped drain of full (Jacobi) steps: the same steps and residual as in the items' order
+    # (Gauss-Seidel sweeps, the default, go through the rows in the locality order by design)
+    m1, y2 = _past_the_bound(overlapping, drain_steps=3, drain_sweep="jacobi")
     m1.update(y2, max_rows=50)
     A = arrays(None)
-    m2 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, sample_labels(yt, 3, seed=5))
+    m2 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3, drain_sweep="jacobi").fit(
+        A, sample_labels(yt, 3, seed=5))
     m2.update(y2, max_rows=50)
     assert m2.drain_steps_ == m1.drain_steps_ == 3
     np.testing.assert_allclose(m2.Y_, m1.Y_, rtol=1e-4, atol=1e-6)
@@ -580,7 +592,100 @@ def test_full_steps_in_locality_order_equal_the_items_order(overlapping, tmp_pat
 
     monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
     monkeypatch.setattr(propagate, "DRAIN_BLOCK_ROWS", 1000)
-    m3 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(arrays(None), sample_labels(yt, 3, seed=5))
+    m3 = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3, drain_sweep="jacobi").fit(
+        arrays(None), sample_labels(yt, 3, seed=5))
     m3.update(y2, max_rows=50, drain=False)
     assert m3.drain_steps_ == 0 and m3.drain(stop=lambda: False) == 3
     np.testing.assert_allclose(m3.Y_, m1.Y_, rtol=1e-4, atol=1e-6)
+
+
+def test_a_drain_sweeps_the_rows_in_blocks_gauss_seidel(overlapping, monkeypatch):
+    """A drain's step (``drain_sweep="gauss-seidel"``, the default) updates the rows block by
+    block, each block's product reading the rows before it as this sweep left them (labeled rows
+    reset to their labels); with one block for all rows it is a full (Jacobi) step."""
+    import labelloop.propagate as propagate
+
+    S, yt = overlapping
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
+    monkeypatch.setattr(propagate, "DRAIN_SWEEP_BLOCK_ROWS", 1000)
+    m, y2 = _past_the_bound(overlapping, drain_steps=None)
+    m.update(y2, max_rows=50, drain=False)
+    Y = m.Y_.copy()
+    assert m.drain(2) == 2
+    want, lab = Y.copy(), np.flatnonzero(y2 >= 0)
+    Y0 = m._seed(y2)
+    for _ in range(2):
+        for a in range(0, S.shape[0], 1000):
+            want[a:a + 1000] = S[a:a + 1000] @ want
+            fixed = lab[(lab >= a) & (lab < a + 1000)]
+            want[fixed] = Y0[fixed]
+    np.testing.assert_allclose(m.Y_, want, rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(propagate, "DRAIN_SWEEP_BLOCK_ROWS", 10**9)   # one block: full steps
+    steps = {}
+    for sweep in propagate.DRAIN_SWEEPS:
+        m, y2 = _past_the_bound(overlapping, drain_steps=None, drain_sweep=sweep)
+        m.update(y2, max_rows=50, drain=False)
+        steps[sweep] = (m.drain(3), m.Y_)
+    assert steps["jacobi"][0] == steps["gauss-seidel"][0] == 3
+    np.testing.assert_allclose(steps["gauss-seidel"][1], steps["jacobi"][1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValidationError):
+        LabelPropagation(drain_sweep="sor").fit(S, y2)
+
+
+def test_a_state_held_in_the_locality_order_gives_the_results_of_the_items_order(overlapping, monkeypatch, tmp_path):
+    """After a drain's Gauss-Seidel sweeps on S in locality order the state stays in that order
+    (no reorder back): the next update's push, its residual, its drain and the distributions
+    work on it there, and a state saved that way (:meth:`LabelPropagation.state`) restores in
+    another process; every result is the one of a state put back in the items' order after
+    each step, up to float rounding."""
+    import labelloop.csr as csr
+    import labelloop.propagate as propagate
+    from labelloop.csr import CsrArrays
+
+    S, yt = overlapping
+    monkeypatch.setattr(csr, "LOCALITY_MIN_ROWS", 100)
+    monkeypatch.setattr(propagate, "DEFERRED_DRAIN_LIMIT", 1e9)
+    y = sample_labels(yt, 3, seed=5)
+    A = CsrArrays(S.data.copy(), S.indices.copy(), S.indptr.copy(), S.shape, order_dir=tmp_path / "order")
+    held = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, y)
+    items = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).fit(A, y)
+    rng = np.random.default_rng(3)
+    for r in range(3):
+        y = y.copy()
+        y[rng.choice(np.flatnonzero(y < 0), 10, replace=False)] = rng.integers(0, 5, 10)
+        for m in (held, items):
+            m.update(y, max_rows=50)
+        assert held.drain_steps_ == items.drain_steps_ == 3   # each update drained
+        assert held.state()[1] and items.state()[1]
+        items.Y_   # back in the items' order: the next update starts from there
+        assert not items.state()[1]
+        np.testing.assert_allclose(held.predict_proba(), items.predict_proba(), rtol=1e-4, atol=1e-6)
+        assert held.residual_ == pytest.approx(items.residual_, rel=1e-4)
+    Y, ordered = held.state()
+    again = LabelPropagation(n_iter=20, residual_growth=1.05, drain_steps=3).restore(
+        CsrArrays(S.data.copy(), S.indices.copy(), S.indptr.copy(), S.shape, order_dir=tmp_path / "order"),
+        Y.copy(), held.y_, residual_fit=held.residual_fit_, ordered=ordered)
+    np.testing.assert_allclose(again.predict_proba(), items.predict_proba(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(again.Y_, items.Y_, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValidationError):
+        LabelPropagation().restore(S, Y, held.y_, ordered=True)   # a graph without a locality order
+
+
+def test_released_distributions_are_made_again_on_the_next_use(overlapping):
+    """``release_distributions(P)``: the caller may overwrite P; the estimator makes its
+    distributions again, the same, when next asked (and after a warm update)."""
+    S, yt = overlapping
+    y = sample_labels(yt, 3, seed=5)
+    m = LabelPropagation(n_iter=20, class_mass=False).fit(S, y)
+    P = m.predict_proba()
+    want = P.copy()
+    m.release_distributions(P)
+    P[:] = -1.0
+    np.testing.assert_array_equal(m.predict_proba(), want)
+    m.release_distributions(m.predict_proba())
+    y2 = y.copy()
+    y2[np.flatnonzero(y < 0)[:5]] = 0
+    m.update(y2)   # a partial finish without them: every row made again
+    cold = LabelPropagation(n_iter=20, class_mass=False).fit(S, y)
+    cold.update(y2)
+    np.testing.assert_array_equal(m.predict_proba(), cold.predict_proba())

@@ -31,6 +31,10 @@ TRAINED_ITEMS = "trained_items.npy"      # run folder of a train-detector run: t
 PRELABELED_ITEMS = "prelabeled_items.npy"   # run folder of a prelabel run: the images it pre-labeled
 AUTOLABEL_ANNOTATOR = "autolabel"       # who auto-accepted boxes and images are attributed to
 SMOOTH_ALPHA = 0.95  # spreading weight for soft (imported) labels; benchmarks/label_noise.py
+#: a refresh run's propagation state Y, by whether its rows are in the items' order (False) or
+#: in the graph's locality order (True: as a drain's sweeps leave it, LabelPropagation.state);
+#: code from before the second name finds no state there and fits cold
+STATE_Y_FILES = {False: "state_Y.npy", True: "state_Y_ordered.npy"}
 EXPORT_FORMATS = ("csv", "jsonl")   # one file of rows (also downloadable from the web app)
 DATASET_FORMATS = ("coco", "labelstudio", "imagefolder", "hf")   # labelloop.formats
 ANNOTATION_FORMATS = ("coco", "labelstudio", "yolo", "voc")   # annotation files `import` reads labels / boxes from
@@ -523,7 +527,7 @@ class Project:
         h = hashlib.sha256()
         h.update(str(meta.get("cache_id")).encode())
         h.update(f"k={self.graph_k()};exact<={self.setting('exact_threshold')}".encode())
-        h.update(np.ascontiguousarray(ids).tobytes())
+        h.update(np.ascontiguousarray(ids))   # its buffer: no 8 MB copy at 1M items
         return h.hexdigest()[:20]
 
     # -------------------------------------------------------------------- labels
@@ -596,8 +600,11 @@ class Project:
         """(n,) class index per item (-1 none) from the given sources; earlier sources win."""
         ids = np.asarray(self.item_ids() if ids is None else ids, dtype=np.int64)
         col = {cid: c for c, cid in enumerate(self.store.class_ids().values())}
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]                                           # (n,) ascending
+        if len(ids) and bool((ids[1:] > ids[:-1]).all()):   # item ids come ascending: no sort (1M: 3 per refresh)
+            order, sorted_ids = None, ids
+        else:
+            order = np.argsort(ids, kind="stable")
+            sorted_ids = ids[order]                                       # (n,) ascending
         y = np.full(len(ids), -1, dtype=np.int64)
         for source in reversed(tuple(sources)):                           # earlier sources write last
             latest = self.store.latest_labels(source)
@@ -607,7 +614,7 @@ class Project:
             v = np.fromiter((col[c] for c in latest.values()), dtype=np.int64, count=len(latest))
             pos = np.minimum(np.searchsorted(sorted_ids, k), len(ids) - 1)
             hit = sorted_ids[pos] == k
-            y[order[pos[hit]]] = v[hit]
+            y[pos[hit] if order is None else order[pos[hit]]] = v[hit]
         return y
 
     # ------------------------------------------------------------------- refresh
@@ -700,7 +707,7 @@ class Project:
         pred, head_weight = self._calibrate(P, H, reached, fit_y, y_h, weight, alpha, warm=warm,
                                             head_weight=hw_setting, prior_shares=prior if choose_prior else False)
         reached = np.asarray(pred.reached, dtype=bool)  # the head, where averaged in, reaches every item
-        P = pred.proba.astype(np.float32)   # (n, C) as stored and as every reader sees it
+        P = pred.proba.astype(np.float32, copy=False)   # (n, C) as stored and as every reader sees it
         s = prediction_summary(P)
         seconds = time.perf_counter() - t0
         prev = self.predictions()
@@ -717,12 +724,19 @@ class Project:
         try:
             if on_predictions is not None:
                 on_predictions(run)
-            # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`)
-            for name, a in (("proba", P), ("item_ids", ids), ("reached", reached), *s.items()):
+            # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`);
+            # the item ids, when those of the last predictions, a link to their file (8 MB at 1M)
+            if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
+                np.save(out_dir / "item_ids.npy", ids)
+            for name, a in (("proba", P), ("reached", reached), *s.items()):
                 np.save(out_dir / f"{name}.npy", a)
-            # the propagation state, so the next refresh (another process) can warm-start from it
-            np.save(out_dir / "state_Y.npy", self._lp.Y_)
-            np.save(out_dir / "state_y.npy", self._lp.y_)
+            # the propagation state, so the next refresh (another process) can warm-start from it,
+            # in the row order it is held in (after a drain: the graph's locality order, not
+            # reordered: LabelPropagation.state); the labels in the smallest integer type that
+            # holds the class ids (read back as int64)
+            Y, ordered = self._lp.state()
+            np.save(out_dir / STATE_Y_FILES[ordered], Y)
+            np.save(out_dir / "state_y.npy", self._lp.y_.astype(np.int8 if len(classes) <= 127 else np.int32))
             np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
         except BaseException:
             self._own_predictions = own_before   # not stored: the previous run stays current
@@ -742,7 +756,7 @@ class Project:
                        drained=int(getattr(self._lp, "drained_", 0)),   # drain steps since then
                        seconds=round(seconds, 4), classes=classes, calibration=pred.calibrator.to_dict(),
                        head_weight=head_weight,
-                       ece_heldout=_nan_none(pred.heldout_ece(y_h)))
+                       ece_heldout=_nan_none(pred.heldout_ece(y_h, s["label"])))
         # the whole-dataset estimate as `status` computes it for these predictions, so the
         # dashboard's learning curve and its estimate card tell the same story
         summary["estimated_accuracy"] = self._estimate_from(s["label"], s["confidence"], len(classes), pred, y >= 0,
@@ -763,7 +777,7 @@ class Project:
         from .propagate import MAX_ITER_TO_CONVERGE
 
         lp = self._lp
-        if lp is None or not hasattr(lp, "Y_") or not lp.residual_exceeded():
+        if lp is None or not lp.fitted or not lp.residual_exceeded():
             return 0
         if max_steps is None:
             max_steps = MAX_ITER_TO_CONVERGE if lp.n_iter is None else lp.n_iter
@@ -839,7 +853,9 @@ class Project:
                 hw = self._last_head_weight()
                 P_mix = mix_head(P, H, hw) if H is not None and hw > 0 else P
                 reached = np.ones_like(reached) if H is not None and hw > 0 else reached
-                pred = predict(P_mix, reached, y_h, held, calibrator=Calibrator.from_dict(cal), heldout_calibrated=True)
+                self._lp.release_distributions(P_mix)   # calibrated in its memory: no new (n, C) array
+                pred = predict(P_mix, reached, y_h, held, calibrator=Calibrator.from_dict(cal), heldout_calibrated=True,
+                               overwrite=True)
                 pred.class_prior = prev
                 return pred, hw
         S, n_iter, T = self._lp.S_, self.setting("n_iter"), self.setting("temperature")
@@ -913,14 +929,18 @@ class Project:
                 p.get("class_prior", "labels"), p.get("rules")) != key[1:]:
             return False
         d = self.store.run_dir(last["id"])
-        if not all((d / f).exists() for f in ("state_Y.npy", "state_y.npy", "state_w.npy")):
+        ordered = (d / STATE_Y_FILES[True]).exists()
+        if not all((d / f).exists() for f in (STATE_Y_FILES[ordered], "state_y.npy", "state_w.npy")):
             return False
         lp = LabelPropagation(temperature=key[2], n_iter=self.setting("n_iter"),
                               alpha=None if key[3] >= 1.0 and key[5] is None else SMOOTH_ALPHA,
                               class_mass=self._class_mass())
-        lp.restore(S, np.load(d / "state_Y.npy"), np.load(d / "state_y.npy"),
+        if ordered and S.ordered() is None:
+            return False
+        lp.restore(S, np.load(d / STATE_Y_FILES[ordered]), np.load(d / "state_y.npy"),
                    sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0),
-                   residual_fit=last["summary"].get("residual_fit"), drained=last["summary"].get("drained", 0))
+                   residual_fit=last["summary"].get("residual_fit"), drained=last["summary"].get("drained", 0),
+                   ordered=ordered)
         self._lp, self._lp_key = lp, key
         return True
 
@@ -3429,6 +3449,16 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
         "p90": round(float(p90), 4),
         "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
     }
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``target`` to ``source`` (a run's array file another run stores unchanged);
+    False where that fails (no such file, a file system without links)."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError:
+        return False
 
 
 def _round_or_none(x: float | None, digits: int) -> float | None:

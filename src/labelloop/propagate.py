@@ -64,12 +64,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelloop.csr import CsrArrays, row_gather, rows_dot, rows_dot_transposed
+from labelloop.csr import CsrArrays, matmul, row_gather, rows_dot, rows_dot_transposed
 from labelloop.errors import NotReadyError, ValidationError
 from labelloop.graph import KnnGraph
 
-if TYPE_CHECKING:   # scipy is imported where a full product or a new affinity needs it: a warm
-    import scipy.sparse as sp   # update in a new process runs on numpy alone (labelloop.csr)
+if TYPE_CHECKING:   # scipy.sparse is imported where a new affinity or a scipy matrix needs it: the
+    import scipy.sparse as sp   # products on a stored one need only its kernels (labelloop.csr)
 
 __all__ = [
     "affinity_matrix",
@@ -135,7 +135,7 @@ UPDATE_RESIDUAL_GROWTH = 1.5
 #: residual exceeded: full steps from the warm result, this many between residual checks ...
 RESIDUAL_CHECK_STEPS = 5
 #: ... until it is this many times the last full fit's (hysteresis: below the bound, so that
-#: the next updates warm-start without steps; a new process pays scipy's import for them) ...
+#: the next updates warm-start without steps) ...
 RESIDUAL_DRAIN_TO = 1.0
 #: ... but at most this much work per update, counted in rows x steps (``drain_steps="auto"``:
 #: DRAIN_MAX_ROW_STEPS // n steps; an integer: that many; None: up to ``n_iter``): what is left
@@ -147,9 +147,19 @@ RESIDUAL_DRAIN_TO = 1.0
 #: cap (warm_drift_1000000.md,
 #: e2e_latency_1000000.md). At 100k (50 steps: a whole drain, as before the cap) a cap of 5
 #: steps cost agreement with a cold fit (0.936 vs 0.953, warm_drift.md) and made most CLI
-#: refreshes drain (median 0.61 vs 0.39 CPU-s, e2e_latency_100000.md).
-DRAIN_MAX_ROW_STEPS = 5_000_000
+#: refreshes drain (median 0.61 vs 0.39 CPU-s, e2e_latency_100000.md). 3M since the steps are
+#: Gauss-Seidel sweeps (DRAIN_SWEEP): at 1M items 3 sweeps agreed with a cold fit as 5 full steps
+#: did (0.856 vs 0.855 mean over 5 updates, 0.94 vs 1.23 CPU-s per update;
+#: warm_drift_gs_1000000.md); at 100k 30 sweeps (warm_drift_gs_100000.md).
+DRAIN_MAX_ROW_STEPS = 3_000_000
 RESIDUAL_DRAIN_MAX_STEPS = "auto"
+#: a drain's full steps (``drain_sweep``): "gauss-seidel" sweeps the rows (of S in locality
+#: order, labelloop.csr) in blocks of DRAIN_SWEEP_BLOCK_ROWS, each block's product reading the
+#: blocks before it as this sweep left them; "jacobi": every row from the last step's Y, as a
+#: full propagation's steps. Same cost per step
+DRAIN_SWEEPS = ("gauss-seidel", "jacobi")
+DRAIN_SWEEP = "gauss-seidel"
+DRAIN_SWEEP_BLOCK_ROWS = 8192
 #: ``update(drain=False)`` (a server, which drains after showing the predictions, stopped by the
 #: next label) still drains now, at most ``drain_steps``, once the residual is past this many
 #: times the bound: labels that keep coming faster than a drain step (0.16-0.5 CPU-s at 1M) would
@@ -210,15 +220,21 @@ def _class_mass_scale(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str |
 
 
 def class_distributions(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray | None = "labels",
-                        *, shares: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        *, shares: np.ndarray | None = None, order: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """``(P, reached)``: the row-normalised (n, C) class distributions of a raw propagation ``Y``
     (n, C), class-mass normalised first to ``prior`` (see :func:`class_mass_normalise`; None:
     not normalised, the paper; ``shares`` as there), and the (n,) rows with any mass (the rest get the uniform
     distribution). Cheap next to the propagation: ``loop.choose_class_prior`` compares several
-    priors on one propagation's ``Y_``."""
+    priors on one propagation's ``Y_``. ``order``: (n,) ``Y``'s rows in the items' order are
+    ``Y[order]`` (a state held in S's locality order): P comes in the items' order."""
     C = n_classes
     # (n, C) a new array, scaled and normalised in place below (1M x C: each copy saved is ~0.03 s)
-    P = np.maximum(np.asarray(Y, dtype=np.float32), np.float32(0.0))  # the warm start may leave tiny negatives
+    if order is None:
+        P = np.maximum(np.asarray(Y, dtype=np.float32), np.float32(0.0))  # the warm start may leave tiny negatives
+    else:   # the reorder is the copy
+        P = np.take(np.asarray(Y, dtype=np.float32), order, axis=0)
+        np.maximum(P, np.float32(0.0), out=P)
     # (n,) row sums: einsum, 4x faster than sum(axis=1) on ~10 columns and, unlike a matvec, no
     # BLAS threads (16x slower on a loaded machine: benchmarks/results/e2e_latency_100000.md)
     total = np.einsum("ij->i", P)
@@ -310,6 +326,7 @@ class LabelPropagation:
         residual_growth: float | None = UPDATE_RESIDUAL_GROWTH,
         residual_action: str = "drain",
         drain_steps: int | str | None = RESIDUAL_DRAIN_MAX_STEPS,
+        drain_sweep: str = DRAIN_SWEEP,
         correct_steps: int = UPDATE_CORRECT_STEPS,
         class_mass: bool | str = True,
         class_prior: np.ndarray | None = None,
@@ -332,7 +349,45 @@ class LabelPropagation:
         self.residual_growth = residual_growth
         self.residual_action = residual_action
         self.drain_steps = drain_steps   # at most this many full steps per drain ("auto": by size; None: n_iter)
+        self.drain_sweep = drain_sweep   # what one of them is (DRAIN_SWEEPS)
         self.correct_steps = correct_steps
+
+    # ------------------------------------------------------------------ the state Y
+    # Y is held in the items' order, or, after a drain's Gauss-Seidel sweeps (and from a stored
+    # state written then), in the rows' order of S's locality order (``_Y_ordered``): the
+    # sweeps, the warm update's push, the residual and the distributions work on either, so a
+    # warm refresh at 1M items does not reorder (n, C) twice per drain (2 x 40 MB gathers and
+    # a new array's first touch); ``Y_`` gives the items' order (reordered once when asked).
+    @property
+    def Y_(self) -> np.ndarray:
+        """(n, C) float32 the raw propagation state, rows in the items' order."""
+        try:
+            Y = self.__dict__["_Y"]
+        except KeyError:
+            raise AttributeError("Y_: the LabelPropagation is not fitted") from None
+        if self.__dict__.get("_Y_ordered"):
+            Y = np.take(Y, self.S_.ordered()[1], axis=0)
+            self._Y, self._Y_ordered = Y, False
+        return Y
+
+    @Y_.setter
+    def Y_(self, Y: np.ndarray) -> None:
+        self._Y, self._Y_ordered = Y, False
+
+    @property
+    def fitted(self) -> bool:
+        """Whether there is a state Y (fitted or restored); asks without reordering it."""
+        return "_Y" in self.__dict__
+
+    def state(self) -> tuple[np.ndarray, bool]:
+        """``(Y, ordered)``: the state as held, without reordering it: ``ordered`` True when its
+        rows are in S's locality order (``S_.ordered()``), else the items' order (as ``Y_``).
+        ``restore(..., ordered=...)`` takes it back."""
+        return self.__dict__["_Y"], bool(self.__dict__.get("_Y_ordered"))
+
+    def _order(self):
+        """``(perm, inverse, Sp)`` of S's locality order when Y is held in it, else None."""
+        return self.S_.ordered() if self.__dict__.get("_Y_ordered") else None
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
@@ -357,6 +412,8 @@ class LabelPropagation:
         d = self.drain_steps
         if d is not None and d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
             raise ValidationError(f'drain_steps must be "auto", None or a positive integer (e.g. 5); got {d!r}')
+        if self.drain_sweep not in DRAIN_SWEEPS:
+            raise ValidationError(f"drain_sweep must be one of {', '.join(DRAIN_SWEEPS)}; got {self.drain_sweep!r}")
 
     def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(y)
@@ -390,22 +447,21 @@ class LabelPropagation:
         symmetric normalised affinity S (from :func:`affinity_matrix`).
         ``sample_weight``: (n,) non-negative trust per item; Y0 row i = weight_i * one-hot.
         """
-        import scipy.sparse as sp
-
         self._check_params()
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
         elif isinstance(graph, CsrArrays):
-            S = graph   # its full products go through scipy (CsrArrays.tocsr), its row products not
-        elif sp.issparse(graph):
+            S = graph   # its products run scipy's compiled kernels without importing scipy.sparse
+        else:
+            import scipy.sparse as sp
+
+            if not sp.issparse(graph):
+                raise ValidationError(
+                    f"graph must be a KnnGraph or a scipy sparse affinity matrix; got {type(graph).__name__}")
             if graph.ndim != 2 or graph.shape[0] != graph.shape[1]:
                 raise ValidationError(f"an affinity matrix must be square; got shape {graph.shape}")
             S = sp.csr_matrix(graph, dtype=np.float32)
             S.sort_indices()
-        else:
-            raise ValidationError(
-                f"graph must be a KnnGraph or a scipy sparse affinity matrix; got {type(graph).__name__}"
-            )
         n = S.shape[0]
         y_arr = np.asarray(y)
         if n_classes is None:
@@ -491,12 +547,14 @@ class LabelPropagation:
         return np.ascontiguousarray(Y, dtype=np.float32), done
 
     def _finish(self, rows: np.ndarray) -> None:
-        """Row-normalise Y_ into label_distributions_ (and argmax, reached) on ``rows`` (on every
-        row with class-mass normalisation: a column's scale depends on all of them)."""
-        n, C = self.Y_.shape
+        """Row-normalise Y_ into label_distributions_ (and reached) on ``rows`` (on every row
+        with class-mass normalisation: a column's scale depends on all of them); their argmax,
+        ``transduction_``, is taken when asked for (a refresh reads the labels of its
+        prediction summary instead: an argmax over (n, C) is 0.03-0.05 CPU-s at 1M items)."""
+        n, C = self._Y.shape
+        order = self._order()
         if not hasattr(self, "label_distributions_"):
             self.label_distributions_ = np.empty((n, C), np.float32)
-            self.transduction_ = np.empty(n, np.int64)
             self.reached_ = np.empty(n, bool)
             rows = np.arange(n)   # nothing finished yet (after restore): every row
         if self.class_mass:
@@ -506,12 +564,11 @@ class LabelPropagation:
             prior = self.class_prior if self.class_prior is not None else (
                 "estimated" if self.class_mass == "estimated" else "labels")
         if rows.size == n:   # every row: new arrays, no gather and scatter of (n, C)
-            P, reached = class_distributions(self.Y_, self.y_, C, prior)
-            self.label_distributions_, self.transduction_, self.reached_ = P, P.argmax(axis=1), reached
+            P, reached = class_distributions(self._Y, self.y_, C, prior, order=None if order is None else order[1])
+            self.label_distributions_, self.reached_ = P, reached
             return
-        P, reached = class_distributions(self.Y_[rows], self.y_, C, prior)
+        P, reached = class_distributions(self._Y[rows if order is None else order[1][rows]], self.y_, C, prior)
         self.label_distributions_[rows] = P
-        self.transduction_[rows] = P.argmax(axis=1)
         self.reached_[rows] = reached
 
     # ------------------------------------------------------------------ warm start
@@ -543,7 +600,7 @@ class LabelPropagation:
         Spreading variant: the T-step result is linear in Y0, so any change is exact:
         Y_T += v_T + (1 - alpha) sum_{t<T} v_t with v_t = (alpha S)^t (Y0_new - Y0_old).
         """
-        if not hasattr(self, "Y_"):
+        if not self.fitted:
             raise NotReadyError("update() needs a fitted LabelPropagation: call fit() first")
         n = self.S_.shape[0]
         y = self._check_y(y, n)
@@ -601,15 +658,15 @@ class LabelPropagation:
         stay in Y: the next update measures them again; the steps it ran are kept (when it
         stopped after one, ``label_distributions_`` and the argmax are made again only on the
         next :meth:`predict_proba` or update). Adds to ``drain_steps_``; returns the steps run."""
-        if not hasattr(self, "Y_"):
+        if not self.fitted:
             raise NotReadyError("drain() needs a fitted LabelPropagation: call fit() first")
         done = self._drain(max_steps, stop)
         if done and stop is not None and stop():
             # stopped for an update, which finishes every row then: not twice (0.1-0.2 s at 1M)
-            for a in ("label_distributions_", "transduction_", "reached_"):
+            for a in ("label_distributions_", "reached_"):
                 self.__dict__.pop(a, None)
         elif done:
-            self._finish(np.arange(self.Y_.shape[0]))   # every row may have changed
+            self._finish(np.arange(self.S_.shape[0]))   # every row may have changed
         return done
 
     def _drain(self, max_steps: int | None, stop) -> int:
@@ -617,7 +674,7 @@ class LabelPropagation:
         y, n_iter = self.y_, self.n_iter if self.n_iter is not None else MAX_ITER_TO_CONVERGE
         d = self.drain_steps
         if d == "auto":   # a bounded amount of work per update (DRAIN_MAX_ROW_STEPS)
-            d = max(1, DRAIN_MAX_ROW_STEPS // max(int(self.Y_.shape[0]), 1))
+            d = max(1, DRAIN_MAX_ROW_STEPS // max(int(self.S_.shape[0]), 1))
         cap = n_iter if d is None else int(d)
         cap = min(cap if max_steps is None else int(max_steps),   # and a full fit's work since the last
                   max(n_iter - getattr(self, "drained_", 0), 0))  # one (or new baseline) in all
@@ -630,22 +687,27 @@ class LabelPropagation:
         while done < cap and self.residual_ > RESIDUAL_DRAIN_TO * self.residual_fit_:
             if stop is not None and stop():
                 break
-            if Y0 is None:
-                Y0 = self._seed(y)
-            if stop is None:   # the steps up to the next residual check at once (one reordering)
-                steps = min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
-                self.Y_, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps, tol_stop=False)
-            else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
-                SY = _blocked_product(self.S_, self.Y_, stop)
-                if SY is None:
-                    break
-                if self.alpha is None:
-                    SY[y >= 0] = Y0[y >= 0]
-                else:
-                    SY *= np.float32(self.alpha)
-                    SY += np.float32(1.0 - self.alpha) * Y0
-                self.Y_ = SY
-                steps = 1
+            # the steps up to the next residual check at once (one reordering), or with stop() one
+            steps = 1 if stop is not None else min(RESIDUAL_CHECK_STEPS - done % RESIDUAL_CHECK_STEPS, cap - done)
+            ordered = False
+            if self.drain_sweep == "gauss-seidel":
+                Y, ordered = self._sweeps(y, steps, stop)
+            else:
+                if Y0 is None:
+                    Y0 = self._seed(y)
+                if stop is None:
+                    Y, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps, tol_stop=False)
+                else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
+                    Y = _blocked_product(self.S_, self.Y_, stop)
+                    if Y is not None:
+                        if self.alpha is None:
+                            Y[y >= 0] = Y0[y >= 0]
+                        else:
+                            Y *= np.float32(self.alpha)
+                            Y += np.float32(1.0 - self.alpha) * Y0
+            if Y is None:
+                break
+            self._Y, self._Y_ordered = Y, ordered
             done += steps
             if done % RESIDUAL_CHECK_STEPS == 0 or done == cap:
                 self.residual_ = self.residual()
@@ -659,6 +721,54 @@ class LabelPropagation:
             self.n_updates_ = self.drained_ = 0
             self.residual_fit_ = self.residual_
         return done
+
+    def _sweeps(self, y: np.ndarray, steps: int, stop=None) -> tuple[np.ndarray | None, bool]:
+        """``(Y, ordered)``: ``steps`` Gauss-Seidel sweeps of the iteration from the state Y under
+        the labels ``y``. Where S has a locality order the result's rows are in it (``ordered``),
+        in the state's own memory when it is held in that order already (no new (n, C) array
+        and no reorder at 1M items; with ``stop`` a copy), else in a new array; None when
+        ``stop()``, asked every DRAIN_BLOCK_ROWS rows, said stop: the sweep it cut is dropped
+        and the state is as it was.
+        The rows go in blocks of DRAIN_SWEEP_BLOCK_ROWS, in S's locality order where it has one
+        (labelloop.csr): a block's new rows are ``(S Y)`` on them (clamped rows reset to their
+        labels; spreading: ``alpha (S Y) + (1 - alpha) Y0``) with the blocks before it already
+        updated in this sweep, so a sweep moves Y further towards the fixed point than a step
+        that reads only the last one (at 1M items 3 sweeps agreed with a cold fit as 5 steps)."""
+        S, alpha, Y = self.S_, self.alpha, self._Y
+        order = S.ordered() if isinstance(S, CsrArrays) else None
+        if order is not None:
+            perm, _, S = order
+            labeled = (y >= 0)[perm]
+            if not self._Y_ordered:
+                Y = np.take(Y, perm, axis=0)   # (n, C) a new array, swept in place
+            elif stop is not None or Y.dtype != np.float32 or not (Y.flags.c_contiguous and Y.flags.writeable):
+                Y = np.array(Y, dtype=np.float32)   # a sweep cut short leaves the state as it was
+        else:
+            perm, Y, labeled = np.arange(Y.shape[0]), np.array(self.Y_, dtype=np.float32), y >= 0   # a copy
+        n = Y.shape[0]
+        fixed = np.flatnonzero(labeled)   # clamped rows (sorted) and their seed rows
+        if alpha is None:
+            fixed_Y0 = self._seed_rows(perm[fixed], y)
+        else:
+            Y0 = self._seed(y)[perm]   # (n, C) in the sweep's order
+        ask = DRAIN_BLOCK_ROWS   # stop() every this many rows; the blocks the same with it or without
+        block_rows = min(DRAIN_SWEEP_BLOCK_ROWS, ask)
+        for _ in range(steps):
+            for a in range(0, n, block_rows):
+                if stop is not None and a % ask < block_rows and stop():
+                    return None, False
+                b = min(n, a + block_rows)
+                p0, p1 = int(S.indptr[a]), int(S.indptr[b])
+                new = matmul(CsrArrays(S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0,
+                                       (b - a, n)), Y)   # (b - a, C)
+                if alpha is None:
+                    f0, f1 = np.searchsorted(fixed, (a, b))
+                    new[fixed[f0:f1] - a] = fixed_Y0[f0:f1]
+                else:
+                    new *= np.float32(alpha)
+                    new += np.float32(1.0 - alpha) * Y0[a:b]
+                Y[a:b] = new
+        return Y, order is not None
 
     def residual_exceeded(self) -> bool:
         """The error bound: the residual the warm updates left is above ``residual_growth`` x
@@ -684,7 +794,7 @@ class LabelPropagation:
         RESIDUAL_SAMPLE rows (F: one step of the iteration; clamped rows have none). 0 at a fixed
         point; a full fit of ``n_iter`` steps leaves what it did not converge. Numpy only
         (:func:`labelloop.csr.rows_dot`), O(sample x k x C)."""
-        S, Y, y = self.S_, self.Y_, self.y_
+        S, Y, y = self.S_, self._Y, self.y_
         n = S.shape[0]
         rows = getattr(self, "_residual_rows", None)
         if rows is None or (rows.size and rows[-1] >= n):
@@ -695,27 +805,36 @@ class LabelPropagation:
             self._residual_rows = rows
         if self.alpha is None:
             rows = rows[y[rows] < 0]  # F(Y)_i = Y0_i = Y_i on clamped rows
-            F = rows_dot(S, rows, Y)  # (m, C) (S Y)_i
+        at, order = rows, self._order()
+        if order is not None:   # Y held in S's locality order: the same rows there
+            at, S = order[1][rows], order[2]
+        if self.alpha is None:
+            F = rows_dot(S, at, Y)  # (m, C) (S Y)_i
         else:  # F(Y) = alpha S Y + (1 - alpha) Y0
-            F = np.float32(self.alpha) * rows_dot(S, rows, Y) + np.float32(1.0 - self.alpha) * self._seed_rows(rows, y)
-        Yr = Y[rows]
+            F = np.float32(self.alpha) * rows_dot(S, at, Y) + np.float32(1.0 - self.alpha) * self._seed_rows(rows, y)
+        Yr = Y[at]
         mass = float(np.abs(Yr).sum())
         return float(np.abs(F - Yr).sum()) / mass if mass > 0 else 0.0
 
     def _update_clamped(self, new: np.ndarray, steps: int, budget: int) -> np.ndarray:
-        """Warm start for newly labeled rows ``new``; returns the rows whose Y changed."""
-        S, Y, y = self.S_, self.Y_, self.y_
+        """Warm start for newly labeled rows ``new``; returns the rows whose Y changed (sorted).
+        On S in locality order when Y is held in it (the rows mapped there and back)."""
+        S, Y, y = self.S_, self._Y, self.y_
         free = y < 0  # rows the map does not clamp
-        Y[new] = self._seed_rows(new, y)  # Y(0): the previous Y with the new clamps applied
+        order, at = self._order(), new
+        if order is not None:
+            perm, inverse, S = order
+            free, at = free[perm], inverse[new]
+        Y[at] = self._seed_rows(new, y)  # Y(0): the previous Y with the new clamps applied
         # first increment delta(1) = F(Y(0)) - Y(0), computed exactly on the new rows'
         # neighbours; elsewhere Y(0) is the previous state, taken as a fixed point (delta = 0)
-        rows = np.unique(row_gather(S, new)[1])
+        rows = np.unique(row_gather(S, at)[1])
         rows = rows[free[rows]]  # clamped rows: F(Y)_i = Y0_i = Y(0)_i, no increment
         delta = rows_dot(S, rows, Y) - Y[rows]  # (r, C) (S Y(0))_i - Y(0)_i
         # Y(T) = Y(0) + sum_{t=1..T} delta(t),  delta(t+1) = P S delta(t)
         touched = _push(S, Y, rows, delta, steps, budget=budget, free=free)
-        touched[new] = True
-        return np.flatnonzero(touched)
+        touched[at] = True
+        return np.flatnonzero(touched) if order is None else np.sort(order[0][touched])
 
     def _update_spreading(
         self, changed: np.ndarray, y_old: np.ndarray, w_old: np.ndarray, steps: int, budget: int
@@ -745,17 +864,18 @@ class LabelPropagation:
 
     def restore(self, graph: KnnGraph | sp.spmatrix, Y: np.ndarray, y: np.ndarray, *,
                 sample_weight: np.ndarray | None = None, n_updates: int = 0,
-                residual_fit: float | None = None, drained: int = 0) -> LabelPropagation:
-        """Rebuild a fitted state saved from ``Y_``, ``y_`` and ``sample_weight_`` (another
-        process's last fit or update), so :meth:`update` can warm-start from it.
-        ``residual_fit``: ``residual_fit_`` of that state (the residual its last full
-        propagation left; default: the saved state's own, measured here); ``drained``: its
-        ``drained_``, the drain steps run since then."""
+                residual_fit: float | None = None, drained: int = 0, ordered: bool = False) -> LabelPropagation:
+        """Rebuild a fitted state saved from ``Y_`` (or :meth:`state`), ``y_`` and
+        ``sample_weight_`` (another process's last fit or update), so :meth:`update` can
+        warm-start from it. ``residual_fit``: ``residual_fit_`` of that state (the residual its
+        last full propagation left; default: the saved state's own, measured here); ``drained``:
+        its ``drained_``, the drain steps run since then; ``ordered``: ``Y``'s rows are in the
+        graph's locality order (:meth:`state`; the graph a :class:`labelloop.csr.CsrArrays`)."""
         self._check_params()
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
         elif isinstance(graph, CsrArrays):
-            S = graph   # stays scipy-free until a full propagation needs a full product
+            S = graph   # no scipy.sparse import (labelloop.csr)
         else:
             import scipy.sparse as sp
 
@@ -764,8 +884,10 @@ class LabelPropagation:
         n = S.shape[0]
         if Y.ndim != 2 or Y.shape[0] != n:
             raise ValidationError(f"saved state has {Y.shape[0]} rows but the graph has {n} nodes")
+        if ordered and not (isinstance(S, CsrArrays) and S.ordered() is not None):
+            raise ValidationError("a state in the graph's locality order needs a graph that has one")
         self.n_classes_ = Y.shape[1]
-        self.S_, self.Y_ = S, Y
+        self.S_, self._Y, self._Y_ordered = S, Y, bool(ordered)
         self.y_ = self._check_y(y, n)
         self.sample_weight_ = (np.ones(n, np.float32) if sample_weight is None
                                else self._check_weight(sample_weight, n))
@@ -776,13 +898,26 @@ class LabelPropagation:
         self.__dict__.pop("_residual_rows", None)
         self.residual_ = None
         self.residual_fit_ = self.residual() if residual_fit is None else float(residual_fit)
-        for a in ("label_distributions_", "transduction_", "reached_"):   # finished on first use
+        for a in ("label_distributions_", "reached_"):   # finished on first use
             self.__dict__.pop(a, None)
         return self
 
+    @property
+    def transduction_(self) -> np.ndarray:
+        """(n,) the label of every item: the argmax of ``label_distributions_``."""
+        if "label_distributions_" not in self.__dict__:
+            raise AttributeError("transduction_: the LabelPropagation is not fitted, or not finished since restore()")
+        return self.label_distributions_.argmax(axis=1)
+
+    def release_distributions(self, P: np.ndarray) -> None:
+        """The caller takes ``P``, the array :meth:`predict_proba` returned, to overwrite it (a
+        warm refresh calibrates in its memory): forgotten here, made again on the next use."""
+        if self.__dict__.get("label_distributions_") is P:
+            del self.label_distributions_
+
     def predict_proba(self) -> np.ndarray:
         """(n, C) class distributions of the graph's items (rows sum to 1)."""
-        if not hasattr(self, "Y_"):
+        if not self.fitted:
             raise NotReadyError("predict_proba() needs a fitted LabelPropagation: call fit() first")
         if not hasattr(self, "label_distributions_"):   # restored, not updated since
             self._finish(np.arange(self.Y_.shape[0]))
@@ -816,7 +951,7 @@ def _push(
     n = Y.shape[0]
     touched = np.zeros(n, bool)
     seen = np.zeros(n, bool)  # scratch: rows reached by this step's product
-    pos = np.empty(n, np.int64)  # scratch: row id -> compact column
+    pos = np.empty(n, np.int32 if n < 2**31 else np.int64)  # scratch: row id -> compact column
     coef = 1.0 if alpha is None else 1.0 - alpha
     for step in range(steps + (alpha is not None)):
         last = step == steps
@@ -857,10 +992,8 @@ DRAIN_BLOCK_ROWS = 100_000
 
 
 def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.ndarray | None:
-    """``S @ Y`` ((n, C) float32) a block of DRAIN_BLOCK_ROWS rows at a time (scipy CSR views on
+    """``S @ Y`` ((n, C) float32) a block of DRAIN_BLOCK_ROWS rows at a time (CSR views on
     slices of S's arrays), asking ``stop()`` before each block; None when it said stop."""
-    import scipy.sparse as sp
-
     n = S.shape[0]
     order = S.ordered() if isinstance(S, CsrArrays) else None
     if order is not None:   # on S in locality order, as _iterate
@@ -872,9 +1005,8 @@ def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.nd
             return None
         b = min(n, a + DRAIN_BLOCK_ROWS)
         p0, p1 = int(S.indptr[a]), int(S.indptr[b])
-        block = sp.csr_matrix((S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0),
-                              shape=(b - a, S.shape[1]), copy=False)
-        out[a:b] = block @ Y
+        block = CsrArrays(S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0, (b - a, S.shape[1]))
+        out[a:b] = matmul(block, Y)
     return out if order is None else np.take(out, inverse, axis=0)
 
 
