@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
+import errno
 import hashlib
 import json
 import os
@@ -641,7 +641,7 @@ class Project:
         ``drain=False``: a warm update past its error bound leaves its full steps
         (:meth:`LabelPropagation.drain`) to a later :meth:`drain` of this Project, e.g. a
         server's once the predictions are shown; the summary's ``residual`` says what is left."""
-        from .propagate import LabelPropagation, prediction_summary
+        from .propagate import SUMMARY_ARRAYS, LabelPropagation, class_index_dtype, prediction_summary
 
         if self.task == "multilabel":
             return self._refresh_multilabel()
@@ -708,13 +708,15 @@ class Project:
                                             head_weight=hw_setting, prior_shares=prior if choose_prior else False)
         reached = np.asarray(pred.reached, dtype=bool)  # the head, where averaged in, reaches every item
         P = pred.proba.astype(np.float32, copy=False)   # (n, C) as stored and as every reader sees it
-        s = prediction_summary(P)
+        out_dir = self.store.run_dir(run)
+        # the summary arrays made in their files' memory (large ones: _mapped_arrays)
+        s = prediction_summary(P, out=_mapped_arrays(out_dir, len(P), {
+            name: class_index_dtype(len(classes)) if t is None else t for name, t in SUMMARY_ARRAYS.items()}))
         seconds = time.perf_counter() - t0
         prev = self.predictions()
         changed = None
         if prev is not None and len(prev.item_ids) == len(ids) and np.array_equal(prev.item_ids, ids):
             changed = int((prev.label != s["label"]).sum())
-        out_dir = self.store.run_dir(run)
         # the human labels scored held out, calibrated: what autolabel / estimate / diagnose read
         np.save(out_dir / "heldout_rows.npy", pred.heldout_rows)
         np.save(out_dir / "heldout_proba.npy", pred.heldout_proba)
@@ -729,15 +731,16 @@ class Project:
             if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
                 np.save(out_dir / "item_ids.npy", ids)
             for name, a in (("proba", P), ("reached", reached), *s.items()):
-                np.save(out_dir / f"{name}.npy", a)
+                if not isinstance(a, np.memmap):   # not made in its file already
+                    _save_array(out_dir / f"{name}.npy", a)
             # the propagation state, so the next refresh (another process) can warm-start from it,
             # in the row order it is held in (after a drain: the graph's locality order, not
             # reordered: LabelPropagation.state); the labels in the smallest integer type that
             # holds the class ids (read back as int64)
             Y, ordered = self._lp.state()
-            np.save(out_dir / STATE_Y_FILES[ordered], Y)
-            np.save(out_dir / "state_y.npy", self._lp.y_.astype(np.int8 if len(classes) <= 127 else np.int32))
-            np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
+            _save_array(out_dir / STATE_Y_FILES[ordered], Y)
+            _save_array(out_dir / "state_y.npy", self._lp.y_.astype(class_index_dtype(len(classes))))
+            _save_array(out_dir / "state_w.npy", self._lp.sample_weight_)
         except BaseException:
             self._own_predictions = own_before   # not stored: the previous run stays current
             raise
@@ -3459,6 +3462,51 @@ def _link(source: Path, target: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+#: arrays of a refresh's run folder of at least this many bytes are written through a memory map
+#: of their file (:func:`_new_array_file`), not by ``np.save``'s write(): on the machines measured
+#: (a VM) copying into fresh page-cache pages with write() cost 2.5 ms of system CPU per MB once
+#: the pages freed recently were used up (40 MB: 0.1 CPU-s), writing them through a map 0.5 ms
+#: (the two (n, C) arrays and the summary of a 1M-item refresh: 0.2 -> 0.05 CPU-s,
+#: benchmarks/results/e2e_latency_1000000_refresh1m4.md). The files are the same ``.npy`` files.
+MAPPED_WRITE_MIN_BYTES = 1 << 20
+
+
+def _new_array_file(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A new ``.npy`` file of ``shape`` and ``dtype`` (zeros), memory-mapped for writing: what is
+    written into the returned array is the file's content (no flush needed: the kernel writes
+    the pages back as it does a write()'s). Its space is reserved first, so a full disk is an
+    OSError here, not a SIGBUS at a write into the map."""
+    m = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a file system without fallocate: the pages are written as they come
+    return m
+
+
+def _save_array(path: Path, a: np.ndarray) -> None:
+    """``np.save(path, a)``; a large array through a memory map (:data:`MAPPED_WRITE_MIN_BYTES`)."""
+    a = np.asarray(a)
+    if a.nbytes < max(MAPPED_WRITE_MIN_BYTES, 1) or a.dtype.hasobject:   # no empty map
+        np.save(path, a)
+        return
+    m = _new_array_file(path, a.shape, a.dtype)
+    m[...] = a
+    del m   # unmapped; its pages are the file's
+
+
+def _mapped_arrays(folder: Path, n: int, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """``{name: (n,) array}`` of the ``dtypes`` that are large enough to be made in their own
+    file ``folder/<name>.npy`` (:data:`MAPPED_WRITE_MIN_BYTES`, :func:`_new_array_file`); the
+    others are left to the caller (not in the dict)."""
+    return {name: _new_array_file(folder / f"{name}.npy", (n,), t) for name, t in dtypes.items()
+            if n * np.dtype(t).itemsize >= max(MAPPED_WRITE_MIN_BYTES, 1)}
 
 
 def _round_or_none(x: float | None, digits: int) -> float | None:

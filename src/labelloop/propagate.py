@@ -79,6 +79,7 @@ __all__ = [
     "CLASS_PRIORS",
     "LabelPropagation",
     "PropagationConvergenceWarning",
+    "class_index_dtype",
     "prediction_summary",
 ]
 
@@ -1016,15 +1017,32 @@ def _blocked_product(S: sp.csr_matrix | CsrArrays, Y: np.ndarray, stop) -> np.nd
 SUMMARY_BLOCK_ROWS = 32_768
 
 
-def prediction_summary(P: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-row label (argmax), confidence (max prob), margin (top1 - top2), entropy (nats)."""
+def class_index_dtype(n_classes: int) -> np.dtype:
+    """The smallest signed integer type that holds the class indices 0 .. n_classes - 1 and -1:
+    int8 up to 127 classes (a 1M-item label array is 1 MB instead of int64's 8 MB)."""
+    for t in (np.int8, np.int16, np.int32):
+        if n_classes - 1 <= np.iinfo(t).max:
+            return np.dtype(t)
+    return np.dtype(np.int64)
+
+
+#: :func:`prediction_summary`'s arrays: name -> dtype (None: :func:`class_index_dtype`)
+SUMMARY_ARRAYS = {"label": None, "confidence": np.float32, "margin": np.float32, "entropy": np.float32}
+
+
+def prediction_summary(P: np.ndarray, *, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per-row label (argmax, in :func:`class_index_dtype`), confidence (max prob), margin
+    (top1 - top2), entropy (nats). ``out``: (n,) arrays of :data:`SUMMARY_ARRAYS`' dtypes to
+    write some of them into (e.g. memory maps of the files they are stored in)."""
     P = np.asarray(P)
     if P.ndim != 2 or P.shape[1] < 1:
         raise ValidationError(f"P must be a 2-D (n, n_classes) array; got shape {P.shape}")
     n = P.shape[0]
     dtype = P.dtype if P.dtype in (np.float32, np.float64) else np.float64
-    out = {"label": np.empty(n, np.int64), "confidence": np.empty(n, np.float32),
-           "margin": np.empty(n, np.float32), "entropy": np.empty(n, np.float32)}
+    out = {name: (out or {}).get(name) for name in SUMMARY_ARRAYS}
+    for name, t in SUMMARY_ARRAYS.items():
+        if out[name] is None:
+            out[name] = np.empty(n, class_index_dtype(P.shape[1]) if t is None else t)
     for a in range(0, n, SUMMARY_BLOCK_ROWS):
         b = min(n, a + SUMMARY_BLOCK_ROWS)
         _summarise_block(np.array(P[a:b].T, dtype=dtype, order="C"),
