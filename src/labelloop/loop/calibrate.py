@@ -89,14 +89,19 @@ class Calibrator:
                    (float(d.get("top_slope", 1.0)), float(d.get("top_intercept", 0.0))))
 
 
+#: rows :func:`apply_power` maps at a time: its temporaries stay in cache (32k x 10 float32:
+#: 1.3 MB) where whole-array passes streamed 40 MB through memory eight times at 1M items
+POWER_BLOCK_ROWS = 32_768
+
+
 def apply_power(P: np.ndarray, beta: float, *, out: np.ndarray | None = None) -> np.ndarray:
     """Row-wise p^beta, renormalised. (n, C) -> (n, C) float32, in ``out`` where it is a
     writeable C-contiguous float32 array of P's shape (it may be P), else in a new array.
 
-    In float32, in place on one (n, C) copy, the row max taken column by column and the row sums
-    by einsum (numpy's axis-1 reductions over ~10 columns are several times slower): a warm
-    refresh applies it to every item, 0.07 CPU-s at 1M x 10 instead of 0.29 in float64 (within
-    a few float32 ulps of it; benchmarks/results/e2e_latency_1000000.md)."""
+    In float32, in place, POWER_BLOCK_ROWS rows at a time, the row max taken column by column
+    and the row sums by einsum (numpy's axis-1 reductions over ~10 columns are several times
+    slower): a warm refresh applies it to every item, 0.07 CPU-s at 1M x 10 instead of 0.29 in
+    float64 (within a few float32 ulps of it; benchmarks/results/e2e_latency_1000000.md)."""
     usable = out is not None and out.dtype == np.float32 and out.shape == np.shape(P) \
         and out.flags.c_contiguous and out.flags.writeable
     if beta == 1.0:
@@ -104,19 +109,23 @@ def apply_power(P: np.ndarray, beta: float, *, out: np.ndarray | None = None) ->
             return np.array(P, dtype=np.float32)
         np.copyto(out, P, casting="same_kind")
         return out
-    # (n, C) a new array, or out
-    E = np.maximum(np.asarray(P, dtype=np.float32), np.float32(_EPS), out=out if usable else None)
-    if E.shape[0] and E.shape[1]:
+    P = np.asarray(P)
+    E = out if usable else np.empty(P.shape, np.float32)   # (n, C) a new array, or out
+    if not (E.shape[0] and E.shape[1]):
+        return E
+    for a in range(0, E.shape[0], POWER_BLOCK_ROWS):
+        B = E[a:a + POWER_BLOCK_ROWS]   # (b, C) a view, mapped in place
+        np.maximum(P[a:a + POWER_BLOCK_ROWS], np.float32(_EPS), out=B, casting="same_kind")
         # p / max_c p, then ^beta in log space: beta > 0, so this is the log-space shift by the
         # row max (no underflow at large beta)
-        top = E[:, 0].copy()
-        for c in range(1, E.shape[1]):
-            np.maximum(top, E[:, c], out=top)
-        E /= top[:, None]
-        np.log(E, out=E)
-        E *= np.float32(beta)
-        np.exp(E, out=E)
-        E /= np.einsum("ij->i", E)[:, None]
+        top = B[:, 0].copy()
+        for c in range(1, B.shape[1]):
+            np.maximum(top, B[:, c], out=top)
+        B /= top[:, None]
+        np.log(B, out=B)
+        B *= np.float32(beta)
+        np.exp(B, out=B)
+        B /= np.einsum("ij->i", B)[:, None]
     return E
 
 
