@@ -641,7 +641,7 @@ class Project:
         ``drain=False``: a warm update past its error bound leaves its full steps
         (:meth:`LabelPropagation.drain`) to a later :meth:`drain` of this Project, e.g. a
         server's once the predictions are shown; the summary's ``residual`` says what is left."""
-        from .propagate import SUMMARY_ARRAYS, LabelPropagation, class_index_dtype, prediction_summary
+        from .propagate import LabelPropagation, class_index_dtype, prediction_summary
 
         if self.task == "multilabel":
             return self._refresh_multilabel()
@@ -708,15 +708,13 @@ class Project:
                                             head_weight=hw_setting, prior_shares=prior if choose_prior else False)
         reached = np.asarray(pred.reached, dtype=bool)  # the head, where averaged in, reaches every item
         P = pred.proba.astype(np.float32, copy=False)   # (n, C) as stored and as every reader sees it
-        out_dir = self.store.run_dir(run)
-        # the summary arrays made in their files' memory (large ones: _mapped_arrays)
-        s = prediction_summary(P, out=_mapped_arrays(out_dir, len(P), {
-            name: class_index_dtype(len(classes)) if t is None else t for name, t in SUMMARY_ARRAYS.items()}))
+        s = prediction_summary(P)
         seconds = time.perf_counter() - t0
         prev = self.predictions()
         changed = None
         if prev is not None and len(prev.item_ids) == len(ids) and np.array_equal(prev.item_ids, ids):
             changed = int((prev.label != s["label"]).sum())
+        out_dir = self.store.run_dir(run)
         # the human labels scored held out, calibrated: what autolabel / estimate / diagnose read
         np.save(out_dir / "heldout_rows.npy", pred.heldout_rows)
         np.save(out_dir / "heldout_proba.npy", pred.heldout_proba)
@@ -731,8 +729,7 @@ class Project:
             if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
                 np.save(out_dir / "item_ids.npy", ids)
             for name, a in (("proba", P), ("reached", reached), *s.items()):
-                if not isinstance(a, np.memmap):   # not made in its file already
-                    _save_array(out_dir / f"{name}.npy", a)
+                _save_array(out_dir / f"{name}.npy", a)
             # the propagation state, so the next refresh (another process) can warm-start from it,
             # in the row order it is held in (after a drain: the graph's locality order, not
             # reordered: LabelPropagation.state); the labels in the smallest integer type that
@@ -3464,13 +3461,13 @@ def _link(source: Path, target: Path) -> bool:
         return False
 
 
-#: arrays of a refresh's run folder of at least this many bytes are written through a memory map
-#: of their file (:func:`_new_array_file`), not by ``np.save``'s write(): on the machines measured
-#: (a VM) copying into fresh page-cache pages with write() cost 2.5 ms of system CPU per MB once
-#: the pages freed recently were used up (40 MB: 0.1 CPU-s), writing them through a map 0.5 ms
-#: (the two (n, C) arrays and the summary of a 1M-item refresh: 0.2 -> 0.05 CPU-s,
-#: benchmarks/results/e2e_latency_1000000_refresh1m4.md). The files are the same ``.npy`` files.
-MAPPED_WRITE_MIN_BYTES = 1 << 20
+#: arrays of a refresh's run folder of at least this many bytes (its (n, C) arrays from ~400k
+#: items) are written through a memory map of their file (:func:`_new_array_file`), not by
+#: ``np.save``'s write(): on the machine measured (a VM) one 40 MB write() into new page-cache
+#: pages cost 0.1 s of system CPU, writing it through a map 0.02-0.04 (a 1M-item refresh writes two:
+#: benchmarks/results/e2e_latency_1000000_refresh1m4.md); at 4 MB the map was no cheaper. The
+#: files are the same ``.npy`` files.
+MAPPED_WRITE_MIN_BYTES = 16 << 20
 
 
 def _new_array_file(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -3499,14 +3496,6 @@ def _save_array(path: Path, a: np.ndarray) -> None:
     m = _new_array_file(path, a.shape, a.dtype)
     m[...] = a
     del m   # unmapped; its pages are the file's
-
-
-def _mapped_arrays(folder: Path, n: int, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
-    """``{name: (n,) array}`` of the ``dtypes`` that are large enough to be made in their own
-    file ``folder/<name>.npy`` (:data:`MAPPED_WRITE_MIN_BYTES`, :func:`_new_array_file`); the
-    others are left to the caller (not in the dict)."""
-    return {name: _new_array_file(folder / f"{name}.npy", (n,), t) for name, t in dtypes.items()
-            if n * np.dtype(t).itemsize >= max(MAPPED_WRITE_MIN_BYTES, 1)}
 
 
 def _round_or_none(x: float | None, digits: int) -> float | None:

@@ -81,6 +81,7 @@ __all__ = [
     "PropagationConvergenceWarning",
     "class_index_dtype",
     "prediction_summary",
+    "top_two",
 ]
 
 
@@ -1064,23 +1065,16 @@ def class_index_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-#: :func:`prediction_summary`'s arrays: name -> dtype (None: :func:`class_index_dtype`)
-SUMMARY_ARRAYS = {"label": None, "confidence": np.float32, "margin": np.float32, "entropy": np.float32}
-
-
-def prediction_summary(P: np.ndarray, *, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def prediction_summary(P: np.ndarray) -> dict[str, np.ndarray]:
     """Per-row label (argmax, in :func:`class_index_dtype`), confidence (max prob), margin
-    (top1 - top2), entropy (nats). ``out``: (n,) arrays of :data:`SUMMARY_ARRAYS`' dtypes to
-    write some of them into (e.g. memory maps of the files they are stored in)."""
+    (top1 - top2), entropy (nats)."""
     P = np.asarray(P)
     if P.ndim != 2 or P.shape[1] < 1:
         raise ValidationError(f"P must be a 2-D (n, n_classes) array; got shape {P.shape}")
     n = P.shape[0]
     dtype = P.dtype if P.dtype in (np.float32, np.float64) else np.float64
-    out = {name: (out or {}).get(name) for name in SUMMARY_ARRAYS}
-    for name, t in SUMMARY_ARRAYS.items():
-        if out[name] is None:
-            out[name] = np.empty(n, class_index_dtype(P.shape[1]) if t is None else t)
+    out = {"label": np.empty(n, class_index_dtype(P.shape[1])), "confidence": np.empty(n, np.float32),
+           "margin": np.empty(n, np.float32), "entropy": np.empty(n, np.float32)}
     for a in range(0, n, SUMMARY_BLOCK_ROWS):
         b = min(n, a + SUMMARY_BLOCK_ROWS)
         _summarise_block(np.array(P[a:b].T, dtype=dtype, order="C"),
@@ -1093,6 +1087,22 @@ def _summarise_block(PT: np.ndarray, label: np.ndarray, confidence: np.ndarray, 
     """:func:`prediction_summary` of the (C, b) transpose ``PT`` of b rows, into the (b,) outputs
     (PT is overwritten). On the transpose: numpy's axis-1 reductions over ~10 columns are 3x
     slower than these over the rows."""
+    # H = -sum_c p_c log p_c, with 0 log 0 = 0 (log computed where p > 0 only)
+    H = np.zeros_like(PT)
+    np.log(PT, out=H, where=PT > 0)
+    H *= PT
+    np.negative(H.sum(axis=0), out=entropy, casting="same_kind")
+    top1, top2 = top_two(PT, label)
+    confidence[:] = top1
+    np.subtract(top1, top2, out=margin, casting="same_kind")  # top1 - top2
+
+
+def top_two(PT: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(top1, top2)``: the (b,) largest and second largest entries of the columns of ``PT``
+    (C, b), the transpose of b rows (top2 = top1 for one class, or where the largest is there
+    twice), their argmax written into ``label`` (b,), the first largest as argmax picks it.
+    ``PT`` is overwritten (each column's largest set to -inf). On the transpose: numpy's
+    axis-1 reductions and argmax over ~10 columns are 3x slower than these over the rows."""
     top1 = PT.max(axis=0)  # (b,) largest
     if not np.isnan(top1).any():
         # argmax over the ~10 rows, the first largest as argmax picks it: one pass per class
@@ -1103,14 +1113,7 @@ def _summarise_block(PT: np.ndarray, label: np.ndarray, confidence: np.ndarray, 
         label[PT[0] == top1] = 0
     else:
         label[:] = PT.argmax(axis=0)
-    # H = -sum_c p_c log p_c, with 0 log 0 = 0 (log computed where p > 0 only)
-    H = np.zeros_like(PT)
-    np.log(PT, out=H, where=PT > 0)
-    H *= PT
-    np.negative(H.sum(axis=0), out=entropy, casting="same_kind")
-    confidence[:] = top1
-    if PT.shape[0] > 1:
-        PT[label, np.arange(PT.shape[1])] = -np.inf
-        np.subtract(top1, PT.max(axis=0), out=margin, casting="same_kind")  # top1 - top2
-    else:
-        margin[:] = top1
+    if PT.shape[0] < 2:
+        return top1, top1
+    PT[label, np.arange(PT.shape[1])] = -np.inf
+    return top1, PT.max(axis=0)

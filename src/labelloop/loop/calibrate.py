@@ -74,8 +74,8 @@ class Calibrator:
     def __call__(self, P: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
         """The calibrated (n, C) float32 distributions of ``P``; ``overwrite``: in ``P``'s own
         memory where it is a writeable C-contiguous float32 array (no new (n, C) array)."""
-        Q = apply_power(P, self.beta, out=P if overwrite else None)
-        return Q if self.top == (1.0, 0.0) else apply_top_label(Q, *self.top)
+        Q = apply_power(P, self.beta, out=P if overwrite else None)   # P's memory, or a new array
+        return Q if self.top == (1.0, 0.0) else apply_top_label(Q, *self.top, overwrite=True)
 
     def to_dict(self) -> dict:
         r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
@@ -134,25 +134,37 @@ def _logit(conf: np.ndarray) -> np.ndarray:
     return np.clip(np.log(np.maximum(c, _EPS)) - np.log(np.maximum(1.0 - c, _EPS)), -_LOGIT_MAX, _LOGIT_MAX)
 
 
-def apply_top_label(P: np.ndarray, a: float, b: float) -> np.ndarray:
+#: rows :func:`apply_top_label` maps at a time (as POWER_BLOCK_ROWS)
+TOP_BLOCK_ROWS = 32_768
+
+
+def apply_top_label(P: np.ndarray, a: float, b: float, *, overwrite: bool = False) -> np.ndarray:
     """(n, C) -> (n, C) float32: the top class's probability mapped to ``sigmoid(a logit(p) + b)``,
     the other classes scaled to share the rest in their proportions. The top class stays the
     top (it is kept above the rescaled runner-up), so the predicted label never changes; a row
-    with all its mass on one class is left as it is."""
-    P = np.array(P, dtype=np.float32)
+    with all its mass on one class is left as it is. ``overwrite``: in ``P``'s own memory where
+    it is a writeable C-contiguous float32 array. TOP_BLOCK_ROWS rows at a time, the top two
+    of each row found on the block's transpose (:func:`labelloop.propagate.top_two`)."""
+    from ..propagate import top_two
+
+    usable = overwrite and isinstance(P, np.ndarray) and P.dtype == np.float32 and P.flags.c_contiguous \
+        and P.flags.writeable
+    P = P if usable else np.array(P, dtype=np.float32)
     if P.shape[0] == 0 or P.shape[1] < 2:
         return P
-    top = P.argmax(1)
-    idx = np.arange(len(P))
-    conf = P[idx, top].astype(np.float64)
-    rest = np.maximum(1.0 - conf, 0.0)
-    second = np.partition(P, P.shape[1] - 2, axis=1)[:, -2].astype(np.float64)
-    new = 1.0 / (1.0 + np.exp(-(a * _logit(conf) + b)))
-    # top >= runner-up after scaling the others by (1 - new) / rest  <=>  new >= second / (rest + second)
-    new = np.maximum(new, second / np.maximum(rest + second, _EPS) + 1e-4)
-    new = np.where(rest > 1e-7, np.minimum(new, 1.0), conf)
-    P *= (np.where(rest > 1e-7, (1.0 - new) / np.maximum(rest, _EPS), 1.0)).astype(np.float32)[:, None]
-    P[idx, top] = new
+    for s in range(0, P.shape[0], TOP_BLOCK_ROWS):
+        B = P[s:s + TOP_BLOCK_ROWS]   # (m, C) a view, mapped in place
+        idx = np.arange(len(B))
+        top = np.empty(len(B), np.intp)
+        conf, second = top_two(np.array(B.T, order="C"), top)   # (m,) the largest and the runner-up
+        conf, second = conf.astype(np.float64), second.astype(np.float64)
+        rest = np.maximum(1.0 - conf, 0.0)
+        new = 1.0 / (1.0 + np.exp(-(a * _logit(conf) + b)))
+        # top >= runner-up after scaling the others by (1 - new) / rest  <=>  new >= second / (rest + second)
+        new = np.maximum(new, second / np.maximum(rest + second, _EPS) + 1e-4)
+        new = np.where(rest > 1e-7, np.minimum(new, 1.0), conf)
+        B *= (np.where(rest > 1e-7, (1.0 - new) / np.maximum(rest, _EPS), 1.0)).astype(np.float32)[:, None]
+        B[idx, top] = new
     return P
 
 
