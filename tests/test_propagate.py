@@ -689,3 +689,27 @@ def test_released_distributions_are_made_again_on_the_next_use(overlapping):
     cold = LabelPropagation(n_iter=20, class_mass=False).fit(S, y)
     cold.update(y2)
     np.testing.assert_array_equal(m.predict_proba(), cold.predict_proba())
+
+
+@pytest.mark.parametrize("alpha", [None, 0.7])
+@pytest.mark.parametrize("sweep", ["gauss-seidel", "jacobi"])
+def test_one_drain_step_is_one_step_of_the_iteration(alpha, sweep):
+    """A drain step, with ``stop`` or without, on a graph of one sweep block (no locality order):
+    one step of the iteration from Y, F(Y) = S Y with the labeled rows reset (clamped) or
+    alpha S Y + (1 - alpha) Y0 (spreading), computed here by hand."""
+    X, yt = blobs(300, 3, 8, 0.8, seed=2)
+    S = affinity_matrix(build_knn_graph(X, 8), temperature=0.05)
+    y = sample_labels(yt, 2, seed=1)
+    for stop in (None, lambda: False):
+        m = LabelPropagation(alpha=alpha, n_iter=3, drain_sweep=sweep, class_mass=False).fit(S, y)
+        Y = m.Y_.copy()
+        m.residual_fit_ = m.residual_ / 10   # past any bound: the drain runs
+        assert m.drain(1, stop=stop) == 1
+        Y0 = np.zeros_like(Y)
+        Y0[np.flatnonzero(y >= 0), y[y >= 0]] = 1.0
+        want = np.asarray(S @ Y, dtype=np.float32)
+        if alpha is None:
+            want[y >= 0] = Y0[y >= 0]
+        else:
+            want = np.float32(alpha) * want + np.float32(1 - alpha) * Y0
+        np.testing.assert_allclose(m.Y_, want, rtol=1e-5, atol=1e-7)

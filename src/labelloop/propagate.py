@@ -740,11 +740,8 @@ class LabelPropagation:
                 else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
                     Y = _blocked_product(self.S_, self.Y_, stop)
                     if Y is not None:
-                        if self.alpha is None:
-                            Y[y >= 0] = Y0[y >= 0]
-                        else:
-                            Y *= np.float32(self.alpha)
-                            Y += np.float32(1.0 - self.alpha) * Y0
+                        fixed = np.flatnonzero(y >= 0)
+                        self._step_rest(Y, fixed, Y0[fixed], Y0)
             if Y is None:
                 break
             self._Y, self._Y_ordered = Y, ordered
@@ -776,6 +773,7 @@ class LabelPropagation:
         that reads only the last one (at 1M items 3 sweeps agreed with a cold fit as 5 steps)."""
         S, alpha, Y = self.S_, self.alpha, self._Y
         order = S.ordered() if isinstance(S, CsrArrays) else None
+        perm = None   # the sweep's row order: S's locality order, else the items' own
         if order is not None:
             perm, _, S = order
             labeled = (y >= 0)[perm]
@@ -784,13 +782,14 @@ class LabelPropagation:
             elif stop is not None or Y.dtype != np.float32 or not (Y.flags.c_contiguous and Y.flags.writeable):
                 Y = np.array(Y, dtype=np.float32)   # a sweep cut short leaves the state as it was
         else:
-            perm, Y, labeled = np.arange(Y.shape[0]), np.array(self.Y_, dtype=np.float32), y >= 0   # a copy
+            Y, labeled = np.array(self.Y_, dtype=np.float32), y >= 0   # a copy
         n = Y.shape[0]
         fixed = np.flatnonzero(labeled)   # clamped rows (sorted) and their seed rows
+        Y0 = fixed_Y0 = None
         if alpha is None:
-            fixed_Y0 = self._seed_rows(perm[fixed], y)
+            fixed_Y0 = self._seed_rows(fixed if perm is None else perm[fixed], y)
         else:
-            Y0 = self._seed(y)[perm]   # (n, C) in the sweep's order
+            Y0 = self._seed(y) if perm is None else self._seed(y)[perm]   # (n, C) in the sweep's order
         ask = DRAIN_BLOCK_ROWS   # stop() every this many rows; the blocks the same with it or without
         block_rows = min(DRAIN_SWEEP_BLOCK_ROWS, ask)
         for _ in range(steps):
@@ -801,14 +800,22 @@ class LabelPropagation:
                 p0, p1 = int(S.indptr[a]), int(S.indptr[b])
                 new = matmul(CsrArrays(S.data[p0:p1], S.indices[p0:p1], np.asarray(S.indptr[a:b + 1]) - p0,
                                        (b - a, n)), Y)   # (b - a, C)
-                if alpha is None:
-                    f0, f1 = np.searchsorted(fixed, (a, b))
-                    new[fixed[f0:f1] - a] = fixed_Y0[f0:f1]
-                else:
-                    new *= np.float32(alpha)
-                    new += np.float32(1.0 - alpha) * Y0[a:b]
+                f0, f1 = np.searchsorted(fixed, (a, b)) if alpha is None else (0, 0)
+                self._step_rest(new, fixed[f0:f1] - a, None if alpha is not None else fixed_Y0[f0:f1],
+                                None if Y0 is None else Y0[a:b])
                 Y[a:b] = new
         return Y, order is not None
+
+    def _step_rest(self, SY: np.ndarray, fixed: np.ndarray, fixed_Y0: np.ndarray | None,
+                   Y0: np.ndarray | None) -> None:
+        """The rest of a step, in place on rows ``(S Y)`` (``SY``, a block of them or all):
+        clamped, its rows ``fixed`` reset to their seeds ``fixed_Y0``; spreading,
+        ``alpha (S Y) + (1 - alpha) Y0`` with ``Y0`` those rows' seeds."""
+        if self.alpha is None:
+            SY[fixed] = fixed_Y0
+        else:
+            SY *= np.float32(self.alpha)
+            SY += np.float32(1.0 - self.alpha) * Y0
 
     def residual_exceeded(self) -> bool:
         """The error bound: the residual the warm updates left is above ``residual_growth`` x
