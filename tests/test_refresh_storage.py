@@ -418,36 +418,28 @@ def test_server_refresher_drains_after_showing_and_a_new_label_stops_it(labeled,
         r.project.close()
 
 
-def test_arrays_written_through_memory_maps_are_the_files_np_save_writes(labeled, tmp_path, monkeypatch):
-    """A refresh writes its large arrays through memory maps of their files
-    (project.MAPPED_WRITE_MIN_BYTES; here every array): the same bytes as np.save's, read back
-    as the same predictions, and the next process warm-starts from them."""
+
+def test_predicted_labels_are_stored_in_the_smallest_integer_type_and_read_back(labeled, tmp_path):
+    """``label.npy`` and ``state_y.npy`` hold int8 for 10 classes (1 MB at 1M items, not int64's
+    8 MB); a new process reads the predictions back as the refresh made them and warm-starts."""
     from labelloop import Project
-    from labelloop import project as project_module
     from labelloop.project import MEMO
 
     root, _, by_class = labeled
-    files = {}
-    for name, min_bytes in (("saved", 1 << 60), ("mapped", 1)):
-        monkeypatch.setattr(project_module, "MAPPED_WRITE_MIN_BYTES", min_bytes)
-        path = tmp_path / name
-        shutil.copytree(root, path)
-        MEMO.clear()
-        with Project(path) as p:
-            _label_more(p, by_class)
-            s = p.refresh()
-            assert s["warm"]
-            in_process = p.predictions()
-            d = p.store.run_dir(s["run"])
-        MEMO.clear()
-        with Project(path) as p:
-            back = p.predictions()
-            for field in ("proba", "label", "confidence", "margin", "entropy", "reached"):
-                assert np.array_equal(getattr(back, field), getattr(in_process, field)), field
-            assert back.label.dtype == np.int8   # 10 classes: the smallest type that holds them
-            _label_more(p, {c: ids[1:] for c, ids in by_class.items()})
-            assert p.refresh()["warm"]   # from the stored state
-        files[name] = {f.name: f.read_bytes() for f in sorted(d.glob("*.npy"))}
-    assert files["saved"].keys() == files["mapped"].keys() and "state_w.npy" in files["saved"]
-    for f in files["saved"]:
-        assert files["saved"][f] == files["mapped"][f], f
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    MEMO.clear()
+    with Project(path) as p:
+        _label_more(p, by_class)
+        s = p.refresh()
+        made = p.predictions()
+        d = p.store.run_dir(s["run"])
+    assert np.load(d / "label.npy").dtype == np.int8 and np.load(d / "state_y.npy").dtype == np.int8
+    MEMO.clear()
+    with Project(path) as p:
+        back = p.predictions()
+        for field in ("proba", "label", "confidence", "margin", "entropy", "reached"):
+            assert np.array_equal(getattr(back, field), getattr(made, field)), field
+        assert np.array_equal(back.label, back.proba.argmax(1))
+        _label_more(p, {c: ids[1:] for c, ids in by_class.items()})
+        assert p.refresh()["warm"]   # from the stored state

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import json
 import os
@@ -729,15 +728,15 @@ class Project:
             if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
                 np.save(out_dir / "item_ids.npy", ids)
             for name, a in (("proba", P), ("reached", reached), *s.items()):
-                _save_array(out_dir / f"{name}.npy", a)
+                np.save(out_dir / f"{name}.npy", a)
             # the propagation state, so the next refresh (another process) can warm-start from it,
             # in the row order it is held in (after a drain: the graph's locality order, not
             # reordered: LabelPropagation.state); the labels in the smallest integer type that
             # holds the class ids (read back as int64)
             Y, ordered = self._lp.state()
-            _save_array(out_dir / STATE_Y_FILES[ordered], Y)
-            _save_array(out_dir / "state_y.npy", self._lp.y_.astype(class_index_dtype(len(classes))))
-            _save_array(out_dir / "state_w.npy", self._lp.sample_weight_)
+            np.save(out_dir / STATE_Y_FILES[ordered], Y)
+            np.save(out_dir / "state_y.npy", self._lp.y_.astype(class_index_dtype(len(classes))))
+            np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
         except BaseException:
             self._own_predictions = own_before   # not stored: the previous run stays current
             raise
@@ -3459,43 +3458,6 @@ def _link(source: Path, target: Path) -> bool:
         return True
     except OSError:
         return False
-
-
-#: arrays of a refresh's run folder of at least this many bytes (its (n, C) arrays from ~400k
-#: items) are written through a memory map of their file (:func:`_new_array_file`), not by
-#: ``np.save``'s write(): on the machine measured (a VM) one 40 MB write() into new page-cache
-#: pages cost 0.1 s of system CPU, writing it through a map 0.02-0.04 (a 1M-item refresh writes two:
-#: benchmarks/results/e2e_latency_1000000_refresh1m4.md); at 4 MB the map was no cheaper. The
-#: files are the same ``.npy`` files.
-MAPPED_WRITE_MIN_BYTES = 16 << 20
-
-
-def _new_array_file(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A new ``.npy`` file of ``shape`` and ``dtype`` (zeros), memory-mapped for writing: what is
-    written into the returned array is the file's content (no flush needed: the kernel writes
-    the pages back as it does a write()'s). Its space is reserved first, so a full disk is an
-    OSError here, not a SIGBUS at a write into the map."""
-    m = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
-    if hasattr(os, "posix_fallocate"):
-        try:
-            with open(path, "r+b") as f:
-                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            # a file system without fallocate: the pages are written as they come
-    return m
-
-
-def _save_array(path: Path, a: np.ndarray) -> None:
-    """``np.save(path, a)``; a large array through a memory map (:data:`MAPPED_WRITE_MIN_BYTES`)."""
-    a = np.asarray(a)
-    if a.nbytes < max(MAPPED_WRITE_MIN_BYTES, 1) or a.dtype.hasobject:   # no empty map
-        np.save(path, a)
-        return
-    m = _new_array_file(path, a.shape, a.dtype)
-    m[...] = a
-    del m   # unmapped; its pages are the file's
 
 
 def _round_or_none(x: float | None, digits: int) -> float | None:
