@@ -172,7 +172,7 @@ def main(argv=None):
         graph = build_knn_graph(Xn, k=10)
         S = affinity_matrix(graph)
         for shots in () if args.certify_only else args.shots:
-            acc, cal, chosen, gap, ls_chance = {}, {}, {}, {}, []
+            acc, cal, chosen, gap, sgap, ls_chance = {}, {}, {}, {}, {}, []
             for seed in range(args.seeds):
                 y = random_labels(yt, C, shots, seed)
                 u = y < 0
@@ -183,7 +183,8 @@ def main(argv=None):
                     for m, P in res.items():
                         acc.setdefault(m, []).append(float((P[u].argmax(1) == yt[u]).mean()))
                         cal.setdefault(m, []).append(float(ece(P[u], yt[u])))
-                        gap.setdefault(m, []).append(abs(float(P[u].max(1).mean()) - acc[m][-1]))
+                        sgap.setdefault(m, []).append(float(P[u].max(1).mean()) - acc[m][-1])  # > 0: overconfident
+                        gap.setdefault(m, []).append(abs(sgap[m][-1]))
                     # LabelSpreading stops at tol after ~5 steps at alpha 0.2: items no label reached
                     # keep an all-zero row, whose argmax is class 0 (the majority class of the
                     # imbalanced sets here). The same with those items guessed at chance:
@@ -202,6 +203,7 @@ def main(argv=None):
                    **{f"acc_{m}": float(np.mean(v)) for m, v in acc.items()},
                    **{f"ece_{m}": float(np.mean(v)) for m, v in cal.items()},
                    **{f"gap_{m}": float(np.mean(v)) for m, v in gap.items()},
+                   **{f"sgap_{m}": float(np.mean(v)) for m, v in sgap.items()},
                    **({"acc_ls_chance": float(np.mean(ls_chance))} if ls_chance else {})}
             rows.append(row)
             print(f"{name:22s} {bb:28s} @{shots:<2d} " + " ".join(f"{m} {row['acc_' + m]:.3f}/{row['ece_' + m]:.2f}"
@@ -257,7 +259,10 @@ def main(argv=None):
              f"LabelSpreading with unreached items at chance: {below_chance}.", "",
              f"labelloop (auto) on the unlabeled items, mean over cells: ECE {np.mean([r['ece_labelloop'] for r in rows]):.3f}, "
              f"|mean confidence - accuracy| {np.mean([r['gap_labelloop'] for r in rows]):.3f} "
-             f"(cells with |gap| <= 0.05: {sum(r['gap_labelloop'] <= 0.05 for r in rows)} of {len(rows)}).", "",
+             f"(cells with |gap| <= 0.05: {sum(r['gap_labelloop'] <= 0.05 for r in rows)} of {len(rows)}; the others "
+             f"over- / underconfident on average over the seeds: "
+             f"{sum(r['gap_labelloop'] > 0.05 and r['sgap_labelloop'] > 0 for r in rows)} / "
+             f"{sum(r['gap_labelloop'] > 0.05 and r['sgap_labelloop'] <= 0 for r in rows)}).", "",
              "| dataset | backbone | labels/class | labelloop | estimated / mixed chosen | class_prior labels | "
              "class_prior estimated | paper (T=0.01, 20 steps) | LabelSpreading | LS, unreached at chance | logreg |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
