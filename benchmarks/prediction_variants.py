@@ -334,32 +334,21 @@ def _head_accuracy_z(min_z):
     AUTO_HEAD_MIN_RIGHT more held-out labels right, ``min_z`` standard errors of the paired
     per-label difference in right clear, and raise the calibrated log-likelihood (any amount)."""
     def wrap(orig):
-        def choose_head_weight(y_human, rows, Q_prop, Q_head, weights=None, *, grid=None, min_z_=None, min_right=None):
-            from labelloop.loop.calibrate import fit_calibrator
-            from labelloop.loop.predict import AUTO_HEAD_MIN_RIGHT, AUTO_HEAD_WEIGHTS, mix_head, paired_gain
+        def choose_head_weight(y_human, rows, Q_prop, Q_head, weights=None, **kw):
+            from labelloop.loop.predict import AUTO_HEAD_WEIGHTS, mix_head, paired_gain
 
             if Q_head is None or len(rows) < 2:
                 return 0.0
             t = np.asarray(y_human)[rows]
             w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
-            w = w / w.sum()
-            idx = np.arange(len(t))
+            right0 = (Q_prop.argmax(1) == t).astype(float)
 
-            def scored(wt):
-                Q = mix_head(Q_prop, Q_head, wt)
-                P = fit_calibrator(Q, t, weights=w)(Q)
-                return float((w * np.log(np.maximum(P[idx, t], 1e-6))).sum()), (Q.argmax(1) == t).astype(float)
+            def clear(wt):  # the default's bars (min_z 0) and the decisions' standard-error bar
+                gain, se = paired_gain((mix_head(Q_prop, Q_head, wt).argmax(1) == t) - right0, w / w.sum())
+                return gain > min_z * se and orig(y_human, rows, Q_prop, Q_head, weights, grid=(wt,), min_z=0.0) == wt
 
-            ll0, r0 = scored(0.0)
-            best, best_ll = 0.0, ll0
-            for wt in AUTO_HEAD_WEIGHTS:
-                if wt <= 0:
-                    continue
-                ll, r = scored(wt)
-                gain, se = paired_gain(r - r0, w)
-                if gain >= AUTO_HEAD_MIN_RIGHT and gain > min_z * se and ll > best_ll:
-                    best, best_ll = float(wt), ll
-            return best
+            ok = [wt for wt in AUTO_HEAD_WEIGHTS if wt > 0 and clear(wt)]
+            return orig(y_human, rows, Q_prop, Q_head, weights, grid=ok, min_z=0.0) if ok else 0.0
         return choose_head_weight
     return wrap
 
