@@ -6,8 +6,7 @@ class_prior and head weight auto, as ``robustness.py``'s "labelloop" column), th
 one decision changed. The propagations and head fits are memoised on disk by the label vector
 they were given (``--memo``), so a variant that only changes a choice or the calibration reruns
 the whole table in seconds; a variant that hides other labels (10 folds) computes its new
-propagations once. LabelSpreading's accuracy is read from ``results/robustness_accuracy.json``
-(the same cells, the same labels).
+propagations once.
 
 Variants:
 
@@ -33,9 +32,27 @@ Variants:
   the challenger's predicted class shares alone (not also by the default's);
 - ``prior: best of the candidates (oracle)``: an upper bound, not a method: per run, the fixed
   prior ("labels", "estimated" or "mixed") most accurate on the unlabeled items (read from the
-  truth): what any rule choosing among these candidates can reach.
+  truth): what any rule choosing among these candidates can reach;
+- ``head: likelihood 1 se clear (before)``: ``choose_head_weight`` with ``min_z=1`` (the head's
+  calibrated held-out log-likelihood gain 1 standard error clear), the rule before
+  AUTO_HEAD_MIN_Z 0; ``head: likelihood gain, no share more right``: ``min_right=0``;
+  ``head: accuracy gain z 1`` / ``z 0.5``: the standard-error bar on the paired difference in
+  held-out labels right instead of in log-likelihood;
+- ``prior: few-label veto (before)``: with fewer than MIN_HELDOUT_FOR_PRIOR held-out labels, the
+  default instead of the hedge when the hedge gets fewer of them right (the rule before);
+  ``prior: few-label veto under both shares``: only when it gets fewer right weighted by both
+  candidates' predicted class shares; ``before (likelihood 1 se, veto)``: both rules as before;
+- ``prior: the hedge as the default``: "mixed" the default at every number of held-out labels,
+  "labels" and "estimated" its challengers under the same evidence rule;
+- ``prior: population accuracy (BBSE shares), z 1``: the prior chosen by its estimated accuracy
+  on the population, held-out recall per class weighted by the class shares the candidates'
+  held-out confusions imply (black-box shift estimation, Lipton et al. 2018).
 
-Run:  python benchmarks/prediction_variants.py [--seeds 3] [--only rotten-tomatoes] [--variants default "10 folds"]
+LabelSpreading (``kernel="knn", n_neighbors=10``, as ``robustness.py``) is fitted on the same
+labels (memoised too); "cells below LS" compares the means over the same seeds.
+
+Run:  python benchmarks/prediction_variants.py [--seeds 3] [--first-seed 5] [--only rotten-tomatoes]
+          [--shots 1 2] [--variants default "10 folds"]
 """
 
 from __future__ import annotations
@@ -227,6 +244,115 @@ def _own_shares(orig):
     return choose_class_prior
 
 
+def bbse_shares(t, held_pred, pop_pred, C):
+    """(C,) the population's class shares: its predicted shares corrected by the held-out confusion
+    (black-box shift estimation, Lipton et al. 2018; add-1/C smoothed, non-negative least squares)."""
+    from scipy.optimize import nnls
+
+    M = np.zeros((C, C))
+    np.add.at(M, (held_pred, t), 1.0)
+    M = M + 1.0 / C
+    M /= M.sum(0, keepdims=True)
+    q, _ = nnls(M, np.bincount(pop_pred, minlength=C)[:C] / len(pop_pred))
+    q = np.maximum(q, 1e-3)
+    return q / q.sum()
+
+
+def _population_accuracy(min_z):
+    """choose_class_prior by each candidate's estimated accuracy on the population: its held-out
+    recall per class weighted by the class shares that the candidates' held-out confusions imply
+    (the mean of their BBSE shares); a challenger wins when its gain is ``min_z`` standard errors
+    of the paired per-label difference clear."""
+    def wrap(orig):
+        def choose_class_prior(y_human, rows, Q, population, **kw):
+            from labelloop.loop.predict import HEDGE_PRIOR, MIN_HELDOUT_FOR_PRIOR, paired_gain
+
+            if len(rows) < MIN_HELDOUT_FOR_PRIOR:
+                return orig(y_human, rows, Q, population, **kw)
+            names = [k for k in Q if k != HEDGE_PRIOR]
+            t = np.asarray(y_human)[rows]
+            C = Q[names[0]].shape[1]
+            q = np.mean([bbse_shares(t, Q[k].argmax(1), population[k], C) for k in names], axis=0)
+            w = q[t] / np.maximum(np.bincount(t, minlength=C)[t], 1)
+            w = w / w.sum()
+            right0 = (Q[names[0]].argmax(1) == t).astype(float)
+            best, best_gain = names[0], 0.0
+            for k in names[1:]:
+                g, se = paired_gain((Q[k].argmax(1) == t) - right0, w)
+                if g > best_gain and g > min_z * se:
+                    best, best_gain = k, g
+            return best
+        return choose_class_prior
+    return wrap
+
+
+def _hedge_default(orig):
+    """choose_class_prior with the hedge ("mixed") as the default at every number of held-out
+    labels: "labels" or "estimated" replace it only with the evidence a challenger needs."""
+    def choose_class_prior(y_human, rows, Q, population, **kw):
+        from labelloop.loop.predict import HEDGE_PRIOR, MIN_HELDOUT_FOR_PRIOR
+
+        if len(rows) < MIN_HELDOUT_FOR_PRIOR or HEDGE_PRIOR not in Q:
+            return orig(y_human, rows, Q, population, **kw)
+        order = [HEDGE_PRIOR, *(k for k in Q if k != HEDGE_PRIOR)]
+        mod = importlib.import_module("labelloop.loop.predict")
+        saved = mod.HEDGE_PRIOR
+        try:  # no hedge in the candidates: orig compares them all against the first
+            mod.HEDGE_PRIOR = "-"
+            return orig(y_human, rows, {k: Q[k] for k in order}, population, **kw)
+        finally:
+            mod.HEDGE_PRIOR = saved
+    return choose_class_prior
+
+
+def _veto(kind):
+    """choose_class_prior with a veto of the hedge by the few held-out labels (fewer than
+    MIN_HELDOUT_FOR_PRIOR; without a veto the hedge is the choice there): "on" (the default
+    when the hedge gets fewer of them right: the rule before this round), "both shares" (when it
+    gets fewer right weighted by the hedge's predicted class shares and by the default's)."""
+    def wrap(orig):
+        def choose_class_prior(y_human, rows, Q, population, **kw):
+            from labelloop.loop.calibrate import prediction_weights
+            from labelloop.loop.predict import HEDGE_PRIOR, MIN_HELDOUT_FOR_PRIOR
+
+            if len(rows) >= MIN_HELDOUT_FOR_PRIOR or HEDGE_PRIOR not in Q:
+                return orig(y_human, rows, Q, population, **kw)
+            default = next(iter(Q))
+            t = np.asarray(y_human)[rows]
+            C = Q[default].shape[1]
+            for k in (HEDGE_PRIOR, default) if kind == "both shares" else (None,):
+                w = np.ones(len(t)) if k is None else prediction_weights(t, population[k], C)
+                if (w * (Q[HEDGE_PRIOR].argmax(1) == t)).sum() >= (w * (Q[default].argmax(1) == t)).sum():
+                    return HEDGE_PRIOR
+            return default
+        return choose_class_prior
+    return wrap
+
+
+def _head_accuracy_z(min_z):
+    """choose_head_weight with its evidence taken from the decisions: a weight must get a share
+    AUTO_HEAD_MIN_RIGHT more held-out labels right, ``min_z`` standard errors of the paired
+    per-label difference in right clear, and raise the calibrated log-likelihood (any amount)."""
+    def wrap(orig):
+        def choose_head_weight(y_human, rows, Q_prop, Q_head, weights=None, **kw):
+            from labelloop.loop.predict import AUTO_HEAD_WEIGHTS, mix_head, paired_gain
+
+            if Q_head is None or len(rows) < 2:
+                return 0.0
+            t = np.asarray(y_human)[rows]
+            w = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
+            right0 = (Q_prop.argmax(1) == t).astype(float)
+
+            def clear(wt):  # the default's bars (min_z 0) and the decisions' standard-error bar
+                gain, se = paired_gain((mix_head(Q_prop, Q_head, wt).argmax(1) == t) - right0, w / w.sum())
+                return gain > min_z * se and orig(y_human, rows, Q_prop, Q_head, weights, grid=(wt,), min_z=0.0) == wt
+
+            ok = [wt for wt in AUTO_HEAD_WEIGHTS if wt > 0 and clear(wt)]
+            return orig(y_human, rows, Q_prop, Q_head, weights, grid=ok, min_z=0.0) if ok else 0.0
+        return choose_head_weight
+    return wrap
+
+
 def _oracle(ctx):
     from labelloop.loop.predict import calibrated_predictions, prior_candidates
 
@@ -258,6 +384,18 @@ VARIANTS = {
                                                      _class_mass_scale=lambda f: lambda *a, **k: f(*a, **k) ** 0.5),
     "prior: challenger's shares only": _patched(choose_class_prior=_own_shares),
     "prior: best of the candidates (oracle)": _oracle,
+    "head: likelihood 1 se clear (before)": _patched(choose_head_weight=lambda f: functools.partial(f, min_z=1.0)),
+    "head: likelihood gain, no share more right": _patched(choose_head_weight=lambda f: functools.partial(
+        f, min_right=0.0)),
+    "prior: few-label veto (before)": _patched(choose_class_prior=_veto("on")),
+    "prior: few-label veto under both shares": _patched(choose_class_prior=_veto("both shares")),
+    "before (likelihood 1 se, veto)": _patched(choose_head_weight=lambda f: functools.partial(f, min_z=1.0),
+                                               choose_class_prior=_veto("on")),
+    "head: accuracy gain z 1": _patched(choose_head_weight=_head_accuracy_z(1.0)),
+    "head: accuracy gain z 0.5": _patched(choose_head_weight=_head_accuracy_z(0.5)),
+    "prior: the hedge as the default": _patched(choose_class_prior=_hedge_default),
+    "prior: population accuracy (BBSE shares), z 1": _patched(choose_class_prior=_population_accuracy(1.0)),
+    "prior: population accuracy (BBSE shares), z 0": _patched(choose_class_prior=_population_accuracy(0.0)),
 }
 
 
@@ -268,6 +406,8 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--memo", default=str(HERE / ".cache" / "prediction_variants"))
     ap.add_argument("--out", default="prediction_variants")
+    ap.add_argument("--shots", type=int, nargs="*", help="labels per class (default: all of robustness.py's)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -278,8 +418,7 @@ def main(argv=None):
     from robustness import SHOTS, ece, pairs, random_labels
 
     warnings.simplefilter("ignore")
-    ls = {(r["dataset"], r["backbone"], r["shots"]): r["acc_labelspreading"]
-          for r in json.loads((HERE / "results" / "robustness_accuracy.json").read_text())["rows"]}
+    ls: dict = defaultdict(list)  # cell -> LabelSpreading's accuracy per seed (the same labels)
     Path(args.memo).mkdir(parents=True, exist_ok=True)
     t0, load0 = time.time(), os.getloadavg()[0]
     cells: dict = defaultdict(lambda: defaultdict(list))  # variant -> cell -> [(acc, |gap|, ece)]
@@ -311,10 +450,18 @@ def main(argv=None):
                 memo[k] = head0(yy, rows)
             return memo[k]
 
-        for shots in SHOTS:
-            for seed in range(args.seeds):
+        for shots in args.shots or SHOTS:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 y = random_labels(yt, C, shots, seed)
                 u = y < 0
+                k = ("ls", _key(y))
+                if k not in memo:  # LabelSpreading(kernel="knn", n_neighbors=10), as robustness.py
+                    from sklearn.semi_supervised import LabelSpreading
+
+                    with threadpool_limits(1, user_api="blas"):
+                        D = LabelSpreading(kernel="knn", n_neighbors=10).fit(Xn, y).label_distributions_
+                    memo[k] = float((D[u].argmax(1) == yt[u]).mean())
+                ls[(name, bb, shots)].append(memo[k])
                 ctx = {"y": y, "C": C, "rawY": rawY, "head": head, "S": graph_S, "truth": yt}  # truth: the oracle only
                 for v in args.variants:
                     with threadpool_limits(1, user_api="blas"):
@@ -324,14 +471,16 @@ def main(argv=None):
         if len(memo) > size:
             memo_file.write_bytes(pickle.dumps(memo))
         print(name, bb, flush=True)
-    lines = [f"# Prediction variants on the robustness suite ({args.seeds} seeds; `python benchmarks/prediction_variants.py`)",
+    seeds = f"seeds {args.first_seed}-{args.first_seed + args.seeds - 1}"
+    lines = [f"# Prediction variants on the robustness suite ({seeds}; `python benchmarks/prediction_variants.py`)",
              "", "Each variant changes one decision of labelloop's default prediction (see the script's docstring); "
              "on the unlabeled items, per cell (dataset x backbone x labels per class) the mean over seeds. Below LS: "
-             "cells whose accuracy is below LabelSpreading's (results/robustness_accuracy.json); within 0.05: cells "
+             "cells whose accuracy is below LabelSpreading's on the same labels; within 0.05: cells "
              "whose mean |mean confidence - accuracy| is at most 0.05.", "",
              "| variant | cells below LS | within 0.05 | within 0.05 at >= 2 labels/class | mean ECE | mean accuracy |",
              "|---|---|---|---|---|---|"]
     summary, below_lines = {}, []
+    ls = {k: float(np.mean(v)) for k, v in ls.items()}
     for v in args.variants:
         m = {k: np.mean(r, axis=0) for k, r in cells[v].items()}
         s = summary[v] = {"below": int(sum(a[0] < ls[k] for k, a in m.items())),
@@ -345,6 +494,15 @@ def main(argv=None):
     meta = {"seeds": args.seeds, "seconds": round(time.time() - t0), "loadavg_start": load0, "loadavg": os.getloadavg(),
             "argv": sys.argv}
     lines += ["", "Cells below LabelSpreading (accuracy, mean over seeds):", "", *below_lines]
+    if "default" in cells:  # what each variant moves, against the default on the same labels
+        lines += ["", "Cells whose accuracy moved by more than 0.01 against the default:", ""]
+        base = {k: float(np.mean([a[0] for a in r])) for k, r in cells["default"].items()}
+        for v in args.variants:
+            moved = [(k, base[k], float(np.mean([a[0] for a in r]))) for k, r in cells[v].items()]
+            moved = [m for m in moved if abs(m[2] - m[1]) > 0.01]
+            if v != "default":
+                lines.append(f"- {v}: " + (", ".join(f"{k[0]} {k[1].split('-')[0]} @{k[2]} {b:.3f} -> {a:.3f}"
+                                                     for k, b, a in moved) or "none"))
     lines += ["", f"Command: `PYTHONPATH=src python {shlex.join(sys.argv)}`; {meta['seconds']} s (with the memo of an "
               f"earlier run where present), load average {load0:.1f} at the start and {meta['loadavg'][0]:.1f} at the end."]
     (HERE / "results" / f"{args.out}.json").write_text(json.dumps({"meta": meta, "summary": summary,
