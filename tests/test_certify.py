@@ -319,3 +319,31 @@ def test_a_region_certified_at_a_batch_end_stays_certified_when_later_checks_lan
     assert kept.checked == 120 and "once the first 80 checks were in" in kept.reason
     # a look inside a batch is not one of them: cut before the 80th check, nothing was certified yet
     assert certify(cov, pred, correct, **args, batch_ends=[75, 100]).coverage.max() == 0.0
+
+
+def test_the_held_out_scores_are_read_once_per_refresh(project_factory, tmp_path):
+    """The certificate, ``checks_wanted`` and every verify query plan on the held-out labels of
+    the current refresh: one read per refresh (the same arrays each time, read-only), the next
+    refresh's own ones after it."""
+    rng = np.random.default_rng(0)
+    words = {"cat": "purr whisker meow paw tail fur".split(), "dog": "bark fetch leash bone wag paw".split()}
+    rows = [(f"{c}{i}", " ".join(rng.choice(w, size=5))) for c, w in words.items() for i in range(30)]
+    (tmp_path / "a.csv").write_text("id,text\n" + "".join(f"{i},{t}\n" for i, t in rows))
+    p = project_factory("text", classes=["cat", "dog"])
+    p.import_(tmp_path / "a.csv")
+    p.embed("tfidf")
+    p.label([(f"{c}{i}", c) for c in words for i in range(4)])
+    p.refresh(full=True)
+    p.autolabel(target_precision=0.9)
+    pred = p.predictions()
+    first = p._plan_heldout(pred)
+    assert len(first[0]) > 0 and not first[0].flags.writeable
+    p.checks_wanted(pred)
+    p.next(4, strategy="verify")
+    again = p._plan_heldout(pred)
+    assert again[0] is first[0] and again[1] is first[1]
+    p.label([(f"{c}{i}", c) for c in words for i in range(4, 6)])
+    p.refresh(full=True)
+    later = p.predictions()
+    assert later.run_id != pred.run_id and p._plan_heldout(later)[0] is not first[0]
+    assert len(p._plan_heldout(later)[0]) > len(first[0])

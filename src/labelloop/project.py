@@ -1088,8 +1088,13 @@ class Project:
 
     def _heldout(self, pred: Predictions):
         """(confidence, predicted, correct, labels) of the human labels the last refresh scored
-        held out (calibrated), as stored with it."""
-        d = self.store.run_dir(pred.run_id)
+        held out (calibrated), as stored with it; read once per refresh (:data:`MEMO`: the
+        certificate, ``checks_wanted`` and a verify query all ask, the server on every request).
+        A refresh writes them before its predictions can be read, so the run id is the key."""
+        return MEMO.get(self.root, "heldout", pred.run_id, lambda: _frozen(self._load_heldout(pred.run_id)))
+
+    def _load_heldout(self, run_id: int):
+        d = self.store.run_dir(run_id)
         if not (d / "heldout_proba.npy").exists():
             z = np.zeros(0)
             return z, z.astype(np.int64), z.astype(bool), z.astype(np.int64)
@@ -3365,8 +3370,8 @@ class MultiLabelScores:
 
 class Memo:
     """The last values of each (project folder, what) computed in this process, with the key
-    each was computed for: embeddings, the kNN graph, the latest predictions, the embedding map,
-    the item ids.
+    each was computed for: embeddings, the kNN graph, the latest predictions (and their held-out
+    scores), the embedding map, the item ids.
 
     Every Project of a process shares it, so a server's refresher and its request threads
     (one read-only Project each) hold one copy, and a CLI command that reads the embeddings
@@ -3376,7 +3381,7 @@ class Memo:
     still read the last finished run (its rows are being written), and with one slot each
     would evict the other and reload from disk (0.5 s at 100k items) on every request."""
 
-    SLOTS = {"predictions": 2, "prediction_stats": 2}
+    SLOTS = {"predictions": 2, "prediction_stats": 2, "heldout": 2}
 
     def __init__(self):
         self._lock = threading.Lock()
