@@ -733,15 +733,16 @@ class LabelPropagation:
             if self.drain_sweep == "gauss-seidel":
                 Y, ordered = self._sweeps(y, steps, stop)
             else:
-                if Y0 is None:
+                if Y0 is None:   # the seeds and the clamped rows, once per drain
                     Y0 = self._seed(y)
+                    fixed = np.flatnonzero(y >= 0)
+                    fixed_Y0 = Y0[fixed] if self.alpha is None else None
                 if stop is None:
                     Y, _ = self._iterate(self.Y_, Y0, y >= 0, steps=steps, tol_stop=False)
                 else:   # one step in row blocks, stop() asked between them: a step cut short is dropped
                     Y = _blocked_product(self.S_, self.Y_, stop)
                     if Y is not None:
-                        fixed = np.flatnonzero(y >= 0)
-                        self._step_rest(Y, fixed, Y0[fixed], Y0)
+                        self._step_rest(Y, fixed, fixed_Y0, Y0)
             if Y is None:
                 break
             self._Y, self._Y_ordered = Y, ordered
