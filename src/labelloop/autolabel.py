@@ -26,6 +26,7 @@ __all__ = [
     "min_verified_count",
     "anytime_log_evalue",
     "anytime_passes",
+    "anytime_min_correct",
     "anytime_lower_bound",
     "anytime_min_count",
 ]
@@ -145,6 +146,31 @@ def anytime_lower_bound(correct: Any, checked: Any, *, confidence_level: float =
     ok = anytime_passes(k[..., None], m[..., None], target_precision=grid, confidence_level=confidence_level)
     run = np.cumprod(ok, axis=-1).sum(axis=-1)  # how many grid targets from the bottom all pass
     return np.where(run > 0, grid[np.maximum(run - 1, 0)], 0.0)
+
+
+def anytime_min_correct(max_checked: int, target_precision: float = DEFAULT_TARGET,
+                        confidence_level: float = DEFAULT_LEVEL) -> np.ndarray:
+    """(max_checked + 1,) for every count m of checks up to ``max_checked``, the fewest right
+    ones that pass :func:`anytime_passes` (m + 1 where none does). E grows with the right checks
+    at a fixed m (every alternative bets on "right"), so ``correct >= table[checked]`` is the
+    same decision as ``anytime_passes(correct, checked)``, one lookup instead of a mixture of
+    exponentials per pair: certification judges every (check, region) pair of a round."""
+    top = 1 << max(int(max_checked), 1).bit_length()   # tables kept per power of two
+    return _min_correct_table(top, float(target_precision), float(confidence_level))[:int(max_checked) + 1]
+
+
+@functools.lru_cache(maxsize=16)
+def _min_correct_table(top: int, target: float, level: float) -> np.ndarray:
+    """:func:`anytime_min_correct` up to ``top``: bisection on :func:`anytime_passes` itself."""
+    m = np.arange(top + 1)
+    lo, hi = np.zeros_like(m), m + 1   # the answer lies in [lo, hi]; hi = m + 1: none passes
+    while (open_ := lo < hi).any():
+        mid = (lo + hi) // 2
+        ok = anytime_passes(mid, m, target_precision=target, confidence_level=level) & open_
+        hi = np.where(ok, mid, hi)
+        lo = np.where(open_ & ~ok, mid + 1, lo)
+    hi.setflags(write=False)
+    return hi
 
 
 @functools.lru_cache(maxsize=64)

@@ -56,6 +56,7 @@ from ..autolabel import (
     DEFAULT_LEVEL,
     DEFAULT_TARGET,
     anytime_lower_bound,
+    anytime_min_correct,
     anytime_min_count,
     anytime_passes,
     min_verified_count,
@@ -484,6 +485,13 @@ def _region_grid(cov: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.r_[ks[ks < g], g].astype(np.float64) / g
 
 
+def _running_count(flags: np.ndarray) -> np.ndarray:
+    """(m, G) int32 running sums of (m, G) flags down the first axis, computed along the last
+    axis of the transpose: numpy's cumsum down the first axis of a C-ordered table is ~4x slower
+    (2,000 checks x 1,000 regions: 29 ms against 8)."""
+    return np.cumsum(np.ascontiguousarray(flags.T), axis=1, dtype=np.int32).T
+
+
 def _round_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *, target: float, level: float,
                   start_after: int) -> tuple[tuple[float, int, int, float], int | None]:
     """One round of :func:`_anytime_region`: ``((rho, k, m, lower bound), the index of the check
@@ -509,12 +517,12 @@ def _round_region(cov: np.ndarray, region: np.ndarray, correct: np.ndarray, *, t
     rho = _region_grid(cov, region)  # (G,)
     need = anytime_min_count(target, level)
     inside = (cov[:, None] <= rho[None, :] + 1e-9) & (region[:, None] >= rho[None, :] - 1e-9)  # (m, G)
-    m_run = np.cumsum(inside, axis=0)  # (m, G) checks counting for each region after each check
-    k_run = np.cumsum(inside & correct[:, None], axis=0)
+    m_run = _running_count(inside)  # (m, G) checks counting for each region after each check
+    k_run = _running_count(inside & correct[:, None])
     enough = m_run >= need
     first = np.where(enough.any(axis=1), enough.argmax(axis=1), -1)  # (m,) smallest region holding enough
     first[:start_after - 1] = -1  # no start before the round's sample is in
-    passes = anytime_passes(k_run, m_run, target_precision=target, confidence_level=level)  # (m, G)
+    passes = k_run >= anytime_min_correct(cov.size, target, level)[m_run]  # (m, G): anytime_passes, by lookup
     start, passed_at = -1, None
     for j in np.flatnonzero(first >= 0):
         if start < 0 or passes[j, start]:
