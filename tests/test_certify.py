@@ -13,6 +13,7 @@ import pytest
 from labelloop.autolabel import (
     anytime_log_evalue,
     anytime_lower_bound,
+    anytime_min_correct,
     anytime_min_count,
     anytime_passes,
     min_verified_count,
@@ -235,6 +236,20 @@ def _ever_passes(p: float, n: int, passes) -> float:
         hit += alive[ok].sum()
         alive[ok] = 0.0
     return float(hit)
+
+
+@pytest.mark.parametrize("target,level", [(0.95, 0.95), (0.9, 0.99), (0.99, 0.9), (0.8, 0.9875)])
+def test_the_fewest_right_checks_table_gives_the_same_decision_as_the_test(target, level):
+    """certify judges every (check, region) pair by ``correct >= anytime_min_correct(...)[checked]``:
+    the same decision as anytime_passes for every count up to 300 (and a table cut from a
+    larger cached one agrees with a fresh one)."""
+    m = np.arange(301)[None, :]
+    k = np.minimum(np.arange(301)[:, None], m)
+    table = anytime_min_correct(300, target, level)
+    assert table.shape == (301,)
+    assert ((k >= table[m]) == anytime_passes(k, m, target_precision=target, confidence_level=level)).all()
+    assert (anytime_min_correct(1000, target, level)[:301] == table).all()
+    assert table[anytime_min_count(target, level)] == anytime_min_count(target, level)
 
 
 def test_the_anytime_test_needs_about_as_many_checks_as_clopper_pearson_and_holds_at_every_look():
