@@ -619,11 +619,11 @@ class Project:
     # ------------------------------------------------------------------- refresh
     def refresh(self, *, full: bool = False, on_predictions=None, drain: bool = True) -> dict:
         """:meth:`_refresh` with glibc's allocator keeping freed memory for reuse
-        (:func:`labelloop.embed.runner.tuned_allocator`): a refresh at 1M items allocates and
+        (:func:`labelloop.allocator.tuned_allocator`): a refresh at 1M items allocates and
         frees (n, C) arrays of 40 MB each that would otherwise be mapped, zero-filled page by
         page and unmapped again (measured: 1.3 -> 0.6-0.8 system CPU-s of a `labelloop refresh`,
         +20 MB peak RSS). The results do not change."""
-        from .embed.runner import tuned_allocator
+        from .allocator import tuned_allocator
 
         with tuned_allocator():
             return self._refresh(full=full, on_predictions=on_predictions, drain=drain)
@@ -780,7 +780,7 @@ class Project:
             return 0
         if max_steps is None:
             max_steps = MAX_ITER_TO_CONVERGE if lp.n_iter is None else lp.n_iter
-        from .embed.runner import tuned_allocator
+        from .allocator import tuned_allocator
 
         with tuned_allocator():   # as in refresh: (n, C) arrays every step
             return lp.drain(max_steps, stop=stop)
