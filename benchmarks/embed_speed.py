@@ -90,7 +90,7 @@ def worker(mode: str, modality: str, data: Path, image_size: int) -> dict:
     import torch
 
     if mode == "bare+malloc":
-        from labelloop.embed.runner import tune_allocator
+        from labelloop.allocator import tune_allocator
 
         tune_allocator()
     if modality == "image":

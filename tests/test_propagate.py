@@ -17,6 +17,7 @@ from labelloop.propagate import (
     PropagationConvergenceWarning,
     affinity_matrix,
     prediction_summary,
+    sorted_unique,
 )
 
 
@@ -713,3 +714,12 @@ def test_one_drain_step_is_one_step_of_the_iteration(alpha, sweep):
         else:
             want = np.float32(alpha) * want + np.float32(1 - alpha) * Y0
         np.testing.assert_allclose(m.Y_, want, rtol=1e-5, atol=1e-7)
+
+
+@given(st.lists(st.integers(-5, 40), max_size=60), st.sampled_from([np.int32, np.int64]))
+def test_sorted_unique_equals_np_unique(values, dtype):
+    """The refresh's np.unique without numpy.ma (test_startup_imports): the same values, dtype, order."""
+    a = np.array(values, dtype=dtype)
+    got = sorted_unique(a)
+    assert got.dtype == dtype and np.array_equal(got, np.unique(a))
+    assert np.array_equal(a, np.array(values, dtype=dtype))   # its input untouched

@@ -619,11 +619,11 @@ class Project:
     # ------------------------------------------------------------------- refresh
     def refresh(self, *, full: bool = False, on_predictions=None, drain: bool = True) -> dict:
         """:meth:`_refresh` with glibc's allocator keeping freed memory for reuse
-        (:func:`labelloop.embed.runner.tuned_allocator`): a refresh at 1M items allocates and
+        (:func:`labelloop.allocator.tuned_allocator`): a refresh at 1M items allocates and
         frees (n, C) arrays of 40 MB each that would otherwise be mapped, zero-filled page by
         page and unmapped again (measured: 1.3 -> 0.6-0.8 system CPU-s of a `labelloop refresh`,
         +20 MB peak RSS). The results do not change."""
-        from .embed.runner import tuned_allocator
+        from .allocator import tuned_allocator
 
         with tuned_allocator():
             return self._refresh(full=full, on_predictions=on_predictions, drain=drain)
@@ -679,7 +679,7 @@ class Project:
                 from .rules import seed_with_rules
 
                 fit_y, weight = seed_with_rules(y, weight, rules, self.setting("rule_trust"))
-        prior, prior_source = self._class_prior(ids, len(classes)) if self._class_mass() else (None, "none")
+        prior, prior_source = self._class_prior(ids, y_h, len(classes)) if self._class_mass() else (None, "none")
         if self._class_mass() == "estimated" and prior_source != "random":
             prior, prior_source = None, "estimated"  # the graph's estimate, until random draws measure it
         refits = 0
@@ -780,7 +780,7 @@ class Project:
             return 0
         if max_steps is None:
             max_steps = MAX_ITER_TO_CONVERGE if lp.n_iter is None else lp.n_iter
-        from .embed.runner import tuned_allocator
+        from .allocator import tuned_allocator
 
         with tuned_allocator():   # as in refresh: (n, C) arrays every step
             return lp.drain(max_steps, stop=stop)
@@ -892,10 +892,10 @@ class Project:
         prior = self.setting("class_prior")  # "auto": the propagation's own normalisation is "labels"
         return False if prior == "none" else "labels" if prior == "auto" else prior
 
-    def _class_prior(self, ids: np.ndarray, n_classes: int) -> tuple[np.ndarray | None, str]:
+    def _class_prior(self, ids: np.ndarray, y_h: np.ndarray, n_classes: int) -> tuple[np.ndarray | None, str]:
         """The class shares for class-mass normalisation (:func:`labelloop.loop.class_prior`):
         from labels `next` drew at random once there are enough, else from the labels no query
-        strategy chose."""
+        strategy chose. ``y_h``: the human labels of ``ids`` (:meth:`label_vector`)."""
         from .loop import class_prior
 
         drawn_items: set[int] = set()
@@ -906,7 +906,7 @@ class Project:
         chosen_items = self.actively_chosen()
         drawn = np.isin(ids, np.fromiter(drawn_items, dtype=np.int64, count=len(drawn_items)))
         chosen = np.isin(ids, np.fromiter(chosen_items, dtype=np.int64, count=len(chosen_items)))
-        return class_prior(self.label_vector(ids, sources=("human",)), n_classes, drawn=drawn, chosen=chosen)
+        return class_prior(y_h, n_classes, drawn=drawn, chosen=chosen)
 
     def _head_proba(self, y: np.ndarray, n_classes: int, rows: np.ndarray | None = None) -> np.ndarray:
         """``(n, C)`` probabilities of the refresh's classifier head
@@ -1434,7 +1434,7 @@ class Project:
             out["calibration"] = (pred.calibration or {}) | {"ece_heldout": last["summary"].get("ece_heldout")}
             # balanced labels say nothing about imbalanced classes: say when the graph disagrees
             y_all = y[y >= 0]
-            if len(y_all) and self._class_prior(ids, len(pred.classes))[1] != "random":
+            if len(y_all) and self._class_prior(ids, y, len(pred.classes))[1] != "random":
                 lab_share = np.bincount(y_all, minlength=len(pred.classes)) / len(y_all)
                 pred_share = np.bincount(pred.label, minlength=len(pred.classes)) / len(pred.label)
                 skew = pred_share / np.maximum(lab_share, 1e-9)

@@ -23,10 +23,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..allocator import tune_allocator
 from ..errors import MissingDependencyError, ValidationError
 from ..ingest import Skipped
 from ..store import Item, Store
-from .runner import EmbedReport, decode_input, todo_items, tune_allocator
+from .runner import EmbedReport, decode_input, todo_items
 
 __all__ = ["LOCAL", "embed_items_ray"]
 
@@ -47,7 +48,7 @@ class EmbedActor:
     of rows ``{content_hash, modality, uri, text}`` into ``{content_hash, vector, error}``."""
 
     def __init__(self, backbone) -> None:
-        tune_allocator()  # for the actor's lifetime: see runner.tune_allocator
+        tune_allocator()  # for the actor's lifetime: see labelloop.allocator
         self.backbone = backbone
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,72 +10,20 @@ texts go through the model longest first (batches of similar length pad little; 
 is keyed by content, so the order changes nothing else); the next batch is read, decoded and
 preprocessed in a background thread while the model runs; and glibc's allocator keeps the
 model's large activations on its heap instead of mapping and unmapping them on every batch
-(:func:`tuned_allocator`).
+(:func:`labelloop.allocator.tune_allocator`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..allocator import tune_allocator
 from ..ingest import Skipped, load_image
 from ..store import Item, Store
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-# glibc's defaults, restored after an embed: trim at 128 KiB, 64 Ki mappings at most
-_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
-# while embedding: never mmap (a batch of activations, up to ~100 MB each at 224 px, would
-# be mapped, zero-filled page by page and unmapped again on every batch: ~40 % of the CPU
-# time was page faults), and keep up to 1 GiB of freed heap for the next batch
-_EMBEDDING = {_M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20, _M_MMAP_MAX: 0}
-
-
-def _libc():
-    """glibc, or None (macOS, musl, Windows: their allocators are left alone)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import os
-
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return None
-        return ctypes.CDLL("libc.so.6")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def tune_allocator() -> Callable[[], None]:
-    """Set glibc's allocator for embedding (no-op elsewhere); returns the function that
-    restores its defaults and gives the kept heap back to the system."""
-    libc = _libc()
-    if libc is None:
-        return lambda: None
-    for param, value in _EMBEDDING.items():
-        libc.mallopt(param, value)
-
-    def restore() -> None:
-        for param, value in _DEFAULTS.items():
-            libc.mallopt(param, value)
-        libc.malloc_trim(0)
-
-    return restore
-
-
-@contextlib.contextmanager
-def tuned_allocator() -> Iterator[None]:
-    """:func:`tune_allocator` for the duration of a ``with`` block."""
-    restore = tune_allocator()
-    try:
-        yield
-    finally:
-        restore()
 
 
 @dataclass
