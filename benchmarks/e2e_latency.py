@@ -302,6 +302,8 @@ def main() -> None:
     ap.add_argument("--base", type=Path, default=None, help="a project built before (default DIR/nN)")
     ap.add_argument("--server-only", action="store_true",
                     help="measure only the server (no CLI refreshes); writes e2e_latency_<n>_server.{json,md}")
+    ap.add_argument("--out", default=None,
+                    help="results file name without suffix (default e2e_latency_<n>[_server|_full]), in benchmarks/results")
     ap.add_argument("--full", action="store_true",
                     help="time `refresh --full` (full propagation; the classifier head reads the vectors)")
     args = ap.parse_args()
@@ -335,7 +337,7 @@ def main() -> None:
     for path, _ in copies.values():
         shutil.rmtree(path, ignore_errors=True)
     result["load_average_after"] = list(os.getloadavg())
-    out = RESULTS / f"e2e_latency_{args.n}{'_server' if args.server_only else '_full' if args.full else ''}"
+    out = RESULTS / (args.out or f"e2e_latency_{args.n}{'_server' if args.server_only else '_full' if args.full else ''}")
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     (write_server_markdown if args.server_only else write_markdown)(result, out.with_suffix(".md"))
     print(out.with_suffix(".md").read_text())

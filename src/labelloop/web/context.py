@@ -160,6 +160,12 @@ def get_ctx(request: Request) -> WebContext:
     return request.app.state.web
 
 
+async def _ctx_dependency(request: Request) -> WebContext:
+    """``Ctx``: async, so FastAPI resolves it on the event loop (a plain function would be
+    run on a worker thread: two thread switches more before every request's handler runs)."""
+    return get_ctx(request)
+
+
 # -------------------------------------------------------------------------- authentication
 def principal_of(request: Request) -> Principal:
     known = request.scope.get(RequestGuard.PRINCIPAL_KEY)   # checked before the body was read
@@ -239,7 +245,7 @@ ReviewerForm = Annotated[Principal, Depends(require("reviewer", form=True))]
 AdminForm = Annotated[Principal, Depends(require("admin", form=True))]
 AnyForm = Annotated[Principal, Depends(require("annotator", form=True))]
 Conf = Annotated[float | None, Query(ge=0.0, le=1.0)]
-Ctx = Annotated[WebContext, Depends(get_ctx)]
+Ctx = Annotated[WebContext, Depends(_ctx_dependency)]
 
 
 def home_of(user: User) -> str:

@@ -237,6 +237,7 @@ class Refresher:
         self._first_request: float | None = None   # monotonic time of the first of them
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []   # (annotation id, until published)
         self._answering: set[concurrent.futures.Future] = set()   # woken by a publish, page not built yet
+        self.answer_wait = ANSWER_WAIT
         self._rank_job: RankInputs | MultiLabelRank | None = None
         self._stop = False
         self._threads: list[threading.Thread] = []
@@ -457,7 +458,7 @@ class Refresher:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being
         replaced (the ranker may have updated it while these predictions were made). Requests
         waiting for them are woken, and get :data:`ANSWER_WAIT` seconds at most to build their
-        pages before this thread goes on."""
+        pages before this thread goes on (``answer_wait``)."""
         with self._cond:
             cur = self._snapshot
             snap = snap.with_ranking(cur.ranking)
@@ -475,7 +476,7 @@ class Refresher:
                 self.answered(fut)   # given up already
         if woken and threading.current_thread() in self._threads:
             with self._cond:
-                self._cond.wait_for(lambda: self._stop or not (woken & self._answering), timeout=ANSWER_WAIT)
+                self._cond.wait_for(lambda: self._stop or not (woken & self._answering), timeout=self.answer_wait)
                 self._answering -= woken
 
     def _publish_last(self, applied: int, *, summary: dict | None = None) -> None:

@@ -8,7 +8,9 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import RedirectResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from .. import actions, multilabel
@@ -73,6 +75,10 @@ async def api_queue(p: Annotator, ctx: Ctx, n: Annotated[int, Query(ge=1, le=50)
     if after is None or wait <= 0:
         return await run_in_threadpool(_queue_payload, ctx, p, n, ids)
     applied = ctx.refresher.when_applied(after)
+
+    async def answered() -> None:   # the refresh that woke this request stores its arrays now
+        ctx.refresher.answered(applied)
+
     try:
         try:
             await asyncio.wait_for(asyncio.wrap_future(applied), wait)
@@ -80,9 +86,14 @@ async def api_queue(p: Annotator, ctx: Ctx, n: Annotated[int, Query(ge=1, le=50)
             pass   # answered with what is served now
         finally:
             applied.cancel()
-        return await run_in_threadpool(_queue_payload, ctx, p, n, ids)
-    finally:   # the refresh that woke this request stores its arrays now
-        ctx.refresher.answered(applied)
+        # the page a person waits for, built here on the event loop rather than after one more
+        # thread hop: SQLite reads of a few rows (the served queue is recorded by the writer,
+        # the remaining count recounted off the request)
+        data = jsonable_encoder(_queue_payload(ctx, p, n, ids))
+    except BaseException:
+        await answered()
+        raise
+    return JSONResponse(data, background=BackgroundTask(answered))   # (once it is sent)
 
 
 @router.post("/api/labels")
