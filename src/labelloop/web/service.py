@@ -238,6 +238,7 @@ class Refresher:
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []   # (annotation id, until published)
         self._answering: set[concurrent.futures.Future] = set()   # woken by a publish, page not built yet
         self.answer_wait = ANSWER_WAIT
+        self._woken: set[concurrent.futures.Future] = set()   # by the last publish (refresher thread)
         self._rank_job: RankInputs | MultiLabelRank | None = None
         self._stop = False
         self._threads: list[threading.Thread] = []
@@ -399,6 +400,7 @@ class Refresher:
             self._publish(snap)
             visible.append(time.thread_time() - c0)   # this thread's CPU until they were visible
             self._note_visible(asked, started, t0, s0)
+            self._let_them_answer()
             rank_jobs.append(rank_job)   # (the ranker waits for this refresh anyway)
 
         try:
@@ -422,6 +424,7 @@ class Refresher:
             self._publish_last(applied, summary=summary)
             visible.append(time.thread_time() - c0)
             self._note_visible(asked, started, t0, s0)
+            self._let_them_answer()
         visible_cpu = visible[0]
         if not self._requested:   # (labels waiting: they refresh first, the status after them)
             try:   # precompute what /api/status and the dashboard read, memoised per set of items and
@@ -457,8 +460,7 @@ class Refresher:
     def _publish(self, snap: Snapshot) -> None:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being
         replaced (the ranker may have updated it while these predictions were made). Requests
-        waiting for them are woken, and get :data:`ANSWER_WAIT` seconds at most to build their
-        pages before this thread goes on (``answer_wait``)."""
+        waiting for them are woken (:meth:`_let_them_answer` then gives them time to answer)."""
         with self._cond:
             cur = self._snapshot
             snap = snap.with_ranking(cur.ranking)
@@ -474,7 +476,13 @@ class Refresher:
                 fut.set_result(True)
             else:
                 self.answered(fut)   # given up already
-        if woken and threading.current_thread() in self._threads:
+        self._woken = woken
+
+    def _let_them_answer(self) -> None:
+        """Wait until the requests the last publish woke have sent their pages (at most
+        ``answer_wait``): the refresher thread, before it goes on storing what it published."""
+        woken, self._woken = self._woken, set()
+        if woken:
             with self._cond:
                 self._cond.wait_for(lambda: self._stop or not (woken & self._answering), timeout=self.answer_wait)
                 self._answering -= woken
