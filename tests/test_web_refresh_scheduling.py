@@ -147,3 +147,73 @@ def test_the_refresher_accounts_for_where_a_labels_wait_went(topics):
     if sys.platform == "linux":   # from the thread's schedstat
         assert got["blocked_s"] >= 0.4 and got["on_cpu_s"] > 0
         assert abs(got["on_cpu_s"] + got["runqueue_s"] + got["blocked_s"] - got["refresh_s"]) < 0.01
+
+
+def test_a_waiting_request_is_answered_before_the_refresh_stores_its_run(topics):
+    """Published predictions wake the request waiting for them; the refresh goes on storing its
+    run only once that request has built its page (here: never on its own, the wait is 60 s)."""
+    path, ids, _ = topics
+    writer = Writer(path)
+    writer.start()
+    ref = Refresher(path, strategy="least_confidence", writer=writer)
+    ref.answer_wait = 60.0
+    ref.start()
+    try:
+        wait_until(lambda: ref.status["state"] == "idle", what="the first refresh")
+        # the label's refresh is asked for on the writer thread, right after its commit
+        aid = writer.call(lambda s: (s.add_annotations([(ids["bug3"], s.class_ids()["bug"])], source="human",
+                                                       annotator="t"), ref.request(), s.last_annotation_id())[-1])
+        served = ref.when_applied(aid)
+        assert served.result(timeout=30) is True and ref.snapshot.applied_annotation_id >= aid
+        shown = ref.snapshot.run_id
+        with Store(path) as st:   # shown, not stored yet: the refresh waits for the page
+            assert st.run(shown)["status"] == "running"
+        assert ref.status["state"] == "running"
+        ref.answered(served)
+        wait_until(lambda: ref.status["state"] == "idle", what="the refresh to store its run")
+        with Store(path) as st:
+            assert st.run(shown)["status"] == "done"
+        # a request that gives up before the predictions come holds nothing up
+        with Store(path) as st:
+            st.add_annotations([(ids["bug4"], st.class_ids()["bug"])], source="human", annotator="t")
+            later = st.last_annotation_id()
+        gone = ref.when_applied(later)
+        gone.cancel()
+        ref.answered(gone)
+        ref.request()
+        wait_until(lambda: ref.snapshot.applied_annotation_id >= later and ref.status["state"] == "idle",
+                   what="the next refresh, stored")
+    finally:
+        ref.stop()
+        writer.stop()
+
+
+def test_the_long_poll_page_and_what_it_served_are_recorded_before_the_next_label(topics):
+    """A real server: the page answering ``after``/``wait`` is built on the event loop and the
+    items it serves are recorded by a writer job nobody waits for; the next label still finds
+    that record committed (the writer runs jobs in order), and the refresh stores its run."""
+    path, ids, token = topics
+    with ServerProcess(path) as server, httpx.Client(base_url=server.url, timeout=60,
+                                                     headers={"Authorization": f"Bearer {token}"}) as c:
+        wait_until(lambda: (lambda r: r["state"] == "idle" and r["ranking"] == "idle")(
+            c.get("/api/queue", params={"n": 1}).json()["refresh"]), what="the server's first refresh and ranking")
+        held = c.get("/api/queue", params={"n": 3}).json()["items"]
+        served: list[int] = []
+        for it in held:
+            aid = c.post("/api/labels", json={"item": it["id"], "label": "bug"}).json()["annotation"]
+            # what the pages before this label served is committed (the writer ran it first)
+            with Store(path) as st:
+                recorded = {i for run_id in st.run_ids("query") for i in st.run(run_id)["summary"]["items"]}
+            assert set(served) <= recorded
+            r = c.get("/api/queue", params={"n": 1, "after": aid, "wait": 30,
+                                            "exclude": ",".join(str(h["id"]) for h in held)})
+            assert r.status_code == 200, r.text
+            data = r.json()
+            assert data["snapshot"]["applied_annotation_id"] >= aid and len(data["items"]) == 1
+            served += [i["id"] for i in data["items"] if i["kind"] is not None]
+        assert served   # (the ranking served its picks: there was something to record)
+        wait_until(lambda: c.get("/api/queue", params={"n": 1}).json()["refresh"]["state"] == "idle", what="idle")
+        shown = c.get("/api/queue", params={"n": 1}).json()["snapshot"]["run"]
+    assert "Traceback" not in "\n".join(server.output), "\n".join(server.output[-40:])
+    with Project(path, readonly=True) as p:
+        assert p.store.run(shown)["status"] == "done" and p.predictions().run_id == shown

@@ -7,6 +7,7 @@ Routers get the context with the ``Ctx`` dependency (it lives on ``app.state.web
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import re
 import threading
@@ -67,6 +68,8 @@ class WebContext:
         self.hash_slots = HashSlots()
         self._cache: dict[str, tuple[Any, Any]] = {}
         self._compute_locks: dict[str, threading.Lock] = {}
+        self._computing: set[str] = set()   # cached_ahead: being recomputed in the background
+        self._background: concurrent.futures.ThreadPoolExecutor | None = None
         self._started = False
 
     def start(self) -> None:
@@ -78,15 +81,29 @@ class WebContext:
         self.refresher.start()
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True)
+            self._background = None
         self.refresher.stop()
         self.writer.stop()
         self.readers.close()
         self._started = False
 
-    async def write(self, fn):
-        """Run ``fn(store)`` on the writer thread and await its result."""
+    async def write(self, fn, *, refresh: bool = False):
+        """Run ``fn(store)`` on the writer thread and await its result. ``refresh``: ask the
+        refresher for a refresh right after ``fn`` has committed, from the writer thread (it
+        starts without waiting for this request's thread to run again)."""
         self.start()
+        if refresh:
+            return await asyncio.wrap_future(self.writer.submit(self._then_refresh(fn)))
         return await asyncio.wrap_future(self.writer.submit(fn))
+
+    def _then_refresh(self, fn):
+        def job(store):
+            out = fn(store)
+            self.refresher.request()
+            return out
+        return job
 
     def write_sync(self, fn):
         self.start()
@@ -105,6 +122,35 @@ class WebContext:
             self._cache[name] = (key, value)
             return value
 
+    def cached_ahead(self, name: str, key, compute):
+        """Like :meth:`cached`, but once a value exists a new ``key`` answers with it at once and
+        ``compute()`` runs on a background thread (which must open what it reads itself), so a
+        slow count never holds up a request; the next callers get the new value."""
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit is None:
+                stale = None
+            elif hit[0] == key or name in self._computing:
+                return hit[1]
+            else:
+                stale = hit[1]
+                self._computing.add(name)
+                if self._background is None:
+                    self._background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="labelloop-cache")
+        if stale is None:
+            return self.cached(name, key, compute)
+
+        def refill():
+            try:
+                value = compute()
+                with self._lock:
+                    self._cache[name] = (key, value)
+            finally:
+                with self._lock:
+                    self._computing.discard(name)
+        self._background.submit(refill)
+        return stale
+
     def version(self, store: Store) -> str:
         """Changes whenever a label, a class or the predictions change (cache key of plots)."""
         return f"{self.refresher.snapshot.run_id}-{store.last_annotation_id()}-{len(store.classes())}"
@@ -112,6 +158,12 @@ class WebContext:
 
 def get_ctx(request: Request) -> WebContext:
     return request.app.state.web
+
+
+async def _ctx_dependency(request: Request) -> WebContext:
+    """``Ctx``: async, so FastAPI resolves it on the event loop (a plain function would be
+    run on a worker thread: two thread switches more before every request's handler runs)."""
+    return get_ctx(request)
 
 
 # -------------------------------------------------------------------------- authentication
@@ -193,7 +245,7 @@ ReviewerForm = Annotated[Principal, Depends(require("reviewer", form=True))]
 AdminForm = Annotated[Principal, Depends(require("admin", form=True))]
 AnyForm = Annotated[Principal, Depends(require("annotator", form=True))]
 Conf = Annotated[float | None, Query(ge=0.0, le=1.0)]
-Ctx = Annotated[WebContext, Depends(get_ctx)]
+Ctx = Annotated[WebContext, Depends(_ctx_dependency)]
 
 
 def home_of(user: User) -> str:

@@ -39,6 +39,11 @@ from .queue import (N_TOP, MultiLabelRank, QueueEntry, RankInputs, Ranking, Snap
 
 log = logging.getLogger("labelloop.web")
 
+#: the longest a refresh waits, once its predictions are published, for the requests they
+#: woke (``/api/queue?after=``) to build their pages before it stores its arrays: the
+#: page a person waits for gets the CPU first
+ANSWER_WAIT = 0.05
+
 #: how much nicer than the rest of the server the ranker thread runs (Linux): a ranking that is
 #: under way when a label arrives yields the CPU to the refresh of that label
 RANKER_NICE = 10
@@ -231,6 +236,9 @@ class Refresher:
         self._requests = 0   # request() calls since the current (or last) refresh began
         self._first_request: float | None = None   # monotonic time of the first of them
         self._waiters: list[tuple[int, concurrent.futures.Future]] = []   # (annotation id, until published)
+        self._answering: set[concurrent.futures.Future] = set()   # woken by a publish, page not built yet
+        self.answer_wait = ANSWER_WAIT
+        self._woken: set[concurrent.futures.Future] = set()   # by the last publish (refresher thread)
         self._rank_job: RankInputs | MultiLabelRank | None = None
         self._stop = False
         self._threads: list[threading.Thread] = []
@@ -276,6 +284,14 @@ class Refresher:
             else:
                 self._waiters = [w for w in self._waiters if not w[1].done()] + [(annotation_id, fut)]
         return fut
+
+    def answered(self, fut: concurrent.futures.Future) -> None:
+        """The request that awaited ``fut`` (:meth:`when_applied`) has built its answer: a
+        refresh that woke it goes on storing its arrays."""
+        with self._cond:
+            if fut in self._answering:
+                self._answering.discard(fut)
+                self._cond.notify_all()
 
     def wait_applied(self, annotation_id: int, timeout: float = 30.0) -> bool:
         """Block until the published snapshot includes ``annotation_id`` (tests, benchmarks)."""
@@ -384,6 +400,7 @@ class Refresher:
             self._publish(snap)
             visible.append(time.thread_time() - c0)   # this thread's CPU until they were visible
             self._note_visible(asked, started, t0, s0)
+            self._let_them_answer()
             rank_jobs.append(rank_job)   # (the ranker waits for this refresh anyway)
 
         try:
@@ -407,6 +424,7 @@ class Refresher:
             self._publish_last(applied, summary=summary)
             visible.append(time.thread_time() - c0)
             self._note_visible(asked, started, t0, s0)
+            self._let_them_answer()
         visible_cpu = visible[0]
         if not self._requested:   # (labels waiting: they refresh first, the status after them)
             try:   # precompute what /api/status and the dashboard read, memoised per set of items and
@@ -441,7 +459,8 @@ class Refresher:
 
     def _publish(self, snap: Snapshot) -> None:
         """Swap in new predictions; the strategy's picks are taken from the snapshot being
-        replaced (the ranker may have updated it while these predictions were made)."""
+        replaced (the ranker may have updated it while these predictions were made). Requests
+        waiting for them are woken (:meth:`_let_them_answer` then gives them time to answer)."""
         with self._cond:
             cur = self._snapshot
             snap = snap.with_ranking(cur.ranking)
@@ -449,10 +468,24 @@ class Refresher:
             self._snapshot = snap
             done = [f for a, f in self._waiters if a <= snap.applied_annotation_id]
             self._waiters = [(a, f) for a, f in self._waiters if a > snap.applied_annotation_id and not f.done()]
+            woken = {f for f in done if not f.done()}
+            self._answering |= woken
             self._cond.notify_all()
         for fut in done:   # (outside the lock: a waiter's callbacks run here)
             if fut.set_running_or_notify_cancel():
                 fut.set_result(True)
+            else:
+                self.answered(fut)   # given up already
+        self._woken = woken
+
+    def _let_them_answer(self) -> None:
+        """Wait until the requests the last publish woke have sent their pages (at most
+        ``answer_wait``): the refresher thread, before it goes on storing what it published."""
+        woken, self._woken = self._woken, set()
+        if woken:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or not (woken & self._answering), timeout=self.answer_wait)
+                self._answering -= woken
 
     def _publish_last(self, applied: int, *, summary: dict | None = None) -> None:
         """Publish the latest stored predictions and queue their ranking job."""
@@ -607,25 +640,44 @@ class Refresher:
             return rank_multilabel(self._ranker_project, job, n_top=self.n_top)
         return rank(self.strategy, job, n_top=self.n_top)
 
-    def record_served(self, annotator: str, entries: list[QueueEntry], ranking: Ranking | None) -> list[int]:
+    def record_served(self, annotator: str, entries: list[QueueEntry], ranking: Ranking | None) -> None:
         """Record the ranked items just handed to ``annotator`` as query runs, as ``labelloop
         next`` records the batch it shows (verify checks in a ``verify`` run of their own): the
         random and verify ones with the machine's guess and coverage of the predictions ranked,
         which certification compares the person's label with; the strategy's picks as actively
-        chosen. Writes go through the writer; returns the run ids."""
-        p = self.project
-        if ranking is None or p is None:
-            return []
+        chosen. One job queued on the writer, not waited for: the page goes out without it, and
+        it still commits before any label this page leads to (the writer runs jobs in order)."""
+        if ranking is None or self.project is None:
+            return
         served = [e for e in entries if e.kind is not None and e.item_id in ranking.chosen]
-        runs = []
+        records = []
         for verify in (True, False):
             group = [e for e in served if (e.kind == "verify") == verify]
             if not group:
                 continue
             details = ranking.details.get("verify", {}) if verify else \
                 {k: v for k, v in ranking.details.items() if k != "verify"}
-            runs.append(p.record_query(
-                "verify" if verify else ranking.strategy, len(group), ranking.seed,
-                [{"item": e.item_id, **ranking.chosen[e.item_id]} for e in group], annotator=annotator,
-                labeled=ranking.labeled, prediction_run=ranking.run_id, details=details))
-        return runs
+            records.append((("verify" if verify else ranking.strategy, len(group), ranking.seed,
+                             [{"item": e.item_id, **ranking.chosen[e.item_id]} for e in group]),
+                            dict(annotator=annotator, labeled=ranking.labeled, prediction_run=ranking.run_id,
+                                 details=details)))
+        if not records:
+            return
+
+        def record(store: Store) -> list[int]:
+            p = Project.on_store(store)
+            return [p.record_query(*args, **kw) for args, kw in records]
+
+        if self.writer is None:
+            record(self.project.store)
+            return
+        self.writer.submit(record).add_done_callback(_log_failure("recording the served queue"))
+
+
+def _log_failure(what: str) -> Callable[[concurrent.futures.Future], None]:
+    """A done-callback that logs the exception of a job nobody waits for."""
+    def check(fut: concurrent.futures.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            exc = fut.exception()
+            log.error("%s failed:\n%s", what, "".join(traceback.format_exception(exc)))
+    return check

@@ -34,10 +34,9 @@ def audit_page(p: Reviewer, ctx: Ctx, done: str = ""):
 
 async def _audit_action(ctx: WebContext, p: Principal, item: int, label: str, action: str) -> dict:
     if action == "fix":
-        out = await ctx.write(lambda s: actions.review_labels(s, p.user, [(item, label)]))
+        out = await ctx.write(lambda s: actions.review_labels(s, p.user, [(item, label)]), refresh=True)
     else:
-        out = await ctx.write(lambda s: actions.confirm_label(s, p.user, item, label, "web audit"))
-    ctx.refresher.request()
+        out = await ctx.write(lambda s: actions.confirm_label(s, p.user, item, label, "web audit"), refresh=True)
     return out
 
 

@@ -115,8 +115,7 @@ def review_page(request: Request, p: Reviewer, ctx: Ctx, source: str = "", label
 async def api_review_post(body: ReviewIn, p: Reviewer, ctx: Ctx):
     """Accept (same label) or fix (another label) many items: human labels by this reviewer."""
     decisions = [(d.item, d.label) for d in body.items]
-    out = await ctx.write(lambda s: actions.review_labels(s, p.user, decisions, body.key))
-    ctx.refresher.request()
+    out = await ctx.write(lambda s: actions.review_labels(s, p.user, decisions, body.key), refresh=True)
     return out
 
 
@@ -129,8 +128,7 @@ async def review_form(request: Request, p: ReviewerForm, ctx: Ctx):
     for v in form.get("item", []):
         item_id = as_int(v, "item")
         decisions.append((item_id, bulk or form_value(form, f"label_{item_id}")))
-    out = await ctx.write(lambda s: actions.review_labels(s, p.user, decisions))
-    ctx.refresher.request()
+    out = await ctx.write(lambda s: actions.review_labels(s, p.user, decisions), refresh=True)
     back = dict(parse_qs(form_value(form, "back")))
     query = {k: v[0] for k, v in back.items() if k in ("source", "label", "min_confidence", "max_confidence", "order")}
     return RedirectResponse("/review?" + urlencode(query | {"done": out["appended"]}), status_code=303)
