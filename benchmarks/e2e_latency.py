@@ -304,6 +304,8 @@ def main() -> None:
                     help="measure only the server (no CLI refreshes); writes e2e_latency_<n>_server.{json,md}")
     ap.add_argument("--full", action="store_true",
                     help="time `refresh --full` (full propagation; the classifier head reads the vectors)")
+    ap.add_argument("--out", default=None,
+                    help="results file name in benchmarks/results (default e2e_latency_<n>[_server|_full])")
     args = ap.parse_args()
     base = args.base or args.dir / f"n{args.n}"
     if not (base / "bench_token.txt").exists():
@@ -335,7 +337,7 @@ def main() -> None:
     for path, _ in copies.values():
         shutil.rmtree(path, ignore_errors=True)
     result["load_average_after"] = list(os.getloadavg())
-    out = RESULTS / f"e2e_latency_{args.n}{'_server' if args.server_only else '_full' if args.full else ''}"
+    out = RESULTS / (args.out or f"e2e_latency_{args.n}{'_server' if args.server_only else '_full' if args.full else ''}")
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     (write_server_markdown if args.server_only else write_markdown)(result, out.with_suffix(".md"))
     print(out.with_suffix(".md").read_text())
