@@ -302,8 +302,6 @@ def main() -> None:
     ap.add_argument("--base", type=Path, default=None, help="a project built before (default DIR/nN)")
     ap.add_argument("--server-only", action="store_true",
                     help="measure only the server (no CLI refreshes); writes e2e_latency_<n>_server.{json,md}")
-    ap.add_argument("--out", default=None,
-                    help="results file name without suffix (default e2e_latency_<n>[_server|_full]), in benchmarks/results")
     ap.add_argument("--full", action="store_true",
                     help="time `refresh --full` (full propagation; the classifier head reads the vectors)")
     ap.add_argument("--out", default=None, metavar="NAME",

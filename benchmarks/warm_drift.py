@@ -7,6 +7,7 @@ default at 1.5x, at most ``drain_steps`` per update) or a full propagation ("ref
     python benchmarks/warm_drift.py --sizes 10000 100000 --updates 15 10
     python benchmarks/warm_drift.py --project /tmp/million/base1m --updates 5 --variants none drain drain10 drain5
     python benchmarks/warm_drift.py --project /tmp/million/base1m --updates 5 --variants cli clijacobi cligs5 --out warm_drift_gs_1000000
+    python benchmarks/warm_drift.py --project /tmp/million/base1m --updates 40 --compare-every 5 --variants clilanding clistall cli --out warm_drift_rebase_1000000
 
 Data and graph as benchmarks/refresh_latency.py (synthetic 384-d, 10 overlapping classes,
 k = 10; the graph from ``build_knn_graph``, or ``--cache-dir`` holding refresh_latency's).
@@ -53,9 +54,14 @@ VARIANTS = {   # short key: (name, LabelPropagation options)
         "refit_every": None, "residual_growth": 1.5, "residual_action": "drain", "drain_steps": "auto"}),
     "cli": ("as `labelloop refresh`: 5 push steps (warm_iter), residual > 1.5x: Gauss-Seidel sweeps to 1x, "
             "at most 3M row-steps per update", {"update": {"n_iter": 5}}),
+    "clilanding": ("as `labelloop refresh`, but a drain that used its budget and left the residual above its target "
+                   "and no lower than before the update moves the baseline up to it (at most 1.5x; "
+                   "rebaseline=\"landing\")", {"rebaseline": "landing", "update": {"n_iter": 5}}),
     "clijacobi": ("as `labelloop refresh` before: 5 push steps, residual > 1.5x: full (Jacobi) steps to 1x, "
                   "at most 5M row-steps per update", {"drain_sweep": "jacobi", "drain_steps": lambda n: max(1, 5_000_000 // n),
                                                       "update": {"n_iter": 5}}),
+    "clistall": ("as `labelloop refresh`, the baseline moves up early only where a drain ends above the bound "
+                 "(rebaseline=\"stall\")", {"rebaseline": "stall", "update": {"n_iter": 5}}),
     "cligs5": ("as `labelloop refresh`, at most 5M row-steps of Gauss-Seidel sweeps per update", {
         "drain_steps": lambda n: max(1, 5_000_000 // n), "update": {"n_iter": 5}}),
     "push20": ("20 push steps on up to 3n rows, then as `labelloop refresh`", {
@@ -93,7 +99,8 @@ def _options(v: dict, n: int) -> dict:
     return {k: x(n) if callable(x) else x for k, x in v.items() if k != "update"}
 
 
-def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path | None = None) -> dict:
+def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path | None = None,
+        compare_every: int = 1) -> dict:
     rng = np.random.default_rng(0)
     variants = {VARIANTS[k][0]: VARIANTS[k][1] for k in keys}
     if project is not None:   # its stored graph and first refresh (a cold fit of 3 labels per class)
@@ -121,12 +128,19 @@ def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path
     resid = {k: [] for k in variants}   # the residual each update left (before a refit it triggered)
     drained = {k: 0 for k in variants}   # full steps the drain variants ran
     refits = {k: 0 for k in variants}
+    drains = {k: "" for k in variants}   # per update: D (it drained) or . (it did not)
+    compared, cold_residual = [], []   # the updates compared with a cold fit, and its residual
     fit_residual = round(float(next(iter(models.values())).residual()), 5)
     loads = []
     for t in range(updates):
         new = rng.choice(np.flatnonzero(y < 0), 10, replace=False)
         y[new] = yt[new]
-        cold = LabelPropagation().fit(S, y, n_classes=10).transduction_
+        compare = (t + 1) % compare_every == 0 or t == updates - 1
+        if compare:   # a cold fit: ~50 CPU-s at 1M items
+            fitted = LabelPropagation().fit(S, y, n_classes=10)
+            cold, _ = fitted.transduction_, cold_residual.append(round(float(fitted.residual_fit_), 5))
+            compared.append(t + 1)
+            del fitted
         loads.append(os.getloadavg()[0])
         for k, m in models.items():
             c0 = time.process_time()
@@ -136,14 +150,18 @@ def run(n: int, updates: int, cache: Path | None, keys: list[str], project: Path
             cpu[k].append(time.process_time() - c0)
             refits[k] += int(m.n_refits_ > before[0])
             drained[k] += getattr(m, "drain_steps_", 0)
+            drains[k] += "D" if getattr(m, "drain_steps_", 0) else "."
             m.drain_steps_ = 0
             resid[k].append(round(float(m.residual()), 5))
-            agree[k].append(float((m.transduction_ == cold).mean()))
-        print(f"n={n} update {t}: " + ", ".join(f"{k} {agree[k][-1]:.4f} ({cpu[k][-1]:.2f} s)" for k in variants),
-              flush=True)
+            if compare:
+                agree[k].append(float((m.transduction_ == cold).mean()))
+        print(f"n={n} update {t}: " + ", ".join(f"{k} {agree[k][-1] if compare else float('nan'):.4f} "
+                                                 f"({cpu[k][-1]:.2f} s, residual {resid[k][-1]:.4f})"
+                                                 for k in variants), flush=True)
     return {"n": n, "updates": updates, "load_median": round(float(np.median(loads)), 1),
-            "residual_after_full_fit": fit_residual, "variants": {
-        k: {"full_fits": refits[k], "drain_steps": drained[k], "residual": resid[k], "agreement": [round(a, 4) for a in agree[k]], "agreement_mean": round(float(np.mean(agree[k])), 4),
+            "residual_after_full_fit": fit_residual, "compared": compared, "cold_residual": cold_residual,
+            "variants": {
+        k: {"full_fits": refits[k], "drain_steps": drained[k], "drains": drains[k], "residual": resid[k], "agreement": [round(a, 4) for a in agree[k]], "agreement_mean": round(float(np.mean(agree[k])), 4),
             "agreement_min": round(min(agree[k]), 4), "cpu_ms_median": round(1e3 * float(np.median(cpu[k])), 1),
             "cpu_ms_mean": round(1e3 * float(np.mean(cpu[k])), 1), "cpu_ms_max": round(1e3 * max(cpu[k]), 1)}
         for k in variants}}
@@ -157,12 +175,15 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--project", type=Path, default=None,
                     help="instead of --sizes: a project benchmarks/e2e_latency.py built (e.g. 1M items), read only")
+    ap.add_argument("--compare-every", type=int, default=1,
+                    help="a cold fit (for the agreement) after every this many updates and the last (default 1)")
     ap.add_argument("--out", default=None, help="results file name in benchmarks/results (default warm_drift[_<n>])")
     args = ap.parse_args()
     if args.project is not None:
-        rows = [run(0, args.updates[0], None, args.variants, args.project)]
+        rows = [run(0, args.updates[0], None, args.variants, args.project, args.compare_every)]
     else:
-        rows = [run(n, u, args.cache_dir, args.variants) for n, u in zip(args.sizes, args.updates)]
+        rows = [run(n, u, args.cache_dir, args.variants, compare_every=args.compare_every)
+                for n, u in zip(args.sizes, args.updates)]
     report = {"command": "python benchmarks/warm_drift.py " + " ".join(sys.argv[1:]), "rows": rows,
               "cores": os.cpu_count()}
     out = RESULTS / (args.out or ("warm_drift" if args.project is None else f"warm_drift_{rows[0]['n']}"))  # e.g. _1000000
@@ -170,13 +191,16 @@ def main() -> None:
     lines = ["# Warm-update drift: periodic full propagation vs an error bound", "",
              f"Command: `{report['command']}`; {report['cores']} cores shared with other jobs (load average "
              "per size below). Agreement = share of items whose warm-updated argmax equals a cold fit's on "
-             "the same labels, after each round of 10 new labels (3 labels per class to start). CPU ms per "
+             "the same labels, after each round of 10 new labels (3 labels per class to start; with "
+             "--compare-every, after those rounds only, listed per size). CPU ms per "
              "update: median / mean / max / total over the updates. Full fits: full propagations that replaced a "
              "warm update; drain steps: full steps run after warm updates whose residual was above the bound.",
              ""]
     for r in rows:
         lines += [f"## {r['n']:,} items, {r['updates']} updates (load {r['load_median']}; residual after "
                   f"the first full fit {r['residual_after_full_fit']})", "",
+                  *([f"Compared with a cold fit after updates {r['compared']}; the cold fits' own residuals: "
+                     f"{r['cold_residual']}.", ""] if "compared" in r else []),
                   "| variant | full fits / drain steps | agreement mean | agreement min | CPU ms median / mean / max / total "
                   "| per update |", "|---|---:|---:|---:|---:|---|"]
         for k, v in r["variants"].items():
@@ -185,6 +209,10 @@ def main() -> None:
                          f"{round(v['cpu_ms_mean'] * r['updates'])} | {' '.join(f'{a:.3f}' for a in v['agreement'])} |")
         lines += ["", "Residual each update left, per variant (a refit's own where it triggered one):", ""]
         lines += [f"- {k}: {' '.join(f'{x:.4f}' for x in v['residual'])}" for k, v in r["variants"].items()]
+        if any("drains" in v for v in r["variants"].values()):
+            lines += ["", "Updates that drained (D) or not (.), in order:", ""]
+            lines += [f"- {k}: `{v['drains']}` ({v['drains'].count('D')} of {len(v['drains'])})"
+                      for k, v in r["variants"].items() if "drains" in v]
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -416,8 +416,45 @@ def test_without_an_error_bound_the_warm_update_never_refits(overlapping):
     assert m.n_refits_ == 0 and m.n_updates_ == 6 and getattr(m, "drain_steps_", 0) == 0
 
 
+def test_a_capped_drain_that_cannot_gain_on_the_updates_moves_the_baseline_up(overlapping):
+    """rebaseline="landing": a drain that ran its whole budget (1 step here) and left the residual
+    above its target and no lower than the update found it moves the bound's baseline up to it,
+    by at most residual_growth, instead of every later update paying the same drain until a full
+    fit's work is spent ("work", the default); the bound still keeps the result closer to a cold
+    fit than no bound, and "work" closer still (measured here: 3 drained updates of 20 instead of
+    15; agreement with the cold fit 0.968, 0.986 with "work", 0.959 without a bound)."""
+    S, yt = overlapping
+
+    def run(**kw):
+        y = sample_labels(yt, 3, seed=5)
+        m = LabelPropagation(n_iter=20, drain_steps=1, **kw).fit(S, y)
+        fit, rng, drained, moves = m.residual_fit_, np.random.default_rng(5), 0, []
+        for _ in range(20):
+            y = y.copy()
+            new = rng.choice(np.flatnonzero(y < 0), 5, replace=False)
+            y[new] = yt[new]
+            before, base = getattr(m, "residual_", None), getattr(m, "residual_fit_", None)
+            m.update(y, max_rows=1000, n_iter=3)
+            drained += getattr(m, "drain_steps_", 0) > 0
+            if base is not None and m.residual_fit_ != base:
+                moves.append((m.residual_fit_ / base, m.drain_steps_, m.residual_ >= before, m.n_refits_))
+        cold = LabelPropagation(n_iter=20).fit(S, y, n_classes=5)
+        return drained, moves, (m.transduction_ == cold.transduction_).mean(), fit, m
+
+    paid, moved, agree_work, _, _ = run(rebaseline="work")
+    assert moved == []   # no full fit's work (20 steps) spent in 20 updates: the baseline stays
+    drained, moves, agree, fit, m = run(rebaseline="landing")
+    assert 0 < m.n_rebaselines_ == len(moves) and drained <= paid / 2
+    for factor, steps, not_lower, refits in moves:   # each after a whole budget that did not gain
+        assert 1 < factor <= 1.5 + 1e-9 and steps == 1 and not_lower and refits == 0
+    assert m.residual_fit_ <= 1.5 ** m.n_rebaselines_ * fit * (1 + 1e-9)
+    _, _, agree_none, _, _ = run(residual_growth=None)
+    assert agree_none < agree <= agree_work
+
+
 @pytest.mark.parametrize("bad", [{"residual_growth": 0.5}, {"residual_growth": float("nan")},
-                                 {"residual_action": "restart"}, {"drain_steps": 0}, {"drain_steps": 2.5}])
+                                 {"residual_action": "restart"}, {"drain_steps": 0}, {"drain_steps": 2.5},
+                                 {"rebaseline": "never"}])
 def test_error_bound_parameters_are_validated(overlapping, bad):
     S, yt = overlapping
     with pytest.raises(ValidationError):

@@ -48,7 +48,8 @@ propagation left; above UPDATE_RESIDUAL_GROWTH times that, full steps continue f
 result towards that level (a drain, :meth:`LabelPropagation.drain`; or a full propagation runs,
 ``residual_action="refit"``), at most RESIDUAL_DRAIN_MAX_STEPS per update: what is left stays in
 Y and the next update's residual measures it again, so a refresh's cost is bounded; after a full
-fit's work (``n_iter`` drain steps) without getting there, that level is the new baseline.
+fit's work (``n_iter`` drain steps) without getting there, that level is the new baseline
+(``rebaseline``: REBASELINES has two rules that move it sooner, measured and not the default).
 ``update(drain=False)`` leaves the steps to a later ``drain()`` (a server runs them after the
 predictions are shown, stopped by the next label). This replaced a full propagation every
 REFIT_EVERY-th update (now off; measured in benchmarks/results/warm_drift.md). The clamped
@@ -167,6 +168,22 @@ DRAIN_SWEEP_BLOCK_ROWS = 8192
 #: times the bound: labels that keep coming faster than a drain step (0.16-0.5 CPU-s at 1M) would
 #: otherwise never let it run
 DEFERRED_DRAIN_LIMIT = 4.0
+#: when the error bound's baseline (``residual_fit_``) moves up without a full propagation:
+#: "work" (default), after a full fit's work of drain steps (``n_iter``) since the last baseline
+#: without reaching the target. "landing" and "stall" also move it at once after a drain that ran
+#: its whole per-update budget and left the residual no lower than the update found it (the
+#: update and the drain together gained nothing) and above the target ("landing") or the bound
+#: ("stall"): to that residual, at most residual_growth x the baseline, once per update. Each
+#: move needs a drain that lost to its update; a drain's steps remove a share of the residual
+#: (the iteration is linear and contracts), an update adds what its labels add whatever the
+#: level, so the moves stop at the level where a drain gains on an update. Not the default:
+#: at 1M items (benchmarks/results/warm_drift_rebase_1000000.md, 40 updates of 10 labels)
+#: "landing" drained 9 updates of 40 instead of 25 (3 of the first 10 instead of 9) but agreed
+#: with a cold fit 2.5-4.6 points less after 5, 10, 15 and 20 updates; "stall" 0.3-2.7 less: the
+#: capped drains the default pays while the residual hovers above the bound move the argmax
+#: towards the cold fit's even where the residual barely falls.
+REBASELINES = ("work", "landing", "stall")
+RESIDUAL_REBASELINE = "work"
 #: rows (at most) the residual is estimated on: a fixed sample per graph, O(rows x k x C)
 RESIDUAL_SAMPLE = 4096
 
@@ -368,6 +385,7 @@ class LabelPropagation:
         drain_steps: int | str | None = RESIDUAL_DRAIN_MAX_STEPS,
         drain_sweep: str = DRAIN_SWEEP,
         correct_steps: int = UPDATE_CORRECT_STEPS,
+        rebaseline: str = RESIDUAL_REBASELINE,
         class_mass: bool | str = True,
         class_prior: np.ndarray | None = None,
     ) -> None:
@@ -391,6 +409,7 @@ class LabelPropagation:
         self.drain_steps = drain_steps   # at most this many full steps per drain ("auto": by size; None: n_iter)
         self.drain_sweep = drain_sweep   # what one of them is (DRAIN_SWEEPS)
         self.correct_steps = correct_steps
+        self.rebaseline = rebaseline     # when the bound's baseline moves up (REBASELINES)
 
     # ------------------------------------------------------------------ the state Y
     # Y is held in the items' order, or, after a drain's Gauss-Seidel sweeps (and from a stored
@@ -452,6 +471,8 @@ class LabelPropagation:
         d = self.drain_steps
         if d is not None and d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1):
             raise ValidationError(f'drain_steps must be "auto", None or a positive integer (e.g. 5); got {d!r}')
+        if self.rebaseline not in REBASELINES:
+            raise ValidationError(f"rebaseline must be one of {', '.join(REBASELINES)}; got {self.rebaseline!r}")
         if self.drain_sweep not in DRAIN_SWEEPS:
             raise ValidationError(f"drain_sweep must be one of {', '.join(DRAIN_SWEEPS)}; got {self.drain_sweep!r}")
 
@@ -522,7 +543,8 @@ class LabelPropagation:
         self.n_updates_ = 0  # warm updates since the last full propagation
         self.n_refits_ = 0   # full propagations update() ran instead of a warm update
         self.drained_ = 0    # drain steps since then
-        self.__dict__.pop("_residual_rows", None)
+        for a in ("_residual_rows", "residual_before_"):
+            self.__dict__.pop(a, None)
         self.residual_ = self.residual_fit_ = self.residual()
         return self
 
@@ -651,9 +673,13 @@ class LabelPropagation:
         w_old = self.sample_weight_
         w = w_old if sample_weight is None else self._check_weight(sample_weight, n)
         changed = np.flatnonzero((y != self.y_) | ((w != w_old) & ((y >= 0) | (self.y_ >= 0))))
-        y_old, self.y_, self.sample_weight_ = self.y_, y, w
         if changed.size == 0:
+            self.y_, self.sample_weight_ = y, w
             return self
+        if self.residual_growth is not None and self.rebaseline != "work":   # where the last update left it
+            self.residual_before_ = self.residual_ if getattr(self, "residual_", None) is not None \
+                else self.residual()
+        y_old, self.y_, self.sample_weight_ = self.y_, y, w
         self.n_updates_ = getattr(self, "n_updates_", 0) + 1
         self.drain_steps_ = 0   # full steps this update ran past its error bound
         full = bool(self.refit_every) and self.n_updates_ >= self.refit_every
@@ -716,7 +742,8 @@ class LabelPropagation:
         if d == "auto":   # a bounded amount of work per update (DRAIN_MAX_ROW_STEPS)
             d = max(1, DRAIN_MAX_ROW_STEPS // max(int(self.S_.shape[0]), 1))
         cap = n_iter if d is None else int(d)
-        cap = min(cap if max_steps is None else int(max_steps),   # and a full fit's work since the last
+        budget = cap if max_steps is None else int(max_steps)   # this drain's own budget
+        cap = min(budget,   # and a full fit's work since the last
                   max(n_iter - getattr(self, "drained_", 0), 0))  # one (or new baseline) in all
         if getattr(self, "residual_", None) is None:
             self.residual_ = self.residual()
@@ -758,7 +785,24 @@ class LabelPropagation:
             self.n_refits_ = getattr(self, "n_refits_", 0) + 1
             self.n_updates_ = self.drained_ = 0
             self.residual_fit_ = self.residual_
+        elif self._stalled(done == budget):
+            # the update and a whole budget of steps together did not lower the residual: the
+            # baseline moves up to it, by at most residual_growth (REBASELINES); once per update
+            self.n_rebaselines_ = getattr(self, "n_rebaselines_", 0) + 1
+            self.residual_fit_ = min(self.residual_, self.residual_growth * self.residual_fit_)
+            self.residual_before_ = np.inf
         return done
+
+    def _stalled(self, whole_budget: bool) -> bool:
+        """Whether a drain that just ran (``whole_budget``: all the steps it was allowed, not
+        stopped, not cut by a full fit's work) moves the bound's baseline up (``rebaseline``,
+        REBASELINES): it left the residual above its target (``"landing"``) or above the bound
+        (``"stall"``), and no lower than the last update found it (``residual_before_``)."""
+        if self.rebaseline == "work" or not whole_budget or self.residual_growth is None:
+            return False
+        level = RESIDUAL_DRAIN_TO if self.rebaseline == "landing" else self.residual_growth
+        return self.residual_ > level * self.residual_fit_ and \
+            self.residual_ >= getattr(self, "residual_before_", np.inf)
 
     def _sweeps(self, y: np.ndarray, steps: int, stop=None) -> tuple[np.ndarray | None, bool]:
         """``(Y, ordered)``: ``steps`` Gauss-Seidel sweeps of the iteration from the state Y under
@@ -943,7 +987,8 @@ class LabelPropagation:
         self.n_updates_ = int(n_updates)
         self.n_refits_ = 0
         self.drained_ = int(drained)
-        self.__dict__.pop("_residual_rows", None)
+        for a in ("_residual_rows", "residual_before_"):
+            self.__dict__.pop(a, None)
         self.residual_ = None
         self.residual_fit_ = self.residual() if residual_fit is None else float(residual_fit)
         for a in ("label_distributions_", "reached_"):   # finished on first use
