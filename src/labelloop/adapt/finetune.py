@@ -144,11 +144,15 @@ class LinearHead:
 
     ``mixup_alpha``: mix pairs of labeled embeddings and their one-hot labels with weight
     ``lambda ~ Beta(alpha, alpha)``; ``None`` = 0.2 below 1000 labeled items, else off
-    (alpha 0.2: Zhang et al. 2018, ImageNet setting)."""
+    (alpha 0.2: Zhang et al. 2018, ImageNet setting).
+
+    ``num_threads``: torch intra-op threads while fitting (the caller's count restored after).
+    1: a full-batch step of one linear layer is too small to split, and a second thread mostly
+    waits (benchmarks/results/head_threads.md)."""
 
     def __init__(self, *, epochs: int = 300, lr: float = 0.05, weight_decay: float = 1e-4,
                  mixup_alpha: float | None = None, normalize: bool = True,
-                 n_classes: int | None = None, seed: int = 0) -> None:
+                 n_classes: int | None = None, seed: int = 0, num_threads: int = 1) -> None:
         self.epochs = epochs
         self.lr = lr
         self.weight_decay = weight_decay
@@ -156,6 +160,7 @@ class LinearHead:
         self.normalize = normalize
         self.n_classes = n_classes
         self.seed = seed
+        self.num_threads = num_threads
 
     def _prep(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -175,10 +180,7 @@ class LinearHead:
         yl = torch.from_numpy(y[lab].astype(np.int64))
         alpha = self.mixup_alpha if self.mixup_alpha is not None else (0.2 if lab.sum() < MIXUP_BELOW else 0.0)
         g = torch.Generator().manual_seed(self.seed)
-        # one intra-op thread: a full-batch step of one linear layer is too small to split, and
-        # a second thread mostly waits (on a loaded 2-core machine 10-50x the CPU time of one:
-        # 0.1 against 5.9 CPU-s for 100 steps on 40 x 8, 0.4 against 3.4 on 5,000 x 384)
-        with seeded_threads(self.seed, 1):
+        with seeded_threads(self.seed, self.num_threads):
             head = torch.nn.Linear(X.shape[1], c)
             self._train(head, Xl, yl, c, y[lab], alpha, g)
         self.head_ = head.eval()
