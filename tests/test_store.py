@@ -66,6 +66,37 @@ def test_several_annotators_vote(tmp_path):
     assert s.latest_labels("human") == {i: b}
 
 
+def test_remembered_latest_labels_follow_every_append_from_any_connection(tmp_path):
+    """latest_labels is remembered per source and caught up with the annotations appended since
+    (on SQLite): after random votes, corrections and withdrawals by several annotators and
+    sources, written through this store and through another connection, it equals the labels
+    read from the table; a mapping handed out earlier does not change, and the arrays say the
+    same."""
+    s = Store(tmp_path, create=True)
+    ids = s.add_items(_items(12))
+    s.add_classes(["a", "b", "c"])
+    classes = [s.class_id(n) for n in "abc"]
+    other = Store(tmp_path)
+    rng = np.random.default_rng(0)
+    for step in range(40):
+        source = ["human", "import", "machine"][rng.integers(3)]
+        rows = [(int(ids[rng.integers(12)]), None if rng.random() < 0.15 else classes[rng.integers(3)])
+                for _ in range(int(rng.integers(1, 4)))]
+        before = {src: s.latest_labels(src) for src in ("human", "import", "machine")}
+        frozen = {src: dict(m) for src, m in before.items()}
+        (s if step % 3 else other).add_annotations(rows, source=source, annotator=f"a{rng.integers(3)}")
+        for src in ("human", "import", "machine"):
+            truth = s._read_latest(src)
+            assert dict(s.latest_labels(src)) == truth, (step, src)
+            k, v = s.latest_label_arrays(src)
+            assert dict(zip(k.tolist(), v.tolist())) == truth
+            assert dict(before[src]) == frozen[src]   # what a caller holds stays as it was
+    with pytest.raises(TypeError):
+        s.latest_labels("human")[ids[0]] = classes[0]   # read-only: it is shared
+    other.close()
+    s.close()
+
+
 def test_reinsert_same_content_adds_nothing(tmp_path):
     s = Store(tmp_path, create=True)
     first = s.add_items(_items(3))

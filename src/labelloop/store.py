@@ -18,13 +18,15 @@ import functools
 import json
 import os
 import sqlite3
+import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -289,6 +291,10 @@ class Store:
         self.root = Path(root).resolve()
         self.readonly = readonly
         self._new_batch: str | None = None   # the batch new items join (:meth:`new_items_batch`)
+        # :meth:`latest_labels` remembered: source -> (the newest annotation id read, labels)
+        self._latest: dict[str, tuple[int, dict[int, int]]] = {}
+        self._latest_arrays: dict[str, tuple[dict, tuple[np.ndarray, np.ndarray]]] = {}   # ... as arrays
+        self._latest_lock = threading.Lock()
         address = None
         if (self.root / DATABASE_FILE).exists():
             address = (self.root / DATABASE_FILE).read_text(encoding="utf-8").strip()
@@ -596,16 +602,85 @@ class Store:
             args = (source,)
         return self.conn.execute(q + " ORDER BY id", args).fetchall()
 
-    def latest_labels(self, source: str) -> dict[int, int]:
-        """item_id -> class_id of the latest annotation of this source (withdrawn ones dropped).
-        For human labels with several annotators, each annotator's latest label votes and ties
-        go to the most recent vote."""
+    def latest_labels(self, source: str) -> Mapping[int, int]:
+        """item_id -> class_id of the latest annotation of this source (withdrawn ones dropped),
+        read-only. For human labels with several annotators, each annotator's latest label votes
+        and ties go to the most recent vote.
+
+        On SQLite, outside a transaction, remembered per source and caught up with only the
+        annotations added since (annotations are only ever appended, and SQLite commits them
+        one writer at a time, so every id up to the newest committed one is committed): the
+        whole table was read on every call, and a refresh, the server's snapshot and status
+        call this a dozen times (measured: 180 ms per call with 60,000 machine labels in a
+        100k project; benchmarks/latest_labels.py). PostgreSQL hands out ids before the
+        commit, in any order, so there it is read every time."""
+        return MappingProxyType(self._latest_entry(source)[1])
+
+    def latest_label_arrays(self, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`latest_labels` as two read-only (m,) int64 arrays, item ids and class ids,
+        remembered with it: what :meth:`labelloop.Project.label_vector` maps onto the items."""
+        top, labels = self._latest_entry(source)
+        with self._latest_lock:
+            hit = self._latest_arrays.get(source)
+            if top is not None and hit is not None and hit[0] is labels:   # (a new dict when they changed)
+                return hit[1]
+            k = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
+            v = np.fromiter(labels.values(), dtype=np.int64, count=len(labels))
+            k.flags.writeable = v.flags.writeable = False
+            if top is not None:
+                self._latest_arrays[source] = (labels, (k, v))
+            return k, v
+
+    def _latest_entry(self, source: str) -> tuple[int | None, dict[int, int]]:
+        """``(newest annotation id read, labels)`` of :meth:`latest_labels`; the id None: read
+        now and not remembered (PostgreSQL, or inside a transaction). Callers do not modify
+        the labels."""
+        if self.dialect != "sqlite" or self.conn.in_transaction:
+            return None, self._read_latest(source)
+        top = self.last_annotation_id()   # (first: the labels read next are at least this new)
+        with self._latest_lock:
+            seen, labels = self._latest.get(source, (None, None))
+            if seen == top:
+                return top, labels
+            if seen is None or seen > top:
+                labels = self._read_latest(source)
+            elif new := self.conn.execute("SELECT item_id, class_id FROM annotations WHERE id > ? AND source = ? "
+                                          "ORDER BY id", (seen, source)).fetchall():
+                labels = dict(labels)   # caught up in a copy: one handed out stays as it was
+                if source == "human":   # the votes of the items labeled since, counted again
+                    touched = sorted({i for i, _ in new})
+                    fresh = self._read_latest(source, items=touched)
+                    for i in touched:
+                        if i in fresh:
+                            labels[i] = fresh[i]
+                        else:
+                            labels.pop(i, None)
+                else:   # an item's newest annotation is its label; a withdrawal drops it
+                    for i, k in new:
+                        if k is None:
+                            labels.pop(i, None)
+                        else:
+                            labels[i] = k
+            self._latest[source] = (top, labels)
+            return top, labels
+
+    def _read_latest(self, source: str, items: Sequence[int] | None = None) -> dict[int, int]:
+        """:meth:`latest_labels` read from the table (of ``items`` only, when given)."""
+        if items is not None:
+            out: dict[int, int] = {}
+            for a in range(0, len(items), 500):
+                chunk = list(items[a:a + 500])
+                out.update(self._read_latest_where(source, f" AND item_id IN ({','.join('?' * len(chunk))})", chunk))
+            return out
+        return self._read_latest_where(source, "", [])
+
+    def _read_latest_where(self, source: str, where: str, args: list) -> dict[int, int]:
         if source == "human":
             rows = self.conn.execute(
                 "SELECT a.item_id, a.class_id, a.id FROM annotations a JOIN ("
                 "  SELECT item_id, COALESCE(annotator, '') AS who, MAX(id) AS last"
-                "  FROM annotations WHERE source = 'human' GROUP BY item_id, who"
-                ") l ON a.id = l.last WHERE a.class_id IS NOT NULL ORDER BY a.item_id"
+                f"  FROM annotations WHERE source = 'human'{where} GROUP BY item_id, who"
+                ") l ON a.id = l.last WHERE a.class_id IS NOT NULL ORDER BY a.item_id", args
             ).fetchall()
             votes: dict[int, dict[int, tuple[int, int]]] = {}
             for item_id, class_id, ann_id in rows:
@@ -614,9 +689,9 @@ class Store:
             return {i: max(v.items(), key=lambda kv: kv[1])[0] for i, v in votes.items()}
         rows = self.conn.execute(
             "SELECT a.item_id, a.class_id FROM annotations a JOIN ("
-            "  SELECT item_id, MAX(id) AS last FROM annotations WHERE source = ? GROUP BY item_id"
+            f"  SELECT item_id, MAX(id) AS last FROM annotations WHERE source = ?{where} GROUP BY item_id"
             ") l ON a.id = l.last WHERE a.class_id IS NOT NULL",
-            (source,),
+            [source, *args],
         ).fetchall()
         return {i: k for i, k in rows}
 
