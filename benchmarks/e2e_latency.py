@@ -30,6 +30,8 @@ Measured per variant, ``--runs`` times each (medians reported):
   refresher's own account of the wait (status ``last_visible``: queued before the refresh, then
   on a CPU, runnable waiting for a core, blocked). ``--server-only`` skips the CLI part
   (results in e2e_latency_<n>_server.*).
+- ``--machine-labels N``: first give N items accepted machine labels (a project after
+  ``autolabel``: the refresh, the server's snapshot and its status read them too).
 
 Writes benchmarks/results/e2e_latency_<n>.json and .md.
 """
@@ -106,6 +108,24 @@ def add_labels(path: Path, count: int, rng: np.random.Generator, src: Path) -> N
         f"pick = rng.choice(free, {count}, replace=False)\n"
         "cid = s.class_ids()\n"
         "s.add_annotations([(int(ids[r]), cid[f'c{y[r]}']) for r in pick], source='human', annotator='bench')\n"
+        "s.close()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=_env(src))
+
+
+def add_machine_labels(path: Path, count: int, src: Path, seed: int = 7) -> None:
+    """``count`` accepted machine labels (as ``autolabel`` writes them: source machine, one
+    transaction) of random items without a human label, their true class: a project after
+    auto-labeling, where every reader of the current labels reads these too."""
+    code = (
+        "import numpy as np\n"
+        "from labelloop.store import Store\n"
+        f"s = Store({str(path)!r}); y = np.load({str(path / 'truth.npy')!r})\n"
+        "ids = s.item_ids(); have = set(s.latest_labels('human'))\n"
+        f"rng = np.random.default_rng({seed})\n"
+        "free = np.flatnonzero([int(i) not in have for i in ids])\n"
+        f"pick = rng.choice(free, min({count}, len(free)), replace=False)\n"
+        "cid = s.class_ids()\n"
+        "s.add_annotations([(int(ids[r]), cid[f'c{y[r]}']) for r in pick], source='machine', annotator='autolabel')\n"
         "s.close()\n")
     subprocess.run([sys.executable, "-c", code], check=True, env=_env(src))
 
@@ -304,6 +324,8 @@ def main() -> None:
                     help="measure only the server (no CLI refreshes); writes e2e_latency_<n>_server.{json,md}")
     ap.add_argument("--full", action="store_true",
                     help="time `refresh --full` (full propagation; the classifier head reads the vectors)")
+    ap.add_argument("--machine-labels", type=int, default=0, metavar="N",
+                    help="give N items accepted machine labels first (a project after autolabel)")
     ap.add_argument("--out", default=None, metavar="NAME",
                     help="results file name without suffix, in benchmarks/results (default: e2e_latency_<n>[_server|_full])")
     args = ap.parse_args()
@@ -316,7 +338,7 @@ def main() -> None:
     built_file = base.parent / f"{base.name}.build.json"
     built = json.loads(built_file.read_text()) if built_file.exists() else {}
     variants = {"this": args.src} | ({"baseline": args.baseline} if args.baseline else {})
-    result = {"n": args.n, "build": built, "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+    result = {"n": args.n, "build": built, "machine_labels": args.machine_labels, "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
               "command": "python benchmarks/e2e_latency.py " + " ".join(sys.argv[1:]), "load_average_before": list(os.getloadavg()),
               "variants": {}}
     copies = {}
@@ -325,6 +347,8 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
         shutil.copytree(base, path)
         compile_tree(Path(src))
+        if args.machine_labels:
+            add_machine_labels(path, args.machine_labels, Path(src))
         copies[name] = (path, Path(src))
         result["variants"][name] = {"src": str(src)}
     print("cli, variants in turn:", ", ".join(f"{n} ({s})" for n, (_, s) in copies.items()), flush=True)
@@ -368,7 +392,9 @@ def _table(r: dict, title: str, intro: list[str] = ()):
     lines = [title, "",
              f"Command: `{r['command']}` on {r['machine']}. Load average (1/5/15 min) before "
              f"{[round(x, 2) for x in r['load_average_before']]}, after {[round(x, 2) for x in r['load_average_after']]}. "
-             f"Project build (not timed below): {json.dumps(r['build'])}.", "", *intro,
+             f"Project build (not timed below): {json.dumps(r['build'])}."
+             + (f" Then {r['machine_labels']:,} items given accepted machine labels (a project after autolabel)."
+                if r.get("machine_labels") else ""), "", *intro,
              "| measure | " + " | ".join(names) + (" | ratio |" if len(names) > 1 else " |"),
              "|---|" + "---:|" * (len(names) + (len(names) > 1))]
 
