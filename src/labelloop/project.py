@@ -2140,24 +2140,28 @@ class Project:
         st = self.store
         ids = self.item_ids()
         in_batch = None if batch is None else self.in_batch(ids, batch)
-        keep = None if in_batch is None else set(ids[in_batch].tolist())
+        keep = in_batch   # (n,) bool: the batch asked for, or None
         classes = self.classes
         cid = st.class_ids()
         name_of = {v: k for k, v in cid.items()}
         per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0} for c in classes}
-        labeled = dict.fromkeys(LABEL_SOURCES, 0)
-        labeled_all = dict.fromkeys(LABEL_SOURCES, 0)   # what the next step depends on
-        for item, (class_id, source) in self.current_labels().items():
-            labeled_all[source] += 1
-            if keep is not None and item not in keep:
-                continue
-            labeled[source] += 1
-            per_class[name_of[class_id]][source] += 1
+        items, class_ids, sources = self._current_label_arrays()
+        labeled_all = {src: int(n) for src, n in zip(LABEL_SOURCES, np.bincount(sources, minlength=len(LABEL_SOURCES)))}
+        if keep is not None:   # what the next step depends on is every item's (labeled_all)
+            mine = np.isin(items, ids[in_batch])
+            class_ids, sources = class_ids[mine], sources[mine]
+        # (class, source) counts: a column per source, a row per class id
+        counts = np.zeros((int(class_ids.max(initial=0)) + 1, len(LABEL_SOURCES)), np.int64)
+        np.add.at(counts, (class_ids, sources), 1)
+        labeled = {src: int(n) for src, n in zip(LABEL_SOURCES, counts.sum(axis=0))}
+        for class_id, row in enumerate(counts):
+            if row.any():
+                per_class[name_of[class_id]].update((src, int(n)) for src, n in zip(LABEL_SOURCES, row))
         pred = self.predictions()
         out = {
             "project": str(self.root),
             "modality": self.modality,
-            "items": int(len(ids)) if keep is None else len(keep),
+            "items": int(len(ids)) if keep is None else int(in_batch.sum()),
             "classes": len(classes),
             "labeled": labeled,
             "embedded": st.embedding_backbones(),
@@ -2393,6 +2397,21 @@ class Project:
         for source in reversed(LABEL_SOURCES):  # later (stronger) sources overwrite
             out.update((i, (k, source)) for i, k in self.store.latest_labels(source).items())
         return out
+
+    def _current_label_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`current_labels` as three (m,) arrays: item ids, class ids and the index of
+        the label's source in LABEL_SOURCES; what ``status`` counts, with no Python loop over
+        the items (a project after auto-labeling holds a machine label for most of them)."""
+        items, class_ids, sources = [], [], []
+        for s, source in enumerate(LABEL_SOURCES):   # the first source that has one wins
+            k, v = self.store.latest_label_arrays(source)
+            if items and len(k):
+                new = ~np.isin(k, np.concatenate(items))
+                k, v = k[new], v[new]
+            items.append(k)
+            class_ids.append(v)
+            sources.append(np.full(len(k), s, np.int64))
+        return np.concatenate(items), np.concatenate(class_ids), np.concatenate(sources)
 
     def rows(self, *, batch: str | None = None) -> list[dict]:
         """One row per item (of ``batch``) with its batch and current best label: human, then
