@@ -30,6 +30,10 @@ Measured per variant, ``--runs`` times each (medians reported):
   refresher's own account of the wait (status ``last_visible``: queued before the refresh, then
   on a CPU, runnable waiting for a core, blocked). ``--server-only`` skips the CLI part
   (results in e2e_latency_<n>_server.*).
+- ``--touch-memory GB``: first write and free that much memory (a newly booted virtual
+  machine pays system time on the first touch of every page: the timed commands' page cache
+  and arrays would pay it otherwise; the figures committed were taken after it, or on a
+  machine that had run for a while).
 - ``--machine-labels N``: first give N items accepted machine labels (a project after
   ``autolabel``: the refresh, the server's snapshot and its status read them too).
 
@@ -324,12 +328,20 @@ def main() -> None:
                     help="measure only the server (no CLI refreshes); writes e2e_latency_<n>_server.{json,md}")
     ap.add_argument("--full", action="store_true",
                     help="time `refresh --full` (full propagation; the classifier head reads the vectors)")
+    ap.add_argument("--touch-memory", type=float, default=0, metavar="GB",
+                    help="first write GB of memory once and free it: on a newly booted virtual machine the first "
+                         "touch of each page costs system time (14 GB: 52 s here), which otherwise lands in the "
+                         "timed commands' page cache and arrays")
     ap.add_argument("--machine-labels", type=int, default=0, metavar="N",
                     help="give N items accepted machine labels first (a project after autolabel)")
     ap.add_argument("--out", default=None, metavar="NAME",
                     help="results file name without suffix, in benchmarks/results (default: e2e_latency_<n>[_server|_full])")
     args = ap.parse_args()
     base = args.base or args.dir / f"n{args.n}"
+    if args.touch_memory:
+        touched = run_child([sys.executable, "-c", f"import numpy as np; np.ones(int({args.touch_memory} * 2**30) // 8)"],
+                            dict(os.environ))
+        print(f"touched {args.touch_memory} GB: {touched['sys_s']:.1f} system CPU-s", flush=True)
     if not (base / "bench_token.txt").exists():
         shutil.rmtree(base, ignore_errors=True)
         base.parent.mkdir(parents=True, exist_ok=True)
