@@ -22,11 +22,10 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 
@@ -252,6 +251,39 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 UNBATCHED = "unbatched"
 
 
+def _label_arrays(labels: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids ascending, their class ids), read-only int64 arrays of ``labels``."""
+    k = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
+    v = np.fromiter(labels.values(), dtype=np.int64, count=len(labels))
+    order = np.argsort(k, kind="stable")
+    k, v = k[order], v[order]
+    k.flags.writeable = v.flags.writeable = False
+    return k, v
+
+
+def _merge_labels(k: np.ndarray, v: np.ndarray, changes: dict[int, int | None]) -> tuple[np.ndarray, np.ndarray]:
+    """New arrays: ``(k, v)`` (item ids ascending, class ids) with ``changes`` applied, item id
+    -> its class id now, or None for no label. O(len(k)) copies, no sort of the whole."""
+    items = np.fromiter(changes.keys(), dtype=np.int64, count=len(changes))
+    cls = np.fromiter((-1 if c is None else c for c in changes.values()), dtype=np.int64, count=len(changes))
+    order = np.argsort(items)
+    items, cls = items[order], cls[order]
+    pos = np.searchsorted(k, items)
+    present = pos < len(k)
+    present[present] = k[pos[present]] == items[present]
+    v = v.copy()
+    change = present & (cls >= 0)
+    v[pos[change]] = cls[change]
+    keep = np.ones(len(k), bool)
+    keep[pos[present & (cls < 0)]] = False   # withdrawn
+    k, v = k[keep], v[keep]
+    add = ~present & (cls >= 0)
+    at = np.searchsorted(k, items[add])
+    k, v = np.insert(k, at, items[add]), np.insert(v, at, cls[add])
+    k.flags.writeable = v.flags.writeable = False
+    return k, v
+
+
 @dataclass(frozen=True)
 class Item:
     id: int
@@ -291,9 +323,8 @@ class Store:
         self.root = Path(root).resolve()
         self.readonly = readonly
         self._new_batch: str | None = None   # the batch new items join (:meth:`new_items_batch`)
-        # :meth:`latest_labels` remembered: source -> (the newest annotation id read, labels)
-        self._latest: dict[str, tuple[int, dict[int, int]]] = {}
-        self._latest_arrays: dict[str, tuple[dict, tuple[np.ndarray, np.ndarray]]] = {}   # ... as arrays
+        # :meth:`latest_label_arrays` remembered: source -> (the newest annotation id read, arrays)
+        self._latest: dict[str, tuple[int, tuple[np.ndarray, np.ndarray]]] = {}
         self._latest_lock = threading.Lock()
         address = None
         if (self.root / DATABASE_FILE).exists():
@@ -602,67 +633,46 @@ class Store:
             args = (source,)
         return self.conn.execute(q + " ORDER BY id", args).fetchall()
 
-    def latest_labels(self, source: str) -> Mapping[int, int]:
+    def latest_labels(self, source: str) -> dict[int, int]:
         """item_id -> class_id of the latest annotation of this source (withdrawn ones dropped),
-        read-only. For human labels with several annotators, each annotator's latest label votes
-        and ties go to the most recent vote.
+        by item id. For human labels with several annotators, each annotator's latest label
+        votes and ties go to the most recent vote. Made from :meth:`latest_label_arrays`."""
+        k, v = self.latest_label_arrays(source)
+        return dict(zip(k.tolist(), v.tolist()))
+
+    def latest_label_arrays(self, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`latest_labels` as two read-only (m,) int64 arrays, the item ids ascending and
+        their class ids: what :meth:`labelloop.Project.label_vector` maps onto the items.
 
         On SQLite, outside a transaction, remembered per source and caught up with only the
         annotations added since (annotations are only ever appended, and SQLite commits them
         one writer at a time, so every id up to the newest committed one is committed): the
-        whole table was read on every call, and a refresh, the server's snapshot and status
-        call this a dozen times (measured: 180 ms per call with 60,000 machine labels in a
-        100k project; benchmarks/latest_labels.py). PostgreSQL hands out ids before the
-        commit, in any order, so there it is read every time."""
-        return MappingProxyType(self._latest_entry(source)[1])
-
-    def latest_label_arrays(self, source: str) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`latest_labels` as two read-only (m,) int64 arrays, item ids and class ids,
-        remembered with it: what :meth:`labelloop.Project.label_vector` maps onto the items."""
-        top, labels = self._latest_entry(source)
-        with self._latest_lock:
-            hit = self._latest_arrays.get(source)
-            if top is not None and hit is not None and hit[0] is labels:   # (a new dict when they changed)
-                return hit[1]
-            k = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
-            v = np.fromiter(labels.values(), dtype=np.int64, count=len(labels))
-            k.flags.writeable = v.flags.writeable = False
-            if top is not None:
-                self._latest_arrays[source] = (labels, (k, v))
-            return k, v
-
-    def _latest_entry(self, source: str) -> tuple[int | None, dict[int, int]]:
-        """``(newest annotation id read, labels)`` of :meth:`latest_labels`; the id None: read
-        now and not remembered (PostgreSQL, or inside a transaction). Callers do not modify
-        the labels."""
+        whole table was read into a dict on every call, and a refresh, the server's snapshot
+        and status read it a dozen times (measured: 150-250 ms per read with 60,000 machine
+        labels in a 100k project; benchmarks/latest_labels.py). Arrays, not a dict: 16 bytes
+        a label where a dict of ints held ~190 (116 MB for 600,000 machine labels, in every
+        store a server holds). PostgreSQL hands out ids before the commit, in any order, so
+        there it is read every time."""
         if self.dialect != "sqlite" or self.conn.in_transaction:
-            return None, self._read_latest(source)
+            return _label_arrays(self._read_latest(source))
         top = self.last_annotation_id()   # (first: the labels read next are at least this new)
         with self._latest_lock:
-            seen, labels = self._latest.get(source, (None, None))
+            seen, arrays = self._latest.get(source, (None, None))
             if seen == top:
-                return top, labels
+                return arrays
             if seen is None or seen > top:
-                labels = self._read_latest(source)
+                arrays = _label_arrays(self._read_latest(source))
             elif new := self.conn.execute("SELECT item_id, class_id FROM annotations WHERE id > ? AND source = ? "
                                           "ORDER BY id", (seen, source)).fetchall():
-                labels = dict(labels)   # caught up in a copy: one handed out stays as it was
                 if source == "human":   # the votes of the items labeled since, counted again
                     touched = sorted({i for i, _ in new})
                     fresh = self._read_latest(source, items=touched)
-                    for i in touched:
-                        if i in fresh:
-                            labels[i] = fresh[i]
-                        else:
-                            labels.pop(i, None)
-                else:   # an item's newest annotation is its label; a withdrawal drops it
-                    for i, k in new:
-                        if k is None:
-                            labels.pop(i, None)
-                        else:
-                            labels[i] = k
-            self._latest[source] = (top, labels)
-            return top, labels
+                    changes = {i: fresh.get(i) for i in touched}
+                else:   # an item's newest annotation is its label (None: withdrawn)
+                    changes = dict(new)
+                arrays = _merge_labels(*arrays, changes)
+            self._latest[source] = (top, arrays)
+            return arrays
 
     def _read_latest(self, source: str, items: Sequence[int] | None = None) -> dict[int, int]:
         """:meth:`latest_labels` read from the table (of ``items`` only, when given)."""
