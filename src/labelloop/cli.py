@@ -77,6 +77,19 @@ def cli() -> None:
       labelloop export -p proj --out labels.csv
     Or see it all at once, offline:  labelloop demo
     """
+    _idle_blas_threads_sleep()
+
+
+def _idle_blas_threads_sleep() -> None:
+    """OpenBLAS's worker threads spin for ~0.1 s (2^28 cycles) after they start and after every
+    call before they sleep: every command paid ~0.1 CPU-s at numpy's import alone on 2 cores
+    (``labelloop status`` on a 20k project: 0.46 -> 0.37 CPU-s), and a server paid it after
+    each BLAS call, on the core its requests need. Sleeping at once (the shortest timeout, 2^4
+    cycles) keeps the threads for large products (a 100k kNN graph build: 14.9 -> 14.5 CPU-s,
+    wall 7.9 -> 8.3 s in the same run; benchmarks/results/blas_idle.md). Read once, when numpy
+    is loaded, so only before that; a value the user set is kept."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 @cli.command()
