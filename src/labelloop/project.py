@@ -2140,14 +2140,13 @@ class Project:
         st = self.store
         ids = self.item_ids()
         in_batch = None if batch is None else self.in_batch(ids, batch)
-        keep = in_batch   # (n,) bool: the batch asked for, or None
         classes = self.classes
         cid = st.class_ids()
         name_of = {v: k for k, v in cid.items()}
         per_class = {c: {"human": 0, "import": 0, "machine": 0, "predicted": 0} for c in classes}
         items, class_ids, sources = self._current_label_arrays()
         labeled_all = {src: int(n) for src, n in zip(LABEL_SOURCES, np.bincount(sources, minlength=len(LABEL_SOURCES)))}
-        if keep is not None:   # what the next step depends on is every item's (labeled_all)
+        if in_batch is not None:   # what the next step depends on is every item's (labeled_all)
             mine = np.isin(items, ids[in_batch])
             class_ids, sources = class_ids[mine], sources[mine]
         # (class, source) counts: a column per source, a row per class id
@@ -2161,7 +2160,7 @@ class Project:
         out = {
             "project": str(self.root),
             "modality": self.modality,
-            "items": int(len(ids)) if keep is None else int(in_batch.sum()),
+            "items": int(len(ids)) if in_batch is None else int(in_batch.sum()),
             "classes": len(classes),
             "labeled": labeled,
             "embedded": st.embedding_backbones(),
@@ -2172,7 +2171,7 @@ class Project:
         if batch is not None:
             out["batch"] = batch
         if pred is not None:
-            prow = None if keep is None else np.flatnonzero(np.isin(pred.item_ids, ids[in_batch]))
+            prow = None if in_batch is None else np.flatnonzero(np.isin(pred.item_ids, ids[in_batch]))
             if prow is None:
                 counts, out["confidence"] = MEMO.get(self.root, "prediction_stats", pred.run_id,
                                                      lambda: _prediction_stats(pred))
@@ -2194,7 +2193,7 @@ class Project:
                 out["stopping"] = self.stopping(est)
                 if est is not None and self._has_named_batches():
                     out["drift"] = self.drift()["batches"]
-        out["next_step"] = self._next_step(out if keep is None else out | {
+        out["next_step"] = self._next_step(out if in_batch is None else out | {
             "items": len(ids), "labeled": labeled_all, "predicted": 0 if pred is None else len(pred.item_ids)})
         return out
 
@@ -2392,11 +2391,10 @@ class Project:
     def current_labels(self) -> dict[int, tuple[int, str]]:
         """item_id -> (class_id, source) of every labeled item's current label: a person's
         (``human``) wins over an ``import`` label, which wins over an accepted ``machine``
-        label; withdrawn labels do not count. ``status`` counts and ``export`` writes this."""
-        out: dict[int, tuple[int, str]] = {}
-        for source in reversed(LABEL_SOURCES):  # later (stronger) sources overwrite
-            out.update((i, (k, source)) for i, k in self.store.latest_labels(source).items())
-        return out
+        label; withdrawn labels do not count. ``status`` counts and ``export`` writes this
+        (:meth:`_current_label_arrays`, which decides it)."""
+        items, class_ids, sources = self._current_label_arrays()
+        return dict(zip(items.tolist(), zip(class_ids.tolist(), (LABEL_SOURCES[s] for s in sources.tolist()))))
 
     def _current_label_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`current_labels` as three (m,) arrays: item ids, class ids and the index of
