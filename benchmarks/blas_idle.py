@@ -11,6 +11,7 @@ loads), in the same run, interleaved:
   work): CPU and wall seconds.
 
     python benchmarks/blas_idle.py                     # 7 runs each, medians
+    python benchmarks/blas_idle.py --n 100000 --graph-n 300000 --out blas_idle_100000
 
 Child processes run this checkout's code; CPU = user + system of the child (wait4). Writes
 benchmarks/results/blas_idle.json / .md.
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000, help="items of the project built when --project is not given")
     ap.add_argument("--graph-n", type=int, default=100_000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/labelloop-blas-idle"))
+    ap.add_argument("--out", default="blas_idle", metavar="NAME", help="results file name in benchmarks/results")
     args = ap.parse_args()
     project = args.project
     if project is None:
@@ -101,7 +103,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
               "command": "python benchmarks/blas_idle.py " + " ".join(sys.argv[1:]),
               "load_average": list(os.getloadavg()), "runs": got}
-    (RESULTS / "blas_idle.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
     lines = ["# OpenBLAS's idle threads: spinning (default) vs sleeping at once (OPENBLAS_THREAD_TIMEOUT=4)", "",
              f"Command: `{result['command']}` on {result['machine']}, load average after "
              f"{[round(x, 2) for x in result['load_average']]}. Medians; CPU = user + system of the child; "
@@ -113,7 +115,7 @@ def main() -> None:
         wd, wt = (statistics.median(by[s]["wall"]) for s in SETTINGS)
         lines.append(f"| {c} (n={len(by['default']['cpu'])}) | {cd:.3f} | {ct:.3f} | {cd / ct:.2f}x | {wd:.3f} | {wt:.3f} |")
     lines += ["", "Ratio = default / timeout 4 (how many times less CPU the threads take when they sleep at once)."]
-    (RESULTS / "blas_idle.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
