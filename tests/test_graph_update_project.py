@@ -5,6 +5,7 @@ due; refresh run folders are pruned to the newest few; vectors are read memory-m
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_refresh_after_a_new_batch_extends_the_graph_then_rebuilds_past_the_boun
     assert "extends" not in third["inputs"] and third["summary"]["full_n"] == 320
 
 
-def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, project_factory):
+def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, project_factory, monkeypatch):
     from labelloop import Project
 
     folders, classes = _batches(tmp_path, [120])
@@ -80,7 +81,15 @@ def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, p
     cid = p.store.class_ids()
     p.set_setting("head_weight", 0)
     runs_dir = p.root / "arrays" / "runs"
-    refreshes = []
+    refreshes, written = [], {}
+    save = np.save
+
+    def saving(path, *a, **k):   # the folders there when a refresh writes its predictions
+        if Path(path).name == "proba.npy":
+            written[int(Path(path).parent.name)] = sorted(int(d.name) for d in runs_dir.iterdir())
+        return save(path, *a, **k)
+
+    monkeypatch.setattr(np, "save", saving)
     for r in range(6):
         p.store.add_annotations([(i, cid[classes[i % len(classes)]]) for i in range(1 + 3 * r, 4 + 3 * r)],
                                 source="human", annotator="t")
@@ -91,6 +100,9 @@ def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, p
     assert referenced == refreshes[1]
     kept = sorted(int(d.name) for d in runs_dir.iterdir() if int(d.name) in refreshes)
     assert kept == [refreshes[1], *refreshes[-Project.KEEP_REFRESH_RUNS:]]
+    # the folder a refresh's own replaces is gone before it writes its arrays (in the memory
+    # that folder's files held): then only its own, the two before it and autolabel's are there
+    assert written[refreshes[-1]] == [refreshes[1], *refreshes[-Project.KEEP_REFRESH_RUNS:]]
     # what readers use still works: the newest predictions, a warm start from the last state
     assert p.predictions().run_id == refreshes[-1]
     p.store.add_annotations([(100, cid[classes[0]])], source="human", annotator="t")

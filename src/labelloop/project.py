@@ -724,6 +724,13 @@ class Project:
         try:
             if on_predictions is not None:
                 on_predictions(run)
+            # the run folder this run replaces goes now, not after: the files below are written
+            # in the memory its files held in the page cache. Memory the system has not used for
+            # a few seconds can cost far more to touch: on a virtual machine that hands free
+            # memory back to its host, 0.73 CPU-s to write 100 MB to a new file after a pause,
+            # 0.03 right after deleting 100 MB of files (benchmarks/results/fresh_memory.md);
+            # a refresh at 1M items writes ~100 MB
+            self.prune_runs(keep=self.KEEP_REFRESH_RUNS - 1)
             # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`);
             # the item ids, when those of the last predictions, a link to their file (8 MB at 1M)
             if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
@@ -789,30 +796,33 @@ class Project:
     #: refresh run folders kept (``arrays/runs/<id>``: predictions, propagation state, held-out
     #: scores; ~150 MB each at 1M items): the newest finished one is what every reader uses and
     #: a warm refresh starts from; a server's request threads may still read the one before
-    #: while its refresher writes the next (:data:`Memo.SLOTS`); one more to spare.
+    #: while its refresher writes the next (:data:`Memo.SLOTS`); one more to spare, which a
+    #: refresh deletes before it writes its arrays (:meth:`refresh`).
     KEEP_REFRESH_RUNS = 3
 
-    def prune_runs(self) -> list[int]:
+    def prune_runs(self, keep: int | None = None) -> list[int]:
         """Delete the folders of finished, failed or interrupted refresh runs older than the
-        :data:`KEEP_REFRESH_RUNS` newest finished ones, except the run the last ``autolabel``
-        accepted labels from and this Project's own predictions; running ones are never
-        touched. Returns the run ids whose folders went."""
+        ``keep`` (default :data:`KEEP_REFRESH_RUNS`) newest finished ones, except the run the
+        last ``autolabel`` accepted labels from and this Project's own predictions; running
+        ones are never touched. Returns the run ids whose folders went. A refresh prunes to
+        one fewer before it writes its arrays (its own run is the last kept), and after it."""
+        keep = max(1, self.KEEP_REFRESH_RUNS if keep is None else keep)
         done = self.store.run_ids("refresh")
-        if len(done) <= self.KEEP_REFRESH_RUNS:
+        if len(done) <= keep:
             return []
-        oldest_kept = done[-self.KEEP_REFRESH_RUNS]
-        keep = set()
+        oldest_kept = done[-keep]
+        spared = set()
         last_autolabel = self.store.last_run("autolabel")
         if last_autolabel is not None:
-            keep.add(last_autolabel["inputs"].get("prediction_run"))
+            spared.add(last_autolabel["inputs"].get("prediction_run"))
         if self._own_predictions is not None:
-            keep.add(self._own_predictions.run_id)
+            spared.add(self._own_predictions.run_id)
         folder = self.root / "arrays" / "runs"
         removed = []
         for run_id in self.store.run_ids("refresh", ("done", "failed", "interrupted")):
             if run_id >= oldest_kept:
                 break
-            if run_id not in keep and (folder / str(run_id)).exists():
+            if run_id not in spared and (folder / str(run_id)).exists():
                 shutil.rmtree(folder / str(run_id), ignore_errors=True)
                 removed.append(run_id)
         return removed
