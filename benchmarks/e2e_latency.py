@@ -34,6 +34,11 @@ Measured per variant, ``--runs`` times each (medians reported):
   machine pays system time on the first touch of every page: the timed commands' page cache
   and arrays would pay it otherwise; the figures committed were taken after it, or on a
   machine that had run for a while).
+- ``--pause S``: S seconds between the 10 labels and each timed CLI refresh, as between a
+  person's labels and the next refresh: a virtual machine whose balloon reports free memory
+  gives memory freed before (the previous commands') back to its host meanwhile, and the
+  refresh pays system time to touch it again (benchmarks/results/fresh_memory.md); without a
+  pause it reuses what the commands just before it freed.
 - ``--machine-labels N``: first give N items accepted machine labels (a project after
   ``autolabel``: the refresh, the server's snapshot and its status read them too).
 
@@ -168,9 +173,11 @@ def run_child(cmd: list[str], env: dict) -> dict:
             "peak_rss_mb": int(hwm[-1]) / 1024 if hwm else ru.ru_maxrss / 1024, "stdout": out.strip()}
 
 
-def measure_cli(variants: dict[str, tuple[Path, Path]], runs: int, seed: int, full: bool = False) -> dict:
+def measure_cli(variants: dict[str, tuple[Path, Path]], runs: int, seed: int, full: bool = False,
+                pause: float = 0.0) -> dict:
     """``variants``: name -> (its project copy, its source tree). Interleaved run by run (this,
-    baseline, this, ...) so a change in the machine's load hits every variant alike."""
+    baseline, this, ...) so a change in the machine's load hits every variant alike. ``pause``:
+    seconds between the labels and the timed refresh."""
     rng = {name: np.random.default_rng(seed) for name in variants}   # the same labels for each
     env = {name: _env(src) for name, (_, src) in variants.items()}
     floor: dict = {name: [] for name in variants}
@@ -189,6 +196,7 @@ def measure_cli(variants: dict[str, tuple[Path, Path]], runs: int, seed: int, fu
     for r in range(runs):
         for name, (path, src) in variants.items():
             add_labels(path, 10, rng[name], src)
+            time.sleep(pause)
             m = run_child([sys.executable, "-m", "labelloop.cli", "refresh", "-p", str(path), "--json"]
                           + (["--full"] if full else []), env[name])
             s = json.loads(m.pop("stdout"))
@@ -334,6 +342,10 @@ def main() -> None:
                          "timed commands' page cache and arrays")
     ap.add_argument("--machine-labels", type=int, default=0, metavar="N",
                     help="give N items accepted machine labels first (a project after autolabel)")
+    ap.add_argument("--pause", type=float, default=0.0, metavar="S",
+                    help="CLI: seconds between the new labels and each timed refresh (a person labels for a while: "
+                         "memory freed before is given back to a virtual machine's host meanwhile; "
+                         "benchmarks/results/fresh_memory.md)")
     ap.add_argument("--out", default=None, metavar="NAME",
                     help="results file name without suffix, in benchmarks/results (default: e2e_latency_<n>[_server|_full])")
     args = ap.parse_args()
@@ -350,7 +362,7 @@ def main() -> None:
     built_file = base.parent / f"{base.name}.build.json"
     built = json.loads(built_file.read_text()) if built_file.exists() else {}
     variants = {"this": args.src} | ({"baseline": args.baseline} if args.baseline else {})
-    result = {"n": args.n, "build": built, "machine_labels": args.machine_labels, "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+    result = {"n": args.n, "build": built, "machine_labels": args.machine_labels, "cli_pause_s": args.pause, "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
               "command": "python benchmarks/e2e_latency.py " + " ".join(sys.argv[1:]), "load_average_before": list(os.getloadavg()),
               "variants": {}}
     copies = {}
@@ -364,7 +376,7 @@ def main() -> None:
         copies[name] = (path, Path(src))
         result["variants"][name] = {"src": str(src)}
     print("cli, variants in turn:", ", ".join(f"{n} ({s})" for n, (_, s) in copies.items()), flush=True)
-    for name, r in ({} if args.server_only else measure_cli(copies, args.runs, seed=1, full=args.full)).items():
+    for name, r in ({} if args.server_only else measure_cli(copies, args.runs, seed=1, full=args.full, pause=args.pause)).items():
         result["variants"][name]["cli"] = r
     if args.server or args.server_only:
         for name, r in measure_server(copies, args.refreshes, args.requests).items():
@@ -440,9 +452,11 @@ def write_markdown(r: dict, path: Path) -> None:
     v, names = r["variants"], list(r["variants"])
     lines, row = _table(r, f"# End-to-end latency, {r['n']:,} items (synthetic 384-d)", [
         f"CLI: `labelloop refresh{' --full' if '--full' in r['command'] else ''}` in a fresh process after 10 new "
-        f"human labels, median of {len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + "
+        f"human labels{f' and a {pause:g} s pause' if (pause := r.get('cli_pause_s')) else ''}, median of "
+        f"{len(v[names[0]]['cli']['runs'])} runs (after one untimed refresh); CPU = user + "
         "system of the child process (from wait4), peak RSS the child's own VmHWM (read at its exit).", ""])
     row("refresh CPU s", lambda x: x["cli"]["cpu_s_median"])
+    row("refresh system CPU s", lambda x: x["cli"].get("sys_s_median"))
     row("refresh CPU s, mean (drains and full fits included)", lambda x: x["cli"].get("cpu_s_mean"))
     row("refresh CPU s, max", lambda x: x["cli"].get("cpu_s_max"))
     row("refresh wall s", lambda x: x["cli"]["wall_s_median"])
