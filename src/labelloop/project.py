@@ -597,25 +597,32 @@ class Project:
     def label_vector(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = ("human", "import")
                      ) -> np.ndarray:
         """(n,) class index per item (-1 none) from the given sources; earlier sources win."""
+        return self.labels_with_source(ids, sources=sources)[0]
+
+    def labels_with_source(self, ids: np.ndarray | None = None, *, sources: Sequence[str] = LABEL_SOURCES
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """``(y, src)``: (n,) class index of each item's current label from ``sources`` (-1
+        none; earlier sources win, :meth:`_current_label_arrays`) and (n,) the index in
+        ``sources`` of the source it came from (-1 none)."""
         ids = np.asarray(self.item_ids() if ids is None else ids, dtype=np.int64)
+        y = np.full(len(ids), -1, dtype=np.int64)
+        src = np.full(len(ids), -1, dtype=np.int64)
+        k, v, s = self._current_label_arrays(sources)   # (m,) item ids, class ids, source index
+        if not len(k) or not len(ids):
+            return y, src
         class_ids = np.fromiter(self.store.class_ids().values(), dtype=np.int64)
-        col = np.full(int(class_ids.max(initial=0)) + 1, -1, np.int64)   # class id -> its column
+        col = np.full(int(max(class_ids.max(initial=0), v.max())) + 1, -1, np.int64)   # class id -> its column
         col[class_ids] = np.arange(len(class_ids))
-        if len(ids) and bool((ids[1:] > ids[:-1]).all()):   # item ids come ascending: no sort (1M: 3 per refresh)
+        if bool((ids[1:] > ids[:-1]).all()):   # item ids come ascending: no sort (1M: 3 per refresh)
             order, sorted_ids = None, ids
         else:
             order = np.argsort(ids, kind="stable")
             sorted_ids = ids[order]                                       # (n,) ascending
-        y = np.full(len(ids), -1, dtype=np.int64)
-        for source in reversed(tuple(sources)):                           # earlier sources write last
-            k, v = self.store.latest_label_arrays(source)   # (m,) item ids, class ids
-            if not len(k) or not len(ids):
-                continue
-            v = col[v]
-            pos = np.minimum(np.searchsorted(sorted_ids, k), len(ids) - 1)
-            hit = sorted_ids[pos] == k
-            y[pos[hit] if order is None else order[pos[hit]]] = v[hit]
-        return y
+        pos = np.minimum(np.searchsorted(sorted_ids, k), len(ids) - 1)
+        hit = sorted_ids[pos] == k
+        at = pos[hit] if order is None else order[pos[hit]]
+        y[at], src[at] = col[v[hit]], s[hit]
+        return y, src
 
     # ------------------------------------------------------------------- refresh
     def refresh(self, *, full: bool = False, on_predictions=None, drain: bool = True) -> dict:
@@ -2406,20 +2413,25 @@ class Project:
         items, class_ids, sources = self._current_label_arrays()
         return dict(zip(items.tolist(), zip(class_ids.tolist(), (LABEL_SOURCES[s] for s in sources.tolist()))))
 
-    def _current_label_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _current_label_arrays(self, sources: Sequence[str] = LABEL_SOURCES
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`current_labels` as three (m,) arrays: item ids, class ids and the index of
-        the label's source in LABEL_SOURCES; what ``status`` counts, with no Python loop over
-        the items (a project after auto-labeling holds a machine label for most of them)."""
-        items, class_ids, sources = [], [], []
-        for s, source in enumerate(LABEL_SOURCES):   # the first source that has one wins
+        the label's source in ``sources``, the first source that has one winning: the one
+        place that decides it (``status`` counts these, :meth:`labels_with_source` maps them
+        onto items), with no Python loop over the items (a project after auto-labeling holds
+        a machine label for most of them)."""
+        items, class_ids, found = [], [], []
+        for s, source in enumerate(sources):   # the first source that has one wins
             k, v = self.store.latest_label_arrays(source)
             if items and len(k):
                 new = ~np.isin(k, np.concatenate(items))
                 k, v = k[new], v[new]
             items.append(k)
             class_ids.append(v)
-            sources.append(np.full(len(k), s, np.int64))
-        return np.concatenate(items), np.concatenate(class_ids), np.concatenate(sources)
+            found.append(np.full(len(k), s, np.int64))
+        if not items:
+            return (np.zeros(0, np.int64),) * 3
+        return np.concatenate(items), np.concatenate(class_ids), np.concatenate(found)
 
     def rows(self, *, batch: str | None = None) -> list[dict]:
         """One row per item (of ``batch``) with its batch and current best label: human, then

@@ -22,14 +22,8 @@ def _finite(x) -> float | None:
 def current_labels(project: Project, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n,) class index of each item's current label and (n,) its source code:
     0 none, 1 human, 2 import, 3 machine (human wins, then import, then machine)."""
-    y = np.full(len(ids), -1, dtype=np.int64)
-    src = np.zeros(len(ids), dtype=np.int8)
-    for code, source in ((3, "machine"), (2, "import"), (1, "human")):
-        ys = project.label_vector(ids, sources=(source,))
-        has = ys >= 0
-        y[has] = ys[has]
-        src[has] = code
-    return y, src
+    y, src = project.labels_with_source(ids, sources=("human", "import", "machine"))
+    return y, (src + 1).astype(np.int8)
 
 
 def annotator_rows(project: Project) -> list[tuple[int, str, int]]:
