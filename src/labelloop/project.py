@@ -775,8 +775,7 @@ class Project:
         # dashboard's learning curve and its estimate card tell the same story
         summary["estimated_accuracy"] = self._estimate_from(s["label"], s["confidence"], len(classes), pred, y >= 0,
                                                             y_h)["accuracy"]
-        self.store.finish_run(run, summary)
-        self.prune_runs()
+        self.store.finish_run(run, summary)   # (the folders it replaces went before its arrays were written)
         return summary | {"run": run}
 
     def drain(self, *, stop=None, max_steps: int | None = None) -> int:
@@ -812,7 +811,7 @@ class Project:
         ``keep`` (default :data:`KEEP_REFRESH_RUNS`) newest finished ones, except the run the
         last ``autolabel`` accepted labels from and this Project's own predictions; running
         ones are never touched. Returns the run ids whose folders went. A refresh prunes to
-        one fewer before it writes its arrays (its own run is the last kept), and after it."""
+        one fewer before it writes its arrays: its own run is the last kept once it finishes."""
         keep = max(1, self.KEEP_REFRESH_RUNS if keep is None else keep)
         done = self.store.run_ids("refresh")
         if len(done) <= keep:
