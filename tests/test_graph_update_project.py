@@ -73,6 +73,7 @@ def test_refresh_after_a_new_batch_extends_the_graph_then_rebuilds_past_the_boun
 
 def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, project_factory, monkeypatch):
     from labelloop import Project
+    from labelloop.project import _RunFile
 
     folders, classes = _batches(tmp_path, [120])
     p = project_factory(classes=classes)
@@ -82,14 +83,13 @@ def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, p
     p.set_setting("head_weight", 0)
     runs_dir = p.root / "arrays" / "runs"
     refreshes, written = [], {}
-    save = np.save
+    create = _RunFile.create
 
-    def saving(path, *a, **k):   # the folders there when a refresh writes its predictions
-        if Path(path).name == "proba.npy":
-            written[int(Path(path).parent.name)] = sorted(int(d.name) for d in runs_dir.iterdir())
-        return save(path, *a, **k)
+    def creating(self, shape):   # the folders there when a refresh makes its predictions
+        written[int(self.path.parent.name)] = sorted(int(d.name) for d in runs_dir.iterdir())
+        return create(self, shape)
 
-    monkeypatch.setattr(np, "save", saving)
+    monkeypatch.setattr(_RunFile, "create", creating)
     for r in range(6):
         p.store.add_annotations([(i, cid[classes[i % len(classes)]]) for i in range(1 + 3 * r, 4 + 3 * r)],
                                 source="human", annotator="t")
@@ -100,7 +100,7 @@ def test_refresh_prunes_old_run_folders_but_keeps_what_is_referenced(tmp_path, p
     assert referenced == refreshes[1]
     kept = sorted(int(d.name) for d in runs_dir.iterdir() if int(d.name) in refreshes)
     assert kept == [refreshes[1], *refreshes[-Project.KEEP_REFRESH_RUNS:]]
-    # the folder a refresh's own replaces is gone before it writes its arrays (in the memory
+    # the folder a refresh's own replaces is gone before it makes its arrays (in the memory
     # that folder's files held): then only its own, the two before it and autolabel's are there
     assert written[refreshes[-1]] == [refreshes[1], *refreshes[-Project.KEEP_REFRESH_RUNS:]]
     # what readers use still works: the newest predictions, a warm start from the last state

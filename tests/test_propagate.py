@@ -222,6 +222,41 @@ def test_digits_five_labels_per_class():
 # ---------------------------------------------------------------- warm start
 
 
+@pytest.mark.parametrize("class_mass", [True, "estimated", False])
+def test_distributions_are_made_in_the_array_distributions_out_gives(class_mass):
+    """``distributions_out`` (a refresh: a memory map of the run's proba file) is where a finish
+    of every row makes the distributions: the same values as in a new array, in that array."""
+    g = random_graph(60, 5, seed=6)
+    y = np.full(60, -1)
+    y[[1, 2, 3, 4]] = [0, 1, 2, 0]
+    want = LabelPropagation(class_mass=class_mass).fit(g, y).predict_proba()
+    given = []
+    lp = LabelPropagation(class_mass=class_mass, residual_growth=None)
+    lp.distributions_out = lambda shape: given.append(np.full(shape, np.nan, np.float32)) or given[-1]
+    P = lp.fit(g, y).predict_proba()
+    assert len(given) == 1 and P is given[0]
+    np.testing.assert_array_equal(P, want)
+    y[5] = 1
+    lp.distributions_out = None
+    Q = lp.update(y, n_iter=1).predict_proba()   # one step: the rows near item 5 change
+    # class-mass normalisation rescales every row: a new array. Without it an update rewrites
+    # the rows it changed in place, in that array: why a refresh makes the propagation forget
+    # the map of its run's file once stored (project._RunFile.release)
+    assert (Q is given[0]) == (class_mass is False)
+
+
+def test_class_distributions_refuses_an_out_array_of_another_shape():
+    from labelloop.propagate import class_distributions
+
+    Y = np.ones((4, 3), np.float32)
+    with pytest.raises(ValidationError, match=r"writable \(4, 3\) float32"):
+        class_distributions(Y, np.array([0, -1, -1, 1]), 3, out=np.empty((4, 2), np.float32))
+    ro = np.empty((4, 3), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValidationError, match="writable"):
+        class_distributions(Y, np.array([0, -1, -1, 1]), 3, out=ro)
+
+
 @pytest.fixture(scope="module")
 def overlapping():
     X, yt = blobs(4000, 5, 16, 0.8, seed=0)

@@ -356,6 +356,50 @@ def test_warm_refresh_reuses_the_calibration_without_mapping_held_out_scores_twi
             np.testing.assert_allclose(np.load(p.store.run_dir(pred.run_id) / "heldout_proba.npy"), Q0, atol=1e-6)
 
 
+@pytest.mark.parametrize("class_prior", ["auto", "none"])   # "none": an update rewrites only the rows it changed
+def test_warm_refresh_makes_its_distributions_in_the_run_file_and_keeps_no_map_of_it(labeled, tmp_path, monkeypatch,
+                                                                                     class_prior):
+    """A warm refresh that reuses the last calibration calibrates the propagation's distributions
+    in place: they are made in the run's ``proba`` file (memory-mapped under a temporary name,
+    then renamed), not in a new array written there. The propagation keeps no map of that
+    file, so the next refresh, in the same process, leaves the finished run's file as it was; a
+    new process reads what the refresh saw."""
+    from labelloop import Project
+    from labelloop.project import MEMO
+
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    if class_prior != "auto":
+        with Project(path) as p:
+            p.set_setting("class_prior", class_prior)
+            p.refresh()   # a full refresh with that setting
+    monkeypatch.setattr(Project, "RECALIBRATE_MAX_ITEMS", 100)
+    saved = []
+    save = np.save
+    monkeypatch.setattr(np, "save", lambda f, *a, **k: (saved.append(str(f)), save(f, *a, **k))[1])
+    with Project(path) as p:
+        _label_more(p, by_class)
+        assert p.refresh()["warm"]
+        pred = p.predictions()
+        d = p.store.run_dir(pred.run_id)
+        assert not any(f.endswith("/proba.npy") for f in saved)   # not written from another array
+        assert sorted(f.name for f in d.glob("proba*")) == ["proba.npy"]
+        stored = np.load(d / "proba.npy")
+        np.testing.assert_array_equal(stored, pred.proba)
+        np.testing.assert_allclose(stored.sum(axis=1), 1.0, atol=1e-5)
+        assert not isinstance(p._lp.__dict__.get("label_distributions_"), np.memmap)
+        p.store.add_annotations([(by_class[c][4], p.store.class_ids()[c]) for c in list(by_class)[:2]],
+                                source="human", annotator="t")
+        assert p.refresh()["warm"]
+        np.testing.assert_array_equal(np.load(d / "proba.npy"), stored)   # the finished run's file unchanged
+        last = p.predictions()
+    MEMO.clear()   # as a new process
+    with Project(path) as q:
+        np.testing.assert_array_equal(q.predictions().proba, last.proba)
+        np.testing.assert_array_equal(q.predictions().label, last.label)
+
+
 def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path, monkeypatch):
     """``refresh(drain=False)`` (a server's) runs no full steps past the warm update's error
     bound; :meth:`Project.drain` runs them afterwards (at most the propagation's ``drain_steps``,

@@ -673,6 +673,15 @@ class Project:
         t0 = time.perf_counter()
         run = self.store.start_run("refresh", params | {"warm": warm},
                                    {"graph": key[0], "labels": int((y >= 0).sum())})
+        out_dir = self.store.run_dir(run)
+        # the run folder this run replaces goes first: the distributions are made in the new
+        # run's proba file (below) and the other arrays written in the memory its files held in
+        # the page cache. Memory the system has not used for a few seconds can cost far more to
+        # touch: on a virtual machine that hands free memory back to its host, 0.73 CPU-s to
+        # write 100 MB to a new file after a pause, 0.03 right after deleting 100 MB of files
+        # (benchmarks/results/fresh_memory.md); a refresh at 1M items writes ~100 MB
+        self.prune_runs(keep=self.KEEP_REFRESH_RUNS - 1)
+        proba_file = _RunFile(out_dir / "proba.npy")
         if trust >= 1.0 and rules is None:
             fit_y, weight, alpha = y, None, None
         else:
@@ -691,17 +700,24 @@ class Project:
         if self._class_mass() == "estimated" and prior_source != "random":
             prior, prior_source = None, "estimated"  # the graph's estimate, until random draws measure it
         refits = 0
-        if warm:
-            self._lp.class_prior = prior
-            refits = getattr(self._lp, "n_refits_", 0)
-            self._lp.update(fit_y, n_iter=self.setting("warm_iter"), sample_weight=weight, drain=drain)
-            refits = getattr(self._lp, "n_refits_", 0) - refits
-        else:
+        if not warm:
             self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
                                         alpha=alpha, class_mass=self._class_mass(), class_prior=prior)
-            self._lp.fit(S, fit_y, n_classes=len(classes), sample_weight=weight)
-            self._lp_key = key
-        P = self._lp.predict_proba()  # (n, C)
+        # the distributions of every row are made in the run's proba file, not in a new array
+        # that is then copied there (40 MB at 1M items)
+        self._lp.distributions_out = proba_file.create
+        try:
+            if warm:
+                self._lp.class_prior = prior
+                refits = getattr(self._lp, "n_refits_", 0)
+                self._lp.update(fit_y, n_iter=self.setting("warm_iter"), sample_weight=weight, drain=drain)
+                refits = getattr(self._lp, "n_refits_", 0) - refits
+            else:
+                self._lp.fit(S, fit_y, n_classes=len(classes), sample_weight=weight)
+                self._lp_key = key
+            P = self._lp.predict_proba()  # (n, C)
+        finally:
+            self._lp.distributions_out = None
         reached = self._lp.reached_
         hw_setting = self.setting("head_weight")
         if hw_setting == "auto" and warm:
@@ -721,7 +737,6 @@ class Project:
         changed = None
         if prev is not None and len(prev.item_ids) == len(ids) and np.array_equal(prev.item_ids, ids):
             changed = int((prev.label != s["label"]).sum())
-        out_dir = self.store.run_dir(run)
         # the human labels scored held out, calibrated: what autolabel / estimate / diagnose read
         np.save(out_dir / "heldout_rows.npy", pred.heldout_rows)
         np.save(out_dir / "heldout_proba.npy", pred.heldout_proba)
@@ -731,18 +746,12 @@ class Project:
         try:
             if on_predictions is not None:
                 on_predictions(run)
-            # the run folder this run replaces goes now, not after: the files below are written
-            # in the memory its files held in the page cache. Memory the system has not used for
-            # a few seconds can cost far more to touch: on a virtual machine that hands free
-            # memory back to its host, 0.73 CPU-s to write 100 MB to a new file after a pause,
-            # 0.03 right after deleting 100 MB of files (benchmarks/results/fresh_memory.md);
-            # a refresh at 1M items writes ~100 MB
-            self.prune_runs(keep=self.KEEP_REFRESH_RUNS - 1)
             # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`);
             # the item ids, when those of the last predictions, a link to their file (8 MB at 1M)
             if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
                 np.save(out_dir / "item_ids.npy", ids)
-            for name, a in (("proba", P), ("reached", reached), *s.items()):
+            proba_file.save(P)   # made there already, unless calibrated into another array
+            for name, a in (("reached", reached), *s.items()):
                 np.save(out_dir / f"{name}.npy", a)
             # the propagation state, so the next refresh (another process) can warm-start from it,
             # in the row order it is held in (after a drain: the graph's locality order, not
@@ -755,6 +764,10 @@ class Project:
         except BaseException:
             self._own_predictions = own_before   # not stored: the previous run stays current
             raise
+        finally:
+            # the propagation keeps no array in the run's file: what it writes later (an update
+            # in place) would change a finished run's predictions
+            proba_file.release(self._lp)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        rule_seeded=int(((fit_y >= 0) & (y < 0)).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
@@ -775,7 +788,7 @@ class Project:
         # dashboard's learning curve and its estimate card tell the same story
         summary["estimated_accuracy"] = self._estimate_from(s["label"], s["confidence"], len(classes), pred, y >= 0,
                                                             y_h)["accuracy"]
-        self.store.finish_run(run, summary)   # (the folders it replaces went before its arrays were written)
+        self.store.finish_run(run, summary)   # (the folder it replaces went when it started)
         return summary | {"run": run}
 
     def drain(self, *, stop=None, max_steps: int | None = None) -> int:
@@ -803,7 +816,7 @@ class Project:
     #: scores; ~150 MB each at 1M items): the newest finished one is what every reader uses and
     #: a warm refresh starts from; a server's request threads may still read the one before
     #: while its refresher writes the next (:data:`Memo.SLOTS`); one more to spare, which a
-    #: refresh deletes before it writes its arrays (:meth:`refresh`).
+    #: refresh deletes when it starts, before it makes its arrays (:meth:`refresh`).
     KEEP_REFRESH_RUNS = 3
 
     def prune_runs(self, keep: int | None = None) -> list[int]:
@@ -811,7 +824,7 @@ class Project:
         ``keep`` (default :data:`KEEP_REFRESH_RUNS`) newest finished ones, except the run the
         last ``autolabel`` accepted labels from and this Project's own predictions; running
         ones are never touched. Returns the run ids whose folders went. A refresh prunes to
-        one fewer before it writes its arrays: its own run is the last kept once it finishes."""
+        one fewer when it starts: its own run is the last kept once it finishes."""
         keep = max(1, self.KEEP_REFRESH_RUNS if keep is None else keep)
         done = self.store.run_ids("refresh")
         if len(done) <= keep:
@@ -3508,6 +3521,45 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
         "p90": round(float(p90), 4),
         "share_ge_0.9": round(float((conf >= 0.9).mean()), 4),
     }
+
+
+class _RunFile:
+    """A run's array file that an array is made in where it is stored, instead of in a new array
+    copied there later: :meth:`create` memory-maps it under a temporary name (once; a
+    propagation's distributions, ``LabelPropagation.distributions_out``), :meth:`save` gives it
+    its name when the array to store is that map, else writes the array (``np.save``) and drops
+    the map's file, :meth:`release` makes the propagation forget the map (what it would write
+    there later, an update in place, would change a finished run's file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.part = path.with_name(path.stem + ".part" + path.suffix)
+        self.array: np.ndarray | None = None
+
+    def create(self, shape: tuple[int, int]) -> np.ndarray:
+        if self.array is not None:   # a second map of the file would cut the first one short
+            return np.empty(shape, np.float32)
+        self.array = np.lib.format.open_memmap(self.part, mode="w+", dtype=np.float32, shape=shape)
+        return self.array
+
+    def save(self, a: np.ndarray) -> None:
+        m = self.array
+        if m is not None and a.shape == m.shape and a.dtype == m.dtype and a.strides == m.strides \
+                and a.__array_interface__["data"][0] == m.__array_interface__["data"][0]:
+            try:
+                os.replace(self.part, self.path)   # the map is the array: its file, complete
+                return
+            except OSError:   # (a file system that cannot rename a mapped file)
+                pass
+        np.save(self.path, a)
+        try:
+            self.part.unlink(missing_ok=True)
+        except OSError:   # still mapped where that stops it; a failed run's folder goes later
+            pass
+
+    def release(self, lp) -> None:
+        if self.array is not None and lp is not None:
+            lp.release_distributions(self.array)
 
 
 def _link(source: Path, target: Path) -> bool:

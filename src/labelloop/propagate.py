@@ -241,19 +241,23 @@ def _class_mass_scale(Y: np.ndarray | None, y: np.ndarray, n_classes: int, prior
 
 
 def class_distributions(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str | np.ndarray | None = "labels",
-                        *, shares: np.ndarray | None = None, order: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        *, shares: np.ndarray | None = None, order: np.ndarray | None = None,
+                        out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(P, reached)``: the row-normalised (n, C) class distributions of a raw propagation ``Y``
     (n, C), class-mass normalised first to ``prior`` (see :func:`class_mass_normalise`; None:
     not normalised, the paper; ``shares`` as there), and the (n,) rows with any mass (the rest get the uniform
     distribution). Cheap next to the propagation: ``loop.choose_class_prior`` compares several
     priors on one propagation's ``Y_``. ``order``: (n,) ``Y``'s rows in the items' order are
-    ``Y[order]`` (a state held in S's locality order): P comes in the items' order."""
+    ``Y[order]`` (a state held in S's locality order): P comes in the items' order. ``out``: a
+    writable (n, C) float32 array P is made in (e.g. a memory map of the file it is stored in),
+    instead of a new one."""
     C = n_classes
     Y = np.asarray(Y, dtype=np.float32)
     n = len(Y)
+    if out is not None and (out.shape != (n, C) or out.dtype != np.float32 or not out.flags.writeable):
+        raise ValidationError(f"out must be a writable ({n}, {C}) float32 array; got {out.shape} {out.dtype}")
     if isinstance(prior, str) and prior == "estimated":   # its scale reads every row's argmax
-        P = np.empty((n, C), np.float32)
+        P = np.empty((n, C), np.float32) if out is None else out
         _clipped_rows(Y, order, 0, n, P)
         total = np.einsum("ij->i", P)
         if total.any():
@@ -263,7 +267,7 @@ def class_distributions(Y: np.ndarray, y: np.ndarray, n_classes: int, prior: str
         return P, reached
     # DISTRIBUTION_BLOCK_ROWS rows at a time (in cache): gathered (and reordered) from Y, clipped
     # and their column masses summed; then scaled to the class masses and row-normalised
-    P = np.empty((n, C), np.float32)   # (n, C) the one new array
+    P = np.empty((n, C), np.float32) if out is None else out   # (n, C) the one new array (or out)
     reached = np.empty(n, bool)
     mass = np.zeros(C, np.float64)
     for a in range(0, n, DISTRIBUTION_BLOCK_ROWS):
@@ -410,6 +414,10 @@ class LabelPropagation:
         self.drain_sweep = drain_sweep   # what one of them is (DRAIN_SWEEPS)
         self.correct_steps = correct_steps
         self.rebaseline = rebaseline     # when the bound's baseline moves up (REBASELINES)
+        # where new (n, C) distributions of every row are made (:meth:`_finish`): None, a new
+        # array; else a callable (n, C) -> a writable float32 array, e.g. a memory map of the
+        # file they are stored in (a refresh: Project._refresh), asked once per such finish
+        self.distributions_out = None
 
     # ------------------------------------------------------------------ the state Y
     # Y is held in the items' order, or, after a drain's Gauss-Seidel sweeps (and from a stored
@@ -626,7 +634,9 @@ class LabelPropagation:
             prior = self.class_prior if self.class_prior is not None else (
                 "estimated" if self.class_mass == "estimated" else "labels")
         if rows.size == n:   # every row: new arrays, no gather and scatter of (n, C)
-            P, reached = class_distributions(self._Y, self.y_, C, prior, order=None if order is None else order[1])
+            out = None if self.distributions_out is None else self.distributions_out((n, C))
+            P, reached = class_distributions(self._Y, self.y_, C, prior, order=None if order is None else order[1],
+                                             out=out)
             self.label_distributions_, self.reached_ = P, reached
             return
         P, reached = class_distributions(self._Y[rows if order is None else order[1][rows]], self.y_, C, prior)
