@@ -245,6 +245,39 @@ def test_distributions_are_made_in_the_array_distributions_out_gives(class_mass)
     assert (Q is given[0]) == (class_mass is False)
 
 
+@pytest.mark.parametrize("alpha", [None, 0.9])
+def test_a_read_only_or_moved_state_is_updated_without_writing_where_it_must_not(alpha):
+    """``restore`` holds a read-only state (a stored file memory-mapped) as it is and copies it
+    before the first step that writes it; ``move_state`` copies it into a given array, which the
+    update then writes in place; after ``freeze_state`` the next update copies it first."""
+    g = random_graph(80, 5, seed=8)
+    y = np.full(80, -1)
+    y[[1, 2, 3, 4]] = [0, 1, 2, 0]
+    fitted = LabelPropagation(alpha=alpha).fit(g, y)
+    stored = fitted.Y_.copy()
+    stored.flags.writeable = False
+    y2 = y.copy()
+    y2[[5, 6]] = [1, 2]
+    # no error bound: no drain, whose steps make a new array on a graph this small
+    want = LabelPropagation(alpha=alpha, residual_growth=None).restore(g, stored.copy(), y).update(y2).predict_proba()
+    lp = LabelPropagation(alpha=alpha, residual_growth=None).restore(g, stored, y)
+    assert lp.state()[0] is stored or np.shares_memory(lp.state()[0], stored)   # held as given
+    np.testing.assert_array_equal(lp.update(y2).predict_proba(), want)
+    np.testing.assert_array_equal(stored, fitted.Y_)   # not written
+    out = np.full(stored.shape, np.nan, np.float32)
+    lp.move_state(out)
+    y2[7] = 0
+    lp.update(y2, n_iter=2)
+    assert lp.state()[0] is out and not np.isnan(out).any()   # updated there, in place
+    lp.freeze_state()
+    kept = out.copy()
+    y2[8] = 1
+    lp.update(y2, n_iter=2)
+    np.testing.assert_array_equal(out, kept)
+    with pytest.raises(ValidationError, match="writable C-contiguous"):
+        lp.move_state(np.empty((80, 2), np.float32))
+
+
 def test_class_distributions_refuses_an_out_array_of_another_shape():
     from labelloop.propagate import class_distributions
 

@@ -682,6 +682,9 @@ class Project:
         # (benchmarks/results/fresh_memory.md); a refresh at 1M items writes ~100 MB
         self.prune_runs(keep=self.KEEP_REFRESH_RUNS - 1)
         proba_file = _RunFile(out_dir / "proba.npy")
+        state_file = _RunFile(out_dir / STATE_Y_FILES[False])   # named by its row order when stored
+        if warm:   # the state is updated in the file this run stores it in, not in a copy of it
+            self._lp.move_state(state_file.create(self._lp.state()[0].shape))
         if trust >= 1.0 and rules is None:
             fit_y, weight, alpha = y, None, None
         else:
@@ -758,16 +761,17 @@ class Project:
             # reordered: LabelPropagation.state); the labels in the smallest integer type that
             # holds the class ids (read back as int64)
             Y, ordered = self._lp.state()
-            np.save(out_dir / STATE_Y_FILES[ordered], Y)
+            state_file.save(Y, out_dir / STATE_Y_FILES[ordered])   # there already, unless a step made a new array
             np.save(out_dir / "state_y.npy", self._lp.y_.astype(class_index_dtype(len(classes))))
             np.save(out_dir / "state_w.npy", self._lp.sample_weight_)
         except BaseException:
             self._own_predictions = own_before   # not stored: the previous run stays current
             raise
         finally:
-            # the propagation keeps no array in the run's file: what it writes later (an update
-            # in place) would change a finished run's predictions
+            # the propagation writes into no array in the run's files any more: what it wrote later
+            # (an update in place) would change a finished run's predictions or stored state
             proba_file.release(self._lp)
+            self._lp.freeze_state()
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        rule_seeded=int(((fit_y >= 0) & (y < 0)).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
@@ -966,7 +970,8 @@ class Project:
                               class_mass=self._class_mass())
         if ordered and S.ordered() is None:
             return False
-        lp.restore(S, np.load(d / STATE_Y_FILES[ordered]), np.load(d / "state_y.npy"),
+        # Y memory-mapped, read-only: the refresh copies it into its own run's file (move_state)
+        lp.restore(S, np.load(d / STATE_Y_FILES[ordered], mmap_mode="r"), np.load(d / "state_y.npy"),
                    sample_weight=np.load(d / "state_w.npy"), n_updates=last["summary"].get("warm_updates", 0),
                    residual_fit=last["summary"].get("residual_fit"), drained=last["summary"].get("drained", 0),
                    ordered=ordered)
@@ -3526,10 +3531,11 @@ def _prediction_stats(pred: Predictions, rows: np.ndarray | None = None) -> tupl
 class _RunFile:
     """A run's array file that an array is made in where it is stored, instead of in a new array
     copied there later: :meth:`create` memory-maps it under a temporary name (once; a
-    propagation's distributions, ``LabelPropagation.distributions_out``), :meth:`save` gives it
-    its name when the array to store is that map, else writes the array (``np.save``) and drops
-    the map's file, :meth:`release` makes the propagation forget the map (what it would write
-    there later, an update in place, would change a finished run's file)."""
+    propagation's distributions, ``LabelPropagation.distributions_out``, or its state,
+    ``move_state``), :meth:`save` gives it its name (or ``path``) when the array to store is that
+    map, else writes the array (``np.save``) and drops the map's file, :meth:`release` makes the
+    propagation forget a map of distributions (what it would write there later, an update in
+    place, would change a finished run's file)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -3542,16 +3548,17 @@ class _RunFile:
         self.array = np.lib.format.open_memmap(self.part, mode="w+", dtype=np.float32, shape=shape)
         return self.array
 
-    def save(self, a: np.ndarray) -> None:
+    def save(self, a: np.ndarray, path: Path | None = None) -> None:
+        path = self.path if path is None else path
         m = self.array
         if m is not None and a.shape == m.shape and a.dtype == m.dtype and a.strides == m.strides \
                 and a.__array_interface__["data"][0] == m.__array_interface__["data"][0]:
             try:
-                os.replace(self.part, self.path)   # the map is the array: its file, complete
+                os.replace(self.part, path)   # the map is the array: its file, complete
                 return
             except OSError:   # (a file system that cannot rename a mapped file)
                 pass
-        np.save(self.path, a)
+        np.save(path, a)
         try:
             self.part.unlink(missing_ok=True)
         except OSError:   # still mapped where that stops it; a failed run's folder goes later

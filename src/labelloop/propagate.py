@@ -452,6 +452,32 @@ class LabelPropagation:
         ``restore(..., ordered=...)`` takes it back."""
         return self.__dict__["_Y"], bool(self.__dict__.get("_Y_ordered"))
 
+    def move_state(self, out: np.ndarray) -> None:
+        """Hold the state Y in ``out`` from now on, in the same row order: a writable (n, C)
+        float32 C-contiguous array it is copied into (a refresh: a memory map of the file it will
+        store it in, ``Project._refresh``), which the steps then update in place where they can."""
+        Y = self.__dict__["_Y"]
+        if out.shape != Y.shape or out.dtype != np.float32 or not (out.flags.writeable and out.flags.c_contiguous):
+            raise ValidationError(f"out must be a writable C-contiguous {Y.shape} float32 array; "
+                                  f"got {out.shape} {out.dtype}")
+        np.copyto(out, Y)
+        self._Y = out
+
+    def freeze_state(self) -> None:
+        """From now on no step writes into the array the state Y is held in (a refresh stored it:
+        that run's file); the first one that would copies it first (:meth:`_own_state`)."""
+        if self.fitted and self._Y.flags.writeable:
+            Y = self._Y.view()
+            Y.flags.writeable = False
+            self._Y = Y
+
+    def _own_state(self) -> np.ndarray:
+        """The state Y as held, writable: a read-only one (frozen, or restored from a read-only
+        array such as a stored file memory-mapped) is copied first."""
+        if not self._Y.flags.writeable:
+            self._Y = np.array(self._Y, dtype=np.float32)
+        return self._Y
+
     def _order(self):
         """``(perm, inverse, Sp)`` of S's locality order when Y is held in it, else None."""
         return self.S_.ordered() if self.__dict__.get("_Y_ordered") else None
@@ -921,7 +947,7 @@ class LabelPropagation:
     def _update_clamped(self, new: np.ndarray, steps: int, budget: int) -> np.ndarray:
         """Warm start for newly labeled rows ``new``; returns the rows whose Y changed (sorted).
         On S in locality order when Y is held in it (the rows mapped there and back)."""
-        S, Y, y = self.S_, self._Y, self.y_
+        S, Y, y = self.S_, self._own_state(), self.y_
         free = y < 0  # rows the map does not clamp
         order, at = self._order(), new
         if order is not None:
@@ -947,7 +973,8 @@ class LabelPropagation:
         lab = y_old[changed] >= 0
         v[np.flatnonzero(lab), y_old[changed][lab]] -= w_old[changed][lab]
         # Y_T += (1 - alpha) sum_{t<T} v_t + v_T,  v_{t+1} = alpha S v_t
-        touched = _push(self.S_, self.Y_, changed, v, steps, budget=budget, alpha=self.alpha)
+        self.Y_ = self.Y_   # the push works in the items' order (reordered once if held otherwise)
+        touched = _push(self.S_, self._own_state(), changed, v, steps, budget=budget, alpha=self.alpha)
         return np.flatnonzero(touched)
 
     def _check_weight(self, sample_weight: np.ndarray, n: int) -> np.ndarray:
@@ -972,7 +999,9 @@ class LabelPropagation:
         warm-start from it. ``residual_fit``: ``residual_fit_`` of that state (the residual its
         last full propagation left; default: the saved state's own, measured here); ``drained``:
         its ``drained_``, the drain steps run since then; ``ordered``: ``Y``'s rows are in the
-        graph's locality order (:meth:`state`; the graph a :class:`labelloop.csr.CsrArrays`)."""
+        graph's locality order (:meth:`state`; the graph a :class:`labelloop.csr.CsrArrays`).
+        ``Y`` is held as given where it is float32 and C-contiguous; a read-only one (a stored file
+        memory-mapped) is copied before the first step that writes it (:meth:`_own_state`)."""
         self._check_params()
         if isinstance(graph, KnnGraph):
             S = affinity_matrix(graph, temperature=self.temperature)
