@@ -414,6 +414,40 @@ def test_warm_refresh_makes_its_distributions_and_state_in_the_run_files_and_kee
         assert q.refresh()["warm"]
 
 
+def test_a_server_refresh_keeps_its_arrays_in_its_own_memory_and_prunes_once_they_are_shown(labeled, tmp_path,
+                                                                                           monkeypatch):
+    """A refresh that shows its predictions before storing them (a server's, ``on_predictions``)
+    makes its distributions and state in its own memory, which a long-running process reuses
+    refresh after refresh (no map of a run file; the state stays writable: no copy before the
+    next update), and deletes the run folder it replaces once they are shown."""
+    from labelloop import Project
+    from labelloop.project import MEMO, _RunFile
+
+    root, _, by_class = labeled
+    path = tmp_path / "p"
+    shutil.copytree(root, path)
+    monkeypatch.setattr(Project, "RECALIBRATE_MAX_ITEMS", 100)
+    monkeypatch.setattr(_RunFile, "create", lambda self, shape: pytest.fail("a server's refresh mapped a run file"))
+    MEMO.clear()
+    runs_dir = path / "arrays" / "runs"
+    shown = []
+    with Project(path) as p:
+        for k in range(3, 3 + Project.KEEP_REFRESH_RUNS):
+            cid = p.store.class_ids()
+            p.store.add_annotations([(ids[k], cid[c]) for c, ids in by_class.items()], source="human", annotator="t")
+            s = p.refresh(on_predictions=lambda run: shown.append(sorted(int(d.name) for d in runs_dir.iterdir())),
+                          drain=False)
+            assert s["warm"]
+            assert p._lp.state()[0].flags.writeable
+            assert not isinstance(p._lp.__dict__.get("label_distributions_"), np.memmap)
+            d = p.store.run_dir(s["run"])
+            assert not list(d.glob("*.part.npy"))
+            np.testing.assert_array_equal(np.load(d / "proba.npy"), p.predictions().proba)
+        runs = p.store.run_ids("refresh")
+        assert shown[-1] == runs[-Project.KEEP_REFRESH_RUNS - 1:]   # the oldest still there when shown ...
+        assert sorted(int(d.name) for d in runs_dir.iterdir()) == runs[-Project.KEEP_REFRESH_RUNS:]   # ... then gone
+
+
 def test_refresh_can_leave_its_drain_to_a_later_call(labeled, tmp_path, monkeypatch):
     """``refresh(drain=False)`` (a server's) runs no full steps past the warm update's error
     bound; :meth:`Project.drain` runs them afterwards (at most the propagation's ``drain_steps``,

@@ -674,16 +674,23 @@ class Project:
         run = self.store.start_run("refresh", params | {"warm": warm},
                                    {"graph": key[0], "labels": int((y >= 0).sum())})
         out_dir = self.store.run_dir(run)
-        # the run folder this run replaces goes first: the distributions are made in the new
-        # run's proba file (below) and the other arrays written in the memory its files held in
-        # the page cache. Memory the system has not used for a few seconds can cost far more to
-        # touch: on a virtual machine that hands free memory back to its host, 0.73 CPU-s to
-        # write 100 MB to a new file after a pause, 0.03 right after deleting 100 MB of files
-        # (benchmarks/results/fresh_memory.md); a refresh at 1M items writes ~100 MB
-        self.prune_runs(keep=self.KEEP_REFRESH_RUNS - 1)
+        # Memory the system has not used for a few seconds can cost far more to touch: on a
+        # virtual machine that hands free memory back to its host, 0.73 CPU-s to write 100 MB to
+        # a new file after a pause, 0.03 right after deleting 100 MB of files
+        # (benchmarks/results/fresh_memory.md); a refresh at 1M items makes ~100 MB of arrays.
+        # A refresh in a process of its own (the CLI's) has no memory of its own to reuse: the
+        # run folder it replaces goes first, and the (n, C) distributions and state are made in
+        # this run's files, in the memory that folder's files held (1M, 8 s pause: system CPU
+        # 0.48 -> 0.23 s, e2e_latency_1000000_s10b.md). A server (on_predictions: it shows them
+        # before storing them) reuses the memory it freed the refresh before: its arrays stay in
+        # it, and the folder goes once the predictions are shown (100k, label -> visible 0.056
+        # vs 0.065 s with the files, e2e_latency_100000_s10b.md)
+        in_files = on_predictions is None
+        if in_files:
+            self.prune_runs(keep=self.KEEP_REFRESH_RUNS - 1)
         proba_file = _RunFile(out_dir / "proba.npy")
         state_file = _RunFile(out_dir / STATE_Y_FILES[False])   # named by its row order when stored
-        if warm:   # the state is updated in the file this run stores it in, not in a copy of it
+        if warm and in_files:   # the state is updated in the file this run stores it in
             self._lp.move_state(state_file.create(self._lp.state()[0].shape))
         if trust >= 1.0 and rules is None:
             fit_y, weight, alpha = y, None, None
@@ -706,9 +713,9 @@ class Project:
         if not warm:
             self._lp = LabelPropagation(temperature=self.setting("temperature"), n_iter=self.setting("n_iter"),
                                         alpha=alpha, class_mass=self._class_mass(), class_prior=prior)
-        # the distributions of every row are made in the run's proba file, not in a new array
-        # that is then copied there (40 MB at 1M items)
-        self._lp.distributions_out = proba_file.create
+        # the distributions of every row made in the run's proba file, not in a new array that
+        # is then copied there (40 MB at 1M items)
+        self._lp.distributions_out = proba_file.create if in_files else None
         try:
             if warm:
                 self._lp.class_prior = prior
@@ -749,6 +756,8 @@ class Project:
         try:
             if on_predictions is not None:
                 on_predictions(run)
+                # the folder this run replaces goes now: the files below are written in its memory
+                self.prune_runs(keep=self.KEEP_REFRESH_RUNS - 1)
             # the predictions: one versioned set of array files per refresh (:meth:`_load_predictions`);
             # the item ids, when those of the last predictions, a link to their file (8 MB at 1M)
             if changed is None or not _link(self.store.run_dir(prev.run_id) / "item_ids.npy", out_dir / "item_ids.npy"):
@@ -771,7 +780,7 @@ class Project:
             # the propagation writes into no array in the run's files any more: what it wrote later
             # (an update in place) would change a finished run's predictions or stored state
             proba_file.release(self._lp)
-            self._lp.freeze_state()
+            state_file.release(self._lp)
         summary = dict(items=len(ids), labeled=int((y >= 0).sum()), human=int((y_h >= 0).sum()),
                        rule_seeded=int(((fit_y >= 0) & (y < 0)).sum()),
                        class_prior=None if prior is None else [round(float(v), 4) for v in prior],
@@ -3534,8 +3543,9 @@ class _RunFile:
     propagation's distributions, ``LabelPropagation.distributions_out``, or its state,
     ``move_state``), :meth:`save` gives it its name (or ``path``) when the array to store is that
     map, else writes the array (``np.save``) and drops the map's file, :meth:`release` makes the
-    propagation forget a map of distributions (what it would write there later, an update in
-    place, would change a finished run's file)."""
+    propagation write into the map no more (what it wrote there later, an update in place, would
+    change a finished run's file): it forgets distributions made there and freezes a state held
+    there."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -3548,11 +3558,15 @@ class _RunFile:
         self.array = np.lib.format.open_memmap(self.part, mode="w+", dtype=np.float32, shape=shape)
         return self.array
 
+    def holds(self, a: np.ndarray) -> bool:
+        """Whether ``a`` is the map (the same memory, shape and layout)."""
+        m = self.array
+        return m is not None and a.shape == m.shape and a.dtype == m.dtype and a.strides == m.strides \
+            and a.__array_interface__["data"][0] == m.__array_interface__["data"][0]
+
     def save(self, a: np.ndarray, path: Path | None = None) -> None:
         path = self.path if path is None else path
-        m = self.array
-        if m is not None and a.shape == m.shape and a.dtype == m.dtype and a.strides == m.strides \
-                and a.__array_interface__["data"][0] == m.__array_interface__["data"][0]:
+        if self.holds(a):
             try:
                 os.replace(self.part, path)   # the map is the array: its file, complete
                 return
@@ -3565,8 +3579,11 @@ class _RunFile:
             pass
 
     def release(self, lp) -> None:
-        if self.array is not None and lp is not None:
-            lp.release_distributions(self.array)
+        if self.array is None or lp is None:
+            return
+        lp.release_distributions(self.array)
+        if lp.fitted and self.holds(lp.state()[0]):
+            lp.freeze_state()
 
 
 def _link(source: Path, target: Path) -> bool:
