@@ -801,7 +801,7 @@ class Project:
         # dashboard's learning curve and its estimate card tell the same story
         summary["estimated_accuracy"] = self._estimate_from(s["label"], s["confidence"], len(classes), pred, y >= 0,
                                                             y_h)["accuracy"]
-        self.store.finish_run(run, summary)   # (the folder it replaces went when it started)
+        self.store.finish_run(run, summary)   # (the folder it replaces went before its arrays were made)
         return summary | {"run": run}
 
     def drain(self, *, stop=None, max_steps: int | None = None) -> int:
@@ -829,7 +829,8 @@ class Project:
     #: scores; ~150 MB each at 1M items): the newest finished one is what every reader uses and
     #: a warm refresh starts from; a server's request threads may still read the one before
     #: while its refresher writes the next (:data:`Memo.SLOTS`); one more to spare, which a
-    #: refresh deletes when it starts, before it makes its arrays (:meth:`refresh`).
+    #: refresh deletes before it makes its arrays (a server's: once its predictions are shown,
+    #: before it writes them; :meth:`refresh`).
     KEEP_REFRESH_RUNS = 3
 
     def prune_runs(self, keep: int | None = None) -> list[int]:
@@ -837,7 +838,7 @@ class Project:
         ``keep`` (default :data:`KEEP_REFRESH_RUNS`) newest finished ones, except the run the
         last ``autolabel`` accepted labels from and this Project's own predictions; running
         ones are never touched. Returns the run ids whose folders went. A refresh prunes to
-        one fewer when it starts: its own run is the last kept once it finishes."""
+        one fewer before it makes its arrays: its own run is the last kept once it finishes."""
         keep = max(1, self.KEEP_REFRESH_RUNS if keep is None else keep)
         done = self.store.run_ids("refresh")
         if len(done) <= keep:
